@@ -1,0 +1,1 @@
+"""Model code: the DFlash drafter and the Hugging Face target adapter."""
