@@ -1,0 +1,828 @@
+"""DFlash block-diffusion drafter (ALGORITHMS.md §1) as a pure-PyTorch module.
+
+Vocabulary: B batch, S block size (slot 0 = the bonus token, slots 1..S-1 = mask tokens),
+L = S - 1 draft depth, V vocabulary, H query heads, Hkv key/value heads, D head dim,
+T context rows, F = k * hidden feature width (k = number of target feature layers).
+
+One drafting round for a request whose committed length is ``start``:
+
+1. The features of the rows committed since the last round (target layer outputs of
+   ``target_layer_ids`` concatenated, [B, n_new, F]) are fused, ``ctx = RMSNorm(fc(features))``,
+   and every layer's k/v projections of ``ctx`` are appended to :class:`DFlashCache` at
+   positions ``start - n_new .. start - 1`` (context row t sits at position t).
+2. The block ``[b, M, ..., M]`` at positions ``start .. start + S - 1`` goes through the decoder
+   layers; queries come from block rows only, keys/values from ``[ctx rows ; block rows]``;
+   attention is non-causal. Context rows never pass through an MLP, so their K/V are a pure
+   function of the features and can be cached.
+3. Final norm, slot 0 dropped, target ``lm_head`` -> logits [B, L, V] (row j is depth j + 1).
+
+Block rows are written to scratch space after the committed rows and never counted in the
+cache length, so nothing needs truncating between rounds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .dflash_config import DFlashConfig, default_target_layer_ids
+
+__all__ = [
+    "DFlashCache",
+    "DFlashConfig",
+    "DFlashDrafter",
+    "default_target_layer_ids",
+    "extract_features",
+]
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
+# Keys some exports carry that are not drafter parameters (the target owns embedding / head;
+# RoPE tables are recomputed).
+_IGNORED_KEYS = ("embed_tokens.weight", "lm_head.weight", "rotary_emb.inv_freq")
+
+
+# ---------------------------------------------------------------------------------------------
+# Feature extraction
+# ---------------------------------------------------------------------------------------------
+def extract_features(
+    hidden_states: Sequence[torch.Tensor], target_layer_ids: Sequence[int]
+) -> torch.Tensor:
+    """Concatenate the drafter's feature layers from an HF ``hidden_states`` tuple.
+
+    ``hidden_states`` is what an HF model returns with ``output_hidden_states=True``: the
+    embedding output first, then one [B, T, hidden] tensor per decoder layer. The feature of
+    target layer j is that layer's output, ``hidden_states[j + 1]``; features are concatenated
+    along the hidden dimension in config order -> [B, T, k * hidden].
+    """
+    n = len(hidden_states)
+    bad = [j for j in target_layer_ids if not 0 <= j + 1 < n]
+    if bad:
+        raise ValueError(
+            f"target_layer_ids {bad} out of range: hidden_states has {n} entries "
+            f"(embeddings + {n - 1} layers)"
+        )
+    return torch.cat([hidden_states[j + 1] for j in target_layer_ids], dim=-1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Building blocks (Qwen3-style)
+# ---------------------------------------------------------------------------------------------
+class _RMSNorm(nn.Module):
+    """RMSNorm computed in fp32, cast back before the weight (Qwen3 numerics)."""
+
+    def __init__(self, size: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(size))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        h = x.to(torch.float32)
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * h.to(dtype)
+
+
+class _Rotary(nn.Module):
+    """RoPE cos/sin tables at arbitrary absolute positions; frequencies kept in fp32."""
+
+    inv_freq: torch.Tensor
+
+    def __init__(self, config: DFlashConfig) -> None:
+        super().__init__()
+        inv_freq, self.attention_scaling = _rope_inv_freq(config)
+        # A master copy outside the module's tensors: `.to(bfloat16)` would otherwise round
+        # the frequencies, which shifts every rotated key.
+        self._master = inv_freq
+        self.register_buffer("inv_freq", inv_freq.clone(), persistent=False)
+
+    def _apply(self, fn: Any, recurse: bool = True) -> _Rotary:
+        super()._apply(fn, recurse)
+        self.inv_freq = self._master.to(self.inv_freq.device)
+        return self
+
+    def forward(
+        self, positions: torch.Tensor, dtype: torch.dtype
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """positions [B, T] (int) -> cos, sin [B, T, D] in ``dtype``."""
+        freqs = positions[..., None].to(torch.float32) * self.inv_freq.to(positions.device)
+        emb = torch.cat((freqs, freqs), dim=-1)
+        cos = emb.cos() * self.attention_scaling
+        sin = emb.sin() * self.attention_scaling
+        return cos.to(dtype), sin.to(dtype)
+
+
+def _rope_inv_freq(config: DFlashConfig) -> tuple[torch.Tensor, float]:
+    dim = config.head_dim
+    if config.rope_type == "default":
+        exponent = torch.arange(0, dim, 2, dtype=torch.int64, device="cpu").float() / dim
+        return 1.0 / (config.rope_theta**exponent), 1.0
+    # Scaled RoPE variants (linear, llama3, yarn, ...): reuse transformers' tables so a drafter
+    # for e.g. Llama 3.1 rotates exactly like the reference implementation.
+    from transformers import Qwen3Config
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    if config.rope_type not in ROPE_INIT_FUNCTIONS:
+        raise ValueError(f"unsupported rope_type {config.rope_type!r}")
+    hf = Qwen3Config(
+        hidden_size=config.hidden_size,
+        num_attention_heads=config.num_attention_heads,
+        num_key_value_heads=config.num_key_value_heads,
+        head_dim=config.head_dim,
+        max_position_embeddings=config.max_position_embeddings,
+        rope_parameters=dict(config.rope_parameters),
+    )
+    inv_freq, scaling = ROPE_INIT_FUNCTIONS[config.rope_type](hf, torch.device("cpu"))
+    return inv_freq.to(torch.float32), float(scaling)
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x [B, H, T, D], cos/sin [B, T, D] -> rotated x (rotate-half convention)."""
+    cos = cos[:, None]
+    sin = sin[:, None]
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + rotated * sin
+
+
+class _Attention(nn.Module):
+    def __init__(self, config: DFlashConfig) -> None:
+        super().__init__()
+        h, hkv, d = config.num_attention_heads, config.num_key_value_heads, config.head_dim
+        bias = config.attention_bias
+        self.num_heads, self.num_kv_heads, self.head_dim = h, hkv, d
+        self.q_proj = nn.Linear(config.hidden_size, h * d, bias=bias)
+        self.k_proj = nn.Linear(config.hidden_size, hkv * d, bias=bias)
+        self.v_proj = nn.Linear(config.hidden_size, hkv * d, bias=bias)
+        self.o_proj = nn.Linear(h * d, config.hidden_size, bias=bias)
+        self.q_norm = _RMSNorm(d, config.rms_norm_eps)
+        self.k_norm = _RMSNorm(d, config.rms_norm_eps)
+
+    def query(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """x [B, Q, hidden] -> q [B, H, Q, D] (q-norm, then RoPE)."""
+        b, t, _ = x.shape
+        q = self.q_norm(self.q_proj(x).view(b, t, self.num_heads, self.head_dim))
+        return _rotate(q.transpose(1, 2), cos, sin)
+
+    def key_value(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """x [B, T, hidden] -> k, v [B, Hkv, T, D] (k-norm, then RoPE on k)."""
+        b, t, _ = x.shape
+        k = self.k_norm(self.k_proj(x).view(b, t, self.num_kv_heads, self.head_dim))
+        v = self.v_proj(x).view(b, t, self.num_kv_heads, self.head_dim)
+        return _rotate(k.transpose(1, 2), cos, sin), v.transpose(1, 2)
+
+    def attend(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        mask: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """q [B, H, Q, D], k/v [B, Hkv, K, D], mask [B, 1, Q, K] bool or None -> [B, Q, hidden]."""
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=False, enable_gqa=self.num_heads != self.num_kv_heads
+        )
+        b, _, t, _ = out.shape
+        return self.o_proj(out.transpose(1, 2).reshape(b, t, self.num_heads * self.head_dim))
+
+
+class _MLP(nn.Module):
+    def __init__(self, config: DFlashConfig) -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+        self.act = config.hidden_act
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate = self.gate_proj(x)
+        if self.act in ("silu", "swish"):
+            gate = F.silu(gate)
+        elif self.act == "gelu_pytorch_tanh":
+            gate = F.gelu(gate, approximate="tanh")
+        else:
+            gate = F.gelu(gate)
+        return self.down_proj(gate * self.up_proj(x))
+
+
+class _DecoderLayer(nn.Module):
+    def __init__(self, config: DFlashConfig) -> None:
+        super().__init__()
+        self.self_attn = _Attention(config)
+        self.mlp = _MLP(config)
+        self.input_layernorm = _RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.post_attention_layernorm = _RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+
+# ---------------------------------------------------------------------------------------------
+# Cache
+# ---------------------------------------------------------------------------------------------
+class DFlashCache:
+    """Per-layer K/V of the drafter's context rows, preallocated with spare capacity.
+
+    ``keys[l]`` / ``values[l]`` are [B, Hkv, capacity, D]; row t of request b holds the rotated
+    key of context row t (position t) for ``t < lengths[b]``. Slots past a request's length
+    are scratch (block rows of the current round), never part of the context.
+
+    ``lengths`` is a LongTensor [B] on the cache's device, so requests may differ in length.
+    A host-side bound ``span >= max(lengths)`` sizes slices without a device sync; while every
+    request has exactly ``span`` rows (``uniform``), attention needs no mask.
+    """
+
+    def __init__(
+        self,
+        num_layers: int,
+        batch_size: int,
+        num_kv_heads: int,
+        head_dim: int,
+        capacity: int,
+        dtype: torch.dtype,
+        device: torch.device | str | None = None,
+    ) -> None:
+        shape = (batch_size, num_kv_heads, max(int(capacity), 1), head_dim)
+        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        self.lengths = torch.zeros(batch_size, dtype=torch.long, device=device)
+        self.span = 0
+        self.uniform = True
+
+    @property
+    def batch_size(self) -> int:
+        return self.lengths.shape[0]
+
+    @property
+    def capacity(self) -> int:
+        return self.keys[0].shape[2] if self.keys else 0
+
+    @property
+    def device(self) -> torch.device:
+        return self.lengths.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.keys[0].dtype
+
+    def get_seq_length(self) -> int:
+        """Committed length when all requests agree (batch 1); the bound ``span`` otherwise."""
+        return self.span
+
+    def reserve(self, capacity: int) -> None:
+        """Grow storage to at least ``capacity`` rows (doubling), keeping the contents."""
+        if capacity <= self.capacity:
+            return
+        new_cap = max(capacity, 2 * self.capacity)
+        for store in (self.keys, self.values):
+            for i, old in enumerate(store):
+                grown = old.new_zeros(old.shape[0], old.shape[1], new_cap, old.shape[3])
+                grown[:, :, : old.shape[2]] = old
+                store[i] = grown
+
+    def crop(self, length: int | torch.Tensor) -> None:
+        """Truncate every request to at most ``length`` rows (int, or LongTensor [B])."""
+        if isinstance(length, torch.Tensor):
+            self.lengths = torch.minimum(self.lengths, length.to(self.lengths))
+            self.uniform = False
+        else:
+            if length < 0:
+                raise ValueError(f"crop length must be >= 0, got {length}")
+            self.lengths.clamp_(max=length)
+            self.span = min(self.span, int(length))
+
+    def reset(self) -> None:
+        self.lengths.zero_()
+        self.span = 0
+        self.uniform = True
+
+    def sync(self) -> None:
+        """Re-derive ``span``/``uniform`` from ``lengths`` (one device sync)."""
+        self.span = int(self.lengths.max().item()) if self.batch_size else 0
+        self.uniform = bool((self.lengths == self.span).all().item())
+
+
+# ---------------------------------------------------------------------------------------------
+# Drafter
+# ---------------------------------------------------------------------------------------------
+class DFlashDrafter(nn.Module):
+    """DFlash drafter: Qwen3-style layers over fused target features; no embedding, no head.
+
+    The target's ``embed_tokens`` and ``lm_head`` are attached with :meth:`bind` (held by
+    reference, never registered as submodules, never saved). Parameter names match the
+    published checkpoints: ``fc.weight``, ``hidden_norm.weight``, ``norm.weight`` and
+    ``layers.N.{input_layernorm, post_attention_layernorm}.weight``,
+    ``layers.N.self_attn.{q,k,v,o}_proj.weight``, ``layers.N.self_attn.{q,k}_norm.weight``,
+    ``layers.N.mlp.{gate,up,down}_proj.weight``.
+    """
+
+    def __init__(self, config: DFlashConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.layers = nn.ModuleList(_DecoderLayer(config) for _ in range(config.num_hidden_layers))
+        self.fc = nn.Linear(config.feature_size, config.hidden_size, bias=False)
+        self.hidden_norm = _RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.norm = _RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.rotary_emb = _Rotary(config)
+        # (embedding, lm_head) of the bound target; a tuple so nn.Module does not register them.
+        self._target_modules: tuple[nn.Module, nn.Module] | None = None
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def block_size(self) -> int:
+        return self.config.block_size
+
+    @property
+    def mask_token_id(self) -> int:
+        return self.config.mask_token_id
+
+    @property
+    def target_layer_ids(self) -> list[int]:
+        return list(self.config.target_layer_ids)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.fc.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.fc.weight.device
+
+    @property
+    def is_bound(self) -> bool:
+        return self._target_modules is not None
+
+    # ------------------------------------------------------------------ construction
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        """Random init: linears ~ N(0, initializer_range), biases 0, norms 1."""
+        std = self.config.initializer_range
+        with torch.no_grad():
+            for module in self.modules():
+                if isinstance(module, nn.Linear):
+                    module.weight.normal_(0.0, std, generator=generator)
+                    if module.bias is not None:
+                        module.bias.zero_()
+                elif isinstance(module, _RMSNorm):
+                    module.weight.fill_(1.0)
+
+    @classmethod
+    def for_target(
+        cls,
+        target: nn.Module,
+        num_layers: int = 1,
+        block_size: int = 16,
+        mask_token_id: int | None = None,
+        *,
+        target_layer_ids: list[int] | None = None,
+        num_feature_layers: int | None = None,
+        intermediate_size: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> DFlashDrafter:
+        """A randomly initialised drafter fitting HF causal LM ``target``, already bound.
+
+        Hidden size, heads, head dim, vocabulary, norm eps and RoPE come from the target's
+        config; ``target_layer_ids`` default to :func:`default_target_layer_ids` with
+        ``num_feature_layers`` (default ``num_layers``) layers; ``mask_token_id`` defaults to
+        ``vocab_size - 1`` (tokenizer-free fallback, see :meth:`DFlashConfig.for_target_config`).
+        The drafter takes the target's dtype and device.
+        """
+        config = DFlashConfig.for_target_config(
+            target.config,
+            num_layers=num_layers,
+            block_size=block_size,
+            mask_token_id=mask_token_id,
+            target_layer_ids=target_layer_ids,
+            num_feature_layers=num_feature_layers,
+            intermediate_size=intermediate_size,
+        )
+        drafter = cls(config)
+        drafter.reset_parameters(generator)
+        weight = target.get_input_embeddings().weight
+        drafter.to(device=weight.device, dtype=weight.dtype)
+        return drafter.bind(target)
+
+    # ------------------------------------------------------------------ target binding
+    def check_target(self, target: nn.Module) -> list[str]:
+        """Every way ``target`` does not fit this drafter, one line per field (empty if it fits)."""
+        cfg = target.config
+        if hasattr(cfg, "get_text_config"):
+            cfg = cfg.get_text_config()
+        c = self.config
+        errors: list[str] = []
+
+        def mismatch(field: str, expected: Any, got: Any) -> None:
+            errors.append(f"{field}: expected {expected} (target), got {got} (drafter)")
+
+        t_hidden = int(cfg.hidden_size)
+        t_vocab = int(cfg.vocab_size)
+        t_layers = int(cfg.num_hidden_layers)
+        if c.hidden_size != t_hidden:
+            mismatch("hidden_size", t_hidden, c.hidden_size)
+        if c.vocab_size != t_vocab:
+            mismatch("vocab_size", t_vocab, c.vocab_size)
+        if c.num_target_layers is not None and c.num_target_layers != t_layers:
+            mismatch("num_target_layers", t_layers, c.num_target_layers)
+        bad_ids = [i for i in c.target_layer_ids if not 0 <= i < t_layers]
+        if bad_ids:
+            errors.append(
+                f"target_layer_ids: expected ids in [0, {t_layers}) (target has {t_layers} "
+                f"layers), got {c.target_layer_ids} (out of range: {bad_ids})"
+            )
+        embed = target.get_input_embeddings() if hasattr(target, "get_input_embeddings") else None
+        head = target.get_output_embeddings() if hasattr(target, "get_output_embeddings") else None
+        rows = t_vocab
+        if embed is None or getattr(embed, "weight", None) is None:
+            errors.append("embed_tokens: target has no input embedding (get_input_embeddings)")
+        else:
+            rows = min(rows, int(embed.weight.shape[0]))
+            if int(embed.weight.shape[1]) != c.hidden_size:
+                mismatch("embed_tokens width", int(embed.weight.shape[1]), c.hidden_size)
+        if head is None:
+            errors.append("lm_head: target has no output embedding (get_output_embeddings)")
+        if not 0 <= c.mask_token_id < rows:
+            errors.append(
+                f"mask_token_id: expected an id in [0, {rows}) (target vocabulary), "
+                f"got {c.mask_token_id} (drafter)"
+            )
+        return errors
+
+    def bind(self, target: nn.Module) -> DFlashDrafter:
+        """Attach ``target``'s embedding and LM head after checking that the drafter fits.
+
+        Raises one ``ValueError`` listing every mismatch (hidden size, vocabulary,
+        ``num_target_layers``, feature-layer range, mask id), each as expected vs got.
+        """
+        errors = self.check_target(target)
+        if errors:
+            raise ValueError(
+                "DFlash drafter does not fit the target model:\n  - " + "\n  - ".join(errors)
+            )
+        head = target.get_output_embeddings()
+        assert head is not None  # checked above
+        self._target_modules = (target.get_input_embeddings(), head)
+        return self
+
+    def unbind(self) -> None:
+        self._target_modules = None
+
+    def _bound(self) -> tuple[nn.Module, nn.Module]:
+        if self._target_modules is None:
+            raise RuntimeError("DFlashDrafter is not bound to a target: call drafter.bind(target)")
+        return self._target_modules
+
+    def embed(self, token_ids: torch.Tensor) -> torch.Tensor:
+        """token ids [B, Q] -> block input rows [B, Q, hidden] from the target's embedding.
+
+        Uses the raw embedding table (times ``input_embedding_scale``), not the embedding
+        module, so targets that scale inside the module (Gemma) match the reference drafter.
+        """
+        embedding = self._bound()[0]
+        rows = F.embedding(token_ids, embedding.weight)  # type: ignore[arg-type]
+        if self.config.input_embedding_scale != 1.0:
+            rows = rows * self.config.input_embedding_scale
+        return rows.to(self.dtype)
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Final-normed hidden [B, L, hidden] -> logits [B, L, V] through the target lm_head."""
+        logits = self._bound()[1](hidden)
+        if self.config.output_multiplier != 1.0:
+            logits = logits * self.config.output_multiplier
+        cap = self.config.final_logit_softcapping
+        if cap is not None and cap > 0:
+            logits = torch.tanh(logits / cap) * cap
+        return logits
+
+    def extract_features(self, outputs: Any) -> torch.Tensor:
+        """HF output (with ``hidden_states``) or the tuple itself -> features [B, T, F]."""
+        hidden_states = getattr(outputs, "hidden_states", outputs)
+        if hidden_states is None:
+            raise ValueError(
+                "model output has no hidden_states: call with output_hidden_states=True"
+            )
+        return extract_features(hidden_states, self.config.target_layer_ids)
+
+    def make_block(self, bonus: torch.Tensor, size: int | None = None) -> torch.Tensor:
+        """bonus token ids [B] -> block ids [B, S] = [bonus, mask, ..., mask]."""
+        size = self.block_size if size is None else size
+        block = torch.full(
+            (bonus.shape[0], size), self.mask_token_id, dtype=torch.long, device=bonus.device
+        )
+        block[:, 0] = bonus
+        return block
+
+    # ------------------------------------------------------------------ input checks
+    def _check_block(self, block_ids: torch.Tensor) -> None:
+        if block_ids.dim() != 2:
+            raise ValueError(f"block_ids must be [B, S], got shape {tuple(block_ids.shape)}")
+        if block_ids.dtype.is_floating_point or block_ids.dtype == torch.bool:
+            raise ValueError(f"block_ids must be integer token ids, got dtype {block_ids.dtype}")
+        if not 1 <= block_ids.shape[1] <= self.block_size:
+            raise ValueError(
+                f"block length must be in [1, block_size={self.block_size}], "
+                f"got {block_ids.shape[1]}"
+            )
+
+    def _check_features(self, features: torch.Tensor, batch: int) -> None:
+        width = self.config.feature_size
+        if features.dim() != 3 or features.shape[0] != batch or features.shape[2] != width:
+            raise ValueError(
+                f"features must be [B={batch}, n, F={width}] "
+                f"({self.config.num_feature_layers} target layers x hidden "
+                f"{self.config.hidden_size}), got shape {tuple(features.shape)}"
+            )
+        if features.dtype != self.dtype:
+            raise ValueError(
+                f"features dtype {features.dtype} does not match drafter dtype {self.dtype}"
+            )
+        if features.device != self.device:
+            raise ValueError(f"features are on {features.device}, drafter is on {self.device}")
+
+    # ------------------------------------------------------------------ dense forward
+    def fuse(self, features: torch.Tensor) -> torch.Tensor:
+        """features [B, T, F] -> context rows ``RMSNorm(fc(features))`` [B, T, hidden]."""
+        return self.hidden_norm(self.fc(features))
+
+    def forward(
+        self,
+        block_ids: torch.Tensor,
+        features: torch.Tensor,
+        block_positions: torch.Tensor,
+        context_positions: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Stateless forward over explicit rows (reference path and training).
+
+        Args:
+            block_ids: [B, Q] token ids of the query rows (one or several blocks).
+            features: [B, T, F] context features.
+            block_positions: [B, Q] absolute positions of the query rows.
+            context_positions: [B, T]; default ``0..T-1``.
+            attention_mask: bool, True = may attend; [B, Q, T + Q] or [Q, T + Q] over
+                ``[context rows ; query rows]``. Default: everything visible (one block).
+
+        Returns:
+            Final-normed hidden states [B, Q, hidden] for every query row (nothing dropped).
+        """
+        if block_ids.dim() != 2:
+            raise ValueError(f"block_ids must be [B, Q], got shape {tuple(block_ids.shape)}")
+        batch, q_len = block_ids.shape
+        self._check_features(features, batch)
+        t_len = features.shape[1]
+        if context_positions is None:
+            context_positions = torch.arange(t_len, device=features.device).expand(batch, t_len)
+        mask = None
+        if attention_mask is not None:
+            if attention_mask.shape[-2:] != (q_len, t_len + q_len):
+                raise ValueError(
+                    f"attention_mask must end in [Q={q_len}, T+Q={t_len + q_len}], "
+                    f"got {tuple(attention_mask.shape)}"
+                )
+            mask = attention_mask.to(torch.bool)
+            mask = mask[:, None] if mask.dim() == 3 else mask[None, None]
+        ctx = self.fuse(features)
+        cos_c, sin_c = self.rotary_emb(context_positions, self.dtype)
+        cos_b, sin_b = self.rotary_emb(block_positions.expand(batch, q_len), self.dtype)
+        h = self.embed(block_ids)
+        for layer in self.layers:
+            attn = layer.self_attn
+            k_ctx, v_ctx = attn.key_value(ctx, cos_c, sin_c)
+            x = layer.input_layernorm(h)
+            k_blk, v_blk = attn.key_value(x, cos_b, sin_b)
+            q = attn.query(x, cos_b, sin_b)
+            k = torch.cat([k_ctx, k_blk], dim=2)
+            v = torch.cat([v_ctx, v_blk], dim=2)
+            h = h + attn.attend(q, k, v, mask)
+            h = h + layer.mlp(layer.post_attention_layernorm(h))
+        return self.norm(h)
+
+    # ------------------------------------------------------------------ cached drafting
+    def new_cache(self, batch_size: int = 1, capacity: int = 256) -> DFlashCache:
+        """An empty context cache; it grows on demand, preallocate ``capacity`` to avoid that."""
+        c = self.config
+        return DFlashCache(
+            c.num_hidden_layers,
+            batch_size,
+            c.num_key_value_heads,
+            c.head_dim,
+            capacity,
+            self.dtype,
+            self.device,
+        )
+
+    @torch.no_grad()
+    def append_context(
+        self,
+        cache: DFlashCache,
+        features: torch.Tensor,
+        num_new: torch.Tensor | None = None,
+    ) -> None:
+        """Append newly committed rows' features [B, n, F] to ``cache``.
+
+        Row t of request b lands at position ``lengths[b] + t``. ``num_new`` [B] (optional)
+        says how many of the n rows are real per request; the rest are padding that is
+        written to scratch and not counted.
+        """
+        batch = cache.batch_size
+        self._check_features(features, batch)
+        n = features.shape[1]
+        if n == 0:
+            return
+        cache.reserve(cache.span + n + self.block_size)
+        ctx = self.fuse(features)
+        offsets = torch.arange(n, device=features.device)
+        if cache.uniform:
+            positions = (cache.span + offsets).expand(batch, n)
+        else:
+            positions = cache.lengths[:, None] + offsets
+        first = cache.span if cache.uniform else None
+        cos, sin = self.rotary_emb(positions, self.dtype)
+        for i, layer in enumerate(self.layers):
+            k, v = layer.self_attn.key_value(ctx, cos, sin)
+            _write_rows(cache.keys[i], k, positions, first)
+            _write_rows(cache.values[i], v, positions, first)
+        if num_new is None:
+            cache.lengths += n
+        else:
+            cache.lengths += num_new.to(cache.lengths).clamp(0, n)
+            cache.uniform = False
+        cache.span += n
+
+    @torch.no_grad()
+    def draft_hidden(
+        self,
+        block_ids: torch.Tensor,
+        cache: DFlashCache,
+        new_features: torch.Tensor | None = None,
+        start: int | torch.Tensor | None = None,
+        num_new: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Like :meth:`draft` but returns final-normed hidden states [B, L, hidden]."""
+        self._check_block(block_ids)
+        batch, s_len = block_ids.shape
+        if batch != cache.batch_size:
+            raise ValueError(f"block batch {batch} != cache batch {cache.batch_size}")
+        if new_features is not None:
+            self.append_context(cache, new_features, num_new)
+        elif num_new is not None:
+            raise ValueError("num_new given without new_features")
+        cache.reserve(cache.span + s_len)
+        offsets = torch.arange(s_len, device=block_ids.device)
+        if start is None:
+            start = cache.span if cache.uniform else cache.lengths
+        elif isinstance(start, int) and cache.uniform and start < cache.span:
+            raise ValueError(
+                f"start={start} is inside the committed context (cache length {cache.span}); "
+                "block rows must come after the context rows"
+            )
+        if isinstance(start, torch.Tensor):
+            positions = start.to(block_ids.device).reshape(-1, 1) + offsets
+            positions = positions.expand(batch, s_len)
+        else:
+            positions = (int(start) + offsets).expand(batch, s_len)
+        # Scratch slots for the block's K/V: right after each request's committed rows.
+        first = cache.span if cache.uniform else None
+        if cache.uniform:
+            slots = (cache.span + offsets).expand(batch, s_len)
+            mask = None
+        else:
+            slots = cache.lengths[:, None] + offsets
+            keys = torch.arange(cache.span + s_len, device=block_ids.device)
+            visible = keys[None, :] < (cache.lengths[:, None] + s_len)
+            mask = visible[:, None, None, :].expand(batch, 1, s_len, cache.span + s_len)
+        span = cache.span + s_len
+        cos, sin = self.rotary_emb(positions, self.dtype)
+        h = self.embed(block_ids)
+        for i, layer in enumerate(self.layers):
+            attn = layer.self_attn
+            x = layer.input_layernorm(h)
+            k_blk, v_blk = attn.key_value(x, cos, sin)
+            _write_rows(cache.keys[i], k_blk, slots, first)
+            _write_rows(cache.values[i], v_blk, slots, first)
+            q = attn.query(x, cos, sin)
+            k = cache.keys[i][:, :, :span]
+            v = cache.values[i][:, :, :span]
+            h = h + attn.attend(q, k, v, mask)
+            h = h + layer.mlp(layer.post_attention_layernorm(h))
+        # Slot 0 (the bonus token) predicts nothing new: drop it.
+        return self.norm(h[:, 1:])
+
+    def draft(
+        self,
+        block_ids: torch.Tensor,
+        cache: DFlashCache,
+        new_features: torch.Tensor | None = None,
+        start: int | torch.Tensor | None = None,
+        num_new: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """One drafting round: append ``new_features``, run the block, return logits.
+
+        Args:
+            block_ids: [B, S] with slot 0 = bonus token, slots 1.. = ``mask_token_id``
+                (S <= ``block_size``; see :meth:`make_block`).
+            cache: the request's :class:`DFlashCache` (context rows only).
+            new_features: [B, n_new, F] features of rows committed since the last round
+                (the whole prompt at the first round), in position order; or None.
+            start: position of slot 0 (int or LongTensor [B]); default = the cache length
+                after appending, which is what the chain round uses. Must not fall inside the
+                committed context.
+            num_new: optional [B] count of real rows in ``new_features`` per request.
+
+        Returns:
+            logits [B, L, V], L = S - 1; row j is the draft distribution at depth j + 1,
+            position ``start + j + 1``.
+        """
+        hidden = self.draft_hidden(block_ids, cache, new_features, start, num_new)
+        with torch.no_grad():
+            return self.compute_logits(hidden)
+
+    # ------------------------------------------------------------------ checkpoints
+    def save_pretrained(self, path: str | os.PathLike[str]) -> None:
+        """Write ``config.json`` + ``model.safetensors`` in the published layout."""
+        from safetensors.torch import save_file
+
+        os.makedirs(path, exist_ok=True)
+        dtype_name = str(self.dtype).removeprefix("torch.")
+        self.config.to_json_file(os.path.join(path, CONFIG_NAME), dtype=dtype_name)
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        save_file(state, os.path.join(path, WEIGHTS_NAME), metadata={"format": "pt"})
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | os.PathLike[str],
+        torch_dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+    ) -> DFlashDrafter:
+        """Load a drafter directory in the published layout (local files only).
+
+        ``torch_dtype=None`` keeps the dtype stored in the safetensors file. Missing,
+        unexpected or mis-shaped parameters raise ``ValueError`` naming them.
+        """
+        config = DFlashConfig.from_json_file(os.path.join(path, CONFIG_NAME))
+        state = _load_state(path)
+        with torch.device("meta"):
+            drafter = cls(config)
+        expected = drafter.state_dict()
+        missing = sorted(set(expected) - set(state))
+        unexpected = sorted(set(state) - set(expected))
+        shapes = [
+            f"{k}: expected {tuple(expected[k].shape)}, got {tuple(state[k].shape)}"
+            for k in sorted(set(expected) & set(state))
+            if expected[k].shape != state[k].shape
+        ]
+        if missing or unexpected or shapes:
+            parts = []
+            if missing:
+                parts.append("missing " + ", ".join(missing))
+            if unexpected:
+                parts.append("unexpected " + ", ".join(unexpected))
+            if shapes:
+                parts.append("shape mismatch " + "; ".join(shapes))
+            raise ValueError(
+                f"checkpoint at {os.fspath(path)} does not match its config: " + " | ".join(parts)
+            )
+        drafter.load_state_dict(state, strict=True, assign=True)
+        drafter.to(device=device, dtype=torch_dtype)
+        return drafter
+
+
+def _write_rows(
+    store: torch.Tensor, rows: torch.Tensor, slots: torch.Tensor, first: int | None
+) -> None:
+    """Write rows [B, Hkv, n, D] into store [B, Hkv, C, D] at per-request slots [B, n].
+
+    ``first`` is set when every request writes the same contiguous slots ``first..first+n-1``:
+    then a slice copy replaces the scatter.
+    """
+    if first is not None:
+        store[:, :, first : first + rows.shape[2]] = rows
+    else:
+        store.scatter_(2, slots[:, None, :, None].expand(rows.shape), rows)
+
+
+def _load_state(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    single = os.path.join(path, WEIGHTS_NAME)
+    index = os.path.join(path, WEIGHTS_INDEX_NAME)
+    if os.path.exists(single):
+        files = [single]
+    elif os.path.exists(index):
+        with open(index, encoding="utf-8") as f:
+            weight_map = json.load(f)["weight_map"]
+        files = [os.path.join(path, name) for name in sorted(set(weight_map.values()))]
+    else:
+        raise FileNotFoundError(f"no {WEIGHTS_NAME} or {WEIGHTS_INDEX_NAME} in {os.fspath(path)}")
+    state: dict[str, torch.Tensor] = {}
+    for file in files:
+        state.update(load_file(file, device="cpu"))
+    # Some exporters prefix every key with "model."; published drafters do not.
+    if state and all(k.startswith("model.") for k in state):
+        state = {k[len("model.") :]: v for k, v in state.items()}
+    return {k: v for k, v in state.items() if not k.endswith(_IGNORED_KEYS)}

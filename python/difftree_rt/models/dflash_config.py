@@ -1,0 +1,444 @@
+"""Configuration of a DFlash drafter, in the published checkpoint layout.
+
+A published DFlash drafter directory holds ``config.json`` and ``model.safetensors``. The
+config is a Qwen3 config (``model_type: "qwen3"``, ``architectures: ["DFlashDraftModel"]``)
+plus the drafter fields:
+
+- ``block_size`` (top level; some variants repeat it inside ``dflash_config``),
+- ``num_target_layers`` (top level; some variants put it inside ``dflash_config``),
+- ``dflash_config``: ``{"mask_token_id": int, "target_layer_ids": [int, ...]}`` and, in
+  later variants, optional scalars (``input_embedding_scale``, ``output_multiplier``,
+  ``final_logit_softcapping``).
+
+Readers look a drafter field up in ``dflash_config`` first and fall back to the top level, so
+both placements load. Fields this runtime does not model are kept verbatim in
+:attr:`DFlashConfig.extra` / :attr:`DFlashConfig.dflash_extra` and written back on save;
+fields that would change the architecture (sliding windows, causal drafting, DFlash2 convs
+and selectors, MLA, partial rotary) are rejected instead of silently ignored.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import os
+from typing import Any
+
+__all__ = ["DFlashConfig", "default_target_layer_ids"]
+
+# Top-level keys that DFlashConfig models explicitly (everything else goes to ``extra``).
+_MODELED_KEYS = frozenset(
+    {
+        "hidden_size",
+        "intermediate_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "num_key_value_heads",
+        "head_dim",
+        "vocab_size",
+        "rms_norm_eps",
+        "hidden_act",
+        "attention_bias",
+        "attention_dropout",
+        "max_position_embeddings",
+        "initializer_range",
+        "rope_theta",
+        "rope_scaling",
+        "rope_parameters",
+        "block_size",
+        "num_target_layers",
+        "target_layer_ids",
+        "mask_token_id",
+        "dflash_config",
+        "model_type",
+        "architectures",
+        "auto_map",
+        "layer_types",
+        "use_sliding_window",
+        "sliding_window",
+        "max_window_layers",
+        "dtype",
+        "torch_dtype",
+        "is_causal",
+    }
+)
+_MODELED_DFLASH_KEYS = frozenset(
+    {
+        "mask_token_id",
+        "target_layer_ids",
+        "block_size",
+        "num_target_layers",
+        "input_embedding_scale",
+        "output_multiplier",
+        "final_logit_softcapping",
+    }
+)
+# Fields that mark an architecture this module does not implement (DFlash2 convs / selector,
+# Domino / DSpark projectors, MLA attention, partial rotary, attention sinks).
+_UNSUPPORTED_FIELDS = (
+    "conv_kernel_size",
+    "conv_group_size",
+    "selector_rank",
+    "selector_top_k",
+    "markov_rank",
+    "gru_hidden_dim",
+    "attention_sink_bias",
+    "attention_value_scale",
+)
+# RoPE types whose frequencies depend on the sequence length at run time; the drafter caches
+# rotated keys, so only static frequency tables are supported.
+_DYNAMIC_ROPE_TYPES = frozenset({"dynamic", "longrope"})
+
+
+def default_target_layer_ids(num_target_layers: int, num_feature_layers: int) -> list[int]:
+    """Evenly spaced feature layers, as published DFlash drafters choose them.
+
+    ``k = num_feature_layers`` layers are taken from 1 to ``N - 3`` (``N`` =
+    ``num_target_layers``): ``round(1 + i * (N - 4) / (k - 1))`` for ``i = 0..k-1``; a single
+    layer is ``N // 2``. Rounding is Python's ``round`` (half to even), the same as the
+    reference implementation, so ids match published configs bit for bit (e.g. ``N = 36,
+    k = 5 -> [1, 9, 17, 25, 33]``).
+    """
+    if num_target_layers < 1:
+        raise ValueError(f"num_target_layers must be >= 1, got {num_target_layers}")
+    if num_feature_layers < 1:
+        raise ValueError(f"num_feature_layers must be >= 1, got {num_feature_layers}")
+    if num_feature_layers == 1:
+        return [num_target_layers // 2]
+    span = num_target_layers - 4
+    return [round(1 + i * span / (num_feature_layers - 1)) for i in range(num_feature_layers)]
+
+
+def _rope_from_dict(raw: dict[str, Any]) -> dict[str, Any]:
+    """Normalise the two published RoPE spellings into one ``rope_parameters`` dict.
+
+    transformers 5 writes ``rope_parameters = {"rope_type", "rope_theta", ...}``; 4.x writes
+    ``rope_theta`` plus an optional ``rope_scaling`` dict (``type`` or ``rope_type``).
+    """
+    params = raw.get("rope_parameters")
+    if isinstance(params, dict) and params:
+        out = dict(params)
+    else:
+        out = dict(raw.get("rope_scaling") or {})
+        if "rope_theta" in raw:
+            out["rope_theta"] = raw["rope_theta"]
+    if "type" in out and "rope_type" not in out:
+        out["rope_type"] = out.pop("type")
+    out.setdefault("rope_type", "default")
+    # transformers' own default for Qwen3 / Llama configs without a theta.
+    out.setdefault("rope_theta", 10000.0)
+    out["rope_theta"] = float(out["rope_theta"])
+    return out
+
+
+@dataclasses.dataclass
+class DFlashConfig:
+    """Hyper-parameters of a DFlash drafter (Qwen3-style decoder layers).
+
+    ``hidden_size`` and ``vocab_size`` must equal the target's (the drafter consumes the
+    target's token embeddings and feeds the target's LM head). ``target_layer_ids`` are
+    0-based decoder layers of the target whose outputs are concatenated into the context
+    features, so ``fc`` maps ``len(target_layer_ids) * hidden_size`` to ``hidden_size``.
+    """
+
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    head_dim: int
+    vocab_size: int
+    target_layer_ids: list[int]
+    mask_token_id: int
+    block_size: int = 16
+    num_target_layers: int | None = None
+    rms_norm_eps: float = 1e-6
+    hidden_act: str = "silu"
+    attention_bias: bool = False
+    max_position_embeddings: int = 32768
+    initializer_range: float = 0.02
+    rope_parameters: dict[str, Any] = dataclasses.field(
+        default_factory=lambda: {"rope_type": "default", "rope_theta": 10000.0}
+    )
+    input_embedding_scale: float = 1.0
+    output_multiplier: float = 1.0
+    final_logit_softcapping: float | None = None
+    # Unmodelled fields, preserved across a load / save round trip.
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+    dflash_extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.target_layer_ids = [int(i) for i in self.target_layer_ids]
+        self.rope_parameters = _rope_from_dict({"rope_parameters": self.rope_parameters})
+        self.validate()
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def num_feature_layers(self) -> int:
+        """k: how many target layers are concatenated into one context feature row."""
+        return len(self.target_layer_ids)
+
+    @property
+    def feature_size(self) -> int:
+        """Width of a context feature row: ``k * hidden_size``."""
+        return self.num_feature_layers * self.hidden_size
+
+    @property
+    def rope_theta(self) -> float:
+        return float(self.rope_parameters["rope_theta"])
+
+    @property
+    def rope_type(self) -> str:
+        return str(self.rope_parameters.get("rope_type", "default"))
+
+    # ------------------------------------------------------------------ checks
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming every internally inconsistent field."""
+        errors: list[str] = []
+        for name in (
+            "hidden_size",
+            "intermediate_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "num_key_value_heads",
+            "head_dim",
+            "vocab_size",
+        ):
+            if int(getattr(self, name)) < 1:
+                errors.append(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.num_attention_heads % max(self.num_key_value_heads, 1) != 0:
+            errors.append(
+                f"num_attention_heads ({self.num_attention_heads}) must be a multiple of "
+                f"num_key_value_heads ({self.num_key_value_heads})"
+            )
+        if self.head_dim % 2 != 0:
+            errors.append(f"head_dim must be even for RoPE, got {self.head_dim}")
+        if self.block_size < 2:
+            errors.append(f"block_size must be >= 2 (bonus slot + 1 draft), got {self.block_size}")
+        if not self.target_layer_ids:
+            errors.append("target_layer_ids must not be empty")
+        if any(i < 0 for i in self.target_layer_ids):
+            errors.append(f"target_layer_ids must be >= 0, got {self.target_layer_ids}")
+        if self.num_target_layers is not None and any(
+            i >= self.num_target_layers for i in self.target_layer_ids
+        ):
+            errors.append(
+                f"target_layer_ids {self.target_layer_ids} out of range for "
+                f"num_target_layers={self.num_target_layers}"
+            )
+        if not 0 <= self.mask_token_id < self.vocab_size:
+            errors.append(
+                f"mask_token_id {self.mask_token_id} out of range for vocab_size={self.vocab_size}"
+            )
+        if self.hidden_act not in ("silu", "swish", "gelu", "gelu_pytorch_tanh"):
+            errors.append(f"hidden_act {self.hidden_act!r} is not supported")
+        if self.rope_type in _DYNAMIC_ROPE_TYPES:
+            errors.append(
+                f"rope_type {self.rope_type!r} is not supported (frequencies depend on the "
+                "sequence length, but drafter keys are cached already rotated)"
+            )
+        if errors:
+            raise ValueError("invalid DFlash config: " + "; ".join(errors))
+
+    # ------------------------------------------------------------------ (de)serialisation
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> DFlashConfig:
+        """Parse a published drafter ``config.json`` (already decoded)."""
+        raw = copy.deepcopy(raw)
+        dflash = dict(raw.get("dflash_config") or {})
+
+        def pick(name: str, default: Any = None) -> Any:
+            # Upstream readers prefer dflash_config and fall back to the top level.
+            if name in dflash and dflash[name] is not None:
+                return dflash[name]
+            value = raw.get(name)
+            return default if value is None else value
+
+        unsupported = [f for f in _UNSUPPORTED_FIELDS if f in raw or f in dflash]
+        projector = dflash.get("projector_type")
+        if projector not in (None, "dflash"):
+            unsupported.append(f"projector_type={projector!r}")
+        if dflash.get("attention_mode") not in (None, "gqa", "mha"):
+            unsupported.append(f"attention_mode={dflash['attention_mode']!r}")
+        if float(raw.get("partial_rotary_factor", 1.0)) != 1.0:
+            unsupported.append(f"partial_rotary_factor={raw['partial_rotary_factor']}")
+        if raw.get("is_causal") is True:
+            unsupported.append("is_causal=true")
+        layer_types = raw.get("layer_types") or []
+        window = raw.get("sliding_window")
+        if (any(t != "full_attention" for t in layer_types) and window is not None) or dflash.get(
+            "use_swa"
+        ):
+            unsupported.append("sliding-window layers")
+        if unsupported:
+            raise ValueError(
+                "unsupported DFlash variant (this runtime implements the DFlash drafter of "
+                "ALGORITHMS.md §1 only): " + ", ".join(unsupported)
+            )
+
+        missing = [
+            name
+            for name in ("hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
+            if raw.get(name) is None
+        ]
+        if pick("mask_token_id") is None:
+            missing.append("dflash_config.mask_token_id")
+        num_target_layers = pick("num_target_layers")
+        layer_ids = pick("target_layer_ids")
+        if layer_ids is None and num_target_layers is None:
+            missing.append("dflash_config.target_layer_ids (or num_target_layers)")
+        if missing:
+            raise ValueError("DFlash config is missing required fields: " + ", ".join(missing))
+
+        num_layers = int(raw["num_hidden_layers"])
+        if layer_ids is None:
+            # Older configs leave the ids implicit: one feature layer per drafter layer.
+            layer_ids = default_target_layer_ids(int(num_target_layers), num_layers)
+        heads = int(raw["num_attention_heads"])
+        hidden = int(raw["hidden_size"])
+        softcap = pick("final_logit_softcapping")
+        return cls(
+            hidden_size=hidden,
+            intermediate_size=int(raw.get("intermediate_size") or 4 * hidden),
+            num_hidden_layers=num_layers,
+            num_attention_heads=heads,
+            num_key_value_heads=int(raw.get("num_key_value_heads") or heads),
+            head_dim=int(raw.get("head_dim") or hidden // heads),
+            vocab_size=int(raw["vocab_size"]),
+            target_layer_ids=[int(i) for i in layer_ids],
+            mask_token_id=int(pick("mask_token_id")),
+            block_size=int(pick("block_size", 16)),
+            num_target_layers=None if num_target_layers is None else int(num_target_layers),
+            rms_norm_eps=float(raw.get("rms_norm_eps", 1e-6)),
+            hidden_act=str(raw.get("hidden_act", "silu")),
+            attention_bias=bool(raw.get("attention_bias", False)),
+            max_position_embeddings=int(raw.get("max_position_embeddings") or 32768),
+            initializer_range=float(raw.get("initializer_range", 0.02)),
+            rope_parameters=_rope_from_dict(raw),
+            input_embedding_scale=float(pick("input_embedding_scale", 1.0)),
+            output_multiplier=float(pick("output_multiplier", 1.0)),
+            final_logit_softcapping=None if softcap is None else float(softcap),
+            extra={k: v for k, v in raw.items() if k not in _MODELED_KEYS},
+            dflash_extra={k: v for k, v in dflash.items() if k not in _MODELED_DFLASH_KEYS},
+        )
+
+    def to_dict(self, dtype: str | None = None) -> dict[str, Any]:
+        """The published ``config.json`` layout.
+
+        RoPE is written both as ``rope_parameters`` (transformers 5) and as ``rope_theta`` /
+        ``rope_scaling`` (transformers 4.x) so either reader finds it.
+        """
+        out: dict[str, Any] = {
+            "architectures": ["DFlashDraftModel"],
+            "model_type": "qwen3",
+            "auto_map": {"AutoModel": "dflash.DFlashDraftModel"},
+        }
+        out.update(copy.deepcopy(self.extra))
+        dflash: dict[str, Any] = copy.deepcopy(self.dflash_extra)
+        dflash["mask_token_id"] = self.mask_token_id
+        dflash["target_layer_ids"] = list(self.target_layer_ids)
+        if self.input_embedding_scale != 1.0:
+            dflash["input_embedding_scale"] = self.input_embedding_scale
+        if self.output_multiplier != 1.0:
+            dflash["output_multiplier"] = self.output_multiplier
+        if self.final_logit_softcapping is not None:
+            dflash["final_logit_softcapping"] = self.final_logit_softcapping
+        rope = dict(self.rope_parameters)
+        scaling = {k: v for k, v in rope.items() if k != "rope_theta"}
+        out.update(
+            {
+                "attention_bias": self.attention_bias,
+                "attention_dropout": 0.0,
+                "block_size": self.block_size,
+                "dflash_config": dflash,
+                "head_dim": self.head_dim,
+                "hidden_act": self.hidden_act,
+                "hidden_size": self.hidden_size,
+                "initializer_range": self.initializer_range,
+                "intermediate_size": self.intermediate_size,
+                "layer_types": ["full_attention"] * self.num_hidden_layers,
+                "max_position_embeddings": self.max_position_embeddings,
+                "max_window_layers": self.num_hidden_layers,
+                "num_attention_heads": self.num_attention_heads,
+                "num_hidden_layers": self.num_hidden_layers,
+                "num_key_value_heads": self.num_key_value_heads,
+                "rms_norm_eps": self.rms_norm_eps,
+                "rope_parameters": rope,
+                "rope_scaling": None if self.rope_type == "default" else scaling,
+                "rope_theta": self.rope_theta,
+                "sliding_window": None,
+                "use_sliding_window": False,
+                "vocab_size": self.vocab_size,
+            }
+        )
+        if self.num_target_layers is not None:
+            out["num_target_layers"] = self.num_target_layers
+        if dtype is not None:
+            out["dtype"] = dtype
+        return out
+
+    @classmethod
+    def from_json_file(cls, path: str | os.PathLike[str]) -> DFlashConfig:
+        with open(path, encoding="utf-8") as f:
+            return cls.from_dict(json.load(f))
+
+    def to_json_file(self, path: str | os.PathLike[str], dtype: str | None = None) -> None:
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(self.to_dict(dtype=dtype), f, indent=2, sort_keys=True)
+            f.write("\n")
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def for_target_config(
+        cls,
+        target_config: Any,
+        *,
+        num_layers: int = 1,
+        block_size: int = 16,
+        mask_token_id: int | None = None,
+        target_layer_ids: list[int] | None = None,
+        num_feature_layers: int | None = None,
+        intermediate_size: int | None = None,
+    ) -> DFlashConfig:
+        """A drafter config fitting an HF causal-LM config (``PretrainedConfig`` or dict).
+
+        Copies hidden size, heads, head dim, vocabulary, norm eps and RoPE settings from the
+        target. ``num_feature_layers`` defaults to ``num_layers`` (as published drafters do);
+        ``target_layer_ids`` default to :func:`default_target_layer_ids`. ``mask_token_id``
+        defaults to ``vocab_size - 1``: a tokenizer-free fallback that is always a valid row of
+        the target's embedding (published drafters use a dedicated ``<|MASK|>`` token instead,
+        e.g. 151669 for Qwen3; any id works for a drafter trained with it).
+        """
+        if hasattr(target_config, "get_text_config"):
+            target_config = target_config.get_text_config()
+        raw = target_config.to_dict() if hasattr(target_config, "to_dict") else dict(target_config)
+        hidden = int(raw["hidden_size"])
+        heads = int(raw["num_attention_heads"])
+        n_target = int(raw["num_hidden_layers"])
+        vocab = int(raw["vocab_size"])
+        k = num_layers if num_feature_layers is None else num_feature_layers
+        ids = (
+            list(target_layer_ids)
+            if target_layer_ids is not None
+            else default_target_layer_ids(n_target, k)
+        )
+        return cls(
+            hidden_size=hidden,
+            intermediate_size=int(intermediate_size or raw.get("intermediate_size") or 4 * hidden),
+            num_hidden_layers=num_layers,
+            num_attention_heads=heads,
+            num_key_value_heads=int(raw.get("num_key_value_heads") or heads),
+            head_dim=int(raw.get("head_dim") or hidden // heads),
+            vocab_size=vocab,
+            target_layer_ids=ids,
+            mask_token_id=vocab - 1 if mask_token_id is None else int(mask_token_id),
+            block_size=block_size,
+            num_target_layers=n_target,
+            rms_norm_eps=float(raw.get("rms_norm_eps") or raw.get("layer_norm_eps") or 1e-6),
+            hidden_act="silu",
+            attention_bias=False,
+            max_position_embeddings=int(raw.get("max_position_embeddings") or 32768),
+            initializer_range=float(raw.get("initializer_range") or 0.02),
+            rope_parameters=_rope_from_dict(raw),
+        )
