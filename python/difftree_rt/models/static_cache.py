@@ -1,0 +1,287 @@
+"""Preallocated static KV cache for the target model, behind the transformers ``Cache`` interface.
+
+Shapes use the project vocabulary: B batch, H_kv key/value heads, S_max cache capacity (rows),
+D head dim, T query rows of one forward, L tree depth.
+
+Every layer owns one contiguous K and one contiguous V tensor ``[B, H_kv, S_max, D]``, allocated
+once. A forward never appends by growing: before each forward the owner (``TargetAdapter``) sets the
+rows that query row i is written to (``base_len + i``), and ``update`` scatters there. The committed
+length of each request lives on the device (``base_len``, ``[B]`` int32) so a captured CUDA graph
+replays with new lengths.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+from transformers.cache_utils import Cache, CacheLayerMixin
+
+__all__ = ["StaticKVCache", "kv_commit_reference"]
+
+
+def kv_commit_reference(
+    caches: list[Tensor], base_len: Tensor, path: Tensor, accepted: Tensor
+) -> None:
+    """Move the accepted path's rows into place, in every cache tensor (plain PyTorch).
+
+    For each request b and j = 0..accepted[b], row ``base_len[b] + path[b, j]`` moves to row
+    ``base_len[b] + j``, in every tensor of ``caches`` (all layers' K and V). ``base_len`` itself is
+    not changed. Same contract as the future ``difftree_rt.ops.kv_commit``.
+
+    Args:
+        caches: tensors ``[B, H_kv, S_max, D]`` (same B, S_max; H_kv and D may differ per tensor).
+        base_len: ``[B]`` int, committed length before this round.
+        path: ``[B, L+1]`` int, node index of the j-th path node (``path[:, 0] == 0``, strictly
+            increasing up to ``accepted``); entries past ``accepted`` are ignored.
+        accepted: ``[B]`` int, number of accepted draft nodes (the path has ``accepted + 1`` nodes).
+    """
+    if not caches:
+        return
+    device = caches[0].device
+    num_b, path_len = path.shape
+    j = torch.arange(path_len, device=device)
+    # Entries past `accepted` repeat the last valid move: duplicate writes then carry identical
+    # values (deterministic) and never reach past the rows verify actually wrote.
+    jj = torch.minimum(j[None, :], accepted.to(device=device, dtype=torch.long)[:, None])
+    src_rel = torch.gather(path.to(device=device, dtype=torch.long), 1, jj)
+    base = base_len.to(device=device, dtype=torch.long)[:, None]
+    src = base + src_rel  # [B, L+1]
+    dst = base + jj
+    for cache in caches:
+        _, heads, _, dim = cache.shape
+        src_idx = src[:, None, :, None].expand(num_b, heads, path_len, dim)
+        dst_idx = dst[:, None, :, None].expand(num_b, heads, path_len, dim)
+        # Stage: gather copies every source row before any destination is written, so
+        # overlapping source/destination rows (a_j >= j) are safe.
+        staged = torch.gather(cache, 2, src_idx)
+        cache.scatter_(2, dst_idx, staged)
+
+
+class _StaticTreeLayer(CacheLayerMixin):
+    """One layer's view of a ``StaticKVCache`` (keeps the ``CacheLayerMixin`` contract).
+
+    The tensors are allocated by the owner; writes go through the owner so that all layers share
+    the per-forward write rows.
+    """
+
+    is_compileable = False
+    is_sliding = False
+    is_croppable = False
+
+    def __init__(self, owner: StaticKVCache, layer_idx: int, keys: Tensor, values: Tensor) -> None:
+        super().__init__()
+        self._owner = owner
+        self._layer_idx = layer_idx
+        self.keys = keys
+        self.values = values
+        self.is_initialized = True
+        self.dtype, self.device = keys.dtype, keys.device
+        self.batch_size, self.num_heads = keys.shape[0], keys.shape[1]
+        self.max_cache_len = keys.shape[2]
+
+    def lazy_initialization(self, key_states: Tensor, value_states: Tensor) -> None:
+        # Preallocated in the owner's constructor; nothing to do.
+        return None
+
+    def update(
+        self, key_states: Tensor, value_states: Tensor, *args: Any, **kwargs: Any
+    ) -> tuple[Tensor, Tensor]:
+        return self._owner._write(self._layer_idx, key_states, value_states)
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return self.max_cache_len, 0
+
+    def get_seq_length(self) -> int:
+        return self._owner.get_seq_length()
+
+    def get_max_length(self) -> int:
+        return self.max_cache_len
+
+    # Older transformers releases name the capacity query this way.
+    def get_max_cache_shape(self) -> int:
+        return self.max_cache_len
+
+    def reset(self) -> None:
+        # Rows past `base_len` are never read, so resetting lengths (done by the owner) suffices.
+        return None
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        raise NotImplementedError("StaticKVCache does not support beam search reordering")
+
+
+class StaticKVCache(Cache):
+    """Preallocated per-layer K/V ``[B, H_kv, S_max, D]`` with explicit write rows.
+
+    Attributes:
+        key_cache: one K tensor per layer, ``[B, H_kv, S_max, D]``, contiguous, fixed address.
+        value_cache: one V tensor per layer, same shape.
+        base_len: ``[B]`` int32 on the device: committed rows per request.
+        max_length: S_max.
+
+    ``update`` (called by every HF attention layer) writes query row i of request b to row
+    ``rows[b, i]`` set by :meth:`begin_write` and returns the whole layer buffers; the attention
+    function decides what is visible (see ``tree_attention``).
+    """
+
+    def __init__(
+        self,
+        num_layers: int,
+        batch_size: int,
+        num_kv_heads: int,
+        head_dim: int,
+        max_length: int,
+        dtype: torch.dtype,
+        device: torch.device | str,
+    ) -> None:
+        for name, value in (
+            ("num_layers", num_layers),
+            ("batch_size", batch_size),
+            ("num_kv_heads", num_kv_heads),
+            ("head_dim", head_dim),
+            ("max_length", max_length),
+        ):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        shape = (batch_size, num_kv_heads, max_length, head_dim)
+        self.key_cache: list[Tensor] = [
+            torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)
+        ]
+        self.value_cache: list[Tensor] = [
+            torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)
+        ]
+        layers: list[Any] = [
+            _StaticTreeLayer(self, i, k, v)
+            for i, (k, v) in enumerate(zip(self.key_cache, self.value_cache, strict=True))
+        ]
+        super().__init__(layers=layers)
+        self.max_length = max_length
+        self.num_kv_heads = num_kv_heads
+        self.head_dim = head_dim
+        self.dtype = dtype
+        self.device = torch.device(device)
+        self.base_len: Tensor = torch.zeros(batch_size, dtype=torch.int32, device=device)
+        self._write_rows: Tensor | None = None
+        self._write_index: Tensor | None = None
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.key_cache)
+
+    @property
+    def batch_size(self) -> int:  # type: ignore[override]
+        return int(self.base_len.shape[0])
+
+    # ----------------------------------------------------------------------------------------
+    # Writes
+    # ----------------------------------------------------------------------------------------
+    def begin_write(self, rows: Tensor) -> None:
+        """Set the cache rows for the next forward: query row i of request b goes to ``rows[b, i]``.
+
+        Args:
+            rows: ``[B, T]`` int64 on the cache device, all ``< S_max`` (the caller checks capacity).
+        """
+        if rows.dim() != 2 or rows.shape[0] != self.batch_size:
+            raise ValueError(f"rows must be [B={self.batch_size}, T], got {tuple(rows.shape)}")
+        rows = rows.to(device=self.device, dtype=torch.long)
+        num_b, num_t = rows.shape
+        self._write_rows = rows
+        # One expanded view reused by every layer (no copy): index for scatter_ along dim 2.
+        self._write_index = rows[:, None, :, None].expand(
+            num_b, self.num_kv_heads, num_t, self.head_dim
+        )
+
+    def end_write(self) -> None:
+        """Forget the write rows, so a stray ``update`` outside a forward fails loudly."""
+        self._write_rows = None
+        self._write_index = None
+
+    def _write(
+        self, layer_idx: int, key_states: Tensor, value_states: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        index = self._write_index
+        if index is None:
+            raise RuntimeError(
+                "StaticKVCache.update was called outside a TargetAdapter forward: no write rows set "
+                "(call begin_write(rows) first)"
+            )
+        if key_states.shape != index.shape or value_states.shape != index.shape:
+            raise ValueError(
+                f"layer {layer_idx}: key/value states {tuple(key_states.shape)} / "
+                f"{tuple(value_states.shape)} do not match the write rows "
+                f"[B, H_kv, T, D]={tuple(index.shape)}"
+            )
+        k_buf = self.key_cache[layer_idx]
+        v_buf = self.value_cache[layer_idx]
+        k_buf.scatter_(2, index, key_states.to(k_buf.dtype))
+        v_buf.scatter_(2, index, value_states.to(v_buf.dtype))
+        return k_buf, v_buf
+
+    def update(
+        self,
+        key_states: Tensor,
+        value_states: Tensor,
+        layer_idx: int,
+        *args: Any,
+        **kwargs: Any,
+    ) -> tuple[Tensor, Tensor]:
+        """HF hook: write ``[B, H_kv, T, D]`` states at the current write rows of layer ``layer_idx``.
+
+        Returns the whole layer buffers ``[B, H_kv, S_max, D]`` (visibility is the attention
+        function's job, driven by ``base_len``).
+        """
+        return self._write(layer_idx, key_states, value_states)
+
+    # ----------------------------------------------------------------------------------------
+    # Lengths
+    # ----------------------------------------------------------------------------------------
+    def advance(self, num_rows: Tensor | int) -> None:
+        """``base_len += num_rows`` (an int or a ``[B]`` tensor), in place on the device."""
+        if isinstance(num_rows, Tensor):
+            self.base_len.add_(num_rows.to(device=self.device, dtype=self.base_len.dtype))
+        else:
+            self.base_len.add_(num_rows)
+
+    def commit(self, path: Tensor, accepted: Tensor) -> None:
+        """Move the accepted path's rows into place in every layer, then advance ``base_len``.
+
+        Args:
+            path: ``[B, L+1]`` node indices of the accepted path (``path[:, 0] == 0``).
+            accepted: ``[B]`` accepted draft nodes; ``base_len += accepted + 1``.
+        """
+        # The single call site of the commit kernel: swap in difftree_rt.ops.kv_commit here.
+        kv_commit_reference(self.key_cache + self.value_cache, self.base_len, path, accepted)
+        self.advance(accepted.to(device=self.device, dtype=self.base_len.dtype) + 1)
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        """Longest committed length over the batch (host sync; not used on the hot path)."""
+        return int(self.base_len.max().item()) if self.base_len.numel() else 0
+
+    def get_max_length(self, layer_idx: int | None = None) -> int:
+        return self.max_length
+
+    def get_max_cache_shape(self, layer_idx: int = 0) -> int:
+        return self.max_length
+
+    def get_mask_sizes(self, query_length: int, layer_idx: int = 0) -> tuple[int, int]:
+        return self.max_length, 0
+
+    def reset(self) -> None:
+        """Forget every request's context (lengths to 0; buffers are kept, not zeroed)."""
+        self.base_len.zero_()
+        self.end_write()
+
+    def crop(self, tokens_to_remove: int) -> None:
+        raise NotImplementedError(
+            "StaticKVCache lengths are per request on the device; use TargetAdapter.commit"
+        )
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        raise NotImplementedError("StaticKVCache does not support beam search reordering")
+
+    def __repr__(self) -> str:
+        return (
+            f"StaticKVCache(layers={self.num_layers}, B={self.batch_size}, H_kv={self.num_kv_heads}, "
+            f"S_max={self.max_length}, D={self.head_dim}, dtype={self.dtype}, device={self.device})"
+        )

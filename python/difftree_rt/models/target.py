@@ -1,0 +1,535 @@
+"""Target adapter: any HF causal LM with standard decoder layers, on a static KV cache.
+
+Vocabulary: B batch, T new tokens, N tree nodes (root included), L tree depth, V vocab,
+H heads, D head dim, S_max cache capacity, F = k * hidden (k captured feature layers).
+
+One adapter owns one :class:`StaticKVCache`. Every forward (prefill, AR decode, tree verify)
+writes its T (or N) new rows at ``base_len + i`` and runs attention through the registered
+``"difftree_tree"`` attention function (``tree_attention``): committed prefix unmasked + the new
+rows causal (prefill/decode) or ancestor-only (verify). Prefill and decode advance ``base_len``;
+verify does not, :meth:`TargetAdapter.commit` does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .static_cache import StaticKVCache
+from .tree_attention import CONTEXT_KWARG, TreeAttentionContext, register_hf_attention
+
+__all__ = ["TargetAdapter", "TargetOutput"]
+
+_INT_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
+_SUPPORTED_LAYER_TYPES = ("full_attention", "sliding_attention")
+
+
+@dataclass
+class TargetOutput:
+    """Result of one target forward.
+
+    Attributes:
+        logits: ``[B, T, V]`` (``[B, 1, V]`` with ``last_logits_only``).
+        features: ``[B, T, F]`` hidden states of the feature layers concatenated in the requested
+            order, or ``None`` when the adapter has no feature layers.
+    """
+
+    logits: Tensor
+    features: Tensor | None = None
+
+
+def _find_decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The decoder layer stack (``model.model.layers`` for HF causal LMs)."""
+    candidates: list[Any] = []
+    inner = getattr(model, "model", None)
+    if inner is not None:
+        candidates.append(inner)
+    get_decoder = getattr(model, "get_decoder", None)
+    if callable(get_decoder):
+        with contextlib.suppress(Exception):
+            candidates.append(get_decoder())
+    candidates.append(model)
+    for cand in candidates:
+        layers = getattr(cand, "layers", None)
+        if isinstance(layers, nn.ModuleList) and len(layers) > 0:
+            return layers
+    raise ValueError(
+        f"model: unsupported model {type(model).__name__}: no decoder layer stack found (expected "
+        "an nn.ModuleList at `model.model.layers` or `model.get_decoder().layers`)"
+    )
+
+
+def _find_final_norm(model: nn.Module) -> nn.Module | None:
+    """The decoder's final norm (``model.model.norm``), applied before the LM head."""
+    for cand in (getattr(model, "model", None), model):
+        norm = getattr(cand, "norm", None) if cand is not None else None
+        if isinstance(norm, nn.Module):
+            return norm
+    return None
+
+
+class TargetAdapter:
+    """Wrap an HF causal LM for tree verification on a preallocated static KV cache.
+
+    Args:
+        model: an ``AutoModelForCausalLM``-style model (Qwen3, Llama, Qwen2, Mistral, ...) whose
+            attention goes through transformers' ``AttentionInterface``. It is not modified:
+            the attention implementation is switched only for the duration of adapter calls, so
+            the model keeps working as a plain HF model.
+        max_length: S_max, cache rows per request (prompt + generated + one tree).
+        batch_size: B.
+        feature_layers: 0-based decoder layer ids whose outputs are captured, concatenated in this
+            order; ``None`` or empty captures nothing. Feature j equals HF ``hidden_states[j+1]``
+            (for the last layer that is after the final norm, as HF reports it).
+        validate: run value checks that need a device->host sync (index ranges in verify/commit).
+            Shape checks always run. Turn off for graph capture.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        max_length: int,
+        batch_size: int = 1,
+        feature_layers: Sequence[int] | None = None,
+        *,
+        validate: bool = True,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise ValueError(f"model must be a torch nn.Module, got {type(model).__name__}")
+        config = getattr(model, "config", None)
+        if config is None:
+            raise ValueError(f"model: unsupported model {type(model).__name__}: no `config`")
+        for name, value in (("max_length", max_length), ("batch_size", batch_size)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if getattr(config, "is_encoder_decoder", False):
+            raise ValueError(
+                f"model: unsupported model {type(model).__name__}: encoder-decoder models are not "
+                "supported (need a decoder-only causal LM)"
+            )
+
+        missing = [
+            f
+            for f in ("num_hidden_layers", "num_attention_heads", "hidden_size", "vocab_size")
+            if not isinstance(getattr(config, f, None), int)
+        ]
+        if missing:
+            raise ValueError(
+                f"model: unsupported model {type(model).__name__}: config lacks {', '.join(missing)}"
+            )
+        if not getattr(model, "_supports_attention_backend", False):
+            raise ValueError(
+                f"model: unsupported model {type(model).__name__}: it does not route attention "
+                "through transformers' AttentionInterface (`_supports_attention_backend` is not set), "
+                "so tree attention cannot be plugged in"
+            )
+
+        num_layers: int = config.num_hidden_layers
+        num_heads: int = config.num_attention_heads
+        num_kv_heads = getattr(config, "num_key_value_heads", None) or num_heads
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // num_heads
+        if num_heads % num_kv_heads != 0:
+            raise ValueError(
+                f"model: num_attention_heads={num_heads} is not a multiple of "
+                f"num_key_value_heads={num_kv_heads}"
+            )
+
+        layer_types = getattr(config, "layer_types", None)
+        if layer_types is not None:
+            bad = sorted({t for t in layer_types if t not in _SUPPORTED_LAYER_TYPES})
+            if bad:
+                raise ValueError(
+                    f"model: unsupported model {type(model).__name__}: layer types {bad} are not "
+                    f"standard attention layers (supported: {list(_SUPPORTED_LAYER_TYPES)})"
+                )
+        window = getattr(config, "sliding_window", None)
+        uses_window = window is not None and (
+            layer_types is None or "sliding_attention" in layer_types
+        )
+        if uses_window and window < max_length:
+            raise ValueError(
+                f"max_length={max_length} exceeds the model's sliding window ({window}); "
+                "sliding-window attention is not implemented by tree attention, so contexts must "
+                f"stay within the window (use max_length <= {window})"
+            )
+
+        layers = _find_decoder_layers(model)
+        if len(layers) != num_layers:
+            raise ValueError(
+                f"model: found {len(layers)} decoder layers but config.num_hidden_layers={num_layers}"
+            )
+        attn_missing = [
+            i
+            for i, layer in enumerate(layers)
+            if getattr(getattr(layer, "self_attn", None), "layer_idx", None) is None
+        ]
+        if attn_missing:
+            raise ValueError(
+                f"model: unsupported model {type(model).__name__}: decoder layers {attn_missing} "
+                "have no `self_attn` module with a `layer_idx` (not a standard decoder layer)"
+            )
+
+        feats = [] if feature_layers is None else list(feature_layers)
+        for j in feats:
+            if not isinstance(j, int) or isinstance(j, bool) or not 0 <= j < num_layers:
+                raise ValueError(
+                    f"feature_layers: {j!r} is not a decoder layer id in [0, {num_layers}) "
+                    f"(got {feats})"
+                )
+
+        param = next(model.parameters(), None)
+        if param is None:
+            raise ValueError(f"model: {type(model).__name__} has no parameters")
+
+        self.model = model
+        self.config = config
+        self.feature_layers: list[int] = feats
+        self.validate = validate
+        self.device = param.device
+        self.dtype = param.dtype
+        self.num_layers = num_layers
+        self.vocab_size: int = config.vocab_size
+        self.hidden_size: int = config.hidden_size
+        self._layers = layers
+        # HF reports the last layer's output after the final norm (hidden_states[-1] is tied to
+        # last_hidden_state); capture it from the norm so "feature j = hidden_states[j+1]" holds.
+        self._final_norm = _find_final_norm(model)
+        if num_layers - 1 in feats and self._final_norm is None:
+            raise ValueError(
+                f"feature_layers: layer {num_layers - 1} (the last) needs the decoder's final norm "
+                "(`model.model.norm`), which was not found"
+            )
+        self._attn_impl = register_hf_attention()
+        self.cache = StaticKVCache(
+            num_layers=num_layers,
+            batch_size=batch_size,
+            num_kv_heads=num_kv_heads,
+            head_dim=head_dim,
+            max_length=max_length,
+            dtype=self.dtype,
+            device=self.device,
+        )
+        # Host-side upper bound on max(base_len): capacity checks and the reference attention's
+        # scan length without a device sync; `_len_exact` says whether it is tight.
+        self._len_bound = 0
+        self._len_exact = True
+        # Tree size N of the last verify (commit needs one), None when no tree is pending.
+        self._pending_nodes: int | None = None
+
+    # --------------------------------------------------------------------------------------------
+    # Properties
+    # --------------------------------------------------------------------------------------------
+    @property
+    def base_len(self) -> Tensor:
+        """``[B]`` int32 on the device: committed tokens (KV rows) per request."""
+        return self.cache.base_len
+
+    @property
+    def max_length(self) -> int:
+        """S_max, the cache capacity in rows per request."""
+        return self.cache.max_length
+
+    @property
+    def batch_size(self) -> int:
+        return self.cache.batch_size
+
+    @property
+    def feature_dim(self) -> int:
+        """F = len(feature_layers) * hidden_size (0 without feature layers)."""
+        return len(self.feature_layers) * self.hidden_size
+
+    # --------------------------------------------------------------------------------------------
+    # Public API
+    # --------------------------------------------------------------------------------------------
+    def reset(self) -> None:
+        """Forget all context: ``base_len`` to 0 (the buffers are reused as is)."""
+        self.cache.reset()
+        self._len_bound = 0
+        self._len_exact = True
+        self._pending_nodes = None
+
+    @torch.no_grad()
+    def prefill(self, input_ids: Tensor, *, last_logits_only: bool = False) -> TargetOutput:
+        """Append T tokens per request causally after the committed context and commit them.
+
+        Works for the first prompt and for later chunks (chunked prefill).
+
+        Args:
+            input_ids: ``[B, T]`` integer token ids.
+            last_logits_only: return logits ``[B, 1, V]`` of the last row only (saves memory on
+                long prompts); features are still returned for all T rows.
+
+        Returns:
+            logits ``[B, T, V]`` and features ``[B, T, F]``. ``base_len += T``.
+        """
+        ids = self._check_ids(input_ids, "input_ids")
+        num_t = ids.shape[1]
+        self._ensure_capacity(num_t, "input_ids")
+        base = self.cache.base_len.to(torch.long)
+        positions = base[:, None] + torch.arange(num_t, device=self.device)
+        out = self._forward(ids, positions, None, None, last_logits_only=last_logits_only)
+        self.cache.advance(num_t)
+        self._len_bound += num_t
+        self._pending_nodes = None
+        return out
+
+    @torch.no_grad()
+    def decode(self, token: Tensor) -> TargetOutput:
+        """AR step: append one token per request and commit it.
+
+        Args:
+            token: ``[B, 1]`` integer token ids.
+
+        Returns:
+            logits ``[B, 1, V]`` and features ``[B, 1, F]``. ``base_len += 1``.
+        """
+        ids = self._check_ids(token, "token")
+        if ids.shape[1] != 1:
+            raise ValueError(f"token must be [B={self.batch_size}, 1], got {tuple(token.shape)}")
+        return self.prefill(ids)
+
+    @torch.no_grad()
+    def verify(
+        self,
+        tree_tokens: Tensor,
+        depth: Tensor,
+        anc: Tensor | None,
+        num_nodes: Tensor | None = None,
+    ) -> TargetOutput:
+        """Run the target on a draft tree without committing anything.
+
+        Node i is written at cache row ``base_len + i``, sits at position ``base_len + depth[i]``
+        and sees the committed prefix plus itself and its ancestors.
+
+        Args:
+            tree_tokens: ``[B, N]`` integer token per node (node 0 = root = bonus token).
+            depth: ``[B, N]`` integer depth per node (root 0).
+            anc: ``[B, N, ceil(N/32)]`` int32/uint32 ancestor-or-self bitmask, or ``None`` for a
+                chain (causal; ``parent[i] = i - 1``).
+            num_nodes: ``[B]`` valid nodes; rows ``>= num_nodes`` are padding (self-only ``anc``).
+                ``None`` means all N.
+
+        Returns:
+            logits ``[B, N, V]`` and features ``[B, N, F]`` (padding rows hold garbage).
+            ``base_len`` is unchanged until :meth:`commit`.
+        """
+        ids = self._check_ids(tree_tokens, "tree_tokens")
+        num_b, num_n = ids.shape
+        self._check_int(depth, "depth", (num_b, num_n))
+        if anc is not None:
+            words = (num_n + 31) // 32
+            if anc.dtype not in (torch.int32, torch.uint32):
+                raise ValueError(f"anc must be int32 or uint32, got {anc.dtype}")
+            self._check_shape_device(anc, "anc", (num_b, num_n, words))
+        if num_nodes is not None:
+            self._check_int(num_nodes, "num_nodes", (num_b,))
+            if self.validate:
+                lo, hi = int(num_nodes.min()), int(num_nodes.max())
+                if lo < 1 or hi > num_n:
+                    raise ValueError(f"num_nodes must be in [1, N={num_n}], got [{lo}, {hi}]")
+        if self.validate:
+            d_lo, d_hi = int(depth.min()), int(depth.max())
+            if d_lo < 0 or d_hi >= num_n:
+                raise ValueError(f"depth must be in [0, N={num_n}), got [{d_lo}, {d_hi}]")
+        self._ensure_capacity(num_n, "tree_tokens")
+        base = self.cache.base_len.to(torch.long)
+        positions = base[:, None] + depth.to(torch.long)
+        out = self._forward(ids, positions, anc, num_nodes)
+        self._pending_nodes = num_n
+        return out
+
+    @torch.no_grad()
+    def commit(self, path: Tensor, accepted: Tensor) -> None:
+        """Keep the accepted path of the last verified tree: move its K/V rows into place.
+
+        Row ``base_len + path[b, j]`` moves to ``base_len + j`` for ``j = 0..accepted[b]`` in every
+        layer (staged, so overlapping rows are safe), then ``base_len += accepted + 1``.
+
+        Args:
+            path: ``[B, L+1]`` integer node indices, ``path[:, 0] == 0``, strictly increasing up
+                to ``accepted``; entries past ``accepted`` are ignored.
+            accepted: ``[B]`` integer, accepted draft nodes (0..L).
+        """
+        num_b = self.batch_size
+        if path.dim() != 2 or path.shape[0] != num_b or path.shape[1] < 1:
+            raise ValueError(f"path must be [B={num_b}, L+1] with L >= 0, got {tuple(path.shape)}")
+        self._check_int(path, "path", tuple(path.shape))
+        self._check_int(accepted, "accepted", (num_b,))
+        num_n = self._pending_nodes
+        if num_n is None:
+            raise ValueError("commit() needs a preceding verify() (no tree is pending)")
+        path_len = path.shape[1]
+        if path_len > num_n:
+            raise ValueError(
+                f"path has {path_len} entries but the verified tree has N={num_n} nodes"
+            )
+        if self.validate:
+            self._check_path_values(path, accepted, num_n)
+        self.cache.commit(path, accepted)
+        self._pending_nodes = None
+        if self.validate:
+            # Values were synced for validation anyway: keep the host bound tight.
+            self._len_bound = int(self.cache.base_len.max())
+            self._len_exact = True
+        else:
+            self._len_bound = min(self._len_bound + path_len, self.max_length)
+            self._len_exact = False
+
+    @staticmethod
+    def gather_path(features: Tensor, path: Tensor) -> Tensor:
+        """Rows of a verify output along the accepted path (e.g. the drafter's next context).
+
+        Args:
+            features: ``[B, N, F]`` (or logits ``[B, N, V]``) from :meth:`verify`.
+            path: ``[B, L+1]`` node indices; entries past ``accepted`` give unused rows.
+
+        Returns:
+            ``[B, L+1, F]``: row j is ``features[b, path[b, j]]``.
+        """
+        idx = path.to(device=features.device, dtype=torch.long).clamp(0, features.shape[1] - 1)
+        return torch.gather(features, 1, idx[:, :, None].expand(-1, -1, features.shape[-1]))
+
+    # --------------------------------------------------------------------------------------------
+    # Internals
+    # --------------------------------------------------------------------------------------------
+    def _forward(
+        self,
+        ids: Tensor,
+        positions: Tensor,
+        anc: Tensor | None,
+        num_nodes: Tensor | None,
+        *,
+        last_logits_only: bool = False,
+    ) -> TargetOutput:
+        num_b, num_t = ids.shape
+        base = self.cache.base_len.to(torch.long)
+        self.cache.begin_write(base[:, None] + torch.arange(num_t, device=self.device))
+        ctx = TreeAttentionContext(
+            prefix_len=base,
+            tree_anc=anc,
+            num_nodes=num_nodes,
+            kv_bound=self._len_bound,
+        )
+        captured: dict[int, Tensor] = {}
+        kwargs: dict[str, Any] = {CONTEXT_KWARG: ctx}
+        if last_logits_only:
+            kwargs["logits_to_keep"] = 1
+        try:
+            with self._attention_impl(), self._capture(captured):
+                out = self.model(
+                    input_ids=ids,
+                    position_ids=positions,
+                    past_key_values=self.cache,
+                    use_cache=True,
+                    **kwargs,
+                )
+        finally:
+            self.cache.end_write()
+        logits = out.logits if hasattr(out, "logits") else out[0]
+        features = None
+        if self.feature_layers:
+            features = torch.cat([captured[j] for j in self.feature_layers], dim=-1)
+        return TargetOutput(logits=logits, features=features)
+
+    @contextlib.contextmanager
+    def _attention_impl(self) -> Iterator[None]:
+        # Switch only for this call so the wrapped model stays a plain HF model elsewhere
+        # (e.g. `model.generate` as the lossless reference on the same object).
+        config = self.config
+        previous = config._attn_implementation
+        config._attn_implementation = self._attn_impl
+        try:
+            yield
+        finally:
+            config._attn_implementation = previous
+
+    @contextlib.contextmanager
+    def _capture(self, captured: dict[int, Tensor]) -> Iterator[None]:
+        # Forward hooks on the requested decoder layers: their output is HF hidden_states[j + 1],
+        # without asking the model for every layer's hidden states.
+        # The last layer is read after the final norm, as HF reports it.
+        handles = []
+        last = self.num_layers - 1
+        for j in dict.fromkeys(self.feature_layers):
+
+            def hook(_mod: nn.Module, _args: Any, output: Any, j: int = j) -> None:
+                captured[j] = output[0] if isinstance(output, tuple) else output
+
+            module = self._final_norm if j == last else self._layers[j]
+            assert module is not None  # checked in __init__
+            handles.append(module.register_forward_hook(hook))
+        try:
+            yield
+        finally:
+            for h in handles:
+                h.remove()
+
+    def _ensure_capacity(self, num_new: int, arg: str) -> None:
+        cap = self.max_length
+        if self._len_bound + num_new <= cap:
+            return
+        if not self._len_exact:
+            # The host bound is loose (validate=False commits); read the real lengths once.
+            self._len_bound = int(self.cache.base_len.max())
+            self._len_exact = True
+            if self._len_bound + num_new <= cap:
+                return
+        raise ValueError(
+            f"{arg}: context of {self._len_bound + num_new} tokens exceeds the cache capacity "
+            f"S_max={cap} ({self._len_bound} committed + {num_new} new)"
+        )
+
+    def _check_shape_device(self, t: Tensor, name: str, shape: tuple[int, ...]) -> None:
+        if not isinstance(t, Tensor):
+            raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if tuple(t.shape) != tuple(shape):
+            raise ValueError(f"{name} must have shape {list(shape)}, got {list(t.shape)}")
+        if t.device != self.device:
+            raise ValueError(f"{name} is on {t.device} but the model is on {self.device}")
+
+    def _check_int(self, t: Tensor, name: str, shape: tuple[int, ...]) -> None:
+        self._check_shape_device(t, name, shape)
+        if t.dtype not in _INT_DTYPES:
+            raise ValueError(f"{name} must be an integer tensor, got {t.dtype}")
+
+    def _check_ids(self, ids: Tensor, name: str) -> Tensor:
+        if not isinstance(ids, Tensor):
+            raise ValueError(f"{name} must be a torch.Tensor, got {type(ids).__name__}")
+        num_b = self.batch_size
+        if ids.dim() != 2 or ids.shape[0] != num_b or ids.shape[1] < 1:
+            raise ValueError(
+                f"{name} must have shape [B={num_b}, T>=1] (batch size fixed at construction), "
+                f"got {list(ids.shape)}"
+            )
+        self._check_int(ids, name, tuple(ids.shape))
+        if self.validate:
+            lo, hi = int(ids.min()), int(ids.max())
+            if lo < 0 or hi >= self.vocab_size:
+                raise ValueError(
+                    f"{name}: token ids must be in [0, V={self.vocab_size}), got [{lo}, {hi}]"
+                )
+        return ids.to(torch.long)
+
+    def _check_path_values(self, path: Tensor, accepted: Tensor, num_n: int) -> None:
+        path_len = path.shape[1]
+        acc = accepted.to(torch.long)
+        a_lo, a_hi = int(acc.min()), int(acc.max())
+        if a_lo < 0 or a_hi > path_len - 1:
+            raise ValueError(f"accepted must be in [0, L={path_len - 1}], got [{a_lo}, {a_hi}]")
+        p = path.to(torch.long)
+        valid = torch.arange(path_len, device=p.device)[None, :] <= acc[:, None]
+        if bool((p[:, 0] != 0).any()):
+            raise ValueError("path[:, 0] must be 0 (the root)")
+        if bool(((p < 0) | (p >= num_n))[valid].any()):
+            raise ValueError(f"path: accepted entries must be node ids in [0, N={num_n})")
+        if path_len > 1:
+            step_ok = (p[:, 1:] > p[:, :-1]) | ~valid[:, 1:]
+            if not bool(step_ok.all()):
+                raise ValueError(
+                    "path must be strictly increasing up to `accepted` (parent < child)"
+                )
