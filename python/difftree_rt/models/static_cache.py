@@ -180,7 +180,8 @@ class StaticKVCache(Cache):
         """Set the cache rows for the next forward: query row i of request b goes to ``rows[b, i]``.
 
         Args:
-            rows: ``[B, T]`` int64 on the cache device, all ``< S_max`` (the caller checks capacity).
+            rows: ``[B, T]`` int64 on the cache device, all ``< S_max`` (the caller checks
+                capacity).
         """
         if rows.dim() != 2 or rows.shape[0] != self.batch_size:
             raise ValueError(f"rows must be [B={self.batch_size}, T], got {tuple(rows.shape)}")
@@ -203,8 +204,8 @@ class StaticKVCache(Cache):
         index = self._write_index
         if index is None:
             raise RuntimeError(
-                "StaticKVCache.update was called outside a TargetAdapter forward: no write rows set "
-                "(call begin_write(rows) first)"
+                "StaticKVCache.update was called outside a TargetAdapter forward: no write rows "
+                "set (call begin_write(rows) first)"
             )
         if key_states.shape != index.shape or value_states.shape != index.shape:
             raise ValueError(
@@ -226,7 +227,7 @@ class StaticKVCache(Cache):
         *args: Any,
         **kwargs: Any,
     ) -> tuple[Tensor, Tensor]:
-        """HF hook: write ``[B, H_kv, T, D]`` states at the current write rows of layer ``layer_idx``.
+        """HF hook: write ``[B, H_kv, T, D]`` states at the current write rows of ``layer_idx``.
 
         Returns the whole layer buffers ``[B, H_kv, S_max, D]`` (visibility is the attention
         function's job, driven by ``base_len``).
@@ -282,6 +283,7 @@ class StaticKVCache(Cache):
 
     def __repr__(self) -> str:
         return (
-            f"StaticKVCache(layers={self.num_layers}, B={self.batch_size}, H_kv={self.num_kv_heads}, "
-            f"S_max={self.max_length}, D={self.head_dim}, dtype={self.dtype}, device={self.device})"
+            f"StaticKVCache(layers={self.num_layers}, B={self.batch_size}, "
+            f"H_kv={self.num_kv_heads}, S_max={self.max_length}, D={self.head_dim}, "
+            f"dtype={self.dtype}, device={self.device})"
         )

@@ -120,13 +120,14 @@ class TargetAdapter:
         ]
         if missing:
             raise ValueError(
-                f"model: unsupported model {type(model).__name__}: config lacks {', '.join(missing)}"
+                f"model: unsupported model {type(model).__name__}: config lacks "
+                f"{', '.join(missing)}"
             )
         if not getattr(model, "_supports_attention_backend", False):
             raise ValueError(
                 f"model: unsupported model {type(model).__name__}: it does not route attention "
-                "through transformers' AttentionInterface (`_supports_attention_backend` is not set), "
-                "so tree attention cannot be plugged in"
+                "through transformers' AttentionInterface (`_supports_attention_backend` is not "
+                "set), so tree attention cannot be plugged in"
             )
 
         num_layers: int = config.num_hidden_layers
@@ -161,7 +162,8 @@ class TargetAdapter:
         layers = _find_decoder_layers(model)
         if len(layers) != num_layers:
             raise ValueError(
-                f"model: found {len(layers)} decoder layers but config.num_hidden_layers={num_layers}"
+                f"model: found {len(layers)} decoder layers but "
+                f"config.num_hidden_layers={num_layers}"
             )
         attn_missing = [
             i
@@ -406,7 +408,7 @@ class TargetAdapter:
         *,
         last_logits_only: bool = False,
     ) -> TargetOutput:
-        num_b, num_t = ids.shape
+        num_t = ids.shape[1]
         base = self.cache.base_len.to(torch.long)
         self.cache.begin_write(base[:, None] + torch.arange(num_t, device=self.device))
         ctx = TreeAttentionContext(

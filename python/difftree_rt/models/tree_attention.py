@@ -69,7 +69,7 @@ _BACKEND: TreeAttentionBackend | None = None
 
 
 def set_tree_attention_backend(backend: TreeAttentionBackend | None) -> None:
-    """Install (or with ``None`` remove) the accelerated implementation tried before the reference."""
+    """Install (``None``: remove) the accelerated implementation tried before the reference."""
     global _BACKEND
     _BACKEND = backend
 

@@ -1,0 +1,73 @@
+// The difftree core operations (C++ API). Each op validates its arguments once, here, and then
+// runs the CPU implementation or the CUDA launcher for the arguments' device.
+//
+// Every op comes as a pair: check_<op>(inputs) validates the inputs and parameters only (so a
+// caller can size its outputs), <op>(inputs, outputs, stream) validates everything and runs.
+// Outputs are caller-allocated; ops never allocate device memory and never synchronise.
+// Vocabulary: B batch, L depth, K candidates per depth, V vocabulary, N tree capacity.
+#pragma once
+
+#include <cstdint>
+
+#include "difftree/status.h"
+#include "difftree/tensor.h"
+#include "difftree/tree.h"
+
+namespace difftree {
+
+// Log-probs below this are clamped so that no -inf arithmetic happens downstream.
+constexpr float kMinLogprob = -1e4f;
+constexpr int64_t kMaxBudget = 4096;
+
+// ---- topk_logprobs --------------------------------------------------------------------------
+// logits [B, L, V] (f32/f16/bf16, finite or -inf) -> token int32 [B, L, K], logprob f32 [B, L, K]:
+// the K best entries of each row's fp32 log-softmax, descending, ties to the lower token id,
+// clamped below at kMinLogprob. The row's log-sum-exp is accumulated in f64 and rounded to f32;
+// logprob = fp32(logit - lse) so every implementation rounds identically.
+Status check_topk_logprobs(const TensorView& logits, int64_t k);
+Status topk_logprobs(const TensorView& logits, int64_t k, const TensorView& token,
+                     const TensorView& logprob, Stream stream);
+
+// ---- ddtree_select --------------------------------------------------------------------------
+// cand_token [B, L, K] (int32/int64), cand_logprob f32 [B, L, K] (finite, <= 0, non-increasing
+// along K, distinct tokens per depth) -> the exact top-`budget` prefixes by cumulative log-prob,
+// best-first. Score of a node = fp32(score(parent) + logprob). Tie-break (normative):
+// higher score, then smaller depth, then earlier parent (smaller node index), then smaller rank.
+// root_token (optional, [B] int32/int64) fills token[:, 0]; without it the root token is -1.
+// Output capacity N = budget + 1.
+Status check_ddtree_select(const TensorView& cand_token, const TensorView& cand_logprob,
+                           int64_t budget, const TensorView* root_token);
+Status ddtree_select(const TensorView& cand_token, const TensorView& cand_logprob, int64_t budget,
+                     const TensorView* root_token, const TreeView& tree, Stream stream);
+
+// ---- tree_walk ------------------------------------------------------------------------------
+// Greedy or sampled acceptance walk. node_choice [B, N] (int32/int64): the target's token at each
+// node. From the root, move to the child whose token equals the choice; emit the path's tokens
+// and then the last choice (the next bonus token). stop_tokens ([S], optional) end generation
+// after the first emitted stop token; remaining ([B], optional) caps the emitted count.
+// Outputs: path int32 [B, P] (node indices, path[:, 0] = 0, -1 after the accepted nodes),
+// accepted int32 [B] (accepted draft nodes), next_token int32 [B] (-1 when generation ended
+// before it), done bool [B] (a stop token was emitted or the cap reached).
+struct WalkOutputs {
+  TensorView path;
+  TensorView accepted;
+  TensorView next_token;
+  TensorView done;
+};
+Status check_tree_walk(const TreeView& tree, const TensorView& node_choice,
+                       const TensorView* stop_tokens, const TensorView* remaining);
+Status tree_walk(const TreeView& tree, const TensorView& node_choice,
+                 const TensorView* stop_tokens, const TensorView* remaining,
+                 const WalkOutputs& out, Stream stream);
+
+// ---- kv_commit ------------------------------------------------------------------------------
+// caches: num_caches contiguous [B, H, S, D] tensors (every layer's K and V), same device and B.
+// For each request b and j = 1..accepted[b]: row base_len[b] + path[b, j] moves to
+// base_len[b] + j in every cache. path must start at 0 and increase strictly; a path that is
+// already 0, 1, ..., accepted is a no-op. Overlapping source/destination rows are safe.
+Status check_kv_commit(const TensorView* caches, int num_caches, const TensorView& base_len,
+                       const TensorView& path, const TensorView& accepted);
+Status kv_commit(const TensorView* caches, int num_caches, const TensorView& base_len,
+                 const TensorView& path, const TensorView& accepted, Stream stream);
+
+}  // namespace difftree

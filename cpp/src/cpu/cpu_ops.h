@@ -1,0 +1,24 @@
+// CPU implementations: the fallback and the oracle the CUDA kernels are tested against.
+// Called by the dispatch layer after argument validation; they check only data-dependent
+// conditions (NaN logits, malformed trees, out-of-range indices) and report them as Status.
+#pragma once
+
+#include "difftree/ops.h"
+
+namespace difftree::cpu {
+
+Status topk_logprobs(const TensorView& logits, int64_t k, const TensorView& token,
+                     const TensorView& logprob);
+Status ddtree_select(const TensorView& cand_token, const TensorView& cand_logprob, int64_t budget,
+                     const TensorView* root_token, const TreeView& tree);
+Status tree_walk(const TreeView& tree, const TensorView& node_choice,
+                 const TensorView* stop_tokens, const TensorView* remaining,
+                 const WalkOutputs& out);
+Status kv_commit(const TensorView* caches, int num_caches, const TensorView& base_len,
+                 const TensorView& path, const TensorView& accepted);
+
+// Fills first_child, next_sibling and anc of request b from parent[b, :num_nodes[b]], and the
+// padding rows of every array. Shared by all selectors so the derived arrays have one definition.
+void finalize_tree(const TreeView& tree, int64_t b);
+
+}  // namespace difftree::cpu

@@ -1,0 +1,149 @@
+// difftree_rt._C: DLPack capsules in, Status turned into Python exceptions. No logic lives here.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cstdint>
+#include <optional>
+#include <vector>
+
+#include "difftree/difftree.hpp"
+#include "difftree/dlpack_view.h"
+
+namespace py = pybind11;
+using difftree::Status;
+using difftree::StatusCode;
+using difftree::TensorView;
+
+namespace {
+
+void raise_if_error(const Status& s) {
+  switch (s.code()) {
+    case StatusCode::kOk:
+      return;
+    case StatusCode::kInvalidValue:
+      throw py::value_error(s.message());
+    case StatusCode::kInvalidType:
+      throw py::type_error(s.message());
+    case StatusCode::kUnsupported:
+      PyErr_SetString(PyExc_NotImplementedError, s.message().c_str());
+      throw py::error_already_set();
+    default:
+      throw std::runtime_error(s.message());
+  }
+}
+
+// Views a "dltensor" capsule without consuming it: the producer keeps ownership and the capsule's
+// destructor releases it, while the caller keeps the tensor alive for the duration of the call.
+TensorView view(const py::handle& capsule, const char* name) {
+  if (!PyCapsule_IsValid(capsule.ptr(), "dltensor"))
+    throw py::type_error(std::string(name) + ": expected a DLPack capsule");
+  auto* managed = static_cast<DLManagedTensor*>(PyCapsule_GetPointer(capsule.ptr(), "dltensor"));
+  TensorView v;
+  raise_if_error(difftree::view_from_dlpack(managed->dl_tensor, name, &v));
+  return v;
+}
+
+std::optional<TensorView> maybe_view(const py::object& capsule, const char* name) {
+  if (capsule.is_none()) return std::nullopt;
+  return view(capsule, name);
+}
+
+const TensorView* ptr(const std::optional<TensorView>& v) { return v ? &*v : nullptr; }
+
+// A tree crosses as the 8-tuple of DESIGN.md §2 in that order.
+difftree::TreeView tree_view(const py::tuple& t) {
+  if (t.size() != 8)
+    throw py::value_error("tree: expected 8 arrays (token, parent, depth, score, first_child, "
+                          "next_sibling, anc, num_nodes)");
+  return {view(t[0], "tree.token"),       view(t[1], "tree.parent"),
+          view(t[2], "tree.depth"),       view(t[3], "tree.score"),
+          view(t[4], "tree.first_child"), view(t[5], "tree.next_sibling"),
+          view(t[6], "tree.anc"),         view(t[7], "tree.num_nodes")};
+}
+
+std::vector<TensorView> views(const py::sequence& caps, const char* name) {
+  std::vector<TensorView> out;
+  out.reserve(caps.size());
+  for (size_t i = 0; i < caps.size(); ++i) {
+    const std::string n = std::string(name) + "[" + std::to_string(i) + "]";
+    out.push_back(view(caps[i], n.c_str()));
+  }
+  return out;
+}
+
+difftree::Stream stream_ptr(uintptr_t s) { return reinterpret_cast<difftree::Stream>(s); }
+
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "difftree_rt core (C++/CUDA). Use difftree_rt.ops, not this module directly.";
+
+  m.def("build_info", [] {
+    const auto& b = difftree::build_info();
+    py::dict d;
+    d["cuda_compiled"] = b.cuda_compiled;
+    d["cuda_architectures"] = b.cuda_architectures;
+    d["cuda_version"] = b.cuda_version;
+    d["compiler"] = b.compiler;
+    d["git_sha"] = b.git_sha;
+    d["version"] = b.version;
+    return d;
+  });
+
+  m.def("check_topk_logprobs", [](py::handle logits, int64_t k) {
+    raise_if_error(difftree::check_topk_logprobs(view(logits, "logits"), k));
+  });
+  m.def("topk_logprobs", [](py::handle logits, int64_t k, py::handle token, py::handle logprob,
+                            uintptr_t stream) {
+    raise_if_error(difftree::topk_logprobs(view(logits, "logits"), k, view(token, "token"),
+                                           view(logprob, "logprob"), stream_ptr(stream)));
+  });
+
+  m.def("check_ddtree_select", [](py::handle cand_token, py::handle cand_logprob, int64_t budget,
+                                  py::object root_token) {
+    auto root = maybe_view(root_token, "root_token");
+    raise_if_error(difftree::check_ddtree_select(view(cand_token, "cand_token"),
+                                                 view(cand_logprob, "cand_logprob"), budget,
+                                                 ptr(root)));
+  });
+  m.def("ddtree_select", [](py::handle cand_token, py::handle cand_logprob, int64_t budget,
+                            py::object root_token, py::tuple tree, uintptr_t stream) {
+    auto root = maybe_view(root_token, "root_token");
+    raise_if_error(difftree::ddtree_select(view(cand_token, "cand_token"),
+                                           view(cand_logprob, "cand_logprob"), budget, ptr(root),
+                                           tree_view(tree), stream_ptr(stream)));
+  });
+
+  m.def("check_tree_walk", [](py::tuple tree, py::handle node_choice, py::object stop_tokens,
+                              py::object remaining) {
+    auto stop = maybe_view(stop_tokens, "stop_tokens");
+    auto rem = maybe_view(remaining, "remaining");
+    raise_if_error(difftree::check_tree_walk(tree_view(tree), view(node_choice, "node_choice"),
+                                             ptr(stop), ptr(rem)));
+  });
+  m.def("tree_walk", [](py::tuple tree, py::handle node_choice, py::object stop_tokens,
+                        py::object remaining, py::handle path, py::handle accepted,
+                        py::handle next_token, py::handle done, uintptr_t stream) {
+    auto stop = maybe_view(stop_tokens, "stop_tokens");
+    auto rem = maybe_view(remaining, "remaining");
+    const difftree::WalkOutputs out{view(path, "path"), view(accepted, "accepted"),
+                                    view(next_token, "next_token"), view(done, "done")};
+    raise_if_error(difftree::tree_walk(tree_view(tree), view(node_choice, "node_choice"),
+                                       ptr(stop), ptr(rem), out, stream_ptr(stream)));
+  });
+
+  m.def("check_kv_commit", [](py::sequence caches, py::handle base_len, py::handle path,
+                              py::handle accepted) {
+    auto c = views(caches, "caches");
+    raise_if_error(difftree::check_kv_commit(c.data(), static_cast<int>(c.size()),
+                                             view(base_len, "base_len"), view(path, "path"),
+                                             view(accepted, "accepted")));
+  });
+  m.def("kv_commit", [](py::sequence caches, py::handle base_len, py::handle path,
+                        py::handle accepted, uintptr_t stream) {
+    auto c = views(caches, "caches");
+    raise_if_error(difftree::kv_commit(c.data(), static_cast<int>(c.size()),
+                                       view(base_len, "base_len"), view(path, "path"),
+                                       view(accepted, "accepted"), stream_ptr(stream)));
+  });
+}

@@ -1,0 +1,361 @@
+"""difftree_rt operations: torch-facing, registered with ``torch.library`` (schema + fake
+implementation) so they work under ``torch.compile``. All validation happens in the C++ core;
+this module only allocates outputs and hands tensors over through DLPack.
+
+Vocabulary: B batch, L draft depth, K candidates per depth, V vocabulary, N tree capacity
+(budget + 1), P path columns (L + 1).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple, Optional
+
+import torch
+from torch import Tensor
+
+from ._ext import dl, dl_opt, ext, require_tensor, stream_of
+from .tree import DraftTree, anc_words
+
+__all__ = [
+    "WalkResult",
+    "ddtree_select",
+    "ddtree_select_from_candidates",
+    "kv_commit",
+    "topk_logprobs",
+    "tree_attention_mask",
+    "tree_positions",
+    "tree_walk",
+]
+
+MAX_BUDGET = 4096
+MIN_LOGPROB = -1e4
+
+_TreeArrays = tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]
+
+
+# ---- topk_logprobs -------------------------------------------------------------------------
+
+
+@torch.library.custom_op("difftree::topk_logprobs", mutates_args=())
+def _topk_logprobs(logits: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    C = ext()
+    C.check_topk_logprobs(dl(logits), k)
+    B, L, _ = logits.shape
+    token = torch.empty((B, L, k), dtype=torch.int32, device=logits.device)
+    logprob = torch.empty((B, L, k), dtype=torch.float32, device=logits.device)
+    C.topk_logprobs(dl(logits), k, dl(token), dl(logprob), stream_of(logits))
+    return token, logprob
+
+
+@_topk_logprobs.register_fake
+def _(logits: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    B, L, _ = logits.shape
+    return (
+        logits.new_empty((B, L, k), dtype=torch.int32),
+        logits.new_empty((B, L, k), dtype=torch.float32),
+    )
+
+
+def topk_logprobs(logits: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """Per-depth top-K of the fp32 log-softmax.
+
+    Args:
+        logits: ``[B, L, V]`` float32/float16/bfloat16, finite or -inf (NaN/+inf rejected).
+        k: candidates per depth, ``1 <= k <= V``.
+
+    Returns:
+        ``(token int32 [B, L, K], logprob float32 [B, L, K])`` sorted by log-prob descending,
+        ties to the lower token id, log-probs clamped below at -1e4.
+    """
+    require_tensor(logits, "logits")
+    return torch.ops.difftree.topk_logprobs(logits, int(k))
+
+
+# ---- ddtree_select -------------------------------------------------------------------------
+
+
+def _empty_tree(ref: Tensor, B: int, N: int) -> _TreeArrays:
+    def i32(*shape: int) -> Tensor:
+        return ref.new_empty(shape, dtype=torch.int32)
+
+    score = ref.new_empty((B, N), dtype=torch.float32)
+    return (i32(B, N), i32(B, N), i32(B, N), score, i32(B, N), i32(B, N), i32(B, N, anc_words(N)),
+            i32(B))  # fmt: skip
+
+
+@torch.library.custom_op("difftree::ddtree_select", mutates_args=())
+def _ddtree_select(
+    cand_token: Tensor, cand_logprob: Tensor, budget: int, root_token: Optional[Tensor]
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    C = ext()
+    C.check_ddtree_select(dl(cand_token), dl(cand_logprob), budget, dl_opt(root_token))
+    arrays = _empty_tree(cand_logprob, cand_logprob.shape[0], budget + 1)
+    C.ddtree_select(
+        dl(cand_token),
+        dl(cand_logprob),
+        budget,
+        dl_opt(root_token),
+        tuple(dl(a) for a in arrays),
+        stream_of(cand_logprob),
+    )
+    return arrays
+
+
+@_ddtree_select.register_fake
+def _(
+    cand_token: Tensor, cand_logprob: Tensor, budget: int, root_token: Optional[Tensor]
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    return _empty_tree(cand_logprob, cand_logprob.shape[0], budget + 1)
+
+
+def ddtree_select_from_candidates(
+    cand_token: Tensor, cand_logprob: Tensor, budget: int, root_token: Tensor | None = None
+) -> DraftTree:
+    """DDTree: the exact top-``budget`` prefixes by cumulative draft log-prob (ALGORITHMS.md §2).
+
+    Args:
+        cand_token: ``[B, L, K]`` int32/int64, distinct per depth.
+        cand_logprob: float32 ``[B, L, K]``, finite, ``<= 0``, non-increasing along K.
+        budget: draft nodes, 1..4096 (the root is extra: capacity ``N = budget + 1``).
+        root_token: optional ``[B]`` bonus tokens for node 0 (else -1).
+
+    Returns:
+        A :class:`DraftTree` in best-first order. Tie-break: higher score, then smaller depth,
+        then earlier parent, then smaller candidate rank.
+    """
+    require_tensor(cand_token, "cand_token")
+    require_tensor(cand_logprob, "cand_logprob")
+    if root_token is not None:
+        require_tensor(root_token, "root_token")
+    arrays = torch.ops.difftree.ddtree_select(cand_token, cand_logprob, int(budget), root_token)
+    return DraftTree.from_arrays(arrays, max_depth=int(cand_logprob.shape[1]))
+
+
+def ddtree_select(
+    draft_logits: Tensor, budget: int, root_token: Tensor | None = None
+) -> DraftTree:
+    """DDTree from the drafter's logits: per-depth top-``min(budget, V)`` candidates, then
+    :func:`ddtree_select_from_candidates`.
+
+    Args:
+        draft_logits: ``[B, L, V]`` float32/float16/bfloat16 (depth 1..L).
+        budget: draft nodes, 1..4096.
+        root_token: optional ``[B]`` bonus tokens for node 0.
+    """
+    require_tensor(draft_logits, "draft_logits")
+    V = draft_logits.shape[-1] if draft_logits.dim() > 0 else 1
+    # The best `budget` prefixes never use more than `budget` tokens per depth. Clamping keeps an
+    # out-of-range budget for the selector to report by name.
+    k = max(1, min(int(budget), int(V)))
+    token, logprob = topk_logprobs(draft_logits, k)
+    return ddtree_select_from_candidates(token, logprob, budget, root_token)
+
+
+# ---- positions and masks (plain torch: cheap, any device, compile-friendly) ------------------
+
+
+def _base_len_tensor(base_len: Tensor | int, B: int, device: torch.device) -> Tensor:
+    if isinstance(base_len, Tensor):
+        if base_len.shape != (B,):
+            raise ValueError(f"base_len: expected shape [B] = [{B}], got {list(base_len.shape)}")
+        return base_len.to(device=device, dtype=torch.int64)
+    return torch.full((B,), int(base_len), dtype=torch.int64, device=device)
+
+
+def tree_positions(tree: DraftTree, base_len: Tensor | int) -> Tensor:
+    """Position ids of the tree nodes: int64 ``[B, N]`` = ``base_len + depth``.
+
+    Args:
+        tree: the draft tree.
+        base_len: committed context length, an int or ``[B]`` tensor (the root's position).
+    """
+    base = _base_len_tensor(base_len, tree.batch_size, tree.device)
+    return base[:, None] + tree.depth.to(torch.int64)
+
+
+def tree_anc_dense(tree: DraftTree) -> Tensor:
+    """bool ``[B, N, N]``: entry (i, j) is True iff j is i or an ancestor of i."""
+    N = tree.capacity
+    j = torch.arange(N, device=tree.device)
+    words = tree.anc[:, :, j // 32]  # [B, N, N]
+    return ((words >> (j % 32).to(torch.int32)) & 1).bool()
+
+
+def tree_attention_mask(
+    tree: DraftTree,
+    base_len: Tensor | int,
+    kv_len: int | None = None,
+    dtype: torch.dtype = torch.bool,
+) -> Tensor:
+    """Dense attention mask for PyTorch paths (SDPA/eager) over a static cache where tree node
+    i's K/V sits at row ``base_len + i``: the committed prefix ``[0, base_len)`` fully visible,
+    ancestor-or-self inside the tree, nothing else.
+
+    Args:
+        tree: the draft tree (N nodes).
+        base_len: committed length, int or ``[B]``.
+        kv_len: key length of the mask; default ``max(base_len) + N`` (a host read when
+            ``base_len`` is a tensor: pass it explicitly on the hot path).
+        dtype: ``torch.bool`` (True = visible) or a float dtype (additive: 0 or -inf).
+
+    Returns:
+        ``[B, 1, N, kv_len]``.
+    """
+    B, N = tree.batch_size, tree.capacity
+    base = _base_len_tensor(base_len, B, tree.device)
+    if kv_len is None:
+        kv_len = int(base.max().item()) + N
+    col = torch.arange(kv_len, device=tree.device)[None, None, :]  # [1, 1, S]
+    prefix = col < base[:, None, None]  # [B, 1, S]
+    rel = col - base[:, None, None]  # tree slot of each column
+    in_tree = (rel >= 0) & (rel < N)
+    anc = tree_anc_dense(tree)  # [B, N, N]
+    gathered = torch.gather(anc, 2, rel.clamp(0, N - 1).expand(B, N, kv_len))
+    mask = (prefix.expand(B, N, kv_len) | (in_tree & gathered))[:, None]
+    if dtype == torch.bool:
+        return mask
+    zero = torch.zeros((), dtype=dtype, device=tree.device)
+    neg = torch.full((), float("-inf"), dtype=dtype, device=tree.device)
+    return torch.where(mask, zero, neg)
+
+
+# ---- tree_walk -----------------------------------------------------------------------------
+
+
+class WalkResult(NamedTuple):
+    """Outcome of one acceptance walk.
+
+    path: int32 ``[B, L + 1]`` accepted node indices (``path[:, 0] = 0``), -1 after them.
+    accepted: int32 ``[B]`` accepted draft nodes.
+    next_token: int32 ``[B]`` the target's token after the path (next bonus), -1 if the
+        sequence ended first.
+    done: bool ``[B]`` a stop token was emitted or the remaining-token cap reached.
+    """
+
+    path: Tensor
+    accepted: Tensor
+    next_token: Tensor
+    done: Tensor
+
+
+@torch.library.custom_op("difftree::tree_walk", mutates_args=())
+def _tree_walk(
+    token: Tensor,
+    parent: Tensor,
+    depth: Tensor,
+    score: Tensor,
+    first_child: Tensor,
+    next_sibling: Tensor,
+    anc: Tensor,
+    num_nodes: Tensor,
+    node_choice: Tensor,
+    path_len: int,
+    stop_tokens: Optional[Tensor],
+    remaining: Optional[Tensor],
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    C = ext()
+    tree = tuple(dl(a) for a in (token, parent, depth, score, first_child, next_sibling, anc,
+                                 num_nodes))  # fmt: skip
+    C.check_tree_walk(tree, dl(node_choice), dl_opt(stop_tokens), dl_opt(remaining))
+    path, accepted, next_token, done = _walk_outputs(token, path_len)
+    C.tree_walk(
+        tree,
+        dl(node_choice),
+        dl_opt(stop_tokens),
+        dl_opt(remaining),
+        dl(path),
+        dl(accepted),
+        dl(next_token),
+        dl(done),
+        stream_of(token),
+    )
+    return path, accepted, next_token, done
+
+
+def _walk_outputs(token: Tensor, path_len: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    B = token.shape[0]
+    return (
+        token.new_empty((B, path_len), dtype=torch.int32),
+        token.new_empty((B,), dtype=torch.int32),
+        token.new_empty((B,), dtype=torch.int32),
+        token.new_empty((B,), dtype=torch.bool),
+    )
+
+
+@_tree_walk.register_fake
+def _(token, parent, depth, score, first_child, next_sibling, anc, num_nodes, node_choice,
+      path_len, stop_tokens, remaining):  # fmt: skip
+    return _walk_outputs(token, path_len)
+
+
+def tree_walk(
+    tree: DraftTree,
+    node_choice: Tensor,
+    stop_token_ids: Tensor | Sequence[int] | None = None,
+    remaining: Tensor | None = None,
+) -> WalkResult:
+    """Acceptance walk (ALGORITHMS.md §3).
+
+    Args:
+        tree: the verified draft tree.
+        node_choice: ``[B, N]`` int32/int64, the target's token at every node (greedy argmax or
+            an independent sample per node).
+        stop_token_ids: tokens that end generation once emitted (``[S]`` tensor or ints).
+        remaining: optional ``[B]`` cap on the tokens still to emit this request.
+
+    Returns:
+        :class:`WalkResult`. The tokens emitted this round are the path's tokens (nodes
+        ``path[:, 1 : accepted + 1]``) followed by ``next_token`` when it is not -1.
+    """
+    require_tensor(node_choice, "node_choice")
+    stop = stop_token_ids
+    if stop is not None and not isinstance(stop, Tensor):
+        stop = torch.tensor(list(stop), dtype=torch.int64, device=tree.device)
+    if remaining is not None:
+        require_tensor(remaining, "remaining")
+    path_len = min(tree.max_depth, max(tree.capacity - 1, 0)) + 1
+    out = torch.ops.difftree.tree_walk(*tree.arrays(), node_choice, path_len, stop, remaining)
+    return WalkResult(*out)
+
+
+# ---- kv_commit -----------------------------------------------------------------------------
+
+
+@torch.library.custom_op("difftree::kv_commit", mutates_args=("caches",))
+def _kv_commit(caches: list[Tensor], base_len: Tensor, path: Tensor, accepted: Tensor) -> None:
+    C = ext()
+    caps = [dl(c) for c in caches]
+    C.kv_commit(caps, dl(base_len), dl(path), dl(accepted), stream_of(path))
+
+
+@_kv_commit.register_fake
+def _(caches: list[Tensor], base_len: Tensor, path: Tensor, accepted: Tensor) -> None:
+    return None
+
+
+def kv_commit(
+    caches: Sequence[Tensor], base_len: Tensor | int, path: Tensor, accepted: Tensor
+) -> None:
+    """Move the accepted nodes' K/V rows into place, every layer in one call (ALGORITHMS.md §4).
+
+    For each request b and ``j = 1..accepted[b]``, row ``base_len[b] + path[b, j]`` moves to
+    ``base_len[b] + j`` in every cache. Overlapping rows are safe; an already-contiguous path is a
+    no-op. The caller then sets the committed length to ``base_len + accepted + 1``.
+
+    Args:
+        caches: contiguous ``[B, H, S, D]`` tensors, all the same shape and dtype (every layer's K
+            and V), modified in place.
+        base_len: ``[B]`` int32/int64 (or an int) committed length before the round.
+        path: ``[B, P]`` int32/int64 from :func:`tree_walk` (``path[:, 0] = 0``).
+        accepted: ``[B]`` int32/int64 accepted draft nodes.
+    """
+    caches = list(caches)
+    for i, c in enumerate(caches):
+        require_tensor(c, f"caches[{i}]")
+    require_tensor(path, "path")
+    require_tensor(accepted, "accepted")
+    if not isinstance(base_len, Tensor):
+        base_len = torch.full((path.shape[0],), int(base_len), dtype=torch.int64,
+                              device=path.device)  # fmt: skip
+    torch.ops.difftree.kv_commit(caches, base_len, path, accepted)
