@@ -626,7 +626,7 @@ class DFlashDrafter(nn.Module):
 
         Row t of request b lands at position ``lengths[b] + t``. ``num_new`` [B] (optional)
         says how many of the n rows are real per request; the rest are padding that is
-        written to scratch and not counted.
+        written to scratch and not counted. Passing ``num_new`` costs one device sync.
         """
         batch = cache.batch_size
         self._check_features(features, batch)
@@ -646,12 +646,14 @@ class DFlashDrafter(nn.Module):
             k, v = layer.self_attn.key_value(ctx, cos, sin)
             _write_rows(cache.keys[i], k, positions, first)
             _write_rows(cache.values[i], v, positions, first)
+        cache.span += n
         if num_new is None:
             cache.lengths += n
         else:
             cache.lengths += num_new.to(cache.lengths).clamp(0, n)
-            cache.uniform = False
-        cache.span += n
+            # Padding rows would otherwise inflate the host-side bound every round (slices and
+            # capacity growing with n instead of the accepted count): re-derive it once here.
+            cache.sync()
 
     @torch.no_grad()
     def draft_hidden(
