@@ -270,15 +270,7 @@ class TargetAdapter:
             logits ``[B, T, V]`` and features ``[B, T, F]``. ``base_len += T``.
         """
         ids = self._check_ids(input_ids, "input_ids")
-        num_t = ids.shape[1]
-        self._ensure_capacity(num_t, "input_ids")
-        base = self.cache.base_len.to(torch.long)
-        positions = base[:, None] + torch.arange(num_t, device=self.device)
-        out = self._forward(ids, positions, None, None, last_logits_only=last_logits_only)
-        self.cache.advance(num_t)
-        self._len_bound += num_t
-        self._pending_nodes = None
-        return out
+        return self._append(ids, "input_ids", last_logits_only)
 
     @torch.no_grad()
     def decode(self, token: Tensor) -> TargetOutput:
@@ -293,7 +285,19 @@ class TargetAdapter:
         ids = self._check_ids(token, "token")
         if ids.shape[1] != 1:
             raise ValueError(f"token must be [B={self.batch_size}, 1], got {tuple(token.shape)}")
-        return self.prefill(ids)
+        return self._append(ids, "token", False)
+
+    def _append(self, ids: Tensor, arg: str, last_logits_only: bool) -> TargetOutput:
+        # Causal append of T committed tokens: shared by prefill and AR decode.
+        num_t = ids.shape[1]
+        self._ensure_capacity(num_t, arg)
+        base = self.cache.base_len.to(torch.long)
+        positions = base[:, None] + torch.arange(num_t, device=self.device)
+        out = self._forward(ids, positions, None, None, last_logits_only=last_logits_only)
+        self.cache.advance(num_t)
+        self._len_bound += num_t
+        self._pending_nodes = None
+        return out
 
     @torch.no_grad()
     def verify(
