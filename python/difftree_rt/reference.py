@@ -1,0 +1,199 @@
+"""Reference implementations in plain PyTorch: readable, slow, and the definition the C++ and
+CUDA paths must match bit for bit. They take and return the same things as ``difftree_rt.ops``.
+
+DDTree here uses the *parallel* form (a beam of width ``budget`` per depth, then a global top
+``budget``), while the C++ core uses the heap form, so agreement checks two algorithms.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from .ops import MIN_LOGPROB, WalkResult
+from .tree import DraftTree, anc_words
+
+__all__ = [
+    "ddtree_select",
+    "ddtree_select_from_candidates",
+    "kv_commit",
+    "topk_logprobs",
+    "tree_from_parents",
+    "tree_walk",
+]
+
+
+def topk_logprobs(logits: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """Reference of :func:`difftree_rt.ops.topk_logprobs`.
+
+    Args:
+        logits: ``[B, L, V]``. k: ``1..V``.
+    Returns:
+        ``(token int32 [B, L, K], logprob float32 [B, L, K])``.
+    """
+    x = logits.float()
+    if torch.isnan(x).any() or (x == float("inf")).any():
+        raise ValueError("logits: expected finite values or -inf")
+    # Log-sum-exp in f64, rounded to f32 once; then one f32 subtraction per entry.
+    lse = torch.logsumexp(x.double(), dim=-1, keepdim=True).float()
+    lp = (x - lse).clamp_min(MIN_LOGPROB)
+    # A stable descending sort keeps equal log-probs in token-id order: ties -> lower id.
+    lp_sorted, idx = torch.sort(lp, dim=-1, descending=True, stable=True)
+    return idx[..., :k].to(torch.int32), lp_sorted[..., :k].contiguous()
+
+
+def tree_from_parents(
+    token: Tensor, parent: Tensor, depth: Tensor, score: Tensor, num_nodes: Tensor, max_depth: int
+) -> DraftTree:
+    """Build a :class:`DraftTree` from per-node arrays (``[B, N]``, valid rows first, parents
+    before children), deriving links and ``anc`` and writing the padding rows."""
+    B, N = token.shape
+    W = anc_words(N)
+    token, parent, depth, score = (t.clone() for t in (token, parent, depth, score))
+    first_child = torch.full((B, N), -1, dtype=torch.int32)
+    next_sibling = torch.full((B, N), -1, dtype=torch.int32)
+    anc = torch.zeros((B, N, W), dtype=torch.int64)  # built in int64, stored as int32 bits
+    for b in range(B):
+        n = int(num_nodes[b])
+        last_child: dict[int, int] = {}
+        for i in range(N):
+            if i >= n:  # padding
+                token[b, i] = parent[b, i] = -1
+                depth[b, i] = 0
+                score[b, i] = float("-inf")
+            elif i > 0:
+                p = int(parent[b, i])
+                if p in last_child:
+                    next_sibling[b, last_child[p]] = i
+                else:
+                    first_child[b, p] = i
+                last_child[p] = i
+                anc[b, i] = anc[b, p]
+            anc[b, i, i // 32] |= 1 << (i % 32)
+    anc32 = torch.where(anc >= 2**31, anc - 2**32, anc).to(torch.int32)
+    return DraftTree(
+        token.to(torch.int32),
+        parent.to(torch.int32),
+        depth.to(torch.int32),
+        score.to(torch.float32),
+        first_child,
+        next_sibling,
+        anc32,
+        num_nodes.to(torch.int32).clone(),
+        max_depth=max_depth,
+    )
+
+
+def ddtree_select_from_candidates(
+    cand_token: Tensor, cand_logprob: Tensor, budget: int, root_token: Tensor | None = None
+) -> DraftTree:
+    """Reference of :func:`difftree_rt.ops.ddtree_select_from_candidates` (parallel form).
+
+    Order: higher score, then smaller depth, then earlier parent, then smaller rank. Within a depth
+    the beam is kept in that order, so a candidate's (parent position, rank) is its flat index in
+    the ``[beam, K]`` grid and a *stable* descending sort by score realises the whole order.
+    """
+    if not 1 <= budget <= 4096:
+        raise ValueError(f"budget: expected a value in [1, 4096], got {budget}")
+    B, L, K = cand_logprob.shape
+    N = budget + 1
+    out_token = torch.full((B, N), -1, dtype=torch.int64)
+    out_parent = torch.full((B, N), -1, dtype=torch.int64)
+    out_depth = torch.zeros((B, N), dtype=torch.int64)
+    out_score = torch.zeros((B, N), dtype=torch.float32)
+    num_nodes = torch.ones(B, dtype=torch.int64)
+    for b in range(B):
+        if root_token is not None:
+            out_token[b, 0] = int(root_token[b])
+        # levels[d] = (score [M], parent position in level d-1 [M], rank [M]) in within-depth order
+        levels: list[tuple[Tensor, Tensor, Tensor]] = []
+        prev_score = torch.zeros(1, dtype=torch.float32)
+        for d in range(L):
+            grid = prev_score[:, None] + cand_logprob[b, d][None, :]  # fp32 adds, [M, K]
+            flat = grid.reshape(-1)
+            order = torch.sort(flat, descending=True, stable=True).indices[:budget]
+            levels.append((flat[order], order // K, order % K))
+            prev_score = flat[order]
+        if not levels:
+            continue
+        # Global order: concatenate depth-major (so equal scores favour shallower nodes), then a
+        # stable sort by score keeps (depth, within-depth order) for ties.
+        scores = torch.cat([lv[0] for lv in levels])
+        level_of = torch.cat([torch.full_like(lv[1], d) for d, lv in enumerate(levels)])
+        pos_of = torch.cat([torch.arange(len(lv[0])) for lv in levels])
+        chosen = torch.sort(scores, descending=True, stable=True).indices[:budget]
+        node_of: dict[tuple[int, int], int] = {}
+        for i, c in enumerate(chosen.tolist(), start=1):
+            d, pos = int(level_of[c]), int(pos_of[c])
+            lv_score, lv_parent, lv_rank = levels[d]
+            node_of[(d, pos)] = i
+            out_parent[b, i] = 0 if d == 0 else node_of[(d - 1, int(lv_parent[pos]))]
+            out_depth[b, i] = d + 1
+            out_score[b, i] = lv_score[pos]
+            out_token[b, i] = int(cand_token[b, d, int(lv_rank[pos])])
+        num_nodes[b] = 1 + len(chosen)
+    return tree_from_parents(out_token, out_parent, out_depth, out_score, num_nodes, max_depth=L)
+
+
+def ddtree_select(draft_logits: Tensor, budget: int, root_token: Tensor | None = None) -> DraftTree:
+    """Reference of :func:`difftree_rt.ops.ddtree_select`."""
+    k = max(1, min(budget, draft_logits.shape[-1]))
+    token, logprob = topk_logprobs(draft_logits, k)
+    return ddtree_select_from_candidates(token, logprob, budget, root_token)
+
+
+def tree_walk(
+    tree: DraftTree,
+    node_choice: Tensor,
+    stop_token_ids: Sequence[int] | Tensor | None = None,
+    remaining: Tensor | None = None,
+) -> WalkResult:
+    """Reference of :func:`difftree_rt.ops.tree_walk`: walk, then cut at stop tokens / the cap."""
+    stops = set() if stop_token_ids is None else {int(s) for s in stop_token_ids}
+    B, N = tree.token.shape
+    P = min(tree.max_depth, N - 1) + 1
+    path = torch.full((B, P), -1, dtype=torch.int32)
+    accepted = torch.zeros(B, dtype=torch.int32)
+    next_token = torch.full((B,), -1, dtype=torch.int32)
+    done = torch.zeros(B, dtype=torch.bool)
+    for b in range(B):
+        n = int(tree.num_nodes[b])
+        children: dict[int, dict[int, int]] = {}
+        for i in range(1, n):
+            children.setdefault(int(tree.parent[b, i]), {})[int(tree.token[b, i])] = i
+        nodes = [0]
+        while int(node_choice[b, nodes[-1]]) in children.get(nodes[-1], {}):
+            nodes.append(children[nodes[-1]][int(node_choice[b, nodes[-1]])])
+        emitted = [int(tree.token[b, i]) for i in nodes[1:]] + [int(node_choice[b, nodes[-1]])]
+        cap = len(emitted) if remaining is None else int(remaining[b])
+        keep = min(len(emitted), cap)
+        for j, tok in enumerate(emitted[:keep]):
+            if tok in stops:
+                keep = j + 1
+                break
+        acc = min(keep, len(nodes) - 1)
+        path[b, : acc + 1] = torch.tensor(nodes[: acc + 1], dtype=torch.int32)
+        accepted[b] = acc
+        has_next = keep == len(emitted)
+        next_token[b] = emitted[-1] if has_next else -1
+        done[b] = keep < len(emitted) or emitted[keep - 1] in stops if keep else True
+        if has_next and (emitted[-1] in stops or keep == cap):
+            done[b] = True
+    return WalkResult(path, accepted, next_token, done)
+
+
+def kv_commit(
+    caches: Sequence[Tensor], base_len: Tensor | int, path: Tensor, accepted: Tensor
+) -> None:
+    """Reference of :func:`difftree_rt.ops.kv_commit` (gather all rows first, then write)."""
+    B = path.shape[0]
+    for b in range(B):
+        base = int(base_len[b]) if isinstance(base_len, Tensor) else int(base_len)
+        acc = int(accepted[b])
+        src = base + path[b, : acc + 1].long()
+        dst = base + torch.arange(acc + 1)
+        for cache in caches:
+            rows = cache[b, :, src].clone()
+            cache[b, :, dst] = rows
