@@ -228,7 +228,7 @@ def test_bind_reports_all_mismatches_at_once() -> None:
     for field in ("hidden_size", "vocab_size", "num_target_layers", "target_layer_ids"):
         assert field in msg
     assert "mask_token_id" in msg
-    assert msg.count("\n  - ") == 6  # hidden, vocab, layers, ids, embed width, mask
+    assert msg.count("\n  - ") == 5  # one line per field
 
 
 def test_unbound_drafter_refuses_to_draft() -> None:
@@ -668,3 +668,17 @@ def test_cache_object_api() -> None:
     assert cache.capacity == 6  # doubles
     with pytest.raises(ValueError):
         cache.crop(-1)
+
+
+def test_bf16_target_gives_bf16_drafter() -> None:
+    target = _qwen3().to(torch.bfloat16)
+    drafter = _drafter(target)
+    assert drafter.dtype == torch.bfloat16
+    assert drafter.rotary_emb.inv_freq.dtype == torch.float32
+    ids = torch.randint(0, VOCAB, (1, 6))
+    with torch.no_grad():
+        out = target(ids, output_hidden_states=True)
+    logits = drafter.draft(_block(drafter, 2), drafter.new_cache(), drafter.extract_features(out))
+    assert logits.dtype == torch.bfloat16 and logits.shape == (1, 7, VOCAB)
+    with pytest.raises(ValueError, match="output_hidden_states"):
+        drafter.extract_features(target(ids))

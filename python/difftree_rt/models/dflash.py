@@ -441,7 +441,7 @@ class DFlashDrafter(nn.Module):
             errors.append("embed_tokens: target has no input embedding (get_input_embeddings)")
         else:
             rows = min(rows, int(embed.weight.shape[0]))
-            if int(embed.weight.shape[1]) != c.hidden_size:
+            if c.hidden_size == t_hidden and int(embed.weight.shape[1]) != c.hidden_size:
                 mismatch("embed_tokens width", int(embed.weight.shape[1]), c.hidden_size)
         if head is None:
             errors.append("lm_head: target has no output embedding (get_output_embeddings)")

@@ -117,6 +117,9 @@ def _rope_from_dict(raw: dict[str, Any]) -> dict[str, Any]:
     ``rope_theta`` plus an optional ``rope_scaling`` dict (``type`` or ``rope_type``).
     """
     params = raw.get("rope_parameters")
+    if isinstance(params, dict) and isinstance(params.get("full_attention"), dict):
+        # Per-layer-type tables (e.g. Gemma 3): the drafter's layers are full attention.
+        params = params["full_attention"]
     if isinstance(params, dict) and params:
         out = dict(params)
     else:
