@@ -167,20 +167,18 @@ def tree_walk(
         while int(node_choice[b, nodes[-1]]) in children.get(nodes[-1], {}):
             nodes.append(children[nodes[-1]][int(node_choice[b, nodes[-1]])])
         emitted = [int(tree.token[b, i]) for i in nodes[1:]] + [int(node_choice[b, nodes[-1]])]
-        cap = len(emitted) if remaining is None else int(remaining[b])
-        keep = min(len(emitted), cap)
+        cap = None if remaining is None else int(remaining[b])
+        keep = len(emitted) if cap is None else min(len(emitted), cap)
+        stopped = False
         for j, tok in enumerate(emitted[:keep]):
             if tok in stops:
-                keep = j + 1
+                keep, stopped = j + 1, True
                 break
         acc = min(keep, len(nodes) - 1)
         path[b, : acc + 1] = torch.tensor(nodes[: acc + 1], dtype=torch.int32)
         accepted[b] = acc
-        has_next = keep == len(emitted)
-        next_token[b] = emitted[-1] if has_next else -1
-        done[b] = keep < len(emitted) or emitted[keep - 1] in stops if keep else True
-        if has_next and (emitted[-1] in stops or keep == cap):
-            done[b] = True
+        next_token[b] = emitted[-1] if keep == len(emitted) else -1
+        done[b] = stopped or (cap is not None and keep == cap)
     return WalkResult(path, accepted, next_token, done)
 
 
