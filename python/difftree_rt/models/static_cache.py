@@ -99,10 +99,6 @@ class _StaticTreeLayer(CacheLayerMixin):
     def get_max_length(self) -> int:
         return self.max_cache_len
 
-    # Older transformers releases name the capacity query this way.
-    def get_max_cache_shape(self) -> int:
-        return self.max_cache_len
-
     def reset(self) -> None:
         # Rows past `base_len` are never read, so resetting lengths (done by the owner) suffices.
         return None
@@ -119,6 +115,9 @@ class StaticKVCache(Cache):
         value_cache: one V tensor per layer, same shape.
         base_len: ``[B]`` int32 on the device: committed rows per request.
         max_length: S_max.
+        len_bound: host-side upper bound on ``max(base_len)``, kept without device syncs (exact
+            after prefill/decode; loose after a commit until :meth:`sync_len_bound`).
+        len_exact: whether ``len_bound`` is known to equal ``max(base_len)``.
 
     ``update`` (called by every HF attention layer) writes query row i of request b to row
     ``rows[b, i]`` set by :meth:`begin_write` and returns the whole layer buffers; the attention
@@ -162,6 +161,8 @@ class StaticKVCache(Cache):
         self.dtype = dtype
         self.device = torch.device(device)
         self.base_len: Tensor = torch.zeros(batch_size, dtype=torch.int32, device=device)
+        self.len_bound = 0
+        self.len_exact = True
         self._write_rows: Tensor | None = None
         self._write_index: Tensor | None = None
 
@@ -237,12 +238,16 @@ class StaticKVCache(Cache):
     # ----------------------------------------------------------------------------------------
     # Lengths
     # ----------------------------------------------------------------------------------------
-    def advance(self, num_rows: Tensor | int) -> None:
-        """``base_len += num_rows`` (an int or a ``[B]`` tensor), in place on the device."""
-        if isinstance(num_rows, Tensor):
-            self.base_len.add_(num_rows.to(device=self.device, dtype=self.base_len.dtype))
-        else:
-            self.base_len.add_(num_rows)
+    def advance(self, num_rows: int) -> None:
+        """``base_len += num_rows`` for every request (causal append of T rows)."""
+        self.base_len.add_(num_rows)
+        self.len_bound += num_rows
+
+    def sync_len_bound(self) -> int:
+        """Make ``len_bound`` exact by reading ``max(base_len)`` (one device->host sync)."""
+        self.len_bound = int(self.base_len.max().item()) if self.base_len.numel() else 0
+        self.len_exact = True
+        return self.len_bound
 
     def commit(self, path: Tensor, accepted: Tensor) -> None:
         """Move the accepted path's rows into place in every layer, then advance ``base_len``.
@@ -253,16 +258,19 @@ class StaticKVCache(Cache):
         """
         # The single call site of the commit kernel: swap in difftree_rt.ops.kv_commit here.
         kv_commit_reference(self.key_cache + self.value_cache, self.base_len, path, accepted)
-        self.advance(accepted.to(device=self.device, dtype=self.base_len.dtype) + 1)
+        self.base_len.add_(accepted.to(device=self.device, dtype=self.base_len.dtype) + 1)
+        # accepted <= L, so the bound grows by at most L + 1 (no sync needed).
+        self.len_bound = min(self.len_bound + path.shape[1], self.max_length)
+        self.len_exact = False
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
-        """Longest committed length over the batch (host sync; not used on the hot path)."""
-        return int(self.base_len.max().item()) if self.base_len.numel() else 0
+        """Upper bound on the longest committed length (``len_bound``; never syncs).
+
+        transformers only consults it for defaults the adapter always passes explicitly.
+        """
+        return self.len_bound
 
     def get_max_length(self, layer_idx: int | None = None) -> int:
-        return self.max_length
-
-    def get_max_cache_shape(self, layer_idx: int = 0) -> int:
         return self.max_length
 
     def get_mask_sizes(self, query_length: int, layer_idx: int = 0) -> tuple[int, int]:
@@ -271,6 +279,8 @@ class StaticKVCache(Cache):
     def reset(self) -> None:
         """Forget every request's context (lengths to 0; buffers are kept, not zeroed)."""
         self.base_len.zero_()
+        self.len_bound = 0
+        self.len_exact = True
         self.end_write()
 
     def crop(self, tokens_to_remove: int) -> None:

@@ -216,10 +216,6 @@ class TargetAdapter:
             dtype=self.dtype,
             device=self.device,
         )
-        # Host-side upper bound on max(base_len): capacity checks and the reference attention's
-        # scan length without a device sync; `_len_exact` says whether it is tight.
-        self._len_bound = 0
-        self._len_exact = True
         # Tree size N of the last verify (commit needs one), None when no tree is pending.
         self._pending_nodes: int | None = None
 
@@ -251,8 +247,6 @@ class TargetAdapter:
     def reset(self) -> None:
         """Forget all context: ``base_len`` to 0 (the buffers are reused as is)."""
         self.cache.reset()
-        self._len_bound = 0
-        self._len_exact = True
         self._pending_nodes = None
 
     @torch.no_grad()
@@ -291,11 +285,9 @@ class TargetAdapter:
         # Causal append of T committed tokens: shared by prefill and AR decode.
         num_t = ids.shape[1]
         self._ensure_capacity(num_t, arg)
-        base = self.cache.base_len.to(torch.long)
-        positions = base[:, None] + torch.arange(num_t, device=self.device)
-        out = self._forward(ids, positions, None, None, last_logits_only=last_logits_only)
+        offsets = torch.arange(num_t, device=self.device)[None, :]
+        out = self._forward(ids, offsets, None, None, last_logits_only=last_logits_only)
         self.cache.advance(num_t)
-        self._len_bound += num_t
         self._pending_nodes = None
         return out
 
@@ -343,9 +335,7 @@ class TargetAdapter:
             if d_lo < 0 or d_hi >= num_n:
                 raise ValueError(f"depth must be in [0, N={num_n}), got [{d_lo}, {d_hi}]")
         self._ensure_capacity(num_n, "tree_tokens")
-        base = self.cache.base_len.to(torch.long)
-        positions = base[:, None] + depth.to(torch.long)
-        out = self._forward(ids, positions, anc, num_nodes)
+        out = self._forward(ids, depth.to(torch.long), anc, num_nodes)
         self._pending_nodes = num_n
         return out
 
@@ -380,11 +370,7 @@ class TargetAdapter:
         self._pending_nodes = None
         if self.validate:
             # Values were synced for validation anyway: keep the host bound tight.
-            self._len_bound = int(self.cache.base_len.max())
-            self._len_exact = True
-        else:
-            self._len_bound = min(self._len_bound + path_len, self.max_length)
-            self._len_exact = False
+            self.cache.sync_len_bound()
 
     @staticmethod
     def gather_path(features: Tensor, path: Tensor) -> Tensor:
@@ -406,20 +392,23 @@ class TargetAdapter:
     def _forward(
         self,
         ids: Tensor,
-        positions: Tensor,
+        pos_offsets: Tensor,
         anc: Tensor | None,
         num_nodes: Tensor | None,
         *,
         last_logits_only: bool = False,
     ) -> TargetOutput:
+        # Row i of request b: cache row base_len[b] + i, position base_len[b] + pos_offsets[b, i]
+        # (i for causal appends, depth[i] for trees). All from device tensors: no sync.
         num_t = ids.shape[1]
         base = self.cache.base_len.to(torch.long)
+        positions = base[:, None] + pos_offsets
         self.cache.begin_write(base[:, None] + torch.arange(num_t, device=self.device))
         ctx = TreeAttentionContext(
             prefix_len=base,
             tree_anc=anc,
             num_nodes=num_nodes,
-            kv_bound=self._len_bound,
+            kv_bound=self.cache.len_bound,
         )
         captured: dict[int, Tensor] = {}
         kwargs: dict[str, Any] = {CONTEXT_KWARG: ctx}
@@ -476,18 +465,16 @@ class TargetAdapter:
                 h.remove()
 
     def _ensure_capacity(self, num_new: int, arg: str) -> None:
-        cap = self.max_length
-        if self._len_bound + num_new <= cap:
+        # Checked against the host bound (no sync); only a loose bound that would overflow
+        # (commits without validation) is re-read from the device.
+        cache, cap = self.cache, self.max_length
+        if cache.len_bound + num_new <= cap:
             return
-        if not self._len_exact:
-            # The host bound is loose (validate=False commits); read the real lengths once.
-            self._len_bound = int(self.cache.base_len.max())
-            self._len_exact = True
-            if self._len_bound + num_new <= cap:
-                return
+        if not cache.len_exact and cache.sync_len_bound() + num_new <= cap:
+            return
         raise ValueError(
-            f"{arg}: context of {self._len_bound + num_new} tokens exceeds the cache capacity "
-            f"S_max={cap} ({self._len_bound} committed + {num_new} new)"
+            f"{arg}: context of {cache.len_bound + num_new} tokens exceeds the cache capacity "
+            f"S_max={cap} ({cache.len_bound} committed + {num_new} new)"
         )
 
     def _check_shape_device(self, t: Tensor, name: str, shape: tuple[int, ...]) -> None:
