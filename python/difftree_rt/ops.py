@@ -31,6 +31,8 @@ __all__ = [
 MAX_BUDGET = 4096
 MIN_LOGPROB = -1e4
 
+_TREE_FIELDS = ("token", "parent", "depth", "score", "first_child", "next_sibling", "anc",
+                "num_nodes")  # fmt: skip
 _TreeArrays = tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]
 
 
@@ -308,13 +310,17 @@ def tree_walk(
         :class:`WalkResult`. The tokens emitted this round are the path's tokens (nodes
         ``path[:, 1 : accepted + 1]``) followed by ``next_token`` when it is not -1.
     """
+    for name, arr in zip(_TREE_FIELDS, tree.arrays()):
+        require_tensor(arr, f"tree.{name}")
     require_tensor(node_choice, "node_choice")
     stop = stop_token_ids
     if stop is not None and not isinstance(stop, Tensor):
         stop = torch.tensor(list(stop), dtype=torch.int64, device=tree.device)
     if remaining is not None:
         require_tensor(remaining, "remaining")
-    path_len = min(tree.max_depth, max(tree.capacity - 1, 0)) + 1
+    # Read N softly: a malformed tree.token is reported by name by the core's validation.
+    N = int(tree.token.shape[1]) if isinstance(tree.token, Tensor) and tree.token.dim() == 2 else 1
+    path_len = min(tree.max_depth, max(N - 1, 0)) + 1
     out = torch.ops.difftree.tree_walk(*tree.arrays(), node_choice, path_len, stop, remaining)
     return WalkResult(*out)
 

@@ -10,7 +10,9 @@
 #include <vector>
 
 #include "cpu/cpu_ops.h"
+#include "cpu/exp_sum.h"
 #include "cpu/half.h"
+#include "cpu/parallel.h"
 
 namespace difftree::cpu {
 namespace {
@@ -28,18 +30,25 @@ inline bool ranks_before(const Entry& a, const Entry& b) {
 template <typename LoadFn>
 Status topk_row(LoadFn load, int64_t V, int64_t k, int64_t row, std::vector<float>& x,
                 std::vector<Entry>& heap, int32_t* out_token, float* out_lp) {
+  // Pass 1: convert, find the max, and flag NaN/+inf without a branch per element.
   x.resize(V);
   float m = -std::numeric_limits<float>::infinity();
+  bool bad = false;
   for (int64_t v = 0; v < V; ++v) {
     const float xv = load(v);
-    if (std::isnan(xv) || xv == std::numeric_limits<float>::infinity()) {
-      std::ostringstream os;
-      os << "logits: expected finite values or -inf, found " << (std::isnan(xv) ? "NaN" : "+inf")
-         << " at flat row " << row << ", token " << v;
-      return InvalidValue(os.str());
-    }
+    bad |= (xv != xv) | (xv == std::numeric_limits<float>::infinity());
     x[v] = xv;
-    m = std::max(m, xv);
+    m = xv > m ? xv : m;
+  }
+  if (bad) {
+    for (int64_t v = 0; v < V; ++v) {
+      if (std::isnan(x[v]) || x[v] == std::numeric_limits<float>::infinity()) {
+        std::ostringstream os;
+        os << "logits: expected finite values or -inf, found "
+           << (std::isnan(x[v]) ? "NaN" : "+inf") << " at flat row " << row << ", token " << v;
+        return InvalidValue(os.str());
+      }
+    }
   }
   if (m == -std::numeric_limits<float>::infinity()) {
     std::ostringstream os;
@@ -47,17 +56,20 @@ Status topk_row(LoadFn load, int64_t V, int64_t k, int64_t row, std::vector<floa
        << "one finite logit";
     return InvalidValue(os.str());
   }
-  double sum = 0.0;
+  // Pass 2: the log-sum-exp in f64, rounded to f32 once.
   const double md = m;
-  for (int64_t v = 0; v < V; ++v) sum += std::exp(static_cast<double>(x[v]) - md);
-  const float lse = static_cast<float>(md + std::log(sum));
+  const float lse = static_cast<float>(md + std::log(sum_exp_shifted(x.data(), V, md)));
 
-  // Bounded min-heap of the K best (its front is the worst kept). Tokens arrive in increasing id,
-  // so an equal log-prob never displaces a kept entry: ties resolve to the lower id.
+  // Pass 3: bounded min-heap of the K best (its front is the worst kept). Tokens arrive in
+  // increasing id, so an equal log-prob never displaces a kept entry: ties go to the lower id.
+  // lp is non-decreasing in x, so x <= the worst kept x can never enter: skip it cheaply.
   heap.clear();
   auto worse_on_top = [](const Entry& a, const Entry& b) { return ranks_before(a, b); };
+  float worst_x = -std::numeric_limits<float>::infinity();
   for (int64_t v = 0; v < V; ++v) {
-    const float lp = std::max(x[v] - lse, kMinLogprob);
+    const float xv = x[v];
+    if (static_cast<int64_t>(heap.size()) == k && xv <= worst_x) continue;
+    const float lp = std::max(xv - lse, kMinLogprob);
     if (static_cast<int64_t>(heap.size()) < k) {
       heap.push_back({lp, static_cast<int32_t>(v)});
       std::push_heap(heap.begin(), heap.end(), worse_on_top);
@@ -65,7 +77,10 @@ Status topk_row(LoadFn load, int64_t V, int64_t k, int64_t row, std::vector<floa
       std::pop_heap(heap.begin(), heap.end(), worse_on_top);
       heap.back() = {lp, static_cast<int32_t>(v)};
       std::push_heap(heap.begin(), heap.end(), worse_on_top);
+    } else {
+      continue;
     }
+    if (static_cast<int64_t>(heap.size()) == k) worst_x = x[heap.front().id];
   }
   std::sort(heap.begin(), heap.end(), ranks_before);
   for (int64_t i = 0; i < k; ++i) {
@@ -81,36 +96,45 @@ Status topk_logprobs(const TensorView& logits, int64_t k, const TensorView& toke
                      const TensorView& logprob) {
   const int64_t rows = logits.shape[0] * logits.shape[1];
   const int64_t V = logits.shape[2];
-  std::vector<float> x;
-  std::vector<Entry> heap;
-  heap.reserve(k);
   int32_t* tok = token.ptr<int32_t>();
   float* lp = logprob.ptr<float>();
-  for (int64_t r = 0; r < rows; ++r) {
-    Status s;
-    switch (logits.dtype) {
-      case DType::kFloat32: {
-        const float* p = logits.ptr<const float>() + r * V;
-        s = topk_row([p](int64_t v) { return p[v]; }, V, k, r, x, heap, tok + r * k, lp + r * k);
-        break;
+  // Rows are independent; each chunk keeps its own scratch and reports its first error.
+  std::vector<Status> errors(static_cast<size_t>(rows));
+  parallel_rows(rows, rows * V, [&](int64_t begin, int64_t end) {
+    std::vector<float> x;
+    std::vector<Entry> heap;
+    heap.reserve(k);
+    for (int64_t r = begin; r < end; ++r) {
+      Status s;
+      switch (logits.dtype) {
+        case DType::kFloat32: {
+          const float* p = logits.ptr<const float>() + r * V;
+          s = topk_row([p](int64_t v) { return p[v]; }, V, k, r, x, heap, tok + r * k,
+                       lp + r * k);
+          break;
+        }
+        case DType::kBFloat16: {
+          const uint16_t* p = logits.ptr<const uint16_t>() + r * V;
+          s = topk_row([p](int64_t v) { return bf16_to_float(p[v]); }, V, k, r, x, heap,
+                       tok + r * k, lp + r * k);
+          break;
+        }
+        case DType::kFloat16: {
+          const uint16_t* p = logits.ptr<const uint16_t>() + r * V;
+          s = topk_row([p](int64_t v) { return fp16_to_float(p[v]); }, V, k, r, x, heap,
+                       tok + r * k, lp + r * k);
+          break;
+        }
+        default:
+          s = Internal("topk_logprobs: dtype passed validation but has no CPU path");
       }
-      case DType::kBFloat16: {
-        const uint16_t* p = logits.ptr<const uint16_t>() + r * V;
-        s = topk_row([p](int64_t v) { return bf16_to_float(p[v]); }, V, k, r, x, heap,
-                     tok + r * k, lp + r * k);
-        break;
+      if (!s.ok()) {
+        errors[r] = s;
+        return;
       }
-      case DType::kFloat16: {
-        const uint16_t* p = logits.ptr<const uint16_t>() + r * V;
-        s = topk_row([p](int64_t v) { return fp16_to_float(p[v]); }, V, k, r, x, heap,
-                     tok + r * k, lp + r * k);
-        break;
-      }
-      default:
-        return Internal("topk_logprobs: dtype passed validation but has no CPU path");
     }
-    DIFFTREE_RETURN_IF_ERROR(s);
-  }
+  });
+  for (const Status& s : errors) DIFFTREE_RETURN_IF_ERROR(s);
   return Status::Ok();
 }
 

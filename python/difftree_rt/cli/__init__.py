@@ -1,0 +1,61 @@
+"""The ``difftree-rt`` command line: ``info``, ``demo``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Sequence
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from difftree_rt.info import build_info
+
+    info = build_info()
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        width = max(len(k) for k in info)
+        for key, value in info.items():
+            print(f"{key:<{width}}  {value}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from difftree_rt.cli.demo_select import run_demo
+
+    return run_demo(
+        vocab=args.vocab,
+        depth=args.depth,
+        budgets=args.budgets,
+        device=args.device,
+        repeats=args.repeats,
+        seed=args.seed,
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="difftree-rt", description="difftree_rt: speculative decoding with draft trees"
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    info = sub.add_parser("info", help="print what this build contains")
+    info.add_argument("--json", action="store_true", help="print JSON")
+    info.set_defaults(func=_cmd_info)
+
+    demo = sub.add_parser(
+        "demo", help="tree selection on realistic shapes: prints a tree and timings"
+    )
+    demo.add_argument("--vocab", type=int, default=151936, help="V (default: Qwen3's)")
+    demo.add_argument("--depth", type=int, default=15, help="L = block size - 1")
+    demo.add_argument("--budgets", type=int, nargs="+", default=[16, 64, 256, 1024])
+    demo.add_argument("--device", default="cpu")
+    demo.add_argument("--repeats", type=int, default=20)
+    demo.add_argument("--seed", type=int, default=0)
+    demo.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))

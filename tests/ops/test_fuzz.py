@@ -1,0 +1,113 @@
+"""Property-based fuzzing of every op's argument space: a result or a clear ValueError /
+TypeError / NotImplementedError naming an argument, never a crash or another exception."""
+
+from __future__ import annotations
+
+import re
+
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from difftree_rt import ops
+
+CLEAR = (ValueError, TypeError, NotImplementedError)
+NAMED = re.compile(r"^[a-z_]+(\[\d+\])?(\.[a-z_]+)?: ")
+
+DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.int32, torch.int64,
+          torch.bool, torch.uint8]  # fmt: skip
+FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+
+
+@st.composite
+def tensors(draw, max_dims: int = 4, max_side: int = 6):  # type: ignore[no-untyped-def]
+    ndim = draw(st.integers(0, max_dims))
+    shape = draw(st.lists(st.integers(0, max_side), min_size=ndim, max_size=ndim))
+    dtype = draw(st.sampled_from(DTYPES))
+    kind = draw(st.sampled_from(["normal", "big", "nan", "inf", "neginf", "negative"]))
+    x = torch.randn(shape) * (1e6 if kind == "big" else 3)
+    if kind in ("nan", "inf", "neginf") and x.numel():
+        x.view(-1)[draw(st.integers(0, x.numel() - 1))] = {"nan": float("nan"),
+                                                           "inf": float("inf"),
+                                                           "neginf": float("-inf")}[kind]  # fmt: skip
+    if kind == "negative":
+        x = -x.abs()
+    if dtype in (torch.int32, torch.int64, torch.uint8, torch.bool):
+        x = torch.nan_to_num(x, nan=0.0, posinf=7.0, neginf=-7.0).round()
+        if dtype in (torch.uint8, torch.bool):
+            x = x.abs()
+    t = x.to(dtype)
+    if draw(st.booleans()) and t.dim() >= 2:
+        t = t.transpose(0, 1)
+    return t
+
+
+def _expect_clear(fn) -> None:  # type: ignore[no-untyped-def]
+    try:
+        fn()
+    except CLEAR as e:
+        assert NAMED.match(str(e)), f"message does not name an argument: {e}"
+
+
+@FUZZ
+@given(tensors(), st.integers(-3, 10))
+def test_topk_logprobs_fuzz(logits: torch.Tensor, k: int) -> None:
+    _expect_clear(lambda: ops.topk_logprobs(logits, k))
+
+
+@FUZZ
+@given(tensors(), tensors(), st.integers(-2, 5000), st.one_of(st.none(), tensors(max_dims=2)))
+def test_ddtree_select_fuzz(tok, lp, budget, root) -> None:  # type: ignore[no-untyped-def]
+    _expect_clear(lambda: ops.ddtree_select_from_candidates(tok, lp, budget, root))
+
+
+@FUZZ
+@given(tensors(), st.integers(-2, 5000))
+def test_ddtree_select_logits_fuzz(logits: torch.Tensor, budget: int) -> None:
+    _expect_clear(lambda: ops.ddtree_select(logits, budget))
+
+
+@FUZZ
+@given(
+    st.integers(1, 4),
+    st.integers(0, 5),
+    st.integers(1, 40),
+    st.data(),
+)
+def test_tree_walk_fuzz(B: int, L: int, budget: int, data) -> None:  # type: ignore[no-untyped-def]
+    tree = ops.ddtree_select(torch.randn(B, L, 5), budget)
+    # Corrupt one array arbitrarily, or pass arbitrary choices / stops / caps.
+    arrays = list(tree.arrays())
+    which = data.draw(st.integers(-1, 7))
+    if which >= 0:
+        arrays[which] = data.draw(tensors(max_dims=3, max_side=8))
+    tree = type(tree).from_arrays(tuple(arrays), tree.max_depth)
+    choice = data.draw(st.one_of(tensors(max_dims=3, max_side=8),
+                                 st.just(torch.randint(0, 5, (B, budget + 1)))))  # fmt: skip
+    stops = data.draw(st.one_of(st.none(), tensors(max_dims=2)))
+    remaining = data.draw(st.one_of(st.none(), tensors(max_dims=2)))
+    _expect_clear(lambda: ops.tree_walk(tree, choice, stops, remaining))
+
+
+@FUZZ
+@given(
+    st.lists(tensors(max_dims=5), min_size=0, max_size=3),
+    tensors(max_dims=2),
+    tensors(max_dims=3),
+    tensors(max_dims=2),
+)
+def test_kv_commit_fuzz(caches, base, path, accepted) -> None:  # type: ignore[no-untyped-def]
+    _expect_clear(lambda: ops.kv_commit(caches, base, path, accepted))
+
+
+@FUZZ
+@given(st.integers(1, 3), st.integers(1, 12), st.data())
+def test_kv_commit_index_fuzz(B: int, P: int, data) -> None:  # type: ignore[no-untyped-def]
+    """Well-typed tensors with arbitrary index values: out-of-range rows must be rejected."""
+    caches = [torch.zeros(B, 2, 16, 4) for _ in range(2)]
+    ints = st.integers(-5, 40)
+    path = torch.tensor(data.draw(st.lists(st.lists(ints, min_size=P, max_size=P),
+                                           min_size=B, max_size=B)))  # fmt: skip
+    base = torch.tensor(data.draw(st.lists(ints, min_size=B, max_size=B)))
+    acc = torch.tensor(data.draw(st.lists(ints, min_size=B, max_size=B)))
+    _expect_clear(lambda: ops.kv_commit(caches, base, path, acc))
