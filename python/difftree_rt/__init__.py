@@ -17,6 +17,7 @@ _LAZY = {
     "models": "difftree_rt.models",
     "DraftTree": "difftree_rt.tree",
     "build_info": "difftree_rt.info",
+    "SpeculativeDecoder": "difftree_rt.engine.decoder",
 }
 
 
@@ -30,4 +31,4 @@ def __getattr__(name: str) -> Any:
     return value
 
 
-__all__ = list(_LAZY) + ["__version__"]
+__all__ = [*_LAZY, "__version__"]

@@ -59,6 +59,20 @@ def kv_commit_reference(
         cache.scatter_(2, dst_idx, staged)
 
 
+def _kv_commit(caches: list[Tensor], base_len: Tensor, path: Tensor, accepted: Tensor) -> None:
+    """``difftree_rt.ops.kv_commit`` (C++/CUDA core); the plain-PyTorch reference only when the
+    compiled extension is unavailable (same semantics)."""
+    try:
+        from .. import ops
+        from .._ext import ext
+
+        ext()
+    except ImportError:
+        kv_commit_reference(caches, base_len, path, accepted)
+        return
+    ops.kv_commit(caches, base_len, path, accepted)
+
+
 class _StaticTreeLayer(CacheLayerMixin):
     """One layer's view of a ``StaticKVCache`` (keeps the ``CacheLayerMixin`` contract).
 
@@ -256,8 +270,8 @@ class StaticKVCache(Cache):
             path: ``[B, L+1]`` node indices of the accepted path (``path[:, 0] == 0``).
             accepted: ``[B]`` accepted draft nodes; ``base_len += accepted + 1``.
         """
-        # The single call site of the commit kernel: swap in difftree_rt.ops.kv_commit here.
-        kv_commit_reference(self.key_cache + self.value_cache, self.base_len, path, accepted)
+        # The single call site of the commit kernel (one call for every layer's K and V).
+        _kv_commit(self.key_cache + self.value_cache, self.base_len, path, accepted)
         self.base_len.add_(accepted.to(device=self.device, dtype=self.base_len.dtype) + 1)
         # accepted <= L, so the bound grows by at most L + 1 (no sync needed).
         self.len_bound = min(self.len_bound + path.shape[1], self.max_length)

@@ -1,0 +1,479 @@
+"""The speculative decoder: draft -> select -> verify -> accept -> commit, lossless by construction.
+
+Vocabulary: B batch, T prompt length, S drafter block size, L = S - 1 draft depth, N tree
+capacity (budget + 1, root included), P = path columns (<= L + 1), V vocabulary,
+F feature width (drafter feature layers x hidden).
+
+One round (DESIGN.md §3) for a request with committed length ``start`` (= target KV rows =
+drafter context rows) and bonus token ``b`` (chosen by the target, no KV row yet):
+
+1. draft: block ``[b, MASK x (S-1)]`` at positions ``start .. start+S-1``, conditioned on the
+   drafter cache holding the features of rows ``[0, start)`` -> logits ``[B, L, V]``;
+2. select: the policy turns them into a tree, root = ``b``;
+3. verify: target forward on the tree at positions ``start + depth`` (ancestor-only attention);
+4. accept: the target's choice at every node (greedy argmax / an independent keyed draw), then
+   ``tree_walk`` (stop tokens and the remaining-token cap applied there);
+5. commit: ``kv_commit`` moves the accepted rows into place; the drafter's next context is the
+   verify features of the path rows (root + accepted nodes), in path order.
+
+All per-round values stay in tensors; the host reads the round's (accepted, next token, done,
+generated) once, in :meth:`SpeculativeDecoder._host_read`, which is the seam graph mode
+replaces with a one-round-late read from a pinned buffer.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..models.dflash import DFlashCache, DFlashDrafter
+from ..models.target import TargetAdapter
+from .policies import MAX_BUDGET, DraftPolicy, PolicyInput, make_policy
+from .sampling import SamplingParams, choose_tokens
+from .stats import GenerationStats, PhaseTimer
+
+__all__ = ["GenerationOutput", "SpeculativeDecoder"]
+
+# Rows of headroom when the decoder sizes the target cache itself (max_length=None): rounding
+# up avoids re-allocating the cache for every slightly longer request.
+_CACHE_ROUND = 256
+
+
+@dataclass
+class GenerationOutput:
+    """Result of :meth:`SpeculativeDecoder.generate`.
+
+    Attributes:
+        sequences: int64 ``[B, T + new]``: the prompt followed by the generated tokens (the
+            stop token included when one ended the sequence), like HF ``generate``.
+        stats: per-round accepted lengths, τ, rounds, time per phase.
+    """
+
+    sequences: Tensor
+    stats: GenerationStats
+
+
+def _is_int(x: object) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+class SpeculativeDecoder:
+    """Lossless speculative decoding of an HF causal LM with a DFlash drafter.
+
+    Args:
+        target: an HF causal LM (``AutoModelForCausalLM``-style, e.g. Qwen3/Llama/Qwen2/Mistral)
+            or a :class:`TargetAdapter` around one (its ``feature_layers`` must be the
+            drafter's ``target_layer_ids``).
+        drafter: a :class:`DFlashDrafter` fitting the target (bound to it here); may be None
+            only for ``policy="ar"``.
+        policy: ``"ar"`` (the target alone on the same static cache: the baseline), ``"chain"``
+            (DFlash: argmax per depth), ``"ddtree"``, another registered name, or a
+            :class:`DraftPolicy` instance.
+        budget: draft nodes per round, 1..4096 (root excluded; "chain" uses ``min(budget, L)``).
+        max_length: target cache rows per request (prompt + new tokens + one tree). None sizes
+            (and grows) the cache per ``generate`` call.
+        validate: let the target adapter re-check verify/commit arguments (device syncs;
+            for debugging: the decoder's own tensors are well-formed by construction).
+        profile: on CUDA, synchronise at phase boundaries so per-phase times are exact.
+    """
+
+    def __init__(
+        self,
+        target: nn.Module | TargetAdapter,
+        drafter: DFlashDrafter | None = None,
+        policy: str | DraftPolicy = "ddtree",
+        budget: int = 64,
+        max_length: int | None = None,
+        *,
+        validate: bool = False,
+        profile: bool = True,
+    ) -> None:
+        if not _is_int(budget) or not 1 <= budget <= MAX_BUDGET:
+            raise ValueError(f"budget must be an int in [1, {MAX_BUDGET}], got {budget!r}")
+        if isinstance(policy, DraftPolicy):
+            self.policy: DraftPolicy | None = policy
+            self.policy_name = policy.name or type(policy).__name__
+        elif isinstance(policy, str):
+            self.policy = None if policy == "ar" else make_policy(policy, budget)
+            self.policy_name = policy
+        else:
+            raise ValueError(f"policy must be a str or a DraftPolicy, got {type(policy).__name__}")
+
+        adapter = target if isinstance(target, TargetAdapter) else None
+        model = adapter.model if adapter is not None else target
+        if not isinstance(model, nn.Module) or getattr(model, "config", None) is None:
+            raise ValueError(
+                "target must be an HF causal LM (nn.Module with a config) or a TargetAdapter, "
+                f"got {type(target).__name__}"
+            )
+        self.model = model
+
+        if self.policy is not None and drafter is None:
+            raise ValueError(
+                f"drafter is required for policy {self.policy_name!r} (only 'ar' runs without one)"
+            )
+        if drafter is not None:
+            if not isinstance(drafter, DFlashDrafter):
+                raise ValueError(f"drafter must be a DFlashDrafter, got {type(drafter).__name__}")
+            errors = drafter.check_target(model)
+            if errors:
+                raise ValueError(
+                    "drafter does not fit the target model:\n  - " + "\n  - ".join(errors)
+                )
+            drafter.bind(model)
+            if drafter.block_size < 2:
+                raise ValueError(
+                    f"drafter: block_size must be >= 2 (one bonus slot + draft slots), "
+                    f"got {drafter.block_size}"
+                )
+            t_device = next(model.parameters()).device
+            if drafter.device != t_device:
+                raise ValueError(f"drafter is on {drafter.device} but the target is on {t_device}")
+        self.drafter = drafter
+        # Feature layers only matter when drafting; the "ar" baseline captures nothing.
+        self.feature_layers: list[int] = (
+            list(drafter.config.target_layer_ids)
+            if drafter is not None and self.policy is not None
+            else []
+        )
+        self.max_depth = drafter.block_size - 1 if drafter is not None else 0
+        self.capacity = self.policy.capacity(self.max_depth) if self.policy is not None else 1
+        self.budget = self.policy.budget if self.policy is not None else 0
+        self.validate = validate
+        self.profile = profile
+
+        if max_length is not None:
+            if not _is_int(max_length) or max_length < self.capacity + 2:
+                raise ValueError(
+                    f"max_length must be None or an int >= {self.capacity + 2} (a prompt token, "
+                    f"a new token and one tree of N={self.capacity} rows), got {max_length!r}"
+                )
+        if adapter is not None:
+            if list(adapter.feature_layers) != self.feature_layers and self.policy is not None:
+                raise ValueError(
+                    f"target: the TargetAdapter captures feature_layers={adapter.feature_layers} "
+                    f"but the drafter needs target_layer_ids={self.feature_layers}"
+                )
+            if adapter.batch_size != 1:
+                raise NotImplementedError("batch size > 1 is not supported yet (use B = 1)")
+            if max_length is not None and max_length > adapter.max_length:
+                raise ValueError(
+                    f"max_length={max_length} exceeds the TargetAdapter's capacity "
+                    f"{adapter.max_length}"
+                )
+        self.max_length = max_length
+        self._fixed_adapter = adapter is not None
+        self.adapter: TargetAdapter | None = adapter
+        if adapter is None and max_length is not None:
+            self.adapter = self._make_adapter(max_length)
+        self.vocab_size = int(model.config.vocab_size)
+        self.device = next(model.parameters()).device
+        self._dcache: DFlashCache | None = None
+
+    # ------------------------------------------------------------------------------------------
+    # Construction helpers
+    # ------------------------------------------------------------------------------------------
+    def _make_adapter(self, max_length: int) -> TargetAdapter:
+        return TargetAdapter(
+            self.model,
+            max_length=max_length,
+            batch_size=1,
+            feature_layers=self.feature_layers or None,
+            validate=self.validate,
+        )
+
+    def _adapter_for(self, needed: int) -> TargetAdapter:
+        """The target adapter, (re)allocated when the decoder sizes the cache itself."""
+        if self.adapter is not None and (self._fixed_adapter or self.max_length is not None):
+            if needed > self.adapter.max_length:
+                raise ValueError(
+                    f"max_length={self.adapter.max_length} is too small for this request: "
+                    f"prompt + max_new_tokens + one tree of N={self.capacity} rows needs {needed}"
+                )
+            return self.adapter
+        if self.adapter is None or self.adapter.max_length < needed:
+            rows = -(-needed // _CACHE_ROUND) * _CACHE_ROUND
+            self.adapter = self._make_adapter(rows)
+        return self.adapter
+
+    def _drafter_cache(self, rows: int) -> DFlashCache:
+        assert self.drafter is not None
+        if self._dcache is None:
+            self._dcache = self.drafter.new_cache(batch_size=1, capacity=rows)
+        self._dcache.reset()
+        self._dcache.reserve(rows)
+        return self._dcache
+
+    # ------------------------------------------------------------------------------------------
+    # Argument checks
+    # ------------------------------------------------------------------------------------------
+    def _check_generate_args(
+        self,
+        input_ids: Any,
+        max_new_tokens: Any,
+        stop_token_ids: Any,
+    ) -> tuple[Tensor, Tensor | None]:
+        if not isinstance(input_ids, Tensor):
+            raise ValueError(f"input_ids must be a torch.Tensor, got {type(input_ids).__name__}")
+        if input_ids.dim() != 2 or input_ids.shape[1] < 1:
+            raise ValueError(f"input_ids must be [B, T] with T >= 1, got {list(input_ids.shape)}")
+        if input_ids.dtype.is_floating_point or input_ids.dtype in (torch.bool, torch.complex64):
+            raise ValueError(f"input_ids must hold integer token ids, got {input_ids.dtype}")
+        if input_ids.shape[0] != 1:
+            raise NotImplementedError(
+                f"batch size {input_ids.shape[0]} > 1 is not supported yet: call generate per "
+                "request (input_ids [1, T])"
+            )
+        lo, hi = int(input_ids.min()), int(input_ids.max())
+        if lo < 0 or hi >= self.vocab_size:
+            raise ValueError(
+                f"input_ids: token ids must be in [0, V={self.vocab_size}), got [{lo}, {hi}]"
+            )
+        if not _is_int(max_new_tokens) or max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
+        stop = None
+        if stop_token_ids is not None:
+            if _is_int(stop_token_ids):
+                stop_list = [stop_token_ids]
+            elif isinstance(stop_token_ids, Tensor):
+                stop_list = stop_token_ids.reshape(-1).tolist()
+            elif isinstance(stop_token_ids, Sequence) and all(_is_int(s) for s in stop_token_ids):
+                stop_list = list(stop_token_ids)
+            else:
+                raise ValueError(
+                    f"stop_token_ids must be None, an int, a sequence of ints or a tensor, "
+                    f"got {stop_token_ids!r}"
+                )
+            bad = [s for s in stop_list if not 0 <= int(s) < self.vocab_size]
+            if bad:
+                raise ValueError(
+                    f"stop_token_ids: {bad} are not token ids in [0, V={self.vocab_size})"
+                )
+            if stop_list:
+                stop = torch.tensor(stop_list, dtype=torch.int64, device=self.device)
+        return input_ids.to(device=self.device, dtype=torch.long), stop
+
+    # ------------------------------------------------------------------------------------------
+    # Generate
+    # ------------------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def generate(
+        self,
+        input_ids: Tensor,
+        max_new_tokens: int,
+        temperature: float = 0.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+        stop_token_ids: int | Sequence[int] | Tensor | None = None,
+    ) -> GenerationOutput:
+        """Generate up to ``max_new_tokens`` tokens after ``input_ids`` ``[1, T]``.
+
+        Greedy (``temperature=0``) output equals ``target.generate(do_sample=False)``; sampled
+        output is distributed exactly as sampling the processed target distribution
+        (temperature, top-k, top-p) token by token. ``seed`` keys every draw by
+        (seed, round, node); None draws a seed from torch's global generator. Generation ends
+        after a token of ``stop_token_ids`` (kept in the output) or ``max_new_tokens``
+        tokens, never more.
+
+        Returns:
+            :class:`GenerationOutput` with ``sequences`` ``[1, T + new]`` and ``stats``.
+        """
+        ids, stop = self._check_generate_args(input_ids, max_new_tokens, stop_token_ids)
+        if seed is None:
+            seed = int(torch.randint(0, 2**62, (1,)).item())
+        params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+        params.validate()
+
+        prompt_len = ids.shape[1]
+        adapter = self._adapter_for(prompt_len + max_new_tokens + self.capacity)
+        adapter.reset()
+        stats = GenerationStats(policy=self.policy_name, budget=self.budget, prompt_len=prompt_len)
+        timer = PhaseTimer(stats, self.device, self.profile)
+        t_start = time.perf_counter()
+        if self.policy is None:
+            out = self._generate_ar(adapter, ids, max_new_tokens, params, stop, stats, timer)
+        else:
+            out = self._generate_spec(adapter, ids, max_new_tokens, params, stop, stats, timer)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        stats.total_time = time.perf_counter() - t_start
+        stats.new_tokens = out.shape[1]
+        return GenerationOutput(sequences=torch.cat([ids, out], dim=1), stats=stats)
+
+    # ------------------------------------------------------------------------------------------
+    # Shared pieces
+    # ------------------------------------------------------------------------------------------
+    @staticmethod
+    def _host_read(*values: Tensor) -> list[int]:
+        """The one device->host read per round: small integer tensors ([B] each) -> ints.
+
+        Batch 1 only: entry i is ``values[i][0]``. Graph mode replaces this with a read of the
+        previous round's pinned buffer.
+        """
+        return torch.stack([v.reshape(-1)[:1].to(torch.int64) for v in values]).reshape(-1).tolist()
+
+    @staticmethod
+    def _is_stop(token: Tensor, stop: Tensor | None) -> Tensor:
+        """bool ``[B]``: ``token`` ``[B]`` is a stop token."""
+        if stop is None:
+            return torch.zeros(token.shape, dtype=torch.bool, device=token.device)
+        return torch.isin(token, stop)
+
+    def _prefill(
+        self,
+        adapter: TargetAdapter,
+        ids: Tensor,
+        params: SamplingParams,
+        stop: Tensor | None,
+        out_buf: Tensor,
+        timer: PhaseTimer,
+    ) -> tuple[Tensor, Tensor | None, Tensor]:
+        """Prefill the prompt and choose the first token (round 0, node 0).
+
+        Returns (first token ``[B]`` int64, prompt features ``[B, T, F]`` or None, is-stop ``[B]``).
+        """
+        with timer.phase("prefill"):
+            out = adapter.prefill(ids, last_logits_only=True)
+            first = choose_tokens(out.logits, params, round_idx=0)[:, 0]
+            out_buf[:, 0] = first
+        return first, out.features, self._is_stop(first, stop)
+
+    # ------------------------------------------------------------------------------------------
+    # "ar": the target alone (baseline)
+    # ------------------------------------------------------------------------------------------
+    def _generate_ar(
+        self,
+        adapter: TargetAdapter,
+        ids: Tensor,
+        max_new: int,
+        params: SamplingParams,
+        stop: Tensor | None,
+        stats: GenerationStats,
+        timer: PhaseTimer,
+    ) -> Tensor:
+        out_buf = torch.full((1, max_new), -1, dtype=torch.long, device=self.device)
+        token, _, is_stop = self._prefill(adapter, ids, params, stop, out_buf, timer)
+        with timer.phase("host"):
+            (stopped,) = self._host_read(is_stop)
+        generated = 1
+        step = 0
+        while not stopped and generated < max_new:
+            step += 1
+            with timer.phase("verify"):
+                logits = adapter.decode(token[:, None]).logits
+            with timer.phase("accept"):
+                token = choose_tokens(logits, params, round_idx=step)[:, 0]
+                out_buf[:, generated] = token
+                is_stop = self._is_stop(token, stop)
+            with timer.phase("host"):
+                (stopped,) = self._host_read(is_stop)
+                generated += 1
+                stats.accepted_lengths.append(0)
+                stats.emitted_per_round.append(1)
+        stats.stopped = bool(stopped)
+        return out_buf[:, :generated]
+
+    # ------------------------------------------------------------------------------------------
+    # Speculative rounds
+    # ------------------------------------------------------------------------------------------
+    def _generate_spec(
+        self,
+        adapter: TargetAdapter,
+        ids: Tensor,
+        max_new: int,
+        params: SamplingParams,
+        stop: Tensor | None,
+        stats: GenerationStats,
+        timer: PhaseTimer,
+    ) -> Tensor:
+        from .. import ops
+
+        drafter, policy = self.drafter, self.policy
+        assert drafter is not None and policy is not None
+        prompt_len = ids.shape[1]
+        dcache = self._drafter_cache(prompt_len + max_new + drafter.block_size)
+        path_cols = min(self.max_depth, self.capacity - 1) + 1
+        # Emitted tokens land at columns `generated + j`; invalid entries of a round go to the
+        # last column (scratch), so the write needs no host-side length.
+        out_buf = torch.full((1, max_new + 1), -1, dtype=torch.long, device=self.device)
+        trash = max_new
+        cols = torch.arange(path_cols, device=self.device)
+
+        bonus, features, is_stop = self._prefill(adapter, ids, params, stop, out_buf, timer)
+        assert features is not None
+        new_features = features.to(drafter.dtype)
+        generated_t = torch.ones(1, dtype=torch.long, device=self.device)
+        with timer.phase("host"):
+            (stopped,) = self._host_read(is_stop)
+        generated = 1
+        start = prompt_len  # committed rows = drafter context rows
+        round_idx = 0
+        done = bool(stopped) or generated >= max_new
+        while not done:
+            round_idx += 1
+            with timer.phase("draft"):
+                block = drafter.make_block(bonus)
+                # The cache holds features of rows [0, start - new rows); appending the new
+                # rows makes it exactly [0, start): the bonus is seen only as slot 0.
+                draft_logits = drafter.draft(block, dcache, new_features, start=start)
+            with timer.phase("select"):
+                context = None
+                if policy.needs_context:
+                    context = torch.cat([ids, out_buf[:, :generated]], dim=1)
+                tree = policy.select(PolicyInput(draft_logits, bonus, round_idx, context))
+            with timer.phase("verify"):
+                # Padding rows hold token -1: any valid id works there (never visible, never
+                # accepted), 0 keeps the embedding lookup in range.
+                tokens = tree.token.clamp(min=0)
+                if policy.is_chain:
+                    verified = adapter.verify(tokens, tree.depth, None, None)
+                else:
+                    verified = adapter.verify(tokens, tree.depth, tree.anc, tree.num_nodes)
+            with timer.phase("accept"):
+                choice = choose_tokens(verified.logits, params, round_idx)
+                remaining = max_new - generated_t
+                walk = ops.tree_walk(tree, choice, stop, remaining)
+            with timer.phase("commit"):
+                adapter.commit(walk.path, walk.accepted)
+                assert verified.features is not None
+                path_features = adapter.gather_path(verified.features, walk.path)
+                accepted = walk.accepted.to(torch.long)
+                next_token = walk.next_token.to(torch.long)
+                # Emitted this round: the path's draft tokens, then the next bonus (if any).
+                path_nodes = walk.path[:, 1:].clamp(min=0).to(torch.long)
+                emit = torch.gather(tree.token, 1, path_nodes).to(torch.long)
+                emit = torch.cat([emit, next_token[:, None]], dim=1)[:, :path_cols]
+                emit = torch.where(cols[None] == accepted[:, None], next_token[:, None], emit)
+                num_emit = accepted + (next_token >= 0).to(torch.long)
+                dest = torch.where(
+                    cols[None] < num_emit[:, None], generated_t[:, None] + cols[None], trash
+                )
+                out_buf.scatter_(1, dest, emit)
+                generated_t = generated_t + num_emit
+            with timer.phase("host"):
+                acc, nxt, ended, generated = self._host_read(
+                    walk.accepted, walk.next_token, walk.done, generated_t
+                )
+                # Keep the target's host-side length bound exact (attention key span).
+                adapter.cache.sync_len_bound()
+                new_features = path_features[:, : acc + 1].to(drafter.dtype)
+                start += acc + 1
+                bonus = next_token
+                stats.accepted_lengths.append(acc)
+                stats.emitted_per_round.append(acc + (1 if nxt >= 0 else 0))
+                done = bool(ended) or nxt < 0 or generated >= max_new
+        stats.stopped = self._ended_on_stop(out_buf[:, :generated], stop)
+        return out_buf[:, :generated]
+
+    @staticmethod
+    def _ended_on_stop(out: Tensor, stop: Tensor | None) -> bool:
+        """Whether the last emitted token is a stop token (end-of-generation bookkeeping)."""
+        if stop is None or out.shape[1] == 0:
+            return False
+        return bool(torch.isin(out[:, -1], stop).item())

@@ -1,0 +1,142 @@
+"""Selection policies: draft logits (+ context) -> a :class:`DraftTree` (DESIGN.md §4).
+
+Vocabulary: B batch, L draft depth (block size - 1), K candidates per depth, V vocabulary,
+N tree capacity (budget + 1, root included).
+
+Every policy sits behind one interface, :class:`DraftPolicy`: ``select(inputs) -> DraftTree``
+with the root (node 0) holding the bonus token. The decoder never looks inside a policy; later
+policies (caddtree, taps, presto, d2sd) plug in by subclassing and registering a name.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from torch import Tensor
+
+from ..tree import DraftTree
+
+__all__ = [
+    "MAX_BUDGET",
+    "POLICIES",
+    "ChainPolicy",
+    "DDTreePolicy",
+    "DraftPolicy",
+    "PolicyInput",
+    "make_policy",
+    "register_policy",
+]
+
+#: The core's budget limit (``difftree_rt.ops.MAX_BUDGET``), repeated here so validation does
+#: not need the compiled extension.
+MAX_BUDGET = 4096
+
+
+@dataclass
+class PolicyInput:
+    """Everything a policy may use to build one round's tree.
+
+    Attributes:
+        draft_logits: ``[B, L, V]`` drafter logits; row j is depth j + 1.
+        root_token: ``[B]`` int64 bonus tokens (node 0 of the tree).
+        round_idx: 1-based round counter (int on this eager path).
+        context_ids: ``[B, T]`` committed tokens when the policy asks for them
+            (``needs_context``), else None. Prefix-conditioned policies (presto) read it.
+    """
+
+    draft_logits: Tensor
+    root_token: Tensor
+    round_idx: int = 0
+    context_ids: Tensor | None = None
+
+
+class DraftPolicy(ABC):
+    """Maps a round's draft logits to a draft tree of at most ``budget`` draft nodes.
+
+    Attributes:
+        name: registry name.
+        budget: draft nodes per round (root excluded), 1..4096.
+        is_chain: the trees are always chains (``parent[i] = i - 1``), so verification can
+            use plain causal attention (no ancestor mask).
+        needs_context: the decoder must fill :attr:`PolicyInput.context_ids`.
+    """
+
+    name: str = ""
+    is_chain: bool = False
+    needs_context: bool = False
+
+    def __init__(self, budget: int) -> None:
+        if not isinstance(budget, int) or isinstance(budget, bool) or not 1 <= budget <= MAX_BUDGET:
+            raise ValueError(f"budget must be an int in [1, {MAX_BUDGET}], got {budget!r}")
+        self.budget = budget
+
+    def capacity(self, max_depth: int) -> int:
+        """N, the tree rows this policy produces for draft depth ``max_depth`` (root included)."""
+        return self.budget + 1
+
+    @abstractmethod
+    def select(self, inputs: PolicyInput) -> DraftTree:
+        """Build the round's tree (best-first order, ``parent[i] < i``, root = bonus token)."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(budget={self.budget})"
+
+
+class ChainPolicy(DraftPolicy):
+    """DFlash: the argmax of each depth, ``min(budget, L)`` deep (a degenerate tree).
+
+    Argmax ties go to the lowest token id (``topk_logprobs``' rule). Built with the DDTree
+    selector on K = 1 candidate per depth: the best prefixes of a single chain are its first
+    ``budget`` depths, so the arrays (``anc`` included) come from the one tested selector.
+    """
+
+    name = "chain"
+    is_chain = True
+
+    def capacity(self, max_depth: int) -> int:
+        return min(self.budget, max_depth) + 1
+
+    def select(self, inputs: PolicyInput) -> DraftTree:
+        from .. import ops
+
+        logits = inputs.draft_logits
+        token, logprob = ops.topk_logprobs(logits, 1)
+        depth = min(self.budget, logits.shape[1])
+        return ops.ddtree_select_from_candidates(
+            token[:, :depth], logprob[:, :depth], depth, inputs.root_token
+        )
+
+
+class DDTreePolicy(DraftPolicy):
+    """DDTree (ALGORITHMS.md §2): exact top-``budget`` prefixes by product of draft marginals."""
+
+    name = "ddtree"
+
+    def select(self, inputs: PolicyInput) -> DraftTree:
+        from .. import ops
+
+        return ops.ddtree_select(inputs.draft_logits, self.budget, inputs.root_token)
+
+
+POLICIES: dict[str, Callable[[int], DraftPolicy]] = {
+    ChainPolicy.name: ChainPolicy,
+    DDTreePolicy.name: DDTreePolicy,
+}
+
+
+def register_policy(name: str, factory: Callable[[int], DraftPolicy]) -> None:
+    """Make ``factory(budget)`` available as ``SpeculativeDecoder(policy=name)``."""
+    if name == "ar" or name in POLICIES:
+        raise ValueError(f"policy name {name!r} is already taken")
+    POLICIES[name] = factory
+
+
+def make_policy(name: str, budget: int) -> DraftPolicy:
+    """The registered policy ``name`` with ``budget`` draft nodes."""
+    factory = POLICIES.get(name)
+    if factory is None:
+        known = ", ".join(sorted(["ar", *POLICIES]))
+        raise ValueError(f"policy must be one of {known} or a DraftPolicy, got {name!r}")
+    return factory(budget)
