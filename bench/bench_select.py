@@ -18,9 +18,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import print_table, stamp, time_fn, write_json  # noqa: E402
-from difftree_rt import ops, reference  # noqa: E402
-from difftree_rt.cli.demo_select import drafter_like_logits  # noqa: E402
+from bench.common import print_table, stamp, time_fn, write_json
+from difftree_rt import ops, reference
+from difftree_rt.cli.demo_select import drafter_like_logits
 
 
 def heapq_from_lists(lp: list[list[float]], tok: list[list[int]], budget: int) -> tuple:
@@ -45,7 +45,7 @@ def heapq_from_lists(lp: list[list[float]], tok: list[list[int]], budget: int) -
     for i in range(n):
         anc[i][i] = True
         if i:
-            anc[i][: i] = anc[parents[i]][: i]
+            anc[i][:i] = anc[parents[i]][:i]
             anc[i][i] = True
     return tokens, parents, depths, anc
 
@@ -82,15 +82,20 @@ def main() -> int:
             "budget": budget,
             "logits/cpp": time_fn(lambda: ops.ddtree_select(logits, budget), args.repeats),
             "logits/heapq": time_fn(lambda: heapq_from_logits(logits, budget), args.repeats),
-            "logits/reference": time_fn(lambda: reference.ddtree_select(logits, budget),
-                                        args.ref_repeats, warmup=1),  # fmt: skip
-            "cand/cpp": time_fn(lambda: ops.ddtree_select_from_candidates(tok, lp, budget),
-                                args.repeats),  # fmt: skip
-            "cand/heapq": time_fn(lambda: heapq_from_lists(lp_list, tok_list, budget),
-                                  args.repeats),  # fmt: skip
+            "logits/reference": time_fn(
+                lambda: reference.ddtree_select(logits, budget), args.ref_repeats, warmup=1
+            ),
+            "cand/cpp": time_fn(
+                lambda: ops.ddtree_select_from_candidates(tok, lp, budget), args.repeats
+            ),
+            "cand/heapq": time_fn(
+                lambda: heapq_from_lists(lp_list, tok_list, budget), args.repeats
+            ),
             "cand/reference": time_fn(
                 lambda: reference.ddtree_select_from_candidates(tok, lp, budget),
-                args.ref_repeats, warmup=1),  # fmt: skip
+                args.ref_repeats,
+                warmup=1,
+            ),
         }
         results.append(r)
 
@@ -98,14 +103,38 @@ def main() -> int:
             t = r[key]
             return f"{t['median']:.0f} [{t['p10']:.0f}, {t['p90']:.0f}]"
 
-        rows.append([budget, cell("logits/cpp"), cell("logits/heapq"), cell("logits/reference"),
-                     cell("cand/cpp"), cell("cand/heapq"), cell("cand/reference"),
-                     f"{r['cand/heapq']['median'] / r['cand/cpp']['median']:.1f}x"])  # fmt: skip
+        rows.append(
+            [
+                budget,
+                cell("logits/cpp"),
+                cell("logits/heapq"),
+                cell("logits/reference"),
+                cell("cand/cpp"),
+                cell("cand/heapq"),
+                cell("cand/reference"),
+                f"{r['cand/heapq']['median'] / r['cand/cpp']['median']:.1f}x",
+            ]
+        )
     print(f"tree selection, B=1, L={args.depth}, V={args.vocab}, µs per call: median [p10, p90]")
-    print_table(["budget", "logits: C++", "logits: heapq", "logits: reference", "cand: C++",
-                 "cand: heapq", "cand: reference", "heapq/C++ (cand)"], rows)  # fmt: skip
-    payload = {"bench": "select", "config": vars(args) | {"out": str(args.out)},
-               "stamp": stamp("cpu"), "results": results}  # fmt: skip
+    print_table(
+        [
+            "budget",
+            "logits: C++",
+            "logits: heapq",
+            "logits: reference",
+            "cand: C++",
+            "cand: heapq",
+            "cand: reference",
+            "heapq/C++ (cand)",
+        ],
+        rows,
+    )
+    payload = {
+        "bench": "select",
+        "config": vars(args) | {"out": str(args.out)},
+        "stamp": stamp("cpu"),
+        "results": results,
+    }
     path = write_json("bench_select", payload, args.out)
     print(f"\nwrote {path}")
     return 0

@@ -20,10 +20,19 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 def git_sha() -> str:
     try:
-        out = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True,
-                             text=True, cwd=Path(__file__).parent, check=True)  # fmt: skip
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, cwd=Path(__file__).parent)  # fmt: skip
+        out = subprocess.run(
+            ["git", "rev-parse", "--short=12", "HEAD"],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).parent,
+            check=True,
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).parent,
+        )
         return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
@@ -88,8 +97,13 @@ def time_fn(
 def summarize(samples: Sequence[float]) -> dict[str, float]:
     s = sorted(samples)
     q = statistics.quantiles(s, n=10) if len(s) >= 2 else [s[0]] * 9
-    return {"median": statistics.median(s), "p10": q[0], "p90": q[-1],
-            "mean": statistics.fmean(s), "n": len(s)}  # fmt: skip
+    return {
+        "median": statistics.median(s),
+        "p10": q[0],
+        "p90": q[-1],
+        "mean": statistics.fmean(s),
+        "n": len(s),
+    }
 
 
 def write_json(name: str, payload: dict[str, Any], out_dir: Path | None = None) -> Path:

@@ -31,8 +31,16 @@ __all__ = [
 MAX_BUDGET = 4096
 MIN_LOGPROB = -1e4
 
-_TREE_FIELDS = ("token", "parent", "depth", "score", "first_child", "next_sibling", "anc",
-                "num_nodes")  # fmt: skip
+_TREE_FIELDS = (
+    "token",
+    "parent",
+    "depth",
+    "score",
+    "first_child",
+    "next_sibling",
+    "anc",
+    "num_nodes",
+)
 _TreeArrays = tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]
 
 
@@ -92,8 +100,16 @@ def _empty_tree(ref: Tensor, B: int, N: int) -> _TreeArrays:
         return ref.new_empty(shape, dtype=torch.int32)
 
     score = ref.new_empty((B, N), dtype=torch.float32)
-    return (i32(B, N), i32(B, N), i32(B, N), score, i32(B, N), i32(B, N), i32(B, N, anc_words(N)),
-            i32(B))  # fmt: skip
+    return (
+        i32(B, N),
+        i32(B, N),
+        i32(B, N),
+        score,
+        i32(B, N),
+        i32(B, N),
+        i32(B, N, anc_words(N)),
+        i32(B),
+    )
 
 
 @torch.library.custom_op("difftree::ddtree_select", mutates_args=())
@@ -134,14 +150,18 @@ def ddtree_select_from_candidates(
     require_tensor(cand_logprob, "cand_logprob")
     if root_token is not None:
         require_tensor(root_token, "root_token")
-    arrays = _call(_ddtree_select, torch.ops.difftree.ddtree_select, cand_token, cand_logprob,
-                   int(budget), root_token)  # fmt: skip
+    arrays = _call(
+        _ddtree_select,
+        torch.ops.difftree.ddtree_select,
+        cand_token,
+        cand_logprob,
+        int(budget),
+        root_token,
+    )
     return DraftTree.from_arrays(arrays, max_depth=int(cand_logprob.shape[1]))
 
 
-def ddtree_select(
-    draft_logits: Tensor, budget: int, root_token: Tensor | None = None
-) -> DraftTree:
+def ddtree_select(draft_logits: Tensor, budget: int, root_token: Tensor | None = None) -> DraftTree:
     """DDTree from the drafter's logits: per-depth top-``min(budget, V)`` candidates, then
     :func:`ddtree_select_from_candidates`.
 
@@ -262,8 +282,9 @@ def _tree_walk(
     remaining: Optional[Tensor],
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     C = ext()
-    tree = tuple(dl(a) for a in (token, parent, depth, score, first_child, next_sibling, anc,
-                                 num_nodes))  # fmt: skip
+    tree = tuple(
+        dl(a) for a in (token, parent, depth, score, first_child, next_sibling, anc, num_nodes)
+    )
     inputs = (tree, dl(node_choice), dl_opt(stop_tokens), dl_opt(remaining))
     C.check_tree_walk(*inputs)
     path, accepted, next_token, done = _walk_outputs(token, path_len)
@@ -289,8 +310,20 @@ def _walk_outputs(token: Tensor, path_len: int) -> tuple[Tensor, Tensor, Tensor,
 
 
 @_tree_walk.register_fake
-def _(token, parent, depth, score, first_child, next_sibling, anc, num_nodes, node_choice,
-      path_len, stop_tokens, remaining):  # fmt: skip
+def _(
+    token,
+    parent,
+    depth,
+    score,
+    first_child,
+    next_sibling,
+    anc,
+    num_nodes,
+    node_choice,
+    path_len,
+    stop_tokens,
+    remaining,
+):
     return _walk_outputs(token, path_len)
 
 
@@ -324,8 +357,15 @@ def tree_walk(
     # Read N softly: a malformed tree.token is reported by name by the core's validation.
     N = int(tree.token.shape[1]) if isinstance(tree.token, Tensor) and tree.token.dim() == 2 else 1
     path_len = min(tree.max_depth, max(N - 1, 0)) + 1
-    out = _call(_tree_walk, torch.ops.difftree.tree_walk, *tree.arrays(), node_choice, path_len,
-                stop, remaining)  # fmt: skip
+    out = _call(
+        _tree_walk,
+        torch.ops.difftree.tree_walk,
+        *tree.arrays(),
+        node_choice,
+        path_len,
+        stop,
+        remaining,
+    )
     return WalkResult(*out)
 
 
@@ -366,6 +406,7 @@ def kv_commit(
     require_tensor(path, "path")
     require_tensor(accepted, "accepted")
     if not isinstance(base_len, Tensor):
-        base_len = torch.full((path.shape[0],), int(base_len), dtype=torch.int64,
-                              device=path.device)  # fmt: skip
+        base_len = torch.full(
+            (path.shape[0],), int(base_len), dtype=torch.int64, device=path.device
+        )
     _call(_kv_commit, torch.ops.difftree.kv_commit, caches, base_len, path, accepted)

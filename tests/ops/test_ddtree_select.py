@@ -7,10 +7,10 @@ import itertools
 
 import pytest
 import torch
-
-from difftree_rt import ops, reference
 from tests.conftest import random_logits
 from tests.ops.tree_checks import assert_tree_invariants
+
+from difftree_rt import ops, reference
 
 
 def assert_same_tree(a, b) -> None:  # type: ignore[no-untyped-def]
@@ -71,7 +71,6 @@ def _brute_force(lp: torch.Tensor, budget: int) -> list[tuple[int, ...]]:
     """Every path of the K^L lattice, scored in fp32 the same way, in the normative order."""
     L, K = lp.shape
     nodes: dict[tuple[int, ...], float] = {(): 0.0}
-    order_key: dict[tuple[int, ...], tuple] = {(): ()}
     all_paths: list[tuple[int, ...]] = []
     for d in range(1, L + 1):
         for ranks in itertools.product(range(K), repeat=d):
@@ -207,16 +206,20 @@ def test_bad_candidates() -> None:
     with pytest.raises(ValueError, match="cand_logprob: expected finite"):
         ops.ddtree_select_from_candidates(tok, torch.tensor([[[float("nan"), -1.0, -2.0]]]), 4)
     with pytest.raises(ValueError, match="cand_token: expected distinct tokens per depth"):
-        ops.ddtree_select_from_candidates(torch.tensor([[[1, 2, 1]]]),
-                                          torch.tensor([[[-1.0, -1.5, -2.0]]]), 4)  # fmt: skip
+        ops.ddtree_select_from_candidates(
+            torch.tensor([[[1, 2, 1]]]), torch.tensor([[[-1.0, -1.5, -2.0]]]), 4
+        )
     with pytest.raises(ValueError, match="cand_token: expected token ids >= 0"):
-        ops.ddtree_select_from_candidates(torch.tensor([[[1, -2, 3]]]),
-                                          torch.tensor([[[-1.0, -1.5, -2.0]]]), 4)  # fmt: skip
+        ops.ddtree_select_from_candidates(
+            torch.tensor([[[1, -2, 3]]]), torch.tensor([[[-1.0, -1.5, -2.0]]]), 4
+        )
     with pytest.raises(ValueError, match=r"cand_token: expected shape \[B, L, K\]"):
-        ops.ddtree_select_from_candidates(torch.tensor([[[1, 2]]]),
-                                          torch.tensor([[[-1.0, -1.5, -2.0]]]), 4)  # fmt: skip
+        ops.ddtree_select_from_candidates(
+            torch.tensor([[[1, 2]]]), torch.tensor([[[-1.0, -1.5, -2.0]]]), 4
+        )
     with pytest.raises(TypeError, match="cand_logprob: expected dtype float32"):
         ops.ddtree_select_from_candidates(tok, torch.tensor([[[-1.0, -1.5, -2.0]]]).double(), 4)
     with pytest.raises(ValueError, match=r"root_token: expected shape \[B\]"):
-        ops.ddtree_select_from_candidates(tok, torch.tensor([[[-1.0, -1.5, -2.0]]]), 4,
-                                          root_token=torch.tensor([1, 2]))  # fmt: skip
+        ops.ddtree_select_from_candidates(
+            tok, torch.tensor([[[-1.0, -1.5, -2.0]]]), 4, root_token=torch.tensor([1, 2])
+        )

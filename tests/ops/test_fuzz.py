@@ -14,8 +14,16 @@ from difftree_rt import ops
 CLEAR = (ValueError, TypeError, NotImplementedError)
 NAMED = re.compile(r"^[a-z_]+(\[\d+\])?(\.[a-z_]+)?: ")
 
-DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.int32, torch.int64,
-          torch.bool, torch.uint8]  # fmt: skip
+DTYPES = [
+    torch.float32,
+    torch.float16,
+    torch.bfloat16,
+    torch.float64,
+    torch.int32,
+    torch.int64,
+    torch.bool,
+    torch.uint8,
+]
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
 
 
@@ -27,9 +35,11 @@ def tensors(draw, max_dims: int = 4, max_side: int = 6):  # type: ignore[no-unty
     kind = draw(st.sampled_from(["normal", "big", "nan", "inf", "neginf", "negative"]))
     x = torch.randn(shape) * (1e6 if kind == "big" else 3)
     if kind in ("nan", "inf", "neginf") and x.numel():
-        x.view(-1)[draw(st.integers(0, x.numel() - 1))] = {"nan": float("nan"),
-                                                           "inf": float("inf"),
-                                                           "neginf": float("-inf")}[kind]  # fmt: skip
+        x.view(-1)[draw(st.integers(0, x.numel() - 1))] = {
+            "nan": float("nan"),
+            "inf": float("inf"),
+            "neginf": float("-inf"),
+        }[kind]
     if kind == "negative":
         x = -x.abs()
     if dtype in (torch.int32, torch.int64, torch.uint8, torch.bool):
@@ -82,8 +92,9 @@ def test_tree_walk_fuzz(B: int, L: int, budget: int, data) -> None:  # type: ign
     if which >= 0:
         arrays[which] = data.draw(tensors(max_dims=3, max_side=8))
     tree = type(tree).from_arrays(tuple(arrays), tree.max_depth)
-    choice = data.draw(st.one_of(tensors(max_dims=3, max_side=8),
-                                 st.just(torch.randint(0, 5, (B, budget + 1)))))  # fmt: skip
+    choice = data.draw(
+        st.one_of(tensors(max_dims=3, max_side=8), st.just(torch.randint(0, 5, (B, budget + 1))))
+    )
     stops = data.draw(st.one_of(st.none(), tensors(max_dims=2)))
     remaining = data.draw(st.one_of(st.none(), tensors(max_dims=2)))
     _expect_clear(lambda: ops.tree_walk(tree, choice, stops, remaining))
@@ -106,8 +117,9 @@ def test_kv_commit_index_fuzz(B: int, P: int, data) -> None:  # type: ignore[no-
     """Well-typed tensors with arbitrary index values: out-of-range rows must be rejected."""
     caches = [torch.zeros(B, 2, 16, 4) for _ in range(2)]
     ints = st.integers(-5, 40)
-    path = torch.tensor(data.draw(st.lists(st.lists(ints, min_size=P, max_size=P),
-                                           min_size=B, max_size=B)))  # fmt: skip
+    path = torch.tensor(
+        data.draw(st.lists(st.lists(ints, min_size=P, max_size=P), min_size=B, max_size=B))
+    )
     base = torch.tensor(data.draw(st.lists(ints, min_size=B, max_size=B)))
     acc = torch.tensor(data.draw(st.lists(ints, min_size=B, max_size=B)))
     _expect_clear(lambda: ops.kv_commit(caches, base, path, acc))

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import torch
+from tests.conftest import random_logits
 
 from difftree_rt import ops
-from tests.conftest import random_logits
 
 
 def test_positions() -> None:

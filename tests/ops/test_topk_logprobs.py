@@ -6,9 +6,9 @@ import math
 
 import pytest
 import torch
+from tests.conftest import random_logits
 
 from difftree_rt import ops, reference
-from tests.conftest import random_logits
 
 
 @pytest.mark.parametrize("seed", range(300))
@@ -75,7 +75,7 @@ def test_nan_and_pos_inf_rejected(bad: float, match: str) -> None:
 
 def test_all_neg_inf_row_rejected() -> None:
     x = torch.full((1, 1, 4), float("-inf"))
-    with pytest.raises(ValueError, match="logits.*-inf"):
+    with pytest.raises(ValueError, match=r"logits.*-inf"):
         ops.topk_logprobs(x, 2)
 
 
@@ -92,5 +92,5 @@ def test_bad_shape_dtype_layout() -> None:
         ops.topk_logprobs(torch.zeros(1, 2, 8, dtype=torch.int64), 2)
     with pytest.raises(ValueError, match="logits: expected a contiguous tensor"):
         ops.topk_logprobs(torch.zeros(1, 8, 2).transpose(1, 2), 2)
-    with pytest.raises(TypeError, match="logits: expected a torch.Tensor"):
+    with pytest.raises(TypeError, match=r"logits: expected a torch\.Tensor"):
         ops.topk_logprobs([[[0.0, 1.0]]], 1)  # type: ignore[arg-type]

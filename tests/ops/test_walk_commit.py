@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tests.conftest import random_logits
 
 from difftree_rt import ops, reference
-from tests.conftest import random_logits
 
 
 def _tree(parents: list[int], tokens: list[int], max_depth: int = 8):  # type: ignore[no-untyped-def]
@@ -15,8 +15,9 @@ def _tree(parents: list[int], tokens: list[int], max_depth: int = 8):  # type: i
     for i in range(1, N):
         depth[i] = depth[parents[i]] + 1
     t = lambda v: torch.tensor([v])  # noqa: E731
-    return reference.tree_from_parents(t(tokens), t(parents), t(depth), torch.zeros(1, N),
-                                       torch.tensor([N]), max_depth)  # fmt: skip
+    return reference.tree_from_parents(
+        t(tokens), t(parents), t(depth), torch.zeros(1, N), torch.tensor([N]), max_depth
+    )
 
 
 #        0(root 9)
@@ -98,7 +99,7 @@ def test_walk_rejects_malformed_tree() -> None:
     bad[0, 2] = 1  # sibling link backwards: would loop forever if followed blindly
     from dataclasses import replace
 
-    with pytest.raises(ValueError, match="tree.next_sibling: malformed tree"):
+    with pytest.raises(ValueError, match=r"tree\.next_sibling: malformed tree"):
         ops.tree_walk(replace(tree, next_sibling=bad), torch.tensor([[0, 0, 0, 0, 0, 0]]))
     with pytest.raises(ValueError, match=r"node_choice: expected shape \[B, N\]"):
         ops.tree_walk(tree, torch.tensor([[0, 0]]))
@@ -164,11 +165,19 @@ def test_commit_rejects_bad_paths_and_leaves_caches_intact() -> None:
     for c, c0 in zip(caches, before):
         assert torch.equal(c, c0)
     with pytest.raises(ValueError, match=r"caches\[1\]: expected shape"):
-        ops.kv_commit([caches[0], torch.zeros(2, 2, 9, 4)], base, torch.zeros(2, 1, dtype=torch.int64),
-                      torch.zeros(2, dtype=torch.int64))  # fmt: skip
+        ops.kv_commit(
+            [caches[0], torch.zeros(2, 2, 9, 4)],
+            base,
+            torch.zeros(2, 1, dtype=torch.int64),
+            torch.zeros(2, dtype=torch.int64),
+        )
     with pytest.raises(TypeError, match=r"caches\[1\]: expected dtype float32"):
-        ops.kv_commit([caches[0], caches[1].half()], base, torch.zeros(2, 1, dtype=torch.int64),
-                      torch.zeros(2, dtype=torch.int64))  # fmt: skip
+        ops.kv_commit(
+            [caches[0], caches[1].half()],
+            base,
+            torch.zeros(2, 1, dtype=torch.int64),
+            torch.zeros(2, dtype=torch.int64),
+        )
 
 
 def test_commit_then_walk_end_to_end() -> None:

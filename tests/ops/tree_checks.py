@@ -27,7 +27,7 @@ def assert_tree_invariants(tree: DraftTree) -> None:
             assert score[i] <= score[p], "scores never increase along a path"
             assert score[i] <= score[i - 1] or i == 1, "best-first order"
             children.setdefault(p, []).append(i)
-        for p, kids in children.items():
+        for kids in children.values():
             toks = [tok[c] for c in kids]
             assert len(set(toks)) == len(toks), "distinct sibling tokens"
         # Links: first_child / next_sibling enumerate exactly the children, in index order.

@@ -16,9 +16,7 @@ from difftree_rt import ops
 from difftree_rt.tree import DraftTree
 
 
-def drafter_like_logits(
-    B: int, L: int, V: int, seed: int, device: str = "cpu"
-) -> torch.Tensor:
+def drafter_like_logits(B: int, L: int, V: int, seed: int, device: str = "cpu") -> torch.Tensor:
     """Peaked logits whose confidence decays with depth, like a block drafter's. ``[B, L, V]``."""
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn((B, L, V), generator=gen)
@@ -88,8 +86,9 @@ def run_demo(
         k = min(budget, vocab)
         tok, lp = ops.topk_logprobs(logits, k)
         t_topk = _time(lambda k=k: ops.topk_logprobs(logits, k), repeats, device)
-        t_sel = _time(lambda b=budget: ops.ddtree_select_from_candidates(tok, lp, b), repeats,
-                      device)  # fmt: skip
+        t_sel = _time(
+            lambda b=budget: ops.ddtree_select_from_candidates(tok, lp, b), repeats, device
+        )
         tree = ops.ddtree_select_from_candidates(tok, lp, budget)
         expected_accept = float(tree.score[0, 1 : int(tree.num_nodes[0])].double().exp().sum())
         # The "target" agrees with the drafter's top-1 everywhere: the walk runs to full depth.
@@ -98,12 +97,24 @@ def run_demo(
         has_child = fc >= 0
         choice[has_child] = tree.token.long().gather(1, fc.clamp(min=0))[has_child]
         t_walk = _time(lambda t=tree, c=choice: ops.tree_walk(t, c), repeats, device)
-        rows.append((budget, statistics.median(t_topk), statistics.median(t_sel),
-                     statistics.median(t_walk), expected_accept, int(tree.depth.max())))  # fmt: skip
+        rows.append(
+            (
+                budget,
+                statistics.median(t_topk),
+                statistics.median(t_sel),
+                statistics.median(t_walk),
+                expected_accept,
+                int(tree.depth.max()),
+            )
+        )
 
-    print(f"{'budget':>6} {'topk µs':>10} {'select µs':>10} {'walk µs':>9} "
-          f"{'E[accepted]':>11} {'max depth':>9}")  # fmt: skip
+    print(
+        f"{'budget':>6} {'topk µs':>10} {'select µs':>10} {'walk µs':>9} "
+        f"{'E[accepted]':>11} {'max depth':>9}"
+    )
     for budget, a, s, w, e, d in rows:
         print(f"{budget:>6} {a:>10.1f} {s:>10.1f} {w:>9.1f} {e:>11.2f} {d:>9}")
-    print("\nE[accepted] = Σ over tree nodes of q(u), the draft-model expectation DDTree maximises.")
+    print(
+        "\nE[accepted] = Σ over tree nodes of q(u), the draft-model expectation DDTree maximises."
+    )
     return 0
