@@ -108,17 +108,17 @@ inline int report(const char* name) {
 
 #define CHECK(cond) ::dt_test::record(static_cast<bool>(cond), __FILE__, __LINE__, #cond)
 
-#define CHECK_EQ(a, b)                                                                       \
-  [&](const auto& dt_a_, const auto& dt_b_) {                                                \
-    return ::dt_test::record(dt_a_ == dt_b_, __FILE__, __LINE__,                             \
-                             std::string(#a " == " #b " (") + ::dt_test::to_str(dt_a_) +     \
-                                 " vs " + ::dt_test::to_str(dt_b_) + ")");                   \
+#define CHECK_EQ(a, b)                                                                            \
+  [&](const auto& dt_a_, const auto& dt_b_) {                                                     \
+    return ::dt_test::record(dt_a_ == dt_b_, __FILE__, __LINE__,                                  \
+                             std::string(#a " == " #b " (") + ::dt_test::to_str(dt_a_) + " vs " + \
+                                 ::dt_test::to_str(dt_b_) + ")");                                 \
   }((a), (b))
 
-#define CHECK_OK(expr)                                                                       \
-  [&](const ::difftree::Status& dt_s_) {                                                     \
-    return ::dt_test::record(dt_s_.ok(), __FILE__, __LINE__,                                 \
-                             std::string(#expr) + " -> " + ::dt_test::describe(dt_s_));      \
+#define CHECK_OK(expr)                                                                  \
+  [&](const ::difftree::Status& dt_s_) {                                                \
+    return ::dt_test::record(dt_s_.ok(), __FILE__, __LINE__,                            \
+                             std::string(#expr) + " -> " + ::dt_test::describe(dt_s_)); \
   }((expr))
 
 // CHECK_STATUS(op(...), kInvalidValue, "budget"): the code and a substring of the message.

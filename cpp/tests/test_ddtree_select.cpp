@@ -222,8 +222,8 @@ Cands random_cands(std::mt19937& rng, int64_t B, int64_t L, int64_t K, int lp_mo
 void test_random_vs_oracle() {
   std::mt19937 rng(20240601);
   // (L, K) with small lattices: sum_{d<=L} K^d <= a few thousand.
-  const int64_t shapes[][2] = {{0, 1}, {0, 4}, {1, 1}, {1, 5}, {1, 40}, {2, 2}, {2, 7}, {3, 3},
-                               {3, 6}, {4, 2}, {4, 4}, {5, 3}, {6, 2}, {8, 2}, {10, 1}, {7, 3}};
+  const int64_t shapes[][2] = {{0, 1}, {0, 4}, {1, 1}, {1, 5}, {1, 40}, {2, 2}, {2, 7},  {3, 3},
+                               {3, 6}, {4, 2}, {4, 4}, {5, 3}, {6, 2},  {8, 2}, {10, 1}, {7, 3}};
   int cases = 0;
   for (int c = 0; c < 1500; ++c) {
     const auto& s = shapes[rng() % (sizeof(shapes) / sizeof(shapes[0]))];
@@ -239,9 +239,8 @@ void test_random_vs_oracle() {
     for (int64_t& r : roots) r = rng() % 1000;
     const bool with_root = rng() % 2;
     dt_test::Context ctx("random case " + std::to_string(c) + ": B=" + std::to_string(B) +
-                         " L=" + std::to_string(L) + " K=" + std::to_string(K) +
-                         " budget=" + std::to_string(budget) +
-                         " lp_mode=" + std::to_string(lp_mode));
+                         " L=" + std::to_string(L) + " K=" + std::to_string(K) + " budget=" +
+                         std::to_string(budget) + " lp_mode=" + std::to_string(lp_mode));
     Run r = run_select(cands, budget, int64_tokens, with_root ? roots.data() : nullptr);
     if (!CHECK_OK(r.status)) continue;
     for (int64_t b = 0; b < B; ++b) {
@@ -459,17 +458,16 @@ void test_validation() {
     TreeBuf big(B, 4097);
     CHECK_OK(ddtree_select(ct, cl, 4096, nullptr, big.view(), nullptr));
     TreeBuf small(B, 1);
-    CHECK_STATUS(ddtree_select(ct, cl, 0, nullptr, small.view(), nullptr), kInvalidValue,
-                 "budget");
+    CHECK_STATUS(ddtree_select(ct, cl, 0, nullptr, small.view(), nullptr), kInvalidValue, "budget");
   }
   // dtypes
   std::vector<uint16_t> half(B * L * K);
-  CHECK_STATUS(check_ddtree_select(ct, make_view(half.data(), DType::kFloat16, {B, L, K}), budget,
-                                   nullptr),
-               kInvalidType, "cand_logprob");
-  CHECK_STATUS(check_ddtree_select(make_view(lp.data(), DType::kFloat32, {B, L, K}), cl, budget,
-                                   nullptr),
-               kInvalidType, "cand_token");
+  CHECK_STATUS(
+      check_ddtree_select(ct, make_view(half.data(), DType::kFloat16, {B, L, K}), budget, nullptr),
+      kInvalidType, "cand_logprob");
+  CHECK_STATUS(
+      check_ddtree_select(make_view(lp.data(), DType::kFloat32, {B, L, K}), cl, budget, nullptr),
+      kInvalidType, "cand_token");
   std::vector<float> rootf(B);
   TensorView rf = make_view(rootf.data(), DType::kFloat32, {B});
   CHECK_STATUS(check_ddtree_select(ct, cl, budget, &rf), kInvalidType, "root_token");
@@ -483,23 +481,23 @@ void test_validation() {
     CHECK_STATUS(ddtree_select(ct, cl, budget, nullptr, v, nullptr), kInvalidType, "tree.parent");
   }
   // shapes
-  CHECK_STATUS(check_ddtree_select(make_view(tok.data(), DType::kInt32, {B, L, K - 1}), cl,
-                                   budget, nullptr),
-               kInvalidValue, "cand_token");
-  CHECK_STATUS(check_ddtree_select(make_view(tok.data(), DType::kInt32, {B * L * K}), cl, budget,
-                                   nullptr),
-               kInvalidValue, "cand_token");
-  CHECK_STATUS(check_ddtree_select(ct, make_view(lp.data(), DType::kFloat32, {B, L * K}), budget,
-                                   nullptr),
-               kInvalidValue, "cand_logprob");
-  CHECK_STATUS(check_ddtree_select(make_view(tok.data(), DType::kInt32, {B, 0, L * K}),
-                                   make_view(lp.data(), DType::kFloat32, {B, L * K, 0}), budget,
-                                   nullptr),
-               kInvalidValue, "cand_token");
-  CHECK_STATUS(check_ddtree_select(make_view(tok.data(), DType::kInt32, {B, L, 0}),
-                                   make_view(lp.data(), DType::kFloat32, {B, L, 0}), budget,
-                                   nullptr),
-               kInvalidValue, "cand_logprob");
+  CHECK_STATUS(
+      check_ddtree_select(make_view(tok.data(), DType::kInt32, {B, L, K - 1}), cl, budget, nullptr),
+      kInvalidValue, "cand_token");
+  CHECK_STATUS(
+      check_ddtree_select(make_view(tok.data(), DType::kInt32, {B * L * K}), cl, budget, nullptr),
+      kInvalidValue, "cand_token");
+  CHECK_STATUS(
+      check_ddtree_select(ct, make_view(lp.data(), DType::kFloat32, {B, L * K}), budget, nullptr),
+      kInvalidValue, "cand_logprob");
+  CHECK_STATUS(
+      check_ddtree_select(make_view(tok.data(), DType::kInt32, {B, 0, L * K}),
+                          make_view(lp.data(), DType::kFloat32, {B, L * K, 0}), budget, nullptr),
+      kInvalidValue, "cand_token");
+  CHECK_STATUS(
+      check_ddtree_select(make_view(tok.data(), DType::kInt32, {B, L, 0}),
+                          make_view(lp.data(), DType::kFloat32, {B, L, 0}), budget, nullptr),
+      kInvalidValue, "cand_logprob");
   std::vector<int32_t> roots(B + 1);
   TensorView rv = make_view(roots.data(), DType::kInt32, {B + 1});
   CHECK_STATUS(check_ddtree_select(ct, cl, budget, &rv), kInvalidValue, "root_token");
@@ -540,8 +538,7 @@ void test_validation() {
   };
   CHECK_STATUS(with_lp(1 * L * K + 2 * K + 2, 0.0f), kInvalidValue, "cand_logprob");  // unsorted
   CHECK_STATUS(with_lp(0, 0.5f), kInvalidValue, "cand_logprob");                      // positive
-  CHECK_STATUS(with_lp(5, std::numeric_limits<float>::quiet_NaN()), kInvalidValue,
-               "cand_logprob");
+  CHECK_STATUS(with_lp(5, std::numeric_limits<float>::quiet_NaN()), kInvalidValue, "cand_logprob");
   CHECK_STATUS(with_lp(K - 1, kNegInf), kInvalidValue, "cand_logprob");
   auto with_tok = [&](int64_t i, int32_t v) {
     std::vector<int32_t> t2 = tok;
@@ -560,10 +557,11 @@ void test_validation() {
     std::vector<int64_t> t64(tok.begin(), tok.end());
     t64[1] = (int64_t{1} << 32) + t64[0];
     TreeBuf tr(B, budget + 1);
-    // BUG? (core): int64 cand_token values >= 2^31 are accepted and narrowed to int32; expected
-    // InvalidValue naming cand_token (ops.h: "indices out of range -> ValueError").
-    CHECK_STATUS(ddtree_select(make_view(t64.data(), DType::kInt64, {B, L, K}), cl, budget,
-                               nullptr, tr.view(), nullptr),
+    // BUG (core, cpu/ddtree_select.cpp check_candidates): int64 cand_token values >= 2^31 are
+    // accepted and narrowed to int32, so tokens 0 and 2^32 at one depth become two sibling nodes
+    // with token 0. Expected: InvalidValue naming cand_token (the tree's token is int32).
+    CHECK_STATUS(ddtree_select(make_view(t64.data(), DType::kInt64, {B, L, K}), cl, budget, nullptr,
+                               tr.view(), nullptr),
                  kInvalidValue, "cand_token");
   }
   // Empty batch: nothing to do.
@@ -577,11 +575,10 @@ void test_validation() {
     TensorView gt = ct, gl = cl;
     gt.device = gl.device = DeviceType::kCUDA;
     TreeView v = t.view();
-    for (TensorView* f : {&v.token, &v.parent, &v.depth, &v.score, &v.first_child,
-                          &v.next_sibling, &v.anc, &v.num_nodes})
+    for (TensorView* f : {&v.token, &v.parent, &v.depth, &v.score, &v.first_child, &v.next_sibling,
+                          &v.anc, &v.num_nodes})
       f->device = DeviceType::kCUDA;
-    CHECK_STATUS(ddtree_select(gt, gl, budget, nullptr, v, nullptr), kUnsupported,
-                 "ddtree_select");
+    CHECK_STATUS(ddtree_select(gt, gl, budget, nullptr, v, nullptr), kUnsupported, "ddtree_select");
   }
 }
 

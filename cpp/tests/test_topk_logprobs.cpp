@@ -152,8 +152,8 @@ void test_hand_checked() {
     CHECK_EQ(r.logprob[0], 0.0f);
     CHECK_EQ(r.token[1], 1);
     CHECK_EQ(r.logprob[1], -1e4f);
-    CHECK_EQ(r.token[2], 2);
-    CHECK_EQ(r.token[3], 3);
+    CHECK_EQ(r.token[2], 0);  // the second row's ids
+    CHECK_EQ(r.token[3], 1);
     // fp32(1000 - fp32(1000 + log 2)): -log 2 up to the rounding of the f32 lse near 1000.
     CHECK_EQ(r.logprob[2], r.logprob[3]);
     CHECK(std::fabs(r.logprob[2] + std::log(2.0)) < 1e-4);
@@ -299,10 +299,10 @@ void test_validation() {
     CHECK_STATUS(topk_logprobs(logits, k, tok_v(2), lp_v(2), nullptr), kInvalidValue, "k");
   }
   std::vector<int32_t> xi(30);
-  CHECK_STATUS(check_topk_logprobs(make_view(xi.data(), DType::kInt32, {2, 3, 5}), 1),
-               kInvalidType, "logits");
-  CHECK_STATUS(check_topk_logprobs(make_view(x.data(), DType::kFloat32, {6, 5}), 1),
-               kInvalidValue, "logits");
+  CHECK_STATUS(check_topk_logprobs(make_view(xi.data(), DType::kInt32, {2, 3, 5}), 1), kInvalidType,
+               "logits");
+  CHECK_STATUS(check_topk_logprobs(make_view(x.data(), DType::kFloat32, {6, 5}), 1), kInvalidValue,
+               "logits");
   CHECK_STATUS(check_topk_logprobs(make_view(x.data(), DType::kFloat32, {2, 3, 0}), 1),
                kInvalidValue, "logits");
   TensorView strided = logits;
@@ -311,17 +311,17 @@ void test_validation() {
   strided.strides[0] = 15;  // a [2, 3, 2] slice of [2, 3, 5]: not contiguous
   CHECK_STATUS(topk_logprobs(strided, 1, tok_v(1), lp_v(1), nullptr), kInvalidValue, "logits");
   // outputs
-  CHECK_STATUS(topk_logprobs(logits, 2, make_view(tok64.data(), DType::kInt64, {2, 3, 2}),
-                             lp_v(2), nullptr),
-               kInvalidType, "token");
+  CHECK_STATUS(
+      topk_logprobs(logits, 2, make_view(tok64.data(), DType::kInt64, {2, 3, 2}), lp_v(2), nullptr),
+      kInvalidType, "token");
   CHECK_STATUS(topk_logprobs(logits, 2, tok_v(3), lp_v(2), nullptr), kInvalidValue, "token");
   CHECK_STATUS(topk_logprobs(logits, 2, tok_v(2), lp_v(3), nullptr), kInvalidValue, "logprob");
-  CHECK_STATUS(topk_logprobs(logits, 2, tok_v(2), make_view(tok.data(), DType::kInt32, {2, 3, 2}),
-                             nullptr),
-               kInvalidType, "logprob");
-  CHECK_STATUS(topk_logprobs(logits, 2, make_view(nullptr, DType::kInt32, {2, 3, 2}), lp_v(2),
-                             nullptr),
-               kInvalidValue, "token");
+  CHECK_STATUS(
+      topk_logprobs(logits, 2, tok_v(2), make_view(tok.data(), DType::kInt32, {2, 3, 2}), nullptr),
+      kInvalidType, "logprob");
+  CHECK_STATUS(
+      topk_logprobs(logits, 2, make_view(nullptr, DType::kInt32, {2, 3, 2}), lp_v(2), nullptr),
+      kInvalidValue, "token");
   TensorView other_dev = tok_v(2);
   other_dev.device = DeviceType::kCUDA;
   CHECK_STATUS(topk_logprobs(logits, 2, other_dev, lp_v(2), nullptr), kInvalidValue, "token");

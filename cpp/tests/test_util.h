@@ -80,8 +80,8 @@ struct TreeBuf {
       at(token, b, i) = i < n ? tokens[i] : -1;
       at(parent, b, i) = i < n ? parents[i] : -1;
       at(depth, b, i) = i < n && i > 0 ? at(depth, b, parents[i]) + 1 : 0;
-      score[b * N + i] = i < n ? -static_cast<float>(at(depth, b, i))
-                               : -std::numeric_limits<float>::infinity();
+      score[b * N + i] =
+          i < n ? -static_cast<float>(at(depth, b, i)) : -std::numeric_limits<float>::infinity();
       at(first_child, b, i) = at(next_sibling, b, i) = -1;
       for (int64_t w = 0; w < W; ++w) anc[(b * N + i) * W + w] = 0;
     }
@@ -121,8 +121,8 @@ inline Isolated run_isolated(const std::function<bool()>& fn, unsigned timeout_s
   if (pid > 0) {
     int st = 0;
     if (waitpid(pid, &st, 0) == pid) {
-      if (WIFEXITED(st)) return WEXITSTATUS(st) == 0 ? Isolated::kReturnedTrue
-                                                     : Isolated::kReturnedFalse;
+      if (WIFEXITED(st))
+        return WEXITSTATUS(st) == 0 ? Isolated::kReturnedTrue : Isolated::kReturnedFalse;
       if (WIFSIGNALED(st) && WTERMSIG(st) == SIGALRM) return Isolated::kHung;
       return Isolated::kCrashed;
     }
@@ -147,10 +147,10 @@ inline const char* isolated_name(Isolated r) {
 }
 
 // fn returns true when the op answered as expected; a crash, hang or wrong answer fails.
-#define CHECK_ISOLATED(fn)                                                                \
-  [&](::dt_test::Isolated dt_r_) {                                                        \
-    return ::dt_test::record(dt_r_ == ::dt_test::Isolated::kReturnedTrue, __FILE__,       \
-                             __LINE__, std::string(#fn) + ": " + ::dt_test::isolated_name(dt_r_)); \
+#define CHECK_ISOLATED(fn)                                                                    \
+  [&](::dt_test::Isolated dt_r_) {                                                            \
+    return ::dt_test::record(dt_r_ == ::dt_test::Isolated::kReturnedTrue, __FILE__, __LINE__, \
+                             std::string(#fn) + ": " + ::dt_test::isolated_name(dt_r_));      \
   }(::dt_test::run_isolated(fn))
 
 }  // namespace dt_test
