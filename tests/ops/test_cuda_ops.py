@@ -1,0 +1,78 @@
+"""CUDA paths of the ops against the CPU oracle (run on a GPU machine; skipped elsewhere)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from difftree_rt import build_info, ops
+from tests.conftest import random_logits
+
+pytestmark = pytest.mark.cuda
+
+
+@pytest.fixture(autouse=True)
+def _needs_cuda_build() -> None:
+    if not build_info()["cuda_compiled"]:
+        pytest.skip("difftree_rt was built without CUDA kernels")
+
+
+@pytest.mark.parametrize("seed", range(50))
+def test_tree_walk_cuda_matches_cpu(seed: int) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    B, L, V = 1 + seed % 5, 1 + seed % 8, 2 + seed % 5
+    tree = ops.ddtree_select(random_logits(gen, B, L, V), 1 + seed % 60)
+    choice = torch.randint(0, V, (B, tree.capacity), generator=gen)
+    stops = torch.randint(0, V, (2,), generator=gen) if seed % 3 == 0 else None
+    remaining = torch.randint(0, L + 3, (B,), generator=gen) if seed % 2 else None
+    cpu = ops.tree_walk(tree, choice, stops, remaining)
+    gpu = ops.tree_walk(
+        tree.to("cuda"),
+        choice.cuda(),
+        None if stops is None else stops.cuda(),
+        None if remaining is None else remaining.cuda(),
+    )
+    for c, g in zip(cpu, gpu):
+        assert torch.equal(c, g.cpu())
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("D", [64, 128, 7])
+def test_kv_commit_cuda_matches_cpu(dtype: torch.dtype, D: int) -> None:
+    gen = torch.Generator().manual_seed(D)
+    B, H, S, P = 3, 4, 64, 17
+    paths, accs = [], []
+    for b in range(B):
+        acc = [0, 5, 16][b]
+        nodes = sorted(torch.randperm(40, generator=gen)[:acc].add(1).tolist())
+        paths.append([0, *nodes] + [-1] * (P - 1 - acc))
+        accs.append(acc)
+    path, accepted = torch.tensor(paths), torch.tensor(accs)
+    base = torch.tensor([3, 0, 7])
+    caches = [torch.randn((B, H, S, D), generator=gen).to(dtype) for _ in range(6)]
+    gpu = [c.cuda() for c in caches]
+    ops.kv_commit(caches, base, path, accepted)
+    ops.kv_commit(gpu, base.cuda(), path.cuda(), accepted.cuda())
+    for c, g in zip(caches, gpu):
+        assert torch.equal(c, g.cpu())
+
+
+def test_kv_commit_cuda_graph_replay() -> None:
+    """Captured once, replayed with new device-side paths: the kernel reads them from memory."""
+    B, H, S, D = 1, 2, 32, 64
+    caches = [torch.randn(B, H, S, D, device="cuda") for _ in range(2)]
+    base = torch.tensor([4], device="cuda")
+    path = torch.tensor([[0, 1, 2, -1]], device="cuda")
+    accepted = torch.tensor([2], device="cuda")
+    graph = torch.cuda.CUDAGraph()
+    ops.kv_commit(caches, base, path, accepted)  # warm-up outside capture
+    with torch.cuda.graph(graph):
+        ops.kv_commit(caches, base, path, accepted)
+    for new_path, acc in (([0, 2, 3, -1], 2), ([0, 3, -1, -1], 1)):
+        ref = [c.cpu() for c in caches]
+        path.copy_(torch.tensor([new_path]))
+        accepted.fill_(acc)
+        graph.replay()
+        ops.kv_commit(ref, torch.tensor([4]), torch.tensor([new_path]), torch.tensor([acc]))
+        for c, r in zip(caches, ref):
+            assert torch.equal(c.cpu(), r)
