@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tests.conftest import random_logits
 
 from difftree_rt import build_info, ops
-from tests.conftest import random_logits
 
 pytestmark = pytest.mark.cuda
 
