@@ -557,9 +557,8 @@ void test_validation() {
     std::vector<int64_t> t64(tok.begin(), tok.end());
     t64[1] = (int64_t{1} << 32) + t64[0];
     TreeBuf tr(B, budget + 1);
-    // BUG (core, cpu/ddtree_select.cpp check_candidates): int64 cand_token values >= 2^31 are
-    // accepted and narrowed to int32, so tokens 0 and 2^32 at one depth become two sibling nodes
-    // with token 0. Expected: InvalidValue naming cand_token (the tree's token is int32).
+    // Regression: int64 cand_token values >= 2^31 were narrowed to int32, so tokens 0 and 2^32 at
+    // one depth became two sibling nodes with token 0. They must be rejected by name.
     CHECK_STATUS(ddtree_select(make_view(t64.data(), DType::kInt64, {B, L, K}), cl, budget, nullptr,
                                tr.view(), nullptr),
                  kInvalidValue, "cand_token");

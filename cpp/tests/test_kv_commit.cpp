@@ -204,10 +204,9 @@ void test_invalid_paths() {
   expect_rejected(c, {0, -2}, {0, 2, 3, 0, 1, 2}, 3, {2, 2}, false, "base_len",
                   "negative base_len");
   // Values near INT64_MAX must not overflow base_len + path into a "valid" negative row.
-  // BUG (core, cpu/kv_commit.cpp): the bound check `base + prev >= S` overflows (signed, UB), so
-  // these return Ok and copy rows at wrapped offsets. With one request, cache [1, 1, 10, 4] f32,
-  // base_len = INT64_MAX - 1, path = [0, 2, 3], accepted = 2 (all int64), the CPU op returns Ok
-  // and writes the 16 bytes just before the cache. Expected: InvalidValue naming base_len/path.
+  // Regression: the bound check `base + prev >= S` overflowed (signed, UB) for huge int64
+  // base_len / path values, returned Ok and wrote outside the cache (e.g. base_len = INT64_MAX - 1,
+  // path = [0, 2, 3] wrote the 16 bytes before it). They must be rejected, caches untouched.
   const int64_t big = std::numeric_limits<int64_t>::max();
   expect_rejected(c, {0, big - 1}, {0, 2, 3, 0, 2, 3}, 3, {2, 2}, true, "",
                   "base_len near INT64_MAX (int64)");

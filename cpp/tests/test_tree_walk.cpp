@@ -100,8 +100,12 @@ void test_hand_built() {
   expect_walk(t, a, {{0, -1, -1, -1}, 0, 12, false}, "root choice matches no child");
   a.choice = choices({{0, 10}, {1, 32}});  // 32 is a token of the tree, but not a child of 1
   expect_walk(t, a, {{0, 1, -1, -1}, 1, 32, false}, "a cousin's token is not a child");
-  a.choice = choices({{0, -1}});  // the padding row's token never matches
-  expect_walk(t, a, {{0, -1, -1, -1}, 0, -1, false}, "padding token");
+  {  // a negative choice is not a token (it would alias the padding rows' token -1)
+    dt_test::Context ctx("negative choice");
+    a.choice = choices({{0, -1}});
+    WalkBuf out(t.B, 4);
+    CHECK_STATUS(walk(t, a, out), kInvalidValue, "node_choice");
+  }
 
   a.choice = deep;
   a.use_stop = true;
@@ -193,9 +197,8 @@ void test_hand_built() {
     b.remaining = {-1};
     WalkBuf out(1, 4);
     const Status s = walk(t, b, out);
-    // BUG (core, cpu/tree_walk.cpp): a negative remaining never equals the emitted count, so
-    // remaining = -1 acts as "no cap" (accepted 3, next 7, done 0). Expected: InvalidValue naming
-    // "remaining", or the behaviour of remaining = 0.
+    // Regression: a negative remaining never equalled the emitted count, so remaining = -1 acted
+    // as "no cap". It must be rejected by name (or behave as 0).
     const bool as_zero = s.ok() && out.accepted[0] == 0 && out.next_token[0] == -1 && out.done[0];
     const bool rejected =
         s.code() == StatusCode::kInvalidValue && s.message().find("remaining") != std::string::npos;
@@ -336,7 +339,7 @@ void test_malformed() {
   {
     TreeBuf t = hand_tree();
     t.first_child[2] = 7;  // the padding row (num_nodes = 7)
-    expect_malformed(t, choices({{0, 11}, {2, -1}}), "first_child", "child in the padding");
+    expect_malformed(t, choices({{0, 11}, {2, 0}}), "first_child", "child in the padding");
   }
   {
     TreeBuf t = hand_tree();

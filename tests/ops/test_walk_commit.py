@@ -156,7 +156,7 @@ def test_commit_rejects_bad_paths_and_leaves_caches_intact() -> None:
     cases = [
         ([[0, 2, 1], [0, 1, 2]], [2, 2], "path: expected path"),
         ([[1, 2, 3], [0, 1, 2]], [2, 2], "path: expected path"),
-        ([[0, 2, 3], [0, 3, 9]], [2, 2], "outside caches"),
+        ([[0, 2, 3], [0, 3, 9]], [2, 2], "outside the caches"),
         ([[0, 2, 3], [0, 1, 2]], [3, 0], r"accepted: expected values in \[0, 2\]"),
     ]
     for path, acc, match in cases:

@@ -3,6 +3,7 @@
 // sibling, or parent for a first child) has been popped, and every candidate ranks after its
 // predecessor, so pops come out in exactly the global order and parent < child holds.
 #include <algorithm>
+#include <cstdint>
 #include <cmath>
 #include <sstream>
 #include <vector>
@@ -71,9 +72,9 @@ Status check_candidates(const TensorView& cand_token, const float* lp, int64_t b
         return InvalidValue(os.str());
       }
       const int64_t tok = checks::load_index(cand_token, (b * L + d) * K + r);
-      if (tok < 0) {
+      if (tok < 0 || tok > INT32_MAX) {
         std::ostringstream os;
-        os << "cand_token: expected token ids >= 0, found " << tok << " at [" << b << ", " << d
+        os << "cand_token: expected token ids in [0, 2^31), found " << tok << " at [" << b << ", " << d
            << ", " << r << "]";
         return InvalidValue(os.str());
       }
@@ -111,7 +112,13 @@ Status ddtree_select(const TensorView& cand_token, const TensorView& cand_logpro
       return static_cast<int32_t>(checks::load_index(cand_token, (b * L + d - 1) * K + r));
     };
 
-    token[0] = root_token ? static_cast<int32_t>(checks::load_index(*root_token, b)) : -1;
+    const int64_t root = root_token ? checks::load_index(*root_token, b) : -1;
+    if (root_token && (root < 0 || root > INT32_MAX)) {
+      std::ostringstream os;
+      os << "root_token: expected token ids in [0, 2^31), found " << root << " at [" << b << "]";
+      return InvalidValue(os.str());
+    }
+    token[0] = static_cast<int32_t>(root);
     parent[0] = -1;
     depth[0] = 0;
     score[0] = 0.0f;

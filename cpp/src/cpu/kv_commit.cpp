@@ -13,6 +13,7 @@ namespace difftree::cpu {
 
 Status kv_commit(const TensorView* caches, int num_caches, const TensorView& base_len,
                  const TensorView& path, const TensorView& accepted) {
+  (void)num_caches;
   const int64_t B = path.shape[0], P = path.shape[1];
   // Validate every request's indices before moving anything, so an error leaves caches intact.
   for (int64_t b = 0; b < B; ++b) {
@@ -28,6 +29,9 @@ Status kv_commit(const TensorView* caches, int num_caches, const TensorView& bas
       os << "base_len: expected values >= 0, got " << base << " for request " << b;
       return InvalidValue(os.str());
     }
+    // Rows are compared as offsets from base against S - base, which cannot overflow for any
+    // int64 inputs (base >= 0 here), unlike base + path.
+    const int64_t S = caches[0].shape[2];  // all caches share one shape (dispatch)
     int64_t prev = -1;
     for (int64_t j = 0; j <= acc; ++j) {
       const int64_t a = checks::load_index(path, b * P + j);
@@ -36,15 +40,12 @@ Status kv_commit(const TensorView* caches, int num_caches, const TensorView& bas
            << "to accepted, got " << a << " at column " << j;
         return InvalidValue(os.str());
       }
-      prev = a;
-    }
-    for (int c = 0; c < num_caches; ++c) {
-      const int64_t S = caches[c].shape[2];
-      if (base + prev >= S) {
-        os << "path: row base_len + path = " << base + prev << " of request " << b
-           << " is outside caches[" << c << "] with S = " << S;
+      if (a >= S - base) {
+        os << "path: row base_len + path[" << b << ", " << j << "] = " << base << " + " << a
+           << " is outside the caches (S = " << S << ")";
         return InvalidValue(os.str());
       }
+      prev = a;
     }
   }
   for (int64_t b = 0; b < B; ++b) {

@@ -1,5 +1,6 @@
 // Acceptance walk (ALGORITHMS.md §3): follow the target's choice from the root while it names a
 // child, then apply stop tokens and the remaining-token cap to the emitted sequence.
+#include <cstdint>
 #include <sstream>
 
 #include "cpu/cpu_ops.h"
@@ -41,7 +42,16 @@ Status tree_walk(const TreeView& tree, const TensorView& node_choice,
     //    both the tree contract guarantees and this loop enforces, so it always terminates.
     int64_t cur = 0, acc = 0;
     path[0] = 0;
-    int64_t choice = checks::load_index(node_choice, b * N + cur);
+    auto load_choice = [&](int64_t node, int64_t* out) -> Status {
+      *out = checks::load_index(node_choice, b * N + node);
+      if (*out >= 0 && *out <= INT32_MAX) return Status::Ok();
+      std::ostringstream os;
+      os << "node_choice: expected token ids in [0, 2^31), got " << *out << " at [" << b << ", "
+         << node << "]";
+      return InvalidValue(os.str());
+    };
+    int64_t choice = 0;
+    DIFFTREE_RETURN_IF_ERROR(load_choice(cur, &choice));
     while (true) {
       int64_t c = first_child[cur];
       if (c >= 0 && (c <= cur || c >= n)) return malformed("first_child", b, cur, c, "(node, num_nodes)");
@@ -59,11 +69,16 @@ Status tree_walk(const TreeView& tree, const TensorView& node_choice,
       }
       path[++acc] = static_cast<int32_t>(c);
       cur = c;
-      choice = checks::load_index(node_choice, b * N + cur);
+      DIFFTREE_RETURN_IF_ERROR(load_choice(cur, &choice));
     }
 
     // 2. Emit path tokens then the final choice, ending after a stop token or at the cap.
     const int64_t cap = remaining ? checks::load_index(*remaining, b) : INT64_MAX;
+    if (cap < 0) {
+      std::ostringstream os;
+      os << "remaining: expected values >= 0, got " << cap << " for request " << b;
+      return InvalidValue(os.str());
+    }
     int64_t emitted = 0, kept = acc, next = choice;
     bool done = false;
     for (int64_t j = 1; j <= acc && !done; ++j) {

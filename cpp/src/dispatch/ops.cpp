@@ -24,11 +24,13 @@ Status no_cuda_kernel(const char* op) {
                      ": no CUDA kernel for this op in this build yet; pass CPU tensors");
 }
 
+#ifndef DIFFTREE_WITH_CUDA
 Status cuda_not_compiled(const char* op) {
   return Unsupported(std::string(op) +
                      ": got CUDA tensors but this build of difftree_rt has no CUDA kernels "
                      "(rebuild with DIFFTREE_CUDA=ON, see difftree_rt.build_info())");
 }
+#endif
 
 Status check_tree(const TreeView& tree) {
   DIFFTREE_RETURN_IF_ERROR(checks::ndim(tree.token, "tree.token", 2, "[B, N]"));
