@@ -43,6 +43,11 @@ def stream_of(t: Tensor) -> int:
 
 
 def require_tensor(x: object, name: str) -> Tensor:
+    """Type-level checks DLPack itself cannot express; everything else is the core's job."""
     if not isinstance(x, Tensor):
         raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
+    if x.device.type not in ("cpu", "cuda"):
+        raise ValueError(f"{name}: expected a cpu or cuda tensor, got device {x.device}")
+    if x.layout != torch.strided:
+        raise ValueError(f"{name}: expected a dense (strided) tensor, got layout {x.layout}")
     return x

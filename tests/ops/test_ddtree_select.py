@@ -223,3 +223,12 @@ def test_bad_candidates() -> None:
         ops.ddtree_select_from_candidates(
             tok, torch.tensor([[[-1.0, -1.5, -2.0]]]), 4, root_token=torch.tensor([1, 2])
         )
+
+
+def test_max_budget_4096() -> None:
+    gen = torch.Generator().manual_seed(4096)
+    x = random_logits(gen, 1, 16, 50)
+    tree = ops.ddtree_select(x, 4096)
+    assert tree.capacity == 4097 and tree.anc.shape == (1, 4097, 129)
+    assert_same_tree(tree, reference.ddtree_select(x, 4096))
+    assert_tree_invariants(tree)

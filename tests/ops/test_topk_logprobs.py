@@ -94,3 +94,10 @@ def test_bad_shape_dtype_layout() -> None:
         ops.topk_logprobs(torch.zeros(1, 8, 2).transpose(1, 2), 2)
     with pytest.raises(TypeError, match=r"logits: expected a torch\.Tensor"):
         ops.topk_logprobs([[[0.0, 1.0]]], 1)  # type: ignore[arg-type]
+
+
+def test_unsupported_devices_and_layouts() -> None:
+    with pytest.raises(ValueError, match="logits: expected a cpu or cuda tensor, got device meta"):
+        ops.topk_logprobs(torch.empty(1, 2, 3, device="meta"), 2)
+    with pytest.raises(ValueError, match=r"logits: expected a dense \(strided\) tensor"):
+        ops.topk_logprobs(torch.randn(1, 2, 3).to_sparse(), 2)
