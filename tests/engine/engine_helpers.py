@@ -6,6 +6,7 @@ F feature width.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -177,3 +178,21 @@ def _gammaincc(a: float, x: float) -> float:
         if abs(delta - 1) < 1e-15:
             break
     return math.exp(-x + a * math.log(x) - math.lgamma(a)) * h
+
+
+@functools.cache
+def random_pair(arch: str) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """A random target (V=128) and a random drafter (block 8) for ``arch``."""
+    target = make_target(arch)
+    return target, make_drafter(target)
+
+
+@functools.cache
+def trained_pair() -> tuple[torch.nn.Module, torch.nn.Module]:
+    """A small-vocabulary target (V=32) and a drafter trained on its greedy continuations, so
+    acceptance is realistic (τ well above 1, full-depth paths happen)."""
+    with torch.random.fork_rng():
+        target = make_target("qwen3", vocab=32, seed=1)
+        drafter = make_drafter(target, seed=1)
+        train_drafter(target, drafter, steps=400, num_seqs=128, lr=1e-2)
+    return target, drafter

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import random_pair, trained_pair
-from helpers import ARCHS, greedy_reference
+from engine_helpers import ARCHS, greedy_reference, random_pair, trained_pair
 
 from difftree_rt import SpeculativeDecoder
 

@@ -1,0 +1,207 @@
+"""Sampling is lossless in distribution and reproducible (ALGORITHMS.md §3).
+
+The end-to-end check: over many seeds, the first three generated tokens of the speculative
+decoder follow exactly the joint distribution of plain target sampling, computed from the
+target's probabilities processed by transformers' own warpers (temperature, top-k, top-p).
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+from engine_helpers import chi2_sf, make_drafter, make_target, trained_pair
+from transformers.generation.logits_process import (
+    LogitsProcessorList,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
+
+from difftree_rt import SpeculativeDecoder
+from difftree_rt.engine.sampling import (
+    SamplingParams,
+    choose_tokens,
+    counter_uniform,
+    process_logits,
+    target_probs,
+)
+
+P_MIN = 1e-3  # chi-square p-value threshold: seeded, so a pass is deterministic
+
+
+def hf_probs(logits: torch.Tensor, temperature: float, top_k=None, top_p=None) -> torch.Tensor:
+    """``[M, V]`` logits -> processed probabilities with transformers' warpers (the oracle)."""
+    procs = LogitsProcessorList()
+    if temperature != 1.0:
+        procs.append(TemperatureLogitsWarper(temperature))
+    if top_k is not None:
+        procs.append(TopKLogitsWarper(top_k))
+    if top_p is not None:
+        procs.append(TopPLogitsWarper(top_p))
+    dummy = torch.zeros((logits.shape[0], 1), dtype=torch.long)
+    return procs(dummy, logits.clone()).softmax(-1)
+
+
+def chi_square(counts: torch.Tensor, probs: torch.Tensor) -> float:
+    """p-value of observed ``counts`` against ``probs`` (cells with expected < 5 pooled)."""
+    n = counts.sum().item()
+    expected = probs * n
+    big = expected >= 5
+    obs = [*counts[big].tolist(), counts[~big].sum().item()]
+    exp = [*expected[big].tolist(), expected[~big].sum().item()]
+    if exp[-1] == 0:
+        assert obs[-1] == 0, "samples in zero-probability cells"
+        obs, exp = obs[:-1], exp[:-1]
+    stat = sum((o - e) ** 2 / e for o, e in zip(obs, exp))
+    return chi2_sf(stat, len(obs) - 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Units
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "temperature,top_k,top_p", [(1.0, None, None), (0.7, None, 0.9), (1.3, 5, None), (0.5, 7, 0.8)]
+)
+def test_process_logits_matches_transformers(temperature, top_k, top_p) -> None:
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 6, 50, generator=gen) * 3
+    params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p)
+    got = target_probs(logits, params)
+    want = hf_probs(logits.reshape(-1, 50), temperature, top_k, top_p).reshape(3, 6, 50)
+    torch.testing.assert_close(got, want)
+    assert torch.equal(got == 0, want == 0)  # the same tokens are removed
+    assert torch.equal(process_logits(logits, params).isinf(), want == 0)
+
+
+def test_counter_uniform_is_a_pure_uniform_function() -> None:
+    node = torch.arange(100_000)
+    u = counter_uniform(123, 7, node)
+    assert u.dtype == torch.float64 and bool(((u >= 0) & (u < 1)).all())
+    assert torch.equal(u, counter_uniform(123, 7, node))  # pure
+    assert len(set(u.tolist())) == node.numel()  # no collisions
+    counts = torch.histc(u.float(), bins=50, min=0, max=1)
+    assert chi_square(counts, torch.full((50,), 1 / 50)) > P_MIN
+    # Every key component matters; neighbouring streams are uncorrelated.
+    for other in (counter_uniform(124, 7, node), counter_uniform(123, 8, node), u.roll(1)):
+        assert not torch.equal(u, other)
+        assert abs(torch.corrcoef(torch.stack([u, other]))[0, 1].item()) < 0.02
+    big_seed = counter_uniform(2**40 + 123, 7, node)  # the high seed word is mixed in
+    assert not torch.equal(u, big_seed)
+
+
+def test_greedy_ties_go_to_the_lowest_id() -> None:
+    logits = torch.tensor([[[0.0, 2.0, 1.0, 2.0], [5.0, 5.0, 5.0, 5.0]]])
+    assert choose_tokens(logits, SamplingParams(), 0).tolist() == [[1, 0]]
+
+
+def test_choose_tokens_draws_from_the_processed_distribution() -> None:
+    gen = torch.Generator().manual_seed(1)
+    logits = torch.randn(1, 1, 12, generator=gen) * 2
+    params = SamplingParams(temperature=0.8, top_p=0.95, seed=99)
+    probs = target_probs(logits, params)[0, 0]
+    draws = torch.stack([choose_tokens(logits, params, r)[0, 0] for r in range(6000)])
+    assert chi_square(torch.bincount(draws, minlength=12).double(), probs.double()) > P_MIN
+    # Nodes draw independently: the same distribution at 2 nodes gives different tokens often.
+    two = choose_tokens(logits.expand(1, 2, 12), params, 3)
+    assert two[0, 0] == choose_tokens(logits, params, 3)[0, 0]  # node 0 ignores tree size
+
+
+def test_sampling_params_validation() -> None:
+    for bad in (
+        dict(temperature=-1.0),
+        dict(temperature=float("nan")),
+        dict(top_k=0),
+        dict(top_p=0.0),
+        dict(top_p=1.5),
+        dict(seed=-1),
+    ):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            SamplingParams(**bad).validate()
+
+
+# ---------------------------------------------------------------------------------------------
+# End to end
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("policy", ["ar", "chain", "ddtree"])
+def test_reproducible_under_a_seed(policy: str) -> None:
+    target, drafter = trained_pair()
+    dec = SpeculativeDecoder(target, drafter, policy, budget=16)
+    prompt = torch.tensor([[5, 9, 2]])
+    kw = dict(temperature=0.9, top_k=20, top_p=0.95)
+    a = dec.generate(prompt, 24, seed=7, **kw).sequences
+    b = dec.generate(prompt, 24, seed=7, **kw).sequences
+    assert torch.equal(a, b)
+    others = {tuple(dec.generate(prompt, 24, seed=s, **kw).sequences[0].tolist()) for s in range(5)}
+    assert len(others) >= 3
+    torch.manual_seed(0)
+    c = dec.generate(prompt, 24, **kw).sequences  # seed=None: from torch's global generator
+    torch.manual_seed(0)
+    assert torch.equal(c, dec.generate(prompt, 24, **kw).sequences)
+
+
+def test_first_token_draw_is_shared_by_all_policies() -> None:
+    # The prefill's draw is keyed (seed, round 0, node 0) whatever the policy.
+    target, drafter = trained_pair()
+    prompt = torch.tensor([[1, 2]])
+    firsts = {
+        SpeculativeDecoder(target, drafter, p, budget=8)
+        .generate(prompt, 1, temperature=1.0, seed=3)
+        .sequences[0, -1]
+        .item()
+        for p in ("ar", "chain", "ddtree")
+    }
+    assert len(firsts) == 1
+
+
+@torch.no_grad()
+def exact_joint(model, prompt: torch.Tensor, steps: int, **proc) -> torch.Tensor:
+    """Joint probability ``[V] * steps`` of the first ``steps`` tokens under plain sampling."""
+    vocab = model.config.vocab_size
+    joint = torch.ones(())
+    for t in range(steps):
+        prefixes = list(itertools.product(range(vocab), repeat=t))
+        seqs = torch.cat(
+            [
+                prompt.expand(len(prefixes), -1),
+                torch.tensor(prefixes, dtype=torch.long).reshape(len(prefixes), t),
+            ],
+            dim=1,
+        )
+        cond = hf_probs(model(seqs).logits[:, -1].double(), **proc)  # [V^t, V]
+        joint = joint.reshape(-1, 1) * cond
+    return joint.reshape(-1)
+
+
+@pytest.mark.parametrize(
+    "policy,budget,temperature,top_p,num",
+    [
+        ("ddtree", 48, 1.0, None, 3000),
+        ("ddtree", 48, 0.7, 0.9, 3000),
+        ("chain", 7, 1.0, None, 1500),
+    ],
+)
+def test_distribution_equals_plain_target_sampling(policy, budget, temperature, top_p, num) -> None:
+    steps, vocab = 3, 16
+    target = make_target("llama", vocab=vocab, seed=4, init=0.1)
+    drafter = make_drafter(target, seed=4)
+    prompt = torch.tensor([[3, 1, 4, 1]])
+    probs = exact_joint(target, prompt, steps, temperature=temperature, top_p=top_p)
+    dec = SpeculativeDecoder(target, drafter, policy, budget=budget)
+    counts = torch.zeros(vocab**steps, dtype=torch.float64)
+    deep = 0
+    for seed in range(num):
+        out = dec.generate(prompt, steps, temperature=temperature, top_p=top_p, seed=seed)
+        t1, t2, t3 = out.sequences[0, -steps:].tolist()
+        counts[(t1 * vocab + t2) * vocab + t3] += 1
+        deep += bool(out.stats.accepted_lengths) and out.stats.accepted_lengths[0] >= 2
+    if policy == "ddtree":
+        # Tokens 2 and 3 often both come from accepted tree nodes: the walk is exercised.
+        assert deep > num // 20
+    assert chi_square(counts, probs) > P_MIN
+    for pos in range(steps):  # marginals too (more power per position)
+        shape = (vocab,) * steps
+        m_counts = counts.reshape(shape).sum(dim=[d for d in range(steps) if d != pos])
+        m_probs = probs.reshape(shape).sum(dim=[d for d in range(steps) if d != pos])
+        assert chi_square(m_counts, m_probs) > P_MIN
