@@ -1,10 +1,12 @@
 // The DLPack ABI (v0.8 legacy layout: DLManagedTensor), declared here so the core has no
-// third-party header. Field order and enum values are the standard's; do not reorder.
+// third-party header. Valid C and C++. Field order and enum values are the standard's; do not reorder.
 #pragma once
 
-#include <cstdint>
+#include <stdint.h>
 
+#ifdef __cplusplus
 extern "C" {
+#endif
 
 typedef enum {
   kDLCPU = 1,
@@ -50,4 +52,6 @@ typedef struct DLManagedTensor {
   void (*deleter)(struct DLManagedTensor* self);
 } DLManagedTensor;
 
+#ifdef __cplusplus
 }  // extern "C"
+#endif
