@@ -5,7 +5,7 @@
 #         -P run_example.cmake
 # 1. cmake --install <core build> --prefix <tmp>/prefix --component cpp
 # 2. configure + build cpp/examples against it (CMAKE_PREFIX_PATH=<tmp>/prefix)
-# 3. run select_and_walk
+# 3. run select_and_walk (C++ API) and c_example (C ABI)
 cmake_minimum_required(VERSION 3.24)
 
 foreach(_var DIFFTREE_BUILD_DIR EXAMPLES_SOURCE_DIR WORK_DIR)
@@ -56,8 +56,10 @@ endif()
 run_step("configure the examples" ${_configure})
 run_step("build the examples" ${CMAKE_COMMAND} --build "${_build}" --config ${CONFIG})
 
-set(_exe "${_build}/select_and_walk")
-if(NOT EXISTS "${_exe}" AND EXISTS "${_build}/${CONFIG}/select_and_walk${CMAKE_EXECUTABLE_SUFFIX}")
-  set(_exe "${_build}/${CONFIG}/select_and_walk")  # multi-config generators
-endif()
-run_step("run select_and_walk" "${_exe}")
+foreach(_program select_and_walk c_example)
+  set(_exe "${_build}/${_program}")
+  if(NOT EXISTS "${_exe}" AND EXISTS "${_build}/${CONFIG}/${_program}${CMAKE_EXECUTABLE_SUFFIX}")
+    set(_exe "${_build}/${CONFIG}/${_program}")  # multi-config generators
+  endif()
+  run_step("run ${_program}" "${_exe}")
+endforeach()
