@@ -1,2 +1,10 @@
-// placeholder; filled in by the kernels work (issue 5).
 #include <cuda_runtime.h>
+
+#include "launchers.h"
+
+namespace difftree::cuda {
+Status topk_logprobs(const TensorView&, int64_t, const TensorView&, const TensorView&,
+                     const TensorView*, Stream) {
+  return Unsupported("topk_logprobs: CUDA kernel in progress");
+}
+}  // namespace difftree::cuda

@@ -98,6 +98,13 @@ PYBIND11_MODULE(_C, m) {
     raise_if_error(difftree::topk_logprobs(view(logits, "logits"), k, view(token, "token"),
                                            view(logprob, "logprob"), stream_ptr(stream)));
   });
+  m.def("topk_logprobs_flagged", [](py::handle logits, int64_t k, py::handle token,
+                                    py::handle logprob, py::object row_error, uintptr_t stream) {
+    auto err = maybe_view(row_error, "row_error");
+    raise_if_error(difftree::topk_logprobs(view(logits, "logits"), k, view(token, "token"),
+                                           view(logprob, "logprob"), ptr(err),
+                                           stream_ptr(stream)));
+  });
 
   m.def("check_ddtree_select", [](py::handle cand_token, py::handle cand_logprob, int64_t budget,
                                   py::object root_token) {
@@ -106,12 +113,21 @@ PYBIND11_MODULE(_C, m) {
                                                  view(cand_logprob, "cand_logprob"), budget,
                                                  ptr(root)));
   });
-  m.def("ddtree_select", [](py::handle cand_token, py::handle cand_logprob, int64_t budget,
-                            py::object root_token, py::tuple tree, uintptr_t stream) {
-    auto root = maybe_view(root_token, "root_token");
-    raise_if_error(difftree::ddtree_select(view(cand_token, "cand_token"),
-                                           view(cand_logprob, "cand_logprob"), budget, ptr(root),
-                                           tree_view(tree), stream_ptr(stream)));
+  m.def(
+      "ddtree_select",
+      [](py::handle cand_token, py::handle cand_logprob, int64_t budget, py::object root_token,
+         py::tuple tree, uintptr_t stream, py::object workspace) {
+        auto root = maybe_view(root_token, "root_token");
+        auto ws = maybe_view(workspace, "workspace");
+        raise_if_error(difftree::ddtree_select(view(cand_token, "cand_token"),
+                                               view(cand_logprob, "cand_logprob"), budget,
+                                               ptr(root), tree_view(tree), ptr(ws),
+                                               stream_ptr(stream)));
+      },
+      py::arg("cand_token"), py::arg("cand_logprob"), py::arg("budget"), py::arg("root_token"),
+      py::arg("tree"), py::arg("stream"), py::arg("workspace") = py::none());
+  m.def("ddtree_select_workspace_bytes", [](int64_t B, int64_t L, int64_t K, int64_t budget) {
+    return difftree::ddtree_select_workspace_bytes(B, L, K, budget);
   });
 
   m.def("check_tree_walk", [](py::tuple tree, py::handle node_choice, py::object stop_tokens,
@@ -130,6 +146,29 @@ PYBIND11_MODULE(_C, m) {
                                     view(next_token, "next_token"), view(done, "done")};
     raise_if_error(difftree::tree_walk(tree_view(tree), view(node_choice, "node_choice"),
                                        ptr(stop), ptr(rem), out, stream_ptr(stream)));
+  });
+
+  m.def("check_node_select", [](py::handle logits, py::object temperature, py::object top_k,
+                                py::object top_p, py::object seed, py::object round_idx) {
+    auto t = maybe_view(temperature, "temperature");
+    auto k = maybe_view(top_k, "top_k");
+    auto p = maybe_view(top_p, "top_p");
+    auto s = maybe_view(seed, "seed");
+    auto r = maybe_view(round_idx, "round_idx");
+    const difftree::SamplingViews params{ptr(t), ptr(k), ptr(p), ptr(s), ptr(r)};
+    raise_if_error(difftree::check_node_select(view(logits, "logits"), params));
+  });
+  m.def("node_select", [](py::handle logits, py::object temperature, py::object top_k,
+                          py::object top_p, py::object seed, py::object round_idx,
+                          py::handle out, uintptr_t stream) {
+    auto t = maybe_view(temperature, "temperature");
+    auto k = maybe_view(top_k, "top_k");
+    auto p = maybe_view(top_p, "top_p");
+    auto s = maybe_view(seed, "seed");
+    auto r = maybe_view(round_idx, "round_idx");
+    const difftree::SamplingViews params{ptr(t), ptr(k), ptr(p), ptr(s), ptr(r)};
+    raise_if_error(difftree::node_select(view(logits, "logits"), params, view(out, "out"),
+                                         stream_ptr(stream)));
   });
 
   m.def("check_kv_commit", [](py::sequence caches, py::handle base_len, py::handle path,

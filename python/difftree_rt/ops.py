@@ -22,6 +22,7 @@ __all__ = [
     "ddtree_select",
     "ddtree_select_from_candidates",
     "kv_commit",
+    "node_select",
     "topk_logprobs",
     "tree_attention_mask",
     "tree_positions",
@@ -92,6 +93,22 @@ def topk_logprobs(logits: Tensor, k: int) -> tuple[Tensor, Tensor]:
     return _call(_topk_logprobs, torch.ops.difftree.topk_logprobs, logits, int(k))
 
 
+def topk_logprobs_flagged(logits: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`topk_logprobs` plus an int32 ``[B, L]`` per-row error flag (0 good, 1 NaN/+inf,
+    2 all -inf). On CUDA bad rows are flagged instead of raising (raising would need a host
+    sync); their outputs are tokens ``0..K-1`` with log-prob -1e4. On the CPU bad rows raise."""
+    require_tensor(logits, "logits")
+    C = ext()
+    x = dl(logits)
+    C.check_topk_logprobs(x, int(k))
+    B, L, _ = logits.shape
+    token = torch.empty((B, L, k), dtype=torch.int32, device=logits.device)
+    logprob = torch.empty((B, L, k), dtype=torch.float32, device=logits.device)
+    err = torch.empty((B, L), dtype=torch.int32, device=logits.device)
+    C.topk_logprobs_flagged(x, int(k), dl(token), dl(logprob), dl(err), stream_of(logits))
+    return token, logprob, err
+
+
 # ---- ddtree_select -------------------------------------------------------------------------
 
 
@@ -120,7 +137,15 @@ def _ddtree_select(
     inputs = (dl(cand_token), dl(cand_logprob), budget, dl_opt(root_token))
     C.check_ddtree_select(*inputs)
     arrays = _empty_tree(cand_logprob, cand_logprob.shape[0], budget + 1)
-    C.ddtree_select(*inputs, tuple(dl(a) for a in arrays), stream_of(cand_logprob))
+    workspace = None
+    if cand_logprob.is_cuda:  # scratch for the CUDA kernel (the CPU path needs none)
+        B, L, K = cand_logprob.shape
+        nbytes = C.ddtree_select_workspace_bytes(B, L, K, budget)
+        if nbytes > 0:
+            workspace = torch.empty(nbytes, dtype=torch.uint8, device=cand_logprob.device)
+    C.ddtree_select(
+        *inputs, tuple(dl(a) for a in arrays), stream_of(cand_logprob), dl_opt(workspace)
+    )
     return arrays
 
 
@@ -410,3 +435,77 @@ def kv_commit(
             (path.shape[0],), int(base_len), dtype=torch.int64, device=path.device
         )
     _call(_kv_commit, torch.ops.difftree.kv_commit, caches, base_len, path, accepted)
+
+
+# ---- node_select ---------------------------------------------------------------------------
+
+
+@torch.library.custom_op("difftree::node_select", mutates_args=())
+def _node_select(
+    logits: Tensor,
+    temperature: Optional[Tensor],
+    top_k: Optional[Tensor],
+    top_p: Optional[Tensor],
+    seed: Optional[Tensor],
+    round_idx: Optional[Tensor],
+) -> Tensor:
+    C = ext()
+    params = tuple(dl_opt(t) for t in (temperature, top_k, top_p, seed, round_idx))
+    x = dl(logits)
+    C.check_node_select(x, *params)
+    out = torch.empty(logits.shape[:2], dtype=torch.int32, device=logits.device)
+    C.node_select(x, *params, dl(out), stream_of(logits))
+    return out
+
+
+@_node_select.register_fake
+def _(logits, temperature, top_k, top_p, seed, round_idx):
+    return logits.new_empty(logits.shape[:2], dtype=torch.int32)
+
+
+def _per_request(
+    x: Tensor | float | int | None, B: int, dtype: torch.dtype, device: torch.device, name: str
+) -> Tensor | None:
+    if x is None or isinstance(x, Tensor):
+        return x
+    if not isinstance(x, (int, float)):
+        raise TypeError(f"{name}: expected a [B] tensor or a number, got {type(x).__name__}")
+    return torch.full((B,), x, dtype=dtype, device=device)
+
+
+def node_select(
+    logits: Tensor,
+    temperature: Tensor | float | None = None,
+    top_k: Tensor | int | None = None,
+    top_p: Tensor | float | None = None,
+    seed: Tensor | int | None = None,
+    round_idx: Tensor | int | None = None,
+) -> Tensor:
+    """One target token per tree node (ALGORITHMS.md §3): greedy argmax or a keyed draw.
+
+    Args:
+        logits: ``[B, N, V]`` float32/float16/bfloat16 target logits at the tree nodes.
+        temperature: ``[B]`` float32 (or a number); ``<= 0`` or None: greedy, ties to the lowest
+            token id.
+        top_k: ``[B]`` int32/int64; ``<= 0`` or ``>= V``: off.
+        top_p: ``[B]`` float32; ``>= 1``: off.
+        seed, round_idx: ``[B]`` int32/int64; node i's draw is keyed by (seed, round, i), so a
+            run is reproducible and a captured graph replays with new values written in place.
+
+    Returns:
+        int32 ``[B, N]``. Sampling is Gumbel-max over the temperature-scaled, top-k- then
+        top-p-filtered logits with Philox-4x32-10 uniforms (cuda/sampling_math.h); reference, CPU
+        and CUDA give bit-identical draws. Pass tensors on the hot path: numbers become new
+        device tensors (a host-to-device copy) each call.
+    """
+    require_tensor(logits, "logits")
+    B = int(logits.shape[0]) if logits.dim() == 3 else 0
+    dev = logits.device
+    args = (
+        _per_request(temperature, B, torch.float32, dev, "temperature"),
+        _per_request(top_k, B, torch.int64, dev, "top_k"),
+        _per_request(top_p, B, torch.float32, dev, "top_p"),
+        _per_request(seed, B, torch.int64, dev, "seed"),
+        _per_request(round_idx, B, torch.int64, dev, "round_idx"),
+    )
+    return _call(_node_select, torch.ops.difftree.node_select, logits, *args)

@@ -7,6 +7,7 @@
 // Vocabulary: B batch, L depth, K candidates per depth, V vocabulary, N tree capacity.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 
 #include "difftree/status.h"
@@ -27,6 +28,14 @@ constexpr int64_t kMaxBudget = 4096;
 Status check_topk_logprobs(const TensorView& logits, int64_t k);
 Status topk_logprobs(const TensorView& logits, int64_t k, const TensorView& token,
                      const TensorView& logprob, Stream stream);
+// The same, with an optional int32 [B, L] `row_error` output: 0 for a good row, 1 when the row
+// holds NaN or +inf, 2 when every entry is -inf. The CPU path still returns InvalidValue for such
+// rows (and writes 0s otherwise); the CUDA path cannot report without a host sync, so it writes
+// the flag instead, and the bad row's outputs are token = 0..K-1, logprob = kMinLogprob (harmless
+// downstream). CUDA limit: k <= kMaxCudaTopK.
+constexpr int64_t kMaxCudaTopK = 4096;
+Status topk_logprobs(const TensorView& logits, int64_t k, const TensorView& token,
+                     const TensorView& logprob, const TensorView* row_error, Stream stream);
 
 // ---- ddtree_select --------------------------------------------------------------------------
 // cand_token [B, L, K] (int32/int64), cand_logprob f32 [B, L, K] (finite, <= 0, non-increasing
@@ -39,6 +48,15 @@ Status check_ddtree_select(const TensorView& cand_token, const TensorView& cand_
                            int64_t budget, const TensorView* root_token);
 Status ddtree_select(const TensorView& cand_token, const TensorView& cand_logprob, int64_t budget,
                      const TensorView* root_token, const TreeView& tree, Stream stream);
+// The CUDA path needs scratch: a caller-provided uint8 `workspace` on the candidates' device of at
+// least ddtree_select_workspace_bytes(B, L, K, budget) bytes (the CPU path ignores it; passing
+// none to the CUDA path is an InvalidValue). The CUDA path cannot validate candidate data without
+// a host sync: it trusts candidates as produced by topk_logprobs (finite, <= 0, sorted, distinct)
+// and only clamps indices so that malformed data can never read or write out of bounds.
+size_t ddtree_select_workspace_bytes(int64_t B, int64_t L, int64_t K, int64_t budget);
+Status ddtree_select(const TensorView& cand_token, const TensorView& cand_logprob, int64_t budget,
+                     const TensorView* root_token, const TreeView& tree,
+                     const TensorView* workspace, Stream stream);
 
 // ---- tree_walk ------------------------------------------------------------------------------
 // Greedy or sampled acceptance walk. node_choice [B, N] (int32/int64): the target's token at each
@@ -69,5 +87,27 @@ Status check_kv_commit(const TensorView* caches, int num_caches, const TensorVie
                        const TensorView& path, const TensorView& accepted);
 Status kv_commit(const TensorView* caches, int num_caches, const TensorView& base_len,
                  const TensorView& path, const TensorView& accepted, Stream stream);
+
+// ---- node_select ----------------------------------------------------------------------------
+// One target token per tree node (ALGORITHMS.md §3). logits [B, N, V] (f32/f16/bf16) -> out
+// int32 [B, N]. Per-request parameters are [B] tensors on the logits' device (all optional, read
+// from device memory so a captured graph replays with new values):
+//   temperature f32: <= 0 (or absent) -> greedy argmax, ties to the lowest id;
+//   top_k int32/int64: <= 0 or >= V (or absent) -> off;  top_p f32: >= 1 (or absent) -> off;
+//   seed, round_idx int32/int64 (absent -> 0): the draw of node i is keyed by (seed, round, i).
+// Sampling is Gumbel-max over the temperature-scaled, top-k- then top-p-filtered logits with
+// Philox-4x32-10 uniforms; the procedure is defined op for op in cuda/sampling_math.h so the
+// reference, CPU and CUDA draws are bit-identical. The CPU rejects NaN/+inf logits; the CUDA path
+// ranks NaN lowest instead.
+struct SamplingViews {
+  const TensorView* temperature = nullptr;
+  const TensorView* top_k = nullptr;
+  const TensorView* top_p = nullptr;
+  const TensorView* seed = nullptr;
+  const TensorView* round_idx = nullptr;
+};
+Status check_node_select(const TensorView& logits, const SamplingViews& params);
+Status node_select(const TensorView& logits, const SamplingViews& params, const TensorView& out,
+                   Stream stream);
 
 }  // namespace difftree

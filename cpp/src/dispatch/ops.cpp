@@ -12,16 +12,14 @@
 #endif
 
 namespace difftree {
+namespace cpu {
+Status node_select(const TensorView& logits, const SamplingViews& params, const TensorView& out);
+}  // namespace cpu
 namespace {
 
 Status index_tensor(const TensorView& t, const char* name, const TensorView& ref,
                     const char* ref_name) {
   return checks::tensor(t, name, {DType::kInt32, DType::kInt64}, ref, ref_name);
-}
-
-Status no_cuda_kernel(const char* op) {
-  return Unsupported(std::string(op) +
-                     ": no CUDA kernel for this op in this build yet; pass CPU tensors");
 }
 
 #ifndef DIFFTREE_WITH_CUDA
@@ -75,6 +73,11 @@ Status check_topk_logprobs(const TensorView& logits, int64_t k) {
 
 Status topk_logprobs(const TensorView& logits, int64_t k, const TensorView& token,
                      const TensorView& logprob, Stream stream) {
+  return topk_logprobs(logits, k, token, logprob, nullptr, stream);
+}
+
+Status topk_logprobs(const TensorView& logits, int64_t k, const TensorView& token,
+                     const TensorView& logprob, const TensorView* row_error, Stream stream) {
   DIFFTREE_RETURN_IF_ERROR(check_topk_logprobs(logits, k));
   const int64_t B = logits.shape[0], L = logits.shape[1];
   DIFFTREE_RETURN_IF_ERROR(checks::shape(token, "token", {B, L, k}, "[B, L, K]"));
@@ -82,9 +85,29 @@ Status topk_logprobs(const TensorView& logits, int64_t k, const TensorView& toke
   DIFFTREE_RETURN_IF_ERROR(checks::shape(logprob, "logprob", {B, L, k}, "[B, L, K]"));
   DIFFTREE_RETURN_IF_ERROR(
       checks::tensor(logprob, "logprob", {DType::kFloat32}, logits, "logits"));
+  if (row_error != nullptr) {
+    DIFFTREE_RETURN_IF_ERROR(checks::shape(*row_error, "row_error", {B, L}, "[B, L]"));
+    DIFFTREE_RETURN_IF_ERROR(
+        checks::tensor(*row_error, "row_error", {DType::kInt32}, logits, "logits"));
+  }
+  if (logits.device == DeviceType::kCUDA) {
+#ifdef DIFFTREE_WITH_CUDA
+    if (k > kMaxCudaTopK)
+      return Unsupported("topk_logprobs: the CUDA kernel supports k <= 4096, got k = " +
+                         std::to_string(k));
+    return cuda::topk_logprobs(logits, k, token, logprob, row_error, stream);
+#else
+    (void)stream;
+    return cuda_not_compiled("topk_logprobs");
+#endif
+  }
   (void)stream;
-  if (logits.device == DeviceType::kCUDA) return no_cuda_kernel("topk_logprobs");
-  return cpu::topk_logprobs(logits, k, token, logprob);
+  DIFFTREE_RETURN_IF_ERROR(cpu::topk_logprobs(logits, k, token, logprob));
+  if (row_error != nullptr) {
+    int32_t* e = row_error->ptr<int32_t>();
+    for (int64_t i = 0; i < B * L; ++i) e[i] = 0;
+  }
+  return Status::Ok();
 }
 
 // ---- ddtree_select --------------------------------------------------------------------------
@@ -109,6 +132,21 @@ Status check_ddtree_select(const TensorView& cand_token, const TensorView& cand_
 
 Status ddtree_select(const TensorView& cand_token, const TensorView& cand_logprob, int64_t budget,
                      const TensorView* root_token, const TreeView& tree, Stream stream) {
+  return ddtree_select(cand_token, cand_logprob, budget, root_token, tree, nullptr, stream);
+}
+
+size_t ddtree_select_workspace_bytes(int64_t B, int64_t L, int64_t K, int64_t budget) {
+#ifdef DIFFTREE_WITH_CUDA
+  return cuda::ddtree_select_workspace_bytes(B, L, K, budget);
+#else
+  (void)B, (void)L, (void)K, (void)budget;
+  return 0;
+#endif
+}
+
+Status ddtree_select(const TensorView& cand_token, const TensorView& cand_logprob, int64_t budget,
+                     const TensorView* root_token, const TreeView& tree,
+                     const TensorView* workspace, Stream stream) {
   DIFFTREE_RETURN_IF_ERROR(check_ddtree_select(cand_token, cand_logprob, budget, root_token));
   DIFFTREE_RETURN_IF_ERROR(check_tree(tree));
   const int64_t B = cand_logprob.shape[0];
@@ -120,8 +158,32 @@ Status ddtree_select(const TensorView& cand_token, const TensorView& cand_logpro
   }
   DIFFTREE_RETURN_IF_ERROR(
       checks::same_device(tree.token, "tree.token", cand_logprob, "cand_logprob"));
+  if (cand_logprob.device == DeviceType::kCUDA) {
+#ifdef DIFFTREE_WITH_CUDA
+    const int64_t L = cand_logprob.shape[1], K = cand_logprob.shape[2];
+    const size_t need = cuda::ddtree_select_workspace_bytes(B, L, K, budget);
+    if (need > 0) {
+      if (workspace == nullptr)
+        return InvalidValue("workspace: the CUDA ddtree_select needs a workspace of " +
+                            std::to_string(need) +
+                            " bytes (see ddtree_select_workspace_bytes)");
+      DIFFTREE_RETURN_IF_ERROR(checks::ndim(*workspace, "workspace", 1, "[bytes]"));
+      DIFFTREE_RETURN_IF_ERROR(checks::tensor(*workspace, "workspace", {DType::kUInt8},
+                                              cand_logprob, "cand_logprob"));
+      if (static_cast<size_t>(workspace->shape[0]) < need)
+        return InvalidValue("workspace: expected at least " + std::to_string(need) +
+                            " bytes, got " + std::to_string(workspace->shape[0]));
+    }
+    return cuda::ddtree_select(cand_token, cand_logprob, budget, root_token, tree,
+                               need > 0 ? workspace->data : nullptr, need, stream);
+#else
+    (void)workspace;
+    (void)stream;
+    return cuda_not_compiled("ddtree_select");
+#endif
+  }
+  (void)workspace;
   (void)stream;
-  if (cand_logprob.device == DeviceType::kCUDA) return no_cuda_kernel("ddtree_select");
   return cpu::ddtree_select(cand_token, cand_logprob, budget, root_token, tree);
 }
 
@@ -216,6 +278,55 @@ Status kv_commit(const TensorView* caches, int num_caches, const TensorView& bas
   }
   (void)stream;
   return cpu::kv_commit(caches, num_caches, base_len, path, accepted);
+}
+
+// ---- node_select ----------------------------------------------------------------------------
+
+Status check_node_select(const TensorView& logits, const SamplingViews& params) {
+  DIFFTREE_RETURN_IF_ERROR(checks::ndim(logits, "logits", 3, "[B, N, V]"));
+  DIFFTREE_RETURN_IF_ERROR(checks::tensor(
+      logits, "logits", {DType::kFloat32, DType::kFloat16, DType::kBFloat16}, logits, "logits"));
+  const int64_t B = logits.shape[0], V = logits.shape[2];
+  if (V < 1) return InvalidValue("logits: expected a vocabulary V >= 1, got V = 0");
+  if (V > INT32_MAX) return InvalidValue("logits: V must fit in int32 token ids");
+  struct Param {
+    const TensorView* t;
+    const char* name;
+    bool is_float;
+  };
+  const Param ps[] = {{params.temperature, "temperature", true},
+                      {params.top_k, "top_k", false},
+                      {params.top_p, "top_p", true},
+                      {params.seed, "seed", false},
+                      {params.round_idx, "round_idx", false}};
+  for (const Param& p : ps) {
+    if (p.t == nullptr) continue;
+    DIFFTREE_RETURN_IF_ERROR(checks::shape(*p.t, p.name, {B}, "[B]"));
+    if (p.is_float) {
+      DIFFTREE_RETURN_IF_ERROR(checks::tensor(*p.t, p.name, {DType::kFloat32}, logits, "logits"));
+    } else {
+      DIFFTREE_RETURN_IF_ERROR(index_tensor(*p.t, p.name, logits, "logits"));
+    }
+  }
+  return Status::Ok();
+}
+
+Status node_select(const TensorView& logits, const SamplingViews& params, const TensorView& out,
+                   Stream stream) {
+  DIFFTREE_RETURN_IF_ERROR(check_node_select(logits, params));
+  const int64_t B = logits.shape[0], N = logits.shape[1];
+  DIFFTREE_RETURN_IF_ERROR(checks::shape(out, "out", {B, N}, "[B, N]"));
+  DIFFTREE_RETURN_IF_ERROR(checks::tensor(out, "out", {DType::kInt32}, logits, "logits"));
+  if (logits.device == DeviceType::kCUDA) {
+#ifdef DIFFTREE_WITH_CUDA
+    return cuda::node_select(logits, params, out, stream);
+#else
+    (void)stream;
+    return cuda_not_compiled("node_select");
+#endif
+  }
+  (void)stream;
+  return cpu::node_select(logits, params, out);
 }
 
 }  // namespace difftree
