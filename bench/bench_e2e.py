@@ -36,6 +36,8 @@ from difftree_rt.models.dflash import extract_features
 CONFIGS: dict[str, dict[str, Any]] = {
     "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                  num_attention_heads=4, num_key_value_heads=2, head_dim=16, vocab_size=256),
+    "tiny-v32": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                     num_attention_heads=4, num_key_value_heads=2, head_dim=16, vocab_size=32),
     "small": dict(hidden_size=256, intermediate_size=768, num_hidden_layers=6,
                   num_attention_heads=8, num_key_value_heads=4, head_dim=32, vocab_size=2048),
     "qwen3-0.6b": dict(hidden_size=1024, intermediate_size=3072, num_hidden_layers=28,
@@ -53,7 +55,7 @@ def build_random(name: str, dtype: torch.dtype, device: str, seed: int) -> torch
     cfg = Qwen3Config(
         **CONFIGS[name],
         max_position_embeddings=4096,
-        initializer_range=0.25 if name in ("tiny", "small") else 0.02,
+        initializer_range=0.25 if name in ("tiny", "tiny-v32", "small") else 0.02,
         tie_word_embeddings=False,
         bos_token_id=None,
         eos_token_id=None,
