@@ -1,11 +1,461 @@
+// ddtree_select on the device: one CTA per request, the exact parallel form (ALGORITHMS.md §2,
+// docs/NOTES.md tie-break), bit-identical to the CPU heap form.
+//
+// State: R, the running global top-N (N = budget + 1, root first) in the normative order
+// (score desc, depth asc, position asc), and beam_{d-1}, the depth-(d-1) nodes still in R, in
+// order. Per depth d:
+//   1. candidates (q, r) = beam[q] x cand[d][r], score fp32(S_q + lp_r). Only (q+1)(r+1) <= budget
+//      can rank in the top N (the rectangle before it is at least as good), and once R is full
+//      only scores > R's last score can enter (ties go to the shallower node), so each parent
+//      contributes a prefix of ranks whose length is found by binary search;
+//   2. the best min(|C|, budget) candidates by (score desc, q asc, r asc) -- an exact radix select
+//      over unique keys ordered(score) << 32 | ~(q << 12 | r) -- sorted by rank counting: this is
+//      the stable sort of the [beam, K] grid by score, i.e. the exact per-depth beam order;
+//   3. merge with R (both sorted; a candidate ranks after an R entry of equal score), keep N.
+//      The candidates that entered form a prefix of the sorted list: the next beam.
+// An entry of depth d keeps (position in its depth's sorted list, parent's position, rank); at
+// the end R ∩ depth d is a prefix of that list, so positions map back to node indices through a
+// per-depth offset table, and the children of a node are exactly its ranks 0..c-1 in index
+// order, which gives first_child / next_sibling without a serial pass. anc rows are built by
+// walking parents per (row, word).
+//
+// Candidate data is trusted (finite, <= 0, sorted, distinct per depth, as topk_logprobs makes
+// them): it cannot be validated without a host sync. Every index is clamped, so malformed data
+// yields a malformed tree, never an out-of-bounds access.
 #include <cuda_runtime.h>
 
+#include <algorithm>
+#include <string>
+
+#include "block_select.cuh"
+#include "index.cuh"
 #include "launchers.h"
+#include "sampling_math.h"
 
 namespace difftree::cuda {
-size_t ddtree_select_workspace_bytes(int64_t, int64_t, int64_t, int64_t) { return 0; }
-Status ddtree_select(const TensorView&, const TensorView&, int64_t, const TensorView*,
-                     const TreeView&, void*, size_t, Stream) {
-  return Unsupported("ddtree_select: CUDA kernel in progress");
+namespace {
+
+constexpr int kThreads = 512;
+constexpr size_t kMaxSmemBytes = 96 * 1024;
+
+struct Layout {
+  size_t sel, sorted, cand;                          // u64
+  size_t rscore[2];                                  // f32
+  size_t rdepth[2], rpos[2], rppos[2], rrank[2];     // i32
+  size_t lpd;                                        // f32
+  size_t pcount, poff;                               // i32
+  size_t dcnt, map, par, ccount, coff, ctab;         // i32
+  size_t total;
+};
+
+int64_t max_candidates(int64_t budget, int64_t keff) {
+  int64_t m = 0;
+  for (int64_t q = 0; q < budget; ++q) m += std::min(keff, budget / (q + 1));
+  return std::max<int64_t>(m, 1);
 }
+
+Layout make_layout(int64_t L, int64_t K, int64_t budget) {
+  const int64_t N = budget + 1, keff = std::max<int64_t>(1, std::min(K, budget));
+  const int64_t leff = std::min(L, budget);
+  Layout l{};
+  size_t off = 0;
+  auto take = [&](int64_t count, size_t elem) {
+    off = (off + 15) / 16 * 16;
+    const size_t at = off;
+    off += static_cast<size_t>(count) * elem;
+    return at;
+  };
+  l.sel = take(budget, 8);
+  l.sorted = take(budget, 8);
+  l.cand = take(max_candidates(budget, keff), 8);
+  for (int i = 0; i < 2; ++i) {
+    l.rscore[i] = take(N, 4);
+    l.rdepth[i] = take(N, 4);
+    l.rpos[i] = take(N, 4);
+    l.rppos[i] = take(N, 4);
+    l.rrank[i] = take(N, 4);
+  }
+  l.lpd = take(keff, 4);
+  l.pcount = take(budget + 1, 4);
+  l.poff = take(budget + 1, 4);
+  l.dcnt = take(leff + 2, 4);
+  l.map = take(N, 4);
+  l.par = take(N, 4);
+  l.ccount = take(N, 4);
+  l.coff = take(N + 1, 4);
+  l.ctab = take(N, 4);
+  l.total = (off + 255) / 256 * 256;
+  return l;
+}
+
+struct Params {
+  const void* cand_token;
+  bool tok64;
+  const float* cand_lp;
+  const void* root;
+  bool root64;
+  int32_t* token;
+  int32_t* parent;
+  int32_t* depth;
+  float* score;
+  int32_t* first_child;
+  int32_t* next_sibling;
+  uint32_t* anc;
+  int32_t* num_nodes;
+  unsigned char* workspace;  // nullptr: everything lives in dynamic shared memory
+  Layout lay;
+  int L, K, budget, keff, leff, W;
+};
+
+struct Scratch {
+  int total;
+  int slot;
+  int entered;
+  float thr;
+  int full;
+};
+
+// In-place exclusive scan of a[0, n) (n <= a few thousand); returns the total. All threads call.
+__device__ int block_exclusive_scan(int* a, int n, int* warp_sums) {
+  const int T = blockDim.x, tid = threadIdx.x;
+  const int per = (n + T - 1) / T;
+  const int begin = min(n, tid * per), end = min(n, begin + per);
+  int local = 0;
+  for (int i = begin; i < end; ++i) local += a[i];
+  const int lane = tid % 32, warp = tid / 32;
+  int incl = local;
+  for (int o = 1; o < 32; o <<= 1) {
+    const int u = __shfl_up_sync(0xffffffffu, incl, o);
+    if (lane >= o) incl += u;
+  }
+  if (lane == 31) warp_sums[warp] = incl;
+  __syncthreads();
+  if (warp == 0) {
+    const int nw = T / 32;
+    int v = lane < nw ? warp_sums[lane] : 0;
+    int vi = v;
+    for (int o = 1; o < 32; o <<= 1) {
+      const int u = __shfl_up_sync(0xffffffffu, vi, o);
+      if (lane >= o) vi += u;
+    }
+    if (lane < nw) warp_sums[lane] = vi - v;  // exclusive warp offsets
+    if (lane == nw - 1) warp_sums[32] = vi;   // total
+  }
+  __syncthreads();
+  int run = warp_sums[warp] + incl - local;
+  for (int i = begin; i < end; ++i) {
+    const int v = a[i];
+    a[i] = run;
+    run += v;
+  }
+  const int total = warp_sums[32];
+  __syncthreads();
+  return total;
+}
+
+__device__ __forceinline__ float key_score(uint64_t key) {
+  return sampling::unordered(static_cast<uint32_t>(key >> 32));
+}
+__device__ __forceinline__ uint32_t key_slot(uint64_t key) {
+  return 0xffffffffu - static_cast<uint32_t>(key);
+}
+
+__global__ void __launch_bounds__(kThreads) ddtree_select_kernel(Params p) {
+  extern __shared__ __align__(16) unsigned char dsmem[];
+  __shared__ SelectSmem ss;
+  __shared__ int warp_sums[33];
+  __shared__ Scratch sc;
+  const int b = blockIdx.x, tid = threadIdx.x, T = blockDim.x;
+  unsigned char* base = p.workspace ? p.workspace + static_cast<size_t>(b) * p.lay.total : dsmem;
+  const Layout& lay = p.lay;
+  uint64_t* sel = reinterpret_cast<uint64_t*>(base + lay.sel);
+  uint64_t* sorted = reinterpret_cast<uint64_t*>(base + lay.sorted);
+  uint64_t* cand = reinterpret_cast<uint64_t*>(base + lay.cand);
+  float* lpd = reinterpret_cast<float*>(base + lay.lpd);
+  int* pcount = reinterpret_cast<int*>(base + lay.pcount);
+  const int budget = p.budget, N = budget + 1, keff = p.keff;
+  const float* lp_row = p.cand_lp + static_cast<int64_t>(b) * p.L * p.K;
+
+  int cur = 0, rsize = 1, nbeam = 1;
+  if (tid == 0) {
+    reinterpret_cast<float*>(base + lay.rscore[0])[0] = 0.0f;
+    reinterpret_cast<int*>(base + lay.rdepth[0])[0] = 0;
+    reinterpret_cast<int*>(base + lay.rpos[0])[0] = 0;
+    reinterpret_cast<int*>(base + lay.rppos[0])[0] = -1;
+    reinterpret_cast<int*>(base + lay.rrank[0])[0] = 0;
+    sorted[0] = sampling::rank_key(0.0f, 0xffffffffu);  // beam_0: the root, score 0
+  }
+  __syncthreads();
+
+  for (int d = 1; d <= p.leff && nbeam > 0; ++d) {
+    const float* rscore = reinterpret_cast<const float*>(base + lay.rscore[cur]);
+    for (int r = tid; r < keff; r += T) lpd[r] = lp_row[static_cast<int64_t>(d - 1) * p.K + r];
+    if (tid == 0) {
+      sc.full = rsize == N;
+      sc.thr = rscore[rsize - 1];
+      sc.slot = 0;
+      sc.entered = 0;
+    }
+    __syncthreads();
+    // 1. per-parent candidate counts, then offsets.
+    const bool full = sc.full;
+    const float thr = sc.thr;
+    for (int q = tid; q < nbeam; q += T) {
+      const float S = key_score(sorted[q]);
+      int lim = min(keff, budget / (q + 1));
+      if (full) {  // largest c <= lim with fp32(S + lp[c-1]) > thr (scores fall along r)
+        int lo = 0, hi = lim;
+        while (lo < hi) {
+          const int mid = (lo + hi) / 2;
+          if (__fadd_rn(S, lpd[mid]) > thr) lo = mid + 1; else hi = mid;
+        }
+        lim = lo;
+      }
+      pcount[q] = lim;
+    }
+    __syncthreads();
+    const int total = block_exclusive_scan(pcount, nbeam, warp_sums);  // pcount := offsets
+    for (int e = tid; e < total; e += T) {
+      int lo = 0, hi = nbeam - 1;  // last q with offset <= e
+      while (lo < hi) {
+        const int mid = (lo + hi + 1) / 2;
+        if (pcount[mid] <= e) lo = mid; else hi = mid - 1;
+      }
+      const int q = lo, r = e - pcount[q];
+      const float s = __fadd_rn(key_score(sorted[q]), lpd[r]);
+      cand[e] = sampling::rank_key(s, (static_cast<uint32_t>(q) << 12) | static_cast<uint32_t>(r));
+    }
+    __syncthreads();
+    // 2. the best m candidates, sorted.
+    const int m = min(total, budget);
+    uint64_t threshold = 0;
+    if (total > m) {
+      auto key = [&](int64_t v) { return static_cast<uint64_t>(cand[v]); };
+      auto all = [](int64_t) { return true; };
+      auto none = [](int64_t) { return 0ull; };
+      threshold = block_radix_select<false>(total, key, all, none, static_cast<uint32_t>(m), 0.0, ss);
+    }
+    for (int e = tid; e < total; e += T) {
+      const uint64_t k = cand[e];
+      if (k >= threshold) {
+        const int at = atomicAdd(&sc.slot, 1);
+        if (at < m) sel[at] = k;
+      }
+    }
+    __syncthreads();
+    for (int i = tid; i < m; i += T) {
+      const uint64_t k = sel[i];
+      int pos = 0;
+      for (int j = 0; j < m; ++j) pos += sel[j] > k;
+      sorted[pos] = k;
+    }
+    __syncthreads();
+    // 3. merge with R into the other buffer.
+    {
+      const int nxt = cur ^ 1;
+      float* oscore = reinterpret_cast<float*>(base + lay.rscore[nxt]);
+      int* odepth = reinterpret_cast<int*>(base + lay.rdepth[nxt]);
+      int* opos = reinterpret_cast<int*>(base + lay.rpos[nxt]);
+      int* oppos = reinterpret_cast<int*>(base + lay.rppos[nxt]);
+      int* orank = reinterpret_cast<int*>(base + lay.rrank[nxt]);
+      const int* idepth = reinterpret_cast<const int*>(base + lay.rdepth[cur]);
+      const int* ipos = reinterpret_cast<const int*>(base + lay.rpos[cur]);
+      const int* ippos = reinterpret_cast<const int*>(base + lay.rppos[cur]);
+      const int* irank = reinterpret_cast<const int*>(base + lay.rrank[cur]);
+      for (int i = tid; i < m; i += T) {
+        const float s = key_score(sorted[i]);
+        int lo = 0, hi = rsize;  // R entries with score >= s rank first
+        while (lo < hi) {
+          const int mid = (lo + hi) / 2;
+          if (rscore[mid] >= s) lo = mid + 1; else hi = mid;
+        }
+        const int out = i + lo;
+        if (out < N) {
+          const uint32_t slot = key_slot(sorted[i]);
+          oscore[out] = s;
+          odepth[out] = d;
+          opos[out] = i;
+          oppos[out] = static_cast<int>(slot >> 12);
+          orank[out] = static_cast<int>(slot & 4095u);
+          atomicAdd(&sc.entered, 1);
+        }
+      }
+      for (int j = tid; j < rsize; j += T) {
+        const float s = rscore[j];
+        int lo = 0, hi = m;  // candidates with score > s rank first
+        while (lo < hi) {
+          const int mid = (lo + hi) / 2;
+          if (key_score(sorted[mid]) > s) lo = mid + 1; else hi = mid;
+        }
+        const int out = j + lo;
+        if (out < N) {
+          oscore[out] = s;
+          odepth[out] = idepth[j];
+          opos[out] = ipos[j];
+          oppos[out] = ippos[j];
+          orank[out] = irank[j];
+        }
+      }
+    }
+    __syncthreads();
+    rsize = min(N, rsize + m);
+    cur ^= 1;
+    nbeam = sc.entered;
+    __syncthreads();
+  }
+
+  // ---- epilogue: node arrays from R ----
+  const int n = rsize;
+  const float* rscore = reinterpret_cast<const float*>(base + lay.rscore[cur]);
+  const int* rdepth = reinterpret_cast<const int*>(base + lay.rdepth[cur]);
+  const int* rpos = reinterpret_cast<const int*>(base + lay.rpos[cur]);
+  const int* rppos = reinterpret_cast<const int*>(base + lay.rppos[cur]);
+  const int* rrank = reinterpret_cast<const int*>(base + lay.rrank[cur]);
+  int* dcnt = reinterpret_cast<int*>(base + lay.dcnt);
+  int* map = reinterpret_cast<int*>(base + lay.map);
+  int* par = reinterpret_cast<int*>(base + lay.par);
+  int* ccount = reinterpret_cast<int*>(base + lay.ccount);
+  int* coff = reinterpret_cast<int*>(base + lay.coff);
+  int* ctab = reinterpret_cast<int*>(base + lay.ctab);
+  const int ndepth = p.leff + 1;
+  for (int i = tid; i < ndepth; i += T) dcnt[i] = 0;
+  for (int i = tid; i < N; i += T) ccount[i] = 0;
+  __syncthreads();
+  for (int i = tid; i < n; i += T) atomicAdd(&dcnt[min(max(rdepth[i], 0), ndepth - 1)], 1);
+  __syncthreads();
+  block_exclusive_scan(dcnt, ndepth, warp_sums);
+  for (int i = tid; i < n; i += T) {
+    const int at = dcnt[rdepth[i]] + rpos[i];
+    if (at >= 0 && at < N) map[at] = i;
+  }
+  __syncthreads();
+  for (int i = tid; i < n; i += T) {
+    int pi = -1;
+    if (i > 0) {
+      const int at = dcnt[max(rdepth[i] - 1, 0)] + rppos[i];
+      pi = (at >= 0 && at < n) ? map[at] : 0;
+      if (pi < 0 || pi >= i) pi = 0;  // only malformed candidates get here
+      atomicMax(&ccount[pi], rrank[i] + 1);
+    }
+    par[i] = pi;
+  }
+  __syncthreads();
+  for (int i = tid; i < N; i += T) coff[i] = ccount[i];
+  __syncthreads();
+  block_exclusive_scan(coff, N, warp_sums);
+  for (int i = tid; i < n; i += T) {
+    if (i == 0) continue;
+    const int at = coff[par[i]] + rrank[i];
+    if (at < N) ctab[at] = i;
+  }
+  __syncthreads();
+
+  const int64_t row = static_cast<int64_t>(b) * N;
+  const int64_t row_tok = static_cast<int64_t>(b) * p.L * p.K;
+  for (int i = tid; i < N; i += T) {
+    if (i < n) {
+      int32_t tok;
+      if (i == 0) {
+        tok = p.root ? static_cast<int32_t>(load_index(p.root, p.root64, b)) : -1;
+      } else {
+        const int64_t at = row_tok + static_cast<int64_t>(rdepth[i] - 1) * p.K + rrank[i];
+        tok = static_cast<int32_t>(load_index(p.cand_token, p.tok64, at));
+      }
+      p.token[row + i] = tok;
+      p.parent[row + i] = par[i];
+      p.depth[row + i] = rdepth[i];
+      p.score[row + i] = rscore[i];
+      p.first_child[row + i] = ccount[i] > 0 && coff[i] < N ? ctab[coff[i]] : -1;
+      int sib = -1;
+      if (i > 0) {
+        const int pi = par[i], nr = rrank[i] + 1;
+        if (nr < ccount[pi] && coff[pi] + nr < N) sib = ctab[coff[pi] + nr];
+      }
+      p.next_sibling[row + i] = sib;
+    } else {
+      p.token[row + i] = -1;
+      p.parent[row + i] = -1;
+      p.depth[row + i] = 0;
+      p.score[row + i] = -INFINITY;
+      p.first_child[row + i] = -1;
+      p.next_sibling[row + i] = -1;
+    }
+  }
+  const int W = p.W;
+  uint32_t* anc = p.anc + row * W;
+  for (int e = tid; e < N * W; e += T) {
+    const int i = e / W, w = e % W;
+    uint32_t word = 0;
+    if (i >= n) {
+      word = (i / 32 == w) ? (1u << (i % 32)) : 0u;
+    } else {
+      int j = i;
+      while (j >= 32 * w) {
+        if (j / 32 == w) word |= 1u << (j % 32);
+        const int nj = j > 0 ? par[j] : -1;
+        if (nj >= j) break;
+        j = nj;
+        if (j < 0) break;
+      }
+    }
+    anc[e] = word;
+  }
+  if (tid == 0) p.num_nodes[b] = n;
+}
+
+}  // namespace
+
+size_t ddtree_select_workspace_bytes(int64_t B, int64_t L, int64_t K, int64_t budget) {
+  if (B <= 0 || budget < 1) return 0;
+  const Layout lay = make_layout(L, K, budget);
+  return lay.total <= kMaxSmemBytes ? 0 : static_cast<size_t>(B) * lay.total;
+}
+
+Status ddtree_select(const TensorView& cand_token, const TensorView& cand_logprob, int64_t budget,
+                     const TensorView* root_token, const TreeView& tree, void* workspace,
+                     size_t workspace_bytes, Stream stream) {
+  const int64_t B = cand_logprob.shape[0], L = cand_logprob.shape[1], K = cand_logprob.shape[2];
+  if (B == 0) return Status::Ok();
+  Params p{};
+  p.cand_token = cand_token.data;
+  p.tok64 = cand_token.dtype == DType::kInt64;
+  p.cand_lp = cand_logprob.ptr<const float>();
+  p.root = root_token ? root_token->data : nullptr;
+  p.root64 = root_token && root_token->dtype == DType::kInt64;
+  p.token = tree.token.ptr<int32_t>();
+  p.parent = tree.parent.ptr<int32_t>();
+  p.depth = tree.depth.ptr<int32_t>();
+  p.score = tree.score.ptr<float>();
+  p.first_child = tree.first_child.ptr<int32_t>();
+  p.next_sibling = tree.next_sibling.ptr<int32_t>();
+  p.anc = reinterpret_cast<uint32_t*>(tree.anc.ptr<int32_t>());
+  p.num_nodes = tree.num_nodes.ptr<int32_t>();
+  p.lay = make_layout(L, K, budget);
+  p.L = static_cast<int>(L);
+  p.K = static_cast<int>(K);
+  p.budget = static_cast<int>(budget);
+  p.keff = static_cast<int>(std::max<int64_t>(1, std::min(K, budget)));
+  p.leff = static_cast<int>(K > 0 ? std::min(L, budget) : 0);
+  p.W = static_cast<int>(anc_words(budget + 1));
+  const bool in_smem = p.lay.total <= kMaxSmemBytes;
+  size_t smem = 0;
+  if (in_smem) {
+    smem = p.lay.total;
+  } else {
+    if (workspace == nullptr || workspace_bytes < static_cast<size_t>(B) * p.lay.total)
+      return InvalidValue("workspace: too small for ddtree_select");
+    p.workspace = static_cast<unsigned char*>(workspace);
+  }
+  if (smem > 48 * 1024) {
+    const cudaError_t e = cudaFuncSetAttribute(
+        ddtree_select_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+    if (e != cudaSuccess) return Internal(std::string("ddtree_select: ") + cudaGetErrorString(e));
+  }
+  ddtree_select_kernel<<<static_cast<unsigned>(B), kThreads, smem,
+                         static_cast<cudaStream_t>(stream)>>>(p);
+  const cudaError_t err = cudaGetLastError();
+  if (err != cudaSuccess) return Internal(std::string("ddtree_select: ") + cudaGetErrorString(err));
+  return Status::Ok();
+}
+
 }  // namespace difftree::cuda

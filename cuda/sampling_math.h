@@ -27,7 +27,7 @@
 #define DT_HD inline
 #endif
 
-#if !defined(__CUDA_ARCH__) && defined(__GNUC__) && !defined(__clang__)
+#if !defined(__CUDACC__) && defined(__GNUC__) && !defined(__clang__)
 #pragma GCC optimize("fp-contract=off")
 #endif
 #if defined(__clang__)
@@ -99,6 +99,11 @@ DT_HD uint32_t ordered(float f) {
   f = fadd(f, 0.0f);  // -0 -> +0
   const uint32_t u = float_bits(f);
   return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
+// Inverse of ordered() (for keys of non-NaN values).
+DT_HD float unordered(uint32_t o) {
+  return bits_float((o & 0x80000000u) ? (o & 0x7fffffffu) : ~o);
 }
 
 // Unique ranking key: higher value first, then lower token id.
