@@ -13,5 +13,33 @@ cmake -S . -B build/ctest "${GEN[@]}" -DDIFFTREE_CUDA=$CUDA -DCMAKE_BUILD_TYPE=R
 cmake --build build/ctest -j "$(nproc)"
 ctest --test-dir build/ctest --output-on-failure
 
+# Sanitizers + fuzzing (clang): the core and its C++ tests under AddressSanitizer and
+# UndefinedBehaviorSanitizer, then the libFuzzer target for FUZZ_SECONDS (default 60).
+if ! command -v clang++ >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  echo "[test] installing clang (for the sanitizer and fuzz steps)"
+  (apt-get update -qq && apt-get install -y -qq --no-install-recommends clang libclang-rt-14-dev) \
+    >/dev/null 2>&1 || echo "[test] could not install clang"
+fi
+if command -v clang++ >/dev/null 2>&1; then
+  echo "[test] C++ core under ASan + UBSan, then fuzzing for ${FUZZ_SECONDS:-60} s"
+  CC=clang CXX=clang++ cmake -S . -B build/sanitize "${GEN[@]}" -DDIFFTREE_CUDA=OFF \
+    -DDIFFTREE_SANITIZE=ON -DDIFFTREE_FUZZ=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+  cmake --build build/sanitize -j "$(nproc)"
+  UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 ctest --test-dir build/sanitize --output-on-failure
+  mkdir -p build/fuzz-corpus
+  rc=0
+  UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 build/sanitize/fuzz_core \
+    -max_total_time="${FUZZ_SECONDS:-60}" -print_final_stats=1 build/fuzz-corpus \
+    >build/fuzz.log 2>&1 || rc=$?
+  grep -E "DONE|stat::number_of_executed_units" build/fuzz.log || true
+  if [ "$rc" -ne 0 ]; then
+    tail -n 60 build/fuzz.log
+    echo "[test] the fuzzer found a crash (exit $rc): reproduce with build/sanitize/fuzz_core <crash file>"
+    exit "$rc"
+  fi
+else
+  echo "[test] clang not available: sanitizer and fuzz steps skipped"
+fi
+
 echo "[test] Python tests"
 "$PY" -m pytest -q -p no:cacheprovider "$@"

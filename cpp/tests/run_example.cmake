@@ -1,6 +1,7 @@
 # ctest driver for cpp/examples: proves that an outside project can find_package(difftree).
 #   cmake -DDIFFTREE_BUILD_DIR=<core build> -DEXAMPLES_SOURCE_DIR=<cpp/examples> -DWORK_DIR=<tmp>
 #         [-DCONFIG=<cfg>] [-DGENERATOR=<gen>] [-DMAKE_PROGRAM=<prog>] [-DCXX_COMPILER=<c++>]
+#         [-DC_COMPILER=<cc>]
 #         [-DCUDA_COMPILER=<nvcc>] [-DCUDA_TOOLKIT_ROOT=<dir>] [-DEXTRA_FLAGS=<cxx+link flags>]
 #         -P run_example.cmake
 # 1. cmake --install <core build> --prefix <tmp>/prefix --component cpp
@@ -44,8 +45,12 @@ endif()
 if(CXX_COMPILER)
   list(APPEND _configure "-DCMAKE_CXX_COMPILER=${CXX_COMPILER}")
 endif()
+if(C_COMPILER)
+  list(APPEND _configure "-DCMAKE_C_COMPILER=${C_COMPILER}")
+endif()
 if(EXTRA_FLAGS)
-  list(APPEND _configure "-DCMAKE_CXX_FLAGS=${EXTRA_FLAGS}" "-DCMAKE_EXE_LINKER_FLAGS=${EXTRA_FLAGS}")
+  list(APPEND _configure "-DCMAKE_CXX_FLAGS=${EXTRA_FLAGS}" "-DCMAKE_C_FLAGS=${EXTRA_FLAGS}"
+       "-DCMAKE_EXE_LINKER_FLAGS=${EXTRA_FLAGS}")
 endif()
 if(CUDA_COMPILER)
   list(APPEND _configure "-DCMAKE_CUDA_COMPILER=${CUDA_COMPILER}")

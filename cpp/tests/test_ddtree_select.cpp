@@ -187,9 +187,12 @@ void compare_with_oracle(TreeBuf& t, const Cands& c, int64_t b, int64_t budget,
   if (!CHECK_EQ(t.num_nodes[b], o.num_nodes)) return;
   for (int64_t i = 0; i < o.num_nodes; ++i) {
     dt_test::Context ctx("node " + std::to_string(i));
-    if (!(CHECK_EQ(t.at(t.token, b, i), o.token[i]) & CHECK_EQ(t.at(t.parent, b, i), o.parent[i]) &
-          CHECK_EQ(t.at(t.depth, b, i), o.depth[i]) & CHECK_EQ(t.score[b * t.N + i], o.score[i])))
-      return;  // one divergence shifts everything after it
+    // Evaluate every check (no short-circuit) so a failure reports all fields of the node.
+    const bool ok[] = {CHECK_EQ(t.at(t.token, b, i), o.token[i]),
+                       CHECK_EQ(t.at(t.parent, b, i), o.parent[i]),
+                       CHECK_EQ(t.at(t.depth, b, i), o.depth[i]),
+                       CHECK_EQ(t.score[b * t.N + i], o.score[i])};
+    if (!(ok[0] && ok[1] && ok[2] && ok[3])) return;  // one divergence shifts everything after it
   }
 }
 
