@@ -49,7 +49,8 @@ __device__ __forceinline__ unsigned long long block_max_u64(unsigned long long v
   if (lane == 0) s.uscratch[warp] = v;
   __syncthreads();
   unsigned long long t = 0;
-  for (int w = 0; w < static_cast<int>(blockDim.x / 32); ++w) t = s.uscratch[w] > t ? s.uscratch[w] : t;
+  for (int w = 0; w < static_cast<int>(blockDim.x / 32); ++w)
+    t = s.uscratch[w] > t ? s.uscratch[w] : t;
   __syncthreads();
   return t;
 }
@@ -140,8 +141,8 @@ __device__ uint64_t block_radix_select(int64_t V, KeyFn key, PredFn pred, Weight
           const int b = 255 - 8 * lane - j;
           const uint32_t cb = s.count[b];
           const unsigned long long mb = s.mass[b];
-          const bool take = Weighted ? (cb > 0 && static_cast<double>(mm + mb) >= thr)
-                                     : (cc + cb >= s.remaining);
+          const bool take =
+              Weighted ? (cb > 0 && static_cast<double>(mm + mb) >= thr) : (cc + cb >= s.remaining);
           if (take) {
             bin = b;
             bin_count = cb;

@@ -39,12 +39,12 @@ constexpr int kThreads = 512;
 constexpr size_t kMaxSmemBytes = 96 * 1024;
 
 struct Layout {
-  size_t sel, sorted, cand;                          // u64
-  size_t rscore[2];                                  // f32
-  size_t rdepth[2], rpos[2], rppos[2], rrank[2];     // i32
-  size_t lpd;                                        // f32
-  size_t pcount, poff;                               // i32
-  size_t dcnt, map, par, ccount, coff, ctab;         // i32
+  size_t sel, sorted, cand;                       // u64
+  size_t rscore[2];                               // f32
+  size_t rdepth[2], rpos[2], rppos[2], rrank[2];  // i32
+  size_t lpd;                                     // f32
+  size_t pcount, poff;                            // i32
+  size_t dcnt, map, par, ccount, coff, ctab;      // i32
   size_t total;
 };
 
@@ -207,7 +207,10 @@ __global__ void __launch_bounds__(kThreads) ddtree_select_kernel(Params p) {
         int lo = 0, hi = lim;
         while (lo < hi) {
           const int mid = (lo + hi) / 2;
-          if (__fadd_rn(S, lpd[mid]) > thr) lo = mid + 1; else hi = mid;
+          if (__fadd_rn(S, lpd[mid]) > thr)
+            lo = mid + 1;
+          else
+            hi = mid;
         }
         lim = lo;
       }
@@ -219,7 +222,10 @@ __global__ void __launch_bounds__(kThreads) ddtree_select_kernel(Params p) {
       int lo = 0, hi = nbeam - 1;  // last q with offset <= e
       while (lo < hi) {
         const int mid = (lo + hi + 1) / 2;
-        if (pcount[mid] <= e) lo = mid; else hi = mid - 1;
+        if (pcount[mid] <= e)
+          lo = mid;
+        else
+          hi = mid - 1;
       }
       const int q = lo, r = e - pcount[q];
       const float s = __fadd_rn(key_score(sorted[q]), lpd[r]);
@@ -233,7 +239,8 @@ __global__ void __launch_bounds__(kThreads) ddtree_select_kernel(Params p) {
       auto key = [&](int64_t v) { return static_cast<uint64_t>(cand[v]); };
       auto all = [](int64_t) { return true; };
       auto none = [](int64_t) { return 0ull; };
-      threshold = block_radix_select<false>(total, key, all, none, static_cast<uint32_t>(m), 0.0, ss);
+      threshold =
+          block_radix_select<false>(total, key, all, none, static_cast<uint32_t>(m), 0.0, ss);
     }
     for (int e = tid; e < total; e += T) {
       const uint64_t k = cand[e];
@@ -267,7 +274,10 @@ __global__ void __launch_bounds__(kThreads) ddtree_select_kernel(Params p) {
         int lo = 0, hi = rsize;  // R entries with score >= s rank first
         while (lo < hi) {
           const int mid = (lo + hi) / 2;
-          if (rscore[mid] >= s) lo = mid + 1; else hi = mid;
+          if (rscore[mid] >= s)
+            lo = mid + 1;
+          else
+            hi = mid;
         }
         const int out = i + lo;
         if (out < N) {
@@ -285,7 +295,10 @@ __global__ void __launch_bounds__(kThreads) ddtree_select_kernel(Params p) {
         int lo = 0, hi = m;  // candidates with score > s rank first
         while (lo < hi) {
           const int mid = (lo + hi) / 2;
-          if (key_score(sorted[mid]) > s) lo = mid + 1; else hi = mid;
+          if (key_score(sorted[mid]) > s)
+            lo = mid + 1;
+          else
+            hi = mid;
         }
         const int out = j + lo;
         if (out < N) {

@@ -67,7 +67,8 @@ __global__ void __launch_bounds__(kRowThreads) node_select_kernel(NodeParams p) 
       best = k > best ? k : best;
     }
     best = block_max_u64(best, s);
-    if (threadIdx.x == 0) p.out[row] = static_cast<int32_t>(0xffffffffu - static_cast<uint32_t>(best));
+    if (threadIdx.x == 0)
+      p.out[row] = static_cast<int32_t>(0xffffffffu - static_cast<uint32_t>(best));
     return;
   }
 
@@ -118,7 +119,8 @@ __global__ void __launch_bounds__(kRowThreads) node_select_kernel(NodeParams p) 
     }
   }
   best = block_max_u64(best, s);
-  if (threadIdx.x == 0) p.out[row] = static_cast<int32_t>(0xffffffffu - static_cast<uint32_t>(best));
+  if (threadIdx.x == 0)
+    p.out[row] = static_cast<int32_t>(0xffffffffu - static_cast<uint32_t>(best));
 }
 
 }  // namespace

@@ -102,9 +102,7 @@ DT_HD uint32_t ordered(float f) {
 }
 
 // Inverse of ordered() (for keys of non-NaN values).
-DT_HD float unordered(uint32_t o) {
-  return bits_float((o & 0x80000000u) ? (o & 0x7fffffffu) : ~o);
-}
+DT_HD float unordered(uint32_t o) { return bits_float((o & 0x80000000u) ? (o & 0x7fffffffu) : ~o); }
 
 // Unique ranking key: higher value first, then lower token id.
 DT_HD uint64_t rank_key(float f, uint32_t id) {

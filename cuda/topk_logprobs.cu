@@ -63,9 +63,8 @@ __global__ void __launch_bounds__(kRowThreads)
     m = xv > m ? xv : m;
   }
   // Max via the ordered bits (a u64 block max), plus a bad flag.
-  const unsigned long long mk =
-      block_max_u64((static_cast<unsigned long long>(sampling::ordered(m)) << 1) | (bad ? 1 : 0),
-                    s);
+  const unsigned long long mk = block_max_u64(
+      (static_cast<unsigned long long>(sampling::ordered(m)) << 1) | (bad ? 1 : 0), s);
   const int any_bad = __syncthreads_or(bad);
   uint32_t mo = static_cast<uint32_t>(mk >> 1);
   const float mrow =
@@ -83,7 +82,8 @@ __global__ void __launch_bounds__(kRowThreads)
   // 2. the log-sum-exp in f64, rounded to f32 once.
   const double md = mrow;
   double acc = 0.0;
-  for (int64_t v = threadIdx.x; v < V; v += blockDim.x) acc += exp(static_cast<double>(load_f32(x, v)) - md);
+  for (int64_t v = threadIdx.x; v < V; v += blockDim.x)
+    acc += exp(static_cast<double>(load_f32(x, v)) - md);
   const double total = block_sum_double(acc, s);
   if (threadIdx.x == 0) s_lse = static_cast<float>(md + log(total));
   __syncthreads();
@@ -145,8 +145,8 @@ cudaError_t launch(const TensorView& logits, int64_t k, const TensorView& token,
   const size_t smem = sizeof(unsigned long long) * sort_size;
   auto kernel = topk_logprobs_kernel<T>;
   if (smem > 48 * 1024) {
-    const cudaError_t e =
-        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+    const cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                               static_cast<int>(smem));
     if (e != cudaSuccess) return e;
   }
   kernel<<<static_cast<unsigned>(rows), kRowThreads, smem, stream>>>(
