@@ -23,4 +23,11 @@ Status ddtree_select(const TensorView& cand_token, const TensorView& cand_logpro
 Status node_select(const TensorView& logits, const SamplingViews& params, const TensorView& out,
                    Stream stream);
 
+// tree_attention: bf16/fp16, head_dim 64/128; num_splits >= 1 resolved by the dispatch, with a
+// workspace of tree_attention_workspace_bytes(...) when num_splits > 1.
+Status tree_attention(const TensorView& q, const TensorView& k_cache, const TensorView& v_cache,
+                      const TensorView& prefix_len, const TensorView* tree_anc,
+                      const TensorView* num_nodes, float scale, bool is_chain, int num_splits,
+                      const TensorView& out, void* workspace, Stream stream);
+
 }  // namespace difftree::cuda

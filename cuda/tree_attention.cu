@@ -1,2 +1,532 @@
-// placeholder; filled in by the kernels work (issue 5).
+// tree_attention on the device: FlashAttention-2-style forward for tree verification.
+//
+// One CTA = one (request b, KV head, 64-row query tile, KV split). The G = H_q / H_kv query heads
+// of a KV head are packed into the query rows node-major (row r = node i * G + head g), so a
+// 64-row tile holds 64 / G consecutive nodes and K/V tiles are read once for the whole GQA group.
+// Keys are streamed in tiles of 64 rows through a 2-stage cp.async pipeline:
+//   1. the committed prefix [0, prefix_len[b]) (unmasked; a split handles one chunk of it),
+//   2. then (last split only) the tree rows prefix_len[b] + j, j <= the tile's largest node,
+//      under the ancestor bitmask (or `j <= i` for chains: no bitmask reads).
+// One online softmax (fp32, log2 domain) runs across both phases. S = Q K^T and O += P V use
+// mma.sync.m16n8k16 (bf16 / fp16 in, fp32 accumulate), fragments loaded with ldmatrix; each of
+// the 4 warps owns 16 query rows. With num_splits > 1 every split writes its normalised partial
+// output and log-sum-exp to the caller's workspace and a small kernel combines them.
+//
+// Per-round values (prefix_len, num_nodes, anc) are read from device memory and the grid depends
+// only on shapes, so a captured CUDA graph replays with new values. Out-of-range prefix_len is
+// clamped to [0, S_max - N] on the device (the CPU path reports it).
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
 #include <cuda_runtime.h>
+
+#include <cstdint>
+#include <string>
+
+#include "index.cuh"
+#include "launchers.h"
+
+namespace difftree::cuda {
+namespace {
+
+constexpr int kWarps = 4;
+constexpr int kThreads = kWarps * 32;
+constexpr int kTileM = kWarps * 16;  // query rows per CTA
+constexpr int kTileN = 64;           // keys per tile
+constexpr float kLog2e = 1.4426950408889634f;
+
+struct AttnParams {
+  const void* q;
+  const void* k;
+  const void* v;
+  void* out;
+  int64_t q_s[3];  // strides (elements) of q over b, h, n (d is contiguous)
+  int64_t k_s[3];  // strides of k_cache over b, h, s
+  int64_t v_s[3];
+  int64_t o_s[3];
+  const void* prefix_len;
+  bool prefix64;
+  const int32_t* anc;  // [B, N, W] or null (chain)
+  const void* num_nodes;  // [B] or null (all N valid)
+  bool nodes64;
+  int B, Hq, Hkv, G, N, W;
+  int64_t S;  // cache rows
+  float scale_log2;  // softmax scale * log2(e)
+  int num_splits;
+  float* ws_o;    // [splits, B, Hq, N, D] (num_splits > 1)
+  float* ws_lse;  // [splits, B, Hq, N]
+};
+
+// ---- small PTX wrappers -------------------------------------------------------------------------
+
+__device__ __forceinline__ uint32_t smem_addr(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool pred) {
+  // src-size 0 zero-fills the 16 destination bytes and reads nothing.
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src),
+               "r"(pred ? 16 : 0));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_addr(p)));
+}
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_addr(p)));
+}
+
+template <typename T>
+struct Mma;
+
+template <>
+struct Mma<__nv_bfloat16> {
+  // d += a (16x16, row) * b (16x8, col)
+  static __device__ __forceinline__ void run(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
+                                             uint32_t b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+        "{%8, %9}, {%0, %1, %2, %3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+  static __device__ __forceinline__ uint32_t pack(float lo, float hi) {
+    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<uint32_t*>(&v);
+  }
+};
+
+template <>
+struct Mma<__half> {
+  static __device__ __forceinline__ void run(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
+                                             uint32_t b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+        "{%8, %9}, {%0, %1, %2, %3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+  static __device__ __forceinline__ uint32_t pack(float lo, float hi) {
+    __half2 v = __floats2half2_rn(lo, hi);
+    return *reinterpret_cast<uint32_t*>(&v);
+  }
+};
+
+__device__ __forceinline__ void store(__nv_bfloat16* p, float x) { *p = __float2bfloat16_rn(x); }
+__device__ __forceinline__ void store(__half* p, float x) { *p = __float2half_rn(x); }
+
+__device__ __forceinline__ int clamp_nodes(const AttnParams& p, int b) {
+  if (p.num_nodes == nullptr) return p.N;
+  const int64_t n = load_index(p.num_nodes, p.nodes64, b);
+  return static_cast<int>(n < 0 ? 0 : (n > p.N ? p.N : n));
+}
+
+// ---- the attention kernel -----------------------------------------------------------------------
+
+template <typename T, int D, bool kChain>
+__global__ void __launch_bounds__(kThreads)
+    tree_attention_kernel(const AttnParams p) {
+  constexpr int kStride = D + 8;   // smem row stride (elements): conflict-free ldmatrix
+  constexpr int kChunks = D / 8;   // 16-byte chunks per row
+  constexpr int kKSteps = D / 16;  // k-steps of S = Q K^T
+  constexpr int kDTiles = D / 8;   // n8 tiles of O
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  T* sQ = reinterpret_cast<T*>(smem_raw);
+  T* sK = sQ + kTileM * kStride;       // [2][kTileN][kStride]
+  T* sV = sK + 2 * kTileN * kStride;   // [2][kTileN][kStride]
+
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  const int m0 = blockIdx.x * kTileM;
+  const int kvh = blockIdx.y / p.num_splits;
+  const int split = blockIdx.y % p.num_splits;
+  const int b = blockIdx.z;
+  const int rows_total = p.G * p.N;
+
+  // Per-request values from device memory.
+  int64_t P = load_index(p.prefix_len, p.prefix64, b);
+  const int64_t p_max = p.S - p.N;
+  P = P < 0 ? 0 : (P > p_max ? p_max : P);
+  const int n_valid = clamp_nodes(p, b);
+
+  // This split's prefix chunk [lo, hi), tile-aligned and balanced on the actual length.
+  int64_t chunk = (P + p.num_splits - 1) / p.num_splits;
+  chunk = (chunk + kTileN - 1) / kTileN * kTileN;
+  const int64_t lo = static_cast<int64_t>(split) * chunk;
+  const int64_t hi = lo + chunk < P ? lo + chunk : P;
+  const int n_pre = hi > lo ? static_cast<int>((hi - lo + kTileN - 1) / kTileN) : 0;
+  // Tree keys: only the last split; a node only sees itself and earlier nodes.
+  const bool owns_tree = split == p.num_splits - 1;
+  const int i_max = min(p.N - 1, (min(m0 + kTileM, rows_total) - 1) / p.G);
+  const int tree_keys = owns_tree ? i_max + 1 : 0;
+  const int n_tree = (tree_keys + kTileN - 1) / kTileN;
+  const int n_tiles = n_pre + n_tree;
+
+  const T* qg = static_cast<const T*>(p.q);
+  const T* kg = static_cast<const T*>(p.k) + b * p.k_s[0] + kvh * p.k_s[1];
+  const T* vg = static_cast<const T*>(p.v) + b * p.v_s[0] + kvh * p.v_s[1];
+
+  // Rows owned by this thread in the mma accumulator layout: r_lo and r_lo + 8 of the tile.
+  const int r_lo = m0 + warp * 16 + (lane >> 2);
+  const int r_hi = r_lo + 8;
+
+  if (n_tiles == 0) {
+    // An empty split (prefix shorter than the split count covers): contributes nothing.
+    if (p.num_splits > 1 && (lane & 3) == 0) {
+      const int rs[2] = {r_lo, r_hi};
+      for (int e = 0; e < 2; ++e) {
+        if (rs[e] >= rows_total) continue;
+        const int i = rs[e] / p.G, h = kvh * p.G + rs[e] % p.G;
+        const int64_t row = (static_cast<int64_t>(b) * p.Hq + h) * p.N + i;
+        p.ws_lse[static_cast<int64_t>(split) * p.B * p.Hq * p.N + row] = -INFINITY;
+      }
+    }
+    return;
+  }
+
+  // Q tile -> shared (zero rows past the end).
+  for (int c = tid; c < kTileM * kChunks; c += kThreads) {
+    const int r = c / kChunks, col = (c % kChunks) * 8;
+    const int R = m0 + r;
+    const bool ok = R < rows_total;
+    const int i = ok ? R / p.G : 0, h = ok ? kvh * p.G + R % p.G : 0;
+    const T* src = qg + b * p.q_s[0] + h * p.q_s[1] + i * p.q_s[2] + col;
+    cp_async16(sQ + r * kStride + col, ok ? src : qg, ok);
+  }
+
+  // K/V tile t -> stage.
+  auto load_tile = [&](int t, int stage) {
+    int64_t row0;
+    int valid;
+    if (t < n_pre) {
+      row0 = lo + static_cast<int64_t>(t) * kTileN;
+      valid = static_cast<int>(min(static_cast<int64_t>(kTileN), hi - row0));
+    } else {
+      const int j0 = (t - n_pre) * kTileN;
+      row0 = P + j0;
+      valid = min(kTileN, tree_keys - j0);
+    }
+    T* dk = sK + stage * kTileN * kStride;
+    T* dv = sV + stage * kTileN * kStride;
+    for (int c = tid; c < kTileN * kChunks; c += kThreads) {
+      const int r = c / kChunks, col = (c % kChunks) * 8;
+      const bool ok = r < valid;
+      const int64_t row = ok ? row0 + r : 0;
+      cp_async16(dk + r * kStride + col, kg + row * p.k_s[2] + col, ok);
+      cp_async16(dv + r * kStride + col, vg + row * p.v_s[2] + col, ok);
+    }
+  };
+
+  load_tile(0, 0);
+  cp_async_commit();
+
+  uint32_t qf[kKSteps][4];
+  float o[kDTiles][4];
+#pragma unroll
+  for (int d = 0; d < kDTiles; ++d) o[d][0] = o[d][1] = o[d][2] = o[d][3] = 0.f;
+  float m_run[2] = {-INFINITY, -INFINITY};
+  float l_run[2] = {0.f, 0.f};
+
+  const int i_lo = r_lo / p.G, i_hi = r_hi / p.G;  // node of each owned row (>= N: tile padding)
+  const int t4 = lane & 3;
+
+  for (int t = 0; t < n_tiles; ++t) {
+    if (t + 1 < n_tiles) load_tile(t + 1, (t + 1) & 1);
+    cp_async_commit();
+    cp_async_wait<1>();
+    __syncthreads();
+    if (t == 0) {
+#pragma unroll
+      for (int kk = 0; kk < kKSteps; ++kk)
+        ldmatrix_x4(qf[kk], sQ + (warp * 16 + (lane & 15)) * kStride + kk * 16 + (lane >> 4) * 8);
+    }
+    const T* tK = sK + (t & 1) * kTileN * kStride;
+    const T* tV = sV + (t & 1) * kTileN * kStride;
+
+    // S = Q K^T for this warp's 16 rows x 64 keys.
+    float s[kTileN / 8][4];
+#pragma unroll
+    for (int n = 0; n < kTileN / 8; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.f;
+#pragma unroll
+    for (int kk = 0; kk < kKSteps; ++kk) {
+#pragma unroll
+      for (int np = 0; np < kTileN / 16; ++np) {
+        uint32_t kb[4];
+        ldmatrix_x4(kb, tK + ((np * 2 + (lane >> 4)) * 8 + (lane & 7)) * kStride + kk * 16 +
+                            ((lane >> 3) & 1) * 8);
+        Mma<T>::run(s[2 * np], qf[kk], kb[0], kb[1]);
+        Mma<T>::run(s[2 * np + 1], qf[kk], kb[2], kb[3]);
+      }
+    }
+
+    // Scale and mask. s[n][e]: row (e < 2 ? r_lo : r_hi), key n * 8 + 2 * t4 + (e & 1).
+    if (t < n_pre) {
+      const int64_t row0 = lo + static_cast<int64_t>(t) * kTileN;
+      const int valid = static_cast<int>(min(static_cast<int64_t>(kTileN), hi - row0));
+#pragma unroll
+      for (int n = 0; n < kTileN / 8; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int key = n * 8 + 2 * t4 + (e & 1);
+          s[n][e] = key < valid ? s[n][e] * p.scale_log2 : -INFINITY;
+        }
+    } else {
+      const int j0 = (t - n_pre) * kTileN;
+      uint32_t words[2][2] = {{0u, 0u}, {0u, 0u}};
+      if (!kChain) {
+        const int is[2] = {i_lo, i_hi};
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const int i = is[h];
+          if (i < n_valid) {
+            const int32_t* row = p.anc + (static_cast<int64_t>(b) * p.N + i) * p.W;
+            const int w0 = j0 / 32;
+            words[h][0] = static_cast<uint32_t>(row[w0]);
+            words[h][1] = w0 + 1 < p.W ? static_cast<uint32_t>(row[w0 + 1]) : 0u;
+          }
+        }
+      }
+#pragma unroll
+      for (int n = 0; n < kTileN / 8; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int jl = n * 8 + 2 * t4 + (e & 1);
+          const int j = j0 + jl;
+          const int i = e < 2 ? i_lo : i_hi;
+          bool vis;
+          if (kChain) {
+            vis = j <= i;
+          } else if (i < n_valid && j < n_valid) {
+            vis = j <= i && ((words[e >> 1][jl >> 5] >> (jl & 31)) & 1u);
+          } else {
+            vis = i == j;
+          }
+          s[n][e] = vis ? s[n][e] * p.scale_log2 : -INFINITY;
+        }
+    }
+
+    // Online softmax update (two rows per thread; a row lives in the 4 lanes of a quad).
+    float alpha[2];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      float mx = -INFINITY;
+#pragma unroll
+      for (int n = 0; n < kTileN / 8; ++n) mx = fmaxf(mx, fmaxf(s[n][2 * h], s[n][2 * h + 1]));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+      const float m_new = fmaxf(m_run[h], mx);
+      const float m_use = m_new == -INFINITY ? 0.f : m_new;  // nothing visible yet: no NaN
+      alpha[h] = exp2f(m_run[h] - m_use);
+      m_run[h] = m_new;
+      float sum = 0.f;
+#pragma unroll
+      for (int n = 0; n < kTileN / 8; ++n) {
+        s[n][2 * h] = exp2f(s[n][2 * h] - m_use);
+        s[n][2 * h + 1] = exp2f(s[n][2 * h + 1] - m_use);
+        sum += s[n][2 * h] + s[n][2 * h + 1];
+      }
+      l_run[h] = l_run[h] * alpha[h] + sum;  // per-lane partial; reduced over the quad at the end
+    }
+#pragma unroll
+    for (int d = 0; d < kDTiles; ++d) {
+      o[d][0] *= alpha[0];
+      o[d][1] *= alpha[0];
+      o[d][2] *= alpha[1];
+      o[d][3] *= alpha[1];
+    }
+
+    // O += P V: the S accumulators of key tiles 2ks, 2ks+1 are the A fragment of k-step ks.
+#pragma unroll
+    for (int ks = 0; ks < kTileN / 16; ++ks) {
+      const uint32_t pa[4] = {Mma<T>::pack(s[2 * ks][0], s[2 * ks][1]),
+                              Mma<T>::pack(s[2 * ks][2], s[2 * ks][3]),
+                              Mma<T>::pack(s[2 * ks + 1][0], s[2 * ks + 1][1]),
+                              Mma<T>::pack(s[2 * ks + 1][2], s[2 * ks + 1][3])};
+#pragma unroll
+      for (int dp = 0; dp < kDTiles / 2; ++dp) {
+        uint32_t vb[4];
+        ldmatrix_x4_trans(vb, tV + (ks * 16 + ((lane >> 3) & 1) * 8 + (lane & 7)) * kStride +
+                                  (dp * 2 + (lane >> 4)) * 8);
+        Mma<T>::run(o[2 * dp], pa, vb[0], vb[1]);
+        Mma<T>::run(o[2 * dp + 1], pa, vb[2], vb[3]);
+      }
+    }
+    __syncthreads();  // the next iteration overwrites this stage
+  }
+  cp_async_wait<0>();
+
+  // Epilogue: normalise and store (or store the partial + LSE for the combine kernel).
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    float l = l_run[h];
+    l += __shfl_xor_sync(0xffffffffu, l, 1);
+    l += __shfl_xor_sync(0xffffffffu, l, 2);
+    const int r = h == 0 ? r_lo : r_hi;
+    if (r >= rows_total) continue;
+    const int i = r / p.G, hq = kvh * p.G + r % p.G;
+    const float inv = l > 0.f ? 1.f / l : 0.f;
+    if (p.num_splits == 1) {
+      T* dst = static_cast<T*>(p.out) + b * p.o_s[0] + hq * p.o_s[1] + i * p.o_s[2];
+#pragma unroll
+      for (int d = 0; d < kDTiles; ++d) {
+        const uint32_t v = Mma<T>::pack(o[d][2 * h] * inv, o[d][2 * h + 1] * inv);
+        *reinterpret_cast<uint32_t*>(dst + d * 8 + 2 * t4) = v;
+      }
+    } else {
+      const int64_t row = (static_cast<int64_t>(b) * p.Hq + hq) * p.N + i;
+      const int64_t srow = static_cast<int64_t>(split) * p.B * p.Hq * p.N + row;
+      float* dst = p.ws_o + srow * D;
+#pragma unroll
+      for (int d = 0; d < kDTiles; ++d)
+        *reinterpret_cast<float2*>(dst + d * 8 + 2 * t4) =
+            make_float2(o[d][2 * h] * inv, o[d][2 * h + 1] * inv);
+      if (t4 == 0) p.ws_lse[srow] = l > 0.f ? m_run[h] + log2f(l) : -INFINITY;
+    }
+  }
+}
+
+// ---- split combine: one warp per output row ---------------------------------------------------
+
+template <typename T, int D>
+__global__ void __launch_bounds__(128) tree_attention_combine_kernel(const AttnParams p) {
+  constexpr int kPerLane = D / 32;
+  const int64_t rows = static_cast<int64_t>(p.B) * p.Hq * p.N;
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * 4 + (threadIdx.x >> 5);
+  const int lane = threadIdx.x & 31;
+  if (row >= rows) return;
+  float m = -INFINITY;
+  for (int s = 0; s < p.num_splits; ++s) m = fmaxf(m, p.ws_lse[s * rows + row]);
+  float acc[kPerLane] = {};
+  float wsum = 0.f;
+  if (m != -INFINITY) {
+    for (int s = 0; s < p.num_splits; ++s) {
+      const float lse = p.ws_lse[s * rows + row];
+      if (lse == -INFINITY) continue;
+      const float w = exp2f(lse - m);
+      wsum += w;
+      const float* src = p.ws_o + (s * rows + row) * D;
+#pragma unroll
+      for (int e = 0; e < kPerLane; ++e) acc[e] += w * src[lane + 32 * e];
+    }
+  }
+  const float inv = wsum > 0.f ? 1.f / wsum : 0.f;
+  const int i = static_cast<int>(row % p.N);
+  const int64_t bh = row / p.N;
+  const int hq = static_cast<int>(bh % p.Hq), b = static_cast<int>(bh / p.Hq);
+  T* dst = static_cast<T*>(p.out) + b * p.o_s[0] + hq * p.o_s[1] + i * p.o_s[2];
+#pragma unroll
+  for (int e = 0; e < kPerLane; ++e) {
+    store(dst + lane + 32 * e, acc[e] * inv);
+  }
+}
+
+constexpr size_t smem_bytes(int D) {
+  return static_cast<size_t>(kTileM + 4 * kTileN) * (D + 8) * 2;
+}
+
+template <typename T, int D, bool kChain>
+Status launch_typed(const AttnParams& p, cudaStream_t stream) {
+  auto kernel = tree_attention_kernel<T, D, kChain>;
+  const size_t smem = smem_bytes(D);
+  if (smem > 48 * 1024) {
+    const cudaError_t e =
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             static_cast<int>(smem));
+    if (e != cudaSuccess)
+      return Internal(std::string("tree_attention: cudaFuncSetAttribute: ") +
+                      cudaGetErrorString(e));
+  }
+  const int m_tiles = (p.G * p.N + kTileM - 1) / kTileM;
+  const dim3 grid(static_cast<unsigned>(m_tiles), static_cast<unsigned>(p.Hkv * p.num_splits),
+                  static_cast<unsigned>(p.B));
+  kernel<<<grid, kThreads, smem, stream>>>(p);
+  cudaError_t err = cudaGetLastError();
+  if (err != cudaSuccess)
+    return Internal(std::string("tree_attention: ") + cudaGetErrorString(err));
+  if (p.num_splits > 1) {
+    const int64_t rows = static_cast<int64_t>(p.B) * p.Hq * p.N;
+    tree_attention_combine_kernel<T, D>
+        <<<static_cast<unsigned>((rows + 3) / 4), 128, 0, stream>>>(p);
+    err = cudaGetLastError();
+    if (err != cudaSuccess)
+      return Internal(std::string("tree_attention (combine): ") + cudaGetErrorString(err));
+  }
+  return Status::Ok();
+}
+
+template <typename T>
+Status launch_dtype(const AttnParams& p, int D, bool chain, cudaStream_t s) {
+  if (D == 64) return chain ? launch_typed<T, 64, true>(p, s) : launch_typed<T, 64, false>(p, s);
+  return chain ? launch_typed<T, 128, true>(p, s) : launch_typed<T, 128, false>(p, s);
+}
+
+bool aligned16(const TensorView& t) {
+  if (reinterpret_cast<uintptr_t>(t.data) % 16 != 0) return false;
+  for (int d = 0; d < t.ndim - 1; ++d)
+    if (t.shape[d] > 1 && t.strides[d] % 8 != 0) return false;
+  return true;
+}
+
+}  // namespace
+
+Status tree_attention(const TensorView& q, const TensorView& k_cache, const TensorView& v_cache,
+                      const TensorView& prefix_len, const TensorView* tree_anc,
+                      const TensorView* num_nodes, float scale, bool is_chain, int num_splits,
+                      const TensorView& out, void* workspace, Stream stream) {
+  const int64_t B = q.shape[0], Hq = q.shape[1], N = q.shape[2], D = q.shape[3];
+  const int64_t Hkv = k_cache.shape[1];
+  if (q.dtype != DType::kBFloat16 && q.dtype != DType::kFloat16)
+    return Unsupported("tree_attention: the CUDA kernel supports bfloat16 and float16, got " +
+                       std::string(dtype_name(q.dtype)));
+  if (D != 64 && D != 128)
+    return Unsupported("tree_attention: the CUDA kernel supports head_dim 64 and 128, got " +
+                       std::to_string(D));
+  if (!aligned16(q) || !aligned16(k_cache) || !aligned16(v_cache) || !aligned16(out))
+    return InvalidValue(
+        "tree_attention: the CUDA kernel needs 16-byte aligned q/k_cache/v_cache/out with "
+        "strides that are multiples of 8 elements (call .contiguous())");
+  if (B == 0 || Hq == 0) return Status::Ok();
+  if (B > 65535) return Unsupported("tree_attention: the CUDA kernel supports B <= 65535");
+  AttnParams p{};
+  p.q = q.data;
+  p.k = k_cache.data;
+  p.v = v_cache.data;
+  p.out = out.data;
+  for (int d = 0; d < 3; ++d) {
+    p.q_s[d] = q.strides[d];
+    p.k_s[d] = k_cache.strides[d];
+    p.v_s[d] = v_cache.strides[d];
+    p.o_s[d] = out.strides[d];
+  }
+  p.prefix_len = prefix_len.data;
+  p.prefix64 = prefix_len.dtype == DType::kInt64;
+  p.anc = (is_chain || tree_anc == nullptr) ? nullptr : tree_anc->ptr<const int32_t>();
+  p.num_nodes = num_nodes != nullptr ? num_nodes->data : nullptr;
+  p.nodes64 = num_nodes != nullptr && num_nodes->dtype == DType::kInt64;
+  p.B = static_cast<int>(B);
+  p.Hq = static_cast<int>(Hq);
+  p.Hkv = static_cast<int>(Hkv);
+  p.G = static_cast<int>(Hq / Hkv);
+  p.N = static_cast<int>(N);
+  p.W = static_cast<int>((N + 31) / 32);
+  p.S = k_cache.shape[2];
+  p.scale_log2 = scale * kLog2e;
+  p.num_splits = num_splits < 1 ? 1 : num_splits;
+  if (p.num_splits > 1) {
+    p.ws_o = static_cast<float*>(workspace);
+    p.ws_lse = p.ws_o + static_cast<int64_t>(p.num_splits) * B * Hq * N * D;
+  }
+  const bool chain = p.anc == nullptr;
+  auto s = static_cast<cudaStream_t>(stream);
+  if (q.dtype == DType::kBFloat16) return launch_dtype<__nv_bfloat16>(p, int(D), chain, s);
+  return launch_dtype<__half>(p, int(D), chain, s);
+}
+
+}  // namespace difftree::cuda
