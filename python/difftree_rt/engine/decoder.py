@@ -24,7 +24,7 @@ replaces with a one-round-late read from a pinned buffer.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -271,6 +271,7 @@ class SpeculativeDecoder:
         top_p: float | None = None,
         seed: int | None = None,
         stop_token_ids: int | Sequence[int] | Tensor | None = None,
+        streamer: Callable[[list[int]], None] | None = None,
     ) -> GenerationOutput:
         """Generate up to ``max_new_tokens`` tokens after ``input_ids`` ``[1, T]``.
 
@@ -279,7 +280,8 @@ class SpeculativeDecoder:
         (temperature, top-k, top-p) token by token. ``seed`` keys every draw by
         (seed, round, node); None draws a seed from torch's global generator. Generation ends
         after a token of ``stop_token_ids`` (kept in the output) or ``max_new_tokens``
-        tokens, never more.
+        tokens, never more. ``streamer``, when given, is called with the new token ids after
+        the first token and after every round (one extra host read per call; None: no cost).
 
         Returns:
             :class:`GenerationOutput` with ``sequences`` ``[1, T + new]`` and ``stats``.
@@ -290,6 +292,7 @@ class SpeculativeDecoder:
         params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
         params.validate()
 
+        self._streamer = streamer
         prompt_len = ids.shape[1]
         adapter = self._adapter_for(prompt_len + max_new_tokens + self.capacity)
         adapter.reset()
@@ -309,6 +312,12 @@ class SpeculativeDecoder:
     # ------------------------------------------------------------------------------------------
     # Shared pieces
     # ------------------------------------------------------------------------------------------
+    def _stream(self, out_buf: Tensor, begin: int, end: int) -> None:
+        """Hand tokens ``out_buf[0, begin:end]`` to the streamer (if any)."""
+        streamer = getattr(self, "_streamer", None)
+        if streamer is not None and end > begin:
+            streamer([int(t) for t in out_buf[0, begin:end].tolist()])
+
     @staticmethod
     def _host_read(*values: Tensor) -> list[int]:
         """The one device->host read per round: small integer tensors ([B] each) -> ints.
@@ -362,6 +371,7 @@ class SpeculativeDecoder:
         with timer.phase("host"):
             (stopped,) = self._host_read(is_stop)
         generated = 1
+        self._stream(out_buf, 0, 1)
         step = 0
         while not stopped and generated < max_new:
             step += 1
@@ -374,6 +384,7 @@ class SpeculativeDecoder:
             with timer.phase("host"):
                 (stopped,) = self._host_read(is_stop)
                 generated += 1
+                self._stream(out_buf, generated - 1, generated)
                 stats.accepted_lengths.append(0)
                 stats.emitted_per_round.append(1)
         stats.stopped = bool(stopped)
@@ -412,6 +423,7 @@ class SpeculativeDecoder:
         with timer.phase("host"):
             (stopped,) = self._host_read(is_stop)
         generated = 1
+        self._stream(out_buf, 0, 1)
         start = prompt_len  # committed rows = drafter context rows
         round_idx = 0
         done = bool(stopped) or generated >= max_new
@@ -457,9 +469,11 @@ class SpeculativeDecoder:
                 out_buf.scatter_(1, dest, emit)
                 generated_t = generated_t + num_emit
             with timer.phase("host"):
+                before = generated
                 acc, nxt, ended, generated = self._host_read(
                     walk.accepted, walk.next_token, walk.done, generated_t
                 )
+                self._stream(out_buf, before, generated)
                 # Keep the target's host-side length bound exact (attention key span).
                 adapter.cache.sync_len_bound()
                 new_features = path_features[:, : acc + 1].to(drafter.dtype)

@@ -1,0 +1,1 @@
+"""Training: DFlash drafters for any HF target, and the reference pair."""
