@@ -41,5 +41,20 @@ else
   echo "[test] clang not available: sanitizer and fuzz steps skipped"
 fi
 
+# The Python op tests against an ASan + UBSan build of the extension (gcc; the runtime must be
+# preloaded into python, with libstdc++ so exceptions thrown by the core are intercepted).
+if command -v gcc >/dev/null 2>&1; then
+  echo "[test] Python op tests against the sanitizer build of the extension"
+  cmake -S . -B build/asan-py "${GEN[@]}" -DDIFFTREE_PYTHON=ON -DDIFFTREE_SANITIZE=ON \
+    -DDIFFTREE_CUDA=OFF -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+    -Dpybind11_DIR="$("$PY" -m pybind11 --cmakedir)" -DPython_EXECUTABLE="$(command -v "$PY")" >/dev/null
+  cmake --build build/asan-py -j "$(nproc)"
+  ext=$(ls build/asan-py/_C*.so)
+  LD_PRELOAD="$(gcc -print-file-name=libasan.so) $(gcc -print-file-name=libstdc++.so)" \
+    ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+    DIFFTREE_RT_EXT="$ext" "$PY" -m pytest -q -p no:cacheprovider -p no:warnings tests/ops \
+    -k "not torch_compile"
+fi
+
 echo "[test] Python tests"
 "$PY" -m pytest -q -p no:cacheprovider "$@"

@@ -78,3 +78,32 @@ def test_demo_runs_small() -> None:
     ).stdout
     assert "root" in out and "budget" in out
     assert out.count("\n") > 10
+
+
+def test_extension_override_env(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """DIFFTREE_RT_EXT loads the core from another build (used for the sanitizer test run)."""
+    code = "import difftree_rt._ext as e; print(e._C.__file__)"
+    env = dict(__import__("os").environ, DIFFTREE_RT_EXT=_C.__file__)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env
+    ).stdout.strip()
+    assert out == _C.__file__
+    env["DIFFTREE_RT_EXT"] = str(tmp_path / "missing.so")
+    bad = subprocess.run(
+        [sys.executable, "-c", "from difftree_rt import ops; ops.topk_logprobs"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert bad.returncode == 0  # importing ops is fine; using the core raises a clear ImportError
+    use = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import torch; from difftree_rt import ops; ops.topk_logprobs(torch.zeros(1, 1, 2), 1)",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert use.returncode != 0 and "difftree_rt._C" in use.stderr

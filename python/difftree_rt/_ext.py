@@ -2,13 +2,34 @@
 
 from __future__ import annotations
 
+import importlib.util
+import os
+import sys
 from typing import Any
 
 import torch
 from torch import Tensor
 
+
+def _load() -> Any:
+    # DIFFTREE_RT_EXT=/path/to/_C*.so runs the package against another build of the core (e.g.
+    # the sanitizer build in scripts/test.sh); normally the installed extension is used.
+    path = os.environ.get("DIFFTREE_RT_EXT")
+    if not path:
+        from . import _C as module  # type: ignore[attr-defined]
+
+        return module
+    spec = importlib.util.spec_from_file_location("difftree_rt._C", path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"DIFFTREE_RT_EXT={path!r} is not a loadable extension module")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    sys.modules["difftree_rt._C"] = module
+    return module
+
+
 try:
-    from . import _C  # type: ignore[attr-defined]
+    _C = _load()
 except ImportError as exc:  # pragma: no cover - exercised only on a broken install
     _C = None
     _IMPORT_ERROR: ImportError | None = exc
