@@ -185,4 +185,91 @@ PYBIND11_MODULE(_C, m) {
                                        view(base_len, "base_len"), view(path, "path"),
                                        view(accepted, "accepted"), stream_ptr(stream)));
   });
+
+  // ---- caddtree_select / ngram_update / presto_select (policies; CPU) ----
+  m.def("check_caddtree_select", [](py::handle cand_token, py::handle cand_logprob,
+                                    int64_t max_budget, py::object root_token,
+                                    py::handle verify_cost, py::handle draft_cost) {
+    auto root = maybe_view(root_token, "root_token");
+    raise_if_error(difftree::check_caddtree_select(
+        view(cand_token, "cand_token"), view(cand_logprob, "cand_logprob"), max_budget, ptr(root),
+        view(verify_cost, "verify_cost"), view(draft_cost, "draft_cost")));
+  });
+  m.def("caddtree_select", [](py::handle cand_token, py::handle cand_logprob, int64_t max_budget,
+                              py::object root_token, py::handle verify_cost,
+                              py::handle draft_cost, py::tuple tree, uintptr_t stream) {
+    auto root = maybe_view(root_token, "root_token");
+    raise_if_error(difftree::caddtree_select(
+        view(cand_token, "cand_token"), view(cand_logprob, "cand_logprob"), max_budget, ptr(root),
+        view(verify_cost, "verify_cost"), view(draft_cost, "draft_cost"), tree_view(tree),
+        stream_ptr(stream)));
+  });
+  m.def("ngram_update", [](py::handle keys, py::handle counts, py::handle tokens, int64_t start,
+                           int64_t order) {
+    int64_t fresh = 0;
+    raise_if_error(difftree::ngram_update(view(keys, "keys"), view(counts, "counts"),
+                                          view(tokens, "tokens"), start, order, &fresh));
+    return fresh;
+  });
+  auto presto_params = [](int64_t order, double alpha, double lam, int64_t vocab) {
+    difftree::PrestoParams p;
+    p.order = order;
+    p.alpha = alpha;
+    p.lam = lam;
+    p.vocab = vocab;
+    return p;
+  };
+  m.def("check_presto_select", [presto_params](py::handle cand_token, py::handle cand_logprob,
+                                               int64_t budget, py::object root_token,
+                                               py::handle context, py::handle keys,
+                                               py::handle counts, int64_t order, double alpha,
+                                               double lam, int64_t vocab) {
+    auto root = maybe_view(root_token, "root_token");
+    raise_if_error(difftree::check_presto_select(
+        view(cand_token, "cand_token"), view(cand_logprob, "cand_logprob"), budget, ptr(root),
+        view(context, "context"), view(keys, "keys"), view(counts, "counts"),
+        presto_params(order, alpha, lam, vocab)));
+  });
+  m.def("presto_select", [presto_params](py::handle cand_token, py::handle cand_logprob,
+                                         int64_t budget, py::object root_token,
+                                         py::handle context, py::handle keys, py::handle counts,
+                                         int64_t order, double alpha, double lam, int64_t vocab,
+                                         py::tuple tree, uintptr_t stream) {
+    auto root = maybe_view(root_token, "root_token");
+    raise_if_error(difftree::presto_select(
+        view(cand_token, "cand_token"), view(cand_logprob, "cand_logprob"), budget, ptr(root),
+        view(context, "context"), view(keys, "keys"), view(counts, "counts"),
+        presto_params(order, alpha, lam, vocab), tree_view(tree), stream_ptr(stream)));
+  });
+
+  m.def("check_tree_attention", [](py::handle q, py::handle k_cache, py::handle v_cache,
+                                   py::handle prefix_len, py::object tree_anc,
+                                   py::object num_nodes, double scale, bool is_chain) {
+    auto anc = maybe_view(tree_anc, "tree_anc");
+    auto nodes = maybe_view(num_nodes, "num_nodes");
+    raise_if_error(difftree::check_tree_attention(
+        view(q, "q"), view(k_cache, "k_cache"), view(v_cache, "v_cache"),
+        view(prefix_len, "prefix_len"), ptr(anc), ptr(nodes), static_cast<float>(scale),
+        is_chain));
+  });
+  m.def("tree_attention",
+        [](py::handle q, py::handle k_cache, py::handle v_cache, py::handle prefix_len,
+           py::object tree_anc, py::object num_nodes, double scale, bool is_chain,
+           int64_t num_splits, py::handle out, py::object workspace, uintptr_t stream) {
+          auto anc = maybe_view(tree_anc, "tree_anc");
+          auto nodes = maybe_view(num_nodes, "num_nodes");
+          auto ws = maybe_view(workspace, "workspace");
+          raise_if_error(difftree::tree_attention(
+              view(q, "q"), view(k_cache, "k_cache"), view(v_cache, "v_cache"),
+              view(prefix_len, "prefix_len"), ptr(anc), ptr(nodes), static_cast<float>(scale),
+              is_chain, num_splits, view(out, "out"), ptr(ws), stream_ptr(stream)));
+        });
+  m.def("tree_attention_num_splits", [](int64_t B, int64_t H_q, int64_t H_kv, int64_t N,
+                                        int64_t S_max) {
+    return difftree::tree_attention_num_splits(B, H_q, H_kv, N, S_max);
+  });
+  m.def("tree_attention_workspace_bytes", [](int64_t B, int64_t H_q, int64_t H_kv, int64_t N,
+                                             int64_t D, int64_t S_max, int64_t num_splits) {
+    return difftree::tree_attention_workspace_bytes(B, H_q, H_kv, N, D, S_max, num_splits);
+  });
 }

@@ -24,6 +24,7 @@ __all__ = [
     "kv_commit",
     "node_select",
     "topk_logprobs",
+    "tree_attention",
     "tree_attention_mask",
     "tree_positions",
     "tree_walk",
@@ -509,3 +510,313 @@ def node_select(
         _per_request(round_idx, B, torch.int64, dev, "round_idx"),
     )
     return _call(_node_select, torch.ops.difftree.node_select, logits, *args)
+
+
+# ---- caddtree_select / ngram_update / presto_select (policies; CPU for now) -----------------
+
+
+@torch.library.custom_op("difftree::caddtree_select", mutates_args=())
+def _caddtree_select(
+    cand_token: Tensor,
+    cand_logprob: Tensor,
+    max_budget: int,
+    root_token: Optional[Tensor],
+    verify_cost: Tensor,
+    draft_cost: Tensor,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    C = ext()
+    inputs = (
+        dl(cand_token),
+        dl(cand_logprob),
+        max_budget,
+        dl_opt(root_token),
+        dl(verify_cost),
+        dl(draft_cost),
+    )
+    C.check_caddtree_select(*inputs)
+    arrays = _empty_tree(cand_logprob, cand_logprob.shape[0], max_budget + 1)
+    C.caddtree_select(*inputs, tuple(dl(a) for a in arrays), stream_of(cand_logprob))
+    return arrays
+
+
+@_caddtree_select.register_fake
+def _(cand_token, cand_logprob, max_budget, root_token, verify_cost, draft_cost):
+    return _empty_tree(cand_logprob, cand_logprob.shape[0], max_budget + 1)
+
+
+def caddtree_select_from_candidates(
+    cand_token: Tensor,
+    cand_logprob: Tensor,
+    max_budget: int,
+    verify_cost: Tensor,
+    draft_cost: Tensor,
+    root_token: Tensor | None = None,
+) -> DraftTree:
+    """CaDDTree (ALGORITHMS.md §5): the DDTree tree at ``max_budget`` cut where the estimated
+    throughput ``θ(n) = (1 + Φ(n)) / (C_d + C_v(n))`` stops improving.
+
+    Args:
+        cand_token, cand_logprob: ``[B, L, K]`` candidates as for
+            :func:`ddtree_select_from_candidates` (CPU tensors for now).
+        max_budget: the largest tree (draft nodes, 1..4096).
+        verify_cost: float32 ``[B, max_budget + 1]``: ``C_v(n)``, cost of verifying ``1 + n``
+            tokens at each request's context (see ``difftree_rt.policies.CostTable``).
+        draft_cost: float32 ``[B]``: ``C_d``.
+        root_token: optional ``[B]`` bonus tokens.
+
+    Returns:
+        A :class:`DraftTree` of capacity ``max_budget + 1`` with ``num_nodes = 1 + n*``; rows
+        past it are padding. Bit-identical to ``difftree_rt.policies.reference``.
+    """
+    for name, t in (
+        ("cand_token", cand_token),
+        ("cand_logprob", cand_logprob),
+        ("verify_cost", verify_cost),
+        ("draft_cost", draft_cost),
+    ):
+        require_tensor(t, name)
+    if root_token is not None:
+        require_tensor(root_token, "root_token")
+    arrays = _call(
+        _caddtree_select,
+        torch.ops.difftree.caddtree_select,
+        cand_token,
+        cand_logprob,
+        int(max_budget),
+        root_token,
+        verify_cost,
+        draft_cost,
+    )
+    return DraftTree.from_arrays(arrays, max_depth=int(cand_logprob.shape[1]))
+
+
+def ngram_update(keys: Tensor, counts: Tensor, tokens: Tensor, start: int, order: int) -> int:
+    """Add the n-grams (lengths ``1..order``) ending at ``tokens[start:]`` to the count table
+    ``(keys int64 [H], counts int32 [H])`` in place; ``tokens[:start]`` is history only.
+
+    Returns the number of newly used slots. Raises ``ValueError`` when the table is full (keep
+    its load below 1/2; ``difftree_rt.policies.NGramPrior`` grows it for you).
+    """
+    require_tensor(keys, "keys")
+    require_tensor(counts, "counts")
+    require_tensor(tokens, "tokens")
+    return int(ext().ngram_update(dl(keys), dl(counts), dl(tokens), int(start), int(order)))
+
+
+@torch.library.custom_op("difftree::presto_select", mutates_args=())
+def _presto_select(
+    cand_token: Tensor,
+    cand_logprob: Tensor,
+    budget: int,
+    root_token: Optional[Tensor],
+    context: Tensor,
+    keys: Tensor,
+    counts: Tensor,
+    order: int,
+    alpha: float,
+    lam: float,
+    vocab: int,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    C = ext()
+    inputs = (
+        dl(cand_token),
+        dl(cand_logprob),
+        budget,
+        dl_opt(root_token),
+        dl(context),
+        dl(keys),
+        dl(counts),
+        order,
+        alpha,
+        lam,
+        vocab,
+    )
+    C.check_presto_select(*inputs)
+    arrays = _empty_tree(cand_logprob, cand_logprob.shape[0], budget + 1)
+    C.presto_select(*inputs, tuple(dl(a) for a in arrays), stream_of(cand_logprob))
+    return arrays
+
+
+@_presto_select.register_fake
+def _(cand_token, cand_logprob, budget, root_token, context, keys, counts, order, alpha, lam, vocab):
+    return _empty_tree(cand_logprob, cand_logprob.shape[0], budget + 1)
+
+
+def presto_select_from_candidates(
+    cand_token: Tensor,
+    cand_logprob: Tensor,
+    budget: int,
+    context: Tensor,
+    keys: Tensor,
+    counts: Tensor,
+    *,
+    order: int,
+    vocab: int,
+    lam: float = 0.2,
+    alpha: float = 1.0,
+    root_token: Tensor | None = None,
+) -> DraftTree:
+    """PRESTO (ALGORITHMS.md §7): best-first selection with per-parent normalised edge scores
+    ``log q + λ log p_a(t | path) - log Z(parent)`` from an n-gram prior (cpu/presto.cpp).
+
+    Args:
+        cand_token, cand_logprob: ``[B, L, K]`` candidates (CPU tensors for now).
+        budget: draft nodes, 1..4096.
+        context: ``[B, order - 1]`` the last tokens of each stream ending with the root token,
+            left-padded with -1.
+        keys, counts: the n-gram count table (``difftree_rt.policies.NGramPrior``).
+        order, vocab, lam, alpha: n, V, λ and the smoothing mass α.
+        root_token: optional ``[B]`` bonus tokens.
+
+    Returns:
+        A :class:`DraftTree` (capacity ``budget + 1``), bit-identical to
+        ``difftree_rt.policies.reference.presto_select_from_candidates``; ``lam=0`` gives the
+        DDTree tree exactly.
+    """
+    for name, t in (
+        ("cand_token", cand_token),
+        ("cand_logprob", cand_logprob),
+        ("context", context),
+        ("keys", keys),
+        ("counts", counts),
+    ):
+        require_tensor(t, name)
+    if root_token is not None:
+        require_tensor(root_token, "root_token")
+    arrays = _call(
+        _presto_select,
+        torch.ops.difftree.presto_select,
+        cand_token,
+        cand_logprob,
+        int(budget),
+        root_token,
+        context,
+        keys,
+        counts,
+        int(order),
+        float(alpha),
+        float(lam),
+        int(vocab),
+    )
+    return DraftTree.from_arrays(arrays, max_depth=int(cand_logprob.shape[1]))
+
+
+# ---- tree_attention ------------------------------------------------------------------------
+
+
+def _tree_attention_out(q: Tensor) -> Tensor:
+    # [B, H_q, N, D] as a transposed view of [B, N, H_q, D]: the layout the model's o_proj wants,
+    # so the HF attention path's ``transpose(1, 2).contiguous()`` is free.
+    B, H, N, D = q.shape
+    return q.new_empty((B, N, H, D)).transpose(1, 2)
+
+
+@torch.library.custom_op("difftree::tree_attention", mutates_args=())
+def _tree_attention(
+    q: Tensor,
+    k_cache: Tensor,
+    v_cache: Tensor,
+    prefix_len: Tensor,
+    tree_anc: Optional[Tensor],
+    num_nodes: Optional[Tensor],
+    scale: float,
+    is_chain: bool,
+    num_splits: int,
+) -> Tensor:
+    C = ext()
+    inputs = (
+        dl(q),
+        dl(k_cache),
+        dl(v_cache),
+        dl(prefix_len),
+        dl_opt(tree_anc),
+        dl_opt(num_nodes),
+        scale,
+        is_chain,
+    )
+    C.check_tree_attention(*inputs)
+    out = _tree_attention_out(q)
+    workspace = None
+    if q.is_cuda:  # split-KV scratch for the CUDA kernel (the CPU path needs none)
+        B, H_q, N, D = q.shape
+        nbytes = C.tree_attention_workspace_bytes(
+            B, H_q, k_cache.shape[1], N, D, k_cache.shape[2], num_splits
+        )
+        if nbytes > 0:
+            workspace = torch.empty(nbytes, dtype=torch.uint8, device=q.device)
+    C.tree_attention(*inputs, num_splits, dl(out), dl_opt(workspace), stream_of(q))
+    return out
+
+
+@_tree_attention.register_fake
+def _(q, k_cache, v_cache, prefix_len, tree_anc, num_nodes, scale, is_chain, num_splits):
+    return _tree_attention_out(q)
+
+
+def tree_attention(
+    q: Tensor,
+    k_cache: Tensor,
+    v_cache: Tensor,
+    prefix_len: Tensor,
+    tree_anc: Tensor | None,
+    num_nodes: Tensor | None,
+    scale: float,
+    is_chain: bool = False,
+    num_splits: int = 0,
+) -> Tensor:
+    """Tree-verification attention over a static KV cache (CPU: fp32 oracle; CUDA: fused kernel).
+
+    Query row i of request b sees every committed key ``[0, prefix_len[b])`` and tree key j (cache
+    row ``prefix_len[b] + j``) iff j is i or an ancestor of i (bit j of ``tree_anc[b, i]``), or,
+    for a chain (``is_chain`` or ``tree_anc=None``), iff ``j <= i``. Rows and keys at or past
+    ``num_nodes[b]`` are padding: they see / are seen by only themselves in the tree part. One
+    softmax over all visible keys, fp32 accumulation. Same semantics as
+    :func:`difftree_rt.models.tree_attention.tree_attention_reference` for well-formed trees.
+
+    Args:
+        q: ``[B, H_q, N, D]`` float32/float16/bfloat16 (last dim contiguous; CUDA: f16/bf16,
+            D in {64, 128}).
+        k_cache, v_cache: ``[B, H_kv, S_max, D]`` in q's dtype, the tree's K/V already written at
+            rows ``prefix_len + i``; ``H_q`` a multiple of ``H_kv`` (GQA).
+        prefix_len: ``[B]`` int32/int64 committed rows, ``0 <= prefix_len <= S_max - N``.
+        tree_anc: ``[B, N, ceil(N/32)]`` int32 ancestor bitmask (uint32 is viewed), or None.
+        num_nodes: ``[B]`` int32/int64 valid nodes, or None (all N).
+        scale: softmax scale (usually ``D ** -0.5``).
+        is_chain: causal inside the tree; ``tree_anc`` is not read.
+        num_splits: CUDA split-KV count (0: automatic); ignored on the CPU.
+
+    Returns:
+        ``[B, H_q, N, D]`` in q's dtype (a transposed view of a ``[B, N, H_q, D]`` buffer).
+    """
+    for name, t in (("q", q), ("k_cache", k_cache), ("v_cache", v_cache)):
+        require_tensor(t, name)
+    require_tensor(prefix_len, "prefix_len")
+    if tree_anc is not None:
+        require_tensor(tree_anc, "tree_anc")
+        if tree_anc.dtype == torch.uint32:
+            tree_anc = tree_anc.view(torch.int32)
+    if num_nodes is not None:
+        require_tensor(num_nodes, "num_nodes")
+    return _call(
+        _tree_attention,
+        torch.ops.difftree.tree_attention,
+        q,
+        k_cache,
+        v_cache,
+        prefix_len,
+        tree_anc,
+        num_nodes,
+        float(scale),
+        bool(is_chain),
+        int(num_splits),
+    )
+
+
+def tree_attention_workspace_bytes(q: Tensor, k_cache: Tensor, num_splits: int = 0) -> int:
+    """Bytes of split-KV scratch the CUDA :func:`tree_attention` allocates for these shapes."""
+    B, H_q, N, D = q.shape
+    return int(
+        ext().tree_attention_workspace_bytes(
+            B, H_q, k_cache.shape[1], N, D, k_cache.shape[2], int(num_splits)
+        )
+    )

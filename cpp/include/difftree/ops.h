@@ -110,4 +110,85 @@ Status check_node_select(const TensorView& logits, const SamplingViews& params);
 Status node_select(const TensorView& logits, const SamplingViews& params, const TensorView& out,
                    Stream stream);
 
+// ---- caddtree_select (CPU) ------------------------------------------------------------------
+// CaDDTree (ALGORITHMS.md §5): the DDTree tree at `max_budget`, cut at the first n at which
+// admitting node n + 1 does not raise θ(n) = (1 + Φ(n)) / (C_d + C_v(n)), Φ(n) = Σ_{j<=n}
+// exp(score_j) in best-first order. verify_cost f32 [B, max_budget + 1]: C_v(n) = the cost of
+// verifying 1 + n tokens (root included) at each request's context, already interpolated from
+// a cost table; draft_cost f32 [B]: C_d. Costs finite, >= 0, C_d + C_v(n) > 0. Output: a tree
+// of capacity max_budget + 1 whose num_nodes is 1 + the chosen n (rows past it padding). θ is
+// evaluated in double (exp from libm), one operation at a time, as the Python reference does.
+// CUDA tensors: Unsupported for now (the engine policy runs it on the host).
+Status check_caddtree_select(const TensorView& cand_token, const TensorView& cand_logprob,
+                             int64_t max_budget, const TensorView* root_token,
+                             const TensorView& verify_cost, const TensorView& draft_cost);
+Status caddtree_select(const TensorView& cand_token, const TensorView& cand_logprob,
+                       int64_t max_budget, const TensorView* root_token,
+                       const TensorView& verify_cost, const TensorView& draft_cost,
+                       const TreeView& tree, Stream stream);
+
+// ---- ngram_update / presto_select (CPU) -----------------------------------------------------
+// PRESTO (ALGORITHMS.md §7). The n-gram prior is a count table in two caller-owned tensors:
+// keys int64 [H] (H a power of two, 0 = empty slot), counts int32 [H]. ngram_update adds the
+// n-grams (lengths 1..order) ending at positions start..T-1 of tokens [T] (int32/int64; the
+// tokens before `start` are history only) in place and reports how many slots it newly used;
+// it fails with InvalidValue when the table is full (keep the load below 1/2: each token adds at
+// most 2 * order keys). See cpu/presto.cpp for the key layout and the smoothing.
+Status check_ngram_update(const TensorView& keys, const TensorView& counts,
+                          const TensorView& tokens, int64_t start, int64_t order);
+Status ngram_update(const TensorView& keys, const TensorView& counts, const TensorView& tokens,
+                    int64_t start, int64_t order, int64_t* new_keys);
+
+// Smoothing and weighting of the prior: p_0 = 1/vocab, p_m = (c(h, t) + alpha p_{m-1}) /
+// (c(h) + alpha) for m = 1..order; edge score log q + lam log p_a - log Z(parent).
+struct PrestoParams {
+  int64_t order = 3;    // n of the n-gram (1..8)
+  double alpha = 1.0;   // additive smoothing mass (> 0)
+  double lam = 0.2;     // λ (>= 0); 0 gives DDTree exactly
+  int64_t vocab = 1;    // V of the uniform base distribution (>= 1)
+};
+// Best-first selection with PRESTO edge scores over the candidate lattice (as ddtree_select's
+// inputs). context [B, order - 1] int32/int64: the last order - 1 tokens of each request's
+// stream ending with the root token, left-padded with -1 when the stream is shorter. Order:
+// higher score, smaller depth, earlier parent, then position in the parent's edge list (edge
+// score descending, rank ascending). Output capacity N = budget + 1. CUDA: Unsupported for now.
+Status check_presto_select(const TensorView& cand_token, const TensorView& cand_logprob,
+                           int64_t budget, const TensorView* root_token,
+                           const TensorView& context, const TensorView& keys,
+                           const TensorView& counts, const PrestoParams& params);
+Status presto_select(const TensorView& cand_token, const TensorView& cand_logprob, int64_t budget,
+                     const TensorView* root_token, const TensorView& context,
+                     const TensorView& keys, const TensorView& counts, const PrestoParams& params,
+                     const TreeView& tree, Stream stream);
+
+// ---- tree_attention -------------------------------------------------------------------------
+// Attention of a draft tree's N query rows over the committed prefix + the tree (DESIGN.md §3.4).
+// q [B, H_q, N, D]; k_cache, v_cache [B, H_kv, S_max, D] (H_q a multiple of H_kv), the tree's K/V
+// already written at rows prefix_len[b] + i; q, caches and out may be strided but their last dim
+// must be contiguous. prefix_len [B] int32/int64 (0 <= prefix_len <= S_max - N). Query row i of
+// request b sees every key in [0, prefix_len[b]) and tree key j iff
+//   chain (is_chain, or tree_anc absent): j <= i;
+//   tree: i, j < n: j <= i and bit j of tree_anc[b, i] (int32 [B, N, ceil(N/32)]); otherwise
+//         (padding rows/keys, i or j >= n): j == i;
+// with n = num_nodes[b] ([B] int32/int64, optional: N). One softmax over all visible keys, fp32
+// accumulation; out [B, H_q, N, D] in q's dtype (f32/f16/bf16; the CUDA kernel: f16/bf16 with
+// D in {64, 128}, 16-byte aligned rows). The CPU path reports out-of-range prefix_len/num_nodes;
+// the CUDA path clamps them (no host sync).
+Status check_tree_attention(const TensorView& q, const TensorView& k_cache,
+                            const TensorView& v_cache, const TensorView& prefix_len,
+                            const TensorView* tree_anc, const TensorView* num_nodes, float scale,
+                            bool is_chain);
+// Split-KV: the CUDA kernel splits the prefix into num_splits chunks (0 = automatic, see
+// tree_attention_num_splits) and, when that is > 1, needs a caller-provided uint8 workspace on the
+// device of at least tree_attention_workspace_bytes(...) bytes (partial outputs + LSE, fp32).
+// The CPU path ignores both. Both functions are pure shape arithmetic (graph-safe sizing).
+int64_t tree_attention_num_splits(int64_t B, int64_t H_q, int64_t H_kv, int64_t N,
+                                  int64_t S_max);
+size_t tree_attention_workspace_bytes(int64_t B, int64_t H_q, int64_t H_kv, int64_t N, int64_t D,
+                                      int64_t S_max, int64_t num_splits);
+Status tree_attention(const TensorView& q, const TensorView& k_cache, const TensorView& v_cache,
+                      const TensorView& prefix_len, const TensorView* tree_anc,
+                      const TensorView* num_nodes, float scale, bool is_chain, int64_t num_splits,
+                      const TensorView& out, const TensorView* workspace, Stream stream);
+
 }  // namespace difftree

@@ -2,10 +2,12 @@
 // launcher. Nothing below this layer re-checks shapes, dtypes or devices.
 #include "difftree/ops.h"
 
+#include <cmath>
 #include <sstream>
 #include <string>
 
 #include "cpu/cpu_ops.h"
+#include "cpu/policy_ops.h"
 #include "dispatch/checks.h"
 #ifdef DIFFTREE_WITH_CUDA
 #include "launchers.h"
@@ -327,6 +329,250 @@ Status node_select(const TensorView& logits, const SamplingViews& params, const 
   }
   (void)stream;
   return cpu::node_select(logits, params, out);
+}
+
+// ---- caddtree_select / ngram_update / presto_select (CPU only for now) ----------------------
+
+namespace {
+Status tree_for_budget(const TreeView& tree, const TensorView& cand_logprob, int64_t budget) {
+  DIFFTREE_RETURN_IF_ERROR(check_tree(tree));
+  const int64_t B = cand_logprob.shape[0];
+  if (tree.token.shape[0] != B || tree.token.shape[1] != budget + 1) {
+    std::ostringstream os;
+    os << "tree.token: expected shape [B, budget + 1] = [" << B << ", " << budget + 1
+       << "], got " << shape_string(tree.token);
+    return InvalidValue(os.str());
+  }
+  return checks::same_device(tree.token, "tree.token", cand_logprob, "cand_logprob");
+}
+
+Status cpu_only(const TensorView& t, const char* op) {
+  if (t.device == DeviceType::kCUDA)
+    return Unsupported(std::string(op) +
+                       ": no CUDA kernel yet; pass CPU tensors (the candidates are small)");
+  return Status::Ok();
+}
+
+Status count_table(const TensorView& keys, const TensorView& counts, const TensorView& ref,
+                   const char* ref_name) {
+  DIFFTREE_RETURN_IF_ERROR(checks::ndim(keys, "keys", 1, "[H]"));
+  DIFFTREE_RETURN_IF_ERROR(checks::tensor(keys, "keys", {DType::kInt64}, ref, ref_name));
+  const int64_t H = keys.shape[0];
+  if (H < 1 || (H & (H - 1)) != 0)
+    return InvalidValue("keys: expected a power-of-two table size H, got " + std::to_string(H));
+  DIFFTREE_RETURN_IF_ERROR(checks::shape(counts, "counts", {H}, "[H] (as keys)"));
+  return checks::tensor(counts, "counts", {DType::kInt32}, ref, ref_name);
+}
+}  // namespace
+
+Status check_caddtree_select(const TensorView& cand_token, const TensorView& cand_logprob,
+                             int64_t max_budget, const TensorView* root_token,
+                             const TensorView& verify_cost, const TensorView& draft_cost) {
+  DIFFTREE_RETURN_IF_ERROR(check_ddtree_select(cand_token, cand_logprob, max_budget, root_token));
+  const int64_t B = cand_logprob.shape[0];
+  DIFFTREE_RETURN_IF_ERROR(
+      checks::shape(verify_cost, "verify_cost", {B, max_budget + 1}, "[B, max_budget + 1]"));
+  DIFFTREE_RETURN_IF_ERROR(checks::tensor(verify_cost, "verify_cost", {DType::kFloat32},
+                                          cand_logprob, "cand_logprob"));
+  DIFFTREE_RETURN_IF_ERROR(checks::shape(draft_cost, "draft_cost", {B}, "[B]"));
+  DIFFTREE_RETURN_IF_ERROR(checks::tensor(draft_cost, "draft_cost", {DType::kFloat32},
+                                          cand_logprob, "cand_logprob"));
+  return cpu_only(cand_logprob, "caddtree_select");
+}
+
+Status caddtree_select(const TensorView& cand_token, const TensorView& cand_logprob,
+                       int64_t max_budget, const TensorView* root_token,
+                       const TensorView& verify_cost, const TensorView& draft_cost,
+                       const TreeView& tree, Stream stream) {
+  (void)stream;
+  DIFFTREE_RETURN_IF_ERROR(check_caddtree_select(cand_token, cand_logprob, max_budget, root_token,
+                                                 verify_cost, draft_cost));
+  DIFFTREE_RETURN_IF_ERROR(tree_for_budget(tree, cand_logprob, max_budget));
+  return cpu::caddtree_select(cand_token, cand_logprob, max_budget, root_token, verify_cost,
+                              draft_cost, tree);
+}
+
+Status check_ngram_update(const TensorView& keys, const TensorView& counts,
+                          const TensorView& tokens, int64_t start, int64_t order) {
+  DIFFTREE_RETURN_IF_ERROR(checks::ndim(tokens, "tokens", 1, "[T]"));
+  DIFFTREE_RETURN_IF_ERROR(index_tensor(tokens, "tokens", tokens, "tokens"));
+  DIFFTREE_RETURN_IF_ERROR(count_table(keys, counts, tokens, "tokens"));
+  DIFFTREE_RETURN_IF_ERROR(checks::in_range(order, "order", 1, 8));
+  DIFFTREE_RETURN_IF_ERROR(checks::in_range(start, "start", 0, tokens.shape[0]));
+  return cpu_only(tokens, "ngram_update");
+}
+
+Status ngram_update(const TensorView& keys, const TensorView& counts, const TensorView& tokens,
+                    int64_t start, int64_t order, int64_t* new_keys) {
+  DIFFTREE_RETURN_IF_ERROR(check_ngram_update(keys, counts, tokens, start, order));
+  int64_t fresh = 0;
+  DIFFTREE_RETURN_IF_ERROR(cpu::ngram_update(keys, counts, tokens, start, order, &fresh));
+  if (new_keys != nullptr) *new_keys = fresh;
+  return Status::Ok();
+}
+
+Status check_presto_select(const TensorView& cand_token, const TensorView& cand_logprob,
+                           int64_t budget, const TensorView* root_token,
+                           const TensorView& context, const TensorView& keys,
+                           const TensorView& counts, const PrestoParams& params) {
+  DIFFTREE_RETURN_IF_ERROR(check_ddtree_select(cand_token, cand_logprob, budget, root_token));
+  DIFFTREE_RETURN_IF_ERROR(checks::in_range(params.order, "order", 1, 8));
+  if (!(params.alpha > 0.0) || !std::isfinite(params.alpha))
+    return InvalidValue("alpha: expected a finite smoothing mass > 0");
+  if (!(params.lam >= 0.0) || !std::isfinite(params.lam))
+    return InvalidValue("lam: expected a finite weight >= 0");
+  DIFFTREE_RETURN_IF_ERROR(checks::in_range(params.vocab, "vocab", 1, INT32_MAX));
+  const int64_t B = cand_logprob.shape[0];
+  DIFFTREE_RETURN_IF_ERROR(
+      checks::shape(context, "context", {B, params.order - 1}, "[B, order - 1]"));
+  DIFFTREE_RETURN_IF_ERROR(index_tensor(context, "context", cand_logprob, "cand_logprob"));
+  DIFFTREE_RETURN_IF_ERROR(count_table(keys, counts, cand_logprob, "cand_logprob"));
+  return cpu_only(cand_logprob, "presto_select");
+}
+
+Status presto_select(const TensorView& cand_token, const TensorView& cand_logprob, int64_t budget,
+                     const TensorView* root_token, const TensorView& context,
+                     const TensorView& keys, const TensorView& counts, const PrestoParams& params,
+                     const TreeView& tree, Stream stream) {
+  (void)stream;
+  DIFFTREE_RETURN_IF_ERROR(check_presto_select(cand_token, cand_logprob, budget, root_token,
+                                               context, keys, counts, params));
+  DIFFTREE_RETURN_IF_ERROR(tree_for_budget(tree, cand_logprob, budget));
+  return cpu::presto_select(cand_token, cand_logprob, budget, root_token, context, keys, counts,
+                            params, tree);
+}
+
+// ---- tree_attention -------------------------------------------------------------------------
+
+namespace cpu {
+Status tree_attention(const TensorView& q, const TensorView& k_cache, const TensorView& v_cache,
+                      const TensorView& prefix_len, const TensorView* tree_anc,
+                      const TensorView* num_nodes, float scale, bool is_chain,
+                      const TensorView& out);
+}  // namespace cpu
+
+namespace {
+// dtype, device and data like checks::tensor, but only the last dim must be contiguous.
+Status attn_tensor(const TensorView& t, const char* name, std::initializer_list<DType> allowed,
+                   const TensorView& ref, const char* ref_name) {
+  DIFFTREE_RETURN_IF_ERROR(checks::dtype(t, name, allowed));
+  DIFFTREE_RETURN_IF_ERROR(checks::data_present(t, name));
+  DIFFTREE_RETURN_IF_ERROR(checks::same_device(t, name, ref, ref_name));
+  if (t.numel() > 0 && t.shape[t.ndim - 1] > 1 && t.strides[t.ndim - 1] != 1)
+    return InvalidValue(std::string(name) +
+                        ": expected a contiguous last dimension (stride 1), got shape " +
+                        shape_string(t));
+  for (int d = 0; d < t.ndim; ++d)
+    if (t.strides[d] < 0) return InvalidValue(std::string(name) + ": negative strides");
+  return Status::Ok();
+}
+}  // namespace
+
+Status check_tree_attention(const TensorView& q, const TensorView& k_cache,
+                            const TensorView& v_cache, const TensorView& prefix_len,
+                            const TensorView* tree_anc, const TensorView* num_nodes, float scale,
+                            bool is_chain) {
+  DIFFTREE_RETURN_IF_ERROR(checks::ndim(q, "q", 4, "[B, H_q, N, D]"));
+  DIFFTREE_RETURN_IF_ERROR(
+      attn_tensor(q, "q", {DType::kFloat32, DType::kFloat16, DType::kBFloat16}, q, "q"));
+  const int64_t B = q.shape[0], Hq = q.shape[1], N = q.shape[2], D = q.shape[3];
+  if (N < 1) return InvalidValue("q: expected N >= 1 query rows, got N = 0");
+  if (D < 1) return InvalidValue("q: expected head_dim D >= 1, got D = 0");
+  if (Hq < 1) return InvalidValue("q: expected H_q >= 1 heads, got H_q = 0");
+  DIFFTREE_RETURN_IF_ERROR(
+      checks::shape(k_cache, "k_cache", {B, -1, -1, D}, "[B, H_kv, S_max, D] (B, D as q)"));
+  DIFFTREE_RETURN_IF_ERROR(attn_tensor(k_cache, "k_cache", {q.dtype}, q, "q"));
+  const int64_t Hkv = k_cache.shape[1], S = k_cache.shape[2];
+  DIFFTREE_RETURN_IF_ERROR(checks::shape(v_cache, "v_cache", {B, Hkv, S, D}, "as k_cache"));
+  DIFFTREE_RETURN_IF_ERROR(attn_tensor(v_cache, "v_cache", {q.dtype}, q, "q"));
+  if (Hkv < 1 || Hq % Hkv != 0)
+    return InvalidValue("k_cache: expected H_kv >= 1 dividing H_q = " + std::to_string(Hq) +
+                        ", got H_kv = " + std::to_string(Hkv));
+  if (S < N)
+    return InvalidValue("k_cache: S_max = " + std::to_string(S) +
+                        " rows cannot hold the N = " + std::to_string(N) + " tree rows");
+  if (Hkv > 65535 || Hq / Hkv * N > INT32_MAX / 2 || S > INT32_MAX)
+    return InvalidValue("q: shape too large for tree_attention");
+  DIFFTREE_RETURN_IF_ERROR(checks::shape(prefix_len, "prefix_len", {B}, "[B]"));
+  DIFFTREE_RETURN_IF_ERROR(index_tensor(prefix_len, "prefix_len", q, "q"));
+  if (tree_anc != nullptr && !is_chain) {
+    DIFFTREE_RETURN_IF_ERROR(
+        checks::shape(*tree_anc, "tree_anc", {B, N, anc_words(N)}, "[B, N, ceil(N / 32)]"));
+    DIFFTREE_RETURN_IF_ERROR(checks::tensor(*tree_anc, "tree_anc", {DType::kInt32}, q, "q"));
+  }
+  if (num_nodes != nullptr) {
+    DIFFTREE_RETURN_IF_ERROR(checks::shape(*num_nodes, "num_nodes", {B}, "[B]"));
+    DIFFTREE_RETURN_IF_ERROR(index_tensor(*num_nodes, "num_nodes", q, "q"));
+  }
+  // x - x is NaN for NaN and +-inf.
+  if (!(scale - scale == 0.0f)) return InvalidValue("scale: expected a finite softmax scale");
+  return Status::Ok();
+}
+
+int64_t tree_attention_num_splits(int64_t B, int64_t H_q, int64_t H_kv, int64_t N,
+                                  int64_t S_max) {
+  if (B < 1 || H_kv < 1 || H_q < H_kv || N < 1) return 1;
+  // Enough CTAs for ~2 waves of a 132-SM GPU, each split keeping >= 512 prefix keys.
+  const int64_t m_tiles = (H_q / H_kv * N + 63) / 64;
+  const int64_t base = B * H_kv * m_tiles;
+  const int64_t want = (264 + base - 1) / base;
+  const int64_t by_len = (S_max - N) / 512;
+  int64_t splits = want < by_len ? want : by_len;
+  splits = splits < 64 ? splits : 64;
+  return splits < 1 ? 1 : splits;
+}
+
+size_t tree_attention_workspace_bytes(int64_t B, int64_t H_q, int64_t H_kv, int64_t N, int64_t D,
+                                      int64_t S_max, int64_t num_splits) {
+  const int64_t splits =
+      num_splits > 0 ? num_splits : tree_attention_num_splits(B, H_q, H_kv, N, S_max);
+  if (splits <= 1 || B < 1 || H_q < 1 || N < 1 || D < 1) return 0;
+  return static_cast<size_t>(splits) * B * H_q * N * (D + 1) * sizeof(float);
+}
+
+Status tree_attention(const TensorView& q, const TensorView& k_cache, const TensorView& v_cache,
+                      const TensorView& prefix_len, const TensorView* tree_anc,
+                      const TensorView* num_nodes, float scale, bool is_chain, int64_t num_splits,
+                      const TensorView& out, const TensorView* workspace, Stream stream) {
+  DIFFTREE_RETURN_IF_ERROR(check_tree_attention(q, k_cache, v_cache, prefix_len, tree_anc,
+                                                num_nodes, scale, is_chain));
+  const int64_t B = q.shape[0], Hq = q.shape[1], N = q.shape[2], D = q.shape[3];
+  DIFFTREE_RETURN_IF_ERROR(checks::shape(out, "out", {B, Hq, N, D}, "[B, H_q, N, D] (as q)"));
+  DIFFTREE_RETURN_IF_ERROR(attn_tensor(out, "out", {q.dtype}, q, "q"));
+  DIFFTREE_RETURN_IF_ERROR(checks::in_range(num_splits, "num_splits", 0, 256));
+  const bool chain = is_chain || tree_anc == nullptr;
+  if (q.device == DeviceType::kCUDA) {
+#ifdef DIFFTREE_WITH_CUDA
+    const int64_t Hkv = k_cache.shape[1], S = k_cache.shape[2];
+    const int64_t splits =
+        num_splits > 0 ? num_splits : tree_attention_num_splits(B, Hq, Hkv, N, S);
+    const size_t need = tree_attention_workspace_bytes(B, Hq, Hkv, N, D, S, splits);
+    if (need > 0) {
+      if (workspace == nullptr)
+        return InvalidValue("workspace: the CUDA tree_attention with " + std::to_string(splits) +
+                            " splits needs a workspace of " + std::to_string(need) +
+                            " bytes (see tree_attention_workspace_bytes)");
+      DIFFTREE_RETURN_IF_ERROR(checks::ndim(*workspace, "workspace", 1, "[bytes]"));
+      DIFFTREE_RETURN_IF_ERROR(checks::tensor(*workspace, "workspace", {DType::kUInt8}, q, "q"));
+      if (static_cast<size_t>(workspace->shape[0]) < need)
+        return InvalidValue("workspace: expected at least " + std::to_string(need) +
+                            " bytes, got " + std::to_string(workspace->shape[0]));
+      if (reinterpret_cast<uintptr_t>(workspace->data) % 16 != 0)
+        return InvalidValue("workspace: expected a 16-byte aligned buffer");
+    }
+    return cuda::tree_attention(q, k_cache, v_cache, prefix_len, chain ? nullptr : tree_anc,
+                                num_nodes, scale, chain, static_cast<int>(splits), out,
+                                need > 0 ? workspace->data : nullptr, stream);
+#else
+    (void)workspace;
+    (void)stream;
+    return cuda_not_compiled("tree_attention");
+#endif
+  }
+  (void)workspace;
+  (void)stream;
+  return cpu::tree_attention(q, k_cache, v_cache, prefix_len, chain ? nullptr : tree_anc,
+                             num_nodes, scale, chain, out);
 }
 
 }  // namespace difftree

@@ -1,0 +1,399 @@
+// PRESTO (ALGORITHMS.md §7): best-first selection with path-dependent edge scores
+//   e(t | u) = log q_d(t) + λ log p_a(t | path(u)) - log Z(u),
+// where p_a is an interpolated n-gram prior over the committed stream and Z(u) renormalises the
+// tilted draft distribution q · p_a^λ at parent u, so every edge score is <= 0 and path scores
+// never increase (which the heap's exactness needs).
+//
+// The n-gram model is an open-addressing count table held in two caller-owned tensors
+// (keys int64 [H], counts int32 [H], H a power of two, key 0 = empty). Every n-gram of length
+// m = 1..order is stored twice: (m, h, t) -> c(h, t) and (m, h, ⊥) -> c(h) = Σ_t c(h, t).
+// ngram_update adds newly committed tokens in place (incremental; nothing is rebuilt per round).
+//
+// Prior (interpolated additive smoothing, from the uniform distribution up):
+//   p_0(t) = 1 / V;  p_m(t | h_{m-1}) = (c(h, t) + α p_{m-1}(t)) / (c(h) + α),
+// for m = 1..order, h the last m - 1 tokens of the path's context; an order whose context is
+// unavailable (stream too short) or unseen (c(h) = 0) ends the recursion (a longer context of an
+// unseen one is unseen too). λ = 0 uses e = log q exactly, i.e. DDTree.
+//
+// Normalisation: Z(u) = Σ_r q_r p_r^λ + max(0, 1 - Σ_r q_r) over the depth's K candidates r;
+// tokens outside the pool are credited their largest possible tilt (p^λ <= 1), so Z(u) <= 1 and
+// e <= 0 (clamped at 0 against rounding).
+//
+// Order (normative, the DDTree rule generalised): higher score, smaller depth, earlier parent,
+// then the position in the parent's edge list, which is sorted by edge score descending, then
+// candidate rank ascending. At λ = 0 that position is the rank, so the tree is DDTree's.
+// Arithmetic is double, one operation per statement, in the reference's order; path scores are
+// fp32(score(parent) + fp32(e)).
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <sstream>
+#include <vector>
+
+#include "cpu/cpu_ops.h"
+#include "cpu/policy_ops.h"
+#include "dispatch/checks.h"
+
+namespace difftree::cpu {
+namespace {
+
+constexpr uint32_t kContextTotal = 0xFFFFFFFFu;  // the "⊥" token of c(h)
+
+inline uint64_t mix64(uint64_t z) {  // splitmix64 finaliser
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
+// Key of the n-gram (h[0..len), t) of length m = len + 1; never 0 (0 marks an empty slot).
+inline int64_t ngram_key(const int32_t* h, int64_t len, uint32_t t) {
+  uint64_t k = mix64(0x9E3779B97F4A7C15ull * static_cast<uint64_t>(len + 1));
+  for (int64_t i = 0; i < len; ++i)
+    k = mix64(k ^ (static_cast<uint64_t>(static_cast<uint32_t>(h[i])) + 0x632BE59BD9B4E019ull));
+  k = mix64(k ^ (static_cast<uint64_t>(t) + 0x632BE59BD9B4E019ull));
+  return k == 0 ? 1 : static_cast<int64_t>(k);
+}
+
+class CountTable {
+ public:
+  CountTable(const TensorView& keys, const TensorView& counts)
+      : keys_(keys.ptr<int64_t>()),
+        counts_(counts.ptr<int32_t>()),
+        mask_(static_cast<uint64_t>(keys.shape[0]) - 1) {}
+
+  int32_t get(int64_t key) const {
+    uint64_t i = slot(key);
+    for (uint64_t probes = 0; probes <= mask_; ++probes, i = (i + 1) & mask_) {
+      if (keys_[i] == key) return counts_[i];
+      if (keys_[i] == 0) return 0;
+    }
+    return 0;
+  }
+  // Adds 1 to `key`; false when the table is full. `*fresh` counts newly occupied slots.
+  bool add(int64_t key, int64_t* fresh) {
+    uint64_t i = slot(key);
+    for (uint64_t probes = 0; probes <= mask_; ++probes, i = (i + 1) & mask_) {
+      if (keys_[i] == key) {
+        ++counts_[i];
+        return true;
+      }
+      if (keys_[i] == 0) {
+        keys_[i] = key;
+        counts_[i] = 1;
+        ++*fresh;
+        return true;
+      }
+    }
+    return false;
+  }
+
+ private:
+  uint64_t slot(int64_t key) const {
+    const uint64_t k = static_cast<uint64_t>(key);
+    return (k ^ (k >> 29)) & mask_;
+  }
+  int64_t* keys_;
+  int32_t* counts_;
+  uint64_t mask_;
+};
+
+// A read-only view for presto_select (the table tensors are inputs there).
+class ConstCountTable {
+ public:
+  ConstCountTable(const TensorView& keys, const TensorView& counts) : t_(keys, counts) {}
+  int32_t get(int64_t key) const { return t_.get(key); }
+
+ private:
+  CountTable t_;
+};
+
+class TokenSet {  // distinctness check of a depth's candidates, O(K)
+ public:
+  void reset(int64_t capacity) {
+    size_t n = 16;
+    while (n < static_cast<size_t>(2 * capacity)) n <<= 1;
+    slots_.assign(n, -1);
+    mask_ = n - 1;
+  }
+  bool insert(int64_t tok) {
+    size_t i = (static_cast<uint64_t>(tok) * 0x9E3779B97F4A7C15ull) >> 20 & mask_;
+    while (slots_[i] >= 0) {
+      if (slots_[i] == tok) return false;
+      i = (i + 1) & mask_;
+    }
+    slots_[i] = tok;
+    return true;
+  }
+
+ private:
+  std::vector<int64_t> slots_;
+  size_t mask_ = 0;
+};
+
+Status check_candidates(const TensorView& cand_token, const float* lp, int64_t b, int64_t L,
+                        int64_t K, TokenSet& seen) {
+  for (int64_t d = 0; d < L; ++d) {
+    const float* row = lp + (b * L + d) * K;
+    seen.reset(K);
+    for (int64_t r = 0; r < K; ++r) {
+      const float v = row[r];
+      if (!std::isfinite(v) || v > 0.0f || (r > 0 && v > row[r - 1])) {
+        std::ostringstream os;
+        os << "cand_logprob: expected finite log-probs <= 0, non-increasing along K; found " << v
+           << " at [" << b << ", " << d << ", " << r << "]";
+        return InvalidValue(os.str());
+      }
+      const int64_t tok = checks::load_index(cand_token, (b * L + d) * K + r);
+      if (tok < 0 || tok > INT32_MAX) {
+        std::ostringstream os;
+        os << "cand_token: expected token ids in [0, 2^31), found " << tok << " at [" << b << ", "
+           << d << ", " << r << "]";
+        return InvalidValue(os.str());
+      }
+      if (!seen.insert(tok)) {
+        std::ostringstream os;
+        os << "cand_token: expected distinct tokens per depth, token " << tok
+           << " appears twice at [" << b << ", " << d << ", :]";
+        return InvalidValue(os.str());
+      }
+    }
+  }
+  return Status::Ok();
+}
+
+struct EdgeList {
+  std::vector<float> edge;    // sorted descending
+  std::vector<int32_t> rank;  // candidate rank of each entry
+};
+
+struct Candidate {
+  float score;
+  int32_t depth;   // 1..L
+  int32_t parent;  // node index
+  int32_t pos;     // position in the parent's edge list
+};
+
+inline bool ranks_before(const Candidate& a, const Candidate& b) {
+  if (a.score != b.score) return a.score > b.score;
+  if (a.depth != b.depth) return a.depth < b.depth;
+  if (a.parent != b.parent) return a.parent < b.parent;
+  return a.pos < b.pos;
+}
+
+// Edge scores of the K candidates `lp`/`tok` given prior probabilities `p`, sorted.
+void make_edges(const float* lp, const double* p, int64_t K, double lam, EdgeList* out) {
+  out->edge.resize(K);
+  out->rank.resize(K);
+  if (lam == 0.0) {
+    for (int64_t r = 0; r < K; ++r) out->edge[r] = lp[r];
+  } else {
+    double tilted = 0.0, mass = 0.0;
+    for (int64_t r = 0; r < K; ++r) {
+      const double q = std::exp(static_cast<double>(lp[r]));
+      const double lpa = std::log(p[r]);
+      const double tl = lam * lpa;
+      const double w = q * std::exp(tl);
+      tilted = tilted + w;
+      mass = mass + q;
+    }
+    const double rest = 1.0 - mass;
+    const double z = rest > 0.0 ? tilted + rest : tilted;
+    const double log_z = std::log(z);
+    for (int64_t r = 0; r < K; ++r) {
+      const double lpa = std::log(p[r]);
+      const double tl = lam * lpa;
+      const double raw = static_cast<double>(lp[r]) + tl;
+      const double e = raw - log_z;
+      float ef = static_cast<float>(e);
+      if (ef > 0.0f) ef = 0.0f;
+      if (ef < kMinLogprob) ef = kMinLogprob;
+      out->edge[r] = ef;
+    }
+  }
+  for (int64_t r = 0; r < K; ++r) out->rank[r] = static_cast<int32_t>(r);
+  std::vector<int32_t> idx(out->rank);
+  std::sort(idx.begin(), idx.end(), [&](int32_t a, int32_t b) {
+    if (out->edge[a] != out->edge[b]) return out->edge[a] > out->edge[b];
+    return a < b;
+  });
+  std::vector<float> sorted(K);
+  for (int64_t i = 0; i < K; ++i) sorted[i] = out->edge[idx[i]];
+  out->edge.swap(sorted);
+  out->rank.swap(idx);
+}
+
+}  // namespace
+
+Status ngram_update(const TensorView& keys, const TensorView& counts, const TensorView& tokens,
+                    int64_t start, int64_t order, int64_t* new_keys) {
+  const int64_t T = tokens.shape[0];
+  std::vector<int32_t> toks(static_cast<size_t>(T));
+  for (int64_t i = 0; i < T; ++i) {
+    const int64_t t = checks::load_index(tokens, i);
+    if (t < 0 || t > INT32_MAX) {
+      std::ostringstream os;
+      os << "tokens: expected token ids in [0, 2^31), found " << t << " at [" << i << "]";
+      return InvalidValue(os.str());
+    }
+    toks[i] = static_cast<int32_t>(t);
+  }
+  CountTable table(keys, counts);
+  int64_t fresh = 0;
+  for (int64_t i = start; i < T; ++i) {
+    for (int64_t m = 1; m <= order && i - m + 1 >= 0; ++m) {
+      const int32_t* h = toks.data() + (i - m + 1);
+      if (!table.add(ngram_key(h, m - 1, static_cast<uint32_t>(toks[i])), &fresh) ||
+          !table.add(ngram_key(h, m - 1, kContextTotal), &fresh))
+        return InvalidValue("keys: the n-gram table is full (grow it: see NGramPrior)");
+    }
+  }
+  *new_keys = fresh;
+  return Status::Ok();
+}
+
+Status presto_select(const TensorView& cand_token, const TensorView& cand_logprob, int64_t budget,
+                     const TensorView* root_token, const TensorView& context,
+                     const TensorView& keys, const TensorView& counts, const PrestoParams& params,
+                     const TreeView& tree) {
+  const int64_t B = cand_logprob.shape[0], L = cand_logprob.shape[1], K = cand_logprob.shape[2];
+  const int64_t N = budget + 1;
+  const int64_t C = context.shape[1];  // history length kept per node (order - 1)
+  const int64_t order = params.order;
+  const double alpha = params.alpha, lam = params.lam;
+  const double uniform = 1.0 / static_cast<double>(params.vocab);
+  const float* lp = cand_logprob.ptr<const float>();
+  ConstCountTable table(keys, counts);
+  TokenSet seen;
+  std::vector<Candidate> heap;
+  auto heap_cmp = [](const Candidate& a, const Candidate& b) { return ranks_before(b, a); };
+  std::vector<double> p(static_cast<size_t>(K)), p1(static_cast<size_t>(L * K));
+  std::vector<int32_t> hist;  // [N, C] per-node history, newest last, -1 = unavailable
+  std::vector<EdgeList> lists;
+  std::vector<int32_t> list_of;  // node -> index into lists (its children's edge list)
+
+  for (int64_t b = 0; b < B; ++b) {
+    DIFFTREE_RETURN_IF_ERROR(check_candidates(cand_token, lp, b, L, K, seen));
+    auto lp_row = [&](int64_t d) { return lp + (b * L + d - 1) * K; };
+    auto token_at = [&](int64_t d, int64_t r) {
+      return static_cast<int32_t>(checks::load_index(cand_token, (b * L + d - 1) * K + r));
+    };
+    const int64_t root = root_token ? checks::load_index(*root_token, b) : -1;
+    if (root_token && (root < 0 || root > INT32_MAX)) {
+      std::ostringstream os;
+      os << "root_token: expected token ids in [0, 2^31), found " << root << " at [" << b << "]";
+      return InvalidValue(os.str());
+    }
+    hist.assign(static_cast<size_t>(N * C), -1);
+    for (int64_t j = 0; j < C; ++j) {
+      const int64_t t = checks::load_index(context, b * C + j);
+      if (t < -1 || t > INT32_MAX) {
+        std::ostringstream os;
+        os << "context: expected token ids in [0, 2^31) or -1, found " << t << " at [" << b << ", "
+           << j << "]";
+        return InvalidValue(os.str());
+      }
+      hist[j] = static_cast<int32_t>(t);
+    }
+    // Order-1 (unigram) prior of every candidate: its context is empty, so it is the same for
+    // every parent at a depth. With no higher-order context seen, the whole edge list is too:
+    // lists[d - 1] is that shared list of depth d.
+    const double total = static_cast<double>(table.get(ngram_key(nullptr, 0, kContextTotal)));
+    lists.assign(static_cast<size_t>(L), EdgeList{});
+    for (int64_t d = 1; d <= L; ++d) {
+      for (int64_t r = 0; r < K; ++r) {
+        double q = uniform;
+        if (order >= 1 && total > 0.0) {
+          const uint32_t t = static_cast<uint32_t>(token_at(d, r));
+          const double c_ht = static_cast<double>(table.get(ngram_key(nullptr, 0, t)));
+          const double num = c_ht + alpha * q;
+          const double den = total + alpha;
+          q = num / den;
+        }
+        p1[(d - 1) * K + r] = q;
+      }
+      make_edges(lp_row(d), p1.data() + (d - 1) * K, K, lam, &lists[d - 1]);
+    }
+    list_of.assign(static_cast<size_t>(N), -1);
+
+    // The edge list of node u's children (depth d + 1): shared unless a context of order >= 2
+    // has been seen after u's path.
+    auto edges_for = [&](int32_t u, int64_t d) -> int32_t {
+      const int32_t* h = hist.data() + static_cast<int64_t>(u) * C;
+      const int64_t shared = d;  // lists[d] belongs to depth d + 1
+      if (lam == 0.0 || order < 2 || total == 0.0) return static_cast<int32_t>(shared);
+      // Which orders m >= 2 apply (available and seen)?
+      int64_t top = 1;
+      std::vector<double> ctx_count(static_cast<size_t>(order + 1), 0.0);
+      for (int64_t m = 2; m <= order; ++m) {
+        const int64_t len = m - 1;
+        if (len > C || h[C - len] < 0) break;
+        const double ch =
+            static_cast<double>(table.get(ngram_key(h + C - len, len, kContextTotal)));
+        if (ch == 0.0) break;
+        ctx_count[m] = ch;
+        top = m;
+      }
+      if (top == 1) return static_cast<int32_t>(shared);
+      for (int64_t r = 0; r < K; ++r) {
+        const uint32_t t = static_cast<uint32_t>(token_at(d + 1, r));
+        double q = p1[d * K + r];
+        for (int64_t m = 2; m <= top; ++m) {
+          const int64_t len = m - 1;
+          const double c_ht = static_cast<double>(table.get(ngram_key(h + C - len, len, t)));
+          const double num = c_ht + alpha * q;
+          const double den = ctx_count[m] + alpha;
+          q = num / den;
+        }
+        p[r] = q;
+      }
+      lists.emplace_back();
+      make_edges(lp_row(d + 1), p.data(), K, lam, &lists.back());
+      return static_cast<int32_t>(lists.size() - 1);
+    };
+
+    int32_t* token = tree.token.ptr<int32_t>() + b * N;
+    int32_t* parent = tree.parent.ptr<int32_t>() + b * N;
+    int32_t* depth = tree.depth.ptr<int32_t>() + b * N;
+    float* score = tree.score.ptr<float>() + b * N;
+    token[0] = static_cast<int32_t>(root);
+    parent[0] = -1;
+    depth[0] = 0;
+    score[0] = 0.0f;
+    int32_t n = 1;
+    heap.clear();
+    auto push_first_child = [&](int32_t u) {
+      if (depth[u] >= L || K < 1) return;
+      list_of[u] = edges_for(u, depth[u]);
+      const EdgeList& el = lists[list_of[u]];
+      heap.push_back({score[u] + el.edge[0], depth[u] + 1, u, 0});
+      std::push_heap(heap.begin(), heap.end(), heap_cmp);
+    };
+    push_first_child(0);
+    while (n < N && !heap.empty()) {
+      std::pop_heap(heap.begin(), heap.end(), heap_cmp);
+      const Candidate c = heap.back();
+      heap.pop_back();
+      const EdgeList& el = lists[list_of[c.parent]];
+      const int32_t i = n++;
+      const int32_t tok = token_at(c.depth, el.rank[c.pos]);
+      token[i] = tok;
+      parent[i] = c.parent;
+      depth[i] = c.depth;
+      score[i] = c.score;
+      int32_t* h = hist.data() + static_cast<int64_t>(i) * C;
+      const int32_t* hp = hist.data() + static_cast<int64_t>(c.parent) * C;
+      for (int64_t j = 0; j + 1 < C; ++j) h[j] = hp[j + 1];
+      if (C > 0) h[C - 1] = tok;
+      if (c.pos + 1 < K) {
+        heap.push_back({score[c.parent] + el.edge[c.pos + 1], c.depth, c.parent, c.pos + 1});
+        std::push_heap(heap.begin(), heap.end(), heap_cmp);
+      }
+      push_first_child(i);
+    }
+    tree.num_nodes.ptr<int32_t>()[b] = n;
+    finalize_tree(tree, b);
+  }
+  return Status::Ok();
+}
+
+}  // namespace difftree::cpu
