@@ -1,0 +1,99 @@
+"""The CUDA tree-attention kernel as the model path's backend.
+
+Importing this module installs :func:`cuda_tree_attention_backend` with
+:func:`difftree_rt.models.tree_attention.set_tree_attention_backend` (``difftree_rt.models`` imports
+it, so the model path uses the kernel whenever its tensors are on a CUDA device). The backend
+declines (returns ``None``, so the PyTorch reference runs) for CPU tensors, float32, head dims other
+than 64/128, mixed dtypes, or a build without CUDA kernels. :func:`disable` / :func:`enable` switch
+it off and on (e.g. to compare against the reference).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .. import ops
+from .tree_attention import get_tree_attention_backend, set_tree_attention_backend
+
+__all__ = ["cuda_tree_attention_backend", "disable", "enable"]
+
+_SUPPORTED_DTYPES = (torch.bfloat16, torch.float16)
+_SUPPORTED_DIMS = (64, 128)
+
+
+def _cuda_kernels_built() -> bool:
+    try:
+        from .._ext import ext
+
+        return bool(ext().build_info()["cuda_compiled"])
+    except ImportError:
+        return False
+
+
+_HAS_KERNELS: bool | None = None
+
+
+def _aligned(t: Tensor) -> bool:
+    """16-byte aligned rows, as the kernel's vector loads need."""
+    if t.stride(-1) != 1 or t.data_ptr() % 16 != 0:
+        return False
+    return all(s % 8 == 0 for d, s in enumerate(t.stride()[:-1]) if t.shape[d] > 1)
+
+
+def cuda_tree_attention_backend(
+    q: Tensor,
+    k_cache: Tensor,
+    v_cache: Tensor,
+    prefix_len: Tensor,
+    tree_anc: Tensor | None,
+    num_nodes: Tensor | None,
+    scale: float,
+) -> Tensor | None:
+    """:class:`~difftree_rt.models.tree_attention.TreeAttentionBackend` running the CUDA kernel.
+
+    Same arguments and result as :func:`~difftree_rt.models.tree_attention.tree_attention`;
+    ``tree_anc=None`` means causal (chain) rows, served by the kernel's chain path.
+    """
+    global _HAS_KERNELS
+    if not q.is_cuda or q.dtype not in _SUPPORTED_DTYPES or q.shape[-1] not in _SUPPORTED_DIMS:
+        return None
+    if k_cache.dtype != q.dtype or v_cache.dtype != q.dtype:
+        return None
+    if _HAS_KERNELS is None:
+        _HAS_KERNELS = _cuda_kernels_built()
+    if not _HAS_KERNELS:
+        return None
+    if not _aligned(q):
+        q = q.contiguous()
+    if not _aligned(k_cache):
+        k_cache = k_cache.contiguous()
+    if not _aligned(v_cache):
+        v_cache = v_cache.contiguous()
+    for t in (prefix_len, tree_anc, num_nodes):
+        if t is not None and t.device != q.device:
+            return None  # host tensors would need a copy per layer: let the reference run
+    return ops.tree_attention(
+        q,
+        k_cache,
+        v_cache,
+        prefix_len,
+        tree_anc,
+        num_nodes,
+        float(scale),
+        is_chain=tree_anc is None,
+    )
+
+
+def enable() -> None:
+    """Install the CUDA backend (done on import)."""
+    set_tree_attention_backend(cuda_tree_attention_backend)
+
+
+def disable() -> None:
+    """Remove the CUDA backend if it is the installed one (the reference then runs)."""
+    if get_tree_attention_backend() is cuda_tree_attention_backend:
+        set_tree_attention_backend(None)
+
+
+enable()
