@@ -1,4 +1,5 @@
-"""The ``difftree-rt`` command line: ``info``, ``demo``."""
+"""The ``difftree-rt`` command line: ``info``, ``demo``, ``demo-select``, ``generate``,
+``bench``, ``train-drafter``."""
 
 from __future__ import annotations
 
@@ -44,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     info.set_defaults(func=_cmd_info)
 
     demo = sub.add_parser(
-        "demo", help="tree selection on realistic shapes: prints a tree and timings"
+        "demo-select", help="tree selection on realistic shapes: prints a tree and timings"
     )
     demo.add_argument("--vocab", type=int, default=151936, help="V (default: Qwen3's)")
     demo.add_argument("--depth", type=int, default=15, help="L = block size - 1")
@@ -53,7 +54,25 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--repeats", type=int, default=20)
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(func=_cmd_demo)
+    _add_e2e_commands(sub)
     return parser
+
+
+def _add_e2e_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """``demo`` (the shipped pair, live), ``generate``, ``bench``, ``train-drafter``."""
+    import importlib
+
+    commands = {
+        "demo": ("demo", "the shipped reference pair: streamed code, τ, tokens/s, speedup"),
+        "generate": ("generate", "speculative decoding of one prompt (any local HF target)"),
+        "bench": ("bench", "τ / tokens/s / speedup vs budget for several policies (JSON, PNG)"),
+        "train-drafter": ("train_drafter", "train a DFlash drafter for a local HF target"),
+    }
+    for name, (module, help_text) in commands.items():
+        mod = importlib.import_module(f"difftree_rt.cli.{module}")
+        p = sub.add_parser(name, help=help_text, description=mod.__doc__)
+        mod.add_arguments(p)
+        p.set_defaults(func=mod.run)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

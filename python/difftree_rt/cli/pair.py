@@ -1,0 +1,308 @@
+"""Shared pieces of the end-to-end commands: locating and loading a target + drafter pair,
+prompts, timed runs of several policies in one process, and the PNG plots.
+
+Vocabulary: T prompt length, L draft depth (block size - 1).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+
+
+__all__ = [
+    "Pair",
+    "RunResult",
+    "default_pair_dir",
+    "incremental_decoder",
+    "load_pair",
+    "load_prompts",
+    "machine_line",
+    "plot_results",
+    "run_config",
+]
+
+PAIR_ENV = "DIFFTREE_RT_PAIR"
+
+
+def default_pair_dir() -> Path:
+    """The shipped reference pair: ``$DIFFTREE_RT_PAIR`` or ``<repo>/assets/reference_pair``."""
+    env = os.environ.get(PAIR_ENV)
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[3] / "assets" / "reference_pair"
+
+
+def pair_available(path: Path) -> bool:
+    """Whether ``path`` holds ``target/`` and ``drafter/`` model directories."""
+    return all((path / d / "config.json").exists() for d in ("target", "drafter"))
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` when available, else ``cpu``."""
+    if device == "auto":
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+@dataclass
+class Pair:
+    target: torch.nn.Module
+    drafter: Any  # DFlashDrafter (bound)
+    tokenizer: Any | None
+    name: str
+
+
+def _dtype(name: str | None, device: str) -> torch.dtype:
+    import torch
+
+    if name is None:
+        name = "bfloat16" if device.startswith("cuda") else "float32"
+    return getattr(torch, name)
+
+
+def load_pair(
+    target_path: str | Path,
+    drafter_path: str | Path | None,
+    device: str = "cpu",
+    dtype: str | None = None,
+) -> Pair:
+    """Load an HF target (+ tokenizer when present) and a DFlash drafter bound to it."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from difftree_rt.models import DFlashDrafter
+
+    dt = _dtype(dtype, device)
+    target = AutoModelForCausalLM.from_pretrained(str(target_path), dtype=dt).to(device).eval()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(target_path))
+    except (OSError, ValueError):
+        tokenizer = None
+    drafter = None
+    if drafter_path is not None:
+        drafter = DFlashDrafter.from_pretrained(str(drafter_path)).to(device=device, dtype=dt)
+        drafter.bind(target)
+    return Pair(target, drafter, tokenizer, str(target_path))
+
+
+def load_prompts(path: str | Path) -> list[str]:
+    """Prompts from a JSON list (of strings or ``{"prompt": ...}``) or a text file with one
+    prompt per line (``\\n`` escapes allowed)."""
+    p = Path(path)
+    text = p.read_text(encoding="utf-8")
+    if p.suffix == ".json":
+        data = json.loads(text)
+        if isinstance(data, dict):
+            data = data["prompts"]
+        return [d["prompt"] if isinstance(d, dict) else str(d) for d in data]
+    return [ln.replace("\\n", "\n") for ln in text.splitlines() if ln.strip()]
+
+
+def encode(pair: Pair, text: str, device: str) -> torch.Tensor:
+    """Prompt text -> ids [1, T] (byte-wise mod V without a tokenizer)."""
+    import torch
+
+    if pair.tokenizer is not None:
+        ids = pair.tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids
+    else:
+        vocab = int(pair.target.config.vocab_size)
+        ids = torch.tensor([[b % vocab for b in text.encode("utf-8")]])
+    return ids.to(device)
+
+
+def stop_ids(pair: Pair) -> list[int] | None:
+    tok = pair.tokenizer
+    if tok is not None and tok.eos_token_id is not None:
+        return [int(tok.eos_token_id)]
+    return None
+
+
+def incremental_decoder(tokenizer: Any | None) -> Callable[[list[int]], str]:
+    """A function fed new ids that returns the newly printable text (holds back partial
+    UTF-8 sequences, which byte-level BPE can split across tokens)."""
+    ids: list[int] = []
+    shown = [0]
+
+    def feed(new: list[int]) -> str:
+        ids.extend(new)
+        if tokenizer is None:
+            return " ".join(str(i) for i in new) + " "
+        text = tokenizer.decode(ids)
+        if text.endswith("\ufffd"):
+            return ""
+        out = text[shown[0] :]
+        shown[0] = len(text)
+        return out
+
+    return feed
+
+
+@dataclass
+class RunResult:
+    """Totals of one (policy, budget) over all prompts."""
+
+    policy: str
+    budget: int
+    tokens: int = 0
+    rounds: int = 0
+    accepted: int = 0
+    total_s: float = 0.0
+    prefill_s: float = 0.0
+    phase_s: dict[str, float] = field(default_factory=dict)
+    accept_hist: list[int] = field(default_factory=list)
+    texts: list[str] = field(default_factory=list)
+
+    @property
+    def tau(self) -> float:
+        return 1.0 + self.accepted / self.rounds if self.rounds else 0.0
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.total_s if self.total_s > 0 else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "policy": self.policy,
+            "budget": self.budget,
+            "tokens": self.tokens,
+            "rounds": self.rounds,
+            "tau": self.tau,
+            "tokens_per_s": self.tokens_per_s,
+            "total_s": self.total_s,
+            "prefill_s": self.prefill_s,
+            "phase_s": self.phase_s,
+            "accept_hist": self.accept_hist,
+        }
+
+
+def run_config(
+    pair: Pair,
+    policy: str,
+    budget: int,
+    prompts: Sequence[torch.Tensor],
+    max_new_tokens: int,
+    *,
+    warmup: bool = True,
+    stop: list[int] | None = None,
+    on_tokens: Callable[[int, list[int]], None] | None = None,
+    decoder: Any | None = None,
+) -> RunResult:
+    """Greedy generation of every prompt with one (policy, budget); totals and histogram.
+
+    ``on_tokens(prompt_index, ids)`` receives the streamed tokens.
+    """
+    from difftree_rt import SpeculativeDecoder
+
+    dec = decoder or SpeculativeDecoder(
+        pair.target, pair.drafter if policy != "ar" else None, policy, budget=max(1, budget)
+    )
+    depth = pair.drafter.block_size - 1 if pair.drafter is not None else 0
+    res = RunResult(policy, budget if policy != "ar" else 0, accept_hist=[0] * (depth + 1))
+    if warmup:
+        dec.generate(prompts[0], min(8, max_new_tokens))
+    for i, ids in enumerate(prompts):
+        cb = (lambda new, i=i: on_tokens(i, new)) if on_tokens is not None else None
+        out = dec.generate(ids, max_new_tokens, stop_token_ids=stop, streamer=cb)
+        s = out.stats
+        res.tokens += s.new_tokens
+        res.rounds += s.rounds
+        res.accepted += sum(s.accepted_lengths)
+        res.total_s += s.total_time
+        res.prefill_s += s.phase_time.get("prefill", 0.0)
+        for k, v in s.phase_time.items():
+            res.phase_s[k] = res.phase_s.get(k, 0.0) + v
+        if policy != "ar":
+            for a in s.accepted_lengths:
+                res.accept_hist[min(a, depth)] += 1
+        res.texts.append(
+            pair.tokenizer.decode(out.sequences[0, ids.shape[1] :])
+            if pair.tokenizer is not None
+            else ""
+        )
+    return res
+
+
+def machine_line(device: str) -> str:
+    """One line naming the machine, e.g. for tables and JSON."""
+    import torch
+
+    if device.startswith("cuda") and torch.cuda.is_available():
+        hw = torch.cuda.get_device_name(torch.device(device))
+    else:
+        hw = platform.processor() or platform.machine()
+        try:
+            for line in Path("/proc/cpuinfo").read_text().splitlines():
+                if line.startswith("model name"):
+                    hw = line.split(":", 1)[1].strip()
+                    break
+        except OSError:
+            pass
+        hw += f", {torch.get_num_threads()} torch thread(s)"
+    return f"{hw}; torch {torch.__version__}; python {sys.version.split()[0]}"
+
+
+def plot_results(results: Sequence[dict[str, Any]], out_dir: Path, title: str) -> list[Path]:
+    """τ and speedup vs budget per policy, and the acceptance-length histograms (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths: list[Path] = []
+    spec = [r for r in results if r["policy"] != "ar"]
+    policies = sorted({r["policy"] for r in spec})
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for pol in policies:
+        rows = sorted((r for r in spec if r["policy"] == pol), key=lambda r: r["budget"])
+        xs = [r["budget"] for r in rows]
+        axes[0].plot(xs, [r["tau"] for r in rows], marker="o", label=pol)
+        axes[1].plot(xs, [r.get("speedup_vs_ar") or 0.0 for r in rows], marker="o", label=pol)
+    for ax, name in zip(axes, ("τ (tokens per round)", "speedup over AR"), strict=True):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("budget (draft nodes per round)")
+        ax.set_ylabel(name)
+        ax.grid(True, alpha=0.3)
+        ax.legend()
+    axes[1].axhline(1.0, color="gray", lw=0.8, ls="--")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    p = out_dir / "tau_speedup_vs_budget.png"
+    fig.savefig(p, dpi=110)
+    plt.close(fig)
+    paths.append(p)
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    n = len(spec)
+    width = 0.8 / max(1, n)
+    for j, r in enumerate(spec):
+        hist = r["accept_hist"]
+        total = max(1, sum(hist))
+        xs = [k + (j - (n - 1) / 2) * width for k in range(len(hist))]
+        ax.bar(xs, [h / total for h in hist], width=width, label=f"{r['policy']} {r['budget']}")
+    ax.set_xlabel("accepted draft tokens per round")
+    ax.set_ylabel("fraction of rounds")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    p = out_dir / "acceptance_histogram.png"
+    fig.savefig(p, dpi=110)
+    plt.close(fig)
+    paths.append(p)
+    return paths
+
+
+def timestamp() -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S")

@@ -1,0 +1,121 @@
+"""The end-to-end commands on a tiny pair built in the test: train-drafter, generate, bench,
+demo (and its fallback without a pair)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import Qwen3Config, Qwen3ForCausalLM
+
+from difftree_rt.cli import main
+from difftree_rt.models import DFlashDrafter
+from difftree_rt.train.corpus import load_tokenizer, train_tokenizer
+
+SRC = '''def add(a, b):
+    """Return a + b."""
+    return a + b
+
+
+class Point:
+    def __init__(self, x, y):
+        self.x = x
+        self.y = y
+
+    def norm(self):
+        return (self.x ** 2 + self.y ** 2) ** 0.5
+'''
+
+
+@pytest.fixture(scope="module")
+def tiny_pair(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("pair")
+    data = root / "data"
+    data.mkdir()
+    for i in range(4):
+        (data / f"m{i}.py").write_text(SRC.replace("add", f"add{i}") * 3)
+    train_tokenizer(sorted(data.glob("*.py")), 300, root / "tok")
+    tok = load_tokenizer(root / "tok")
+    torch.manual_seed(0)
+    cfg = Qwen3Config(
+        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+        num_attention_heads=2, num_key_value_heads=1, head_dim=16, initializer_range=0.2,
+        max_position_embeddings=512, tie_word_embeddings=True, bos_token_id=None,
+        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+    )  # fmt: skip
+    target = Qwen3ForCausalLM(cfg).eval()
+    target.save_pretrained(root / "target")
+    tok.save_pretrained(root / "target")
+    rc = main(
+        ["train-drafter", "--target", str(root / "target"), "--out", str(root / "drafter"),
+         "--data", str(data), "--steps", "3", "--context", "48", "--batch-size", "2",
+         "--anchors", "4", "--block-size", "8", "--num-layers", "1", "--device", "cpu"]
+    )  # fmt: skip
+    assert rc == 0
+    (root / "prompts.json").write_text(json.dumps(["def add(a, b):\n", "class Point:\n"]))
+    return root
+
+
+def test_train_drafter_output_loads(tiny_pair: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    drafter = DFlashDrafter.from_pretrained(tiny_pair / "drafter")
+    target = AutoModelForCausalLM.from_pretrained(tiny_pair / "target")
+    drafter.bind(target)
+    assert drafter.block_size == 8
+    assert drafter.mask_token_id == load_tokenizer(tiny_pair / "target").mask_token_id
+
+
+def test_generate_json(tiny_pair: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rc = main(
+        ["generate", "--target", str(tiny_pair / "target"), "--drafter", str(tiny_pair / "drafter"),
+         "--prompt", "def add(a, b):\n", "--max-new-tokens", "12", "--budget", "8", "--json",
+         "--device", "cpu"]
+    )  # fmt: skip
+    assert rc == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["policy"] == "ddtree" and 1 <= out["new_tokens"] <= 12
+    assert out["tau"] >= 1.0 and isinstance(out["completion"], str)
+
+
+def test_bench_json_and_plots(tiny_pair: Path, tmp_path: Path) -> None:
+    out = tmp_path / "bench"
+    rc = main(
+        ["bench", "--target", str(tiny_pair / "target"), "--drafter", str(tiny_pair / "drafter"),
+         "--prompts", str(tiny_pair / "prompts.json"), "--max-new-tokens", "10",
+         "--policies", "ar", "chain", "ddtree", "--budgets", "4", "8", "--out", str(out),
+         "--quiet", "--device", "cpu"]
+    )  # fmt: skip
+    assert rc == 0
+    res = json.loads((out / "bench.json").read_text())["results"]
+    assert [(r["policy"], r["budget"]) for r in res] == [
+        ("ar", 0),
+        ("chain", 7),
+        ("ddtree", 4),
+        ("ddtree", 8),
+    ]
+    assert all(r["tokens"] == res[0]["tokens"] for r in res)  # greedy: same text everywhere
+    assert res[0]["speedup_vs_ar"] == pytest.approx(1.0)
+    assert (out / "tau_speedup_vs_budget.png").stat().st_size > 1000
+    assert (out / "acceptance_histogram.png").stat().st_size > 1000
+
+
+def test_demo_runs_pair(tiny_pair: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rc = main(["demo", "--pair", str(tiny_pair), "--max-new-tokens", "10", "--num-prompts", "2",
+               "--device", "cpu", "--no-color"])  # fmt: skip
+    text = capsys.readouterr().out
+    assert rc == 0, text
+    assert "speedup" in text and "output identical to AR: yes" in text
+
+
+def test_demo_falls_back_without_pair(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import difftree_rt.cli.demo_select as sel
+
+    called = {}
+    monkeypatch.setattr(sel, "run_demo", lambda **kw: called.update(kw) or 0)
+    assert main(["demo", "--pair", str(tmp_path / "none")]) == 0
+    assert "No trained reference pair" in capsys.readouterr().out and called
