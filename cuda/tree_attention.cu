@@ -19,6 +19,7 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <atomic>
 #include <cstdint>
 #include <string>
 
@@ -436,12 +437,20 @@ Status launch_typed(const AttnParams& p, cudaStream_t stream) {
   auto kernel = tree_attention_kernel<T, D, kChain>;
   const size_t smem = smem_bytes(D);
   if (smem > 48 * 1024) {
-    const cudaError_t e =
-        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                             static_cast<int>(smem));
-    if (e != cudaSuccess)
-      return Internal(std::string("tree_attention: cudaFuncSetAttribute: ") +
-                      cudaGetErrorString(e));
+    // Opt in to > 48 KiB of shared memory once per device (the first, eager call; a later
+    // capture then records only the launch).
+    static std::atomic<uint64_t> opted_in{0};
+    int dev = 0;
+    cudaGetDevice(&dev);
+    const uint64_t bit = dev < 64 ? (uint64_t{1} << dev) : 0;
+    if (bit == 0 || (opted_in.load(std::memory_order_relaxed) & bit) == 0) {
+      const cudaError_t e = cudaFuncSetAttribute(
+          kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+      if (e != cudaSuccess)
+        return Internal(std::string("tree_attention: cudaFuncSetAttribute: ") +
+                        cudaGetErrorString(e));
+      opted_in.fetch_or(bit, std::memory_order_relaxed);
+    }
   }
   const int m_tiles = (p.G * p.N + kTileM - 1) / kTileM;
   const dim3 grid(static_cast<unsigned>(m_tiles), static_cast<unsigned>(p.Hkv * p.num_splits),
@@ -519,6 +528,9 @@ Status tree_attention(const TensorView& q, const TensorView& k_cache, const Tens
   p.S = k_cache.shape[2];
   p.scale_log2 = scale * kLog2e;
   p.num_splits = num_splits < 1 ? 1 : num_splits;
+  if (Hkv * p.num_splits > 65535)
+    return Unsupported("tree_attention: H_kv * num_splits must be <= 65535 (grid limit), got " +
+                       std::to_string(Hkv * p.num_splits));
   if (p.num_splits > 1) {
     p.ws_o = static_cast<float*>(workspace);
     p.ws_lse = p.ws_o + static_cast<int64_t>(p.num_splits) * B * Hq * N * D;
