@@ -62,7 +62,7 @@ def _selection_demo(args: argparse.Namespace, device: str) -> int:
 
 def _best(pair_dir: Any) -> tuple[str, int]:
     """(policy, budget) with the highest measured speedup in the pair's results, else ddtree/64."""
-    path = pair_dir / "results_cpu.json"
+    path = pair_dir / "bench.json"
     try:
         rows = json.loads(path.read_text())["results"]
         best = max(

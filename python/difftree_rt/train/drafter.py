@@ -242,16 +242,37 @@ def drafter_loss(
 # ---------------------------------------------------------------------------------------------
 class SequenceSource:
     """Training sequences: random windows of a token stream, or rows of a fixed tensor
-    [N, T] (e.g. target-generated continuations), sampled with an explicit generator."""
+    [N, T] (e.g. target-generated continuations), sampled with an explicit generator.
 
-    def __init__(self, data: TokenStream | torch.Tensor) -> None:
+    With both (``data`` a stream and ``sequences`` [N, T]), each batch row comes from
+    ``sequences`` with probability ``p_sequences`` and from the stream otherwise.
+    """
+
+    def __init__(
+        self,
+        data: TokenStream | torch.Tensor,
+        sequences: torch.Tensor | None = None,
+        p_sequences: float = 0.5,
+    ) -> None:
         self.data = data
+        self.sequences = sequences
+        self.p_sequences = p_sequences
+
+    @staticmethod
+    def _rows(data: TokenStream | torch.Tensor, n: int, length: int, g: torch.Generator):
+        if isinstance(data, TokenStream):
+            return data.sample(n, length, g)
+        rows = torch.randint(0, data.shape[0], (n,), generator=g)
+        return data[rows, :length]
 
     def sample(self, batch: int, length: int, generator: torch.Generator) -> torch.Tensor:
-        if isinstance(self.data, TokenStream):
-            return self.data.sample(batch, length, generator)
-        rows = torch.randint(0, self.data.shape[0], (batch,), generator=generator)
-        return self.data[rows, :length]
+        """[batch, length] token ids."""
+        if self.sequences is None:
+            return self._rows(self.data, batch, length, generator)
+        use_seq = torch.rand(batch, generator=generator) < self.p_sequences
+        a = self._rows(self.data, batch, length, generator)
+        b = self._rows(self.sequences, batch, length, generator)
+        return torch.where(use_seq[:, None], b, a)
 
 
 @torch.no_grad()

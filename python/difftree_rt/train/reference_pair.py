@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import sys
 import time
@@ -51,16 +52,43 @@ PRESETS: dict[str, dict[str, Any]] = {
             num_key_value_heads=2,
             head_dim=64,
         ),
-        "lm": dict(steps=2000, batch_size=16, context=256, lr=2e-3, warmup=100),
+        "lm": dict(steps=1700, batch_size=16, context=256, lr=2e-3, warmup=100),
         "drafter": dict(
             num_layers=2,
             num_feature_layers=3,
-            steps=1500,
+            steps=1100,
             batch_size=8,
             context=256,
             anchors=24,
             lr=2e-3,
             block_size=16,
+            generated=768,
+            p_generated=0.5,
+        ),
+    },
+    # A smoke-test configuration (seconds): use with --max-files.
+    "tiny": {
+        "vocab": 400,
+        "target": dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=4,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            head_dim=16,
+        ),
+        "lm": dict(steps=4, batch_size=2, context=64, lr=2e-3, warmup=1),
+        "drafter": dict(
+            num_layers=1,
+            num_feature_layers=2,
+            steps=3,
+            batch_size=2,
+            context=64,
+            anchors=4,
+            lr=2e-3,
+            block_size=8,
+            generated=4,
+            p_generated=0.5,
         ),
     },
     "gpu": {
@@ -83,9 +111,19 @@ PRESETS: dict[str, dict[str, Any]] = {
             anchors=64,
             lr=1e-3,
             block_size=16,
+            generated=16384,
+            p_generated=0.5,
         ),
     },
 }
+
+
+_OPTIONS: dict[str, Any] = {"max_files": None}
+
+
+def _files(split: str) -> list[Path]:
+    """The corpus split, limited to ``--max-files`` files (smoke tests)."""
+    return stdlib_files(split)[: _OPTIONS["max_files"]]
 
 
 def _log(msg: str) -> None:
@@ -121,7 +159,7 @@ def _make_target(preset: dict[str, Any], tokenizer: Any, context: int) -> torch.
 
 
 def stage_tokenizer(work: Path, preset: dict[str, Any]) -> None:
-    files = stdlib_files("train")
+    files = _files("train")
     _log(f"training a byte-level BPE (vocab {preset['vocab']}) on {len(files)} stdlib files")
     train_tokenizer(files, preset["vocab"], work / "tokenizer")
 
@@ -129,7 +167,7 @@ def stage_tokenizer(work: Path, preset: dict[str, Any]) -> None:
 def stage_data(work: Path) -> None:
     tok = load_tokenizer(work / "tokenizer")
     for split in ("train", "heldout"):
-        files = stdlib_files(split)
+        files = _files(split)
         arr = encode_files(tok, files)
         np.save(work / f"{split}.npy", arr)
         _log(f"{split}: {len(files)} files, {arr.size} tokens")
@@ -156,7 +194,13 @@ def stage_drafter(
 ) -> bool:
     from transformers import AutoModelForCausalLM
 
-    from .drafter import DrafterTrainConfig, train_drafter
+    t_start = time.monotonic()
+    from .drafter import (
+        DrafterTrainConfig,
+        SequenceSource,
+        generate_continuations,
+        train_drafter,
+    )
 
     target = AutoModelForCausalLM.from_pretrained(work / "target", dtype=torch.float32).to(device)
     tok = load_tokenizer(work / "target")
@@ -173,17 +217,57 @@ def stage_drafter(
         mask_token_id=int(tok.mask_token_id),
     )
     stream = TokenStream(np.load(work / "train.npy"))
+    gen_path = work / "generated.pt"
+    n_gen = int(d.get("generated", 0))
+    sequences = None
+    if n_gen:
+        if not gen_path.exists():
+            prompt_len = d["context"] // 4
+            _log(f"generating {n_gen} greedy target continuations ({prompt_len} prompt tokens)")
+            seqs = generate_continuations(
+                target, stream, n_gen, prompt_len, d["context"] - prompt_len, batch=64, seed=1
+            )
+            torch.save(seqs, gen_path)
+        sequences = torch.load(gen_path)
     result = train_drafter(
         target,
-        stream,
+        SequenceSource(stream, sequences, d.get("p_generated", 0.5)),
         cfg,
         work / "drafter.ckpt",
-        max_seconds=max_seconds,
+        max_seconds=max(1.0, max_seconds - (time.monotonic() - t_start)),
     )
     _log(f"drafter: step {result.step}/{cfg.steps}")
     if result.finished:
         result.drafter.save_pretrained(work / "drafter")
     return result.finished
+
+
+_DEF = re.compile(r"^\s*def \w+\(.*\):\s*$")
+
+
+def heldout_prompts(num: int = 8, max_lines: int = 12, max_chars: int = 420) -> list[str]:
+    """Prompts from held-out stdlib files: up to ``max_lines`` lines ending with a ``def``
+    line (the model writes the body), at most ``max_chars`` characters, one per file, for the
+    first ``num`` held-out files that have a function with a body of >= 5 lines."""
+    out: list[str] = []
+    for path in _files("heldout"):
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+        except (UnicodeDecodeError, OSError):
+            continue
+        for i, line in enumerate(lines):
+            if i < 15 or not _DEF.match(line) or len(lines) < i + 6:
+                continue
+            start = i - max_lines + 1
+            chunk = lines[max(0, start) : i + 1]
+            while chunk and sum(len(c) for c in chunk) > max_chars:
+                chunk = chunk[1:]
+            if len(chunk) >= 3:
+                out.append("".join(chunk))
+                break
+        if len(out) >= num:
+            break
+    return out
 
 
 def stage_export(work: Path, out: Path, preset_name: str, device: torch.device) -> None:
@@ -204,6 +288,8 @@ def stage_export(work: Path, out: Path, preset_name: str, device: torch.device) 
         shutil.rmtree(tdir)
     target.save_pretrained(tdir, safe_serialization=True, max_shard_size="16MB")
     load_tokenizer(work / "target").save_pretrained(tdir)
+    prompts = heldout_prompts()
+    (out / "prompts.json").write_text(json.dumps(prompts, indent=2))
     drafter = DFlashDrafter.from_pretrained(work / "drafter").to(torch.bfloat16)
     ddir = out / "drafter"
     if ddir.exists():
@@ -220,8 +306,8 @@ def stage_export(work: Path, out: Path, preset_name: str, device: torch.device) 
             "python": sys.version.split()[0],
             "train_tokens": int(np.load(work / "train.npy").size),
             "heldout_tokens": int(held.tokens.numel()),
-            "train_files": len(stdlib_files("train")),
-            "heldout_files": len(stdlib_files("heldout")),
+            "train_files": len(_files("train")),
+            "heldout_files": len(_files("heldout")),
         },
         "target": {
             "steps": target_ckpt["step"],
@@ -239,6 +325,143 @@ def stage_export(work: Path, out: Path, preset_name: str, device: torch.device) 
     _log(f"exported to {out}: held-out ppl fp32 {ppl32:.3f}, bf16 {ppl16:.3f}")
 
 
+def _loss_points(log: list[dict[str, Any]], key: str, n: int = 8) -> str:
+    if not log:
+        return "-"
+    idx = sorted({round(i * (len(log) - 1) / (n - 1)) for i in range(n)})
+    return ", ".join(f"{log[i]['step']}: {log[i][key]:.3f}" for i in idx)
+
+
+def _dir_size(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def write_card(out: Path, bench_command: str = "") -> Path:
+    """README.md of the exported pair from ``training_summary.json`` and ``bench.json``."""
+    summ = json.loads((out / "training_summary.json").read_text())
+    cfg = summ["config"]
+    t, d, c = summ["target"], summ["drafter"], summ["corpus"]
+    lm, dr = cfg["lm"], cfg["drafter"]
+    tokens_seen = t["steps"] * lm["batch_size"] * lm["context"]
+    depth = dr["block_size"] - 1
+    gamma = 7.0 * depth / 15.0
+    lines = [
+        "# difftree_rt reference pair (Python stdlib code model + DFlash drafter)",
+        "",
+        "A small **Qwen3-architecture target trained from scratch** on the Python standard "
+        "library with its own byte-level BPE tokenizer, and a **DFlash block-diffusion drafter** "
+        "trained against it with `difftree_rt.train`. It exists so that `difftree-rt demo` and "
+        "the end-to-end benchmark run offline on any machine; it is a code-completion toy, not "
+        "a useful assistant.",
+        "",
+        "```python",
+        "from transformers import AutoModelForCausalLM, AutoTokenizer",
+        "from difftree_rt import SpeculativeDecoder",
+        "from difftree_rt.models import DFlashDrafter",
+        "",
+        'target = AutoModelForCausalLM.from_pretrained("assets/reference_pair/target")',
+        'tok = AutoTokenizer.from_pretrained("assets/reference_pair/target")',
+        'drafter = DFlashDrafter.from_pretrained("assets/reference_pair/drafter")',
+        'dec = SpeculativeDecoder(target.float(), drafter.float(), "ddtree", budget=64)',
+        'ids = tok("def fibonacci(n):\\n", return_tensors="pt").input_ids',
+        "out = dec.generate(ids, 128, stop_token_ids=[tok.eos_token_id])",
+        "print(tok.decode(out.sequences[0]), out.stats.tau)",
+        "```",
+        "",
+        "## Files",
+        "",
+        f"- `target/` ({_dir_size(out / 'target') / 1e6:.1f} MB): HF Qwen3ForCausalLM, bf16 "
+        "safetensors (shards <= 16 MiB), tied embeddings, plus the tokenizer.",
+        f"- `drafter/` ({_dir_size(out / 'drafter') / 1e6:.1f} MB): DFlash drafter in the "
+        "published layout (`config.json` with `dflash_config`, `model.safetensors`, bf16); "
+        "uses the target's embedding and LM head.",
+        "- `prompts.json`: held-out prompts (code up to a `def` line of held-out stdlib files).",
+        "- `training_summary.json`: configs, loss logs, perplexities; `bench.json` + PNGs: "
+        "the end-to-end measurement below.",
+        "",
+        "## Data",
+        "",
+        f"- Corpus: {c['source']}; Python {c['python']}. Train: {c['train_files']} files, "
+        f"{c['train_tokens']:,} tokens; held out: {c['heldout_files']} files, "
+        f"{c['heldout_tokens']:,} tokens.",
+        f"- Tokenizer: byte-level BPE (`tokenizers`), vocab {cfg['vocab']} trained on the train "
+        "split; specials `<|endoftext|>` (eos, document separator), `<|pad|>`, `<|mask|>` (the "
+        "drafter's mask token).",
+        "",
+        "## Target",
+        "",
+        f"- Qwen3: {json.dumps(cfg['target'])}, tied embeddings, RoPE θ 10000.",
+        f"- Training: {t['steps']} steps x {lm['batch_size']} x {lm['context']} tokens "
+        f"({tokens_seen / 1e6:.1f}M tokens, {tokens_seen / max(1, c['train_tokens']):.2f} "
+        f"epochs), AdamW (0.9, 0.95, wd 0.1), lr {lm['lr']} with {lm['warmup']} warm-up steps "
+        "and cosine decay to 10%, bf16 autocast, grad clip 1.0.",
+        f"- Train loss (EMA) by step: {_loss_points(t['log'], 'loss')}.",
+        f"- **Held-out perplexity** (non-overlapping {lm['context']}-token windows, "
+        f"{t['heldout_eval_tokens']:,} tokens): fp32 **{t['heldout_ppl_fp32']:.2f}**, "
+        f"bf16 weights {t['heldout_ppl_bf16']:.2f}.",
+        "",
+        "## Drafter",
+        "",
+        f"- DFlash, {dr['num_layers']} decoder layer(s), block size {dr['block_size']}, "
+        f"{dr['num_feature_layers']} target feature layers, mask token `<|mask|>`.",
+        f"- Training (ALGORITHMS.md §1): frozen target; {d['steps']} steps x {dr['batch_size']} "
+        f"sequences of {dr['context']} tokens x {dr['anchors']} anchors; block = [token at "
+        f"anchor, MASK x {depth}] sees target features strictly before its anchor and itself "
+        f"only; CE at slots 1..{depth} weighted exp(-(k-1)/{gamma:g}), normalised. Data: "
+        f"{int(100 * dr.get('p_generated', 0))}% rows from {dr.get('generated', 0)} greedy "
+        f"target continuations ({dr['context'] // 4} corpus tokens + "
+        f"{dr['context'] - dr['context'] // 4} generated), the rest corpus windows. "
+        f"AdamW lr {dr['lr']}, cosine, bf16 autocast.",
+        f"- Loss (EMA) by step: {_loss_points(d['log'], 'loss')}.",
+        f"- First-slot accuracy (EMA) by step: {_loss_points(d['log'], 'acc1')}.",
+        "",
+    ]
+    res_path = out / "bench.json"
+    if res_path.exists():
+        res = json.loads(res_path.read_text())
+        lines += [
+            "## Acceptance and speed (held-out prompts, greedy)",
+            "",
+            f"Measured in one run on {res['machine']}, {res['dtype']}, {res['prompts']} held-out "
+            f"prompts x <= {res['max_new_tokens']} new tokens:",
+            "",
+            "| policy | budget | τ | tokens/s | speedup vs AR |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        for r in res["results"]:
+            sp = r.get("speedup_vs_ar")
+            lines.append(
+                f"| {r['policy']} | {r['budget'] or '-'} | {r['tau']:.2f} | "
+                f"{r['tokens_per_s']:.1f} | {f'{sp:.2f}x' if sp else '-'} |"
+            )
+        lines += ["", f"Command: `{bench_command}`" if bench_command else "", ""]
+        lines += [
+            "![τ and speedup vs budget](tau_speedup_vs_budget.png)",
+            "![acceptance lengths](acceptance_histogram.png)",
+            "",
+        ]
+    lines += [
+        "## Reproduce",
+        "",
+        "```bash",
+        "# this pair (CPU, 1 thread, ~1 h in <= 9-minute resumable chunks):",
+        "while python scripts/train_reference_pair.py --preset cpu --threads 1; "
+        "[ $? -eq 75 ]; do :; done",
+        "# a better pair on a GPU (6 x 384 target, vocab 8192, 512 context; commands < 10 min):",
+        "while python scripts/train_reference_pair.py --preset gpu --device cuda; "
+        "[ $? -eq 75 ]; do :; done",
+        "```",
+        "",
+        "Work files go to `build/reference_pair/<preset>/` (gitignored); the export overwrites "
+        "`assets/reference_pair/`. `difftree-rt bench --out assets/reference_pair` then "
+        "measures it.",
+        "",
+    ]
+    path = out / "README.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
@@ -248,7 +471,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--max-minutes", type=float, default=9.0, help="time budget of this chunk")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
     ap.add_argument("--stop-after", choices=["tokenizer", "data", "target", "drafter"])
+    ap.add_argument("--card", action="store_true", help="only (re)write <out>/README.md")
+    ap.add_argument("--bench-command", default="", help="command quoted in the card")
+    ap.add_argument("--max-files", type=int, default=None, help="corpus limit (smoke tests)")
     args = ap.parse_args(argv)
+    _OPTIONS["max_files"] = args.max_files
+    if args.card:
+        print(write_card(Path(args.out), args.bench_command))
+        return 0
     if args.threads:
         torch.set_num_threads(args.threads)
     preset = PRESETS[args.preset]
