@@ -140,3 +140,20 @@ def make_policy(name: str, budget: int) -> DraftPolicy:
         known = ", ".join(sorted(["ar", *POLICIES]))
         raise ValueError(f"policy must be one of {known} or a DraftPolicy, got {name!r}")
     return factory(budget)
+
+
+# ---- policies defined in difftree_rt.policies, registered by name (imported on first use) ----
+def _caddtree_factory(budget: int) -> DraftPolicy:
+    from ..policies import CaDDTreePolicy
+
+    return CaDDTreePolicy(budget)
+
+
+def _presto_factory(budget: int) -> DraftPolicy:
+    from ..policies import PrestoPolicy
+
+    return PrestoPolicy(budget)
+
+
+POLICIES.setdefault("caddtree", _caddtree_factory)
+POLICIES.setdefault("presto", _presto_factory)

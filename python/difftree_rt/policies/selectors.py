@@ -1,0 +1,154 @@
+"""Engine policies ``caddtree`` and ``presto`` (DESIGN.md §4) on top of the core's selectors.
+
+Vocabulary: B batch (1 on the eager engine path), L draft depth, K candidates per depth,
+V vocabulary, N tree capacity (budget + 1).
+
+Both selectors run on the host for now (the core has no CUDA kernels for them): the candidates
+``[B, L, K]`` are copied to the CPU, the tree is copied back. That is one small transfer per
+round on top of the eager engine's per-round host read.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from ..engine.policies import DraftPolicy, PolicyInput
+from ..tree import DraftTree
+from .cost import CostTable, load_cost_table
+from .ngram import NGramPrior
+
+__all__ = ["CaDDTreePolicy", "PrestoPolicy"]
+
+
+def _candidates(inputs: PolicyInput, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    from .. import ops
+
+    token, logprob = ops.topk_logprobs(inputs.draft_logits, k)
+    return token.cpu(), logprob.cpu()
+
+
+class CaDDTreePolicy(DraftPolicy):
+    """CaDDTree (ALGORITHMS.md §5): the DDTree order, cut per round where the estimated
+    throughput ``(1 + Φ(n)) / (C_d + C_v(n; ctx))`` peaks.
+
+    Args:
+        budget: the maximum tree (draft nodes).
+        cost_table: a :class:`CostTable`, a JSON path (``difftree-rt profile-cost``), or None
+            for the conservative analytic default.
+        batch: the batch size whose costs apply.
+        truncate: return the tree cut to ``max(n + 1, min(L, budget) + 1)`` rows, so the eager
+            verify pays for the chosen tree, not the capacity (the cut rows are padding
+            anyway; the floor keeps the engine's fixed walk-path width). Graph mode would keep
+            the full capacity and rely on ``num_nodes``.
+
+    Attributes:
+        sizes: the chosen n of every round since construction (diagnostics).
+    """
+
+    name = "caddtree"
+    needs_context = True  # the committed length selects the context column of the table
+
+    def __init__(
+        self,
+        budget: int = 256,
+        cost_table: CostTable | str | os.PathLike[str] | None = None,
+        *,
+        batch: int = 1,
+        truncate: bool = True,
+    ) -> None:
+        super().__init__(budget)
+        self.table = load_cost_table(cost_table)
+        self.batch = batch
+        self.truncate = truncate
+        self.sizes: list[int] = []
+
+    def select(self, inputs: PolicyInput) -> DraftTree:
+        from .. import ops
+
+        logits = inputs.draft_logits
+        B, L, V = logits.shape
+        token, logprob = _candidates(inputs, max(1, min(self.budget, V)))
+        ctx = 0 if inputs.context_ids is None else max(0, int(inputs.context_ids.shape[1]) - 1)
+        row = self.table.verify_row(self.budget, ctx, self.batch)
+        verify = row[None, :].expand(B, -1).contiguous()
+        draft = torch.full((B,), self.table.draft_cost(ctx, self.batch), dtype=torch.float32)
+        tree = ops.caddtree_select_from_candidates(
+            token, logprob, self.budget, verify, draft, inputs.root_token.cpu()
+        )
+        n = int(tree.num_nodes.max())
+        self.sizes.append(n - 1)
+        if self.truncate:
+            tree = tree.truncate(min(tree.capacity, max(n, min(L, self.budget) + 1)))
+        return tree.to(logits.device)
+
+    def __repr__(self) -> str:
+        return f"CaDDTreePolicy(budget={self.budget}, unit={self.table.unit!r})"
+
+
+class PrestoPolicy(DraftPolicy):
+    """PRESTO (ALGORITHMS.md §7): best-first over ``log q + λ log p_a(t | path)`` (per-parent
+    normalised) with an incremental n-gram prior over the prompt and the generated tokens.
+
+    Args:
+        budget: draft nodes per round.
+        lam: λ (0 gives DDTree exactly).
+        order: n of the n-gram prior.
+        alpha: additive smoothing mass α (interpolation toward the lower order).
+        k: candidates per depth (default ``min(budget, V)``, as DDTree).
+    """
+
+    name = "presto"
+    needs_context = True
+
+    def __init__(
+        self,
+        budget: int = 64,
+        *,
+        lam: float = 0.2,
+        order: int = 3,
+        alpha: float = 1.0,
+        k: int | None = None,
+    ) -> None:
+        super().__init__(budget)
+        if not lam >= 0.0:
+            raise ValueError(f"lam must be >= 0, got {lam!r}")
+        if not alpha > 0.0:
+            raise ValueError(f"alpha must be > 0, got {alpha!r}")
+        self.lam, self.order, self.alpha, self.k = float(lam), order, float(alpha), k
+        self.prior = NGramPrior(order)
+
+    def select(self, inputs: PolicyInput) -> DraftTree:
+        from .. import ops
+
+        logits = inputs.draft_logits
+        B, _, V = logits.shape
+        if B != 1:
+            raise NotImplementedError("presto: one request at a time (B = 1)")
+        if inputs.context_ids is None:
+            raise ValueError("presto needs PolicyInput.context_ids (the committed stream)")
+        # The stream ends with the root (bonus) token: it is emitted output, so it is counted.
+        self.prior.sync(inputs.context_ids[0])
+        k = max(1, min(self.k or self.budget, self.budget, V))
+        token, logprob = _candidates(inputs, k)
+        tree = ops.presto_select_from_candidates(
+            token,
+            logprob,
+            self.budget,
+            self.prior.context()[None],
+            self.prior.keys,
+            self.prior.counts,
+            order=self.order,
+            vocab=V,
+            lam=self.lam,
+            alpha=self.alpha,
+            root_token=inputs.root_token.cpu(),
+        )
+        return tree.to(logits.device)
+
+    def __repr__(self) -> str:
+        return (
+            f"PrestoPolicy(budget={self.budget}, lam={self.lam}, order={self.order}, "
+            f"alpha={self.alpha})"
+        )

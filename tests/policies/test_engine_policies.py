@@ -1,0 +1,104 @@
+"""caddtree and presto through the engine: lossless greedy (identical tokens to HF greedy),
+lossless sampling (chi-square of the first tokens' joint), and policy behaviour end to end."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from engine_helpers import greedy_reference, make_drafter, make_target, random_pair, trained_pair
+from test_greedy import assert_greedy_equal
+from test_sampling import chi_square, exact_joint
+
+from difftree_rt import SpeculativeDecoder
+from difftree_rt.engine.policies import make_policy
+from difftree_rt.policies import CaDDTreePolicy, CostTable, PrestoPolicy
+
+
+def _steep_table() -> CostTable:
+    nodes = [0, 1, 2, 4, 8]
+    return CostTable(nodes=nodes, contexts=[0], verify=[[[1.0 + 5 * n + n * n for n in nodes]]],
+                     draft=[[0.0]])  # fmt: skip
+
+
+def _policies(budget: int) -> list:
+    return [
+        make_policy("caddtree", budget),
+        CaDDTreePolicy(budget, _steep_table()),
+        make_policy("presto", budget),
+        PrestoPolicy(budget, lam=1.0, order=2, alpha=0.3),
+    ]
+
+
+@pytest.mark.parametrize("arch", ["qwen3", "llama"])
+@pytest.mark.parametrize("budget", [1, 7, 64])
+def test_greedy_lossless_random_pair(arch: str, budget: int) -> None:
+    target, drafter = random_pair(arch)
+    gen = torch.Generator().manual_seed(3)
+    prompts = [torch.randint(0, 128, (1, n), generator=gen) for n in (1, 9, 23)]
+    refs = [greedy_reference(target, p, 24) for p in prompts]
+    for policy in _policies(budget):
+        dec = SpeculativeDecoder(target, drafter, policy)
+        for prompt, ref in zip(prompts, refs):
+            out = dec.generate(prompt, 24)
+            assert_greedy_equal(target, out.sequences, ref)
+            assert sum(out.stats.emitted_per_round) + 1 == 24
+
+
+def test_greedy_lossless_trained_pair_and_behaviour() -> None:
+    target, drafter = trained_pair()
+    gen = torch.Generator().manual_seed(5)
+    prompts = [torch.randint(0, 32, (1, n), generator=gen) for n in (3, 9, 17)]
+    refs = [greedy_reference(target, p, 48) for p in prompts]
+    taus: dict[str, list[float]] = {}
+    for name, policy in [
+        ("ddtree", make_policy("ddtree", 64)),
+        ("caddtree", CaDDTreePolicy(64)),
+        ("caddtree-steep", CaDDTreePolicy(64, _steep_table())),
+        ("presto", PrestoPolicy(64)),
+    ]:
+        dec = SpeculativeDecoder(target, drafter, policy)
+        for prompt, ref in zip(prompts, refs):
+            out = dec.generate(prompt, 48)
+            assert_greedy_equal(target, out.sequences, ref)
+            taus.setdefault(name, []).append(out.stats.tau)
+        if name == "caddtree-steep":
+            assert max(policy.sizes) <= 1  # a chain of at most one node
+        if name == "caddtree":
+            assert 1 <= min(policy.sizes) and max(policy.sizes) <= 64
+    mean = {k: sum(v) / len(v) for k, v in taus.items()}
+    assert mean["presto"] > 2.0 and mean["caddtree"] > 2.0, mean
+
+
+@pytest.mark.parametrize(
+    "policy_name,budget,temperature,top_p", [("caddtree", 48, 1.0, None), ("presto", 48, 0.7, 0.9)]
+)
+def test_sampling_distribution_equals_target(policy_name, budget, temperature, top_p) -> None:
+    steps, vocab, num = 3, 16, 2000
+    target = make_target("llama", vocab=vocab, seed=4, init=0.1)
+    drafter = make_drafter(target, seed=4)
+    prompt = torch.tensor([[3, 1, 4, 1]])
+    probs = exact_joint(target, prompt, steps, temperature=temperature, top_p=top_p)
+    policy = (
+        CaDDTreePolicy(
+            budget, CostTable(nodes=[0, 64], contexts=[0], verify=[[[1.0, 1.2]]], draft=[[0.1]])
+        )
+        if policy_name == "caddtree"
+        else PrestoPolicy(budget, lam=1.0)
+    )
+    dec = SpeculativeDecoder(target, drafter, policy)
+    counts = torch.zeros(vocab**steps, dtype=torch.float64)
+    deep = 0
+    for seed in range(num):
+        out = dec.generate(prompt, steps, temperature=temperature, top_p=top_p, seed=seed)
+        t1, t2, t3 = out.sequences[0, -steps:].tolist()
+        counts[(t1 * vocab + t2) * vocab + t3] += 1
+        deep += bool(out.stats.accepted_lengths) and out.stats.accepted_lengths[0] >= 2
+    assert deep > num // 20
+    assert chi_square(counts, probs) > 1e-3
+    for pos in range(steps):
+        shape = (vocab,) * steps
+        other = [d for d in range(steps) if d != pos]
+        assert (
+            chi_square(counts.reshape(shape).sum(dim=other), probs.reshape(shape).sum(dim=other))
+            > 1e-3
+        )
