@@ -123,17 +123,25 @@ def test_unsupported_shapes_raise() -> None:
 
 def test_model_backend_uses_kernel() -> None:
     c = make_case(15, 2, 32, 8, 33, 128, [40, 900]).to("cuda", torch.bfloat16)
-    assert ta_mod.get_tree_attention_backend() is tree_attention_cuda.cuda_tree_attention_backend
-    got = ta_mod.tree_attention(c.q, c.k, c.v, c.prefix_len, c.anc, c.num_nodes, c.scale)
-    torch.testing.assert_close(got, run(c), atol=0, rtol=0)
-    causal = ta_mod.tree_attention(c.q, c.k, c.v, c.prefix_len, None, None, c.scale)
-    torch.testing.assert_close(causal, run(c, is_chain=True), atol=0, rtol=0)
-    tree_attention_cuda.disable()
+    ref = ta_mod.tree_attention(c.q, c.k, c.v, c.prefix_len, c.anc, c.num_nodes, c.scale)
+    tree_attention_cuda.enable()
     try:
-        ref = ta_mod.tree_attention(c.q, c.k, c.v, c.prefix_len, c.anc, c.num_nodes, c.scale)
+        assert (
+            ta_mod.get_tree_attention_backend() is tree_attention_cuda.cuda_tree_attention_backend
+        )
+        got = ta_mod.tree_attention(c.q, c.k, c.v, c.prefix_len, c.anc, c.num_nodes, c.scale)
+        causal = ta_mod.tree_attention(c.q, c.k, c.v, c.prefix_len, None, None, c.scale)
+        # fp32 tensors: the backend declines and the reference runs.
+        c32 = c.to("cuda", torch.float32)
+        got32 = ta_mod.tree_attention(
+            c32.q, c32.k, c32.v, c32.prefix_len, c32.anc, c32.num_nodes, c32.scale
+        )
     finally:
-        tree_attention_cuda.enable()
+        tree_attention_cuda.disable()
+    torch.testing.assert_close(got, run(c), atol=0, rtol=0)
+    torch.testing.assert_close(causal, run(c, is_chain=True), atol=0, rtol=0)
     torch.testing.assert_close(got.float(), ref.float(), atol=2e-2, rtol=2e-2)
+    torch.testing.assert_close(got32, reference(c32), atol=0, rtol=0)
 
 
 @pytest.mark.parametrize(("N", "num_splits"), [(64, 0), (64, 1), (33, 4), (256, 0)])

@@ -166,14 +166,15 @@ def test_backend_declines_on_cpu() -> None:
     from difftree_rt.models import tree_attention_cuda
 
     c = make_case(8, 1, 4, 2, 3, 64, [2])
-    assert ta_mod.get_tree_attention_backend() is tree_attention_cuda.cuda_tree_attention_backend
-    assert (
-        tree_attention_cuda.cuda_tree_attention_backend(
-            c.q, c.k, c.v, c.prefix_len, c.anc, c.num_nodes, c.scale
-        )
-        is None
-    )
-    # The model-path entry still gives the reference's answer on CPU.
-    got = ta_mod.tree_attention(c.q, c.k, c.v, c.prefix_len, c.anc, c.num_nodes, c.scale)
-    torch.testing.assert_close(got, reference(c))
+    assert ta_mod.get_tree_attention_backend() is None  # importing installs nothing
+    backend = tree_attention_cuda.cuda_tree_attention_backend
+    assert backend(c.q, c.k, c.v, c.prefix_len, c.anc, c.num_nodes, c.scale) is None
+    tree_attention_cuda.enable()
+    try:
+        assert ta_mod.get_tree_attention_backend() is backend
+        # The model-path entry still gives the reference's answer on CPU (the backend declines).
+        got = ta_mod.tree_attention(c.q, c.k, c.v, c.prefix_len, c.anc, c.num_nodes, c.scale)
+    finally:
+        tree_attention_cuda.disable()
+    assert ta_mod.get_tree_attention_backend() is None
     assert max_err(got, reference(c)) == 0.0

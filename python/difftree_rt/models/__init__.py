@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from . import tree_attention_cuda as _tree_attention_cuda  # noqa: F401 (the CUDA backend)
 from .dflash import DFlashCache, DFlashDrafter, extract_features
 from .dflash_config import DFlashConfig
 from .static_cache import StaticKVCache

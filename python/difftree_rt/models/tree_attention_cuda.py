@@ -1,11 +1,12 @@
 """The CUDA tree-attention kernel as the model path's backend.
 
-Importing this module installs :func:`cuda_tree_attention_backend` with
-:func:`difftree_rt.models.tree_attention.set_tree_attention_backend` (``difftree_rt.models`` imports
-it, so the model path uses the kernel whenever its tensors are on a CUDA device). The backend
-declines (returns ``None``, so the PyTorch reference runs) for CPU tensors, float32, head dims other
-than 64/128, mixed dtypes, or a build without CUDA kernels. :func:`disable` / :func:`enable` switch
-it off and on (e.g. to compare against the reference).
+:func:`enable` installs :func:`cuda_tree_attention_backend` with
+:func:`difftree_rt.models.tree_attention.set_tree_attention_backend`; from then on every layer's
+:func:`~difftree_rt.models.tree_attention.tree_attention` runs the kernel when its tensors are on a
+CUDA device. Importing this module has no side effect (the default backend stays ``None``); the
+engine / target adapter calls :func:`enable` when the target lives on CUDA. The backend declines
+(returns ``None``, so the PyTorch reference runs) for CPU tensors, float32, head dims other than
+64/128, mixed dtypes or devices, or a build without CUDA kernels. :func:`disable` removes it.
 """
 
 from __future__ import annotations
@@ -86,7 +87,7 @@ def cuda_tree_attention_backend(
 
 
 def enable() -> None:
-    """Install the CUDA backend (done on import)."""
+    """Install the CUDA backend (idempotent)."""
     set_tree_attention_backend(cuda_tree_attention_backend)
 
 
@@ -94,6 +95,3 @@ def disable() -> None:
     """Remove the CUDA backend if it is the installed one (the reference then runs)."""
     if get_tree_attention_backend() is cuda_tree_attention_backend:
         set_tree_attention_backend(None)
-
-
-enable()
