@@ -26,6 +26,7 @@ __all__ = [
     "TokenStream",
     "encode_files",
     "load_tokenizer",
+    "site_packages_files",
     "stdlib_files",
     "stdlib_root",
     "train_tokenizer",
@@ -68,6 +69,26 @@ def stdlib_files(
             held = _is_heldout(rel, holdout_mod)
             if split == "all" or (split == "heldout") == held:
                 out.append(path)
+    return out
+
+
+def site_packages_files(max_bytes: int | None = None) -> list[Path]:
+    """Sorted ``.py`` files of the interpreter's site-packages (installed packages' source),
+    up to ``max_bytes`` in total. Machine-dependent: it depends on what is installed."""
+    root = Path(sysconfig.get_paths()["purelib"])
+    out: list[Path] = []
+    total = 0
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if d != "__pycache__")
+        for name in sorted(filenames):
+            if not name.endswith(".py"):
+                continue
+            path = Path(dirpath) / name
+            size = path.stat().st_size
+            if max_bytes is not None and total + size > max_bytes:
+                return out
+            total += size
+            out.append(path)
     return out
 
 

@@ -32,7 +32,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from .corpus import TokenStream, encode_files, load_tokenizer, stdlib_files, train_tokenizer
+from .corpus import (
+    TokenStream,
+    encode_files,
+    load_tokenizer,
+    site_packages_files,
+    stdlib_files,
+    train_tokenizer,
+)
 from .lm import LMTrainConfig, evaluate_perplexity, train_lm
 
 __all__ = ["PRESETS", "main"]
@@ -93,6 +100,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     "gpu": {
         "vocab": 8192,
+        # stdlib alone (~8M tokens) is too small for this many steps: add installed packages'
+        # sources (up to 150 MB; machine-dependent, recorded in training_summary.json).
+        "corpus": "stdlib+site",
+        "site_bytes": 150_000_000,
         "target": dict(
             hidden_size=384,
             intermediate_size=1152,
@@ -101,7 +112,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             num_key_value_heads=2,
             head_dim=64,
         ),
-        "lm": dict(steps=12000, batch_size=64, context=512, lr=1.5e-3, warmup=300),
+        "lm": dict(steps=10000, batch_size=64, context=512, lr=1.5e-3, warmup=300),
         "drafter": dict(
             num_layers=2,
             num_feature_layers=3,
@@ -111,19 +122,25 @@ PRESETS: dict[str, dict[str, Any]] = {
             anchors=64,
             lr=1e-3,
             block_size=16,
-            generated=16384,
+            generated=4096,
+            gen_batch=256,
             p_generated=0.5,
         ),
     },
 }
 
 
-_OPTIONS: dict[str, Any] = {"max_files": None}
+_OPTIONS: dict[str, Any] = {"max_files": None, "corpus": "stdlib", "site_bytes": None}
 
 
 def _files(split: str) -> list[Path]:
-    """The corpus split, limited to ``--max-files`` files (smoke tests)."""
-    return stdlib_files(split)[: _OPTIONS["max_files"]]
+    """The corpus split, limited to ``--max-files`` files (smoke tests). With the corpus
+    ``stdlib+site`` the train split also holds site-packages sources (held-out files stay
+    stdlib-only)."""
+    files = stdlib_files(split)[: _OPTIONS["max_files"]]
+    if split == "train" and _OPTIONS["corpus"] == "stdlib+site":
+        files += site_packages_files(_OPTIONS["site_bytes"])
+    return files
 
 
 def _log(msg: str) -> None:
@@ -159,7 +176,7 @@ def _make_target(preset: dict[str, Any], tokenizer: Any, context: int) -> torch.
 
 
 def stage_tokenizer(work: Path, preset: dict[str, Any]) -> None:
-    files = _files("train")
+    files = stdlib_files("train")[: _OPTIONS["max_files"]]
     _log(f"training a byte-level BPE (vocab {preset['vocab']}) on {len(files)} stdlib files")
     train_tokenizer(files, preset["vocab"], work / "tokenizer")
 
@@ -225,7 +242,13 @@ def stage_drafter(
             prompt_len = d["context"] // 4
             _log(f"generating {n_gen} greedy target continuations ({prompt_len} prompt tokens)")
             seqs = generate_continuations(
-                target, stream, n_gen, prompt_len, d["context"] - prompt_len, batch=64, seed=1
+                target,
+                stream,
+                n_gen,
+                prompt_len,
+                d["context"] - prompt_len,
+                batch=d.get("gen_batch", 64),
+                seed=1,
             )
             torch.save(seqs, gen_path)
         sequences = torch.load(gen_path)
@@ -302,7 +325,12 @@ def stage_export(work: Path, out: Path, preset_name: str, device: torch.device) 
         "config": PRESETS[preset_name],
         "corpus": {
             "source": "Python standard library .py files (site-packages, idlelib, lib2to3 "
-            "excluded); held out: md5(relative path) % 40 == 0",
+            "excluded); held out: md5(relative path) % 40 == 0"
+            + (
+                f"; train split plus site-packages sources (<= {_OPTIONS['site_bytes']} bytes)"
+                if _OPTIONS["corpus"] == "stdlib+site"
+                else ""
+            ),
             "python": sys.version.split()[0],
             "train_tokens": int(np.load(work / "train.npy").size),
             "heldout_tokens": int(held.tokens.numel()),
@@ -476,6 +504,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--max-files", type=int, default=None, help="corpus limit (smoke tests)")
     args = ap.parse_args(argv)
     _OPTIONS["max_files"] = args.max_files
+    _OPTIONS["corpus"] = PRESETS[args.preset].get("corpus", "stdlib")
+    _OPTIONS["site_bytes"] = PRESETS[args.preset].get("site_bytes")
     if args.card:
         print(write_card(Path(args.out), args.bench_command))
         return 0
