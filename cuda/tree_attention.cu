@@ -46,11 +46,11 @@ struct AttnParams {
   int64_t o_s[3];
   const void* prefix_len;
   bool prefix64;
-  const int32_t* anc;  // [B, N, W] or null (chain)
+  const int32_t* anc;     // [B, N, W] or null (chain)
   const void* num_nodes;  // [B] or null (all N valid)
   bool nodes64;
   int B, Hq, Hkv, G, N, W;
-  int64_t S;  // cache rows
+  int64_t S;         // cache rows
   float scale_log2;  // softmax scale * log2(e)
   int num_splits;
   float* ws_o;    // [splits, B, Hq, N, D] (num_splits > 1)
@@ -133,16 +133,15 @@ __device__ __forceinline__ int clamp_nodes(const AttnParams& p, int b) {
 // ---- the attention kernel -----------------------------------------------------------------------
 
 template <typename T, int D, bool kChain>
-__global__ void __launch_bounds__(kThreads)
-    tree_attention_kernel(const AttnParams p) {
+__global__ void __launch_bounds__(kThreads) tree_attention_kernel(const AttnParams p) {
   constexpr int kStride = D + 8;   // smem row stride (elements): conflict-free ldmatrix
   constexpr int kChunks = D / 8;   // 16-byte chunks per row
   constexpr int kKSteps = D / 16;  // k-steps of S = Q K^T
   constexpr int kDTiles = D / 8;   // n8 tiles of O
   extern __shared__ __align__(16) unsigned char smem_raw[];
   T* sQ = reinterpret_cast<T*>(smem_raw);
-  T* sK = sQ + kTileM * kStride;       // [2][kTileN][kStride]
-  T* sV = sK + 2 * kTileN * kStride;   // [2][kTileN][kStride]
+  T* sK = sQ + kTileM * kStride;      // [2][kTileN][kStride]
+  T* sV = sK + 2 * kTileN * kStride;  // [2][kTileN][kStride]
 
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const int m0 = blockIdx.x * kTileM;

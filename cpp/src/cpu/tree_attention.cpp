@@ -94,14 +94,15 @@ Status tree_attention(const TensorView& q, const TensorView& k_cache, const Tens
   for (int64_t b = 0; b < B; ++b) {
     plen[b] = index_at(prefix_len, b);
     if (plen[b] < 0 || plen[b] > S - N)
-      return InvalidValue("prefix_len: request " + std::to_string(b) + " has prefix_len = " +
-                          std::to_string(plen[b]) + ", expected 0 <= prefix_len <= S_max - N = " +
-                          std::to_string(S - N) + " (the N tree rows must fit in the cache)");
+      return InvalidValue("prefix_len: request " + std::to_string(b) +
+                          " has prefix_len = " + std::to_string(plen[b]) +
+                          ", expected 0 <= prefix_len <= S_max - N = " + std::to_string(S - N) +
+                          " (the N tree rows must fit in the cache)");
     nval[b] = num_nodes != nullptr ? index_at(*num_nodes, b) : N;
     if (nval[b] < 0 || nval[b] > N)
-      return InvalidValue("num_nodes: request " + std::to_string(b) + " has num_nodes = " +
-                          std::to_string(nval[b]) + ", expected 0 <= num_nodes <= N = " +
-                          std::to_string(N));
+      return InvalidValue("num_nodes: request " + std::to_string(b) +
+                          " has num_nodes = " + std::to_string(nval[b]) +
+                          ", expected 0 <= num_nodes <= N = " + std::to_string(N));
   }
   const int32_t* anc = chain ? nullptr : tree_anc->ptr<const int32_t>();
 
@@ -116,8 +117,10 @@ Status tree_attention(const TensorView& q, const TensorView& k_cache, const Tens
       kf.resize(static_cast<size_t>(keys * D));
       vf.resize(static_cast<size_t>(keys * D));
       for (int64_t r = 0; r < keys; ++r) {
-        const int64_t ko = b * k_cache.strides[0] + kvh * k_cache.strides[1] + r * k_cache.strides[2];
-        const int64_t vo = b * v_cache.strides[0] + kvh * v_cache.strides[1] + r * v_cache.strides[2];
+        const int64_t ko =
+            b * k_cache.strides[0] + kvh * k_cache.strides[1] + r * k_cache.strides[2];
+        const int64_t vo =
+            b * v_cache.strides[0] + kvh * v_cache.strides[1] + r * v_cache.strides[2];
         for (int64_t d = 0; d < D; ++d) {
           kf[r * D + d] = load(k_cache, ko + d);
           vf[r * D + d] = load(v_cache, vo + d);
