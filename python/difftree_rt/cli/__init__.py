@@ -55,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(func=_cmd_demo)
     _add_e2e_commands(sub)
+    _add_policy_commands(sub)
     return parser
 
 
@@ -70,6 +71,20 @@ def _add_e2e_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[
     }
     for name, (module, help_text) in commands.items():
         mod = importlib.import_module(f"difftree_rt.cli.{module}")
+        p = sub.add_parser(name, help=help_text, description=mod.__doc__)
+        mod.add_arguments(p)
+        p.set_defaults(func=mod.run)
+
+
+def _add_policy_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """``profile-cost`` (CaDDTree cost tables), ``eval-policies`` (offline policy scores)."""
+    from difftree_rt.cli import eval_policies, profile_cost
+
+    commands = {
+        "profile-cost": (profile_cost, "measure verify/draft cost, write a CaDDTree cost table"),
+        "eval-policies": (eval_policies, "policies x budgets on a recorded trace: τ, tokens/cost"),
+    }
+    for name, (mod, help_text) in commands.items():
         p = sub.add_parser(name, help=help_text, description=mod.__doc__)
         mod.add_arguments(p)
         p.set_defaults(func=mod.run)
