@@ -207,6 +207,12 @@ class TargetAdapter:
                 "(`model.model.norm`), which was not found"
             )
         self._attn_impl = register_hf_attention()
+        if self.device.type == "cuda":
+            # The CUDA tree-attention kernel serves verify/decode on the GPU (it declines shapes
+            # and dtypes it does not support, which then run the PyTorch reference).
+            from . import tree_attention_cuda
+
+            tree_attention_cuda.enable()
         self.cache = StaticKVCache(
             num_layers=num_layers,
             batch_size=batch_size,
