@@ -187,30 +187,30 @@ PYBIND11_MODULE(_C, m) {
   });
 
   // ---- caddtree_select / ngram_update / presto_select (policies; CPU) ----
-  m.def("check_caddtree_select", [](py::handle cand_token, py::handle cand_logprob,
-                                    int64_t max_budget, py::object root_token,
-                                    py::handle verify_cost, py::handle draft_cost) {
-    auto root = maybe_view(root_token, "root_token");
-    raise_if_error(difftree::check_caddtree_select(
-        view(cand_token, "cand_token"), view(cand_logprob, "cand_logprob"), max_budget, ptr(root),
-        view(verify_cost, "verify_cost"), view(draft_cost, "draft_cost")));
-  });
+  m.def("check_caddtree_select",
+        [](py::handle cand_token, py::handle cand_logprob, int64_t max_budget,
+           py::object root_token, py::handle verify_cost, py::handle draft_cost) {
+          auto root = maybe_view(root_token, "root_token");
+          raise_if_error(difftree::check_caddtree_select(
+              view(cand_token, "cand_token"), view(cand_logprob, "cand_logprob"), max_budget,
+              ptr(root), view(verify_cost, "verify_cost"), view(draft_cost, "draft_cost")));
+        });
   m.def("caddtree_select", [](py::handle cand_token, py::handle cand_logprob, int64_t max_budget,
-                              py::object root_token, py::handle verify_cost,
-                              py::handle draft_cost, py::tuple tree, uintptr_t stream) {
+                              py::object root_token, py::handle verify_cost, py::handle draft_cost,
+                              py::tuple tree, uintptr_t stream) {
     auto root = maybe_view(root_token, "root_token");
     raise_if_error(difftree::caddtree_select(
         view(cand_token, "cand_token"), view(cand_logprob, "cand_logprob"), max_budget, ptr(root),
         view(verify_cost, "verify_cost"), view(draft_cost, "draft_cost"), tree_view(tree),
         stream_ptr(stream)));
   });
-  m.def("ngram_update", [](py::handle keys, py::handle counts, py::handle tokens, int64_t start,
-                           int64_t order) {
-    int64_t fresh = 0;
-    raise_if_error(difftree::ngram_update(view(keys, "keys"), view(counts, "counts"),
-                                          view(tokens, "tokens"), start, order, &fresh));
-    return fresh;
-  });
+  m.def("ngram_update",
+        [](py::handle keys, py::handle counts, py::handle tokens, int64_t start, int64_t order) {
+          int64_t fresh = 0;
+          raise_if_error(difftree::ngram_update(view(keys, "keys"), view(counts, "counts"),
+                                                view(tokens, "tokens"), start, order, &fresh));
+          return fresh;
+        });
   auto presto_params = [](int64_t order, double alpha, double lam, int64_t vocab) {
     difftree::PrestoParams p;
     p.order = order;
@@ -219,28 +219,27 @@ PYBIND11_MODULE(_C, m) {
     p.vocab = vocab;
     return p;
   };
-  m.def("check_presto_select", [presto_params](py::handle cand_token, py::handle cand_logprob,
-                                               int64_t budget, py::object root_token,
-                                               py::handle context, py::handle keys,
-                                               py::handle counts, int64_t order, double alpha,
-                                               double lam, int64_t vocab) {
-    auto root = maybe_view(root_token, "root_token");
-    raise_if_error(difftree::check_presto_select(
-        view(cand_token, "cand_token"), view(cand_logprob, "cand_logprob"), budget, ptr(root),
-        view(context, "context"), view(keys, "keys"), view(counts, "counts"),
-        presto_params(order, alpha, lam, vocab)));
-  });
-  m.def("presto_select", [presto_params](py::handle cand_token, py::handle cand_logprob,
-                                         int64_t budget, py::object root_token,
-                                         py::handle context, py::handle keys, py::handle counts,
-                                         int64_t order, double alpha, double lam, int64_t vocab,
-                                         py::tuple tree, uintptr_t stream) {
-    auto root = maybe_view(root_token, "root_token");
-    raise_if_error(difftree::presto_select(
-        view(cand_token, "cand_token"), view(cand_logprob, "cand_logprob"), budget, ptr(root),
-        view(context, "context"), view(keys, "keys"), view(counts, "counts"),
-        presto_params(order, alpha, lam, vocab), tree_view(tree), stream_ptr(stream)));
-  });
+  m.def("check_presto_select",
+        [presto_params](py::handle cand_token, py::handle cand_logprob, int64_t budget,
+                        py::object root_token, py::handle context, py::handle keys,
+                        py::handle counts, int64_t order, double alpha, double lam, int64_t vocab) {
+          auto root = maybe_view(root_token, "root_token");
+          raise_if_error(difftree::check_presto_select(
+              view(cand_token, "cand_token"), view(cand_logprob, "cand_logprob"), budget, ptr(root),
+              view(context, "context"), view(keys, "keys"), view(counts, "counts"),
+              presto_params(order, alpha, lam, vocab)));
+        });
+  m.def("presto_select",
+        [presto_params](py::handle cand_token, py::handle cand_logprob, int64_t budget,
+                        py::object root_token, py::handle context, py::handle keys,
+                        py::handle counts, int64_t order, double alpha, double lam, int64_t vocab,
+                        py::tuple tree, uintptr_t stream) {
+          auto root = maybe_view(root_token, "root_token");
+          raise_if_error(difftree::presto_select(
+              view(cand_token, "cand_token"), view(cand_logprob, "cand_logprob"), budget, ptr(root),
+              view(context, "context"), view(keys, "keys"), view(counts, "counts"),
+              presto_params(order, alpha, lam, vocab), tree_view(tree), stream_ptr(stream)));
+        });
 
   m.def("check_tree_attention", [](py::handle q, py::handle k_cache, py::handle v_cache,
                                    py::handle prefix_len, py::object tree_anc,

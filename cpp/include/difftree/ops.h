@@ -142,10 +142,10 @@ Status ngram_update(const TensorView& keys, const TensorView& counts, const Tens
 // Smoothing and weighting of the prior: p_0 = 1/vocab, p_m = (c(h, t) + alpha p_{m-1}) /
 // (c(h) + alpha) for m = 1..order; edge score log q + lam log p_a - log Z(parent).
 struct PrestoParams {
-  int64_t order = 3;    // n of the n-gram (1..8)
-  double alpha = 1.0;   // additive smoothing mass (> 0)
-  double lam = 0.2;     // λ (>= 0); 0 gives DDTree exactly
-  int64_t vocab = 1;    // V of the uniform base distribution (>= 1)
+  int64_t order = 3;   // n of the n-gram (1..8)
+  double alpha = 1.0;  // additive smoothing mass (> 0)
+  double lam = 0.2;    // λ (>= 0); 0 gives DDTree exactly
+  int64_t vocab = 1;   // V of the uniform base distribution (>= 1)
 };
 // Best-first selection with PRESTO edge scores over the candidate lattice (as ddtree_select's
 // inputs). context [B, order - 1] int32/int64: the last order - 1 tokens of each request's
@@ -153,9 +153,9 @@ struct PrestoParams {
 // higher score, smaller depth, earlier parent, then position in the parent's edge list (edge
 // score descending, rank ascending). Output capacity N = budget + 1. CUDA: Unsupported for now.
 Status check_presto_select(const TensorView& cand_token, const TensorView& cand_logprob,
-                           int64_t budget, const TensorView* root_token,
-                           const TensorView& context, const TensorView& keys,
-                           const TensorView& counts, const PrestoParams& params);
+                           int64_t budget, const TensorView* root_token, const TensorView& context,
+                           const TensorView& keys, const TensorView& counts,
+                           const PrestoParams& params);
 Status presto_select(const TensorView& cand_token, const TensorView& cand_logprob, int64_t budget,
                      const TensorView* root_token, const TensorView& context,
                      const TensorView& keys, const TensorView& counts, const PrestoParams& params,

@@ -339,8 +339,8 @@ Status tree_for_budget(const TreeView& tree, const TensorView& cand_logprob, int
   const int64_t B = cand_logprob.shape[0];
   if (tree.token.shape[0] != B || tree.token.shape[1] != budget + 1) {
     std::ostringstream os;
-    os << "tree.token: expected shape [B, budget + 1] = [" << B << ", " << budget + 1
-       << "], got " << shape_string(tree.token);
+    os << "tree.token: expected shape [B, budget + 1] = [" << B << ", " << budget + 1 << "], got "
+       << shape_string(tree.token);
     return InvalidValue(os.str());
   }
   return checks::same_device(tree.token, "tree.token", cand_logprob, "cand_logprob");
@@ -372,11 +372,11 @@ Status check_caddtree_select(const TensorView& cand_token, const TensorView& can
   const int64_t B = cand_logprob.shape[0];
   DIFFTREE_RETURN_IF_ERROR(
       checks::shape(verify_cost, "verify_cost", {B, max_budget + 1}, "[B, max_budget + 1]"));
-  DIFFTREE_RETURN_IF_ERROR(checks::tensor(verify_cost, "verify_cost", {DType::kFloat32},
-                                          cand_logprob, "cand_logprob"));
+  DIFFTREE_RETURN_IF_ERROR(
+      checks::tensor(verify_cost, "verify_cost", {DType::kFloat32}, cand_logprob, "cand_logprob"));
   DIFFTREE_RETURN_IF_ERROR(checks::shape(draft_cost, "draft_cost", {B}, "[B]"));
-  DIFFTREE_RETURN_IF_ERROR(checks::tensor(draft_cost, "draft_cost", {DType::kFloat32},
-                                          cand_logprob, "cand_logprob"));
+  DIFFTREE_RETURN_IF_ERROR(
+      checks::tensor(draft_cost, "draft_cost", {DType::kFloat32}, cand_logprob, "cand_logprob"));
   return cpu_only(cand_logprob, "caddtree_select");
 }
 
@@ -412,9 +412,9 @@ Status ngram_update(const TensorView& keys, const TensorView& counts, const Tens
 }
 
 Status check_presto_select(const TensorView& cand_token, const TensorView& cand_logprob,
-                           int64_t budget, const TensorView* root_token,
-                           const TensorView& context, const TensorView& keys,
-                           const TensorView& counts, const PrestoParams& params) {
+                           int64_t budget, const TensorView* root_token, const TensorView& context,
+                           const TensorView& keys, const TensorView& counts,
+                           const PrestoParams& params) {
   DIFFTREE_RETURN_IF_ERROR(check_ddtree_select(cand_token, cand_logprob, budget, root_token));
   DIFFTREE_RETURN_IF_ERROR(checks::in_range(params.order, "order", 1, 8));
   if (!(params.alpha > 0.0) || !std::isfinite(params.alpha))
