@@ -180,18 +180,21 @@ inline bool ranks_before(const Candidate& a, const Candidate& b) {
   return a.pos < b.pos;
 }
 
-// Edge scores of the K candidates `lp`/`tok` given prior probabilities `p`, sorted.
-void make_edges(const float* lp, const double* p, int64_t K, double lam, EdgeList* out) {
-  out->edge.resize(K);
-  out->rank.resize(K);
+// Edge scores of the K candidates given prior probabilities `p`; keeps the best `keep` entries
+// sorted (edge score descending, rank ascending). A parent can receive at most the remaining
+// budget of children, so entries past that are never read.
+void make_edges(const float* lp, const double* p, int64_t K, double lam, int64_t keep,
+                EdgeList* out, std::vector<float>& edge, std::vector<double>& lpa) {
+  edge.resize(K);
   if (lam == 0.0) {
-    for (int64_t r = 0; r < K; ++r) out->edge[r] = lp[r];
+    for (int64_t r = 0; r < K; ++r) edge[r] = lp[r];
   } else {
+    lpa.resize(K);
     double tilted = 0.0, mass = 0.0;
     for (int64_t r = 0; r < K; ++r) {
       const double q = std::exp(static_cast<double>(lp[r]));
-      const double lpa = std::log(p[r]);
-      const double tl = lam * lpa;
+      lpa[r] = std::log(p[r]);
+      const double tl = lam * lpa[r];
       const double w = q * std::exp(tl);
       tilted = tilted + w;
       mass = mass + q;
@@ -200,26 +203,27 @@ void make_edges(const float* lp, const double* p, int64_t K, double lam, EdgeLis
     const double z = rest > 0.0 ? tilted + rest : tilted;
     const double log_z = std::log(z);
     for (int64_t r = 0; r < K; ++r) {
-      const double lpa = std::log(p[r]);
-      const double tl = lam * lpa;
+      const double tl = lam * lpa[r];
       const double raw = static_cast<double>(lp[r]) + tl;
       const double e = raw - log_z;
       float ef = static_cast<float>(e);
       if (ef > 0.0f) ef = 0.0f;
       if (ef < kMinLogprob) ef = kMinLogprob;
-      out->edge[r] = ef;
+      edge[r] = ef;
     }
   }
+  const int64_t m = std::min(keep, K);
+  out->rank.resize(K);
   for (int64_t r = 0; r < K; ++r) out->rank[r] = static_cast<int32_t>(r);
-  std::vector<int32_t> idx(out->rank);
-  std::sort(idx.begin(), idx.end(), [&](int32_t a, int32_t b) {
-    if (out->edge[a] != out->edge[b]) return out->edge[a] > out->edge[b];
-    return a < b;
-  });
-  std::vector<float> sorted(K);
-  for (int64_t i = 0; i < K; ++i) sorted[i] = out->edge[idx[i]];
-  out->edge.swap(sorted);
-  out->rank.swap(idx);
+  // The order is total (ranks are distinct), so a partial sort gives the full sort's prefix.
+  std::partial_sort(out->rank.begin(), out->rank.begin() + m, out->rank.end(),
+                    [&](int32_t a, int32_t b) {
+                      if (edge[a] != edge[b]) return edge[a] > edge[b];
+                      return a < b;
+                    });
+  out->rank.resize(m);
+  out->edge.resize(m);
+  for (int64_t i = 0; i < m; ++i) out->edge[i] = edge[out->rank[i]];
 }
 
 }  // namespace
@@ -270,6 +274,8 @@ Status presto_select(const TensorView& cand_token, const TensorView& cand_logpro
   std::vector<int32_t> hist;  // [N, C] per-node history, newest last, -1 = unavailable
   std::vector<EdgeList> lists;
   std::vector<int32_t> list_of;  // node -> index into lists (its children's edge list)
+  std::vector<float> edge_buf;
+  std::vector<double> lpa_buf;
 
   for (int64_t b = 0; b < B; ++b) {
     DIFFTREE_RETURN_IF_ERROR(check_candidates(cand_token, lp, b, L, K, seen));
@@ -311,12 +317,14 @@ Status presto_select(const TensorView& cand_token, const TensorView& cand_logpro
         }
         p1[(d - 1) * K + r] = q;
       }
-      make_edges(lp_row(d), p1.data() + (d - 1) * K, K, lam, &lists[d - 1]);
+      make_edges(lp_row(d), p1.data() + (d - 1) * K, K, lam, N - 1, &lists[d - 1], edge_buf,
+                 lpa_buf);
     }
     list_of.assign(static_cast<size_t>(N), -1);
 
     // The edge list of node u's children (depth d + 1): shared unless a context of order >= 2
     // has been seen after u's path.
+    int32_t n = 1;  // admitted nodes
     auto edges_for = [&](int32_t u, int64_t d) -> int32_t {
       const int32_t* h = hist.data() + static_cast<int64_t>(u) * C;
       const int64_t shared = d;  // lists[d] belongs to depth d + 1
@@ -347,7 +355,7 @@ Status presto_select(const TensorView& cand_token, const TensorView& cand_logpro
         p[r] = q;
       }
       lists.emplace_back();
-      make_edges(lp_row(d + 1), p.data(), K, lam, &lists.back());
+      make_edges(lp_row(d + 1), p.data(), K, lam, N - n, &lists.back(), edge_buf, lpa_buf);
       return static_cast<int32_t>(lists.size() - 1);
     };
 
@@ -359,10 +367,9 @@ Status presto_select(const TensorView& cand_token, const TensorView& cand_logpro
     parent[0] = -1;
     depth[0] = 0;
     score[0] = 0.0f;
-    int32_t n = 1;
     heap.clear();
     auto push_first_child = [&](int32_t u) {
-      if (depth[u] >= L || K < 1) return;
+      if (depth[u] >= L || K < 1 || n >= N) return;  // a leaf, or the tree is full
       list_of[u] = edges_for(u, depth[u]);
       const EdgeList& el = lists[list_of[u]];
       heap.push_back({score[u] + el.edge[0], depth[u] + 1, u, 0});
@@ -384,7 +391,7 @@ Status presto_select(const TensorView& cand_token, const TensorView& cand_logpro
       const int32_t* hp = hist.data() + static_cast<int64_t>(c.parent) * C;
       for (int64_t j = 0; j + 1 < C; ++j) h[j] = hp[j + 1];
       if (C > 0) h[C - 1] = tok;
-      if (c.pos + 1 < K) {
+      if (c.pos + 1 < static_cast<int32_t>(el.edge.size())) {
         heap.push_back({score[c.parent] + el.edge[c.pos + 1], c.depth, c.parent, c.pos + 1});
         std::push_heap(heap.begin(), heap.end(), heap_cmp);
       }
