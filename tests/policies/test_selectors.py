@@ -222,3 +222,29 @@ def test_presto_bad_arguments() -> None:
             0,
             3,
         )
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_caddtree_cut_is_the_global_theta_optimum_on_fitted_tables(seed: int) -> None:
+    import numpy as np
+
+    from difftree_rt.policies import CostTable
+    from difftree_rt.policies.cost import theta
+
+    rng = np.random.default_rng(seed)
+    nodes = [0, 1, 2, 4, 8, 16, 32, 64, 128, 256]
+    raw = [10 + rng.uniform(0, 0.5) * n**0.7 + rng.uniform(0, 1e-3) * n**2 for n in nodes]
+    raw = [r * (1 + 0.03 * rng.normal()) for r in raw]
+    table = CostTable(nodes=nodes, contexts=[0], verify=[[raw]], draft=[[float(rng.uniform(0, 3))]])
+    budget = 200
+    token, logprob, root, _ = _candidates(seed, 1, 8, 60, 60)
+    tree = ops.caddtree_select_from_candidates(
+        token, logprob, budget, table.verify_row(budget, 0)[None],
+        torch.tensor([table.draft_cost(0)], dtype=torch.float32), root,
+    )  # fmt: skip
+    full = ops.ddtree_select_from_candidates(token, logprob, budget, root)
+    th = theta(
+        full.score[0, 1:].tolist(), table.verify_row(budget, 0).double().tolist(),
+        float(torch.tensor(table.draft_cost(0), dtype=torch.float32)),
+    )  # fmt: skip
+    assert int(tree.num_nodes[0]) - 1 == int(np.argmax(th))
