@@ -21,3 +21,21 @@ def test_profile_cost_writes_a_table(tmp_path) -> None:  # type: ignore[no-untyp
     row = table.verify_costs(64, 20)
     assert (row[1:] >= row[:-1] - 1e-12).all()
     assert CaDDTreePolicy(32, str(out)).table.unit == "ms"
+
+
+def test_record_trace_then_eval_policies(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from engine_helpers import random_pair
+
+    target, drafter = random_pair("qwen3")
+    target.save_pretrained(tmp_path / "target")
+    drafter.save_pretrained(tmp_path / "drafter")
+    trace = tmp_path / "trace.pt"
+    argv = ["record-trace", "--target", str(tmp_path / "target"), "--drafter",
+            str(tmp_path / "drafter"), "--prompt-ids", "5 17 99 3", "--max-new-tokens", "12",
+            "--budget", "32", "--device", "cpu", "--out", str(trace)]  # fmt: skip
+    assert main(argv) == 0
+    out = tmp_path / "table.json"
+    assert main(["eval-policies", str(trace), "--budgets", "4", "32", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    dd32 = next(r for r in rows if r["policy"] == "ddtree" and r["budget"] == 32)
+    assert dd32["round_coverage"] == 1.0 and dd32["tau_greedy"] >= 1.0

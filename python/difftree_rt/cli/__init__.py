@@ -78,10 +78,11 @@ def _add_e2e_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[
 
 def _add_policy_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """``profile-cost`` (CaDDTree cost tables), ``eval-policies`` (offline policy scores)."""
-    from difftree_rt.cli import eval_policies, profile_cost
+    from difftree_rt.cli import eval_policies, profile_cost, record_trace
 
     commands = {
         "profile-cost": (profile_cost, "measure verify/draft cost, write a CaDDTree cost table"),
+        "record-trace": (record_trace, "generate with a large DDTree, record rounds for eval"),
         "eval-policies": (eval_policies, "policies x budgets on a recorded trace: τ, tokens/cost"),
     }
     for name, (mod, help_text) in commands.items():
