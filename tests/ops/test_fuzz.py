@@ -24,7 +24,10 @@ DTYPES = [
     torch.bool,
     torch.uint8,
 ]
-FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+# Derandomized: CI must be deterministic; the libFuzzer step (scripts/test.sh) explores instead.
+FUZZ = settings(
+    max_examples=300, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True
+)
 
 
 @st.composite
