@@ -241,6 +241,22 @@ PYBIND11_MODULE(_C, m) {
               presto_params(order, alpha, lam, vocab), tree_view(tree), stream_ptr(stream)));
         });
 
+  // ---- taps_select (policies; CPU) ----
+  m.def("check_taps_select", [](py::handle pool_token, py::handle pool_parent,
+                                py::handle pool_size, py::handle log_qc, int64_t budget) {
+    raise_if_error(difftree::check_taps_select(view(pool_token, "pool_token"),
+                                               view(pool_parent, "pool_parent"),
+                                               view(pool_size, "pool_size"),
+                                               view(log_qc, "log_qc"), budget));
+  });
+  m.def("taps_select", [](py::handle pool_token, py::handle pool_parent, py::handle pool_size,
+                          py::handle log_qc, int64_t budget, py::tuple tree, uintptr_t stream) {
+    raise_if_error(difftree::taps_select(
+        view(pool_token, "pool_token"), view(pool_parent, "pool_parent"),
+        view(pool_size, "pool_size"), view(log_qc, "log_qc"), budget, tree_view(tree),
+        stream_ptr(stream)));
+  });
+
   m.def("check_tree_attention", [](py::handle q, py::handle k_cache, py::handle v_cache,
                                    py::handle prefix_len, py::object tree_anc,
                                    py::object num_nodes, double scale, bool is_chain) {

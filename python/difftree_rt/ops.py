@@ -701,6 +701,68 @@ def presto_select_from_candidates(
     return DraftTree.from_arrays(arrays, max_depth=int(cand_logprob.shape[1]))
 
 
+# ---- taps_select (policies; CPU for now) --------------------------------------------------
+
+
+@torch.library.custom_op("difftree::taps_select", mutates_args=())
+def _taps_select(
+    pool_token: Tensor, pool_parent: Tensor, pool_size: Tensor, log_qc: Tensor, budget: int
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    C = ext()
+    inputs = (dl(pool_token), dl(pool_parent), dl(pool_size), dl(log_qc), budget)
+    C.check_taps_select(*inputs)
+    arrays = _empty_tree(log_qc, log_qc.shape[0], budget + 1)
+    C.taps_select(*inputs, tuple(dl(a) for a in arrays), stream_of(log_qc))
+    return arrays
+
+
+@_taps_select.register_fake
+def _(pool_token, pool_parent, pool_size, log_qc, budget):
+    return _empty_tree(log_qc, log_qc.shape[0], budget + 1)
+
+
+def taps_select(
+    pool_token: Tensor,
+    pool_parent: Tensor,
+    pool_size: Tensor,
+    log_qc: Tensor,
+    budget: int,
+    *,
+    max_depth: int,
+) -> DraftTree:
+    """TAPS (ALGORITHMS.md §6): the top-``budget`` pool nodes by reach (cpu/taps.cpp).
+
+    Args:
+        pool_token, pool_parent: ``[B, P1]`` the candidate pool as a tree (row 0 the root,
+            ``parent[i] < i``; ``difftree_rt.policies.taps.taps_pool``).
+        pool_size: ``[B]`` valid pool rows (root included).
+        log_qc: ``[B, P1]`` float32 ``log q_cond(node | parent)`` (<= 0; row 0 ignored).
+        budget: draft nodes, 1..4096.
+        max_depth: L, the tree's maximum depth.
+
+    Returns:
+        A :class:`DraftTree` (capacity ``budget + 1``, score = log reach), bit-identical to
+        ``difftree_rt.policies.taps_reference.taps_select``.
+    """
+    for name, t in (
+        ("pool_token", pool_token),
+        ("pool_parent", pool_parent),
+        ("pool_size", pool_size),
+        ("log_qc", log_qc),
+    ):
+        require_tensor(t, name)
+    arrays = _call(
+        _taps_select,
+        torch.ops.difftree.taps_select,
+        pool_token,
+        pool_parent,
+        pool_size,
+        log_qc,
+        int(budget),
+    )
+    return DraftTree.from_arrays(arrays, max_depth=int(max_depth))
+
+
 # ---- tree_attention ------------------------------------------------------------------------
 
 

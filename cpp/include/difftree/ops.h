@@ -161,6 +161,21 @@ Status presto_select(const TensorView& cand_token, const TensorView& cand_logpro
                      const TensorView& keys, const TensorView& counts, const PrestoParams& params,
                      const TreeView& tree, Stream stream);
 
+// ---- taps_select (CPU) ----------------------------------------------------------------------
+// TAPS (ALGORITHMS.md §6): prefix-closed selection by reach over a candidate pool. The pool is a
+// tree of P1 rows (row 0 the root): pool_token, pool_parent [B, P1] int32/int64 with
+// pool_parent[0] = -1, 0 <= pool_parent[i] < i and distinct sibling tokens for i < pool_size[b]
+// (pool_size [B] int32/int64 in [1, P1]; later rows ignored); log_qc f32 [B, P1]: log q_cond(i |
+// parent), finite and <= 0 (row 0 ignored). Reach score(i) = fp32(score(parent) + log_qc[i]),
+// root 0. Output: the top-budget nodes under (reach desc, depth asc, earlier parent, smaller
+// pool index), prefix-closed and best-first, capacity budget + 1, num_nodes = min(budget + 1,
+// pool_size). CUDA tensors: Unsupported for now.
+Status check_taps_select(const TensorView& pool_token, const TensorView& pool_parent,
+                         const TensorView& pool_size, const TensorView& log_qc, int64_t budget);
+Status taps_select(const TensorView& pool_token, const TensorView& pool_parent,
+                   const TensorView& pool_size, const TensorView& log_qc, int64_t budget,
+                   const TreeView& tree, Stream stream);
+
 // ---- tree_attention -------------------------------------------------------------------------
 // Attention of a draft tree's N query rows over the committed prefix + the tree (DESIGN.md §3.4).
 // q [B, H_q, N, D]; k_cache, v_cache [B, H_kv, S_max, D] (H_q a multiple of H_kv), the tree's K/V

@@ -24,4 +24,8 @@ Status presto_select(const TensorView& cand_token, const TensorView& cand_logpro
                      const TensorView& keys, const TensorView& counts, const PrestoParams& params,
                      const TreeView& tree);
 
+Status taps_select(const TensorView& pool_token, const TensorView& pool_parent,
+                   const TensorView& pool_size, const TensorView& log_qc, int64_t budget,
+                   const TreeView& tree);
+
 }  // namespace difftree::cpu

@@ -442,6 +442,35 @@ Status presto_select(const TensorView& cand_token, const TensorView& cand_logpro
                             params, tree);
 }
 
+// ---- taps_select (CPU only for now) ---------------------------------------------------------
+
+Status check_taps_select(const TensorView& pool_token, const TensorView& pool_parent,
+                         const TensorView& pool_size, const TensorView& log_qc, int64_t budget) {
+  DIFFTREE_RETURN_IF_ERROR(checks::ndim(log_qc, "log_qc", 2, "[B, P1]"));
+  DIFFTREE_RETURN_IF_ERROR(checks::tensor(log_qc, "log_qc", {DType::kFloat32}, log_qc, "log_qc"));
+  const int64_t B = log_qc.shape[0];
+  const int64_t P1 = log_qc.shape[1];
+  if (P1 < 1) return InvalidValue("log_qc: expected at least one pool row (the root)");
+  DIFFTREE_RETURN_IF_ERROR(checks::shape(pool_token, "pool_token", {B, P1}, "[B, P1] (as log_qc)"));
+  DIFFTREE_RETURN_IF_ERROR(index_tensor(pool_token, "pool_token", log_qc, "log_qc"));
+  DIFFTREE_RETURN_IF_ERROR(
+      checks::shape(pool_parent, "pool_parent", {B, P1}, "[B, P1] (as log_qc)"));
+  DIFFTREE_RETURN_IF_ERROR(index_tensor(pool_parent, "pool_parent", log_qc, "log_qc"));
+  DIFFTREE_RETURN_IF_ERROR(checks::shape(pool_size, "pool_size", {B}, "[B]"));
+  DIFFTREE_RETURN_IF_ERROR(index_tensor(pool_size, "pool_size", log_qc, "log_qc"));
+  DIFFTREE_RETURN_IF_ERROR(checks::in_range(budget, "budget", 1, kMaxBudget));
+  return cpu_only(log_qc, "taps_select");
+}
+
+Status taps_select(const TensorView& pool_token, const TensorView& pool_parent,
+                   const TensorView& pool_size, const TensorView& log_qc, int64_t budget,
+                   const TreeView& tree, Stream stream) {
+  (void)stream;
+  DIFFTREE_RETURN_IF_ERROR(check_taps_select(pool_token, pool_parent, pool_size, log_qc, budget));
+  DIFFTREE_RETURN_IF_ERROR(tree_for_budget(tree, log_qc, budget));
+  return cpu::taps_select(pool_token, pool_parent, pool_size, log_qc, budget, tree);
+}
+
 // ---- tree_attention -------------------------------------------------------------------------
 
 namespace cpu {
