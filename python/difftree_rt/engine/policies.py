@@ -155,5 +155,12 @@ def _presto_factory(budget: int) -> DraftPolicy:
     return PrestoPolicy(budget)
 
 
+def _taps_factory(budget: int) -> DraftPolicy:
+    from ..policies import TapsPolicy
+
+    return TapsPolicy(budget)
+
+
 POLICIES.setdefault("caddtree", _caddtree_factory)
 POLICIES.setdefault("presto", _presto_factory)
+POLICIES.setdefault("taps", _taps_factory)

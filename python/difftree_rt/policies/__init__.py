@@ -10,12 +10,14 @@ from __future__ import annotations
 from .cost import CostTable, default_cost_table, fit_monotone_convex, load_cost_table
 from .ngram import NGramPrior
 from .selectors import CaDDTreePolicy, PrestoPolicy
+from .taps import TapsPolicy
 
 __all__ = [
     "CaDDTreePolicy",
     "CostTable",
     "NGramPrior",
     "PrestoPolicy",
+    "TapsPolicy",
     "default_cost_table",
     "fit_monotone_convex",
     "load_cost_table",
