@@ -1,0 +1,78 @@
+"""taps through the engine: lossless greedy (identical tokens to HF greedy), lossless sampling
+(chi-square of the first tokens' joint), and the marginal scorer reproducing DDTree's run."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from engine_helpers import greedy_reference, make_drafter, make_target, random_pair, trained_pair
+from test_greedy import assert_greedy_equal
+from test_sampling import chi_square, exact_joint
+
+from difftree_rt import SpeculativeDecoder
+from difftree_rt.engine.policies import make_policy
+from difftree_rt.policies import TapsPolicy
+
+
+@pytest.mark.parametrize("budget", [1, 7, 64])
+def test_greedy_lossless_random_pair(budget: int) -> None:
+    target, drafter = random_pair("qwen3")
+    gen = torch.Generator().manual_seed(3)
+    prompts = [torch.randint(0, 128, (1, n), generator=gen) for n in (1, 9, 23)]
+    refs = [greedy_reference(target, p, 24) for p in prompts]
+    for policy in [
+        make_policy("taps", budget),
+        TapsPolicy(budget, width=2, pool_size=3 * budget),
+        TapsPolicy(budget, scorer="marginal"),
+    ]:
+        dec = SpeculativeDecoder(target, drafter, policy)
+        for prompt, ref in zip(prompts, refs):
+            out = dec.generate(prompt, 24)
+            assert_greedy_equal(target, out.sequences, ref)
+            assert sum(out.stats.emitted_per_round) + 1 == 24
+
+
+def test_greedy_trained_pair_marginal_scorer_is_ddtree() -> None:
+    target, drafter = trained_pair()
+    gen = torch.Generator().manual_seed(5)
+    prompts = [torch.randint(0, 32, (1, n), generator=gen) for n in (3, 9, 17)]
+    refs = [greedy_reference(target, p, 48) for p in prompts]
+    stats: dict[str, list] = {}
+    for name, policy in [
+        ("ddtree", make_policy("ddtree", 64)),
+        ("taps-marginal", TapsPolicy(64, scorer="marginal")),
+        ("taps", TapsPolicy(64)),
+    ]:
+        dec = SpeculativeDecoder(target, drafter, policy)
+        for prompt, ref in zip(prompts, refs):
+            out = dec.generate(prompt, 48)
+            assert_greedy_equal(target, out.sequences, ref)
+            stats.setdefault(name, []).append(list(out.stats.accepted_lengths))
+    assert stats["taps-marginal"] == stats["ddtree"]  # same trees every round
+    taus = {k: sum(map(sum, v)) / sum(map(len, v)) + 1 for k, v in stats.items()}
+    assert taus["taps"] > 2.0, taus
+
+
+def test_sampling_distribution_equals_target() -> None:
+    steps, vocab, num, temperature, top_p = 3, 16, 2000, 0.7, 0.9
+    target = make_target("llama", vocab=vocab, seed=4, init=0.1)
+    drafter = make_drafter(target, seed=4)
+    prompt = torch.tensor([[3, 1, 4, 1]])
+    probs = exact_joint(target, prompt, steps, temperature=temperature, top_p=top_p)
+    dec = SpeculativeDecoder(target, drafter, TapsPolicy(48, width=8))
+    counts = torch.zeros(vocab**steps, dtype=torch.float64)
+    deep = 0
+    for seed in range(num):
+        out = dec.generate(prompt, steps, temperature=temperature, top_p=top_p, seed=seed)
+        t1, t2, t3 = out.sequences[0, -steps:].tolist()
+        counts[(t1 * vocab + t2) * vocab + t3] += 1
+        deep += bool(out.stats.accepted_lengths) and out.stats.accepted_lengths[0] >= 2
+    assert deep > num // 20
+    assert chi_square(counts, probs) > 1e-3
+    for pos in range(steps):
+        shape = (vocab,) * steps
+        other = [d for d in range(steps) if d != pos]
+        assert (
+            chi_square(counts.reshape(shape).sum(dim=other), probs.reshape(shape).sum(dim=other))
+            > 1e-3
+        )
