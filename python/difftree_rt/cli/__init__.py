@@ -78,12 +78,13 @@ def _add_e2e_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[
 
 def _add_policy_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """``profile-cost`` (CaDDTree cost tables), ``eval-policies`` (offline policy scores)."""
-    from difftree_rt.cli import eval_policies, profile_cost, record_trace
+    from difftree_rt.cli import eval_policies, profile_cost, record_trace, train_scorer
 
     commands = {
         "profile-cost": (profile_cost, "measure verify/draft cost, write a CaDDTree cost table"),
         "record-trace": (record_trace, "generate with a large DDTree, record rounds for eval"),
         "eval-policies": (eval_policies, "policies x budgets on a recorded trace: τ, tokens/cost"),
+        "train-scorer": (train_scorer, "fit the TAPS edge scorer on recorded traces"),
     }
     for name, (mod, help_text) in commands.items():
         p = sub.add_parser(name, help=help_text, description=mod.__doc__)

@@ -1,0 +1,49 @@
+"""``difftree-rt train-scorer TRACE...``: fit the TAPS edge scorer (ALGORITHMS.md §6) on traces
+recorded with ``difftree-rt record-trace`` (one target/drafter pair), and save it for
+``SpeculativeDecoder(policy=TapsPolicy(budget, scorer=PATH))``."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("traces", nargs="+", help="trace files (difftree-rt record-trace)")
+    p.add_argument("--width", type=int, default=64, help="pool beam width W")
+    p.add_argument("--pool-size", type=int, default=128, help="pool nodes P")
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--target",
+        help="local HF target directory: token features from a projection of its input "
+        "embedding (default: a learned hashed token table)",
+    )
+    p.add_argument("--out", default="taps_scorer.pt")
+
+
+def run(args: argparse.Namespace) -> int:
+    from difftree_rt.eval import Trace
+    from difftree_rt.policies.taps_scorer import train_scorer
+
+    traces = [Trace.load(path) for path in args.traces]
+    embedding = None
+    if args.target:
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(args.target)
+        embedding = model.get_input_embeddings().weight.detach().float()
+    model = train_scorer(
+        traces,
+        width=args.width,
+        pool_size=args.pool_size,
+        epochs=args.epochs,
+        lr=args.lr,
+        embedding=embedding,
+        seed=args.seed,
+        log=print,
+    )
+    model.save(args.out)
+    n = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    print(f"wrote {args.out} ({n} parameters, {sum(len(t.rounds) for t in traces)} rounds)")
+    return 0
