@@ -242,19 +242,18 @@ PYBIND11_MODULE(_C, m) {
         });
 
   // ---- taps_select (policies; CPU) ----
-  m.def("check_taps_select", [](py::handle pool_token, py::handle pool_parent,
-                                py::handle pool_size, py::handle log_qc, int64_t budget) {
-    raise_if_error(difftree::check_taps_select(view(pool_token, "pool_token"),
-                                               view(pool_parent, "pool_parent"),
-                                               view(pool_size, "pool_size"),
-                                               view(log_qc, "log_qc"), budget));
+  m.def("check_taps_select", [](py::handle pool_token, py::handle pool_parent, py::handle pool_size,
+                                py::handle log_qc, int64_t budget) {
+    raise_if_error(difftree::check_taps_select(
+        view(pool_token, "pool_token"), view(pool_parent, "pool_parent"),
+        view(pool_size, "pool_size"), view(log_qc, "log_qc"), budget));
   });
   m.def("taps_select", [](py::handle pool_token, py::handle pool_parent, py::handle pool_size,
                           py::handle log_qc, int64_t budget, py::tuple tree, uintptr_t stream) {
-    raise_if_error(difftree::taps_select(
-        view(pool_token, "pool_token"), view(pool_parent, "pool_parent"),
-        view(pool_size, "pool_size"), view(log_qc, "log_qc"), budget, tree_view(tree),
-        stream_ptr(stream)));
+    raise_if_error(difftree::taps_select(view(pool_token, "pool_token"),
+                                         view(pool_parent, "pool_parent"),
+                                         view(pool_size, "pool_size"), view(log_qc, "log_qc"),
+                                         budget, tree_view(tree), stream_ptr(stream)));
   });
 
   m.def("check_tree_attention", [](py::handle q, py::handle k_cache, py::handle v_cache,

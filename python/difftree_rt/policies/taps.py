@@ -166,7 +166,8 @@ def fallback_log_qc(pool: TapsPool, cand_logprob: Tensor) -> Tensor:
         np.add.at(s, par, np.exp(lp - m[par]))
         tail_at = np.full(n, -np.inf)
         tail_at[par] = lt
-        lse = m + np.log(s + np.exp(tail_at - m))
+        with np.errstate(invalid="ignore"):  # rows without children: -inf - -inf, unused
+            lse = m + np.log(s + np.exp(tail_at - m))
         out[b, 1:n] = np.minimum(lp - lse[par], 0.0).astype(np.float32)
     return torch.from_numpy(out)
 
