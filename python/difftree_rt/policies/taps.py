@@ -64,11 +64,17 @@ def _pool_one(lp: np.ndarray, width: int, pool_size: int):
     nodes_score, nodes_depth, nodes_par, nodes_rank = [], [], [], []  # per depth, beam order
     prev = np.zeros(1, dtype=np.float32)
     for d in range(L):
-        flat = (prev[:, None] + lp[d, :k][None, :]).reshape(-1)  # fp32, parent-major
+        # (parent i, rank r) is preceded by every (i' <= i, r' <= r) (parents sorted, ranks
+        # sorted, ties -> parent-major index), so only (i + 1)(r + 1) <= width can make the
+        # beam: ~width log(width) candidates instead of width x k.
+        per = np.minimum(width // np.arange(1, len(prev) + 1), k)
+        par = np.repeat(np.arange(len(prev)), per)
+        rk = np.arange(len(par)) - np.repeat(np.cumsum(per) - per, per)
+        flat = prev[par] + lp[d, rk]  # fp32; (par, rk) ascending = parent-major order
         keep = np.argsort(-flat, kind="stable")[:width]
         nodes_score.append(flat[keep])
-        nodes_par.append(keep // k)
-        nodes_rank.append(keep % k)
+        nodes_par.append(par[keep])
+        nodes_rank.append(rk[keep])
         nodes_depth.append(np.full(len(keep), d + 1))
         prev = flat[keep]
     score = np.concatenate(nodes_score)
