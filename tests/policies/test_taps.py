@@ -143,3 +143,23 @@ def test_taps_select_bad_arguments() -> None:
     # a duplicate token under *different* parents is fine; rows past pool_size are ignored
     ops.taps_select(torch.tensor([[5, 1, 2, 1]]), par, n, lq, 3, max_depth=2)
     ops.taps_select(tok, torch.tensor([[-1, 0, 0, 7]]), torch.tensor([3]), lq, 3, max_depth=2)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_selection_is_the_global_top_budget_by_reach(seed: int) -> None:
+    # Reach never increases along a path, so the top-budget pool nodes by reach (no ties
+    # here) are already prefix-closed: the selection is exactly them, no ancestor added.
+    V, W, P, budget = 60, [2, 6, 20][seed % 3], [10, 40, 120][seed % 3], [3, 9, 30][seed % 3]
+    token, logprob, root, gen = _candidates(seed, 1, 1 + seed % 7, V, W)
+    pool = taps_pool(token, logprob, W, P, root)
+    log_qc = _log_qc(pool, gen, ties=False)
+    n = int(pool.size[0])
+    reach = torch.zeros(n)
+    for i in range(1, n):
+        reach[i] = reach[pool.parent[0, i]] + log_qc[0, i]
+    got = ops.taps_select(
+        pool.token, pool.parent, pool.size, log_qc, budget, max_depth=pool.max_depth
+    )
+    m = int(got.num_nodes[0])
+    want = torch.sort(reach[1:], descending=True).values[: m - 1]
+    torch.testing.assert_close(got.score[0, 1:m], want, rtol=0, atol=1e-5)
