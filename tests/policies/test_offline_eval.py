@@ -69,4 +69,20 @@ def test_evaluate_table_and_cli(tmp_path) -> None:  # type: ignore[no-untyped-de
     out = tmp_path / "table.json"
     assert main(["eval-policies", str(path), "--budgets", "4", "16", "--out", str(out)]) == 0
     payload = json.loads(out.read_text())
-    assert len(payload["rows"]) == 8 and payload["trace_meta"]["record_budget"] == 64
+    assert len(payload["rows"]) == 10 and payload["trace_meta"]["record_budget"] == 64
+
+
+def test_taps_with_marginal_scorer_scores_like_ddtree() -> None:
+    """TAPS with q_cond = the draft marginals selects DDTree's tree (pool width >= budget), so
+    its offline τ must equal DDTree's on every budget; the fallback scorer runs too."""
+    trace = _record(64)
+    budgets = (4, 16)
+    marginal = evaluate(
+        trace, policies=("ddtree", "taps"), budgets=budgets, options={"scorer": "marginal"}
+    )
+    rows = {(r.policy, r.budget): r for r in marginal}
+    for b in budgets:
+        assert rows[("taps", b)].tau_greedy == rows[("ddtree", b)].tau_greedy
+        assert rows[("taps", b)].tau_sampling == rows[("ddtree", b)].tau_sampling
+    fallback = evaluate(trace, policies=("taps",), budgets=budgets)
+    assert all(1.0 <= r.tau_greedy and r.mean_nodes <= r.budget for r in fallback)

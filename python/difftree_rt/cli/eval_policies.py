@@ -9,12 +9,19 @@ from pathlib import Path
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("trace", help="a trace file (difftree_rt.eval.TraceRecorder)")
-    p.add_argument("--policies", nargs="+", default=["chain", "ddtree", "caddtree", "presto"])
+    p.add_argument(
+        "--policies", nargs="+", default=["chain", "ddtree", "caddtree", "presto", "taps"]
+    )
     p.add_argument("--budgets", type=int, nargs="+", default=[8, 32, 128])
     p.add_argument("--cost-table", default=None, help="cost table JSON (default: analytic)")
     p.add_argument("--lam", type=float, default=0.2, help="presto λ")
     p.add_argument("--order", type=int, default=3, help="presto n-gram order")
     p.add_argument("--alpha", type=float, default=1.0, help="presto smoothing mass")
+    p.add_argument(
+        "--taps-scorer",
+        default=None,
+        help="taps edge scorer (train-scorer output; default: the training-free fallback)",
+    )
     p.add_argument("--out", default=None, help="write the table as JSON here")
 
 
@@ -28,7 +35,12 @@ def run(args: argparse.Namespace) -> int:
         policies=args.policies,
         budgets=args.budgets,
         cost_table=args.cost_table,
-        options={"lam": args.lam, "order": args.order, "alpha": args.alpha},
+        options={
+            "lam": args.lam,
+            "order": args.order,
+            "alpha": args.alpha,
+            "scorer": args.taps_scorer,
+        },
     )
     print(f"trace {args.trace}: {len(trace.rounds)} rounds, {len(trace.sequences)} sequences, "
           f"recorded budget {trace.meta.get('record_budget')}")  # fmt: skip
@@ -38,7 +50,12 @@ def run(args: argparse.Namespace) -> int:
             "trace": str(args.trace),
             "trace_meta": trace.meta,
             "cost_table": args.cost_table or "default",
-            "options": {"lam": args.lam, "order": args.order, "alpha": args.alpha},
+            "options": {
+                "lam": args.lam,
+                "order": args.order,
+                "alpha": args.alpha,
+                "scorer": args.taps_scorer,
+            },
             "rows": rows_as_dicts(rows),
         }
         Path(args.out).write_text(json.dumps(payload, indent=1) + "\n")

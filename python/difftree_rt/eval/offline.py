@@ -35,7 +35,7 @@ from .trace import Trace, TraceRound
 
 __all__ = ["EvalRow", "evaluate", "format_table"]
 
-POLICY_NAMES = ("chain", "ddtree", "caddtree", "presto")
+POLICY_NAMES = ("chain", "ddtree", "caddtree", "presto", "taps")
 
 
 @dataclass
@@ -66,6 +66,12 @@ class _Selector:
         self.order = int(options.get("order", 3))
         self.alpha = float(options.get("alpha", 1.0))
         self.prior = NGramPrior(self.order) if name == "presto" else None
+        self.taps = None
+        if name == "taps":
+            from ..policies.taps import TapsPolicy
+
+            # Same construction as the engine policy: pool width = budget, pool of 2 x budget.
+            self.taps = TapsPolicy(self.budget, scorer=options.get("scorer"))
         self._seq = -1
 
     def tree(self, r: TraceRound, stream: list[int], vocab: int) -> DraftTree:
@@ -94,6 +100,21 @@ class _Selector:
                 verify,
                 draft,
                 root,
+            )
+        if self.taps is not None:
+            from ..policies.taps import taps_pool
+
+            width = min(self.taps.width, K)
+            pool = taps_pool(
+                tok[..., :width].contiguous(),
+                lp[..., :width].contiguous(),
+                width,
+                self.taps.pool_size,
+                root,
+            )
+            log_qc = self.taps.log_qc(pool, tok[..., :width], lp[..., :width], None)
+            return ops.taps_select(
+                pool.token, pool.parent, pool.size, log_qc, self.budget, max_depth=pool.max_depth
             )
         assert self.prior is not None
         self.prior.sync(stream)
@@ -161,10 +182,11 @@ def evaluate(
 
     Args:
         trace: a recorded :class:`Trace`.
-        policies: names among chain, ddtree, caddtree, presto.
+        policies: names among chain, ddtree, caddtree, presto, taps.
         budgets: draft-node budgets (<= the record budget for full coverage).
         cost_table: costs for CaDDTree's rule and the per-cost column (None: the default).
-        options: presto's ``lam``, ``order``, ``alpha``.
+        options: presto's ``lam``, ``order``, ``alpha``; taps' ``scorer`` (None: the
+            training-free fallback; a path from ``difftree-rt train-scorer``).
     """
     table = load_cost_table(cost_table)
     vocab = int(trace.meta.get("vocab", 0)) or 1 + max(max(s) for s in trace.sequences if s)
