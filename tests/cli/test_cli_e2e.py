@@ -97,6 +97,7 @@ def test_bench_json_and_plots(tiny_pair: Path, tmp_path: Path) -> None:
         ("ddtree", 8),
     ]
     assert all(r["tokens"] == res[0]["tokens"] for r in res)  # greedy: same text everywhere
+    assert all(r["identical_to_ar"] for r in res)
     assert res[0]["speedup_vs_ar"] == pytest.approx(1.0)
     assert (out / "tau_speedup_vs_budget.png").stat().st_size > 1000
     assert (out / "acceptance_histogram.png").stat().st_size > 1000

@@ -38,7 +38,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto (cuda when available) | cpu | cuda")
     p.add_argument("--dtype", default=None, help="float32 (CPU default) | bfloat16 | float16")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.add_argument("--out", default="bench/results/cli_bench", help="JSON + PNG directory")
+    p.add_argument("--out", default="build/cli_bench", help="JSON + PNG directory")
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -85,11 +85,17 @@ def run(args: argparse.Namespace) -> int:
 
         bar = tqdm(total=len(configs), desc="bench", dynamic_ncols=True)
     results: list[dict[str, Any]] = []
+    ar_texts: list[str] | None = None
     for pol, budget in configs:
         if bar is not None:
             bar.set_postfix_str(f"{pol} {budget or ''}")
         r = run_config(pair, pol, budget, prompts, args.max_new_tokens, stop=stop)
-        results.append(r.as_dict())
+        row = r.as_dict()
+        if pol == "ar":
+            ar_texts = r.texts
+        if ar_texts is not None:
+            row["identical_to_ar"] = r.texts == ar_texts
+        results.append(row)
         if bar is not None:
             bar.update(1)
     if bar is not None:

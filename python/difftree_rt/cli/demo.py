@@ -119,11 +119,13 @@ def run(args: argparse.Namespace) -> int:
 
     def show(i: int, new: list[int]) -> None:
         if state["current"] != i:
+            if state["current"] >= 0:
+                print("\n")
             state["current"] = i
             decoders.append(incremental_decoder(pair.tokenizer))
-            shown = "\n".join(texts[i].rstrip("\n").splitlines()[-args.prompt_lines :])
+            shown = "\n".join(texts[i].splitlines()[-args.prompt_lines :])
             print(f"{bold}── prompt {i + 1}/{len(texts)} (held-out stdlib file){reset}")
-            print(f"{dim}{shown}{reset}")
+            print(f"{dim}{shown}{reset}", end="")
         sys.stdout.write(green + decoders[-1](new) + reset)
         sys.stdout.flush()
 

@@ -63,7 +63,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "drafter": dict(
             num_layers=2,
             num_feature_layers=3,
-            steps=1100,
+            steps=2600,
             batch_size=8,
             context=256,
             anchors=24,
@@ -270,8 +270,8 @@ _DEF = re.compile(r"^\s*def \w+\(.*\):\s*$")
 
 def heldout_prompts(num: int = 8, max_lines: int = 12, max_chars: int = 420) -> list[str]:
     """Prompts from held-out stdlib files: up to ``max_lines`` lines ending with a ``def``
-    line (the model writes the body), at most ``max_chars`` characters, one per file, for the
-    first ``num`` held-out files that have a function with a body of >= 5 lines."""
+    line without its newline (the model writes the body), at most ``max_chars`` characters,
+    one per file, for the first ``num`` held-out files with a function of >= 5 body lines."""
     out: list[str] = []
     for path in _files("heldout"):
         try:
@@ -286,7 +286,9 @@ def heldout_prompts(num: int = 8, max_lines: int = 12, max_chars: int = 420) -> 
             while chunk and sum(len(c) for c in chunk) > max_chars:
                 chunk = chunk[1:]
             if len(chunk) >= 3:
-                out.append("".join(chunk))
+                # No trailing newline: byte-level BPE merges "\n" with the next line's
+                # indentation, so a prompt ending in a bare "\n" is off-distribution.
+                out.append("".join(chunk).rstrip("\n"))
                 break
         if len(out) >= num:
             break
@@ -351,6 +353,17 @@ def stage_export(work: Path, out: Path, preset_name: str, device: torch.device) 
     }
     (out / "training_summary.json").write_text(json.dumps(summary, indent=2))
     _log(f"exported to {out}: held-out ppl fp32 {ppl32:.3f}, bf16 {ppl16:.3f}")
+
+
+# Run-specific notes for the card of the shipped pair (set when the exported run deviated
+# from the preset as committed).
+CARD_NOTES = (
+    "the shipped target's run changed its planned step count at chunk boundaries as the shared "
+    "CPU turned out slower than planned (steps 0-335 ran under a 2400-step cosine schedule, "
+    "335-684 under 2000, 684-1700 under 1700, the preset value); the drafter ran under its "
+    "preset (2600 steps) from scratch. Wall time: target 37 min, drafter 27 min (1 thread, "
+    "nice 10, CPU shared with other jobs)."
+)
 
 
 def _loss_points(log: list[dict[str, Any]], key: str, n: int = 8) -> str:
@@ -469,6 +482,19 @@ def write_card(out: Path, bench_command: str = "") -> Path:
             "",
         ]
     lines += [
+        "## Notes and limitations",
+        "",
+        "- A toy: ~6M parameters and ~30 min of single-thread CPU training. Greedy output is "
+        "code-shaped but repetitive (docstrings and statements repeat), which makes drafting "
+        "easier than on a real model: τ here overstates what the same drafter recipe gives on "
+        "a strong target. Prompts + generation stay within the 256-token training context.",
+        "- On this CPU the tiny target costs ~4 ms per token, mostly fixed per-forward overhead, "
+        "so a speculative round (drafter ~3 ms + a tree verify that costs 2-4x a single-token "
+        "step even at budget 16-64) only pays off when τ is high at a small budget. The speedup "
+        "story of DFlash/DDTree is for targets whose decode step is memory-bound (large models, "
+        "GPUs); this pair exists to exercise the whole path offline and to measure τ.",
+        f"- Provenance detail: {CARD_NOTES}" if CARD_NOTES else "",
+        "",
         "## Reproduce",
         "",
         "```bash",
