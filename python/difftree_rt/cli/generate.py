@@ -14,7 +14,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target", help="local HF causal LM directory (default: the shipped pair)")
     p.add_argument("--drafter", help="local DFlash drafter directory (default: the shipped pair)")
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--prompt", default="def fibonacci(n):\n")
+    src.add_argument("--prompt", default="def fibonacci(n):")
     src.add_argument("--prompt-file")
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--policy", default="ddtree", help="ar | chain | ddtree | ...")

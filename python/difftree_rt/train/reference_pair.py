@@ -404,7 +404,7 @@ def write_card(out: Path, bench_command: str = "") -> Path:
         'tok = AutoTokenizer.from_pretrained("assets/reference_pair/target")',
         'drafter = DFlashDrafter.from_pretrained("assets/reference_pair/drafter")',
         'dec = SpeculativeDecoder(target.float(), drafter.float(), "ddtree", budget=64)',
-        'ids = tok("def fibonacci(n):\\n", return_tensors="pt").input_ids',
+        'ids = tok("def fibonacci(n):", return_tensors="pt").input_ids',
         "out = dec.generate(ids, 128, stop_token_ids=[tok.eos_token_id])",
         "print(tok.decode(out.sequences[0]), out.stats.tau)",
         "```",
