@@ -13,40 +13,15 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import print_table, stamp, summarize, time_fn, write_json
+from bench.common import graph_time, print_table, stamp, time_fn, write_json
 from difftree_rt import build_info, ops
 from difftree_rt.cli.demo_select import drafter_like_logits
-
-
-def graph_time(fn: Callable[[], object], repeats: int = 50, inner: int = 20) -> dict[str, float]:
-    """µs per call of `fn` captured in a CUDA graph (`inner` calls per graph, CUDA events)."""
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(s)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(inner):
-            fn()
-    graph.replay()
-    torch.cuda.synchronize()
-    samples = []
-    for _ in range(repeats):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        graph.replay()
-        b.record()
-        b.synchronize()
-        samples.append(a.elapsed_time(b) * 1e3 / inner)
-    return summarize(samples)
 
 
 def bench_select(args: argparse.Namespace) -> list[dict[str, Any]]:

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import print_table, stamp, summarize, write_json
+from bench.common import graph_time, print_table, stamp, summarize, write_json
 from difftree_rt import build_info, ops
 from difftree_rt._ext import ext
 
@@ -41,31 +41,6 @@ def event_time(fn: Callable[[], object], repeats: int, warmup: int = 5) -> dict[
         b.record()
         b.synchronize()
         samples.append(a.elapsed_time(b) * 1e3)
-    return summarize(samples)
-
-
-def graph_time(fn: Callable[[], object], repeats: int, inner: int = 10) -> dict[str, float]:
-    """µs per call of `fn` replayed from a CUDA graph (`inner` calls per graph)."""
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(s)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(inner):
-            fn()
-    graph.replay()
-    torch.cuda.synchronize()
-    samples = []
-    for _ in range(repeats):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        graph.replay()
-        b.record()
-        b.synchronize()
-        samples.append(a.elapsed_time(b) * 1e3 / inner)
     return summarize(samples)
 
 
@@ -139,7 +114,7 @@ def bench_one(ctx: int, n: int, args: argparse.Namespace) -> dict[str, Any]:
     ):
         try:
             row[name] = event_time(fn, args.repeats)
-            row[name + "_graph"] = graph_time(fn, args.repeats)
+            row[name + "_graph"] = graph_time(fn, args.repeats, inner=10)
         except (RuntimeError, torch.cuda.OutOfMemoryError) as exc:
             row[name] = {"error": str(exc).splitlines()[0][:200]}
             torch.cuda.empty_cache()

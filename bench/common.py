@@ -94,6 +94,32 @@ def time_fn(
     return summarize(samples)
 
 
+def graph_time(fn: Callable[[], object], repeats: int = 50, inner: int = 20) -> dict[str, float]:
+    """µs per call of ``fn`` captured in a CUDA graph (``inner`` calls per graph, timed with
+    CUDA events): the launch cost a graph-mode round would pay, without host overhead."""
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):  # warm-up off the capture stream (lazy allocations, autotuning)
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(s)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(inner):
+            fn()
+    graph.replay()
+    torch.cuda.synchronize()
+    samples = []
+    for _ in range(repeats):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        graph.replay()
+        b.record()
+        b.synchronize()
+        samples.append(a.elapsed_time(b) * 1e3 / inner)
+    return summarize(samples)
+
+
 def summarize(samples: Sequence[float]) -> dict[str, float]:
     s = sorted(samples)
     q = statistics.quantiles(s, n=10) if len(s) >= 2 else [s[0]] * 9
