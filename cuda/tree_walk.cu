@@ -2,6 +2,7 @@
 // Malformed links end the walk instead of being reported: reporting would need a host sync.
 #include <cuda_runtime.h>
 
+#include "common/walk_emit.h"
 #include "index.cuh"
 #include "launchers.h"
 
@@ -59,31 +60,12 @@ __global__ void tree_walk_kernel(WalkParams p) {
   }
 
   const int64_t cap = p.remaining ? load_index(p.remaining, p.remaining64, b) : INT64_MAX;
-  int64_t emitted = 0, kept = acc, next = choice;
-  bool done = false;
-  for (int64_t j = 1; j <= acc && !done; ++j) {
-    if (emitted == cap) {
-      kept = j - 1;
-      done = true;
-      break;
-    }
-    ++emitted;
-    if (is_stop(p, token[path[j]])) {
-      kept = j;
-      done = true;
-    }
-  }
-  if (done || emitted == cap) {
-    next = -1;
-    done = true;
-  } else {
-    ++emitted;
-    done = is_stop(p, next) || emitted == cap;
-  }
-  for (int64_t j = kept + 1; j < p.P; ++j) path[j] = -1;
-  p.accepted[b] = static_cast<int32_t>(kept);
-  p.next_token[b] = static_cast<int32_t>(next);
-  p.done[b] = done ? 1 : 0;
+  const WalkEmit e =
+      walk_emit(token, path, acc, choice, cap, [&](int64_t tok) { return is_stop(p, tok); });
+  for (int64_t j = e.kept + 1; j < p.P; ++j) path[j] = -1;
+  p.accepted[b] = static_cast<int32_t>(e.kept);
+  p.next_token[b] = static_cast<int32_t>(e.next);
+  p.done[b] = e.done ? 1 : 0;
 }
 
 }  // namespace

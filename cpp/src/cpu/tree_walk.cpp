@@ -3,6 +3,7 @@
 #include <cstdint>
 #include <sstream>
 
+#include "common/walk_emit.h"
 #include "cpu/cpu_ops.h"
 #include "dispatch/checks.h"
 
@@ -79,31 +80,12 @@ Status tree_walk(const TreeView& tree, const TensorView& node_choice,
       os << "remaining: expected values >= 0, got " << cap << " for request " << b;
       return InvalidValue(os.str());
     }
-    int64_t emitted = 0, kept = acc, next = choice;
-    bool done = false;
-    for (int64_t j = 1; j <= acc && !done; ++j) {
-      if (emitted == cap) {
-        kept = j - 1;
-        done = true;
-        break;
-      }
-      ++emitted;
-      if (is_stop(stop_tokens, token[path[j]])) {
-        kept = j;
-        done = true;
-      }
-    }
-    if (done || emitted == cap) {
-      next = -1;
-      done = true;
-    } else {
-      ++emitted;
-      done = is_stop(stop_tokens, next) || emitted == cap;
-    }
-    for (int64_t j = kept + 1; j < P; ++j) path[j] = -1;
-    out.accepted.ptr<int32_t>()[b] = static_cast<int32_t>(kept);
-    out.next_token.ptr<int32_t>()[b] = static_cast<int32_t>(next);
-    out.done.ptr<uint8_t>()[b] = done ? 1 : 0;
+    const WalkEmit e = walk_emit(token, path, acc, choice, cap,
+                                 [&](int64_t tok) { return is_stop(stop_tokens, tok); });
+    for (int64_t j = e.kept + 1; j < P; ++j) path[j] = -1;
+    out.accepted.ptr<int32_t>()[b] = static_cast<int32_t>(e.kept);
+    out.next_token.ptr<int32_t>()[b] = static_cast<int32_t>(e.next);
+    out.done.ptr<uint8_t>()[b] = e.done ? 1 : 0;
   }
   return Status::Ok();
 }
