@@ -256,6 +256,36 @@ PYBIND11_MODULE(_C, m) {
                                          budget, tree_view(tree), stream_ptr(stream)));
   });
 
+  // ---- d2sd (policies; CPU) ----
+  m.def("check_d2sd_boundaries", [](py::handle trunk_logprob, py::handle boundary) {
+    raise_if_error(difftree::check_d2sd_boundaries(view(trunk_logprob, "trunk_logprob"),
+                                                   view(boundary, "boundary")));
+  });
+  m.def("d2sd_boundaries", [](py::handle trunk_logprob, py::handle boundary, uintptr_t stream) {
+    raise_if_error(difftree::d2sd_boundaries(view(trunk_logprob, "trunk_logprob"),
+                                             view(boundary, "boundary"), stream_ptr(stream)));
+  });
+  m.def("check_d2sd_select",
+        [](py::handle trunk_token, py::handle trunk_logprob, py::handle boundary,
+           py::handle branch_token, py::handle branch_logprob, int64_t budget,
+           py::object root_token) {
+          auto root = maybe_view(root_token, "root_token");
+          raise_if_error(difftree::check_d2sd_select(
+              view(trunk_token, "trunk_token"), view(trunk_logprob, "trunk_logprob"),
+              view(boundary, "boundary"), view(branch_token, "branch_token"),
+              view(branch_logprob, "branch_logprob"), budget, ptr(root)));
+        });
+  m.def("d2sd_select", [](py::handle trunk_token, py::handle trunk_logprob, py::handle boundary,
+                          py::handle branch_token, py::handle branch_logprob, int64_t budget,
+                          py::object root_token, py::tuple tree, uintptr_t stream) {
+    auto root = maybe_view(root_token, "root_token");
+    raise_if_error(difftree::d2sd_select(
+        view(trunk_token, "trunk_token"), view(trunk_logprob, "trunk_logprob"),
+        view(boundary, "boundary"), view(branch_token, "branch_token"),
+        view(branch_logprob, "branch_logprob"), budget, ptr(root), tree_view(tree),
+        stream_ptr(stream)));
+  });
+
   m.def("check_tree_attention", [](py::handle q, py::handle k_cache, py::handle v_cache,
                                    py::handle prefix_len, py::object tree_anc,
                                    py::object num_nodes, double scale, bool is_chain) {

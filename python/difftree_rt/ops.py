@@ -19,6 +19,8 @@ from .tree import DraftTree, anc_words
 
 __all__ = [
     "WalkResult",
+    "d2sd_boundaries",
+    "d2sd_select",
     "ddtree_select",
     "ddtree_select_from_candidates",
     "kv_commit",
@@ -638,7 +640,9 @@ def _presto_select(
 
 
 @_presto_select.register_fake
-def _(cand_token, cand_logprob, budget, root_token, context, keys, counts, order, alpha, lam, vocab):
+def _(
+    cand_token, cand_logprob, budget, root_token, context, keys, counts, order, alpha, lam, vocab
+):
     return _empty_tree(cand_logprob, cand_logprob.shape[0], budget + 1)
 
 
@@ -761,6 +765,125 @@ def taps_select(
         int(budget),
     )
     return DraftTree.from_arrays(arrays, max_depth=int(max_depth))
+
+
+# ---- d2sd (policies; CPU for now) ----------------------------------------------------------
+
+
+@torch.library.custom_op("difftree::d2sd_boundaries", mutates_args=())
+def _d2sd_boundaries(trunk_logprob: Tensor, k: int) -> Tensor:
+    C = ext()
+    boundary = torch.empty(
+        (trunk_logprob.shape[0], k), dtype=torch.int32, device=trunk_logprob.device
+    )
+    C.check_d2sd_boundaries(dl(trunk_logprob), dl(boundary))
+    C.d2sd_boundaries(dl(trunk_logprob), dl(boundary), stream_of(trunk_logprob))
+    return boundary
+
+
+@_d2sd_boundaries.register_fake
+def _(trunk_logprob: Tensor, k: int) -> Tensor:
+    return trunk_logprob.new_empty((trunk_logprob.shape[0], k), dtype=torch.int32)
+
+
+def d2sd_boundaries(trunk_logprob: Tensor, k: int = 4) -> Tensor:
+    """D²SD's top-``k`` rejection boundaries (ALGORITHMS.md §8; cpu/d2sd.cpp).
+
+    Args:
+        trunk_logprob: float32 ``[B, L]``, ``log c_j``: the first draft's top-1 log-prob at depth
+            j + 1 (``topk_logprobs(draft_logits, 1)[1][..., 0]``), finite and <= 0.
+        k: boundaries per request, 1..L.
+
+    Returns:
+        int32 ``[B, k]``: the numbers of accepted drafts i (0..L-1) with the highest
+        ``r(i) = (Π_{j<=i} c_j)(1 - c_{i+1})``, best first, ties to the smaller i; bit-identical
+        to ``difftree_rt.policies.d2sd_reference.d2sd_boundaries``.
+    """
+    require_tensor(trunk_logprob, "trunk_logprob")
+    if not isinstance(k, int) or isinstance(k, bool):
+        raise ValueError(f"k must be an int, got {k!r}")
+    return _call(_d2sd_boundaries, torch.ops.difftree.d2sd_boundaries, trunk_logprob, k)
+
+
+@torch.library.custom_op("difftree::d2sd_select", mutates_args=())
+def _d2sd_select(
+    trunk_token: Tensor,
+    trunk_logprob: Tensor,
+    boundary: Tensor,
+    branch_token: Tensor,
+    branch_logprob: Tensor,
+    budget: int,
+    root_token: Optional[Tensor],
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    C = ext()
+    inputs = (
+        dl(trunk_token),
+        dl(trunk_logprob),
+        dl(boundary),
+        dl(branch_token),
+        dl(branch_logprob),
+        budget,
+        dl_opt(root_token),
+    )
+    C.check_d2sd_select(*inputs)
+    arrays = _empty_tree(trunk_logprob, trunk_logprob.shape[0], budget + 1)
+    C.d2sd_select(*inputs, tuple(dl(a) for a in arrays), stream_of(trunk_logprob))
+    return arrays
+
+
+@_d2sd_select.register_fake
+def _(trunk_token, trunk_logprob, boundary, branch_token, branch_logprob, budget, root_token):
+    return _empty_tree(trunk_logprob, trunk_logprob.shape[0], budget + 1)
+
+
+def d2sd_select(
+    trunk_token: Tensor,
+    trunk_logprob: Tensor,
+    boundary: Tensor,
+    branch_token: Tensor,
+    branch_logprob: Tensor,
+    budget: int,
+    root_token: Tensor | None = None,
+) -> DraftTree:
+    """D²SD's joint tree: the first draft and its re-drafted branches as one trie (cpu/d2sd.cpp).
+
+    Args:
+        trunk_token, trunk_logprob: ``[B, L1]`` the first draft (top-1 token and log-prob per
+            depth).
+        boundary: ``[B, K]`` visible-prefix length of each branch (``d2sd_boundaries``), -1 for
+            an unused row.
+        branch_token, branch_logprob: ``[B, K, L2]`` the re-drafts: entry j is depth j + 1
+            (entries before the branch's boundary are ignored).
+        budget: draft nodes, 1..4096.
+        root_token: optional ``[B]`` bonus tokens.
+
+    Returns:
+        A :class:`DraftTree` (capacity ``budget + 1``, depth up to ``max(L1, L2)``, score = sum
+        of edge scores), bit-identical to ``difftree_rt.policies.d2sd_reference.d2sd_select``.
+    """
+    for name, t in (
+        ("trunk_token", trunk_token),
+        ("trunk_logprob", trunk_logprob),
+        ("boundary", boundary),
+        ("branch_token", branch_token),
+        ("branch_logprob", branch_logprob),
+    ):
+        require_tensor(t, name)
+    if root_token is not None:
+        require_tensor(root_token, "root_token")
+    arrays = _call(
+        _d2sd_select,
+        torch.ops.difftree.d2sd_select,
+        trunk_token,
+        trunk_logprob,
+        boundary,
+        branch_token,
+        branch_logprob,
+        int(budget),
+        root_token,
+    )
+    depth = max(int(trunk_logprob.shape[-1]), int(branch_logprob.shape[-1]))
+    return DraftTree.from_arrays(arrays, max_depth=depth)
 
 
 # ---- tree_attention ------------------------------------------------------------------------

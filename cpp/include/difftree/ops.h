@@ -176,6 +176,31 @@ Status taps_select(const TensorView& pool_token, const TensorView& pool_parent,
                    const TensorView& pool_size, const TensorView& log_qc, int64_t budget,
                    const TreeView& tree, Stream stream);
 
+// ---- d2sd (CPU) -----------------------------------------------------------------------------
+// D²SD (ALGORITHMS.md §8). d2sd_boundaries: trunk_logprob f32 [B, L] = log c_j, the first draft's
+// top-1 log-prob per depth (finite, <= 0) -> boundary int32 [B, K] (1 <= K <= L): the K most
+// likely numbers of accepted drafts i = 0..L-1 under r(i) = (Π_{j<=i} c_j)(1 - c_{i+1}), ranked
+// by log r(i) in double (higher first, ties -> smaller i).
+Status check_d2sd_boundaries(const TensorView& trunk_logprob, const TensorView& boundary);
+Status d2sd_boundaries(const TensorView& trunk_logprob, const TensorView& boundary, Stream stream);
+
+// d2sd_select: the joint tree of the first draft (trunk_token [B, L1] int32/int64, trunk_logprob
+// f32 [B, L1]) and K re-drafted branches: branch k keeps the first boundary[b, k] first-draft
+// tokens and continues with branch_token[b, k, j] (log-prob branch_logprob[b, k, j]) at depth
+// j + 1 for j >= boundary[b, k]; boundary int32/int64 [B, K] in [0, min(L1, L2) - 1], or -1 for an
+// unused row; branch_token [B, K, L2], branch_logprob f32 [B, K, L2] (entries before the boundary
+// ignored). Rows are merged into a trie (shared prefixes once; an edge scores the max log-prob of
+// the rows through it); output: the top-budget trie nodes best-first under (score desc, depth
+// asc, earlier parent, earlier row), capacity budget + 1, depth <= max(L1, L2). CUDA: Unsupported.
+Status check_d2sd_select(const TensorView& trunk_token, const TensorView& trunk_logprob,
+                         const TensorView& boundary, const TensorView& branch_token,
+                         const TensorView& branch_logprob, int64_t budget,
+                         const TensorView* root_token);
+Status d2sd_select(const TensorView& trunk_token, const TensorView& trunk_logprob,
+                   const TensorView& boundary, const TensorView& branch_token,
+                   const TensorView& branch_logprob, int64_t budget, const TensorView* root_token,
+                   const TreeView& tree, Stream stream);
+
 // ---- tree_attention -------------------------------------------------------------------------
 // Attention of a draft tree's N query rows over the committed prefix + the tree (DESIGN.md §3.4).
 // q [B, H_q, N, D]; k_cache, v_cache [B, H_kv, S_max, D] (H_q a multiple of H_kv), the tree's K/V

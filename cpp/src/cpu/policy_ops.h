@@ -28,4 +28,11 @@ Status taps_select(const TensorView& pool_token, const TensorView& pool_parent,
                    const TensorView& pool_size, const TensorView& log_qc, int64_t budget,
                    const TreeView& tree);
 
+Status d2sd_boundaries(const TensorView& trunk_logprob, const TensorView& boundary);
+
+Status d2sd_select(const TensorView& trunk_token, const TensorView& trunk_logprob,
+                   const TensorView& boundary, const TensorView& branch_token,
+                   const TensorView& branch_logprob, const TensorView* root_token,
+                   const TreeView& tree);
+
 }  // namespace difftree::cpu

@@ -471,6 +471,79 @@ Status taps_select(const TensorView& pool_token, const TensorView& pool_parent,
   return cpu::taps_select(pool_token, pool_parent, pool_size, log_qc, budget, tree);
 }
 
+// ---- d2sd (CPU only for now) ----------------------------------------------------------------
+
+Status check_d2sd_boundaries(const TensorView& trunk_logprob, const TensorView& boundary) {
+  DIFFTREE_RETURN_IF_ERROR(checks::ndim(trunk_logprob, "trunk_logprob", 2, "[B, L]"));
+  DIFFTREE_RETURN_IF_ERROR(checks::tensor(trunk_logprob, "trunk_logprob", {DType::kFloat32},
+                                          trunk_logprob, "trunk_logprob"));
+  const int64_t B = trunk_logprob.shape[0], L = trunk_logprob.shape[1];
+  if (L < 1) return InvalidValue("trunk_logprob: expected L >= 1 draft depths");
+  DIFFTREE_RETURN_IF_ERROR(checks::shape(boundary, "boundary", {B, -1}, "[B, K]"));
+  DIFFTREE_RETURN_IF_ERROR(
+      checks::tensor(boundary, "boundary", {DType::kInt32}, trunk_logprob, "trunk_logprob"));
+  if (boundary.shape[1] < 1 || boundary.shape[1] > L) {
+    std::ostringstream os;
+    os << "boundary: expected K in [1, L = " << L << "] boundaries, got K = " << boundary.shape[1];
+    return InvalidValue(os.str());
+  }
+  return cpu_only(trunk_logprob, "d2sd_boundaries");
+}
+
+Status d2sd_boundaries(const TensorView& trunk_logprob, const TensorView& boundary,
+                       Stream stream) {
+  (void)stream;
+  DIFFTREE_RETURN_IF_ERROR(check_d2sd_boundaries(trunk_logprob, boundary));
+  return cpu::d2sd_boundaries(trunk_logprob, boundary);
+}
+
+Status check_d2sd_select(const TensorView& trunk_token, const TensorView& trunk_logprob,
+                         const TensorView& boundary, const TensorView& branch_token,
+                         const TensorView& branch_logprob, int64_t budget,
+                         const TensorView* root_token) {
+  DIFFTREE_RETURN_IF_ERROR(checks::ndim(trunk_logprob, "trunk_logprob", 2, "[B, L1]"));
+  DIFFTREE_RETURN_IF_ERROR(checks::tensor(trunk_logprob, "trunk_logprob", {DType::kFloat32},
+                                          trunk_logprob, "trunk_logprob"));
+  const int64_t B = trunk_logprob.shape[0], L1 = trunk_logprob.shape[1];
+  if (L1 < 1) return InvalidValue("trunk_logprob: expected L1 >= 1 draft depths");
+  if (L1 > kMaxBudget) return InvalidValue("trunk_logprob: expected L1 <= 4096 draft depths");
+  DIFFTREE_RETURN_IF_ERROR(checks::shape(trunk_token, "trunk_token", {B, L1}, "[B, L1]"));
+  DIFFTREE_RETURN_IF_ERROR(index_tensor(trunk_token, "trunk_token", trunk_logprob, "trunk_logprob"));
+  DIFFTREE_RETURN_IF_ERROR(checks::shape(boundary, "boundary", {B, -1}, "[B, K]"));
+  DIFFTREE_RETURN_IF_ERROR(index_tensor(boundary, "boundary", trunk_logprob, "trunk_logprob"));
+  const int64_t K = boundary.shape[1];
+  DIFFTREE_RETURN_IF_ERROR(
+      checks::shape(branch_logprob, "branch_logprob", {B, K, -1}, "[B, K, L2] (K as boundary)"));
+  DIFFTREE_RETURN_IF_ERROR(checks::tensor(branch_logprob, "branch_logprob", {DType::kFloat32},
+                                          trunk_logprob, "trunk_logprob"));
+  const int64_t L2 = branch_logprob.shape[2];
+  if (L2 < 1) return InvalidValue("branch_logprob: expected L2 >= 1 draft depths");
+  if (L2 > kMaxBudget) return InvalidValue("branch_logprob: expected L2 <= 4096 draft depths");
+  DIFFTREE_RETURN_IF_ERROR(
+      checks::shape(branch_token, "branch_token", {B, K, L2}, "[B, K, L2] (as branch_logprob)"));
+  DIFFTREE_RETURN_IF_ERROR(
+      index_tensor(branch_token, "branch_token", trunk_logprob, "trunk_logprob"));
+  DIFFTREE_RETURN_IF_ERROR(checks::in_range(budget, "budget", 1, kMaxBudget));
+  if (root_token != nullptr) {
+    DIFFTREE_RETURN_IF_ERROR(checks::shape(*root_token, "root_token", {B}, "[B]"));
+    DIFFTREE_RETURN_IF_ERROR(
+        index_tensor(*root_token, "root_token", trunk_logprob, "trunk_logprob"));
+  }
+  return cpu_only(trunk_logprob, "d2sd_select");
+}
+
+Status d2sd_select(const TensorView& trunk_token, const TensorView& trunk_logprob,
+                   const TensorView& boundary, const TensorView& branch_token,
+                   const TensorView& branch_logprob, int64_t budget, const TensorView* root_token,
+                   const TreeView& tree, Stream stream) {
+  (void)stream;
+  DIFFTREE_RETURN_IF_ERROR(check_d2sd_select(trunk_token, trunk_logprob, boundary, branch_token,
+                                             branch_logprob, budget, root_token));
+  DIFFTREE_RETURN_IF_ERROR(tree_for_budget(tree, trunk_logprob, budget));
+  return cpu::d2sd_select(trunk_token, trunk_logprob, boundary, branch_token, branch_logprob,
+                          root_token, tree);
+}
+
 // ---- tree_attention -------------------------------------------------------------------------
 
 namespace cpu {
