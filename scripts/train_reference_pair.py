@@ -6,6 +6,10 @@ while python scripts/train_reference_pair.py --preset cpu --threads 1; [ $? -eq 
 # GPU, a better pair, each command < 10 min:
 while python scripts/train_reference_pair.py --preset gpu --device cuda; [ $? -eq 75 ]
 do :; done
+# then the variable-prefix drafter for D²SD (CPU, ~25 min of 1-thread training, into
+# assets/reference_pair/vp_drafter; initialised from the shipped drafter):
+while python scripts/train_reference_pair.py --preset cpu --threads 1 --vp; [ $? -eq 75 ]
+do :; done
 """
 
 from __future__ import annotations

@@ -33,3 +33,21 @@ def test_tiny_pipeline(tmp_path: Path) -> None:
     assert json.loads((out / "prompts.json").read_text())
     assert main(["--card", "--out", str(out)]) == 0
     assert "Held-out perplexity" in (out / "README.md").read_text()
+    assert "VP drafter" not in (out / "README.md").read_text()
+    # --vp: fine-tune the exported drafter with visible prefixes, export, measure, card.
+    assert main([*common, "--vp"]) == 0
+    vp = DFlashDrafter.from_pretrained(out / "vp_drafter")
+    assert vp.check_target(target) == [] and vp.dtype == torch.bfloat16
+    assert vp.block_size == drafter.block_size
+    changed = [k for k, v in vp.state_dict().items() if not torch.equal(v, drafter.state_dict()[k])]
+    assert changed  # trained, not a copy
+    summary = json.loads((out / "training_summary.json").read_text())
+    vsum = summary["vp_drafter"]
+    assert vsum["config"]["prefix_geom"] == 0.1 and vsum["steps"] == 3 and vsum["log"]
+    res = vsum["prefix_accuracy"]["results"]
+    assert set(res) == {"drafter", "vp_drafter"}
+    assert set(res["drafter"]) == {"0", "2", "4"}  # block size 8: p <= 6
+    assert all(0.0 <= r["acc1"] <= 1.0 for r in res["vp_drafter"].values())
+    assert summary["target"]["heldout_ppl_fp32"] > 1.0  # the rest of the summary is kept
+    assert main(["--card", "--out", str(out)]) == 0
+    assert "VP drafter" in (out / "README.md").read_text()

@@ -15,6 +15,14 @@ and exits 0 when the pair is exported, or 75 when it stopped because its time ra
     # GPU (a better pair; each command < 10 min)
     while python scripts/train_reference_pair.py --preset gpu --device cuda; [ $? -eq 75 ]
     do :; done
+
+``--vp`` (after the pair is exported) runs ``vp_drafter -> vp_export`` instead: a copy of the
+exported drafter fine-tuned with variable visible prefixes (D²SD, ``prefix_geom``), exported to
+``<out>/vp_drafter`` with its loss log and a prefix-accuracy comparison in
+``training_summary.json`` (then ``--card`` writes its section of the card):
+
+    while python scripts/train_reference_pair.py --preset cpu --threads 1 --vp
+    [ $? -eq 75 ]; do :; done
 """
 
 from __future__ import annotations
@@ -45,6 +53,8 @@ from .lm import LMTrainConfig, evaluate_perplexity, train_lm
 __all__ = ["PRESETS", "main"]
 
 EXIT_MORE = 75  # EX_TEMPFAIL: the chunk ended before the pair was done; run again
+STAGES = ("tokenizer", "data", "target", "drafter", "export")
+MODELS = ("target", "drafter")
 
 # Model + schedule presets. "cpu" is what the shipped pair used; "gpu" is the better pair a
 # GPU makes in ~30 min (still <= 40 MB for both models in bf16).
@@ -72,6 +82,8 @@ PRESETS: dict[str, dict[str, Any]] = {
             generated=768,
             p_generated=0.5,
         ),
+        # --vp: the shipped drafter fine-tuned with variable visible prefixes (D²SD).
+        "vp_drafter": dict(steps=1500, lr=1e-3, warmup=50, prefix_geom=0.1, seed=1),
     },
     # A smoke-test configuration (seconds): use with --max-files.
     "tiny": {
@@ -97,6 +109,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             generated=4,
             p_generated=0.5,
         ),
+        "vp_drafter": dict(steps=3, lr=1e-3, warmup=1, prefix_geom=0.1, seed=1),
     },
     "gpu": {
         "vocab": 8192,
@@ -126,6 +139,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             gen_batch=256,
             p_generated=0.5,
         ),
+        "vp_drafter": dict(steps=4000, lr=5e-4, warmup=100, prefix_geom=0.1, seed=1),
     },
 }
 
@@ -265,6 +279,142 @@ def stage_drafter(
     return result.finished
 
 
+def _vp_data(work: Path, out: Path, preset: dict[str, Any], target: torch.nn.Module) -> Any:
+    """The drafter stage's data recipe for the VP stage: the train corpus stream and the greedy
+    target continuations, re-created with the exported tokenizer / target if the work files
+    are gone (the tokenizer is the same file; the continuations then come from the exported
+    target instead of the fp32 work copy)."""
+    from .drafter import SequenceSource, generate_continuations
+
+    d = dict(preset["drafter"])
+    train_path = work / "train.npy"
+    if not train_path.exists():
+        tok = load_tokenizer(out / "target")
+        files = _files("train")
+        np.save(train_path, encode_files(tok, files))
+        _log(f"re-encoded the train split with {out / 'target'}'s tokenizer ({len(files)} files)")
+    stream = TokenStream(np.load(train_path))
+    sequences = None
+    n_gen = int(d.get("generated", 0))
+    if n_gen:
+        gen_path = work / "generated.pt"
+        if not gen_path.exists():
+            prompt_len = d["context"] // 4
+            _log(f"generating {n_gen} greedy continuations with the exported target")
+            seqs = generate_continuations(
+                target,
+                stream,
+                n_gen,
+                prompt_len,
+                d["context"] - prompt_len,
+                batch=d.get("gen_batch", 64),
+                seed=1,
+            )
+            torch.save(seqs, gen_path)
+        sequences = torch.load(gen_path)
+    return SequenceSource(stream, sequences, d.get("p_generated", 0.5))
+
+
+def stage_vp_drafter(
+    work: Path, out: Path, preset: dict[str, Any], device: torch.device, max_seconds: float
+) -> bool:
+    """Fine-tune a copy of the exported drafter (``out/drafter``) against the exported target
+    with variable visible prefixes (``DrafterTrainConfig.prefix_geom``), the drafter stage's
+    batch shape and data; resumable like the other stages."""
+    from transformers import AutoModelForCausalLM
+
+    from difftree_rt.models import DFlashDrafter
+
+    from .drafter import DrafterTrainConfig, train_drafter
+
+    t_start = time.monotonic()
+    target = AutoModelForCausalLM.from_pretrained(out / "target", dtype=torch.float32).to(device)
+    source = _vp_data(work, out, preset, target)
+    d, v = preset["drafter"], preset["vp_drafter"]
+    init = DFlashDrafter.from_pretrained(out / "drafter").to(torch.float32)
+    cfg = DrafterTrainConfig(
+        steps=v["steps"],
+        batch_size=d["batch_size"],
+        context=d["context"],
+        anchors=d["anchors"],
+        lr=v["lr"],
+        warmup=v["warmup"],
+        block_size=init.block_size,
+        mask_token_id=init.mask_token_id,
+        prefix_geom=v["prefix_geom"],
+        seed=v.get("seed", 0),
+    )
+    result = train_drafter(
+        target,
+        source,
+        cfg,
+        work / "vp_drafter.ckpt",
+        drafter=init,
+        max_seconds=max(1.0, max_seconds - (time.monotonic() - t_start)),
+    )
+    _log(f"vp drafter: step {result.step}/{cfg.steps}")
+    if result.finished:
+        result.drafter.save_pretrained(work / "vp_drafter")
+    return result.finished
+
+
+# Visible-prefix lengths of the card's VP-vs-plain accuracy table.
+VP_EVAL_PREFIXES = (0, 2, 4, 8)
+
+
+def stage_vp_export(work: Path, out: Path, preset_name: str, device: torch.device) -> None:
+    """Write ``out/vp_drafter`` (bf16, published layout), measure first-masked-slot accuracy vs
+    the visible prefix for it and the plain drafter (both as shipped, bf16 weights run in
+    fp32) on held-out windows, and add both to ``training_summary.json``."""
+    from transformers import AutoModelForCausalLM
+
+    from difftree_rt.models import DFlashDrafter
+
+    from .prefix_eval import prefix_accuracy
+
+    vdir = out / "vp_drafter"
+    if vdir.exists():
+        shutil.rmtree(vdir)
+    DFlashDrafter.from_pretrained(work / "vp_drafter").to(torch.bfloat16).save_pretrained(vdir)
+    target = AutoModelForCausalLM.from_pretrained(out / "target", dtype=torch.float32)
+    target = target.to(device).eval()
+    held_path = work / "heldout.npy"
+    if not held_path.exists():
+        np.save(held_path, encode_files(load_tokenizer(out / "target"), _files("heldout")))
+    held = TokenStream(np.load(held_path))
+    preset = PRESETS[preset_name]
+    ctx, anchors = preset["drafter"]["context"], preset["drafter"]["anchors"]
+    windows = held.windows(ctx)[:256]
+    accuracy: dict[str, Any] = {}
+    for name in ("drafter", "vp_drafter"):
+        drafter = DFlashDrafter.from_pretrained(out / name).to(device=device, dtype=torch.float32)
+        drafter.bind(target)
+        prefixes = [p for p in VP_EVAL_PREFIXES if p <= drafter.block_size - 2]
+        res = prefix_accuracy(
+            drafter, target, windows, prefixes, anchors=anchors, batch_size=8, seed=0
+        )
+        accuracy[name] = {str(p): r for p, r in res.items()}
+        _log(f"{name}: " + ", ".join(f"p={p} acc1 {r['acc1']:.3f}" for p, r in res.items()))
+    ckpt = torch.load(work / "vp_drafter.ckpt", map_location="cpu", weights_only=False)
+    summary_path = out / "training_summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    summary["vp_drafter"] = {
+        "init": "drafter/ (the shipped drafter, bf16 weights upcast to fp32)",
+        "target": "target/ (the shipped target, bf16 weights upcast to fp32)",
+        "config": ckpt["extra"].get("config", {}),
+        "steps": ckpt["step"],
+        "log": ckpt["extra"].get("log", []),
+        "prefix_accuracy": {
+            "data": f"{len(windows)} held-out windows of {ctx} tokens x {anchors} anchors "
+            "(seed 0; the same blocks for every p and both drafters)",
+            "dtype": "fp32 compute (bf16 weights as shipped)",
+            "results": accuracy,
+        },
+    }
+    summary_path.write_text(json.dumps(summary, indent=2))
+    _log(f"exported {vdir}")
+
+
 _DEF = re.compile(r"^\s*def \w+\(.*\):\s*$")
 
 
@@ -377,6 +527,117 @@ def _dir_size(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
+VP_COMMAND = (
+    "while python scripts/train_reference_pair.py --preset cpu --threads 1 --vp; "
+    "[ $? -eq 75 ]; do :; done"
+)
+OFFLINE_COMMAND = (
+    "python bench/bench_policies_offline.py --pair reference --threads 1 "
+    "--out assets/reference_pair/offline_policies.json"
+)
+
+
+def _vp_card(vp: dict[str, Any], out: Path) -> list[str]:
+    """The card's "VP drafter" section from ``training_summary.json["vp_drafter"]``."""
+    cfg, acc = vp["config"], vp["prefix_accuracy"]
+    size = _dir_size(out / "vp_drafter") / 1e6 if (out / "vp_drafter").exists() else 0.0
+    geom = cfg["prefix_geom"]
+    plain, var = acc["results"]["drafter"], acc["results"]["vp_drafter"]
+    lines = [
+        "## VP drafter (variable visible prefix, for D²SD)",
+        "",
+        f"- `vp_drafter/` ({size:.1f} MB, same layout and architecture as `drafter/`): the "
+        "shipped drafter fine-tuned to draft the rest of a block whose first p tokens after the "
+        "anchor are visible (ALGORITHMS.md §8: D²SD re-drafts after a hypothesised accepted "
+        "prefix).",
+        f"- Recipe: initialised from `drafter/`, frozen shipped target (fp32); {vp['steps']} "
+        f"steps x {cfg['batch_size']} sequences of {cfg['context']} tokens x {cfg['anchors']} "
+        f"anchors, the drafter's data mix; per block a prefix length p in "
+        f"0..{cfg['block_size'] - 2} with P(p = i) ∝ {1 - geom:g}^i (truncated geometric, "
+        f"`prefix_geom={geom:g}`), block = "
+        f"[x_a, x_a+1..x_a+p, MASK x ({cfg['block_size'] - 1} - p)], CE at the masked slots "
+        f"only with the decay re-anchored at the boundary, exp(-(k-1-p)/γ). AdamW lr "
+        f"{cfg['lr']}, {cfg['warmup']} warm-up steps, cosine to 10%, bf16 autocast.",
+        f"- Loss (EMA) by step: {_loss_points(vp['log'], 'loss')}.",
+        f"- First-masked-slot accuracy (EMA, over the p mix) by step: "
+        f"{_loss_points(vp['log'], 'acc1')}.",
+        "",
+        f"First-masked-slot accuracy on held-out text vs the visible prefix p ({acc['data']}; "
+        f"{acc['dtype']}); the plain drafter sees the same prefix tokens but was trained with "
+        "p = 0 only. `accepted`: mean masked slots right in a row from slot p + 1 "
+        "(teacher-forced chain proxy).",
+        "",
+        "| p | plain acc1 | VP acc1 | plain accepted | VP accepted |",
+        "|---:|---:|---:|---:|---:|",
+    ]
+    for p in plain:
+        lines.append(
+            f"| {p} | {plain[p]['acc1']:.3f} | {var[p]['acc1']:.3f} | "
+            f"{plain[p]['accepted']:.2f} | {var[p]['accepted']:.2f} |"
+        )
+    lines += ["", f"Command: `{VP_COMMAND}` (trains, exports, measures).", ""]
+    return lines
+
+
+def _offline_card(res: dict[str, Any]) -> list[str]:
+    """The card's short offline policy table from ``offline_policies.json``."""
+    meta, args = res["trace_meta"], res["args"]
+    rows = res["rows"]
+    budgets = sorted({r["budget"] for r in rows if r["policy"] != "chain"})
+    lines = [
+        "## Offline policy table (identical recorded rounds)",
+        "",
+        f"One trace: DDTree at budget {meta['record_budget']} verified, {res['sequences']} "
+        f"held-out prompts x <= {args['new']} new tokens, greedy, {res['rounds']} rounds; each "
+        "policy's tree is rebuilt from the recorded candidates and scored on the same rounds "
+        "(`difftree_rt.eval.offline`). Greedy τ (exact where the round is covered) / sampling "
+        "τ = 1 + Σ p(u) at T = 1; `≥` marks policies whose trees leave the recorded tree "
+        "(lower bounds). Machine: "
+        f"{res['stamp'].get('cpu', '?')}, {res['torch_threads']} torch thread(s), torch "
+        f"{res['stamp'].get('torch', '?')}.",
+        "",
+        "| policy | " + " | ".join(str(b) for b in budgets) + " |",
+        "|---|" + "---:|" * len(budgets),
+    ]
+
+    def cells(table: list[dict[str, Any]], policy: str) -> str:
+        by_b = {r["budget"]: r for r in table if r["policy"] == policy}
+        out = []
+        for b in budgets:
+            r = by_b.get(b) or (by_b.get(min(by_b)) if policy == "chain" and by_b else None)
+            if r is None:
+                out.append("-")
+                continue
+            ge = "≥" if r["round_coverage"] < 1.0 else ""
+            out.append(f"{ge}{r['tau_greedy']:.2f} / {ge}{r['tau_sampling']:.2f}")
+        return " | ".join(out)
+
+    for policy in dict.fromkeys(r["policy"] for r in rows):
+        lines.append(f"| {policy} | {cells(rows, policy)} |")
+    odd = res.get("odd_split")
+    if odd:
+        sc = odd["scorer"]
+        lines += [
+            "",
+            f"TAPS with a trained edge scorer (`train_scorer`, W = {sc['width']}, P = "
+            f"{sc['pool_size']}, {sc['epochs']} epochs on the {sc['train_rounds']} rounds of "
+            f"the even-indexed prompts), scored on the {sc['eval_rounds']} rounds of the odd "
+            "ones:",
+            "",
+            "| policy (odd prompts) | " + " | ".join(str(b) for b in budgets) + " |",
+            "|---|" + "---:|" * len(budgets),
+        ]
+        for policy in ("ddtree", "taps", "taps-scorer"):
+            lines.append(f"| {policy} | {cells(odd['rows'], policy)} |")
+    lines += [
+        "",
+        f"Command: `{OFFLINE_COMMAND}`; the full table (coverage, tokens per unit cost) is "
+        "`offline_policies.json` and docs/NOTES.md.",
+        "",
+    ]
+    return lines
+
+
 def write_card(out: Path, bench_command: str = "") -> Path:
     """README.md of the exported pair from ``training_summary.json`` and ``bench.json``."""
     summ = json.loads((out / "training_summary.json").read_text())
@@ -457,6 +718,8 @@ def write_card(out: Path, bench_command: str = "") -> Path:
         f"- First-slot accuracy (EMA) by step: {_loss_points(d['log'], 'acc1')}.",
         "",
     ]
+    if "vp_drafter" in summ:
+        lines += _vp_card(summ["vp_drafter"], out)
     res_path = out / "bench.json"
     if res_path.exists():
         res = json.loads(res_path.read_text())
@@ -481,6 +744,9 @@ def write_card(out: Path, bench_command: str = "") -> Path:
             "![acceptance lengths](acceptance_histogram.png)",
             "",
         ]
+    offline = out / "offline_policies.json"
+    if offline.exists():
+        lines += _offline_card(json.loads(offline.read_text()))
     lines += [
         "## Notes and limitations",
         "",
@@ -528,6 +794,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--card", action="store_true", help="only (re)write <out>/README.md")
     ap.add_argument("--bench-command", default="", help="command quoted in the card")
     ap.add_argument("--max-files", type=int, default=None, help="corpus limit (smoke tests)")
+    ap.add_argument(
+        "--vp",
+        action="store_true",
+        help="after the pair: fine-tune the exported drafter with variable visible prefixes "
+        "(D²SD) into <out>/vp_drafter (stages vp_drafter -> vp_export; needs <out>/target and "
+        "<out>/drafter)",
+    )
     args = ap.parse_args(argv)
     _OPTIONS["max_files"] = args.max_files
     _OPTIONS["corpus"] = PRESETS[args.preset].get("corpus", "stdlib")
@@ -544,7 +817,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     deadline = time.monotonic() + 60 * args.max_minutes
     state = _state(work)
     state.setdefault("preset", args.preset)
-    for stage in ("tokenizer", "data", "target", "drafter", "export"):
+    stages = ("vp_drafter", "vp_export") if args.vp else STAGES
+    if args.vp and not all((Path(args.out) / m / "config.json").exists() for m in MODELS):
+        raise SystemExit(f"--vp needs an exported pair in {args.out} (target/ and drafter/)")
+    for stage in stages:
         if state.get(stage) == "done":
             if args.stop_after == stage:
                 return 0
@@ -563,6 +839,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             done = stage_target(work, preset, device, left)
         elif stage == "drafter":
             done = stage_drafter(work, preset, device, left)
+        elif stage == "vp_drafter":
+            done = stage_vp_drafter(work, Path(args.out), preset, device, left)
+        elif stage == "vp_export":
+            stage_vp_export(work, Path(args.out), args.preset, device)
+            done = True
         else:
             stage_export(work, Path(args.out), args.preset, device)
             done = True
