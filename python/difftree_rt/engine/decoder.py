@@ -79,7 +79,15 @@ class SpeculativeDecoder:
             (and grows) the cache per ``generate`` call.
         validate: let the target adapter re-check verify/commit arguments (device syncs;
             for debugging: the decoder's own tensors are well-formed by construction).
-        profile: on CUDA, synchronise at phase boundaries so per-phase times are exact.
+        profile: on CUDA, synchronise at phase boundaries so per-phase times are exact
+            (eager path only: graph mode never synchronises inside its loop).
+        cuda_graphs: graph mode (``engine/graph.py``): rounds on static buffers with no host
+            sync, captured in CUDA graphs. None: on for a CUDA target with a graph-safe policy
+            (chain, ddtree) and ``validate=False``, off otherwise. True on a CPU target runs
+            the same static-buffer rounds eagerly (for tests). Requests outside its buckets
+            (e.g. more than 16 stop tokens) run on the eager path.
+        graph_capture: with graph mode on a CUDA target, capture and replay CUDA graphs; False
+            runs the static-buffer rounds eagerly (debugging).
     """
 
     def __init__(
@@ -92,6 +100,8 @@ class SpeculativeDecoder:
         *,
         validate: bool = False,
         profile: bool = True,
+        cuda_graphs: bool | None = None,
+        graph_capture: bool = True,
     ) -> None:
         if not _is_int(budget) or not 1 <= budget <= MAX_BUDGET:
             raise ValueError(f"budget must be an int in [1, {MAX_BUDGET}], got {budget!r}")
@@ -174,6 +184,25 @@ class SpeculativeDecoder:
         self.vocab_size = int(model.config.vocab_size)
         self.device = next(model.parameters()).device
         self._dcache: DFlashCache | None = None
+        self.cuda_graphs = self._resolve_cuda_graphs(cuda_graphs)
+        self.graph_capture = bool(graph_capture)
+        self._graph_runner: Any = None
+
+    def _resolve_cuda_graphs(self, cuda_graphs: bool | None) -> bool:
+        """Graph mode on or off (see ``cuda_graphs`` in the class docstring)."""
+        if cuda_graphs is not None and not isinstance(cuda_graphs, bool):
+            raise ValueError(f"cuda_graphs must be None, True or False, got {cuda_graphs!r}")
+        safe = self.policy is not None and self.policy.graph_safe
+        if cuda_graphs is None:
+            return safe and self.device.type == "cuda" and not self.validate
+        if cuda_graphs and not safe:
+            raise ValueError(
+                f"cuda_graphs=True needs a graph-safe policy (chain, ddtree); policy "
+                f"{self.policy_name!r} runs on the eager path (cuda_graphs=False or None)"
+            )
+        if cuda_graphs and self.validate:
+            raise ValueError("cuda_graphs=True cannot be combined with validate=True (host syncs)")
+        return cuda_graphs
 
     # ------------------------------------------------------------------------------------------
     # Construction helpers
@@ -302,7 +331,11 @@ class SpeculativeDecoder:
         if self.policy is None:
             out = self._generate_ar(adapter, ids, max_new_tokens, params, stop, stats, timer)
         else:
-            out = self._generate_spec(adapter, ids, max_new_tokens, params, stop, stats, timer)
+            out = None
+            if self.cuda_graphs:
+                out = self._generate_graph(adapter, ids, max_new_tokens, params, stop, stats, timer)
+            if out is None:
+                out = self._generate_spec(adapter, ids, max_new_tokens, params, stop, stats, timer)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         stats.total_time = time.perf_counter() - t_start
@@ -484,6 +517,27 @@ class SpeculativeDecoder:
                 done = bool(ended) or nxt < 0 or generated >= max_new
         stats.stopped = self._ended_on_stop(out_buf[:, :generated], stop)
         return out_buf[:, :generated]
+
+    def _generate_graph(
+        self,
+        adapter: TargetAdapter,
+        ids: Tensor,
+        max_new: int,
+        params: SamplingParams,
+        stop: Tensor | None,
+        stats: GenerationStats,
+        timer: PhaseTimer,
+    ) -> Tensor | None:
+        """Graph mode (``engine/graph.py``); None when the request falls outside the runner's
+        buckets (nothing was run: the eager path takes it)."""
+        from .graph import GraphRoundRunner
+
+        if self._graph_runner is None:
+            self._graph_runner = GraphRoundRunner(self, capture=self.graph_capture)
+        out: Tensor | None = self._graph_runner.generate(
+            adapter, ids, max_new, params, stop, stats, timer
+        )
+        return out
 
     @staticmethod
     def _ended_on_stop(out: Tensor, stop: Tensor | None) -> bool:

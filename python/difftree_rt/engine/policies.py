@@ -61,11 +61,15 @@ class DraftPolicy(ABC):
         is_chain: the trees are always chains (``parent[i] = i - 1``), so verification can
             use plain causal attention (no ancestor mask).
         needs_context: the decoder must fill :attr:`PolicyInput.context_ids`.
+        graph_safe: ``select`` runs entirely in device ops with fixed output shapes, reads no
+            host value and ignores ``round_idx``, so graph mode may capture it in a CUDA graph
+            (engine/graph.py); other policies run on the eager path.
     """
 
     name: str = ""
     is_chain: bool = False
     needs_context: bool = False
+    graph_safe: bool = False
 
     def __init__(self, budget: int) -> None:
         if not isinstance(budget, int) or isinstance(budget, bool) or not 1 <= budget <= MAX_BUDGET:
@@ -94,6 +98,7 @@ class ChainPolicy(DraftPolicy):
 
     name = "chain"
     is_chain = True
+    graph_safe = True
 
     def capacity(self, max_depth: int) -> int:
         return min(self.budget, max_depth) + 1
@@ -113,6 +118,7 @@ class DDTreePolicy(DraftPolicy):
     """DDTree (ALGORITHMS.md §2): exact top-``budget`` prefixes by product of draft marginals."""
 
     name = "ddtree"
+    graph_safe = True
 
     def select(self, inputs: PolicyInput) -> DraftTree:
         from .. import ops

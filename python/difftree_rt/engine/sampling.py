@@ -166,6 +166,7 @@ def choose_tokens(
     params: SamplingParams,
     round_idx: int | Tensor,
     node_offset: int = 0,
+    seed: int | Tensor | None = None,
 ) -> Tensor:
     """The target's choice at every node: ``logits [B, N, V]`` -> token ids int64 ``[B, N]``.
 
@@ -173,14 +174,16 @@ def choose_tokens(
     Sampling: inverse-CDF draw from the processed distribution with the uniform of
     ``(seed, round_idx, node_offset + n)`` for node n, so nodes draw independently and the
     same (seed, round, node) always draws the same token for the same distribution.
-    Padding nodes draw garbage that the walk never reads.
+    Padding nodes draw garbage that the walk never reads. ``seed`` (an int64 device tensor
+    in graph mode, so a captured graph replays with a new seed) overrides ``params.seed``.
     """
     if params.greedy:
         return logits.argmax(dim=-1)
     probs = process_logits(logits, params).softmax(dim=-1).to(torch.float64)
     num_b, num_n, _ = probs.shape
     node = torch.arange(node_offset, node_offset + num_n, device=logits.device)
-    u = counter_uniform(params.seed, round_idx, node).expand(num_b, num_n)
+    key = params.seed if seed is None else seed
+    u = counter_uniform(key, round_idx, node).expand(num_b, num_n)
     cdf = probs.cumsum(dim=-1)
     # Scale by the total so fp rounding of the cumulative sum cannot push u past the end;
     # `right=True` returns the first token whose cdf exceeds the draw, which has mass > 0.

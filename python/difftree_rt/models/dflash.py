@@ -743,6 +743,78 @@ class DFlashDrafter(nn.Module):
         with torch.no_grad():
             return self.compute_logits(hidden)
 
+    # ------------------------------------------------------------------ fixed-shape drafting
+    # Graph mode (engine/graph.py): every per-round value stays on the device and every shape is
+    # fixed, so a round can be captured in a CUDA graph and replayed. The cache's host-side
+    # ``span``/``uniform`` are not used (nor updated) here; storage must already be large enough.
+    @torch.no_grad()
+    def append_context_fixed(
+        self, cache: DFlashCache, features: torch.Tensor, num_new: torch.Tensor
+    ) -> None:
+        """Append ``features`` [B, n, F] at rows ``lengths[b] + t``; count ``num_new[b]`` of them.
+
+        All n rows are written (rows past ``num_new`` land in scratch past the new length and
+        are overwritten by the block or the next append); ``lengths += clamp(num_new, 0, n)``
+        in place. No host read; requires ``max(lengths) + n <= capacity`` (not checked: it
+        would need one).
+
+        Args:
+            cache: the request's :class:`DFlashCache`.
+            features: [B, n, F] in the drafter's dtype (e.g. the verify features along the
+                accepted path, padded to L + 1 rows).
+            num_new: [B] integer, real rows per request.
+        """
+        self._check_features(features, cache.batch_size)
+        n = features.shape[1]
+        ctx = self.fuse(features)
+        positions = cache.lengths[:, None] + torch.arange(n, device=features.device)
+        cos, sin = self.rotary_emb(positions, self.dtype)
+        for i, layer in enumerate(self.layers):
+            k, v = layer.self_attn.key_value(ctx, cos, sin)
+            _write_rows(cache.keys[i], k, positions, None)
+            _write_rows(cache.values[i], v, positions, None)
+        cache.lengths.add_(num_new.to(cache.lengths).clamp(0, n))
+
+    @torch.no_grad()
+    def draft_fixed(self, block_ids: torch.Tensor, cache: DFlashCache, span: int) -> torch.Tensor:
+        """:meth:`draft` over a fixed key span: block at positions ``lengths[b] + j``.
+
+        Keys are cache rows ``[0, span)`` masked to ``[0, lengths[b] + S)`` (context + block),
+        so the shapes depend only on ``span`` (a host constant per captured graph), never on
+        device values. Requires ``max(lengths) + S <= span <= capacity`` (not checked).
+
+        Args:
+            block_ids: [B, S] ``[bonus, mask, ...]`` (see :meth:`make_block`).
+            cache: context rows (``lengths`` = committed length per request).
+            span: key rows scanned.
+
+        Returns:
+            logits [B, L, V], row j = depth j + 1.
+        """
+        self._check_block(block_ids)
+        batch, s_len = block_ids.shape
+        if not 0 < span <= cache.capacity:
+            raise ValueError(f"span must be in [1, capacity={cache.capacity}], got {span}")
+        positions = cache.lengths[:, None] + torch.arange(s_len, device=block_ids.device)
+        keys = torch.arange(span, device=block_ids.device)
+        visible = keys[None, :] < (cache.lengths[:, None] + s_len)
+        mask = visible[:, None, None, :].expand(batch, 1, s_len, span)
+        cos, sin = self.rotary_emb(positions, self.dtype)
+        h = self.embed(block_ids)
+        for i, layer in enumerate(self.layers):
+            attn = layer.self_attn
+            x = layer.input_layernorm(h)
+            k_blk, v_blk = attn.key_value(x, cos, sin)
+            _write_rows(cache.keys[i], k_blk, positions, None)
+            _write_rows(cache.values[i], v_blk, positions, None)
+            q = attn.query(x, cos, sin)
+            k = cache.keys[i][:, :, :span]
+            v = cache.values[i][:, :, :span]
+            h = h + attn.attend(q, k, v, mask)
+            h = h + layer.mlp(layer.post_attention_layernorm(h))
+        # Slot 0 (the bonus token) predicts nothing new: drop it.
+        return self.compute_logits(self.norm(h[:, 1:]))
+
     # ------------------------------------------------------------------ checkpoints
     def save_pretrained(self, path: str | os.PathLike[str]) -> None:
         """Write ``config.json`` + ``model.safetensors`` in the published layout."""

@@ -8,6 +8,10 @@ once. A forward never appends by growing: before each forward the owner (``Targe
 rows that query row i is written to (``base_len + i``), and ``update`` scatters there. The committed
 length of each request lives on the device (``base_len``, ``[B]`` int32) so a captured CUDA graph
 replays with new lengths.
+
+Two ways to bound the attention key span: eager mode keeps a host-side ``len_bound`` (exact
+after prefill/decode, re-synced once per round after a commit); graph mode sets a fixed span
+(:meth:`StaticKVCache.set_fixed_span`) so a round reads no host value and replays unchanged.
 """
 
 from __future__ import annotations
@@ -132,6 +136,8 @@ class StaticKVCache(Cache):
         len_bound: host-side upper bound on ``max(base_len)``, kept without device syncs (exact
             after prefill/decode; loose after a commit until :meth:`sync_len_bound`).
         len_exact: whether ``len_bound`` is known to equal ``max(base_len)``.
+        fixed_span: graph mode: a fixed key span (rows ``[0, fixed_span)`` hold every committed
+            row of every forward until it is cleared), or None (eager: ``len_bound``).
 
     ``update`` (called by every HF attention layer) writes query row i of request b to row
     ``rows[b, i]`` set by :meth:`begin_write` and returns the whole layer buffers; the attention
@@ -177,6 +183,7 @@ class StaticKVCache(Cache):
         self.base_len: Tensor = torch.zeros(batch_size, dtype=torch.int32, device=device)
         self.len_bound = 0
         self.len_exact = True
+        self.fixed_span: int | None = None
         self._write_rows: Tensor | None = None
         self._write_index: Tensor | None = None
 
@@ -263,16 +270,50 @@ class StaticKVCache(Cache):
         self.len_exact = True
         return self.len_bound
 
-    def commit(self, path: Tensor, accepted: Tensor) -> None:
+    def set_fixed_span(self, span: int | None) -> None:
+        """Graph mode: attend over the fixed key span ``[0, span)`` (masked by ``base_len``)
+        instead of the host bound, and skip host-side capacity checks (the caller guarantees
+        ``max(base_len) + rows <= S_max``). ``None`` returns to the eager host bound, which is
+        then loose until the next :meth:`sync_len_bound`.
+
+        Args:
+            span: ``1..S_max`` rows, or None.
+        """
+        if span is not None:
+            ok = isinstance(span, int) and not isinstance(span, bool)
+            if not ok or not 1 <= span <= self.max_length:
+                raise ValueError(
+                    f"span must be None or an int in [1, {self.max_length}], got {span!r}"
+                )
+        elif self.fixed_span is not None:
+            # Commits in graph mode did not track the bound: derive it again (cheap, lazily).
+            self.len_bound = self.max_length
+            self.len_exact = False
+        self.fixed_span = span
+
+    def key_span(self) -> int:
+        """Rows of the key prefix attention scans: the fixed span in graph mode, else the host
+        bound (no sync either way)."""
+        return self.fixed_span if self.fixed_span is not None else self.len_bound
+
+    def commit(self, path: Tensor, accepted: Tensor, active: Tensor | None = None) -> None:
         """Move the accepted path's rows into place in every layer, then advance ``base_len``.
 
         Args:
             path: ``[B, L+1]`` node indices of the accepted path (``path[:, 0] == 0``).
             accepted: ``[B]`` accepted draft nodes; ``base_len += accepted + 1``.
+            active: optional ``[B]`` bool on the device: inactive requests (finished, in graph
+                mode) move no row and keep their length, without a host branch.
         """
+        acc = accepted.to(device=self.device, dtype=self.base_len.dtype)
+        step = acc + 1
+        if active is not None:
+            act = active.to(device=self.device, dtype=self.base_len.dtype)
+            acc = acc * act
+            step = step * act
         # The single call site of the commit kernel (one call for every layer's K and V).
-        _kv_commit(self.key_cache + self.value_cache, self.base_len, path, accepted)
-        self.base_len.add_(accepted.to(device=self.device, dtype=self.base_len.dtype) + 1)
+        _kv_commit(self.key_cache + self.value_cache, self.base_len, path, acc)
+        self.base_len.add_(step)
         # accepted <= L, so the bound grows by at most L + 1 (no sync needed).
         self.len_bound = min(self.len_bound + path.shape[1], self.max_length)
         self.len_exact = False
@@ -295,6 +336,7 @@ class StaticKVCache(Cache):
         self.base_len.zero_()
         self.len_bound = 0
         self.len_exact = True
+        self.fixed_span = None
         self.end_write()
 
     def crop(self, tokens_to_remove: int) -> None:

@@ -346,7 +346,7 @@ class TargetAdapter:
         return out
 
     @torch.no_grad()
-    def commit(self, path: Tensor, accepted: Tensor) -> None:
+    def commit(self, path: Tensor, accepted: Tensor, active: Tensor | None = None) -> None:
         """Keep the accepted path of the last verified tree: move its K/V rows into place.
 
         Row ``base_len + path[b, j]`` moves to ``base_len + j`` for ``j = 0..accepted[b]`` in every
@@ -356,6 +356,8 @@ class TargetAdapter:
             path: ``[B, L+1]`` integer node indices, ``path[:, 0] == 0``, strictly increasing up
                 to ``accepted``; entries past ``accepted`` are ignored.
             accepted: ``[B]`` integer, accepted draft nodes (0..L).
+            active: optional ``[B]`` bool: requests where it is False are left unchanged (graph
+                mode runs finished requests' rounds as no-ops instead of branching on the host).
         """
         num_b = self.batch_size
         if path.dim() != 2 or path.shape[0] != num_b or path.shape[1] < 1:
@@ -372,7 +374,9 @@ class TargetAdapter:
             )
         if self.validate:
             self._check_path_values(path, accepted, num_n)
-        self.cache.commit(path, accepted)
+        if active is not None:
+            self._check_shape_device(active, "active", (num_b,))
+        self.cache.commit(path, accepted, active)
         self._pending_nodes = None
         if self.validate:
             # Values were synced for validation anyway: keep the host bound tight.
@@ -414,7 +418,7 @@ class TargetAdapter:
             prefix_len=base,
             tree_anc=anc,
             num_nodes=num_nodes,
-            kv_bound=self.cache.len_bound,
+            kv_bound=self.cache.key_span(),
         )
         captured: dict[int, Tensor] = {}
         kwargs: dict[str, Any] = {CONTEXT_KWARG: ctx}
@@ -474,6 +478,8 @@ class TargetAdapter:
         # Checked against the host bound (no sync); only a loose bound that would overflow
         # (commits without validation) is re-read from the device.
         cache, cap = self.cache, self.max_length
+        if cache.fixed_span is not None:
+            return  # graph mode: the round runner checked capacity once per request
         if cache.len_bound + num_new <= cap:
             return
         if not cache.len_exact and cache.sync_len_bound() + num_new <= cap:

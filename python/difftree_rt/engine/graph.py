@@ -1,0 +1,522 @@
+"""Graph mode: the speculative round over static buffers, captured in CUDA graphs on a GPU.
+
+Vocabulary: B batch (1 today), S drafter block size, L = S - 1 draft depth, N tree capacity
+(root included), P = path columns (``min(L, N - 1) + 1``), F feature width, V vocabulary,
+S_max target cache rows, C drafter cache rows (``S_max + S``).
+
+Every value one round hands to the next lives in a preallocated tensor written **in place**
+(ALGORITHMS.md §9: a captured graph replays its recorded addresses, so a fresh tensor would be
+silently ignored): the bonus token, the generated count, the done flag, the round counter, the
+tree arrays, the drafter's pending context rows and their count, the output buffer, and the
+target / drafter cache lengths. A round reads and writes only those buffers; it does no host
+read (no ``.item()``/``.tolist()``/``bool(t)``) and its shapes depend only on host constants
+(N, P, S and a key-span bucket), so it can be captured once and replayed with new values.
+
+One round is two functions, captured as two graphs per (batch bucket, tree size, span bucket,
+sampling mode): ``draft + select`` (drafter on ``[bonus, MASK...]`` over a fixed key span, the
+policy's device-only selector, tree arrays copied into the static tree buffers) and
+``verify + accept + commit`` (target verify, per-node choice keyed by the device round counter
+and seed, ``tree_walk`` with the stop set and the remaining-token cap, KV commit, the path's
+features for the next draft, the emitted tokens scattered into the output buffer). Two graphs
+keep the tree buffers as the seam where a host-side policy could later sit between them.
+
+Termination is decided on the device: ``tree_walk`` sees ``remaining = (max_new - generated) *
+active``; a finished request's round therefore accepts nothing, emits nothing, commits nothing
+and leaves every length unchanged (``active = ~done``), so rounds past the end are no-ops. The
+host copies each round's status (accepted, next token, done, generated, emitted tokens) into a
+pinned buffer without waiting, then reads the *previous* round's copy: it never waits on the
+round in flight and stops at most one (no-op) round after the device decided to.
+
+On CPU (or with ``capture=False``) the very same round functions run eagerly, which is what
+makes graph mode testable without a GPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+
+from ..models.dflash import DFlashCache
+from ..models.target import TargetAdapter
+from ..tree import DraftTree, anc_words
+from .policies import PolicyInput
+from .sampling import SamplingParams, choose_tokens
+from .stats import GenerationStats, PhaseTimer
+
+if TYPE_CHECKING:
+    from .decoder import SpeculativeDecoder
+
+__all__ = ["GraphRoundRunner", "HostSyncError", "forbid_host_sync", "span_bucket"]
+
+#: Stop-token slots of the static stop buffer (unused slots hold -1, which no token equals).
+#: Requests with more stop tokens run on the eager path.
+MAX_STOPS = 16
+#: Smallest key-span bucket (rows); spans grow by powers of two up to the cache capacity.
+SPAN_MIN = 256
+# Status columns copied to the host each round, before the P emitted tokens.
+_ACC, _NEXT, _DONE, _GEN, _NEMIT, _EMIT = 0, 1, 2, 3, 4, 5
+
+
+class HostSyncError(RuntimeError):
+    """A round function read a device value on the host (raised under :func:`forbid_host_sync`)."""
+
+
+@contextlib.contextmanager
+def forbid_host_sync() -> Iterator[None]:
+    """Make every Python-level device->host read raise :class:`HostSyncError` inside the block.
+
+    Patches ``Tensor.item``, ``tolist``, ``__bool__``, ``__int__``, ``__float__`` and
+    ``__index__`` (the ways Python code turns a tensor value into a host value); on CUDA also
+    sets ``torch.cuda.set_sync_debug_mode("error")``, which catches syncs inside C++ ops too
+    (e.g. ``nonzero``, boolean indexing). The CPU guard cannot see C++-internal reads.
+    """
+    names = ("item", "tolist", "__bool__", "__int__", "__float__", "__index__")
+    saved = {n: getattr(torch.Tensor, n) for n in names}
+
+    def make(name: str) -> Callable[..., Any]:
+        def forbidden(self: Tensor, *args: Any, **kwargs: Any) -> Any:
+            raise HostSyncError(f"Tensor.{name} inside a graph-mode round (a host sync)")
+
+        return forbidden
+
+    for n in names:
+        setattr(torch.Tensor, n, make(n))
+    cuda_mode = torch.cuda.get_sync_debug_mode() if torch.cuda.is_available() else None
+    if cuda_mode is not None:
+        torch.cuda.set_sync_debug_mode("error")
+    try:
+        yield
+    finally:
+        for n, fn in saved.items():
+            setattr(torch.Tensor, n, fn)
+        if cuda_mode is not None:
+            torch.cuda.set_sync_debug_mode(cuda_mode)
+
+
+def span_bucket(rows: int, capacity: int, minimum: int = SPAN_MIN) -> int:
+    """The key span for ``rows`` needed rows: the next power of two ``>= max(rows, minimum)``,
+    capped at ``capacity``. Few distinct spans -> few graphs; at most 2x the exact span."""
+    if rows > capacity:
+        raise ValueError(f"rows={rows} exceed the capacity {capacity}")
+    span = max(int(minimum), 1)
+    while span < rows:
+        span *= 2
+    return min(span, capacity)
+
+
+def _sampling_key(params: SamplingParams) -> tuple[Any, ...]:
+    """What a captured graph bakes in from the sampling parameters (the seed is a buffer)."""
+    if params.greedy:
+        return ("greedy",)
+    return ("sample", float(params.temperature), params.top_k, params.top_p)
+
+
+@dataclass
+class _State:
+    """The static buffers of one runner (addresses fixed for its lifetime).
+
+    Per-request ``[B]`` int64 unless noted.
+    """
+
+    bonus: Tensor  # next round's root token
+    block: Tensor  # [B, S] int64: [bonus, MASK x L]
+    generated: Tensor  # tokens emitted so far (the prefill's first token included)
+    max_new: Tensor  # max_new_tokens of the request
+    done: Tensor  # [B] bool: a stop token was emitted or max_new reached
+    round_idx: Tensor  # [] int64: 1-based round counter (keys the sampling draws)
+    seed: Tensor  # [] int64: sampling seed
+    stop: Tensor  # [MAX_STOPS] int64, -1 padded
+    new_feat: Tensor  # [B, P, F] drafter dtype: verify features along the last path
+    num_new: Tensor  # how many of new_feat's rows are real (accepted + 1, 0 when idle)
+    tree: tuple[Tensor, ...]  # the eight DraftTree arrays, [B, N] (anc [B, N, W], num_nodes [B])
+    out: Tensor  # [B, S_max + 1] int64 emitted tokens; the last column is scratch
+    status: Tensor  # [B, 5 + P] int64: accepted, next, done, generated, #emitted, emitted
+
+    def mutable(self) -> list[Tensor]:
+        """Buffers a round changes that later rounds read (saved around capture warm-up)."""
+        return [self.bonus, self.generated, self.done, self.round_idx, self.new_feat, self.num_new]
+
+
+class GraphRoundRunner:
+    """Runs a decoder's speculative rounds on static buffers, captured in CUDA graphs on a GPU.
+
+    Built by :class:`~difftree_rt.engine.decoder.SpeculativeDecoder` (``cuda_graphs``) for a
+    graph-safe policy. Buffers are (re)allocated when the decoder's target adapter changes.
+
+    Args:
+        decoder: the owning decoder (its drafter, policy, prefill and streamer are used).
+        capture: capture and replay CUDA graphs (CUDA targets only); False runs the same round
+            functions eagerly.
+        span_min: smallest key-span bucket (rows).
+        warmup: eager warm-up runs of a round before its capture (lazy initialisation).
+
+    Attributes:
+        round_context: context manager factory wrapped around every round's functions
+            (tests set it to :func:`forbid_host_sync`).
+        on_round: called with the round number after each round is launched (tests record
+            buffer addresses there).
+        graphs: captured ``(draft+select, verify+commit)`` graph pairs by key.
+    """
+
+    def __init__(
+        self,
+        decoder: SpeculativeDecoder,
+        *,
+        capture: bool = True,
+        span_min: int = SPAN_MIN,
+        warmup: int = 2,
+    ) -> None:
+        policy, drafter = decoder.policy, decoder.drafter
+        if policy is None or drafter is None:
+            raise ValueError("graph mode needs a drafting policy and a drafter (not 'ar')")
+        if not policy.graph_safe:
+            raise ValueError(
+                f"policy {decoder.policy_name!r} is not graph-safe (its select reads host values "
+                "or has data-dependent shapes); use cuda_graphs=False"
+            )
+        if not isinstance(span_min, int) or span_min < 1:
+            raise ValueError(f"span_min must be a positive int, got {span_min!r}")
+        self.decoder = decoder
+        self.policy = policy
+        self.drafter = drafter
+        self.device = decoder.device
+        self.capture = bool(capture) and self.device.type == "cuda"
+        self.span_min = span_min
+        self.warmup = warmup
+        self.capacity = decoder.capacity
+        self.max_depth = decoder.max_depth
+        self.path_cols = min(self.max_depth, self.capacity - 1) + 1
+        self.round_context: Callable[[], contextlib.AbstractContextManager[Any]] = (
+            contextlib.nullcontext
+        )
+        self.on_round: Callable[[int], None] | None = None
+        self.graphs: dict[tuple[Any, ...], tuple[Any, Any]] = {}
+        self._adapter: TargetAdapter | None = None
+        self._dcache: DFlashCache | None = None
+        self._state: _State | None = None
+        self._pinned: list[Tensor] = []
+        self._events: list[Any] = []
+        self._pool: Any = None
+        self._params = SamplingParams()
+
+    # ------------------------------------------------------------------------------------------
+    # Buffers
+    # ------------------------------------------------------------------------------------------
+    def supports(self, adapter: TargetAdapter, stop: Tensor | None, batch_size: int = 1) -> bool:
+        """Whether a request fits the runner's buckets (else the decoder runs it eagerly)."""
+        if batch_size != 1 or adapter.validate or adapter.batch_size != 1:
+            return False
+        return stop is None or stop.numel() <= MAX_STOPS
+
+    def _ensure(self, adapter: TargetAdapter) -> _State:
+        """Allocate the static buffers for ``adapter`` (once per adapter; drops stale graphs)."""
+        if self._state is not None and self._adapter is adapter:
+            return self._state
+        self.graphs.clear()
+        dev, drafter = self.device, self.drafter
+        num_b, n, p, s = 1, self.capacity, self.path_cols, drafter.block_size
+        i64 = dict(dtype=torch.long, device=dev)
+        i32 = dict(dtype=torch.int32, device=dev)
+        # Context rows never exceed the target's committed rows (< S_max); + S for the block
+        # and the padded append past them.
+        self._dcache = drafter.new_cache(batch_size=num_b, capacity=adapter.max_length + s)
+        block = torch.full((num_b, s), drafter.mask_token_id, **i64)
+        tree = (
+            torch.zeros(num_b, n, **i32),
+            torch.full((num_b, n), -1, **i32),
+            torch.zeros(num_b, n, **i32),
+            torch.zeros(num_b, n, dtype=torch.float32, device=dev),
+            torch.full((num_b, n), -1, **i32),
+            torch.full((num_b, n), -1, **i32),
+            torch.zeros(num_b, n, anc_words(n), **i32),
+            torch.ones(num_b, **i32),
+        )
+        self._state = _State(
+            bonus=torch.zeros(num_b, **i64),
+            block=block,
+            generated=torch.zeros(num_b, **i64),
+            max_new=torch.zeros(num_b, **i64),
+            done=torch.zeros(num_b, dtype=torch.bool, device=dev),
+            round_idx=torch.zeros((), **i64),
+            seed=torch.zeros((), **i64),
+            stop=torch.full((MAX_STOPS,), -1, **i64),
+            new_feat=torch.zeros(
+                num_b, p, drafter.config.feature_size, dtype=drafter.dtype, device=dev
+            ),
+            num_new=torch.zeros(num_b, **i64),
+            tree=tree,
+            out=torch.full((num_b, adapter.max_length + 1), -1, **i64),
+            status=torch.zeros(num_b, 5 + p, **i64),
+        )
+        pin = self.device.type == "cuda"
+        self._pinned = [
+            torch.zeros(num_b, 5 + p, dtype=torch.long, pin_memory=pin) for _ in range(2)
+        ]
+        if self.device.type == "cuda":
+            self._events = [torch.cuda.Event() for _ in range(2)]
+            if self._pool is None:
+                self._pool = torch.cuda.graph_pool_handle()
+        self._adapter = adapter
+        return self._state
+
+    def buffers(self) -> dict[str, Tensor]:
+        """Every static tensor a round touches, by name (for address-stability checks)."""
+        st, adapter, dc = self._state, self._adapter, self._dcache
+        if st is None or adapter is None or dc is None:
+            return {}
+        out: dict[str, Tensor] = {
+            name: getattr(st, name)
+            for name in ("bonus", "block", "generated", "max_new", "done", "round_idx", "seed",
+                         "stop", "new_feat", "num_new", "out", "status")
+        }  # fmt: skip
+        out.update({f"tree.{i}": t for i, t in enumerate(st.tree)})
+        out["target.base_len"] = adapter.cache.base_len
+        out.update({f"target.k{i}": t for i, t in enumerate(adapter.cache.key_cache)})
+        out.update({f"target.v{i}": t for i, t in enumerate(adapter.cache.value_cache)})
+        out["drafter.lengths"] = dc.lengths
+        out.update({f"drafter.k{i}": t for i, t in enumerate(dc.keys)})
+        out.update({f"drafter.v{i}": t for i, t in enumerate(dc.values)})
+        return out
+
+    # ------------------------------------------------------------------------------------------
+    # The round (static buffers only: no host reads, shapes fixed by host constants)
+    # ------------------------------------------------------------------------------------------
+    def _draft_select(self, span: int) -> None:
+        """Draft on ``[bonus, MASK...]`` over key rows ``[0, span)``, select, fill the tree bufs."""
+        st, dc, drafter = self._state, self._dcache, self.drafter
+        assert st is not None and dc is not None
+        # The pending rows (the last path's features) make the context exactly [0, start).
+        drafter.append_context_fixed(dc, st.new_feat, st.num_new)
+        st.block[:, 0].copy_(st.bonus)
+        logits = drafter.draft_fixed(st.block, dc, span)
+        # Graph-safe policies ignore round_idx (the host counter would be baked into a graph).
+        tree = self.policy.select(PolicyInput(logits, st.bonus, 0, None))
+        for buf, arr in zip(st.tree, tree.arrays(), strict=True):
+            buf.copy_(arr)
+
+    def _verify_commit(self) -> None:
+        """Verify the tree, choose per node, walk, commit, emit; update every state buffer."""
+        from .. import ops
+
+        st, adapter = self._state, self._adapter
+        assert st is not None and adapter is not None
+        params = self._params
+        tree = DraftTree.from_arrays(st.tree, max_depth=self.path_cols - 1)
+        tokens = tree.token.clamp(min=0)  # padding rows: any valid id (never visible/accepted)
+        if self.policy.is_chain:
+            verified = adapter.verify(tokens, tree.depth, None, None)
+        else:
+            verified = adapter.verify(tokens, tree.depth, tree.anc, tree.num_nodes)
+        choice = choose_tokens(verified.logits, params, st.round_idx, seed=st.seed)
+        active = ~st.done
+        # A finished request gets a zero cap: the walk then accepts and emits nothing.
+        remaining = (st.max_new - st.generated) * active
+        walk = ops.tree_walk(tree, choice, st.stop, remaining)
+        adapter.commit(walk.path, walk.accepted, active)
+        accepted = walk.accepted.to(torch.long)
+        next_token = walk.next_token.to(torch.long)
+        assert verified.features is not None
+        st.new_feat.copy_(adapter.gather_path(verified.features, walk.path))
+        st.num_new.copy_((accepted + 1) * active)
+        # Emitted: the path's draft tokens then the next bonus (when any); invalid entries go
+        # to the scratch column, so the write needs no host-side length.
+        cols = torch.arange(self.path_cols, device=self.device)
+        path_nodes = walk.path[:, 1:].clamp(min=0).to(torch.long)
+        emit = torch.gather(tree.token, 1, path_nodes).to(torch.long)
+        emit = torch.cat([emit, next_token[:, None]], dim=1)[:, : self.path_cols]
+        emit = torch.where(cols[None] == accepted[:, None], next_token[:, None], emit)
+        num_emit = (accepted + (next_token >= 0).to(torch.long)) * active
+        trash = st.out.shape[1] - 1
+        keep = cols[None] < num_emit[:, None]
+        dest = torch.where(keep, st.generated[:, None] + cols[None], trash)
+        st.out.scatter_(1, dest, emit)
+        st.generated.add_(num_emit)
+        st.done.logical_or_(walk.done)
+        st.bonus.copy_(torch.where(next_token >= 0, next_token, st.bonus))
+        st.round_idx.add_(1)
+        st.status[:, _ACC].copy_(accepted)
+        st.status[:, _NEXT].copy_(next_token)
+        st.status[:, _DONE].copy_(st.done)
+        st.status[:, _GEN].copy_(st.generated)
+        st.status[:, _NEMIT].copy_(num_emit)
+        st.status[:, _EMIT:].copy_(torch.where(keep, emit, -1))
+
+    # ------------------------------------------------------------------------------------------
+    # Launch: eager, or capture once per key and replay
+    # ------------------------------------------------------------------------------------------
+    def _run_round(self, span: int, timer: PhaseTimer) -> None:
+        adapter = self._adapter
+        assert adapter is not None
+        adapter.cache.set_fixed_span(min(span, adapter.max_length))
+        if not self.capture:
+            with self.round_context():
+                with timer.phase("draft"):
+                    self._draft_select(span)
+                with timer.phase("verify"):
+                    self._verify_commit()
+            return
+        g_draft, g_verify = self._graphs_for(span)
+        with timer.phase("draft"):
+            g_draft.replay()
+        with timer.phase("verify"):
+            g_verify.replay()
+
+    def _graphs_for(self, span: int) -> tuple[Any, Any]:
+        key = (1, self.capacity, span, _sampling_key(self._params))
+        found = self.graphs.get(key)
+        if found is not None:
+            return found
+        st = self._state
+        assert st is not None and self._adapter is not None and self._dcache is not None
+        mutable = [*st.mutable(), self._adapter.cache.base_len, self._dcache.lengths]
+        saved = [t.clone() for t in mutable]
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):
+            # Warm-up off the capture stream (lazy cuBLAS/kernel initialisation, allocator
+            # growth), as PyTorch requires; each run is undone from the saved copies. Rounds
+            # only write rows past the committed lengths, so the caches need no restore.
+            for _ in range(self.warmup):
+                self._draft_select(span)
+                self._verify_commit()
+                for t, s in zip(mutable, saved, strict=True):
+                    t.copy_(s)
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        g_draft, g_verify = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g_draft, pool=self._pool):
+            self._draft_select(span)
+        with torch.cuda.graph(g_verify, pool=self._pool):
+            self._verify_commit()
+        self.graphs[key] = (g_draft, g_verify)
+        return g_draft, g_verify
+
+    def _stage(self, r: int) -> None:
+        """Queue the copy of round r's status into pinned slot r % 2 (no wait)."""
+        st = self._state
+        assert st is not None
+        slot = r % 2
+        self._pinned[slot].copy_(st.status, non_blocking=self.device.type == "cuda")
+        if self._events:
+            self._events[slot].record()
+
+    def _read(self, r: int) -> list[int]:
+        """Round r's staged status (waits for round r only, never for a later round)."""
+        slot = r % 2
+        if self._events:
+            self._events[slot].synchronize()
+        return [int(v) for v in self._pinned[slot][0].tolist()]
+
+    # ------------------------------------------------------------------------------------------
+    # Generate
+    # ------------------------------------------------------------------------------------------
+    def generate(
+        self,
+        adapter: TargetAdapter,
+        ids: Tensor,
+        max_new: int,
+        params: SamplingParams,
+        stop: Tensor | None,
+        stats: GenerationStats,
+        timer: PhaseTimer,
+    ) -> Tensor | None:
+        """One request in graph mode; None (nothing done) when it falls outside the buckets.
+
+        Args:
+            adapter: the target adapter, reset, sized for ``T + max_new + N`` rows.
+            ids: ``[1, T]`` prompt on the device.
+            max_new: ``max_new_tokens``.
+            params: sampling parameters (validated).
+            stop: ``[S]`` int64 stop tokens on the device, or None.
+            stats, timer: filled like the eager path (phases: draft = draft + select,
+                verify = verify + accept + commit, host = the late status read).
+
+        Returns:
+            ``[1, new]`` int64 generated tokens.
+        """
+        if not self.supports(adapter, stop, ids.shape[0]):
+            return None
+        dec = self.decoder
+        prompt_len = ids.shape[1]
+        if prompt_len + max_new + self.capacity > adapter.max_length:
+            raise ValueError(
+                f"max_length={adapter.max_length} is too small for this request: prompt + "
+                f"max_new_tokens + one tree of N={self.capacity} rows needs "
+                f"{prompt_len + max_new + self.capacity}"
+            )
+        st = self._ensure(adapter)
+        dc = self._dcache
+        assert dc is not None
+        self._params = params
+
+        first, features, is_stop = dec._prefill(adapter, ids, params, stop, st.out, timer)
+        assert features is not None
+        with timer.phase("host"):
+            (stopped,) = dec._host_read(is_stop)
+        dec._stream(st.out, 0, 1)
+        if stopped or max_new <= 1:
+            stats.stopped = bool(stopped)
+            return st.out[:, :1].clone()
+
+        # Per-request values go into the static buffers in place (setup: host syncs allowed).
+        dc.reset()
+        self.drafter.append_context_fixed(
+            dc, features.to(self.drafter.dtype), torch.full_like(dc.lengths, prompt_len)
+        )
+        st.bonus.copy_(first)
+        st.generated.fill_(1)
+        st.max_new.fill_(max_new)
+        st.done.zero_()
+        st.round_idx.fill_(1)
+        st.seed.fill_(params.seed)
+        st.stop.fill_(-1)
+        if stop is not None:
+            st.stop[: stop.numel()].copy_(stop)
+        st.num_new.zero_()
+
+        drafter_cap = dc.capacity
+        block = self.drafter.block_size
+        round_timer = PhaseTimer(stats, self.device, synchronize=False)
+        known_round, known_gen = 0, 1  # the host's latest status: after prefill
+        r = 0
+        try:
+            while True:
+                r += 1
+                if r > max_new + 1:
+                    raise RuntimeError("graph mode: the device never reported done (a bug)")
+                # Committed length before round r <= what the host knows + P per round since.
+                start_ub = prompt_len + known_gen - 1 + self.path_cols * (r - 1 - known_round)
+                start_ub = min(start_ub, prompt_len + max_new)
+                span = span_bucket(start_ub + block, drafter_cap, self.span_min)
+                self._run_round(span, round_timer)
+                self._stage(r)
+                if self.on_round is not None:
+                    self.on_round(r)
+                if r == 1:
+                    continue
+                with round_timer.phase("host"):
+                    status = self._read(r - 1)
+                    done = self._consume(status, stats)
+                known_round, known_gen = r - 1, status[_GEN]
+                if done:
+                    break  # round r was launched after the end: a no-op on every output
+        finally:
+            adapter.cache.set_fixed_span(None)
+        generated = known_gen
+        out = st.out[:, :generated].clone()
+        stats.stopped = dec._ended_on_stop(out, stop)
+        return out
+
+    def _consume(self, status: list[int], stats: GenerationStats) -> bool:
+        """Book one round's staged status into ``stats`` and the streamer; True when done."""
+        acc, nxt, done, _gen, n_emit = status[_ACC:_EMIT]
+        stats.accepted_lengths.append(acc)
+        stats.emitted_per_round.append(n_emit)
+        streamer = getattr(self.decoder, "_streamer", None)
+        if streamer is not None and n_emit > 0:
+            streamer(status[_EMIT : _EMIT + n_emit])
+        return bool(done) or nxt < 0

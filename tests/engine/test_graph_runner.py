@@ -1,0 +1,344 @@
+"""Graph mode (engine/graph.py): the static-buffer round runner is lossless and sync-free.
+
+On CPU the runner runs its round functions eagerly (``cuda_graphs=True`` on a CPU target): the
+same code a CUDA graph captures. Checked here: greedy output identical to HF ``generate`` and to
+the eager decoder (same rounds), sampled output identical to the eager decoder for a seed, no
+host read inside a round, fixed buffer addresses, rounds past the end are no-ops, the eager
+fallback. The ``cuda`` tests (capture + replay) skip without a GPU.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+from engine_helpers import greedy_reference, random_pair, trained_pair
+from test_greedy import _round_of_each_token, assert_greedy_equal
+
+from difftree_rt import SpeculativeDecoder
+from difftree_rt.engine.graph import (
+    MAX_STOPS,
+    GraphRoundRunner,
+    HostSyncError,
+    forbid_host_sync,
+    span_bucket,
+)
+from difftree_rt.engine.policies import DDTreePolicy, PolicyInput
+from difftree_rt.engine.stats import GenerationStats, PhaseTimer
+from difftree_rt.tree import DraftTree
+
+BUDGETS = (1, 7, 64)
+PROMPT_LENS = (1, 6, 23)
+NEW = 24
+
+
+def _pair(policy: str, budget: int, **kw: Any) -> tuple[SpeculativeDecoder, SpeculativeDecoder]:
+    """(eager, graph-mode) decoders on the trained pair."""
+    target, drafter = trained_pair()
+    eager = SpeculativeDecoder(target, drafter, policy, budget=budget)
+    graph = SpeculativeDecoder(target, drafter, policy, budget=budget, cuda_graphs=True, **kw)
+    return eager, graph
+
+
+def _runner(dec: SpeculativeDecoder) -> GraphRoundRunner:
+    if dec._graph_runner is None:
+        dec._graph_runner = GraphRoundRunner(dec, capture=dec.graph_capture)
+    runner: GraphRoundRunner = dec._graph_runner
+    return runner
+
+
+# ---------------------------------------------------------------------------------------------
+# Greedy: lossless and identical to the eager decoder
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("policy", ["chain", "ddtree"])
+def test_greedy_identical_to_hf_and_eager_random_pair(policy: str) -> None:
+    target, drafter = random_pair("qwen3")
+    gen = torch.Generator().manual_seed(11)
+    prompts = [torch.randint(0, 128, (1, n), generator=gen) for n in PROMPT_LENS]
+    for budget in BUDGETS:
+        eager = SpeculativeDecoder(target, drafter, policy, budget=budget)
+        graph = SpeculativeDecoder(target, drafter, policy, budget=budget, cuda_graphs=True)
+        assert graph.cuda_graphs and not eager.cuda_graphs
+        for prompt in prompts:
+            ref = greedy_reference(target, prompt, NEW)
+            got = graph.generate(prompt, NEW)
+            want = eager.generate(prompt, NEW)
+            assert_greedy_equal(target, got.sequences, ref)
+            assert torch.equal(got.sequences, want.sequences), (policy, budget)
+            assert got.stats.accepted_lengths == want.stats.accepted_lengths
+            assert got.stats.emitted_per_round == want.stats.emitted_per_round
+            assert got.stats.new_tokens == NEW
+
+
+@pytest.mark.parametrize("policy,budget", [("chain", 7), ("ddtree", 7), ("ddtree", 64)])
+def test_greedy_identical_with_realistic_acceptance(policy: str, budget: int) -> None:
+    target, _ = trained_pair()
+    eager, graph = _pair(policy, budget)
+    gen = torch.Generator().manual_seed(5)
+    max_acc = 0
+    for n in (3, 17):
+        prompt = torch.randint(0, 32, (1, n), generator=gen)
+        got = graph.generate(prompt, 48)
+        want = eager.generate(prompt, 48)
+        assert_greedy_equal(target, got.sequences, greedy_reference(target, prompt, 48))
+        assert torch.equal(got.sequences, want.sequences)
+        assert got.stats.accepted_lengths == want.stats.accepted_lengths
+        max_acc = max(max_acc, *got.stats.accepted_lengths)
+    assert max_acc >= 4  # deep (and, for ddtree, non-contiguous) paths were committed
+
+
+@pytest.mark.parametrize("policy,budget", [("chain", 7), ("ddtree", 64)])
+def test_max_new_tokens_ending_mid_round(policy: str, budget: int) -> None:
+    target, _ = trained_pair()
+    eager, graph = _pair(policy, budget)
+    prompt = torch.tensor([[4, 7, 1, 30]])
+    ref = greedy_reference(target, prompt, 30)
+    full = eager.generate(prompt, 30)
+    where = _round_of_each_token(full.stats.emitted_per_round)
+    assert [n for n in range(1, 30) if not where[n - 1][1]], "no cut inside a round"
+    for n in range(1, 31):
+        out = graph.generate(prompt, n)
+        assert out.sequences.shape[1] == 4 + n
+        assert torch.equal(out.sequences, ref[:, : 4 + n])
+        assert out.stats.new_tokens == n and not out.stats.stopped
+
+
+@pytest.mark.parametrize("policy", ["chain", "ddtree"])
+def test_stop_token_inside_accepted_path(policy: str) -> None:
+    target, _ = trained_pair()
+    eager, graph = _pair(policy, 32)
+    gen = torch.Generator().manual_seed(2)
+    hits = 0
+    for _ in range(6):
+        prompt = torch.randint(0, 32, (1, 5), generator=gen)
+        full = eager.generate(prompt, 40)
+        new = full.sequences[0, 5:].tolist()
+        where = _round_of_each_token(full.stats.emitted_per_round)
+        cands = [i for i in range(1, len(new)) if new.index(new[i]) == i and not where[i][1]]
+        if not cands:
+            continue
+        stop = new[cands[0]]
+        hits += 1
+        out = graph.generate(prompt, 40, stop_token_ids=[stop, 31 if stop != 31 else 30])
+        ref = greedy_reference(target, prompt, 40, eos_token_id=[stop, 31 if stop != 31 else 30])
+        assert torch.equal(out.sequences, ref)
+        assert out.stats.stopped
+        want = eager.generate(prompt, 40, stop_token_ids=[stop, 31 if stop != 31 else 30])
+        assert torch.equal(out.sequences, want.sequences)
+        assert out.stats.emitted_per_round == want.stats.emitted_per_round
+    assert hits >= 2
+
+
+def test_stop_token_as_first_token() -> None:
+    target, _ = trained_pair()
+    _, graph = _pair("ddtree", 8)
+    prompt = torch.tensor([[1, 2, 3]])
+    first = int(greedy_reference(target, prompt, 1)[0, -1])
+    out = graph.generate(prompt, 10, stop_token_ids=torch.tensor([first]))
+    assert out.sequences.tolist() == [[1, 2, 3, first]]
+    assert out.stats.rounds == 0 and out.stats.stopped
+
+
+# ---------------------------------------------------------------------------------------------
+# Sampling: identical to the eager decoder for the same seed (keyed per-node draws)
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "policy,budget,temperature,top_p", [("chain", 7, 1.0, None), ("ddtree", 16, 0.7, 0.9)]
+)
+def test_sampling_identical_to_eager(policy: str, budget: int, temperature: float, top_p) -> None:
+    eager, graph = _pair(policy, budget)
+    gen = torch.Generator().manual_seed(9)
+    for seed in range(4):
+        prompt = torch.randint(0, 32, (1, 6), generator=gen)
+        kw = dict(temperature=temperature, top_p=top_p, seed=seed)
+        got = graph.generate(prompt, 32, **kw)
+        want = eager.generate(prompt, 32, **kw)
+        assert torch.equal(got.sequences, want.sequences), seed
+        assert got.stats.accepted_lengths == want.stats.accepted_lengths
+
+
+# ---------------------------------------------------------------------------------------------
+# Graph-safety: no host sync, fixed addresses, no-op rounds after the end
+# ---------------------------------------------------------------------------------------------
+def test_round_performs_no_host_sync() -> None:
+    target, _ = trained_pair()
+    for policy in ("chain", "ddtree"):
+        _, graph = _pair(policy, 16)
+        _runner(graph).round_context = forbid_host_sync
+        prompt = torch.tensor([[3, 1, 4, 1, 5]])
+        out = graph.generate(prompt, 40)  # greedy
+        assert torch.equal(out.sequences, greedy_reference(target, prompt, 40))
+        graph.generate(prompt, 20, temperature=0.8, top_k=5, seed=1, stop_token_ids=[7])
+
+
+def test_no_sync_guard_can_fail() -> None:
+    # A "graph-safe" policy that reads a device value: the guard must catch it.
+    class Leaky(DDTreePolicy):
+        def select(self, inputs: PolicyInput) -> DraftTree:
+            if inputs.draft_logits.sum() > 0:  # Tensor.__bool__: a host sync
+                pass
+            return super().select(inputs)
+
+    target, drafter = trained_pair()
+    dec = SpeculativeDecoder(target, drafter, Leaky(8), cuda_graphs=True)
+    _runner(dec).round_context = forbid_host_sync
+    with pytest.raises(HostSyncError, match="__bool__"):
+        dec.generate(torch.tensor([[1, 2]]), 8)
+    with forbid_host_sync(), pytest.raises(HostSyncError, match="item"):
+        torch.ones(1).item()
+    assert torch.ones(1).item() == 1.0  # restored
+
+
+def test_buffer_addresses_never_change() -> None:
+    target, drafter = trained_pair()
+    dec = SpeculativeDecoder(target, drafter, "ddtree", budget=16, max_length=200, cuda_graphs=True)
+    runner = _runner(dec)
+    seen: list[dict[str, int]] = []
+    runner.on_round = lambda r: seen.append({k: t.data_ptr() for k, t in runner.buffers().items()})
+    gen = torch.Generator().manual_seed(1)
+    for n in (4, 30):
+        dec.generate(torch.randint(0, 32, (1, n), generator=gen), 40, stop_token_ids=[5])
+    assert len(seen) > 4 and len(seen[0]) > 20
+    assert all(s == seen[0] for s in seen)
+
+
+def test_rounds_after_done_are_noops() -> None:
+    _, graph = _pair("ddtree", 16)
+    runner = _runner(graph)
+    prompt = torch.tensor([[2, 7, 1, 8]])
+    out = graph.generate(prompt, 17)
+    st, adapter, dc = runner._state, runner._adapter, runner._dcache
+    assert st is not None and adapter is not None and dc is not None
+    assert bool(st.done.all()) and int(st.generated[0]) == 17
+    # The loop already ran one round past the end; more rounds must change nothing.
+    before = [t.clone() for t in (st.out, st.generated, st.bonus, adapter.base_len, dc.lengths)]
+    timer = PhaseTimer(GenerationStats("ddtree", 16), runner.device, False)
+    for _ in range(3):
+        with torch.inference_mode():  # as in generate (the buffers are inference tensors)
+            runner._run_round(span_bucket(64, dc.capacity, runner.span_min), timer)
+            adapter.cache.set_fixed_span(None)
+    after = (st.out, st.generated, st.bonus, adapter.base_len, dc.lengths)
+    assert all(torch.equal(a, b) for a, b in zip(before, after))
+    assert int(st.status[0, 4]) == 0  # nothing emitted
+    assert torch.equal(out.sequences[0, 4:], st.out[0, :17])
+
+
+def test_span_buckets_switch_losslessly() -> None:
+    # Small buckets: the key span changes several times within one request.
+    target, drafter = trained_pair()
+    dec = SpeculativeDecoder(target, drafter, "ddtree", budget=16, cuda_graphs=True)
+    runner = _runner(dec)
+    runner.span_min = 16
+    spans: list[int] = []
+    run_round = runner._run_round
+
+    def spy(span: int, timer: PhaseTimer) -> None:
+        spans.append(span)
+        run_round(span, timer)
+
+    runner._run_round = spy  # type: ignore[method-assign]
+    prompt = torch.randint(0, 32, (1, 9), generator=torch.Generator().manual_seed(4))
+    out = dec.generate(prompt, 60)
+    assert torch.equal(out.sequences, greedy_reference(target, prompt, 60))
+    assert len(set(spans)) >= 3 and spans == sorted(spans)
+
+
+def test_span_bucket() -> None:
+    assert span_bucket(1, 4096) == 256
+    assert span_bucket(257, 4096) == 512
+    assert span_bucket(3000, 3100) == 3100
+    assert span_bucket(5, 100, minimum=4) == 8
+    with pytest.raises(ValueError, match="rows"):
+        span_bucket(200, 100)
+
+
+def test_streaming_matches_output() -> None:
+    _, graph = _pair("ddtree", 16)
+    chunks: list[list[int]] = []
+    prompt = torch.tensor([[9, 9, 2]])
+    out = graph.generate(prompt, 33, streamer=chunks.append, stop_token_ids=[0])
+    assert [t for c in chunks for t in c] == out.sequences[0, 3:].tolist()
+    assert len(chunks) == out.stats.rounds + 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Dispatch and errors
+# ---------------------------------------------------------------------------------------------
+def test_eager_fallback_outside_buckets() -> None:
+    target, _ = trained_pair()
+    _, graph = _pair("chain", 7)
+    rounds: list[int] = []
+    _runner(graph).on_round = rounds.append
+    stops = [31] * (MAX_STOPS + 1)  # valid but more than the static stop buffer holds
+    prompt = torch.tensor([[1, 5, 9]])
+    out = graph.generate(prompt, 20, stop_token_ids=stops)
+    assert rounds == []  # the eager path ran it
+    assert torch.equal(out.sequences, greedy_reference(target, prompt, 20, eos_token_id=stops))
+
+
+def test_cuda_graphs_argument() -> None:
+    target, drafter = trained_pair()
+    assert not SpeculativeDecoder(target, drafter, "ddtree").cuda_graphs  # CPU default: off
+    with pytest.raises(ValueError, match="cuda_graphs must be"):
+        SpeculativeDecoder(target, drafter, "ddtree", cuda_graphs="yes")  # type: ignore[arg-type]
+    for policy in ("caddtree", "ar"):
+        with pytest.raises(ValueError, match="graph-safe"):
+            SpeculativeDecoder(target, drafter, policy, cuda_graphs=True)
+    with pytest.raises(ValueError, match="validate"):
+        SpeculativeDecoder(target, drafter, "ddtree", cuda_graphs=True, validate=True)
+    assert not SpeculativeDecoder(target, drafter, "caddtree", cuda_graphs=None).cuda_graphs
+    with pytest.raises(ValueError, match="too small"):
+        dec = SpeculativeDecoder(target, drafter, "ddtree", 8, max_length=40, cuda_graphs=True)
+        dec.generate(torch.tensor([[1] * 30]), 8)
+
+
+# ---------------------------------------------------------------------------------------------
+# CUDA: capture + replay identical to eager
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.cuda
+@pytest.mark.parametrize("policy,budget", [("chain", 7), ("ddtree", 16), ("ddtree", 64)])
+def test_cuda_capture_replay_identical_to_eager(policy: str, budget: int) -> None:
+    import copy
+
+    target, drafter = (copy.deepcopy(m) for m in trained_pair())
+    target, drafter = target.to("cuda"), drafter.to("cuda")
+    eager = SpeculativeDecoder(target, drafter, policy, budget=budget, cuda_graphs=False)
+    graph = SpeculativeDecoder(target, drafter, policy, budget=budget)
+    assert graph.cuda_graphs  # the default on CUDA
+    static = SpeculativeDecoder(target, drafter, policy, budget, cuda_graphs=True,
+                                graph_capture=False)  # fmt: skip
+    gen = torch.Generator().manual_seed(3)
+    for n in (3, 40):
+        prompt = torch.randint(0, 32, (1, n), generator=gen).cuda()
+        ref = greedy_reference(target, prompt, 48)
+        for kw in (dict(), dict(temperature=0.8, seed=5), dict(stop_token_ids=[7])):
+            want = eager.generate(prompt, 48, **kw)
+            got = graph.generate(prompt, 48, **kw)
+            mid = static.generate(prompt, 48, **kw)
+            assert torch.equal(got.sequences, want.sequences), kw
+            assert torch.equal(mid.sequences, got.sequences), kw
+            assert got.stats.accepted_lengths == want.stats.accepted_lengths
+            if not kw:
+                assert torch.equal(got.sequences, ref)
+    assert _runner(graph).graphs, "nothing was captured"
+
+
+@pytest.mark.cuda
+def test_cuda_graph_round_has_no_sync_and_fixed_addresses() -> None:
+    import copy
+
+    target, drafter = (copy.deepcopy(m).to("cuda", torch.bfloat16) for m in trained_pair())
+    static = SpeculativeDecoder(target, drafter, "ddtree", 32, cuda_graphs=True,
+                                graph_capture=False)  # fmt: skip
+    _runner(static).round_context = forbid_host_sync  # sync debug mode "error" on CUDA
+    graph = SpeculativeDecoder(target, drafter, "ddtree", 32, max_length=512)
+    runner = _runner(graph)
+    seen: list[dict[str, int]] = []
+    runner.on_round = lambda r: seen.append({k: t.data_ptr() for k, t in runner.buffers().items()})
+    prompt = torch.tensor([[3, 1, 4, 1, 5, 9, 2, 6]], device="cuda")
+    a = static.generate(prompt, 64)
+    b = graph.generate(prompt, 64)
+    # bf16: the same kernels on the same shapes, captured or not -> the same tokens.
+    assert torch.equal(a.sequences, b.sequences)
+    assert all(s == seen[0] for s in seen)
