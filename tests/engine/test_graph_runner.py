@@ -9,6 +9,8 @@ fallback. The ``cuda`` tests (capture + replay) skip without a GPU.
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,6 +29,8 @@ from difftree_rt.engine.graph import (
 from difftree_rt.engine.policies import DDTreePolicy, PolicyInput
 from difftree_rt.engine.stats import GenerationStats, PhaseTimer
 from difftree_rt.tree import DraftTree
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root: bench/
 
 BUDGETS = (1, 7, 64)
 PROMPT_LENS = (1, 6, 23)
@@ -293,6 +297,26 @@ def test_cuda_graphs_argument() -> None:
         dec.generate(torch.tensor([[1] * 30]), 8)
 
 
+def test_bench_graph_round_tiny(tmp_path: Path) -> None:
+    import json
+
+    from bench.bench_graph_round import main
+
+    from difftree_rt.policies.cost import CostTable
+
+    path = main(["--tiny", "--out-dir", str(tmp_path)])
+    result = json.loads(path.read_text())
+    (model,) = result["models"]
+    assert [r["policy"] for r in model["runs"]] == ["chain", "ddtree"]
+    for r in model["runs"]:
+        for key in ("graphs_off", "graphs_on"):
+            assert r[key]["rounds_per_s"] > 0 and r[key]["tokens"] == 12
+        assert r["verify_us"]["median"] > 0 and r["draft_us"]["median"] > 0
+    table = CostTable.load(model["cost_table_path"])
+    assert table.contexts == [32, 64] and table.nodes == [0, 1, 4] and table.unit == "ms"
+    assert table.verify_costs(8, 48).shape == (9,)
+
+
 # ---------------------------------------------------------------------------------------------
 # CUDA: capture + replay identical to eager
 # ---------------------------------------------------------------------------------------------
@@ -301,8 +325,7 @@ def test_cuda_graphs_argument() -> None:
 def test_cuda_capture_replay_identical_to_eager(policy: str, budget: int) -> None:
     import copy
 
-    target, drafter = (copy.deepcopy(m) for m in trained_pair())
-    target, drafter = target.to("cuda"), drafter.to("cuda")
+    target, drafter = (copy.deepcopy(m).to("cuda") for m in trained_pair())
     eager = SpeculativeDecoder(target, drafter, policy, budget=budget, cuda_graphs=False)
     graph = SpeculativeDecoder(target, drafter, policy, budget=budget)
     assert graph.cuda_graphs  # the default on CUDA
@@ -313,14 +336,18 @@ def test_cuda_capture_replay_identical_to_eager(policy: str, budget: int) -> Non
         prompt = torch.randint(0, 32, (1, n), generator=gen).cuda()
         ref = greedy_reference(target, prompt, 48)
         for kw in (dict(), dict(temperature=0.8, seed=5), dict(stop_token_ids=[7])):
-            want = eager.generate(prompt, 48, **kw)
             got = graph.generate(prompt, 48, **kw)
             mid = static.generate(prompt, 48, **kw)
-            assert torch.equal(got.sequences, want.sequences), kw
+            # Captured vs the same round run eagerly: the same kernels, bit for bit.
             assert torch.equal(mid.sequences, got.sequences), kw
-            assert got.stats.accepted_lengths == want.stats.accepted_lengths
-            if not kw:
-                assert torch.equal(got.sequences, ref)
+            assert got.stats.accepted_lengths == mid.stats.accepted_lengths
+            if "temperature" not in kw:
+                # Greedy: lossless, and equal to the eager decoder (whose drafter attends over
+                # the exact span: its trees may differ at fp32 near-ties, its tokens may not).
+                want = eager.generate(prompt, 48, **kw)
+                assert torch.equal(got.sequences, want.sequences), kw
+                if not kw:
+                    assert torch.equal(got.sequences, ref)
     assert _runner(graph).graphs, "nothing was captured"
 
 
