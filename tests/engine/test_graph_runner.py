@@ -228,6 +228,26 @@ def test_rounds_after_done_are_noops() -> None:
     assert torch.equal(out.sequences[0, 4:], st.out[0, :17])
 
 
+@pytest.mark.parametrize("temperature", [0.0, 0.9])
+def test_capture_warm_up_leaves_no_trace(temperature: float) -> None:
+    # Before a capture the runner runs rounds for real and undoes them (the same code on CPU):
+    # warming up in the middle of a request must not change its output.
+    eager, graph = _pair("ddtree", 16)
+    runner = _runner(graph)
+    runner.warmup = 3
+
+    def warm(r: int) -> None:
+        if r in (1, 4):
+            runner._warm_up(span_bucket(256, runner._dcache.capacity))  # type: ignore[union-attr]
+
+    runner.on_round = warm
+    prompt = torch.tensor([[6, 2, 8, 3, 1]])
+    got = graph.generate(prompt, 40, temperature=temperature, seed=3)
+    want = eager.generate(prompt, 40, temperature=temperature, seed=3)
+    assert torch.equal(got.sequences, want.sequences)
+    assert got.stats.accepted_lengths == want.stats.accepted_lengths
+
+
 def test_span_buckets_switch_losslessly() -> None:
     # Small buckets: the key span changes several times within one request.
     target, drafter = trained_pair()

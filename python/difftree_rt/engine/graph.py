@@ -371,21 +371,12 @@ class GraphRoundRunner:
         found = self.graphs.get(key)
         if found is not None:
             return found
-        st = self._state
-        assert st is not None and self._adapter is not None and self._dcache is not None
-        mutable = [*st.mutable(), self._adapter.cache.base_len, self._dcache.lengths]
-        saved = [t.clone() for t in mutable]
         side = torch.cuda.Stream(self.device)
         side.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(side):
             # Warm-up off the capture stream (lazy cuBLAS/kernel initialisation, allocator
-            # growth), as PyTorch requires; each run is undone from the saved copies. Rounds
-            # only write rows past the committed lengths, so the caches need no restore.
-            for _ in range(self.warmup):
-                self._draft_select(span)
-                self._verify_commit()
-                for t, s in zip(mutable, saved, strict=True):
-                    t.copy_(s)
+            # growth), as PyTorch requires.
+            self._warm_up(span)
         torch.cuda.current_stream(self.device).wait_stream(side)
         g_draft, g_verify = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
         with torch.cuda.graph(g_draft, pool=self._pool):
@@ -394,6 +385,19 @@ class GraphRoundRunner:
             self._verify_commit()
         self.graphs[key] = (g_draft, g_verify)
         return g_draft, g_verify
+
+    def _warm_up(self, span: int) -> None:
+        """Run ``warmup`` rounds for real, then undo them: the state buffers come back from
+        copies; rounds only write cache rows past the committed lengths, so caches need none."""
+        st = self._state
+        assert st is not None and self._adapter is not None and self._dcache is not None
+        mutable = [*st.mutable(), self._adapter.cache.base_len, self._dcache.lengths]
+        saved = [t.clone() for t in mutable]
+        for _ in range(self.warmup):
+            self._draft_select(span)
+            self._verify_commit()
+            for t, s in zip(mutable, saved, strict=True):
+                t.copy_(s)
 
     def _stage(self, r: int) -> None:
         """Queue the copy of round r's status into pinned slot r % 2 (no wait)."""
