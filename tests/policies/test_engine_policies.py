@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from engine_helpers import greedy_reference, make_drafter, make_target, random_pair, trained_pair
+from engine_helpers import greedy_reference, random_pair, trained_pair
+from sampling_check import assert_sampling_lossless
 from test_greedy import assert_greedy_equal
-from test_sampling import chi_square, exact_joint
 
 from difftree_rt import SpeculativeDecoder
 from difftree_rt.engine.policies import make_policy
@@ -73,32 +73,10 @@ def test_greedy_lossless_trained_pair_and_behaviour() -> None:
     "policy_name,budget,temperature,top_p", [("caddtree", 48, 1.0, None), ("presto", 48, 0.7, 0.9)]
 )
 def test_sampling_distribution_equals_target(policy_name, budget, temperature, top_p) -> None:
-    steps, vocab, num = 3, 16, 2000
-    target = make_target("llama", vocab=vocab, seed=4, init=0.1)
-    drafter = make_drafter(target, seed=4)
-    prompt = torch.tensor([[3, 1, 4, 1]])
-    probs = exact_joint(target, prompt, steps, temperature=temperature, top_p=top_p)
-    policy = (
-        CaDDTreePolicy(
-            budget, CostTable(nodes=[0, 64], contexts=[0], verify=[[[1.0, 1.2]]], draft=[[0.1]])
-        )
-        if policy_name == "caddtree"
-        else PrestoPolicy(budget, lam=1.0)
-    )
-    dec = SpeculativeDecoder(target, drafter, policy)
-    counts = torch.zeros(vocab**steps, dtype=torch.float64)
-    deep = 0
-    for seed in range(num):
-        out = dec.generate(prompt, steps, temperature=temperature, top_p=top_p, seed=seed)
-        t1, t2, t3 = out.sequences[0, -steps:].tolist()
-        counts[(t1 * vocab + t2) * vocab + t3] += 1
-        deep += bool(out.stats.accepted_lengths) and out.stats.accepted_lengths[0] >= 2
-    assert deep > num // 20
-    assert chi_square(counts, probs) > 1e-3
-    for pos in range(steps):
-        shape = (vocab,) * steps
-        other = [d for d in range(steps) if d != pos]
-        assert (
-            chi_square(counts.reshape(shape).sum(dim=other), probs.reshape(shape).sum(dim=other))
-            > 1e-3
-        )
+    def make(_: torch.nn.Module) -> CaDDTreePolicy | PrestoPolicy:
+        if policy_name == "caddtree":
+            table = CostTable(nodes=[0, 64], contexts=[0], verify=[[[1.0, 1.2]]], draft=[[0.1]])
+            return CaDDTreePolicy(budget, table)
+        return PrestoPolicy(budget, lam=1.0)
+
+    assert_sampling_lossless(make, temperature=temperature, top_p=top_p)

@@ -145,6 +145,7 @@ class SpeculativeDecoder:
             if drafter.device != t_device:
                 raise ValueError(f"drafter is on {drafter.device} but the target is on {t_device}")
         self.drafter = drafter
+        self.vp_drafter = self._check_vp_drafter(model, drafter)
         # Feature layers only matter when drafting; the "ar" baseline captures nothing.
         self.feature_layers: list[int] = (
             list(drafter.config.target_layer_ids)
@@ -152,6 +153,10 @@ class SpeculativeDecoder:
             else []
         )
         self.max_depth = drafter.block_size - 1 if drafter is not None else 0
+        if self.policy is not None and self.policy.redraft:
+            second = self.vp_drafter if self.vp_drafter is not None else drafter
+            assert second is not None
+            self.max_depth = max(self.max_depth, second.block_size - 1)
         self.capacity = self.policy.capacity(self.max_depth) if self.policy is not None else 1
         self.budget = self.policy.budget if self.policy is not None else 0
         self.validate = validate
@@ -229,6 +234,34 @@ class SpeculativeDecoder:
             rows = -(-needed // _CACHE_ROUND) * _CACHE_ROUND
             self.adapter = self._make_adapter(rows)
         return self.adapter
+
+    def _check_vp_drafter(
+        self, model: nn.Module, drafter: DFlashDrafter | None
+    ) -> DFlashDrafter | None:
+        """The policy's second-pass drafter (``redraft`` policies), checked and bound."""
+        vp = self.policy.vp_drafter if self.policy is not None else None
+        if vp is None:
+            return None
+        assert drafter is not None
+        if not isinstance(vp, DFlashDrafter):
+            raise ValueError(f"vp_drafter must be a DFlashDrafter, got {type(vp).__name__}")
+        errors = vp.check_target(model)
+        if errors:
+            raise ValueError(
+                "vp_drafter does not fit the target model:\n  - " + "\n  - ".join(errors)
+            )
+        if list(vp.config.target_layer_ids) != list(drafter.config.target_layer_ids):
+            raise ValueError(
+                f"vp_drafter reads target layers {list(vp.config.target_layer_ids)} but the "
+                f"drafter reads {list(drafter.config.target_layer_ids)}: both must read the same "
+                "features (the target captures one set per round)"
+            )
+        if vp.block_size < 2:
+            raise ValueError(f"vp_drafter: block_size must be >= 2, got {vp.block_size}")
+        if vp.device != drafter.device:
+            raise ValueError(f"vp_drafter is on {vp.device} but the drafter is on {drafter.device}")
+        vp.bind(model)
+        return vp
 
     def _drafter_cache(self, rows: int) -> DFlashCache:
         assert self.drafter is not None
@@ -442,6 +475,12 @@ class SpeculativeDecoder:
         assert drafter is not None and policy is not None
         prompt_len = ids.shape[1]
         dcache = self._drafter_cache(prompt_len + max_new + drafter.block_size)
+        # Second drafting pass (redraft policies): the policy's VP drafter keeps its own context
+        # cache (its own K/V projections); without one the first drafter's cache is shared.
+        second, vcache = drafter, dcache
+        if policy.redraft and self.vp_drafter is not None:
+            second = self.vp_drafter
+            vcache = second.new_cache(batch_size=1, capacity=prompt_len + max_new + 1)
         path_cols = min(self.max_depth, self.capacity - 1) + 1
         # Emitted tokens land at columns `generated + j`; invalid entries of a round go to the
         # last column (scratch), so the write needs no host-side length.
@@ -467,11 +506,17 @@ class SpeculativeDecoder:
                 # The cache holds features of rows [0, start - new rows); appending the new
                 # rows makes it exactly [0, start): the bonus is seen only as slot 0.
                 draft_logits = drafter.draft(block, dcache, new_features, start=start)
-            with timer.phase("select"):
                 context = None
                 if policy.needs_context:
                     context = torch.cat([ids, out_buf[:, :generated]], dim=1)
-                tree = policy.select(PolicyInput(draft_logits, bonus, round_idx, context))
+                inputs = PolicyInput(draft_logits, bonus, round_idx, context)
+                if policy.redraft:
+                    if vcache is not dcache:
+                        second.append_context(vcache, new_features.to(second.dtype))
+                    blocks = policy.redraft_blocks(inputs, second.block_size, second.mask_token_id)
+                    inputs.branch_logits = second.draft_branches(blocks, vcache, start=start)
+            with timer.phase("select"):
+                tree = policy.select(inputs)
             with timer.phase("verify"):
                 # Padding rows hold token -1: any valid id works there (never visible, never
                 # accepted), 0 keeps the embedding lookup in range.

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from torch import Tensor
 
@@ -44,12 +45,18 @@ class PolicyInput:
         round_idx: 1-based round counter (int on this eager path).
         context_ids: ``[B, T]`` committed tokens when the policy asks for them
             (``needs_context``), else None. Prefix-conditioned policies (presto) read it.
+        branch_logits: ``[B, R, S2 - 1, V]`` the second drafting pass over the blocks the policy
+            asked for in :meth:`DraftPolicy.redraft_blocks` (``redraft`` policies: d2sd), else
+            None.
+        state: scratch a policy may keep between ``redraft_blocks`` and ``select`` of one round.
     """
 
     draft_logits: Tensor
     root_token: Tensor
     round_idx: int = 0
     context_ids: Tensor | None = None
+    branch_logits: Tensor | None = None
+    state: dict[str, Any] = field(default_factory=dict)
 
 
 class DraftPolicy(ABC):
@@ -61,6 +68,12 @@ class DraftPolicy(ABC):
         is_chain: the trees are always chains (``parent[i] = i - 1``), so verification can
             use plain causal attention (no ancestor mask).
         needs_context: the decoder must fill :attr:`PolicyInput.context_ids`.
+        redraft: the policy drafts twice per round: the decoder calls :meth:`redraft_blocks`
+            after the first draft, runs the blocks through ``vp_drafter`` (or the decoder's own
+            drafter when None) and hands the logits to ``select`` as
+            :attr:`PolicyInput.branch_logits`. Model calls stay in the decoder.
+        vp_drafter: the second-pass drafter of ``redraft`` policies (a ``DFlashDrafter``), or
+            None for the decoder's drafter.
         graph_safe: ``select`` runs entirely in device ops with fixed output shapes, reads no
             host value and ignores ``round_idx``, so graph mode may capture it in a CUDA graph
             (engine/graph.py); other policies run on the eager path.
@@ -69,6 +82,8 @@ class DraftPolicy(ABC):
     name: str = ""
     is_chain: bool = False
     needs_context: bool = False
+    redraft: bool = False
+    vp_drafter: Any = None
     graph_safe: bool = False
 
     def __init__(self, budget: int) -> None:
@@ -79,6 +94,10 @@ class DraftPolicy(ABC):
     def capacity(self, max_depth: int) -> int:
         """N, the tree rows this policy produces for draft depth ``max_depth`` (root included)."""
         return self.budget + 1
+
+    def redraft_blocks(self, inputs: PolicyInput, block_size: int, mask_token_id: int) -> Tensor:
+        """``redraft`` policies: the second pass's blocks ``[B, R, block_size]`` (int64)."""
+        raise NotImplementedError(f"{type(self).__name__} does not draft twice")
 
     @abstractmethod
     def select(self, inputs: PolicyInput) -> DraftTree:
@@ -167,6 +186,13 @@ def _taps_factory(budget: int) -> DraftPolicy:
     return TapsPolicy(budget)
 
 
+def _d2sd_factory(budget: int) -> DraftPolicy:
+    from ..policies import D2SDPolicy
+
+    return D2SDPolicy(budget)
+
+
 POLICIES.setdefault("caddtree", _caddtree_factory)
 POLICIES.setdefault("presto", _presto_factory)
 POLICIES.setdefault("taps", _taps_factory)
+POLICIES.setdefault("d2sd", _d2sd_factory)

@@ -714,6 +714,69 @@ class DFlashDrafter(nn.Module):
         # Slot 0 (the bonus token) predicts nothing new: drop it.
         return self.norm(h[:, 1:])
 
+    @torch.no_grad()
+    def draft_branches(
+        self,
+        block_ids: torch.Tensor,
+        cache: DFlashCache,
+        start: int | torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Draft R blocks per request over the same committed context, in one batched forward
+        (D²SD's second pass: each row re-drafts after its own visible prefix).
+
+        Nothing is written to ``cache``: the rows' block K/V stay in this call, so the cache
+        must already hold the round's context (call after :meth:`draft` / :meth:`append_context`).
+
+        Args:
+            block_ids: [B, R, S] (S <= ``block_size``); row r = ``[bonus, p_r visible tokens,
+                mask, ..., mask]``.
+            cache: the request's :class:`DFlashCache` holding context rows ``[0, start)``.
+            start: position of slot 0 (int or LongTensor [B]); default the cache length.
+
+        Returns:
+            logits [B, R, S - 1, V]; entry j of row r is depth j + 1 at position
+            ``start + j + 1`` (entries inside a row's visible prefix are meaningless).
+        """
+        if block_ids.dim() != 3:
+            raise ValueError(f"block_ids must be [B, R, S], got shape {tuple(block_ids.shape)}")
+        batch, rows, s_len = block_ids.shape
+        if batch != cache.batch_size:
+            raise ValueError(f"block batch {batch} != cache batch {cache.batch_size}")
+        if rows < 1:
+            raise ValueError("block_ids must hold at least one row (R >= 1)")
+        flat = block_ids.reshape(batch * rows, s_len)
+        self._check_block(flat)
+        span = cache.span
+        offsets = torch.arange(s_len, device=block_ids.device)
+        if start is None:
+            start = cache.span if cache.uniform else cache.lengths
+        if isinstance(start, torch.Tensor):
+            positions = start.to(block_ids.device).reshape(-1, 1) + offsets
+        else:
+            positions = (int(start) + offsets)[None].expand(batch, s_len)
+        positions = positions.expand(batch, s_len).repeat_interleave(rows, dim=0)
+        mask = None
+        if not cache.uniform:  # ragged contexts: hide each request's rows past its length
+            ctx_visible = torch.arange(span, device=block_ids.device)[None] < cache.lengths[:, None]
+            visible = torch.cat([ctx_visible, ctx_visible.new_ones(batch, s_len)], dim=1)
+            visible = visible.repeat_interleave(rows, dim=0)
+            mask = visible[:, None, None, :].expand(batch * rows, 1, s_len, span + s_len)
+        cos, sin = self.rotary_emb(positions, self.dtype)
+        h = self.embed(flat)
+        for i, layer in enumerate(self.layers):
+            attn = layer.self_attn
+            x = layer.input_layernorm(h)
+            k_blk, v_blk = attn.key_value(x, cos, sin)
+            k_ctx = cache.keys[i][:, :, :span].repeat_interleave(rows, dim=0)
+            v_ctx = cache.values[i][:, :, :span].repeat_interleave(rows, dim=0)
+            q = attn.query(x, cos, sin)
+            k = torch.cat([k_ctx, k_blk], dim=2)
+            v = torch.cat([v_ctx, v_blk], dim=2)
+            h = h + attn.attend(q, k, v, mask)
+            h = h + layer.mlp(layer.post_attention_layernorm(h))
+        logits = self.compute_logits(self.norm(h[:, 1:]))
+        return logits.reshape(batch, rows, s_len - 1, -1)
+
     def draft(
         self,
         block_ids: torch.Tensor,

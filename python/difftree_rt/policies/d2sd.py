@@ -1,0 +1,152 @@
+"""D²SD (ALGORITHMS.md §8): re-anchor a second draft at the first draft's likely rejection
+boundaries and verify everything as one tree.
+
+Vocabulary: B batch (1 on the eager engine path), L1 first-draft depth, K branches,
+S2 / L2 = S2 - 1 the second drafter's block size / depth, V vocabulary, N = budget + 1.
+
+One round: the first draft's top-1 chain with confidences ``c_j``; the K most likely
+boundaries i under ``r(i) = (Π_{j<=i} c_j)(1 - c_{i+1})`` (``ops.d2sd_boundaries``); one
+batched second pass over the blocks ``[b, d_1..d_i, MASK...]`` (run by the decoder with the
+variable-prefix drafter); the first draft and the branches merged into one trie with shared
+trunks (``ops.d2sd_select``), verified in one target forward and walked like any tree — so
+the policy is lossless for greedy and sampled decoding like every other tree.
+
+The published code keeps the K + 1 rows separate and recomputes shared prefixes in every
+row; the trie verifies each distinct prefix once (fewer rows for the same acceptance).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..engine.policies import DraftPolicy, PolicyInput
+from ..tree import DraftTree
+
+__all__ = ["D2SDPolicy", "branch_blocks"]
+
+
+def branch_blocks(
+    root_token: Tensor, trunk_token: Tensor, boundary: Tensor, block_size: int, mask_token_id: int
+) -> Tensor:
+    """The second pass's blocks: row k = ``[root, trunk[:i_k], MASK, ...]``.
+
+    Args:
+        root_token: ``[B]`` bonus tokens.
+        trunk_token: ``[B, L1]`` the first draft's tokens (depth j + 1 at column j).
+        boundary: ``[B, K]`` visible-prefix lengths (``<= min(L1, block_size - 1)``; -1 rows
+            get no visible prefix).
+        block_size: S2, the second drafter's block size.
+        mask_token_id: the second drafter's mask token.
+
+    Returns:
+        int64 ``[B, K, S2]`` on ``trunk_token``'s device; device ops only (no host read).
+    """
+    B, L1 = trunk_token.shape
+    K = boundary.shape[1]
+    device = trunk_token.device
+    slots = torch.arange(1, block_size, device=device)
+    at = trunk_token.to(torch.long)[:, (slots - 1).clamp(max=L1 - 1)]  # [B, S2 - 1]
+    visible = slots[None, None, :] <= boundary.to(device=device, dtype=torch.long)[:, :, None]
+    body = torch.where(visible, at[:, None, :], torch.full_like(at[:, None, :], mask_token_id))
+    head = root_token.to(device=device, dtype=torch.long)[:, None, None].expand(B, K, 1)
+    return torch.cat([head, body], dim=2)
+
+
+class D2SDPolicy(DraftPolicy):
+    """D²SD: the first draft plus ``k`` branches re-drafted after its most likely rejection
+    boundaries, verified as one tree (shared trunks once).
+
+    Args:
+        budget: draft nodes per round (the joint tree is cut best-first when it has more:
+            at most ``L1 + k * L2`` distinct nodes).
+        k: branches (boundaries) per round, >= 1 (the paper uses 4); at most L1 are used.
+        vp_drafter: the second-pass drafter, a :class:`~difftree_rt.models.DFlashDrafter`
+            trained with variable visible prefixes (``DrafterTrainConfig.prefix_geom``); it must
+            read the same target layers as the first drafter. None re-uses the first drafter
+            (the paper's ablation: it still re-anchors, with less accurate branches).
+    """
+
+    name = "d2sd"
+    redraft = True
+
+    def __init__(
+        self, budget: int = 64, *, k: int = 4, vp_drafter: Any = None, alternative: bool = True
+    ) -> None:
+        super().__init__(budget)
+        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+            raise ValueError(f"k must be an int >= 1 (branches per round), got {k!r}")
+        if vp_drafter is not None:
+            from ..models.dflash import DFlashDrafter
+
+            if not isinstance(vp_drafter, DFlashDrafter):
+                raise ValueError(
+                    f"vp_drafter must be a DFlashDrafter or None, got {type(vp_drafter).__name__}"
+                )
+        self.k = k
+        self.vp_drafter = vp_drafter
+        self.alternative = bool(alternative)
+
+    def redraft_blocks(self, inputs: PolicyInput, block_size: int, mask_token_id: int) -> Tensor:
+        from .. import ops
+
+        logits = inputs.draft_logits
+        L1 = logits.shape[1]
+        token, logprob = ops.topk_logprobs(logits, 1)
+        # The selectors run on the host for now (like caddtree/presto/taps): [B, L1] is tiny.
+        trunk_token, trunk_logprob = token[..., 0].cpu(), logprob[..., 0].cpu()
+        # A branch needs a first-draft token to keep and a slot to re-draft: i < min(L1, L2).
+        # r(i) for those i reads only the first min(L1, L2) confidences.
+        m = min(L1, block_size - 1)
+        boundary = ops.d2sd_boundaries(trunk_logprob[:, :m].contiguous(), min(self.k, m))
+        inputs.state["d2sd"] = (trunk_token, trunk_logprob, boundary)
+        return branch_blocks(
+            inputs.root_token, token[..., 0], boundary, block_size, mask_token_id
+        ).to(logits.device)
+
+    def select(self, inputs: PolicyInput) -> DraftTree:
+        from .. import ops
+
+        if inputs.branch_logits is None or "d2sd" not in inputs.state:
+            raise ValueError(
+                "d2sd: PolicyInput.branch_logits is missing; the policy needs the decoder's "
+                "second drafting pass (redraft_blocks, then the drafter's draft_branches)"
+            )
+        trunk_token, trunk_logprob, boundary = inputs.state["d2sd"]
+        branch = inputs.branch_logits
+        B, R, L2, V = branch.shape
+        width = 2 if self.alternative and V > 1 else 1
+        token, logprob = ops.topk_logprobs(branch.reshape(B * R, L2, V), width)
+        token = token.reshape(B, R, L2, width).cpu()
+        logprob = logprob.reshape(B, R, L2, width).cpu()
+        branch_token, branch_logprob = token[..., 0], logprob[..., 0]
+        if width == 2:
+            # Branch k exists because the first draft's token at depth i_k + 1 is likely
+            # rejected: there it proposes the best *other* token (the first draft already
+            # covers that one); below it keeps its own re-drafted tokens.
+            at = boundary.to(torch.long).clamp(min=0)[..., None]  # [B, R, 1]
+            first = torch.gather(branch_token, 2, at)
+            rejected = torch.gather(trunk_token.to(torch.long), 1, at[..., 0])[..., None]
+            swap = first == rejected
+            alt_token = torch.where(swap, torch.gather(token[..., 1], 2, at), first)
+            alt_logprob = torch.where(
+                swap, torch.gather(logprob[..., 1], 2, at), torch.gather(branch_logprob, 2, at)
+            )
+            branch_token = branch_token.scatter(2, at, alt_token)
+            branch_logprob = branch_logprob.scatter(2, at, alt_logprob)
+        tree = ops.d2sd_select(
+            trunk_token,
+            trunk_logprob,
+            boundary,
+            branch_token,
+            branch_logprob,
+            self.budget,
+            inputs.root_token.cpu(),
+        )
+        return tree.to(inputs.draft_logits.device)
+
+    def __repr__(self) -> str:
+        vp = "own" if self.vp_drafter is None else "vp"
+        return f"D2SDPolicy(budget={self.budget}, k={self.k}, drafter={vp})"
