@@ -31,6 +31,7 @@
 #include "index.cuh"
 #include "launchers.h"
 #include "sampling_math.h"
+#include "tree_build.cuh"
 
 namespace difftree::cuda {
 namespace {
@@ -114,44 +115,6 @@ struct Scratch {
   float thr;
   int full;
 };
-
-// In-place exclusive scan of a[0, n) (n <= a few thousand); returns the total. All threads call.
-__device__ int block_exclusive_scan(int* a, int n, int* warp_sums) {
-  const int T = blockDim.x, tid = threadIdx.x;
-  const int per = (n + T - 1) / T;
-  const int begin = min(n, tid * per), end = min(n, begin + per);
-  int local = 0;
-  for (int i = begin; i < end; ++i) local += a[i];
-  const int lane = tid % 32, warp = tid / 32;
-  int incl = local;
-  for (int o = 1; o < 32; o <<= 1) {
-    const int u = __shfl_up_sync(0xffffffffu, incl, o);
-    if (lane >= o) incl += u;
-  }
-  if (lane == 31) warp_sums[warp] = incl;
-  __syncthreads();
-  if (warp == 0) {
-    const int nw = T / 32;
-    int v = lane < nw ? warp_sums[lane] : 0;
-    int vi = v;
-    for (int o = 1; o < 32; o <<= 1) {
-      const int u = __shfl_up_sync(0xffffffffu, vi, o);
-      if (lane >= o) vi += u;
-    }
-    if (lane < nw) warp_sums[lane] = vi - v;  // exclusive warp offsets
-    if (lane == nw - 1) warp_sums[32] = vi;   // total
-  }
-  __syncthreads();
-  int run = warp_sums[warp] + incl - local;
-  for (int i = begin; i < end; ++i) {
-    const int v = a[i];
-    a[i] = run;
-    run += v;
-  }
-  const int total = warp_sums[32];
-  __syncthreads();
-  return total;
-}
 
 __device__ __forceinline__ float key_score(uint64_t key) {
   return sampling::unordered(static_cast<uint32_t>(key >> 32));

@@ -23,6 +23,18 @@ Status ddtree_select(const TensorView& cand_token, const TensorView& cand_logpro
 Status node_select(const TensorView& logits, const SamplingViews& params, const TensorView& out,
                    Stream stream);
 
+// Policy selectors (cpu/caddtree.cpp, cpu/taps.cpp on the device, bit-identical). caddtree_select
+// takes the ddtree_select workspace; taps_select a workspace of taps_select_workspace_bytes.
+Status caddtree_select(const TensorView& cand_token, const TensorView& cand_logprob,
+                       int64_t max_budget, const TensorView* root_token,
+                       const TensorView& verify_cost, const TensorView& draft_cost,
+                       const TreeView& tree, void* workspace, size_t workspace_bytes,
+                       Stream stream);
+size_t taps_select_workspace_bytes(int64_t B, int64_t P1, int64_t budget);
+Status taps_select(const TensorView& pool_token, const TensorView& pool_parent,
+                   const TensorView& pool_size, const TensorView& log_qc, int64_t budget,
+                   const TreeView& tree, void* workspace, size_t workspace_bytes, Stream stream);
+
 // tree_attention: bf16/fp16, head_dim 64/128; num_splits >= 1 resolved by the dispatch, with a
 // workspace of tree_attention_workspace_bytes(...) when num_splits > 1.
 Status tree_attention(const TensorView& q, const TensorView& k_cache, const TensorView& v_cache,

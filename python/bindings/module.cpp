@@ -195,15 +195,21 @@ PYBIND11_MODULE(_C, m) {
               view(cand_token, "cand_token"), view(cand_logprob, "cand_logprob"), max_budget,
               ptr(root), view(verify_cost, "verify_cost"), view(draft_cost, "draft_cost")));
         });
-  m.def("caddtree_select", [](py::handle cand_token, py::handle cand_logprob, int64_t max_budget,
-                              py::object root_token, py::handle verify_cost, py::handle draft_cost,
-                              py::tuple tree, uintptr_t stream) {
-    auto root = maybe_view(root_token, "root_token");
-    raise_if_error(difftree::caddtree_select(
-        view(cand_token, "cand_token"), view(cand_logprob, "cand_logprob"), max_budget, ptr(root),
-        view(verify_cost, "verify_cost"), view(draft_cost, "draft_cost"), tree_view(tree),
-        stream_ptr(stream)));
-  });
+  m.def(
+      "caddtree_select",
+      [](py::handle cand_token, py::handle cand_logprob, int64_t max_budget, py::object root_token,
+         py::handle verify_cost, py::handle draft_cost, py::tuple tree, uintptr_t stream,
+         py::object workspace) {
+        auto root = maybe_view(root_token, "root_token");
+        auto ws = maybe_view(workspace, "workspace");
+        raise_if_error(difftree::caddtree_select(
+            view(cand_token, "cand_token"), view(cand_logprob, "cand_logprob"), max_budget,
+            ptr(root), view(verify_cost, "verify_cost"), view(draft_cost, "draft_cost"),
+            tree_view(tree), ptr(ws), stream_ptr(stream)));
+      },
+      py::arg("cand_token"), py::arg("cand_logprob"), py::arg("max_budget"), py::arg("root_token"),
+      py::arg("verify_cost"), py::arg("draft_cost"), py::arg("tree"), py::arg("stream"),
+      py::arg("workspace") = py::none());
   m.def("ngram_update",
         [](py::handle keys, py::handle counts, py::handle tokens, int64_t start, int64_t order) {
           int64_t fresh = 0;
@@ -248,12 +254,20 @@ PYBIND11_MODULE(_C, m) {
         view(pool_token, "pool_token"), view(pool_parent, "pool_parent"),
         view(pool_size, "pool_size"), view(log_qc, "log_qc"), budget));
   });
-  m.def("taps_select", [](py::handle pool_token, py::handle pool_parent, py::handle pool_size,
-                          py::handle log_qc, int64_t budget, py::tuple tree, uintptr_t stream) {
-    raise_if_error(difftree::taps_select(view(pool_token, "pool_token"),
-                                         view(pool_parent, "pool_parent"),
-                                         view(pool_size, "pool_size"), view(log_qc, "log_qc"),
-                                         budget, tree_view(tree), stream_ptr(stream)));
+  m.def(
+      "taps_select",
+      [](py::handle pool_token, py::handle pool_parent, py::handle pool_size, py::handle log_qc,
+         int64_t budget, py::tuple tree, uintptr_t stream, py::object workspace) {
+        auto ws = maybe_view(workspace, "workspace");
+        raise_if_error(difftree::taps_select(view(pool_token, "pool_token"),
+                                             view(pool_parent, "pool_parent"),
+                                             view(pool_size, "pool_size"), view(log_qc, "log_qc"),
+                                             budget, tree_view(tree), ptr(ws), stream_ptr(stream)));
+      },
+      py::arg("pool_token"), py::arg("pool_parent"), py::arg("pool_size"), py::arg("log_qc"),
+      py::arg("budget"), py::arg("tree"), py::arg("stream"), py::arg("workspace") = py::none());
+  m.def("taps_select_workspace_bytes", [](int64_t B, int64_t P1, int64_t budget) {
+    return difftree::taps_select_workspace_bytes(B, P1, budget);
   });
 
   // ---- d2sd (policies; CPU) ----

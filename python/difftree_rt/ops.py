@@ -537,7 +537,15 @@ def _caddtree_select(
     )
     C.check_caddtree_select(*inputs)
     arrays = _empty_tree(cand_logprob, cand_logprob.shape[0], max_budget + 1)
-    C.caddtree_select(*inputs, tuple(dl(a) for a in arrays), stream_of(cand_logprob))
+    workspace = None
+    if cand_logprob.is_cuda:  # the CUDA ddtree_select's scratch (the CPU path needs none)
+        B, L, K = cand_logprob.shape
+        nbytes = C.ddtree_select_workspace_bytes(B, L, K, max_budget)
+        if nbytes > 0:
+            workspace = torch.empty(nbytes, dtype=torch.uint8, device=cand_logprob.device)
+    C.caddtree_select(
+        *inputs, tuple(dl(a) for a in arrays), stream_of(cand_logprob), dl_opt(workspace)
+    )
     return arrays
 
 
@@ -559,7 +567,8 @@ def caddtree_select_from_candidates(
 
     Args:
         cand_token, cand_logprob: ``[B, L, K]`` candidates as for
-            :func:`ddtree_select_from_candidates` (CPU tensors for now).
+            :func:`ddtree_select_from_candidates` (CPU or CUDA: on CUDA the costs are trusted,
+            not validated, since that would need a host sync).
         max_budget: the largest tree (draft nodes, 1..4096).
         verify_cost: float32 ``[B, max_budget + 1]``: ``C_v(n)``, cost of verifying ``1 + n``
             tokens at each request's context (see ``difftree_rt.policies.CostTable``).
@@ -716,7 +725,13 @@ def _taps_select(
     inputs = (dl(pool_token), dl(pool_parent), dl(pool_size), dl(log_qc), budget)
     C.check_taps_select(*inputs)
     arrays = _empty_tree(log_qc, log_qc.shape[0], budget + 1)
-    C.taps_select(*inputs, tuple(dl(a) for a in arrays), stream_of(log_qc))
+    workspace = None
+    if log_qc.is_cuda:  # scratch for large pools on the CUDA path (the CPU path needs none)
+        B, P1 = log_qc.shape
+        nbytes = C.taps_select_workspace_bytes(B, P1, budget)
+        if nbytes > 0:
+            workspace = torch.empty(nbytes, dtype=torch.uint8, device=log_qc.device)
+    C.taps_select(*inputs, tuple(dl(a) for a in arrays), stream_of(log_qc), dl_opt(workspace))
     return arrays
 
 
@@ -734,7 +749,8 @@ def taps_select(
     *,
     max_depth: int,
 ) -> DraftTree:
-    """TAPS (ALGORITHMS.md §6): the top-``budget`` pool nodes by reach (cpu/taps.cpp).
+    """TAPS (ALGORITHMS.md §6): the top-``budget`` pool nodes by reach (cpu/taps.cpp; CUDA
+    tensors run cuda/taps_select.cu, bit-identical, the pool trusted rather than validated).
 
     Args:
         pool_token, pool_parent: ``[B, P1]`` the candidate pool as a tree (row 0 the root,

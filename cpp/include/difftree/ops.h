@@ -118,7 +118,8 @@ Status node_select(const TensorView& logits, const SamplingViews& params, const 
 // a cost table; draft_cost f32 [B]: C_d. Costs finite, >= 0, C_d + C_v(n) > 0. Output: a tree
 // of capacity max_budget + 1 whose num_nodes is 1 + the chosen n (rows past it padding). θ is
 // evaluated in double (exp from libm), one operation at a time, as the Python reference does.
-// CUDA tensors: Unsupported for now (the engine policy runs it on the host).
+// CUDA: the CUDA ddtree_select, then a cut kernel with the same double arithmetic (CUDA's exp,
+// <= 1 ulp from libm's); costs are trusted there (validating them needs a host sync).
 Status check_caddtree_select(const TensorView& cand_token, const TensorView& cand_logprob,
                              int64_t max_budget, const TensorView* root_token,
                              const TensorView& verify_cost, const TensorView& draft_cost);
@@ -126,6 +127,12 @@ Status caddtree_select(const TensorView& cand_token, const TensorView& cand_logp
                        int64_t max_budget, const TensorView* root_token,
                        const TensorView& verify_cost, const TensorView& draft_cost,
                        const TreeView& tree, Stream stream);
+// The CUDA path needs the ddtree_select workspace: ddtree_select_workspace_bytes(B, L, K,
+// max_budget) bytes (0 for most sizes; the CPU path ignores it).
+Status caddtree_select(const TensorView& cand_token, const TensorView& cand_logprob,
+                       int64_t max_budget, const TensorView* root_token,
+                       const TensorView& verify_cost, const TensorView& draft_cost,
+                       const TreeView& tree, const TensorView* workspace, Stream stream);
 
 // ---- ngram_update / presto_select (CPU) -----------------------------------------------------
 // PRESTO (ALGORITHMS.md §7). The n-gram prior is a count table in two caller-owned tensors:
@@ -169,12 +176,19 @@ Status presto_select(const TensorView& cand_token, const TensorView& cand_logpro
 // parent), finite and <= 0 (row 0 ignored). Reach score(i) = fp32(score(parent) + log_qc[i]),
 // root 0. Output: the top-budget nodes under (reach desc, depth asc, earlier parent, smaller
 // pool index), prefix-closed and best-first, capacity budget + 1, num_nodes = min(budget + 1,
-// pool_size). CUDA tensors: Unsupported for now.
+// pool_size). CUDA: one CTA per request, bit-identical; the pool is trusted there (parents are
+// clamped so malformed pools cannot go out of bounds).
 Status check_taps_select(const TensorView& pool_token, const TensorView& pool_parent,
                          const TensorView& pool_size, const TensorView& log_qc, int64_t budget);
 Status taps_select(const TensorView& pool_token, const TensorView& pool_parent,
                    const TensorView& pool_size, const TensorView& log_qc, int64_t budget,
                    const TreeView& tree, Stream stream);
+// The CUDA path needs a uint8 workspace of taps_select_workspace_bytes(B, P1, budget) bytes when
+// that is > 0 (large pools; the CPU path ignores it).
+size_t taps_select_workspace_bytes(int64_t B, int64_t P1, int64_t budget);
+Status taps_select(const TensorView& pool_token, const TensorView& pool_parent,
+                   const TensorView& pool_size, const TensorView& log_qc, int64_t budget,
+                   const TreeView& tree, const TensorView* workspace, Stream stream);
 
 // ---- d2sd (CPU) -----------------------------------------------------------------------------
 // D²SD (ALGORITHMS.md §8). d2sd_boundaries: trunk_logprob f32 [B, L] = log c_j, the first draft's

@@ -346,6 +346,22 @@ Status tree_for_budget(const TreeView& tree, const TensorView& cand_logprob, int
   return checks::same_device(tree.token, "tree.token", cand_logprob, "cand_logprob");
 }
 
+// A caller-provided CUDA scratch buffer of at least `need` bytes (none needed when need == 0).
+[[maybe_unused]] Status checked_workspace(const TensorView* workspace, size_t need,
+                                          const TensorView& ref, const char* ref_name,
+                                          const char* op, const char* size_fn) {
+  if (need == 0) return Status::Ok();
+  if (workspace == nullptr)
+    return InvalidValue(std::string("workspace: the CUDA ") + op + " needs a workspace of " +
+                        std::to_string(need) + " bytes (see " + size_fn + ")");
+  DIFFTREE_RETURN_IF_ERROR(checks::ndim(*workspace, "workspace", 1, "[bytes]"));
+  DIFFTREE_RETURN_IF_ERROR(checks::tensor(*workspace, "workspace", {DType::kUInt8}, ref, ref_name));
+  if (static_cast<size_t>(workspace->shape[0]) < need)
+    return InvalidValue("workspace: expected at least " + std::to_string(need) + " bytes, got " +
+                        std::to_string(workspace->shape[0]));
+  return Status::Ok();
+}
+
 Status cpu_only(const TensorView& t, const char* op) {
   if (t.device == DeviceType::kCUDA)
     return Unsupported(std::string(op) +
@@ -377,17 +393,42 @@ Status check_caddtree_select(const TensorView& cand_token, const TensorView& can
   DIFFTREE_RETURN_IF_ERROR(checks::shape(draft_cost, "draft_cost", {B}, "[B]"));
   DIFFTREE_RETURN_IF_ERROR(
       checks::tensor(draft_cost, "draft_cost", {DType::kFloat32}, cand_logprob, "cand_logprob"));
-  return cpu_only(cand_logprob, "caddtree_select");
+  return Status::Ok();
 }
 
 Status caddtree_select(const TensorView& cand_token, const TensorView& cand_logprob,
                        int64_t max_budget, const TensorView* root_token,
                        const TensorView& verify_cost, const TensorView& draft_cost,
                        const TreeView& tree, Stream stream) {
-  (void)stream;
+  return caddtree_select(cand_token, cand_logprob, max_budget, root_token, verify_cost, draft_cost,
+                         tree, nullptr, stream);
+}
+
+Status caddtree_select(const TensorView& cand_token, const TensorView& cand_logprob,
+                       int64_t max_budget, const TensorView* root_token,
+                       const TensorView& verify_cost, const TensorView& draft_cost,
+                       const TreeView& tree, const TensorView* workspace, Stream stream) {
   DIFFTREE_RETURN_IF_ERROR(check_caddtree_select(cand_token, cand_logprob, max_budget, root_token,
                                                  verify_cost, draft_cost));
   DIFFTREE_RETURN_IF_ERROR(tree_for_budget(tree, cand_logprob, max_budget));
+  if (cand_logprob.device == DeviceType::kCUDA) {
+#ifdef DIFFTREE_WITH_CUDA
+    const int64_t B = cand_logprob.shape[0], L = cand_logprob.shape[1], K = cand_logprob.shape[2];
+    const size_t need = cuda::ddtree_select_workspace_bytes(B, L, K, max_budget);
+    DIFFTREE_RETURN_IF_ERROR(
+        checked_workspace(workspace, need, cand_logprob, "cand_logprob", "caddtree_select",
+                          "ddtree_select_workspace_bytes(B, L, K, max_budget)"));
+    return cuda::caddtree_select(cand_token, cand_logprob, max_budget, root_token, verify_cost,
+                                 draft_cost, tree, need > 0 ? workspace->data : nullptr, need,
+                                 stream);
+#else
+    (void)workspace;
+    (void)stream;
+    return cuda_not_compiled("caddtree_select");
+#endif
+  }
+  (void)workspace;
+  (void)stream;
   return cpu::caddtree_select(cand_token, cand_logprob, max_budget, root_token, verify_cost,
                               draft_cost, tree);
 }
@@ -459,15 +500,47 @@ Status check_taps_select(const TensorView& pool_token, const TensorView& pool_pa
   DIFFTREE_RETURN_IF_ERROR(checks::shape(pool_size, "pool_size", {B}, "[B]"));
   DIFFTREE_RETURN_IF_ERROR(index_tensor(pool_size, "pool_size", log_qc, "log_qc"));
   DIFFTREE_RETURN_IF_ERROR(checks::in_range(budget, "budget", 1, kMaxBudget));
-  return cpu_only(log_qc, "taps_select");
+  if (log_qc.device == DeviceType::kCUDA && P1 > 65536)
+    return InvalidValue("log_qc: the CUDA taps_select supports pools of at most 65536 rows, got " +
+                        std::to_string(P1));
+  return Status::Ok();
+}
+
+size_t taps_select_workspace_bytes(int64_t B, int64_t P1, int64_t budget) {
+#ifdef DIFFTREE_WITH_CUDA
+  return cuda::taps_select_workspace_bytes(B, P1, budget);
+#else
+  (void)B, (void)P1, (void)budget;
+  return 0;
+#endif
 }
 
 Status taps_select(const TensorView& pool_token, const TensorView& pool_parent,
                    const TensorView& pool_size, const TensorView& log_qc, int64_t budget,
                    const TreeView& tree, Stream stream) {
-  (void)stream;
+  return taps_select(pool_token, pool_parent, pool_size, log_qc, budget, tree, nullptr, stream);
+}
+
+Status taps_select(const TensorView& pool_token, const TensorView& pool_parent,
+                   const TensorView& pool_size, const TensorView& log_qc, int64_t budget,
+                   const TreeView& tree, const TensorView* workspace, Stream stream) {
   DIFFTREE_RETURN_IF_ERROR(check_taps_select(pool_token, pool_parent, pool_size, log_qc, budget));
   DIFFTREE_RETURN_IF_ERROR(tree_for_budget(tree, log_qc, budget));
+  if (log_qc.device == DeviceType::kCUDA) {
+#ifdef DIFFTREE_WITH_CUDA
+    const size_t need = cuda::taps_select_workspace_bytes(log_qc.shape[0], log_qc.shape[1], budget);
+    DIFFTREE_RETURN_IF_ERROR(checked_workspace(workspace, need, log_qc, "log_qc", "taps_select",
+                                               "taps_select_workspace_bytes(B, P1, budget)"));
+    return cuda::taps_select(pool_token, pool_parent, pool_size, log_qc, budget, tree,
+                             need > 0 ? workspace->data : nullptr, need, stream);
+#else
+    (void)workspace;
+    (void)stream;
+    return cuda_not_compiled("taps_select");
+#endif
+  }
+  (void)workspace;
+  (void)stream;
   return cpu::taps_select(pool_token, pool_parent, pool_size, log_qc, budget, tree);
 }
 

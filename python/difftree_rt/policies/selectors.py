@@ -3,9 +3,10 @@
 Vocabulary: B batch (1 on the eager engine path), L draft depth, K candidates per depth,
 V vocabulary, N tree capacity (budget + 1).
 
-Both selectors run on the host for now (the core has no CUDA kernels for them): the candidates
-``[B, L, K]`` are copied to the CPU, the tree is copied back. That is one small transfer per
-round on top of the eager engine's per-round host read.
+``caddtree`` stays on the draft logits' device: on CUDA the candidates, the cut and the tree
+never leave the GPU (cuda/caddtree_select.cu, bit-identical to the CPU op); only the cost row,
+a function of the host-side context length, is uploaded. ``presto`` runs on the host (no CUDA
+kernel yet): the candidates ``[B, L, K]`` are copied to the CPU, the tree is copied back.
 """
 
 from __future__ import annotations
@@ -22,10 +23,14 @@ from .ngram import NGramPrior
 __all__ = ["CaDDTreePolicy", "PrestoPolicy"]
 
 
-def _candidates(inputs: PolicyInput, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _candidates(
+    inputs: PolicyInput, k: int, *, on_device: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
     from .. import ops
 
     token, logprob = ops.topk_logprobs(inputs.draft_logits, k)
+    if on_device:
+        return token, logprob
     return token.cpu(), logprob.cpu()
 
 
@@ -40,11 +45,16 @@ class CaDDTreePolicy(DraftPolicy):
         batch: the batch size whose costs apply.
         truncate: return the tree cut to ``max(n + 1, min(L, budget) + 1)`` rows, so the eager
             verify pays for the chosen tree, not the capacity (the cut rows are padding
-            anyway; the floor keeps the engine's fixed walk-path width). Graph mode would keep
-            the full capacity and rely on ``num_nodes``.
+            anyway; the floor keeps the engine's fixed walk-path width). This reads
+            ``num_nodes`` on the host (a sync on CUDA): eager only. Graph mode must use
+            ``truncate=False`` (full capacity, rows past ``num_nodes`` are padding).
 
     Attributes:
-        sizes: the chosen n of every round since construction (diagnostics).
+        sizes: the chosen n of every round since construction (diagnostics; on CUDA logits
+            recorded only with ``truncate``, which reads ``num_nodes`` anyway).
+
+    Not ``graph_safe``: the cost row depends on the context length, which this policy reads on
+    the host each round (``context_ids.shape``) and uploads; the selection itself is device-only.
     """
 
     name = "caddtree"
@@ -69,18 +79,20 @@ class CaDDTreePolicy(DraftPolicy):
 
         logits = inputs.draft_logits
         B, L, V = logits.shape
-        token, logprob = _candidates(inputs, max(1, min(self.budget, V)))
+        dev = logits.device if logits.is_cuda else torch.device("cpu")
+        token, logprob = _candidates(inputs, max(1, min(self.budget, V)), on_device=logits.is_cuda)
         ctx = 0 if inputs.context_ids is None else max(0, int(inputs.context_ids.shape[1]) - 1)
         row = self.table.verify_row(self.budget, ctx, self.batch)
-        verify = row[None, :].expand(B, -1).contiguous()
+        verify = row[None, :].expand(B, -1).contiguous().to(dev)
         draft = torch.full((B,), self.table.draft_cost(ctx, self.batch), dtype=torch.float32)
         tree = ops.caddtree_select_from_candidates(
-            token, logprob, self.budget, verify, draft, inputs.root_token.cpu()
+            token, logprob, self.budget, verify, draft.to(dev), inputs.root_token.to(dev)
         )
-        n = int(tree.num_nodes.max())
-        self.sizes.append(n - 1)
-        if self.truncate:
-            tree = tree.truncate(min(tree.capacity, max(n, min(L, self.budget) + 1)))
+        if self.truncate or not logits.is_cuda:
+            n = int(tree.num_nodes.max())
+            self.sizes.append(n - 1)
+            if self.truncate:
+                tree = tree.truncate(min(tree.capacity, max(n, min(L, self.budget) + 1)))
         return tree.to(logits.device)
 
     def __repr__(self) -> str:

@@ -230,8 +230,16 @@ class TapsPolicy(DraftPolicy):
         root = inputs.root_token.cpu()
         pool = taps_pool(token, logprob, self.width, self.pool_size, root)
         log_qc = self.log_qc(pool, token, logprob, inputs)
+        # The pool and q_cond are built on the host (numpy); on CUDA logits the selection runs
+        # on the device (cuda/taps_select.cu, bit-identical) and the tree stays there.
+        dev = logits.device if logits.is_cuda else torch.device("cpu")
         tree = ops.taps_select(
-            pool.token, pool.parent, pool.size, log_qc, self.budget, max_depth=pool.max_depth
+            pool.token.to(dev),
+            pool.parent.to(dev),
+            pool.size.to(dev),
+            log_qc.to(dev),
+            self.budget,
+            max_depth=pool.max_depth,
         )
         return tree.to(logits.device)
 
