@@ -86,3 +86,63 @@ def test_taps_with_marginal_scorer_scores_like_ddtree() -> None:
         assert rows[("taps", b)].tau_sampling == rows[("ddtree", b)].tau_sampling
     fallback = evaluate(trace, policies=("taps",), budgets=budgets)
     assert all(1.0 <= r.tau_greedy and r.mean_nodes <= r.budget for r in fallback)
+
+
+def test_d2sd_trace_scores_the_live_policy_tree_exactly(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from difftree_rt.engine.policies import PolicyInput
+    from difftree_rt.eval import trace as trace_mod
+    from difftree_rt.policies import D2SDPolicy
+
+    target, drafter = trained_pair()
+    live: list = []
+    original = trace_mod._RecordingPolicy.select
+
+    def select(self, inputs):  # type: ignore[no-untyped-def]
+        # What the live d2sd policy builds from this round's drafts: its boundaries' rows are
+        # the recorded all-boundary rows (same blocks), so index them.
+        for alternative in (True, False):
+            policy = D2SDPolicy(24, k=3, alternative=alternative)
+            mine = PolicyInput(inputs.draft_logits, inputs.root_token)
+            policy.redraft_blocks(mine, drafter.block_size, drafter.mask_token_id)
+            rows = mine.state["d2sd"][2][0].long()
+            mine.branch_logits = inputs.branch_logits[:, rows]
+            live.append(policy.select(mine))
+        return original(self, inputs)
+
+    monkeypatch.setattr(trace_mod._RecordingPolicy, "select", select)
+    rec = TraceRecorder(target, drafter, budget=32, max_length=512, d2sd=True)
+    gen = torch.Generator().manual_seed(9)
+    for n in (4, 11):
+        prompt = torch.randint(0, 32, (1, n), generator=gen)
+        out = rec.generate(prompt, 40)
+        assert_greedy_equal(target, out.sequences, greedy_reference(target, prompt, 40))
+    trace = rec.trace
+    assert trace.meta["d2sd"] and trace.rounds[0].branch_token.shape == (7, 7, 2)
+    for alternative, offset in ((True, 0), (False, 1)):
+        sel = _Selector("d2sd", 24, default_cost_table(), {"k": 3, "alternative": alternative})
+        chain = _Selector("chain", 24, default_cost_table(), {})
+        for i, r in enumerate(trace.rounds):
+            stream = trace.sequences[r.seq][: r.ctx_len + 1]
+            tree = sel.tree(r, stream, 32)
+            want = live[2 * i + offset]
+            n = int(want.num_nodes[0])
+            assert int(tree.num_nodes[0]) == n
+            assert torch.equal(tree.token[0, :n], want.token[0, :n])
+            assert torch.equal(tree.parent[0, :n], want.parent[0, :n])
+            assert torch.equal(tree.score[0, :n], want.score[0, :n])
+            acc, covered, _, hits, nodes = _score_round(tree, r)
+            assert covered and hits == nodes  # every branch row was verified: exact τ
+            # The joint tree contains the first draft's chain (24 >= L1 + 3 * L2 here).
+            assert acc >= _score_round(chain.tree(r, stream, 32), r)[0]
+    rows = {r.policy: r for r in evaluate(trace, policies=("chain", "d2sd"), budgets=(24,))}
+    assert rows["d2sd"].round_coverage == 1.0 and rows["d2sd"].node_coverage == 1.0
+    assert rows["d2sd"].tau_greedy >= rows["chain"].tau_greedy
+    # A trace without second-pass drafts cannot score d2sd.
+    monkeypatch.undo()
+    plain = _record(16)
+    try:
+        evaluate(plain, policies=("d2sd",), budgets=(8,))
+    except ValueError as e:
+        assert "record-trace --d2sd" in str(e)
+    else:
+        raise AssertionError("d2sd on a plain trace must raise")

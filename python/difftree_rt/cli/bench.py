@@ -13,6 +13,7 @@ from typing import Any
 
 from .pair import (
     default_pair_dir,
+    default_vp_drafter,
     encode,
     load_pair,
     load_prompts,
@@ -30,6 +31,11 @@ DEFAULT_BUDGETS = [16, 32, 64, 128, 256, 512]
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target", help="local HF causal LM directory (default: the shipped pair)")
     p.add_argument("--drafter", help="local DFlash drafter directory (default: the shipped pair)")
+    p.add_argument(
+        "--vp-drafter",
+        default=None,
+        help="d2sd's second (variable-prefix) drafter (default: the shipped pair's, if any)",
+    )
     p.add_argument("--prompts", help="JSON list or text file, one prompt per line")
     p.add_argument("--num-prompts", type=int, default=None, help="use the first N prompts")
     p.add_argument("--max-new-tokens", type=int, default=96)
@@ -72,7 +78,8 @@ def run(args: argparse.Namespace) -> int:
     if not args.target and not pair_available(pair_dir):
         print(f"no --target given and no shipped pair at {pair_dir}")
         return 2
-    pair = load_pair(target, drafter, args.device, args.dtype)
+    vp = default_vp_drafter(args.drafter, args.vp_drafter, pair_dir)
+    pair = load_pair(target, drafter, args.device, args.dtype, vp)
     prompts_path = args.prompts or (pair_dir / "prompts.json")
     texts = load_prompts(prompts_path)[: args.num_prompts]
     prompts = [encode(pair, t, args.device) for t in texts]

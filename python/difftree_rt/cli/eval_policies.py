@@ -10,7 +10,10 @@ from pathlib import Path
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("trace", help="a trace file (difftree_rt.eval.TraceRecorder)")
     p.add_argument(
-        "--policies", nargs="+", default=["chain", "ddtree", "caddtree", "presto", "taps"]
+        "--policies",
+        nargs="+",
+        default=None,
+        help="default: chain ddtree caddtree presto taps, and d2sd when the trace has its drafts",
     )
     p.add_argument("--budgets", type=int, nargs="+", default=[8, 32, 128])
     p.add_argument("--cost-table", default=None, help="cost table JSON (default: analytic)")
@@ -22,6 +25,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="taps edge scorer (train-scorer output; default: the training-free fallback)",
     )
+    p.add_argument("--d2sd-k", type=int, default=4, help="d2sd branches per round")
+    p.add_argument(
+        "--d2sd-published",
+        action="store_true",
+        help="d2sd keeps the second pass's top-1 at the boundary (default: the best other token)",
+    )
     p.add_argument("--out", default=None, help="write the table as JSON here")
 
 
@@ -30,17 +39,19 @@ def run(args: argparse.Namespace) -> int:
     from difftree_rt.eval.offline import rows_as_dicts
 
     trace = Trace.load(args.trace)
+    policies = args.policies or ["chain", "ddtree", "caddtree", "presto", "taps"] + (
+        ["d2sd"] if trace.meta.get("d2sd") else []
+    )
+    options = {
+        "lam": args.lam,
+        "order": args.order,
+        "alpha": args.alpha,
+        "scorer": args.taps_scorer,
+        "k": args.d2sd_k,
+        "alternative": not args.d2sd_published,
+    }
     rows = evaluate(
-        trace,
-        policies=args.policies,
-        budgets=args.budgets,
-        cost_table=args.cost_table,
-        options={
-            "lam": args.lam,
-            "order": args.order,
-            "alpha": args.alpha,
-            "scorer": args.taps_scorer,
-        },
+        trace, policies=policies, budgets=args.budgets, cost_table=args.cost_table, options=options
     )
     print(f"trace {args.trace}: {len(trace.rounds)} rounds, {len(trace.sequences)} sequences, "
           f"recorded budget {trace.meta.get('record_budget')}")  # fmt: skip
@@ -50,12 +61,7 @@ def run(args: argparse.Namespace) -> int:
             "trace": str(args.trace),
             "trace_meta": trace.meta,
             "cost_table": args.cost_table or "default",
-            "options": {
-                "lam": args.lam,
-                "order": args.order,
-                "alpha": args.alpha,
-                "scorer": args.taps_scorer,
-            },
+            "options": options,
             "rows": rows_as_dicts(rows),
         }
         Path(args.out).write_text(json.dumps(payload, indent=1) + "\n")

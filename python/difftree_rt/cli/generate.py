@@ -7,12 +7,25 @@ import argparse
 import json
 import sys
 
-from .pair import default_pair_dir, encode, incremental_decoder, load_pair, stop_ids
+from .pair import (
+    default_pair_dir,
+    default_vp_drafter,
+    encode,
+    incremental_decoder,
+    load_pair,
+    make_policy_for,
+    stop_ids,
+)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target", help="local HF causal LM directory (default: the shipped pair)")
     p.add_argument("--drafter", help="local DFlash drafter directory (default: the shipped pair)")
+    p.add_argument(
+        "--vp-drafter",
+        default=None,
+        help="d2sd's second (variable-prefix) drafter (default: the shipped pair's, if any)",
+    )
     src = p.add_mutually_exclusive_group()
     src.add_argument("--prompt", default="def fibonacci(n):")
     src.add_argument("--prompt-file")
@@ -42,14 +55,16 @@ def run(args: argparse.Namespace) -> int:
     pair_dir = default_pair_dir()
     target = args.target or str(pair_dir / "target")
     drafter = None if args.policy == "ar" else (args.drafter or str(pair_dir / "drafter"))
-    pair = load_pair(target, drafter, args.device, args.dtype)
+    vp = default_vp_drafter(args.drafter, args.vp_drafter, pair_dir) if drafter else None
+    pair = load_pair(target, drafter, args.device, args.dtype, vp)
     if args.prompt_file:
         with open(args.prompt_file, encoding="utf-8") as f:
             text = f.read()
     else:
         text = args.prompt
     ids = encode(pair, text, args.device)
-    dec = SpeculativeDecoder(pair.target, pair.drafter, args.policy, budget=args.budget)
+    policy = make_policy_for(pair, args.policy, args.budget)
+    dec = SpeculativeDecoder(pair.target, pair.drafter, policy, budget=args.budget)
     feed = incremental_decoder(pair.tokenizer)
     streamer = None
     if not args.json:

@@ -63,6 +63,7 @@ class Pair:
     drafter: Any  # DFlashDrafter (bound)
     tokenizer: Any | None
     name: str
+    vp_drafter: Any | None = None  # D²SD's second drafter (DFlashDrafter), when one is given
 
 
 def _dtype(name: str | None, device: str) -> torch.dtype:
@@ -78,8 +79,10 @@ def load_pair(
     drafter_path: str | Path | None,
     device: str = "cpu",
     dtype: str | None = None,
+    vp_drafter_path: str | Path | None = None,
 ) -> Pair:
-    """Load an HF target (+ tokenizer when present) and a DFlash drafter bound to it."""
+    """Load an HF target (+ tokenizer when present) and a DFlash drafter bound to it (and,
+    optionally, D²SD's variable-prefix second drafter)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from difftree_rt.models import DFlashDrafter
@@ -94,7 +97,29 @@ def load_pair(
     if drafter_path is not None:
         drafter = DFlashDrafter.from_pretrained(str(drafter_path)).to(device=device, dtype=dt)
         drafter.bind(target)
-    return Pair(target, drafter, tokenizer, str(target_path))
+    vp = None
+    if vp_drafter_path is not None:
+        vp = DFlashDrafter.from_pretrained(str(vp_drafter_path)).to(device=device, dtype=dt)
+        vp.bind(target)
+    return Pair(target, drafter, tokenizer, str(target_path), vp)
+
+
+def default_vp_drafter(args_drafter: str | None, args_vp: str | None, pair_dir: Path) -> str | None:
+    """``--vp-drafter``, else the shipped pair's ``vp_drafter/`` with the shipped drafter."""
+    if args_vp:
+        return args_vp
+    shipped = pair_dir / "vp_drafter"
+    return str(shipped) if args_drafter is None and (shipped / "config.json").exists() else None
+
+
+def make_policy_for(pair: Pair, policy: str, budget: int) -> Any:
+    """The policy argument for ``SpeculativeDecoder``: the name, or for d2sd with a loaded VP
+    drafter the :class:`~difftree_rt.policies.D2SDPolicy` that uses it."""
+    if policy == "d2sd" and pair.vp_drafter is not None:
+        from difftree_rt.policies import D2SDPolicy
+
+        return D2SDPolicy(max(1, budget), vp_drafter=pair.vp_drafter)
+    return policy
 
 
 def load_prompts(path: str | Path) -> list[str]:
@@ -206,7 +231,10 @@ def run_config(
     from difftree_rt import SpeculativeDecoder
 
     dec = decoder or SpeculativeDecoder(
-        pair.target, pair.drafter if policy != "ar" else None, policy, budget=max(1, budget)
+        pair.target,
+        pair.drafter if policy != "ar" else None,
+        make_policy_for(pair, policy, budget),
+        budget=max(1, budget),
     )
     depth = pair.drafter.block_size - 1 if pair.drafter is not None else 0
     res = RunResult(policy, budget if policy != "ar" else 0, accept_hist=[0] * (depth + 1))

@@ -23,6 +23,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=1.0,
         help="temperature of the recorded edge probabilities (the sampling estimate)",
     )
+    p.add_argument(
+        "--d2sd",
+        action="store_true",
+        help="also verify D²SD's second pass at every boundary (so eval-policies scores d2sd)",
+    )
+    p.add_argument("--vp-drafter", default=None, help="D²SD's second drafter (default: --drafter)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default=None)
@@ -51,12 +57,23 @@ def run(args: argparse.Namespace) -> int:
         prompts = load_prompts(args.prompt_file) if args.prompt_file else [args.prompt]
         ids = [encode(pair, t, device) for t in prompts]
     longest = max(int(x.shape[1]) for x in ids)
+    vp = None
+    if args.vp_drafter:
+        from difftree_rt.models import DFlashDrafter
+
+        vp = DFlashDrafter.from_pretrained(args.vp_drafter).to(
+            device=device, dtype=pair.drafter.dtype
+        )
+    depth = max(pair.drafter.block_size, vp.block_size if vp is not None else 0) - 1
+    extra = 2 * depth * depth if args.d2sd else 0  # every D²SD branch row, both token rules
     rec = TraceRecorder(
         pair.target,
         pair.drafter,
         budget=args.budget,
-        max_length=longest + args.max_new_tokens + args.budget + 8,
+        max_length=longest + args.max_new_tokens + args.budget + extra + 8,
         prob_params=SamplingParams(temperature=args.prob_temperature),
+        d2sd=args.d2sd,
+        vp_drafter=vp,
     )
     rec.trace.meta["pair"] = pair.name
     for i, x in enumerate(ids):

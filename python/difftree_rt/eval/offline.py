@@ -35,7 +35,7 @@ from .trace import Trace, TraceRound
 
 __all__ = ["EvalRow", "evaluate", "format_table"]
 
-POLICY_NAMES = ("chain", "ddtree", "caddtree", "presto", "taps")
+POLICY_NAMES = ("chain", "ddtree", "caddtree", "presto", "taps", "d2sd")
 
 
 @dataclass
@@ -72,6 +72,8 @@ class _Selector:
 
             # Same construction as the engine policy: pool width = budget, pool of 2 x budget.
             self.taps = TapsPolicy(self.budget, scorer=options.get("scorer"))
+        self.k = int(options.get("k", 4))
+        self.alternative = bool(options.get("alternative", True))
         self._seq = -1
 
     def tree(self, r: TraceRound, stream: list[int], vocab: int) -> DraftTree:
@@ -101,6 +103,8 @@ class _Selector:
                 draft,
                 root,
             )
+        if self.name == "d2sd":
+            return self._d2sd_tree(r, tok, lp, root)
         if self.taps is not None:
             from ..policies.taps import taps_pool
 
@@ -130,6 +134,33 @@ class _Selector:
             lam=self.lam,
             alpha=self.alpha,
             root_token=root,
+        )
+
+    def _d2sd_tree(
+        self, r: TraceRound, tok: torch.Tensor, lp: torch.Tensor, root: torch.Tensor
+    ) -> DraftTree:
+        from .. import ops
+        from ..policies.d2sd import branch_rows
+
+        if r.branch_token is None or r.branch_logprob is None:
+            raise ValueError(
+                "d2sd: the trace has no second-pass drafts; record it with "
+                "`difftree-rt record-trace --d2sd` (TraceRecorder(d2sd=True))"
+            )
+        trunk_token = tok[:, :, 0].contiguous()
+        trunk_logprob = lp[:, :, 0].contiguous()
+        m = int(r.branch_token.shape[0])
+        boundary = ops.d2sd_boundaries(trunk_logprob[:, :m].contiguous(), min(self.k, m))
+        rows = boundary[0].long()
+        branch_token, branch_logprob = branch_rows(
+            trunk_token,
+            boundary,
+            r.branch_token[rows][None],
+            r.branch_logprob[rows][None],
+            self.alternative,
+        )
+        return ops.d2sd_select(
+            trunk_token, trunk_logprob, boundary, branch_token, branch_logprob, self.budget, root
         )
 
 
@@ -172,7 +203,7 @@ def _score_round(tree: DraftTree, r: TraceRound) -> tuple[int, bool, float, int,
 
 def evaluate(
     trace: Trace,
-    policies: Sequence[str] = POLICY_NAMES,
+    policies: Sequence[str] | None = None,
     budgets: Sequence[int] = (8, 32, 128),
     cost_table: CostTable | str | None = None,
     options: dict[str, Any] | None = None,
@@ -182,13 +213,17 @@ def evaluate(
 
     Args:
         trace: a recorded :class:`Trace`.
-        policies: names among chain, ddtree, caddtree, presto, taps.
+        policies: names among chain, ddtree, caddtree, presto, taps, d2sd (default: all;
+            d2sd only when the trace holds its second-pass drafts).
         budgets: draft-node budgets (<= the record budget for full coverage).
         cost_table: costs for CaDDTree's rule and the per-cost column (None: the default).
         options: presto's ``lam``, ``order``, ``alpha``; taps' ``scorer`` (None: the
-            training-free fallback; a path from ``difftree-rt train-scorer``).
+            training-free fallback; a path from ``difftree-rt train-scorer``); d2sd's ``k``
+            and ``alternative`` (d2sd needs a trace recorded with ``d2sd=True``).
     """
     table = load_cost_table(cost_table)
+    if policies is None:
+        policies = [p for p in POLICY_NAMES if p != "d2sd" or trace.meta.get("d2sd")]
     vocab = int(trace.meta.get("vocab", 0)) or 1 + max(max(s) for s in trace.sequences if s)
     rows: list[EvalRow] = []
     for name in policies:

@@ -47,6 +47,11 @@ class TraceRound:
             (processed with :attr:`Trace.prob_params`; 1 for the root).
         topk_token: int32 ``[n, k]``; topk_prob: float32 ``[n, k]`` at each node.
         accepted: accepted draft nodes of the actual run.
+        branch_token: int32 ``[m, L2, 2]`` / branch_logprob: float32 ``[m, L2, 2]`` (traces
+            recorded with ``d2sd=True``, else None): D²SD's second pass for every boundary
+            i = 0..m-1 (row i keeps the first i first-draft tokens), top-2 per depth; the
+            recorded tree contains every such branch (both D²SD token rules), so d2sd is
+            scored exactly.
     """
 
     seq: int
@@ -61,6 +66,8 @@ class TraceRound:
     topk_token: Tensor
     topk_prob: Tensor
     accepted: int = -1
+    branch_token: Tensor | None = None
+    branch_logprob: Tensor | None = None
 
 
 @dataclass
@@ -91,12 +98,32 @@ class Trace:
 
 
 class _RecordingPolicy(DraftPolicy):
+    """DDTree at the record budget; with ``d2sd`` also D²SD's second pass for every boundary,
+    verified together (the union of the DDTree and all branch rows, as one pool)."""
+
     name = "ddtree"
     needs_context = True
 
-    def __init__(self, budget: int, recorder: TraceRecorder) -> None:
+    def __init__(self, budget: int, recorder: TraceRecorder, d2sd: bool, vp: Any) -> None:
         super().__init__(budget)
         self.recorder = recorder
+        self.redraft = d2sd
+        self.vp_drafter = vp
+
+    def capacity(self, max_depth: int) -> int:
+        # Two rows (both D²SD token rules) per boundary, each at most max_depth deep.
+        extra = 2 * max_depth * max_depth if self.redraft else 0
+        return self.budget + 1 + extra
+
+    def redraft_blocks(self, inputs: PolicyInput, block_size: int, mask_token_id: int) -> Tensor:
+        from .. import ops
+        from ..policies.d2sd import branch_blocks
+
+        token, _ = ops.topk_logprobs(inputs.draft_logits, 1)
+        m = min(token.shape[1], block_size - 1)
+        boundary = torch.arange(m, dtype=torch.int32, device=token.device)[None]
+        inputs.state["record"] = (token[..., 0], boundary)
+        return branch_blocks(inputs.root_token, token[..., 0], boundary, block_size, mask_token_id)
 
     def select(self, inputs: PolicyInput) -> DraftTree:
         from .. import ops
@@ -104,9 +131,70 @@ class _RecordingPolicy(DraftPolicy):
         V = inputs.draft_logits.shape[-1]
         token, logprob = ops.topk_logprobs(inputs.draft_logits, max(1, min(self.budget, V)))
         tree = ops.ddtree_select_from_candidates(token, logprob, self.budget, inputs.root_token)
+        branches = None
+        if self.redraft:
+            assert inputs.branch_logits is not None
+            B, R, L2, _ = inputs.branch_logits.shape
+            top = ops.topk_logprobs(inputs.branch_logits.reshape(B * R, L2, V), min(2, V))
+            branches = tuple(t.reshape(B, R, L2, -1)[0].cpu() for t in top)
+            tree = _with_branches(tree, inputs.state["record"], branches, inputs.root_token)
         ctx = inputs.context_ids
-        self.recorder._on_select(token, logprob, tree, 0 if ctx is None else ctx.shape[1] - 1)
+        self.recorder._on_select(
+            token, logprob, tree, 0 if ctx is None else ctx.shape[1] - 1, branches
+        )
         return tree
+
+
+def _with_branches(
+    tree: DraftTree,
+    record: tuple[Tensor, Tensor],
+    branches: tuple[Tensor, Tensor],
+    root_token: Tensor,
+) -> DraftTree:
+    """The union of ``tree`` (batch 1) and every D²SD branch row under both token rules, as a
+    best-first tree (the pool selector over the merged trie)."""
+    from .. import ops
+    from ..policies.d2sd import branch_rows
+
+    trunk, boundary = (t.cpu() for t in record)
+    n = int(tree.num_nodes[0])
+    token = tree.token[0, :n].tolist()
+    parent = tree.parent[0, :n].tolist()
+    score = tree.score[0, :n].tolist()
+    edge = [0.0] + [min(0.0, score[i] - score[parent[i]]) for i in range(1, n)]
+    child = {(parent[i], token[i]): i for i in range(1, n)}
+
+    def add(cur: int, tok: int, lp: float) -> int:
+        nxt = child.get((cur, tok))
+        if nxt is None:
+            nxt = len(token)
+            child[(cur, tok)] = nxt
+            token.append(tok)
+            parent.append(cur)
+            edge.append(min(0.0, lp))
+        return nxt
+
+    top_token, top_logprob = branches  # [R, L2, W]
+    for alternative in (False, True):
+        rows, lps = branch_rows(trunk, boundary, top_token[None], top_logprob[None], alternative)
+        for r, i in enumerate(boundary[0].tolist()):
+            cur = 0
+            for j in range(i):
+                cur = add(cur, int(trunk[0, j]), 0.0)
+            for j in range(i, rows.shape[2]):
+                cur = add(cur, int(rows[0, r, j]), float(lps[0, r, j]))
+    size = len(token)
+    pool_token = torch.tensor([token], dtype=torch.int64)
+    pool_token[0, 0] = int(root_token.reshape(-1)[0])
+    out = ops.taps_select(
+        pool_token,
+        torch.tensor([parent], dtype=torch.int64),
+        torch.tensor([size]),
+        torch.tensor([edge], dtype=torch.float32),
+        max(1, size - 1),
+        max_depth=max(tree.max_depth, int(top_token.shape[1])),
+    )
+    return out.to(tree.device)
 
 
 class _RecordingAdapter(TargetAdapter):
@@ -135,6 +223,8 @@ class TraceRecorder:
         prob_params: the processed distribution of ``edge_prob``/``topk_prob`` (default T = 1;
             use the deployment's temperature/top-k/top-p for its sampling estimate).
         topk: k of the recorded per-node top-k.
+        d2sd: also run and verify D²SD's second pass for every boundary (so ``eval-policies``
+            scores d2sd exactly); ``vp_drafter`` is its second drafter (None: ``drafter``).
 
     Example:
         rec = TraceRecorder(target, drafter, budget=512)
@@ -151,8 +241,12 @@ class TraceRecorder:
         *,
         prob_params: SamplingParams | None = None,
         topk: int = 8,
+        d2sd: bool = False,
+        vp_drafter: nn.Module | None = None,
     ) -> None:
-        self.trace = Trace(meta={"record_budget": budget, "topk": topk})
+        self.trace = Trace(
+            meta={"record_budget": budget, "topk": topk, "d2sd": d2sd, "vp": vp_drafter is not None}
+        )
         self.prob_params = prob_params or SamplingParams(temperature=1.0)
         self.prob_params.validate()
         self.topk = topk
@@ -165,7 +259,10 @@ class TraceRecorder:
         )
         adapter.recorder = self
         self.decoder = SpeculativeDecoder(
-            adapter, drafter, _RecordingPolicy(budget, self), max_length=max_length
+            adapter,
+            drafter,
+            _RecordingPolicy(budget, self, d2sd, vp_drafter),
+            max_length=max_length,
         )
         self.trace.meta.update(
             {
@@ -182,8 +279,20 @@ class TraceRecorder:
         self._pending: dict[str, Any] | None = None
         self._rounds: list[TraceRound] = []
 
-    def _on_select(self, token: Tensor, logprob: Tensor, tree: DraftTree, ctx_len: int) -> None:
-        self._pending = {"cand": (token[0].cpu(), logprob[0].cpu()), "tree": tree, "ctx": ctx_len}
+    def _on_select(
+        self,
+        token: Tensor,
+        logprob: Tensor,
+        tree: DraftTree,
+        ctx_len: int,
+        branches: tuple[Tensor, Tensor] | None = None,
+    ) -> None:
+        self._pending = {
+            "cand": (token[0].cpu(), logprob[0].cpu()),
+            "tree": tree,
+            "ctx": ctx_len,
+            "branches": branches,
+        }
 
     @torch.no_grad()
     def _on_verify(self, logits: Tensor) -> None:
@@ -214,6 +323,8 @@ class TraceRecorder:
                 edge_prob=edge.cpu(),
                 topk_token=top.indices.to(torch.int32).cpu(),
                 topk_prob=top.values.cpu(),
+                branch_token=None if p["branches"] is None else p["branches"][0].to(torch.int32),
+                branch_logprob=None if p["branches"] is None else p["branches"][1],
             )
         )
 

@@ -25,7 +25,7 @@ from torch import Tensor
 from ..engine.policies import DraftPolicy, PolicyInput
 from ..tree import DraftTree
 
-__all__ = ["D2SDPolicy", "branch_blocks"]
+__all__ = ["D2SDPolicy", "branch_blocks", "branch_rows"]
 
 
 def branch_blocks(
@@ -53,6 +53,44 @@ def branch_blocks(
     body = torch.where(visible, at[:, None, :], torch.full_like(at[:, None, :], mask_token_id))
     head = root_token.to(device=device, dtype=torch.long)[:, None, None].expand(B, K, 1)
     return torch.cat([head, body], dim=2)
+
+
+def branch_rows(
+    trunk_token: Tensor,
+    boundary: Tensor,
+    top_token: Tensor,
+    top_logprob: Tensor,
+    alternative: bool,
+) -> tuple[Tensor, Tensor]:
+    """The branches' tokens and log-probs from the second pass's top-1 (and top-2) candidates.
+
+    Args:
+        trunk_token: ``[B, L1]`` the first draft.
+        boundary: ``[B, R]`` each branch's visible-prefix length i (-1: unused).
+        top_token, top_logprob: ``[B, R, L2, W]`` the second pass's top-W per depth (W >= 1;
+            W >= 2 for ``alternative``).
+        alternative: at depth i + 1 (where the branch exists because the first draft's token
+            there is likely rejected) take the best token other than the first draft's;
+            otherwise the plain top-1 (the published rule).
+
+    Returns:
+        (branch_token int64, branch_logprob float32), each ``[B, R, L2]``.
+    """
+    branch_token = top_token[..., 0].to(torch.long).contiguous()
+    branch_logprob = top_logprob[..., 0].contiguous()
+    if not alternative or top_token.shape[-1] < 2:
+        return branch_token, branch_logprob
+    at = boundary.to(torch.long).clamp(min=0)[..., None]  # [B, R, 1]
+    first = torch.gather(branch_token, 2, at)
+    rejected = torch.gather(trunk_token.to(torch.long), 1, at[..., 0])[..., None]
+    swap = first == rejected
+    alt_token = torch.where(swap, torch.gather(top_token[..., 1].to(torch.long), 2, at), first)
+    alt_logprob = torch.where(
+        swap,
+        torch.gather(top_logprob[..., 1], 2, at),
+        torch.gather(branch_logprob, 2, at),
+    )
+    return branch_token.scatter(2, at, alt_token), branch_logprob.scatter(2, at, alt_logprob)
 
 
 class D2SDPolicy(DraftPolicy):
@@ -121,21 +159,9 @@ class D2SDPolicy(DraftPolicy):
         token, logprob = ops.topk_logprobs(branch.reshape(B * R, L2, V), width)
         token = token.reshape(B, R, L2, width).cpu()
         logprob = logprob.reshape(B, R, L2, width).cpu()
-        branch_token, branch_logprob = token[..., 0], logprob[..., 0]
-        if width == 2:
-            # Branch k exists because the first draft's token at depth i_k + 1 is likely
-            # rejected: there it proposes the best *other* token (the first draft already
-            # covers that one); below it keeps its own re-drafted tokens.
-            at = boundary.to(torch.long).clamp(min=0)[..., None]  # [B, R, 1]
-            first = torch.gather(branch_token, 2, at)
-            rejected = torch.gather(trunk_token.to(torch.long), 1, at[..., 0])[..., None]
-            swap = first == rejected
-            alt_token = torch.where(swap, torch.gather(token[..., 1], 2, at), first)
-            alt_logprob = torch.where(
-                swap, torch.gather(logprob[..., 1], 2, at), torch.gather(branch_logprob, 2, at)
-            )
-            branch_token = branch_token.scatter(2, at, alt_token)
-            branch_logprob = branch_logprob.scatter(2, at, alt_logprob)
+        branch_token, branch_logprob = branch_rows(
+            trunk_token, boundary, token, logprob, self.alternative
+        )
         tree = ops.d2sd_select(
             trunk_token,
             trunk_logprob,
