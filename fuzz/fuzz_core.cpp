@@ -84,8 +84,8 @@ void expect_named(const Status& s) {
 struct TreeBufs {
   Buffer token, parent, depth, score, first_child, next_sibling, anc, num_nodes;
   TreeView view() const {
-    return {token.view, parent.view, depth.view, score.view,
-            first_child.view, next_sibling.view, anc.view, num_nodes.view};
+    return {token.view,       parent.view,       depth.view, score.view,
+            first_child.view, next_sibling.view, anc.view,   num_nodes.view};
   }
 };
 
@@ -154,8 +154,8 @@ void fuzz_walk(Input& in) {
   if (!select_into(in, B, L, K, budget, true, &tree).ok()) return;
   // Corrupt a few entries of the tree with raw values.
   const int corruptions = static_cast<int>(in.range(0, 4));
-  Buffer* arrays[] = {&tree.token, &tree.parent, &tree.depth, &tree.first_child,
-                      &tree.next_sibling, &tree.anc, &tree.num_nodes};
+  Buffer* arrays[] = {&tree.token,        &tree.parent, &tree.depth,    &tree.first_child,
+                      &tree.next_sibling, &tree.anc,    &tree.num_nodes};
   for (int c = 0; c < corruptions; ++c) {
     Buffer* a = arrays[in.range(0, 6)];
     const int64_t n = a->view.numel();
@@ -208,15 +208,66 @@ void fuzz_commit(Input& in) {
   expect_named(kv_commit(views.data(), n, base.view, path.view, acc.view, nullptr));
 }
 
+// D²SD: boundaries over raw log-probs, then the joint tree over plausible or raw rows.
+void fuzz_d2sd(Input& in) {
+  const int64_t B = in.range(0, 3), L1 = in.range(0, 6), L2 = in.range(0, 6), K = in.range(0, 5);
+  Buffer lp = make(in, pick_dtype(in, DType::kFloat32), {B, L1}, true);
+  const bool sane = in.coin() && lp.view.dtype == DType::kFloat32;
+  if (sane)
+    for (int64_t i = 0; i < B * L1; ++i)
+      reinterpret_cast<float*>(lp.bytes.data())[i] = -static_cast<float>(in.range(0, 40)) / 8.0f;
+  Buffer boundary = make(in, pick_dtype(in, DType::kInt32), {B, maybe_off(in, K)}, true);
+  expect_named(check_d2sd_boundaries(lp.view, boundary.view));
+  const Status got = d2sd_boundaries(lp.view, boundary.view, nullptr);
+  expect_named(got);
+  Buffer trunk = make(in, pick_dtype(in, DType::kInt64), {B, L1}, true);
+  Buffer branch = make(in, pick_dtype(in, DType::kInt64), {B, K, maybe_off(in, L2)}, true);
+  Buffer blp = make(in, pick_dtype(in, DType::kFloat32), {B, K, L2}, true);
+  if (sane && in.coin()) {  // plausible rows so the trie and the selection run
+    if (trunk.view.dtype == DType::kInt64)
+      for (int64_t i = 0; i < B * L1; ++i)
+        reinterpret_cast<int64_t*>(trunk.bytes.data())[i] = in.range(0, 3);
+    if (branch.view.dtype == DType::kInt64)
+      for (int64_t i = 0; i < branch.view.numel(); ++i)
+        reinterpret_cast<int64_t*>(branch.bytes.data())[i] = in.range(0, 3);
+    if (blp.view.dtype == DType::kFloat32)
+      for (int64_t i = 0; i < B * K * L2; ++i)
+        reinterpret_cast<float*>(blp.bytes.data())[i] = -static_cast<float>(in.range(0, 40)) / 8.0f;
+    if (boundary.view.dtype == DType::kInt32)
+      for (int64_t i = 0; i < boundary.view.numel(); ++i)
+        reinterpret_cast<int32_t*>(boundary.bytes.data())[i] =
+            static_cast<int32_t>(in.range(-1, std::max<int64_t>(std::min(L1, L2) - 1, -1)));
+  }
+  Buffer root = make(in, pick_dtype(in, DType::kInt64), {B}, true);
+  const int64_t budget = in.coin() ? in.range(-2, 40) : static_cast<int64_t>(in.u64() % 5000);
+  TreeBufs tree = make_tree(in, B, maybe_off(in, std::clamp<int64_t>(budget, 0, kMaxBudget) + 1));
+  const TensorView* r = in.coin() ? &root.view : nullptr;
+  expect_named(
+      check_d2sd_select(trunk.view, lp.view, boundary.view, branch.view, blp.view, budget, r));
+  expect_named(d2sd_select(trunk.view, lp.view, boundary.view, branch.view, blp.view, budget, r,
+                           tree.view(), nullptr));
+}
+
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   Input in(data, size);
-  switch (in.range(0, 3)) {
-    case 0: fuzz_topk(in); break;
-    case 1: fuzz_select(in); break;
-    case 2: fuzz_walk(in); break;
-    default: fuzz_commit(in); break;
+  switch (in.range(0, 4)) {
+    case 0:
+      fuzz_topk(in);
+      break;
+    case 1:
+      fuzz_select(in);
+      break;
+    case 2:
+      fuzz_walk(in);
+      break;
+    case 3:
+      fuzz_d2sd(in);
+      break;
+    default:
+      fuzz_commit(in);
+      break;
   }
   return 0;
 }
