@@ -91,6 +91,7 @@ from bench.bench_graph_round import (
 )
 from bench.common import RESULTS, print_table, stamp, summarize, write_json
 from difftree_rt import SpeculativeDecoder
+from difftree_rt.engine.graph import span_bucket
 from difftree_rt.models import DFlashDrafter
 from difftree_rt.models.target import TargetAdapter
 
@@ -589,14 +590,16 @@ def standalone_forwards_ms(
     args: argparse.Namespace,
     timer: Timer,
 ) -> float:
-    """Drafter forward + target verify on a round's shapes, each timed alone (ms)."""
+    """Drafter forward + target verify on a round's shapes at the mean context, each timed
+    alone (CUDA graphs on a GPU), over graph mode's key span there (ms)."""
     ctx = args.prompt_len + args.max_new_tokens // 2  # the mean context of a request
+    span = span_bucket(ctx + args.block_size, 1 << 30)  # the key span graph mode uses there
     adapter = TargetAdapter(
-        target, max_length=ctx + budget + args.block_size + 2,
+        target, max_length=max(span, ctx + budget + 2),
         feature_layers=drafter.target_layer_ids, validate=False,
     )  # fmt: skip
     adapter.cache.base_len.fill_(ctx)
-    adapter.cache.set_fixed_span(ctx)
+    adapter.cache.set_fixed_span(span)
     if policy == "chain":
         t_verify = timer(chain_verify_fn(adapter, args.block_size - 1))
     else:
