@@ -14,10 +14,18 @@ from difftree_rt.train.prefix_eval import prefix_accuracy
 
 
 def _reference(
-    drafter, target, seqs: torch.Tensor, p: int, anchors: int, seed: int, batch: int
+    drafter,
+    target,
+    seqs: torch.Tensor,
+    p: int,
+    anchors: int,
+    seed: int,
+    batch: int,
+    reveal: bool = True,
 ) -> tuple[float, float]:
     """(acc1, accepted) computed block by block: the block [x[a], x[a+1..a+p], MASK...] sees
-    the features of x[:a] (all of them, no mask) and itself. Anchors drawn per batch."""
+    the features of x[:a] (all of them, no mask) and itself; ``reveal=False`` masks the prefix
+    slots too. Scored from slot p + 1. Anchors drawn per batch."""
     size = drafter.block_size
     gen = torch.Generator().manual_seed(seed)
     anc = torch.cat(
@@ -31,7 +39,7 @@ def _reference(
     for b in range(seqs.shape[0]):
         for a in anc[b].tolist():
             block = seqs[b, a : a + size].clone()
-            block[p + 1 :] = drafter.mask_token_id
+            block[(p + 1 if reveal else 1) :] = drafter.mask_token_id
             pos = torch.arange(a, a + size)[None]
             with torch.no_grad():
                 hidden = drafter(block[None], feats[b : b + 1, :a], pos)
@@ -63,6 +71,16 @@ def test_prefix_accuracy_matches_per_block_reference() -> None:
         assert r["accepted"] == pytest.approx(ref_accepted, abs=1e-5), p
     assert 0.0 < res[0]["acc1"] < 1.0
     assert drafter.training is False
+    hidden = prefix_accuracy(
+        drafter, target, seqs, (0, 1, 3), anchors=5, batch_size=6, seed=11, reveal=False
+    )
+    assert hidden[0] == res[0]  # nothing to hide at p = 0
+    for p in (1, 3):
+        ref_acc1, ref_accepted = _reference(drafter, target, seqs, p, 5, 11, 6, reveal=False)
+        assert hidden[p]["acc1"] == pytest.approx(ref_acc1, abs=1e-6), p
+        assert hidden[p]["accepted"] == pytest.approx(ref_accepted, abs=1e-5), p
+    # The prefix changes the drafter's view: revealed and hidden differ somewhere.
+    assert any(hidden[p] != res[p] for p in (1, 3))
 
 
 def test_prefix_accuracy_batches_and_checks() -> None:

@@ -45,7 +45,8 @@ def test_tiny_pipeline(tmp_path: Path) -> None:
     vsum = summary["vp_drafter"]
     assert vsum["config"]["prefix_geom"] == 0.1 and vsum["steps"] == 3 and vsum["log"]
     res = vsum["prefix_accuracy"]["results"]
-    assert set(res) == {"drafter", "vp_drafter"}
+    assert set(res) == {"drafter", "drafter_prefix_masked", "vp_drafter"}
+    assert res["drafter"]["0"] == res["drafter_prefix_masked"]["0"]  # nothing to mask at p = 0
     assert set(res["drafter"]) == {"0", "2", "4"}  # block size 8: p <= 6
     assert all(0.0 <= r["acc1"] <= 1.0 for r in res["vp_drafter"].values())
     assert summary["target"]["heldout_ppl_fp32"] > 1.0  # the rest of the summary is kept

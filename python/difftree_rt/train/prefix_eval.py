@@ -9,7 +9,8 @@ the prefix tokens are known (a hypothesised accepted prefix), the drafter predic
 masked slot (and the teacher-forced chain after it) for fixed p: the same anchors and target
 features for every p and every drafter evaluated with the same seed, so the numbers of two
 drafters (e.g. a plain DFlash drafter, trained at p = 0 only, and a variable-prefix one) are
-paired comparisons on identical blocks.
+paired comparisons on identical blocks; ``reveal=False`` gives the same slots' accuracy with
+the prefix masked (what drafting without a visible prefix gets there).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from torch import nn
 
 from difftree_rt.models import DFlashDrafter
 
-from .drafter import drafter_loss, sample_anchors, target_features
+from .drafter import block_attention_mask, build_blocks, sample_anchors, target_features
 
 __all__ = ["prefix_accuracy"]
 
@@ -37,6 +38,7 @@ def prefix_accuracy(
     batch_size: int = 8,
     seed: int = 0,
     autocast: bool = False,
+    reveal: bool = True,
 ) -> dict[int, dict[str, float]]:
     """First-masked-slot accuracy of ``drafter`` on ``sequences`` for each visible prefix p.
 
@@ -54,6 +56,9 @@ def prefix_accuracy(
         batch_size: sequences per forward pass.
         seed: anchor draw seed.
         autocast: bf16 autocast for the target and drafter passes.
+        reveal: False masks the prefix slots too (the block is the plain DFlash block
+            ``[x[a], MASK x (S-1)]``) while still scoring from slot p + 1: the baseline of a
+            drafter that does not get to see the prefix (a chain's depth-(p+1) accuracy).
 
     Returns:
         ``{p: {"acc1": ..., "accepted": ..., "blocks": ...}}``: ``acc1`` the top-1 accuracy at
@@ -79,14 +84,23 @@ def prefix_accuracy(
         b, t_len = tokens.shape
         anc = sample_anchors(b, t_len, size, anchors, gen).to(dev)
         feats = target_features(target, tokens, drafter.target_layer_ids, autocast)
-        blocks = anc.numel()
+        slot_hits: torch.Tensor | None = None
         for p in prefixes:
-            prefix = torch.full(anc.shape, p, dtype=torch.long)
-            _, metrics = drafter_loss(drafter, tokens, feats, anc, prefix, None, autocast)
-            # Both metrics are means over this batch's blocks: weight by the block count.
-            sums[p][0] += metrics["acc1"] * blocks
-            sums[p][1] += (metrics["chain_len"] - p) * blocks
-            sums[p][2] += blocks
+            if reveal or slot_hits is None:
+                shown = torch.full(anc.shape, p if reveal else 0, dtype=torch.long, device=dev)
+                ids, pos, labels = build_blocks(tokens, anc, size, drafter.mask_token_id, shown)
+                mask = block_attention_mask(anc, t_len, size)
+                with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=autocast):
+                    hidden = drafter(ids, feats.to(drafter.dtype), pos, attention_mask=mask)
+                    m = anc.shape[1]
+                    hidden = hidden.reshape(b, m, size, -1)[:, :, 1:].reshape(b, m * (size - 1), -1)
+                    logits = drafter.compute_logits(hidden).float().reshape(b, m, size - 1, -1)
+                pred = logits.argmax(-1)  # [B, m, S-1]
+                slot_hits = (pred == labels).long()  # slot k = 1..S-1 at index k - 1
+            hits = slot_hits[:, :, p:]  # from the first scored slot p + 1
+            sums[p][0] += float(hits[:, :, 0].sum())
+            sums[p][1] += float(hits.cumprod(-1).sum())
+            sums[p][2] += hits.shape[0] * hits.shape[1]
     drafter.train(was_training)
     return {
         p: {"acc1": s[0] / s[2], "accepted": s[1] / s[2], "blocks": float(s[2])}
