@@ -34,6 +34,14 @@ size_t taps_select_workspace_bytes(int64_t B, int64_t P1, int64_t budget);
 Status taps_select(const TensorView& pool_token, const TensorView& pool_parent,
                    const TensorView& pool_size, const TensorView& log_qc, int64_t budget,
                    const TreeView& tree, void* workspace, size_t workspace_bytes, Stream stream);
+// D²SD (cpu/d2sd.cpp on the device): boundaries need L <= 4096, select a pool of at most 65536
+// trie rows (1 + L1 + K * L2) and a workspace of d2sd_select_workspace_bytes when that is > 0.
+Status d2sd_boundaries(const TensorView& trunk_logprob, const TensorView& boundary, Stream stream);
+size_t d2sd_select_workspace_bytes(int64_t B, int64_t L1, int64_t K, int64_t L2, int64_t budget);
+Status d2sd_select(const TensorView& trunk_token, const TensorView& trunk_logprob,
+                   const TensorView& boundary, const TensorView& branch_token,
+                   const TensorView& branch_logprob, int64_t budget, const TensorView* root_token,
+                   const TreeView& tree, void* workspace, size_t workspace_bytes, Stream stream);
 
 // tree_attention: bf16/fp16, head_dim 64/128; num_splits >= 1 resolved by the dispatch, with a
 // workspace of tree_attention_workspace_bytes(...) when num_splits > 1.

@@ -270,7 +270,7 @@ PYBIND11_MODULE(_C, m) {
     return difftree::taps_select_workspace_bytes(B, P1, budget);
   });
 
-  // ---- d2sd (policies; CPU) ----
+  // ---- d2sd (policies) ----
   m.def("check_d2sd_boundaries", [](py::handle trunk_logprob, py::handle boundary) {
     raise_if_error(difftree::check_d2sd_boundaries(view(trunk_logprob, "trunk_logprob"),
                                                    view(boundary, "boundary")));
@@ -289,16 +289,26 @@ PYBIND11_MODULE(_C, m) {
               view(boundary, "boundary"), view(branch_token, "branch_token"),
               view(branch_logprob, "branch_logprob"), budget, ptr(root)));
         });
-  m.def("d2sd_select", [](py::handle trunk_token, py::handle trunk_logprob, py::handle boundary,
-                          py::handle branch_token, py::handle branch_logprob, int64_t budget,
-                          py::object root_token, py::tuple tree, uintptr_t stream) {
-    auto root = maybe_view(root_token, "root_token");
-    raise_if_error(difftree::d2sd_select(
-        view(trunk_token, "trunk_token"), view(trunk_logprob, "trunk_logprob"),
-        view(boundary, "boundary"), view(branch_token, "branch_token"),
-        view(branch_logprob, "branch_logprob"), budget, ptr(root), tree_view(tree),
-        stream_ptr(stream)));
-  });
+  m.def(
+      "d2sd_select",
+      [](py::handle trunk_token, py::handle trunk_logprob, py::handle boundary,
+         py::handle branch_token, py::handle branch_logprob, int64_t budget, py::object root_token,
+         py::tuple tree, uintptr_t stream, py::object workspace) {
+        auto root = maybe_view(root_token, "root_token");
+        auto ws = maybe_view(workspace, "workspace");
+        raise_if_error(difftree::d2sd_select(
+            view(trunk_token, "trunk_token"), view(trunk_logprob, "trunk_logprob"),
+            view(boundary, "boundary"), view(branch_token, "branch_token"),
+            view(branch_logprob, "branch_logprob"), budget, ptr(root), tree_view(tree), ptr(ws),
+            stream_ptr(stream)));
+      },
+      py::arg("trunk_token"), py::arg("trunk_logprob"), py::arg("boundary"),
+      py::arg("branch_token"), py::arg("branch_logprob"), py::arg("budget"), py::arg("root_token"),
+      py::arg("tree"), py::arg("stream"), py::arg("workspace") = py::none());
+  m.def("d2sd_select_workspace_bytes",
+        [](int64_t B, int64_t L1, int64_t K, int64_t L2, int64_t budget) {
+          return difftree::d2sd_select_workspace_bytes(B, L1, K, L2, budget);
+        });
 
   m.def("check_tree_attention", [](py::handle q, py::handle k_cache, py::handle v_cache,
                                    py::handle prefix_len, py::object tree_anc,

@@ -783,7 +783,7 @@ def taps_select(
     return DraftTree.from_arrays(arrays, max_depth=int(max_depth))
 
 
-# ---- d2sd (policies; CPU for now) ----------------------------------------------------------
+# ---- d2sd (policies) ----------------------------------------------------------------------
 
 
 @torch.library.custom_op("difftree::d2sd_boundaries", mutates_args=())
@@ -803,7 +803,8 @@ def _(trunk_logprob: Tensor, k: int) -> Tensor:
 
 
 def d2sd_boundaries(trunk_logprob: Tensor, k: int = 4) -> Tensor:
-    """D²SD's top-``k`` rejection boundaries (ALGORITHMS.md §8; cpu/d2sd.cpp).
+    """D²SD's top-``k`` rejection boundaries (ALGORITHMS.md §8; cpu/d2sd.cpp, CUDA tensors run
+    cuda/d2sd.cu: the same double arithmetic with CUDA's exp/log, log-probs trusted).
 
     Args:
         trunk_logprob: float32 ``[B, L]``, ``log c_j``: the first draft's top-1 log-prob at depth
@@ -843,7 +844,16 @@ def _d2sd_select(
     )
     C.check_d2sd_select(*inputs)
     arrays = _empty_tree(trunk_logprob, trunk_logprob.shape[0], budget + 1)
-    C.d2sd_select(*inputs, tuple(dl(a) for a in arrays), stream_of(trunk_logprob))
+    workspace = None
+    if trunk_logprob.is_cuda:  # scratch for large tries on the CUDA path (the CPU needs none)
+        B, L1 = trunk_logprob.shape
+        K, L2 = branch_logprob.shape[1], branch_logprob.shape[2]
+        nbytes = C.d2sd_select_workspace_bytes(B, L1, K, L2, budget)
+        if nbytes > 0:
+            workspace = torch.empty(nbytes, dtype=torch.uint8, device=trunk_logprob.device)
+    C.d2sd_select(
+        *inputs, tuple(dl(a) for a in arrays), stream_of(trunk_logprob), dl_opt(workspace)
+    )
     return arrays
 
 
@@ -861,7 +871,8 @@ def d2sd_select(
     budget: int,
     root_token: Tensor | None = None,
 ) -> DraftTree:
-    """D²SD's joint tree: the first draft and its re-drafted branches as one trie (cpu/d2sd.cpp).
+    """D²SD's joint tree: the first draft and its re-drafted branches as one trie (cpu/d2sd.cpp;
+    CUDA tensors run cuda/d2sd.cu, bit-identical, the inputs trusted rather than validated).
 
     Args:
         trunk_token, trunk_logprob: ``[B, L1]`` the first draft (top-1 token and log-prob per

@@ -190,11 +190,12 @@ Status taps_select(const TensorView& pool_token, const TensorView& pool_parent,
                    const TensorView& pool_size, const TensorView& log_qc, int64_t budget,
                    const TreeView& tree, const TensorView* workspace, Stream stream);
 
-// ---- d2sd (CPU) -----------------------------------------------------------------------------
+// ---- d2sd -----------------------------------------------------------------------------------
 // D²SD (ALGORITHMS.md §8). d2sd_boundaries: trunk_logprob f32 [B, L] = log c_j, the first draft's
 // top-1 log-prob per depth (finite, <= 0) -> boundary int32 [B, K] (1 <= K <= L): the K most
 // likely numbers of accepted drafts i = 0..L-1 under r(i) = (Π_{j<=i} c_j)(1 - c_{i+1}), ranked
-// by log r(i) in double (higher first, ties -> smaller i).
+// by log r(i) in double (higher first, ties -> smaller i). CUDA (L <= 4096): the same double
+// arithmetic with CUDA's exp/log (<= 1 ulp from libm's); log-probs trusted, not validated.
 Status check_d2sd_boundaries(const TensorView& trunk_logprob, const TensorView& boundary);
 Status d2sd_boundaries(const TensorView& trunk_logprob, const TensorView& boundary, Stream stream);
 
@@ -205,7 +206,9 @@ Status d2sd_boundaries(const TensorView& trunk_logprob, const TensorView& bounda
 // unused row; branch_token [B, K, L2], branch_logprob f32 [B, K, L2] (entries before the boundary
 // ignored). Rows are merged into a trie (shared prefixes once; an edge scores the max log-prob of
 // the rows through it); output: the top-budget trie nodes best-first under (score desc, depth
-// asc, earlier parent, earlier row), capacity budget + 1, depth <= max(L1, L2). CUDA: Unsupported.
+// asc, earlier parent, earlier row), capacity budget + 1, depth <= max(L1, L2). CUDA: one CTA
+// per request, bit-identical, pools of at most 65536 trie rows (1 + L1 + K * L2); data trusted
+// (a boundary out of range drops its row, a NaN or positive log-prob counts as 0).
 Status check_d2sd_select(const TensorView& trunk_token, const TensorView& trunk_logprob,
                          const TensorView& boundary, const TensorView& branch_token,
                          const TensorView& branch_logprob, int64_t budget,
@@ -214,6 +217,13 @@ Status d2sd_select(const TensorView& trunk_token, const TensorView& trunk_logpro
                    const TensorView& boundary, const TensorView& branch_token,
                    const TensorView& branch_logprob, int64_t budget, const TensorView* root_token,
                    const TreeView& tree, Stream stream);
+// The CUDA path needs a uint8 workspace of d2sd_select_workspace_bytes(B, L1, K, L2, budget)
+// bytes when that is > 0 (large pools; the CPU path ignores it).
+size_t d2sd_select_workspace_bytes(int64_t B, int64_t L1, int64_t K, int64_t L2, int64_t budget);
+Status d2sd_select(const TensorView& trunk_token, const TensorView& trunk_logprob,
+                   const TensorView& boundary, const TensorView& branch_token,
+                   const TensorView& branch_logprob, int64_t budget, const TensorView* root_token,
+                   const TreeView& tree, const TensorView* workspace, Stream stream);
 
 // ---- tree_attention -------------------------------------------------------------------------
 // Attention of a draft tree's N query rows over the committed prefix + the tree (DESIGN.md §3.4).

@@ -544,7 +544,7 @@ Status taps_select(const TensorView& pool_token, const TensorView& pool_parent,
   return cpu::taps_select(pool_token, pool_parent, pool_size, log_qc, budget, tree);
 }
 
-// ---- d2sd (CPU only for now) ----------------------------------------------------------------
+// ---- d2sd -----------------------------------------------------------------------------------
 
 Status check_d2sd_boundaries(const TensorView& trunk_logprob, const TensorView& boundary) {
   DIFFTREE_RETURN_IF_ERROR(checks::ndim(trunk_logprob, "trunk_logprob", 2, "[B, L]"));
@@ -560,13 +560,24 @@ Status check_d2sd_boundaries(const TensorView& trunk_logprob, const TensorView& 
     os << "boundary: expected K in [1, L = " << L << "] boundaries, got K = " << boundary.shape[1];
     return InvalidValue(os.str());
   }
-  return cpu_only(trunk_logprob, "d2sd_boundaries");
+  if (trunk_logprob.device == DeviceType::kCUDA && L > kMaxBudget)
+    return InvalidValue("trunk_logprob: the CUDA d2sd_boundaries supports L <= 4096, got L = " +
+                        std::to_string(L));
+  return Status::Ok();
 }
 
 Status d2sd_boundaries(const TensorView& trunk_logprob, const TensorView& boundary,
                        Stream stream) {
-  (void)stream;
   DIFFTREE_RETURN_IF_ERROR(check_d2sd_boundaries(trunk_logprob, boundary));
+  if (trunk_logprob.device == DeviceType::kCUDA) {
+#ifdef DIFFTREE_WITH_CUDA
+    return cuda::d2sd_boundaries(trunk_logprob, boundary, stream);
+#else
+    (void)stream;
+    return cuda_not_compiled("d2sd_boundaries");
+#endif
+  }
+  (void)stream;
   return cpu::d2sd_boundaries(trunk_logprob, boundary);
 }
 
@@ -602,17 +613,59 @@ Status check_d2sd_select(const TensorView& trunk_token, const TensorView& trunk_
     DIFFTREE_RETURN_IF_ERROR(
         index_tensor(*root_token, "root_token", trunk_logprob, "trunk_logprob"));
   }
-  return cpu_only(trunk_logprob, "d2sd_select");
+  if (trunk_logprob.device == DeviceType::kCUDA && 1 + L1 + K * L2 > 65536) {
+    std::ostringstream os;
+    os << "branch_logprob: the CUDA d2sd_select supports tries of at most 65536 rows (1 + L1 + K "
+          "* L2), got "
+       << 1 + L1 + K * L2;
+    return InvalidValue(os.str());
+  }
+  return Status::Ok();
+}
+
+size_t d2sd_select_workspace_bytes(int64_t B, int64_t L1, int64_t K, int64_t L2, int64_t budget) {
+#ifdef DIFFTREE_WITH_CUDA
+  return cuda::d2sd_select_workspace_bytes(B, L1, K, L2, budget);
+#else
+  (void)B, (void)L1, (void)K, (void)L2, (void)budget;
+  return 0;
+#endif
 }
 
 Status d2sd_select(const TensorView& trunk_token, const TensorView& trunk_logprob,
                    const TensorView& boundary, const TensorView& branch_token,
                    const TensorView& branch_logprob, int64_t budget, const TensorView* root_token,
                    const TreeView& tree, Stream stream) {
-  (void)stream;
+  return d2sd_select(trunk_token, trunk_logprob, boundary, branch_token, branch_logprob, budget,
+                     root_token, tree, nullptr, stream);
+}
+
+Status d2sd_select(const TensorView& trunk_token, const TensorView& trunk_logprob,
+                   const TensorView& boundary, const TensorView& branch_token,
+                   const TensorView& branch_logprob, int64_t budget, const TensorView* root_token,
+                   const TreeView& tree, const TensorView* workspace, Stream stream) {
   DIFFTREE_RETURN_IF_ERROR(check_d2sd_select(trunk_token, trunk_logprob, boundary, branch_token,
                                              branch_logprob, budget, root_token));
   DIFFTREE_RETURN_IF_ERROR(tree_for_budget(tree, trunk_logprob, budget));
+  if (trunk_logprob.device == DeviceType::kCUDA) {
+#ifdef DIFFTREE_WITH_CUDA
+    const size_t need =
+        cuda::d2sd_select_workspace_bytes(trunk_logprob.shape[0], trunk_logprob.shape[1],
+                                          boundary.shape[1], branch_logprob.shape[2], budget);
+    DIFFTREE_RETURN_IF_ERROR(
+        checked_workspace(workspace, need, trunk_logprob, "trunk_logprob", "d2sd_select",
+                          "d2sd_select_workspace_bytes(B, L1, K, L2, budget)"));
+    return cuda::d2sd_select(trunk_token, trunk_logprob, boundary, branch_token, branch_logprob,
+                             budget, root_token, tree, need > 0 ? workspace->data : nullptr, need,
+                             stream);
+#else
+    (void)workspace;
+    (void)stream;
+    return cuda_not_compiled("d2sd_select");
+#endif
+  }
+  (void)workspace;
+  (void)stream;
   return cpu::d2sd_select(trunk_token, trunk_logprob, boundary, branch_token, branch_logprob,
                           root_token, tree);
 }
