@@ -233,3 +233,24 @@ def test_select_errors() -> None:
         ops.d2sd_select(trunk, tlp, boundary, branch, blp, 8, torch.tensor([1, 2]))
     with pytest.raises((TypeError, ValueError), match="branch_logprob"):
         ops.d2sd_select(trunk, tlp, boundary, branch, blp.double(), 8)
+
+
+def test_policy_reads_no_host_value() -> None:
+    """redraft_blocks and select stay on the logits' device: no Python-level host read (on
+    CUDA tests/ops/test_cuda_d2sd.py also sets the CUDA sync debug mode to "error")."""
+    from tests.conftest import random_logits
+
+    from difftree_rt.engine.graph import forbid_host_sync
+    from difftree_rt.engine.policies import PolicyInput
+    from difftree_rt.policies.d2sd import D2SDPolicy
+
+    gen = torch.Generator().manual_seed(0)
+    policy = D2SDPolicy(budget=40, k=4)
+    inputs = PolicyInput(draft_logits=random_logits(gen, 1, 15, 300), root_token=torch.tensor([3]))
+    with forbid_host_sync():
+        blocks = policy.redraft_blocks(inputs, 16, 299)
+    R = blocks.shape[1]
+    inputs.branch_logits = random_logits(gen, R, 15, 300).reshape(1, R, 15, 300)
+    with forbid_host_sync():
+        tree = policy.select(inputs)
+    assert_tree_invariants(tree)

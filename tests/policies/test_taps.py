@@ -163,3 +163,61 @@ def test_selection_is_the_global_top_budget_by_reach(seed: int) -> None:
     m = int(got.num_nodes[0])
     want = torch.sort(reach[1:], descending=True).values[: m - 1]
     torch.testing.assert_close(got.score[0, 1:m], want, rtol=0, atol=1e-5)
+
+
+# ---- the device-form pool and q_cond (torch ops) against the numpy reference -----------------
+
+
+def _pool_case(seed: int):
+    gen = torch.Generator().manual_seed(10_000 + seed)
+    B, L = 1 + seed % 3, [1, 2, 5, 7, 15][seed % 5]
+    V = [1, 2, 5, 40, 300][(seed // 5) % 5]
+    width, P = [1, 2, 3, 8, 40, 100][seed % 6], [1, 6, 30, 90, 300][(seed // 6) % 5]
+    x = random_logits(gen, B, L, V, ties=seed % 3 == 0, neg_inf=seed % 4 == 0)
+    K = max(1, min(width, V)) if seed % 7 else max(1, min(V, width + 3))  # K > width too
+    token, logprob = ops.topk_logprobs(x, K)
+    root = None if seed % 11 == 0 else torch.randint(0, V, (B,), generator=gen)
+    return token, logprob, width, P, root
+
+
+@pytest.mark.parametrize("seed", range(150))
+def test_device_form_pool_matches_numpy_reference(seed: int) -> None:
+    from difftree_rt.policies import taps_reference as ref
+
+    token, logprob, width, P, root = _pool_case(seed)
+    got = taps_pool(token, logprob, width, P, root)
+    want = ref.taps_pool(token, logprob, width, P, root)
+    for name in ("token", "parent", "depth", "rank", "size"):
+        assert torch.equal(getattr(got, name), getattr(want, name)), name
+    assert torch.equal(got.score.view(torch.int32), want.score.view(torch.int32))
+    assert got.max_depth == want.max_depth
+    # Fixed shapes: every request has the same number of rows, known from the shapes alone.
+    assert got.token.shape == (token.shape[0], P + 1)
+    # marginal: exact; fallback: equal bits wherever the reference's lp - lse does not cancel
+    # (|log q_cond| > 1e-6), ~1e-15 absolute where it does (the device form is accurate there).
+    m_got, m_want = marginal_log_qc(got, logprob), ref.marginal_log_qc(want, logprob)
+    assert torch.equal(m_got.view(torch.int32), m_want.view(torch.int32))
+    f_got, f_want = fallback_log_qc(got, logprob), ref.fallback_log_qc(want, logprob)
+    assert f_got.dtype == torch.float32 and f_got.shape == f_want.shape
+    far = f_want.abs() > 1e-6
+    assert torch.equal(f_got[far], f_want[far])
+    assert float((f_got - f_want).abs().max()) <= 1e-12
+    assert bool((f_got <= 0).all()) and not bool(torch.signbit(f_got[f_got == 0]).any())
+
+
+def test_device_form_pool_builds_no_host_value() -> None:
+    from difftree_rt.engine.graph import forbid_host_sync
+    from difftree_rt.engine.policies import PolicyInput
+    from difftree_rt.policies import TapsPolicy
+
+    token, logprob, root, _ = _candidates(5, 2, 15, 300, 40)
+    with forbid_host_sync():
+        pool = taps_pool(token, logprob, 40, 80, root)
+        fallback_log_qc(pool, logprob)
+        marginal_log_qc(pool, logprob)
+    logits = random_logits(torch.Generator().manual_seed(1), 1, 15, 300)
+    for scorer in (None, "marginal"):
+        policy = TapsPolicy(budget=32, scorer=scorer)
+        with forbid_host_sync():
+            tree = policy.select(PolicyInput(draft_logits=logits, root_token=torch.tensor([3])))
+        assert_tree_invariants(tree)

@@ -133,16 +133,14 @@ class D2SDPolicy(DraftPolicy):
         logits = inputs.draft_logits
         L1 = logits.shape[1]
         token, logprob = ops.topk_logprobs(logits, 1)
-        # The selectors run on the host for now (like caddtree/presto/taps): [B, L1] is tiny.
-        trunk_token, trunk_logprob = token[..., 0].cpu(), logprob[..., 0].cpu()
+        # Everything stays on the logits' device (cuda/d2sd.cu on CUDA): no host read here.
+        trunk_token, trunk_logprob = token[..., 0].contiguous(), logprob[..., 0].contiguous()
         # A branch needs a first-draft token to keep and a slot to re-draft: i < min(L1, L2).
         # r(i) for those i reads only the first min(L1, L2) confidences.
         m = min(L1, block_size - 1)
         boundary = ops.d2sd_boundaries(trunk_logprob[:, :m].contiguous(), min(self.k, m))
         inputs.state["d2sd"] = (trunk_token, trunk_logprob, boundary)
-        return branch_blocks(
-            inputs.root_token, token[..., 0], boundary, block_size, mask_token_id
-        ).to(logits.device)
+        return branch_blocks(inputs.root_token, trunk_token, boundary, block_size, mask_token_id)
 
     def select(self, inputs: PolicyInput) -> DraftTree:
         from .. import ops
@@ -157,11 +155,12 @@ class D2SDPolicy(DraftPolicy):
         B, R, L2, V = branch.shape
         width = 2 if self.alternative and V > 1 else 1
         token, logprob = ops.topk_logprobs(branch.reshape(B * R, L2, V), width)
-        token = token.reshape(B, R, L2, width).cpu()
-        logprob = logprob.reshape(B, R, L2, width).cpu()
+        token = token.reshape(B, R, L2, width)
+        logprob = logprob.reshape(B, R, L2, width)
         branch_token, branch_logprob = branch_rows(
             trunk_token, boundary, token, logprob, self.alternative
         )
+        # On the trunk's device: cuda/d2sd.cu for CUDA logits (bit-identical), no host read.
         tree = ops.d2sd_select(
             trunk_token,
             trunk_logprob,
@@ -169,7 +168,7 @@ class D2SDPolicy(DraftPolicy):
             branch_token,
             branch_logprob,
             self.budget,
-            inputs.root_token.cpu(),
+            inputs.root_token.to(trunk_token.device),
         )
         return tree.to(inputs.draft_logits.device)
 

@@ -20,9 +20,9 @@ Three steps per round (request b):
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -52,45 +52,41 @@ class TapsPool:
     size: Tensor
     max_depth: int
 
+    def to(self, device: torch.device | str) -> TapsPool:
+        """The same pool on ``device``."""
+        t = (self.token, self.parent, self.depth, self.rank, self.score, self.size)
+        return TapsPool(*(x.to(device) for x in t), self.max_depth)
 
-def _pool_one(lp: np.ndarray, width: int, pool_size: int):
-    """Beam over one request's ``[L, K]`` log-probs; returns per pool row (root excluded)
-    (parent row, depth, rank, score) in the pool's order."""
-    L, K = lp.shape
-    if L == 0 or K == 0:
-        z = np.zeros(0, dtype=np.int64)
-        return z, z, z, np.zeros(0, dtype=np.float32)
-    k = min(K, width)
-    nodes_score, nodes_depth, nodes_par, nodes_rank = [], [], [], []  # per depth, beam order
-    prev = np.zeros(1, dtype=np.float32)
-    for d in range(L):
-        # (parent i, rank r) is preceded by every (i' <= i, r' <= r) (parents sorted, ranks
-        # sorted, ties -> parent-major index), so only (i + 1)(r + 1) <= width can make the
-        # beam: ~width log(width) candidates instead of width x k.
-        per = np.minimum(width // np.arange(1, len(prev) + 1), k)
-        par = np.repeat(np.arange(len(prev)), per)
-        rk = np.arange(len(par)) - np.repeat(np.cumsum(per) - per, per)
-        flat = prev[par] + lp[d, rk]  # fp32; (par, rk) ascending = parent-major order
-        keep = np.argsort(-flat, kind="stable")[:width]
-        nodes_score.append(flat[keep])
-        nodes_par.append(par[keep])
-        nodes_rank.append(rk[keep])
-        nodes_depth.append(np.full(len(keep), d + 1))
-        prev = flat[keep]
-    score = np.concatenate(nodes_score)
-    depth = np.concatenate(nodes_depth)
-    beam_par = np.concatenate(nodes_par)
-    rank = np.concatenate(nodes_rank)
-    offset = np.cumsum([0] + [len(s) for s in nodes_score])  # start of each depth in `score`
-    order = np.argsort(-score, kind="stable")[:pool_size]  # depth-major concat: ties -> shallower
-    row = np.full(len(score), -1, dtype=np.int64)
-    row[order] = np.arange(1, len(order) + 1)
-    parent = np.empty(len(order), dtype=np.int64)
-    for j, g in enumerate(order):
-        d = depth[g]
-        parent[j] = 0 if d == 1 else row[offset[d - 2] + beam_par[g]]
-    assert (parent >= 0).all() and (parent < np.arange(1, len(order) + 1)).all()
-    return parent, depth[order], rank[order], score[order]
+
+def _rank_key(score: Tensor, idx: Tensor) -> Tensor:
+    """int64 keys ordering (score desc, idx asc), larger = better; -0.0 == 0.0 (as a float
+    comparison sort); unique whenever ``idx`` is."""
+    bits = (score + 0.0).view(torch.int32).to(torch.int64)  # -0.0 + 0.0 = +0.0
+    ordered = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits)  # monotone in the float value
+    return ordered * (1 << 32) + ((1 << 32) - 1 - idx)
+
+
+@functools.lru_cache(maxsize=64)
+def _beam_candidates(prev: int, width: int, k: int, device: str) -> tuple[Tensor, Tensor]:
+    """The beam's candidates at one depth: (parent beam index, rank) int64 ``[C]`` in parent-major
+    order, only those with ``(i + 1)(r + 1) <= width`` (the others cannot make the beam: every
+    (i' <= i, r' <= r) precedes them). Built on the device from shapes only (no host copy)."""
+    c = sum(min(width // (i + 1), k) for i in range(prev))
+    per = torch.clamp(width // torch.arange(1, prev + 1, device=device), max=k)
+    ends = torch.cumsum(per, 0)
+    idx = torch.arange(c, device=device)
+    par = torch.searchsorted(ends, idx, right=True)
+    return par, idx - (ends - per)[par]
+
+
+@functools.lru_cache(maxsize=64)
+def _parent_starts(widths: tuple[int, ...], device: str) -> Tensor:
+    """int64 ``[Σ widths]``: for each beam node (depths concatenated), where the beam of the
+    depth above starts in the concatenation (0 at depth 1). Fills only (no host copy)."""
+    starts = [0] + [sum(widths[: d - 1]) for d in range(1, len(widths))]
+    return torch.cat(
+        [torch.full((w,), s, dtype=torch.int64, device=device) for w, s in zip(widths, starts)]
+    )
 
 
 def taps_pool(
@@ -100,41 +96,88 @@ def taps_pool(
     pool_size: int,
     root_token: Tensor | None = None,
 ) -> TapsPool:
-    """The TAPS candidate pool (module docstring, step 1) of ``[B, L, K]`` CPU candidates."""
+    """The TAPS candidate pool (module docstring, step 1) of ``[B, L, K]`` candidates, on their
+    device with torch ops of fixed shapes (no host read): the pool has ``min(pool_size, beam
+    nodes) + 1`` rows for every request, a number that depends on the shapes only.
+    Bit-identical to the numpy form ``difftree_rt.policies.taps_reference.taps_pool``: the same
+    fp32 sums, and both orders (per-depth beam, pool) are exact top-k selections over unique
+    integer keys (score desc, then candidate index) instead of stable sorts."""
     if width < 1 or pool_size < 1:
         raise ValueError(f"width and pool_size must be >= 1, got {width}, {pool_size}")
-    B, L, _ = cand_logprob.shape
-    lp_all = cand_logprob.detach().cpu().to(torch.float32).numpy()
-    tok_all = cand_token.detach().cpu().to(torch.int64).numpy()
+    B, L, K = cand_logprob.shape
+    dev = cand_logprob.device
+    lp = cand_logprob.detach().to(torch.float32)
     P1 = pool_size + 1
-    token = np.full((B, P1), -1, dtype=np.int64)
-    parent = np.full((B, P1), -1, dtype=np.int64)
-    depth = np.zeros((B, P1), dtype=np.int64)
-    rank = np.full((B, P1), -1, dtype=np.int64)
-    score = np.full((B, P1), -np.inf, dtype=np.float32)
-    size = np.zeros(B, dtype=np.int64)
-    for b in range(B):
-        par, dep, rk, sc = _pool_one(lp_all[b], width, pool_size)
-        n = len(par) + 1
-        token[b, 0] = int(root_token[b]) if root_token is not None else 0
-        score[b, 0] = 0.0
-        token[b, 1:n] = tok_all[b, dep - 1, rk]
-        parent[b, 1:n], depth[b, 1:n], rank[b, 1:n], score[b, 1:n] = par, dep, rk, sc
-        size[b] = n
-    t = torch.from_numpy
-    return TapsPool(t(token), t(parent), t(depth), t(rank), t(score), t(size), L)
+    token = torch.full((B, P1), -1, dtype=torch.int64, device=dev)
+    parent = torch.full((B, P1), -1, dtype=torch.int64, device=dev)
+    depth = torch.zeros((B, P1), dtype=torch.int64, device=dev)
+    rank = torch.full((B, P1), -1, dtype=torch.int64, device=dev)
+    score = torch.full((B, P1), float("-inf"), dtype=torch.float32, device=dev)
+    token[:, 0] = 0 if root_token is None else root_token.to(device=dev, dtype=torch.int64)
+    score[:, 0] = 0.0
+    if L == 0 or K == 0 or B == 0:
+        return TapsPool(
+            token, parent, depth, rank, score, torch.ones(B, dtype=torch.int64, device=dev), L
+        )
+    k = min(K, width)
+    # The beam, depth by depth: best `width` of (beam at d - 1) x (top-k at d).
+    prev = torch.zeros((B, 1), dtype=torch.float32, device=dev)
+    scores, bpars, ranks, depths = [], [], [], []
+    for d in range(L):
+        cpar, crk = _beam_candidates(prev.shape[1], width, k, str(dev))
+        flat = prev[:, cpar] + lp[:, d, crk]  # fp32, parent-major candidate order
+        w = min(width, flat.shape[1])
+        keep = torch.topk(_rank_key(flat, torch.arange(flat.shape[1], device=dev)), w).indices
+        prev = flat.gather(1, keep)
+        scores.append(prev)
+        bpars.append(cpar[keep])
+        ranks.append(crk[keep])
+        depths.append(torch.full((w,), d + 1, dtype=torch.int64, device=dev))
+    all_score = torch.cat(scores, 1)  # [B, T] depth-major, beam order within a depth
+    all_rank = torch.cat(ranks, 1)
+    all_depth = torch.cat(depths)
+    # Concat index of each node's parent beam node: the start of depth d - 1 in the
+    # concatenation + the parent's beam index (depth 1: the root, patched below).
+    par_concat = _parent_starts(tuple(t.shape[1] for t in scores), str(dev))
+    par_concat = par_concat + torch.cat(bpars, 1)  # [B, T]
+    T = all_score.shape[1]
+    P = min(pool_size, T)
+    order = torch.topk(_rank_key(all_score, torch.arange(T, device=dev)), P).indices  # [B, P]
+    row = torch.full((B, T), -1, dtype=torch.int64, device=dev)
+    row.scatter_(1, order, torch.arange(1, P + 1, device=dev).expand(B, P).contiguous())
+    par_all = torch.where(all_depth == 1, 0, row.gather(1, par_concat))
+    dep = all_depth[order]
+    rk = all_rank.gather(1, order)
+    flat_tok = cand_token.detach().to(device=dev, dtype=torch.int64).reshape(B, L * K)
+    token[:, 1 : P + 1] = flat_tok.gather(1, (dep - 1) * K + rk)
+    parent[:, 1 : P + 1] = par_all.gather(1, order)
+    depth[:, 1 : P + 1] = dep
+    rank[:, 1 : P + 1] = rk
+    score[:, 1 : P + 1] = all_score.gather(1, order)
+    size = torch.full((B,), P + 1, dtype=torch.int64, device=dev)
+    return TapsPool(token, parent, depth, rank, score, size, L)
+
+
+def _pool_rows(pool: TapsPool) -> Tensor:
+    """bool ``[B, P1]``: the valid non-root rows (1 <= row < size)."""
+    j = torch.arange(pool.token.shape[1], device=pool.token.device)
+    return (j >= 1) & (j < pool.size.to(pool.token.device)[:, None])
+
+
+def _child_logprob(pool: TapsPool, lp: Tensor, rows: Tensor) -> Tensor:
+    """``lp[b, depth - 1, rank]`` per pool row (0 where not ``rows``), in lp's dtype."""
+    B, L, K = lp.shape
+    idx = torch.where(rows, (pool.depth - 1).clamp(min=0) * K + pool.rank.clamp(min=0), 0)
+    return torch.where(rows, lp.reshape(B, L * K).gather(1, idx), 0.0)
 
 
 def marginal_log_qc(pool: TapsPool, cand_logprob: Tensor) -> Tensor:
     """``log q_cond = log q_d(child)``, the draft marginal itself: reach = the DDTree score, so
     the selection is DDTree restricted to the pool (exactly DDTree when the pool contains the
-    DDTree tree, e.g. ``width >= budget`` and ``pool_size >= budget``)."""
-    lp = cand_logprob.detach().cpu().to(torch.float32)
-    out = torch.zeros(pool.token.shape, dtype=torch.float32)
-    for b in range(lp.shape[0]):
-        n = int(pool.size[b])
-        out[b, 1:n] = lp[b, pool.depth[b, 1:n] - 1, pool.rank[b, 1:n]]
-    return out
+    DDTree tree, e.g. ``width >= budget`` and ``pool_size >= budget``). On the pool's device,
+    fixed shapes, exact."""
+    lp = cand_logprob.detach().to(device=pool.token.device, dtype=torch.float32)
+    return _child_logprob(pool, lp, _pool_rows(pool)).to(torch.float32)
 
 
 def fallback_log_qc(pool: TapsPool, cand_logprob: Tensor) -> Tensor:
@@ -151,31 +194,51 @@ def fallback_log_qc(pool: TapsPool, cand_logprob: Tensor) -> Tensor:
     keeps the tail outside the lattice only: lattice tokens the beam dropped under u are taken
     as unlikely given u. A parent whose pool children carry most of the depth's mass keeps
     q_cond ≈ q_d; a parent with one likely pool child passes nearly all of its reach on.
+
+    On the pool's device with fixed shapes (no host read), for pools built by :func:`taps_pool`
+    from sorted candidates: a parent's pool children are its ranks 0..n_u - 1 at the next depth
+    (a child outranks its later siblings in the beam and the pool), so the max of the
+    logsumexp is the depth's ``max(lp[d, 0], log tail_d)`` and the sum over ``C(u)`` is a prefix
+    sum over ranks, accumulated in rank order as the numpy reference
+    (``taps_reference.fallback_log_qc``) does. The rank-0 child (the only one whose q_cond can
+    approach 1) is evaluated as ``-log1p((Σ_{1<=r<n_u} q_r + tail_d) / q_0)``, accurate to a
+    few f64 ulps relative where ``lp - lse`` cancels, so the f32 result does not depend on the
+    implementation's exp/log and summation order (CPU and CUDA agree bit for bit but for values
+    within ~1e-15 relative of an f32 rounding boundary). The numpy reference evaluates
+    ``lp - lse`` everywhere: equal bits for |log q_cond| above ~1e-6, agreement to ~1e-15
+    absolute below.
     """
-    lp_t = cand_logprob.detach().cpu().to(torch.float64).numpy()
-    B = lp_t.shape[0]
-    with np.errstate(divide="ignore"):
-        log_tail = np.log(np.maximum(0.0, 1.0 - np.exp(lp_t).sum(axis=2)))  # [B, L]
-    out = np.zeros(pool.token.shape, dtype=np.float32)
-    for b in range(B):
-        n = int(pool.size[b])
-        if n <= 1:
-            continue
-        par = pool.parent[b, 1:n].numpy()
-        dep = pool.depth[b, 1:n].numpy()
-        lp = lp_t[b, dep - 1, pool.rank[b, 1:n].numpy()]
-        m = np.full(n, -np.inf)
-        np.maximum.at(m, par, lp)
-        lt = log_tail[b, dep - 1]  # the child's depth's tail, same for all children of u
-        np.maximum.at(m, par, lt)
-        s = np.zeros(n)
-        np.add.at(s, par, np.exp(lp - m[par]))
-        tail_at = np.full(n, -np.inf)
-        tail_at[par] = lt
-        with np.errstate(invalid="ignore"):  # rows without children: -inf - -inf, unused
-            lse = m + np.log(s + np.exp(tail_at - m))
-        out[b, 1:n] = np.minimum(lp - lse[par], 0.0).astype(np.float32)
-    return torch.from_numpy(out)
+    dev = pool.token.device
+    lp = cand_logprob.detach().to(device=dev, dtype=torch.float64)
+    B, L, K = lp.shape
+    P1 = pool.token.shape[1]
+    if L == 0 or K == 0:
+        return torch.zeros((B, P1), dtype=torch.float32, device=dev)
+    log_tail = torch.log(torch.clamp(1.0 - torch.exp(lp).sum(dim=2), min=0.0))  # [B, L]
+    m = torch.maximum(lp[:, :, 0], log_tail)  # [B, L]: the logsumexp shift of depth d's parents
+    e = torch.exp(lp - m[:, :, None])  # [B, L, K]
+    csum = torch.cumsum(e, dim=2)  # Σ_{r' <= r}, in rank order (sequential on the CPU)
+    csum1 = torch.cumsum(torch.cat([torch.zeros_like(e[:, :, :1]), e[:, :, 1:]], 2), dim=2)
+    rows = _pool_rows(pool)
+    par = torch.where(rows, pool.parent, 0)
+    # n_u - 1 = the largest rank among u's children (-1 for a childless row).
+    last = torch.full((B, P1), -1, dtype=torch.int64, device=dev)
+    last = last.scatter_reduce(1, par, torch.where(rows, pool.rank, -1), "amax")
+    d = torch.where(rows, pool.depth - 1, 0)  # the child's depth - 1 (its parent's children's)
+    at = d * K + last.gather(1, par).clamp(min=0)  # [B, P1]: (depth, n_u - 1) of each child
+    md = m.gather(1, d)
+    tail = torch.exp(log_tail.gather(1, d) - md)
+    lpc = _child_logprob(pool, lp, rows)
+    # Rank r >= 1 (q_cond <= 1/2): lp - logsumexp, as the reference.
+    lse = md + torch.log(csum.reshape(B, L * K).gather(1, at) + tail)
+    other = lpc - lse
+    # Rank 0 (q_cond up to 1): -log1p(mass of the other outcomes / its own), accurate near 0
+    # where lp - lse cancels (there the f64 noise of exp/log would decide the f32 bits).
+    e0 = e[:, :, 0].gather(1, d)
+    first = -torch.log1p((csum1.reshape(B, L * K).gather(1, at) + tail) / e0)
+    lq = torch.where(pool.rank == 0, first, other)
+    out = (torch.clamp(lq, max=0.0) + 0.0).to(torch.float32)  # + 0.0: no -0.0
+    return torch.where(rows, out, 0.0)
 
 
 class TapsPolicy(DraftPolicy):
@@ -213,11 +276,14 @@ class TapsPolicy(DraftPolicy):
         self.scorer = scorer
 
     def log_qc(self, pool: TapsPool, token: Tensor, logprob: Tensor, inputs: PolicyInput):
+        """``[B, P1]`` float32 on the pool's device. The built-in estimates run there; a
+        trained scorer runs on the host (it reads pool sizes per request)."""
         if self.scorer is None:
             return fallback_log_qc(pool, logprob)
         if self.scorer == "marginal":
             return marginal_log_qc(pool, logprob)
-        return self.scorer.log_qc(pool, token, logprob, inputs)
+        dev = pool.token.device
+        return self.scorer.log_qc(pool.to("cpu"), token.cpu(), logprob.cpu(), inputs).to(dev)
 
     def select(self, inputs: PolicyInput) -> DraftTree:
         from .. import ops
@@ -226,20 +292,13 @@ class TapsPolicy(DraftPolicy):
         V = logits.shape[-1]
         k = max(1, min(self.width, V))
         token, logprob = ops.topk_logprobs(logits, k)
-        token, logprob = token.cpu(), logprob.cpu()
-        root = inputs.root_token.cpu()
+        # Candidates, pool, q_cond (built-in estimates) and the selection (cuda/taps_select.cu,
+        # bit-identical) all stay on the logits' device: no host read on CUDA.
+        root = inputs.root_token.to(logits.device)
         pool = taps_pool(token, logprob, self.width, self.pool_size, root)
         log_qc = self.log_qc(pool, token, logprob, inputs)
-        # The pool and q_cond are built on the host (numpy); on CUDA logits the selection runs
-        # on the device (cuda/taps_select.cu, bit-identical) and the tree stays there.
-        dev = logits.device if logits.is_cuda else torch.device("cpu")
         tree = ops.taps_select(
-            pool.token.to(dev),
-            pool.parent.to(dev),
-            pool.size.to(dev),
-            log_qc.to(dev),
-            self.budget,
-            max_depth=pool.max_depth,
+            pool.token, pool.parent, pool.size, log_qc, self.budget, max_depth=pool.max_depth
         )
         return tree.to(logits.device)
 
