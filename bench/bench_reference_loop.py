@@ -108,6 +108,8 @@ REFERENCE_MODULES = ("ddtree", "dflash", "model", "model.dflash", "model.utils",
 #: Import-time dependencies of the reference that its decoding loop never uses.
 STUBBABLE = ("datasets", "loguru")
 SIDES = ("ref", "eager", "graph")
+#: ``--models`` name of the shipped trained pair (assets/reference_pair or $DIFFTREE_RT_PAIR).
+PAIR_NAME = "reference-pair"
 
 
 class ReferenceUnavailable(RuntimeError):
@@ -484,7 +486,8 @@ def run_config(
                     temperature=0.0, **extra,
                 )  # fmt: skip
                 acc = [int(a) - 1 for a in res.acceptance_lengths]  # theirs count the bonus
-                toks = res.output_ids[0, p.shape[1] :].tolist()
+                kept = int((p != mask_id).sum())  # they drop mask-id tokens, prompt included
+                toks = res.output_ids[0, kept:].tolist()
                 return toks, acc, 1.0 + sum(acc) / max(len(acc), 1)
 
             attn = target.config._attn_implementation
@@ -550,14 +553,14 @@ def run_config(
     for side in sides[1:]:
         rows = []
         for i, (a, b) in enumerate(zip(tokens[base], tokens[side])):
-            n = min(len(accepts[base][i]), len(accepts[side][i]))
+            # Common rounds except the last: our walk caps the final path at max_new (theirs
+            # accepts it whole, then truncates), and the reference loops one round more.
+            n = min(len(accepts[base][i]), len(accepts[side][i])) - 1
             a2, b2 = [t for t in a if t != mask_id], [t for t in b if t != mask_id]
             rows.append({
                 "prompt": i,
                 "tokens_equal": a2 == b2,
                 "first_diff": _first_diff(a2, b2),
-                # Common rounds only: the reference loops while its committed length is below
-                # prompt + max_new, one round more than needed to emit max_new tokens.
                 "accepted_equal": accepts[base][i][:n] == accepts[side][i][:n],
                 "rounds": [len(accepts[base][i]), len(accepts[side][i])],
                 "mask_tokens_skipped": len(a) - len(a2) + len(b) - len(b2),
@@ -618,11 +621,23 @@ def bench_model(
 ) -> dict[str, Any]:
     dtype = getattr(torch, args.dtype)
     t0 = time.perf_counter()
-    target = build_target(name, dtype, args.device, args.seed)
-    gen = torch.Generator(device=args.device).manual_seed(args.seed)
-    drafter = DFlashDrafter.for_target(
-        target, num_layers=args.drafter_layers, block_size=args.block_size, generator=gen
-    )
+    shipped = None
+    if name == PAIR_NAME:  # the shipped trained pair: real acceptance, for the parity check
+        from difftree_rt.cli.pair import default_pair_dir, encode, load_pair, load_prompts
+
+        pair_dir = default_pair_dir()
+        pair = load_pair(pair_dir / "target", pair_dir / "drafter", args.device, args.dtype)
+        target, drafter = pair.target, pair.drafter
+        texts = load_prompts(pair_dir / "prompts.json")[: args.prompts]
+        shipped = [encode(pair, t, args.device) for t in texts]
+        args.block_size = drafter.block_size
+        args.prompt_len = max(p.shape[1] for p in shipped)
+    else:
+        target = build_target(name, dtype, args.device, args.seed)
+        gen = torch.Generator(device=args.device).manual_seed(args.seed)
+        drafter = DFlashDrafter.for_target(
+            target, num_layers=args.drafter_layers, block_size=args.block_size, generator=gen
+        )
     ref_drafter = None
     with tempfile.TemporaryDirectory(prefix="difftree-refloop-") as tmp:
         if ref is not None:
@@ -631,8 +646,8 @@ def bench_model(
     vocab = target.config.vocab_size
     gen_cpu = torch.Generator().manual_seed(args.seed)
     # Prompt ids avoid the drafter's mask id (the reference strips that id from its output).
-    prompts = []
-    for _ in range(args.prompts):
+    prompts = shipped or []
+    for _ in range(0 if shipped else args.prompts):
         p = torch.randint(0, vocab - 1, (1, args.prompt_len), generator=gen_cpu)
         p[p >= drafter.mask_token_id] += 1
         prompts.append(p.to(args.device))
@@ -644,7 +659,7 @@ def bench_model(
         for pol, b in configs
     ]
     out = {
-        "model": f"{name} (random weights)",
+        "model": "reference pair (trained)" if shipped else f"{name} (random weights)",
         "vocab": vocab,
         "build_s": build_s,
         "sides": sides,
@@ -664,7 +679,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--dry-run", action="store_true",
                     help="our side only (no reference): checks arguments and our loop")  # fmt: skip
     ap.add_argument("--tiny", action="store_true", help="CPU smoke test: tiny model, few rounds")
-    ap.add_argument("--models", nargs="+", default=["qwen3-8b"], choices=sorted(CONFIGS))
+    ap.add_argument("--models", nargs="+", default=["qwen3-8b"],
+                    choices=[*sorted(CONFIGS), PAIR_NAME],
+                    help=f"random-weight Qwen3 shapes; {PAIR_NAME}: the shipped trained pair "
+                         "(assets/reference_pair, its prompts: real acceptance)")  # fmt: skip
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--dtype", default=None, help="default bfloat16 on CUDA, float32 on CPU")
     ap.add_argument("--sides", nargs="+", default=list(SIDES), choices=SIDES)
@@ -694,7 +712,8 @@ def main(argv: list[str] | None = None) -> Path:
     ap = build_parser()
     args = ap.parse_args(argv)
     if args.tiny:
-        args.models, args.device = ["tiny"], "cpu"
+        args.models = [PAIR_NAME] if args.models == [PAIR_NAME] else ["tiny"]
+        args.device = "cpu"
         args.budgets, args.prompt_len, args.max_new_tokens = [8], 16, 12
         args.block_size, args.repeats, args.runs, args.prompts = 8, 2, 1, 2
         torch.set_num_threads(1)
@@ -748,7 +767,8 @@ def main(argv: list[str] | None = None) -> Path:
 def report(models: list[dict[str, Any]], args: argparse.Namespace, ref: Reference | None) -> None:
     print(f"device {args.device}, dtype {args.dtype}, prompt {args.prompt_len}, "
           f"{args.max_new_tokens} new tokens, {args.prompts} prompts x {args.runs} runs, "
-          f"random weights, greedy")  # fmt: skip
+          f"greedy, no stop tokens; ms/round, forward, overhead: medians over requests, "
+          f"p10/p90: single rounds")  # fmt: skip
     if ref is not None:
         stubs = f", stubbed: {', '.join(ref.stubs)}" if ref.stubs else ""
         print(f"reference {ref.path} @ {ref.commit[:12]}{stubs}; stage syncs "
@@ -772,8 +792,8 @@ def report(models: list[dict[str, Any]], args: argparse.Namespace, ref: Referenc
                 )
                 rows.append([
                     m["model"], r["policy"], r["budget"], side, f"{s['tau']:.2f}",
-                    f"{s['ms_per_round']['median']:.3f}", f"{s['ms_per_round']['p10']:.3f}",
-                    f"{s['ms_per_round']['p90']:.3f}",
+                    f"{s['ms_per_round']['median']:.3f}", f"{s['single_round_ms']['p10']:.3f}",
+                    f"{s['single_round_ms']['p90']:.3f}",
                     f"{s['forward_ms_per_round']['median']:.3f}",
                     f"{s['overhead_ms_per_round']['median']:.3f}",
                     f"{100 * s['overhead_frac']['median']:.1f}", ok,

@@ -177,14 +177,23 @@ def test_dry_run_tiny(tmp_path: Path) -> None:
     not os.environ.get("DIFFTREE_DDTREE_REF"),
     reason="set DIFFTREE_DDTREE_REF to a checkout of liranringel/ddtree",
 )
-def test_reference_tiny_parity(tmp_path: Path, clean_imports: None) -> None:
+@pytest.mark.parametrize("model", ["tiny", brl.PAIR_NAME])
+def test_reference_tiny_parity(tmp_path: Path, clean_imports: None, model: str) -> None:
+    """Random tiny pair, and the shipped trained pair (real acceptance, tau > 1)."""
     ref = os.environ["DIFFTREE_DDTREE_REF"]
-    path = brl.main(["--reference", ref, "--tiny", "--out-dir", str(tmp_path)])
+    argv = ["--reference", ref, "--tiny", "--models", model, "--out-dir", str(tmp_path)]
+    if model == brl.PAIR_NAME:
+        if not (brl.Path(brl.__file__).parents[1] / "assets/reference_pair/drafter").is_dir():
+            pytest.skip("the shipped reference pair is not there")
+        argv += ["--max-new-tokens", "32"]
+    path = brl.main(argv)
     result = json.loads(path.read_text())
     assert len(result["reference"]["commit"]) == 40
-    (model,) = result["models"]
-    assert model["sides"] == ["ref", "eager", "graph"]
-    for r in model["runs"]:
+    (res,) = result["models"]
+    assert res["sides"] == ["ref", "eager", "graph"]
+    for r in res["runs"]:
         assert r["speedup_eager"]["round"] > 0 and r["speedup_graph"]["round"] > 0
         for rows in r["parity"].values():  # fp32 on CPU: the same tokens and accepted lengths
             assert all(p["tokens_equal"] and p["accepted_equal"] for p in rows), rows
+        if model == brl.PAIR_NAME:
+            assert r["sides"]["ref"]["tau"] > 1.2 and r["sides"]["eager"]["tau"] > 1.2
