@@ -358,6 +358,12 @@ def stage_vp_drafter(
     return result.finished
 
 
+# Run-specific note for the card's VP section (the shipped vp_drafter/).
+VP_NOTES = (
+    "Wall time 25 min for the 1500 steps (3 resumable chunks, 1 thread, CPU shared with other "
+    "jobs) + ~3 min for the export and the accuracy measurement."
+)
+
 # Visible-prefix lengths of the card's VP-vs-plain accuracy table.
 VP_EVAL_PREFIXES = (0, 2, 4, 8)
 
@@ -412,8 +418,8 @@ def stage_vp_export(work: Path, out: Path, preset_name: str, device: torch.devic
         "steps": ckpt["step"],
         "log": ckpt["extra"].get("log", []),
         "prefix_accuracy": {
-            "data": f"{len(windows)} held-out windows of {ctx} tokens x {anchors} anchors "
-            "(seed 0; the same blocks for every p and both drafters)",
+            "data": f"{len(windows)} held-out windows of {ctx} tokens x {anchors} anchors, "
+            "seed 0, the same blocks for every p and drafter",
             "wall_s": round(time.monotonic() - t_start, 1),
             "dtype": "fp32 compute (bf16 weights as shipped)",
             "results": accuracy,
@@ -552,6 +558,19 @@ def _vp_card(vp: dict[str, Any], out: Path) -> list[str]:
     geom = cfg["prefix_geom"]
     plain, var = acc["results"]["drafter"], acc["results"]["vp_drafter"]
     masked = acc["results"].get("drafter_prefix_masked")
+    later = [p for p in plain if p != "0"]
+    summary = (
+        f"At p = 0 the VP drafter keeps the plain drafter's accuracy ({var['0']['acc1']:.3f} vs "
+        f"{plain['0']['acc1']:.3f}); with a visible prefix (p = {', '.join(later)}) it predicts "
+        f"the next token at {min(var[p]['acc1'] for p in later):.3f}-"
+        f"{max(var[p]['acc1'] for p in later):.3f}, where the plain drafter, prefix visible or "
+        f"not, gets {min(plain[p]['acc1'] for p in later):.3f}-"
+        f"{max(plain[p]['acc1'] for p in later):.3f}: the plain drafter cannot use the prefix "
+        "and decays with the slot depth, the VP drafter re-anchors at the boundary. That is "
+        "what D²SD's re-drafted rows need."
+        if later
+        else ""
+    )
     lines = [
         "## VP drafter (variable visible prefix, for D²SD)",
         "",
@@ -567,12 +586,14 @@ def _vp_card(vp: dict[str, Any], out: Path) -> list[str]:
         f"[x_a, x_a+1..x_a+p, MASK x ({cfg['block_size'] - 1} - p)], CE at the masked slots "
         f"only with the decay re-anchored at the boundary, exp(-(k-1-p)/γ). AdamW lr "
         f"{cfg['lr']}, {cfg['warmup']} warm-up steps, cosine to 10%, bf16 autocast.",
-        f"- Loss (EMA) by step: {_loss_points(vp['log'], 'loss')}.",
+        f"- Loss (EMA, over the p mix: not comparable with the plain drafter's) by step: "
+        f"{_loss_points(vp['log'], 'loss')}.",
         f"- First-masked-slot accuracy (EMA, over the p mix) by step: "
         f"{_loss_points(vp['log'], 'acc1')}.",
+        f"- {VP_NOTES}" if VP_NOTES else "",
         "",
         f"First-masked-slot accuracy on held-out text vs the visible prefix p ({acc['data']}; "
-        f"{acc['dtype']}); the plain drafter sees the same prefix tokens but was trained with "
+        f"{acc['dtype']}). The plain drafter sees the same prefix tokens but was trained with "
         'p = 0 only; "masked": the plain drafter with the prefix slots masked too (plain '
         "DFlash drafting of the same slots). `accepted`: mean slots right in a row from slot "
         "p + 1 (teacher-forced chain proxy).",
@@ -587,7 +608,7 @@ def _vp_card(vp: dict[str, Any], out: Path) -> list[str]:
             f"| {p} | {plain[p]['acc1']:.3f} | {mk['acc1']:.3f} | {var[p]['acc1']:.3f} | "
             f"{plain[p]['accepted']:.2f} | {mk['accepted']:.2f} | {var[p]['accepted']:.2f} |"
         )
-    lines += ["", f"Command: `{VP_COMMAND}` (trains, exports, measures).", ""]
+    lines += ["", summary, "", f"Command: `{VP_COMMAND}` (trains, exports, measures).", ""]
     return lines
 
 
@@ -624,8 +645,10 @@ def _offline_card(res: dict[str, Any]) -> list[str]:
             out.append(f"{ge}{r['tau_greedy']:.2f} / {ge}{r['tau_sampling']:.2f}")
         return " | ".join(out)
 
+    names = {"chain": "chain (L nodes)", "taps": "taps (fallback)", "taps-scorer": "taps (scorer)"}
     for policy in dict.fromkeys(r["policy"] for r in rows):
-        lines.append(f"| {policy} | {cells(rows, policy)} |")
+        name = names.get(policy, policy.replace("presto", "presto λ="))
+        lines.append(f"| {name} | {cells(rows, policy)} |")
     odd = res.get("odd_split")
     if odd:
         sc = odd["scorer"]
@@ -640,7 +663,7 @@ def _offline_card(res: dict[str, Any]) -> list[str]:
             "|---|" + "---:|" * len(budgets),
         ]
         for policy in ("ddtree", "taps", "taps-scorer"):
-            lines.append(f"| {policy} | {cells(odd['rows'], policy)} |")
+            lines.append(f"| {names.get(policy, policy)} | {cells(odd['rows'], policy)} |")
     lines += [
         "",
         f"Command: `{OFFLINE_COMMAND}`; the full table (coverage, tokens per unit cost) is "
@@ -692,6 +715,18 @@ def write_card(out: Path, bench_command: str = "") -> Path:
         "- `prompts.json`: held-out prompts (code up to a `def` line of held-out stdlib files).",
         "- `training_summary.json`: configs, loss logs, perplexities; `bench.json` + PNGs: "
         "the end-to-end measurement below.",
+    ]
+    if (out / "vp_drafter").exists():
+        lines.append(
+            f"- `vp_drafter/` ({_dir_size(out / 'vp_drafter') / 1e6:.1f} MB): the drafter "
+            "fine-tuned with variable visible prefixes for D²SD (below); same layout."
+        )
+    if (out / "offline_policies.json").exists():
+        lines.append(
+            "- `offline_policies.json`: the offline policy table below "
+            "(`bench/bench_policies_offline.py --pair reference`)."
+        )
+    lines += [
         "",
         "## Data",
         "",
