@@ -159,9 +159,11 @@ def main() -> None:
     vocab = int(trace.meta["vocab"])
     table = load_cost_table(args.cost_table)
     t1 = time.perf_counter()
-    live = f"live τ (ddtree@{trace.meta['record_budget']}) = {sum(taus) / len(taus):.3f}; "
+    live = ""
+    if taus:  # not with --trace-in
+        live = f"live τ (ddtree@{trace.meta['record_budget']}) = {sum(taus) / len(taus):.3f}; "
     print(f"pair={args.pair} V={vocab} sequences={len(trace.sequences)} "
-          f"rounds={len(trace.rounds)} {live if taus else ''}cost unit {table.unit}")  # fmt: skip
+          f"rounds={len(trace.rounds)} {live}cost unit {table.unit}")  # fmt: skip
     results = _policy_rows(trace, args.policies, args.budgets, args.lam, table)
     print(format_table(results))
     payload: dict[str, Any] = {
