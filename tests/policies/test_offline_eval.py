@@ -132,8 +132,13 @@ def test_d2sd_trace_scores_the_live_policy_tree_exactly(monkeypatch) -> None:  #
             assert torch.equal(tree.score[0, :n], want.score[0, :n])
             acc, covered, _, hits, nodes = _score_round(tree, r)
             assert covered and hits == nodes  # every branch row was verified: exact τ
-            # The joint tree contains the first draft's chain (24 >= L1 + 3 * L2 here).
-            assert acc >= _score_round(chain.tree(r, stream, 32), r)[0]
+            # The joint tree contains the first draft's chain (24 >= L1 + 3 * L2 here); the
+            # recorded tree holds the whole first draft.
+            chain_acc, chain_cov, _, chain_hits, chain_nodes = _score_round(
+                chain.tree(r, stream, 32), r
+            )
+            assert chain_cov and chain_hits == chain_nodes
+            assert acc >= chain_acc
     rows = {r.policy: r for r in evaluate(trace, policies=("chain", "d2sd"), budgets=(24,))}
     assert rows["d2sd"].round_coverage == 1.0 and rows["d2sd"].node_coverage == 1.0
     assert rows["d2sd"].tau_greedy >= rows["chain"].tau_greedy

@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
             device=device, dtype=pair.drafter.dtype
         )
     depth = max(pair.drafter.block_size, vp.block_size if vp is not None else 0) - 1
-    extra = 2 * depth * depth if args.d2sd else 0  # every D²SD branch row, both token rules
+    extra = (2 * depth + 1) * depth if args.d2sd else 0  # first draft + every branch, 2 rules
     rec = TraceRecorder(
         pair.target,
         pair.drafter,

@@ -111,8 +111,9 @@ class _RecordingPolicy(DraftPolicy):
         self.vp_drafter = vp
 
     def capacity(self, max_depth: int) -> int:
-        # Two rows (both D²SD token rules) per boundary, each at most max_depth deep.
-        extra = 2 * max_depth * max_depth if self.redraft else 0
+        # The first draft, then two rows (both D²SD token rules) per boundary, each at most
+        # max_depth deep.
+        extra = (2 * max_depth + 1) * max_depth if self.redraft else 0
         return self.budget + 1 + extra
 
     def redraft_blocks(self, inputs: PolicyInput, block_size: int, mask_token_id: int) -> Tensor:
@@ -151,8 +152,8 @@ def _with_branches(
     branches: tuple[Tensor, Tensor],
     root_token: Tensor,
 ) -> DraftTree:
-    """The union of ``tree`` (batch 1) and every D²SD branch row under both token rules, as a
-    best-first tree (the pool selector over the merged trie)."""
+    """The union of ``tree`` (batch 1), the first draft and every D²SD branch row under both
+    token rules, as a best-first tree (the pool selector over the merged trie)."""
     from .. import ops
     from ..policies.d2sd import branch_rows
 
@@ -175,6 +176,9 @@ def _with_branches(
         return nxt
 
     top_token, top_logprob = branches  # [R, L2, W]
+    cur = 0  # the first draft itself (row 0 of every d2sd tree), whole
+    for j in range(trunk.shape[1]):
+        cur = add(cur, int(trunk[0, j]), 0.0)
     for alternative in (False, True):
         rows, lps = branch_rows(trunk, boundary, top_token[None], top_logprob[None], alternative)
         for r, i in enumerate(boundary[0].tolist()):
