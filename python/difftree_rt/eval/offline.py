@@ -16,7 +16,8 @@ verified tree by (parent, token):
 
 DDTree and CaDDTree trees at budgets <= the record budget are subsets of the recorded DDTree
 (same candidates, best-first prefixes), so they are always fully covered. With a cost table,
-tokens per unit cost = Σ τ / Σ (C_d + C_v(n; ctx)) over rounds.
+tokens per unit cost = Σ τ / Σ (C_d + C_v(n; ctx)) over rounds (d2sd pays C_d twice: its second
+drafting pass is a second drafter forward).
 """
 
 from __future__ import annotations
@@ -241,6 +242,8 @@ def evaluate(
                 hits += h
                 nodes += n
                 cost_sum += table.round_cost(n, r.ctx_len)
+                if name == "d2sd":  # its second drafting pass (k rows in one forward)
+                    cost_sum += table.draft_cost(r.ctx_len)
             m = max(len(trace.rounds), 1)
             tau_g, tau_s = 1.0 + acc_sum / m, 1.0 + mass_sum / m
             rows.append(
