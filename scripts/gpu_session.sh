@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# The GPU checklist (docs/GPU_CHECKLIST.md) as three device calls of < 10 minutes each, for a
+# session lent an H100/H200 (30 minutes of device time in all). Every command has its own time
+# limit and the script goes on after a failure, so one broken step cannot eat the budget;
+# logs and result JSONs land in $OUT (default build/gpu_session).
+#
+#   run: bash scripts/gpu_session.sh 1    # build + correctness: kernels, policies, graph mode
+#   run: bash scripts/gpu_session.sh 2    # lossless engine suite on CUDA + kernel benchmarks
+#   run: bash scripts/gpu_session.sh 3    # round benchmarks (carry build/ref/ddtree for the
+#                                         # side-by-side with the published loop)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-build/gpu_session}
+mkdir -p "$OUT"
+stage=${1:?usage: gpu_session.sh 1|2|3}
+PYTEST=(python -m pytest -q -p no:warnings -p no:cacheprovider)
+
+step() {  # step SECONDS NAME CMD...
+  local limit=$1 name=$2
+  shift 2
+  local t0=$SECONDS
+  echo "=== [$name] $*" | tee -a "$OUT/stage$stage.log"
+  timeout --kill-after=10 "$limit" "$@" >"$OUT/$name.log" 2>&1
+  local rc=$?
+  tail -n 5 "$OUT/$name.log" | tee -a "$OUT/stage$stage.log"
+  echo "=== [$name] rc=$rc $((SECONDS - t0)) s" | tee -a "$OUT/stage$stage.log"
+}
+
+if [ ! -e python/difftree_rt/_C*.so ] && ! python -c "import difftree_rt._C" 2>/dev/null; then
+  step 300 build pip install --no-build-isolation --no-deps -e .
+fi
+python -m difftree_rt info >"$OUT/info.txt" 2>&1
+nvidia-smi >"$OUT/nvidia-smi.txt" 2>&1
+
+case "$stage" in
+  1)
+    step 120 ops_cuda "${PYTEST[@]}" tests/ops -m cuda -x
+    step 90 tree_attention "${PYTEST[@]}" tests/ops/test_tree_attention.py tests/ops/test_cuda_tree_attention.py
+    step 90 policies_cuda "${PYTEST[@]}" tests/ops/test_cuda_policies.py tests/ops/test_cuda_d2sd.py
+    step 120 graph_runner "${PYTEST[@]}" tests/engine/test_graph_runner.py
+    step 120 memcheck compute-sanitizer --tool memcheck "${PYTEST[@]}" -x \
+      tests/ops/test_cuda_kernels.py tests/ops/test_cuda_ops.py -k "graph or fuzz or odd"
+    ;;
+  2)
+    step 240 engine_cuda "${PYTEST[@]}" tests/engine -m cuda
+    step 120 policies_engine "${PYTEST[@]}" tests/policies/test_d2sd_engine.py tests/policies/test_taps_engine.py -m cuda
+    step 120 bench_kernels python bench/bench_kernels.py
+    step 120 bench_tree_attention python bench/bench_tree_attention.py
+    ;;
+  3)
+    step 200 bench_graph_06b python bench/bench_graph_round.py --models qwen3-0.6b --runs 2
+    step 200 bench_graph_8b python bench/bench_graph_round.py --models qwen3-8b --runs 2 --budgets 16 64
+    if [ -d build/ref/ddtree ]; then
+      step 180 ref_loop_8b python bench/bench_reference_loop.py --reference build/ref/ddtree \
+        --models qwen3-8b --prompts 4
+    else
+      echo "build/ref/ddtree not carried: side-by-side skipped" | tee -a "$OUT/stage$stage.log"
+    fi
+    ;;
+  *) echo "unknown stage $stage" >&2; exit 2 ;;
+esac
+cp bench/results/*.json "$OUT/" 2>/dev/null || true
+echo "stage $stage done; logs and JSON in $OUT"
