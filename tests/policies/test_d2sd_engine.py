@@ -44,9 +44,34 @@ def test_draft_branches_equals_stateless_forward_per_row() -> None:
         hidden = drafter(blocks[:, r], features, torch.arange(T, T + S)[None])
         want = drafter.compute_logits(hidden[:, 1:])
         torch.testing.assert_close(got[:, r], want, rtol=1e-5, atol=1e-5)
-    # The cache is untouched: a plain draft afterwards equals the row without a visible prefix.
+    # The context is untouched (the rows used scratch only): a plain draft afterwards equals
+    # the row without a visible prefix.
     plain = drafter.draft(drafter.make_block(torch.tensor([7])), cache, start=T)
     torch.testing.assert_close(plain, got[:, 0], rtol=1e-5, atol=1e-5)
+
+
+@torch.no_grad()
+def test_draft_branches_ragged_batch() -> None:
+    target, drafter = random_pair("llama")
+    drafter.bind(target)
+    gen = torch.Generator().manual_seed(1)
+    T, S = 11, drafter.block_size
+    ids = torch.randint(0, 128, (2, T), generator=gen)
+    features = drafter.extract_features(target(ids, output_hidden_states=True))
+    cache = drafter.new_cache(2, 64)
+    drafter.append_context(cache, features)
+    lengths = torch.tensor([T, 7])
+    cache.crop(lengths)  # request 1 keeps 7 context rows: a ragged (non-uniform) cache
+    blocks = torch.randint(0, 128, (2, 3, S), generator=gen)
+    got = drafter.draft_branches(blocks, cache, start=lengths)
+    for b in range(2):
+        n = int(lengths[b])
+        for r in range(3):
+            hidden = drafter(
+                blocks[b : b + 1, r], features[b : b + 1, :n], torch.arange(n, n + S)[None]
+            )
+            want = drafter.compute_logits(hidden[:, 1:])
+            torch.testing.assert_close(got[b : b + 1, r], want, rtol=1e-5, atol=1e-5)
 
 
 # ---- greedy losslessness -----------------------------------------------------------------------

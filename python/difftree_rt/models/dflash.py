@@ -724,8 +724,10 @@ class DFlashDrafter(nn.Module):
         """Draft R blocks per request over the same committed context, in one batched forward
         (D²SD's second pass: each row re-drafts after its own visible prefix).
 
-        Nothing is written to ``cache``: the rows' block K/V stay in this call, so the cache
-        must already hold the round's context (call after :meth:`draft` / :meth:`append_context`).
+        The rows' block K/V go to the cache's scratch rows (past the context; never part of
+        it) and one attention over ``[context ; R blocks]`` lets row r see the context and its
+        own block only, so the context K/V is read once, not copied per row. Call after the
+        round's context was appended (:meth:`draft` / :meth:`append_context`).
 
         Args:
             block_ids: [B, R, S] (S <= ``block_size``); row r = ``[bonus, p_r visible tokens,
@@ -744,37 +746,50 @@ class DFlashDrafter(nn.Module):
             raise ValueError(f"block batch {batch} != cache batch {cache.batch_size}")
         if rows < 1:
             raise ValueError("block_ids must hold at least one row (R >= 1)")
-        flat = block_ids.reshape(batch * rows, s_len)
-        self._check_block(flat)
+        self._check_block(block_ids.reshape(batch * rows, s_len))
+        device = block_ids.device
+        q_len = rows * s_len
         span = cache.span
-        offsets = torch.arange(s_len, device=block_ids.device)
+        cache.reserve(span + q_len)
+        offsets = torch.arange(s_len, device=device)
         if start is None:
             start = cache.span if cache.uniform else cache.lengths
         if isinstance(start, torch.Tensor):
-            positions = start.to(block_ids.device).reshape(-1, 1) + offsets
+            positions = start.to(device).reshape(-1, 1) + offsets
         else:
-            positions = (int(start) + offsets)[None].expand(batch, s_len)
-        positions = positions.expand(batch, s_len).repeat_interleave(rows, dim=0)
-        mask = None
-        if not cache.uniform:  # ragged contexts: hide each request's rows past its length
-            ctx_visible = torch.arange(span, device=block_ids.device)[None] < cache.lengths[:, None]
-            visible = torch.cat([ctx_visible, ctx_visible.new_ones(batch, s_len)], dim=1)
-            visible = visible.repeat_interleave(rows, dim=0)
-            mask = visible[:, None, None, :].expand(batch * rows, 1, s_len, span + s_len)
+            positions = (int(start) + offsets)[None]
+        positions = positions.expand(batch, s_len).repeat(1, rows)  # [B, R*S], row-major
+        # Keys: context rows [0, span) (a request sees its first lengths[b]), then the R blocks
+        # at scratch rows span + r*S + j; a block row sees its own block only.
+        row_of = torch.arange(q_len, device=device) // s_len
+        own = row_of[:, None] == row_of[None, :]  # [R*S, R*S]
+        if cache.uniform:
+            ctx = torch.ones(q_len, span, dtype=torch.bool, device=device)
+            mask = torch.cat([ctx, own], dim=1)[None, None].expand(batch, 1, q_len, span + q_len)
+            slots, first = None, span
+        else:
+            ctx = torch.arange(span, device=device)[None] < cache.lengths[:, None]  # [B, span]
+            mask = torch.cat(
+                [ctx[:, None, :].expand(batch, q_len, span), own[None].expand(batch, -1, -1)],
+                dim=2,
+            )[:, None]
+            slots = (span + torch.arange(q_len, device=device))[None].expand(batch, q_len)
+            first = None
         cos, sin = self.rotary_emb(positions, self.dtype)
-        h = self.embed(flat)
+        h = self.embed(block_ids.reshape(batch, q_len))
         for i, layer in enumerate(self.layers):
             attn = layer.self_attn
             x = layer.input_layernorm(h)
             k_blk, v_blk = attn.key_value(x, cos, sin)
-            k_ctx = cache.keys[i][:, :, :span].repeat_interleave(rows, dim=0)
-            v_ctx = cache.values[i][:, :, :span].repeat_interleave(rows, dim=0)
+            _write_rows(cache.keys[i], k_blk, slots, first)
+            _write_rows(cache.values[i], v_blk, slots, first)
             q = attn.query(x, cos, sin)
-            k = torch.cat([k_ctx, k_blk], dim=2)
-            v = torch.cat([v_ctx, v_blk], dim=2)
+            k = cache.keys[i][:, :, : span + q_len]
+            v = cache.values[i][:, :, : span + q_len]
             h = h + attn.attend(q, k, v, mask)
             h = h + layer.mlp(layer.post_attention_layernorm(h))
-        logits = self.compute_logits(self.norm(h[:, 1:]))
+        hidden = self.norm(h.reshape(batch, rows, s_len, -1)[:, :, 1:])
+        logits = self.compute_logits(hidden.reshape(batch, rows * (s_len - 1), -1))
         return logits.reshape(batch, rows, s_len - 1, -1)
 
     def draft(
