@@ -8,9 +8,8 @@
 
 namespace difftree::cuda {
 
-Status tree_walk(const TreeView& tree, const TensorView& node_choice,
-                 const TensorView* stop_tokens, const TensorView* remaining,
-                 const WalkOutputs& out, Stream stream);
+Status tree_walk(const TreeView& tree, const TensorView& node_choice, const TensorView* stop_tokens,
+                 const TensorView* remaining, const WalkOutputs& out, Stream stream);
 Status kv_commit(const TensorView* caches, int num_caches, const TensorView& base_len,
                  const TensorView& path, const TensorView& accepted, Stream stream);
 

@@ -53,12 +53,12 @@ const TensorView* ptr(const std::optional<TensorView>& v) { return v ? &*v : nul
 // A tree crosses as the 8-tuple of DESIGN.md §2 in that order.
 difftree::TreeView tree_view(const py::tuple& t) {
   if (t.size() != 8)
-    throw py::value_error("tree: expected 8 arrays (token, parent, depth, score, first_child, "
-                          "next_sibling, anc, num_nodes)");
-  return {view(t[0], "tree.token"),       view(t[1], "tree.parent"),
-          view(t[2], "tree.depth"),       view(t[3], "tree.score"),
-          view(t[4], "tree.first_child"), view(t[5], "tree.next_sibling"),
-          view(t[6], "tree.anc"),         view(t[7], "tree.num_nodes")};
+    throw py::value_error(
+        "tree: expected 8 arrays (token, parent, depth, score, first_child, "
+        "next_sibling, anc, num_nodes)");
+  return {view(t[0], "tree.token"), view(t[1], "tree.parent"),      view(t[2], "tree.depth"),
+          view(t[3], "tree.score"), view(t[4], "tree.first_child"), view(t[5], "tree.next_sibling"),
+          view(t[6], "tree.anc"),   view(t[7], "tree.num_nodes")};
 }
 
 std::vector<TensorView> views(const py::sequence& caps, const char* name) {
@@ -93,25 +93,23 @@ PYBIND11_MODULE(_C, m) {
   m.def("check_topk_logprobs", [](py::handle logits, int64_t k) {
     raise_if_error(difftree::check_topk_logprobs(view(logits, "logits"), k));
   });
-  m.def("topk_logprobs", [](py::handle logits, int64_t k, py::handle token, py::handle logprob,
-                            uintptr_t stream) {
-    raise_if_error(difftree::topk_logprobs(view(logits, "logits"), k, view(token, "token"),
-                                           view(logprob, "logprob"), stream_ptr(stream)));
-  });
+  m.def("topk_logprobs",
+        [](py::handle logits, int64_t k, py::handle token, py::handle logprob, uintptr_t stream) {
+          raise_if_error(difftree::topk_logprobs(view(logits, "logits"), k, view(token, "token"),
+                                                 view(logprob, "logprob"), stream_ptr(stream)));
+        });
   m.def("topk_logprobs_flagged", [](py::handle logits, int64_t k, py::handle token,
                                     py::handle logprob, py::object row_error, uintptr_t stream) {
     auto err = maybe_view(row_error, "row_error");
     raise_if_error(difftree::topk_logprobs(view(logits, "logits"), k, view(token, "token"),
-                                           view(logprob, "logprob"), ptr(err),
-                                           stream_ptr(stream)));
+                                           view(logprob, "logprob"), ptr(err), stream_ptr(stream)));
   });
 
   m.def("check_ddtree_select", [](py::handle cand_token, py::handle cand_logprob, int64_t budget,
                                   py::object root_token) {
     auto root = maybe_view(root_token, "root_token");
-    raise_if_error(difftree::check_ddtree_select(view(cand_token, "cand_token"),
-                                                 view(cand_logprob, "cand_logprob"), budget,
-                                                 ptr(root)));
+    raise_if_error(difftree::check_ddtree_select(
+        view(cand_token, "cand_token"), view(cand_logprob, "cand_logprob"), budget, ptr(root)));
   });
   m.def(
       "ddtree_select",
@@ -119,10 +117,9 @@ PYBIND11_MODULE(_C, m) {
          py::tuple tree, uintptr_t stream, py::object workspace) {
         auto root = maybe_view(root_token, "root_token");
         auto ws = maybe_view(workspace, "workspace");
-        raise_if_error(difftree::ddtree_select(view(cand_token, "cand_token"),
-                                               view(cand_logprob, "cand_logprob"), budget,
-                                               ptr(root), tree_view(tree), ptr(ws),
-                                               stream_ptr(stream)));
+        raise_if_error(difftree::ddtree_select(
+            view(cand_token, "cand_token"), view(cand_logprob, "cand_logprob"), budget, ptr(root),
+            tree_view(tree), ptr(ws), stream_ptr(stream)));
       },
       py::arg("cand_token"), py::arg("cand_logprob"), py::arg("budget"), py::arg("root_token"),
       py::arg("tree"), py::arg("stream"), py::arg("workspace") = py::none());
@@ -130,13 +127,13 @@ PYBIND11_MODULE(_C, m) {
     return difftree::ddtree_select_workspace_bytes(B, L, K, budget);
   });
 
-  m.def("check_tree_walk", [](py::tuple tree, py::handle node_choice, py::object stop_tokens,
-                              py::object remaining) {
-    auto stop = maybe_view(stop_tokens, "stop_tokens");
-    auto rem = maybe_view(remaining, "remaining");
-    raise_if_error(difftree::check_tree_walk(tree_view(tree), view(node_choice, "node_choice"),
-                                             ptr(stop), ptr(rem)));
-  });
+  m.def("check_tree_walk",
+        [](py::tuple tree, py::handle node_choice, py::object stop_tokens, py::object remaining) {
+          auto stop = maybe_view(stop_tokens, "stop_tokens");
+          auto rem = maybe_view(remaining, "remaining");
+          raise_if_error(difftree::check_tree_walk(
+              tree_view(tree), view(node_choice, "node_choice"), ptr(stop), ptr(rem)));
+        });
   m.def("tree_walk", [](py::tuple tree, py::handle node_choice, py::object stop_tokens,
                         py::object remaining, py::handle path, py::handle accepted,
                         py::handle next_token, py::handle done, uintptr_t stream) {
@@ -144,8 +141,8 @@ PYBIND11_MODULE(_C, m) {
     auto rem = maybe_view(remaining, "remaining");
     const difftree::WalkOutputs out{view(path, "path"), view(accepted, "accepted"),
                                     view(next_token, "next_token"), view(done, "done")};
-    raise_if_error(difftree::tree_walk(tree_view(tree), view(node_choice, "node_choice"),
-                                       ptr(stop), ptr(rem), out, stream_ptr(stream)));
+    raise_if_error(difftree::tree_walk(tree_view(tree), view(node_choice, "node_choice"), ptr(stop),
+                                       ptr(rem), out, stream_ptr(stream)));
   });
 
   m.def("check_node_select", [](py::handle logits, py::object temperature, py::object top_k,
@@ -158,26 +155,26 @@ PYBIND11_MODULE(_C, m) {
     const difftree::SamplingViews params{ptr(t), ptr(k), ptr(p), ptr(s), ptr(r)};
     raise_if_error(difftree::check_node_select(view(logits, "logits"), params));
   });
-  m.def("node_select", [](py::handle logits, py::object temperature, py::object top_k,
-                          py::object top_p, py::object seed, py::object round_idx,
-                          py::handle out, uintptr_t stream) {
-    auto t = maybe_view(temperature, "temperature");
-    auto k = maybe_view(top_k, "top_k");
-    auto p = maybe_view(top_p, "top_p");
-    auto s = maybe_view(seed, "seed");
-    auto r = maybe_view(round_idx, "round_idx");
-    const difftree::SamplingViews params{ptr(t), ptr(k), ptr(p), ptr(s), ptr(r)};
-    raise_if_error(difftree::node_select(view(logits, "logits"), params, view(out, "out"),
-                                         stream_ptr(stream)));
-  });
+  m.def("node_select",
+        [](py::handle logits, py::object temperature, py::object top_k, py::object top_p,
+           py::object seed, py::object round_idx, py::handle out, uintptr_t stream) {
+          auto t = maybe_view(temperature, "temperature");
+          auto k = maybe_view(top_k, "top_k");
+          auto p = maybe_view(top_p, "top_p");
+          auto s = maybe_view(seed, "seed");
+          auto r = maybe_view(round_idx, "round_idx");
+          const difftree::SamplingViews params{ptr(t), ptr(k), ptr(p), ptr(s), ptr(r)};
+          raise_if_error(difftree::node_select(view(logits, "logits"), params, view(out, "out"),
+                                               stream_ptr(stream)));
+        });
 
-  m.def("check_kv_commit", [](py::sequence caches, py::handle base_len, py::handle path,
-                              py::handle accepted) {
-    auto c = views(caches, "caches");
-    raise_if_error(difftree::check_kv_commit(c.data(), static_cast<int>(c.size()),
-                                             view(base_len, "base_len"), view(path, "path"),
-                                             view(accepted, "accepted")));
-  });
+  m.def("check_kv_commit",
+        [](py::sequence caches, py::handle base_len, py::handle path, py::handle accepted) {
+          auto c = views(caches, "caches");
+          raise_if_error(difftree::check_kv_commit(c.data(), static_cast<int>(c.size()),
+                                                   view(base_len, "base_len"), view(path, "path"),
+                                                   view(accepted, "accepted")));
+        });
   m.def("kv_commit", [](py::sequence caches, py::handle base_len, py::handle path,
                         py::handle accepted, uintptr_t stream) {
     auto c = views(caches, "caches");
@@ -279,16 +276,15 @@ PYBIND11_MODULE(_C, m) {
     raise_if_error(difftree::d2sd_boundaries(view(trunk_logprob, "trunk_logprob"),
                                              view(boundary, "boundary"), stream_ptr(stream)));
   });
-  m.def("check_d2sd_select",
-        [](py::handle trunk_token, py::handle trunk_logprob, py::handle boundary,
-           py::handle branch_token, py::handle branch_logprob, int64_t budget,
-           py::object root_token) {
-          auto root = maybe_view(root_token, "root_token");
-          raise_if_error(difftree::check_d2sd_select(
-              view(trunk_token, "trunk_token"), view(trunk_logprob, "trunk_logprob"),
-              view(boundary, "boundary"), view(branch_token, "branch_token"),
-              view(branch_logprob, "branch_logprob"), budget, ptr(root)));
-        });
+  m.def("check_d2sd_select", [](py::handle trunk_token, py::handle trunk_logprob,
+                                py::handle boundary, py::handle branch_token,
+                                py::handle branch_logprob, int64_t budget, py::object root_token) {
+    auto root = maybe_view(root_token, "root_token");
+    raise_if_error(difftree::check_d2sd_select(
+        view(trunk_token, "trunk_token"), view(trunk_logprob, "trunk_logprob"),
+        view(boundary, "boundary"), view(branch_token, "branch_token"),
+        view(branch_logprob, "branch_logprob"), budget, ptr(root)));
+  });
   m.def(
       "d2sd_select",
       [](py::handle trunk_token, py::handle trunk_logprob, py::handle boundary,
@@ -311,14 +307,13 @@ PYBIND11_MODULE(_C, m) {
         });
 
   m.def("check_tree_attention", [](py::handle q, py::handle k_cache, py::handle v_cache,
-                                   py::handle prefix_len, py::object tree_anc,
-                                   py::object num_nodes, double scale, bool is_chain) {
+                                   py::handle prefix_len, py::object tree_anc, py::object num_nodes,
+                                   double scale, bool is_chain) {
     auto anc = maybe_view(tree_anc, "tree_anc");
     auto nodes = maybe_view(num_nodes, "num_nodes");
     raise_if_error(difftree::check_tree_attention(
         view(q, "q"), view(k_cache, "k_cache"), view(v_cache, "v_cache"),
-        view(prefix_len, "prefix_len"), ptr(anc), ptr(nodes), static_cast<float>(scale),
-        is_chain));
+        view(prefix_len, "prefix_len"), ptr(anc), ptr(nodes), static_cast<float>(scale), is_chain));
   });
   m.def("tree_attention",
         [](py::handle q, py::handle k_cache, py::handle v_cache, py::handle prefix_len,
@@ -332,10 +327,10 @@ PYBIND11_MODULE(_C, m) {
               view(prefix_len, "prefix_len"), ptr(anc), ptr(nodes), static_cast<float>(scale),
               is_chain, num_splits, view(out, "out"), ptr(ws), stream_ptr(stream)));
         });
-  m.def("tree_attention_num_splits", [](int64_t B, int64_t H_q, int64_t H_kv, int64_t N,
-                                        int64_t S_max) {
-    return difftree::tree_attention_num_splits(B, H_q, H_kv, N, S_max);
-  });
+  m.def("tree_attention_num_splits",
+        [](int64_t B, int64_t H_q, int64_t H_kv, int64_t N, int64_t S_max) {
+          return difftree::tree_attention_num_splits(B, H_q, H_kv, N, S_max);
+        });
   m.def("tree_attention_workspace_bytes", [](int64_t B, int64_t H_q, int64_t H_kv, int64_t N,
                                              int64_t D, int64_t S_max, int64_t num_splits) {
     return difftree::tree_attention_workspace_bytes(B, H_q, H_kv, N, D, S_max, num_splits);

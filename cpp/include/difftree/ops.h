@@ -74,9 +74,8 @@ struct WalkOutputs {
 };
 Status check_tree_walk(const TreeView& tree, const TensorView& node_choice,
                        const TensorView* stop_tokens, const TensorView* remaining);
-Status tree_walk(const TreeView& tree, const TensorView& node_choice,
-                 const TensorView* stop_tokens, const TensorView* remaining,
-                 const WalkOutputs& out, Stream stream);
+Status tree_walk(const TreeView& tree, const TensorView& node_choice, const TensorView* stop_tokens,
+                 const TensorView* remaining, const WalkOutputs& out, Stream stream);
 
 // ---- kv_commit ------------------------------------------------------------------------------
 // caches: num_caches contiguous [B, H, S, D] tensors (every layer's K and V), same device and B.
@@ -246,8 +245,7 @@ Status check_tree_attention(const TensorView& q, const TensorView& k_cache,
 // tree_attention_num_splits) and, when that is > 1, needs a caller-provided uint8 workspace on the
 // device of at least tree_attention_workspace_bytes(...) bytes (partial outputs + LSE, fp32).
 // The CPU path ignores both. Both functions are pure shape arithmetic (graph-safe sizing).
-int64_t tree_attention_num_splits(int64_t B, int64_t H_q, int64_t H_kv, int64_t N,
-                                  int64_t S_max);
+int64_t tree_attention_num_splits(int64_t B, int64_t H_q, int64_t H_kv, int64_t N, int64_t S_max);
 size_t tree_attention_workspace_bytes(int64_t B, int64_t H_q, int64_t H_kv, int64_t N, int64_t D,
                                       int64_t S_max, int64_t num_splits);
 Status tree_attention(const TensorView& q, const TensorView& k_cache, const TensorView& v_cache,

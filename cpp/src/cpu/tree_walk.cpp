@@ -26,9 +26,8 @@ Status malformed(const char* name, int64_t b, int64_t i, int64_t value, const ch
 
 }  // namespace
 
-Status tree_walk(const TreeView& tree, const TensorView& node_choice,
-                 const TensorView* stop_tokens, const TensorView* remaining,
-                 const WalkOutputs& out) {
+Status tree_walk(const TreeView& tree, const TensorView& node_choice, const TensorView* stop_tokens,
+                 const TensorView* remaining, const WalkOutputs& out) {
   const int64_t B = tree.token.shape[0], N = tree.token.shape[1];
   const int64_t P = out.path.shape[1];
   for (int64_t b = 0; b < B; ++b) {
@@ -55,10 +54,12 @@ Status tree_walk(const TreeView& tree, const TensorView& node_choice,
     DIFFTREE_RETURN_IF_ERROR(load_choice(cur, &choice));
     while (true) {
       int64_t c = first_child[cur];
-      if (c >= 0 && (c <= cur || c >= n)) return malformed("first_child", b, cur, c, "(node, num_nodes)");
+      if (c >= 0 && (c <= cur || c >= n))
+        return malformed("first_child", b, cur, c, "(node, num_nodes)");
       while (c >= 0 && token[c] != choice) {
         const int64_t s = next_sibling[c];
-        if (s >= 0 && (s <= c || s >= n)) return malformed("next_sibling", b, c, s, "(node, num_nodes)");
+        if (s >= 0 && (s <= c || s >= n))
+          return malformed("next_sibling", b, c, s, "(node, num_nodes)");
         c = s;
       }
       if (c < 0) break;

@@ -54,7 +54,8 @@ Status check_tree(const TreeView& tree) {
   }
   DIFFTREE_RETURN_IF_ERROR(
       checks::shape(tree.anc, "tree.anc", {B, N, anc_words(N)}, "[B, N, ceil(N / 32)]"));
-  DIFFTREE_RETURN_IF_ERROR(checks::tensor(tree.anc, "tree.anc", {DType::kInt32}, ref, "tree.token"));
+  DIFFTREE_RETURN_IF_ERROR(
+      checks::tensor(tree.anc, "tree.anc", {DType::kInt32}, ref, "tree.token"));
   DIFFTREE_RETURN_IF_ERROR(checks::shape(tree.num_nodes, "tree.num_nodes", {B}, "[B]"));
   return checks::tensor(tree.num_nodes, "tree.num_nodes", {DType::kInt32}, ref, "tree.token");
 }
@@ -85,8 +86,7 @@ Status topk_logprobs(const TensorView& logits, int64_t k, const TensorView& toke
   DIFFTREE_RETURN_IF_ERROR(checks::shape(token, "token", {B, L, k}, "[B, L, K]"));
   DIFFTREE_RETURN_IF_ERROR(checks::tensor(token, "token", {DType::kInt32}, logits, "logits"));
   DIFFTREE_RETURN_IF_ERROR(checks::shape(logprob, "logprob", {B, L, k}, "[B, L, K]"));
-  DIFFTREE_RETURN_IF_ERROR(
-      checks::tensor(logprob, "logprob", {DType::kFloat32}, logits, "logits"));
+  DIFFTREE_RETURN_IF_ERROR(checks::tensor(logprob, "logprob", {DType::kFloat32}, logits, "logits"));
   if (row_error != nullptr) {
     DIFFTREE_RETURN_IF_ERROR(checks::shape(*row_error, "row_error", {B, L}, "[B, L]"));
     DIFFTREE_RETURN_IF_ERROR(
@@ -154,8 +154,8 @@ Status ddtree_select(const TensorView& cand_token, const TensorView& cand_logpro
   const int64_t B = cand_logprob.shape[0];
   if (tree.token.shape[0] != B || tree.token.shape[1] != budget + 1) {
     std::ostringstream os;
-    os << "tree.token: expected shape [B, budget + 1] = [" << B << ", " << budget + 1
-       << "], got " << shape_string(tree.token);
+    os << "tree.token: expected shape [B, budget + 1] = [" << B << ", " << budget + 1 << "], got "
+       << shape_string(tree.token);
     return InvalidValue(os.str());
   }
   DIFFTREE_RETURN_IF_ERROR(
@@ -167,11 +167,10 @@ Status ddtree_select(const TensorView& cand_token, const TensorView& cand_logpro
     if (need > 0) {
       if (workspace == nullptr)
         return InvalidValue("workspace: the CUDA ddtree_select needs a workspace of " +
-                            std::to_string(need) +
-                            " bytes (see ddtree_select_workspace_bytes)");
+                            std::to_string(need) + " bytes (see ddtree_select_workspace_bytes)");
       DIFFTREE_RETURN_IF_ERROR(checks::ndim(*workspace, "workspace", 1, "[bytes]"));
-      DIFFTREE_RETURN_IF_ERROR(checks::tensor(*workspace, "workspace", {DType::kUInt8},
-                                              cand_logprob, "cand_logprob"));
+      DIFFTREE_RETURN_IF_ERROR(
+          checks::tensor(*workspace, "workspace", {DType::kUInt8}, cand_logprob, "cand_logprob"));
       if (static_cast<size_t>(workspace->shape[0]) < need)
         return InvalidValue("workspace: expected at least " + std::to_string(need) +
                             " bytes, got " + std::to_string(workspace->shape[0]));
@@ -208,14 +207,14 @@ Status check_tree_walk(const TreeView& tree, const TensorView& node_choice,
   return Status::Ok();
 }
 
-Status tree_walk(const TreeView& tree, const TensorView& node_choice,
-                 const TensorView* stop_tokens, const TensorView* remaining,
-                 const WalkOutputs& out, Stream stream) {
+Status tree_walk(const TreeView& tree, const TensorView& node_choice, const TensorView* stop_tokens,
+                 const TensorView* remaining, const WalkOutputs& out, Stream stream) {
   DIFFTREE_RETURN_IF_ERROR(check_tree_walk(tree, node_choice, stop_tokens, remaining));
   const int64_t B = tree.token.shape[0];
   DIFFTREE_RETURN_IF_ERROR(checks::shape(out.path, "path", {B, -1}, "[B, P]"));
   if (out.path.shape[1] < 1) return InvalidValue("path: expected at least one column (the root)");
-  DIFFTREE_RETURN_IF_ERROR(checks::tensor(out.path, "path", {DType::kInt32}, tree.token, "tree.token"));
+  DIFFTREE_RETURN_IF_ERROR(
+      checks::tensor(out.path, "path", {DType::kInt32}, tree.token, "tree.token"));
   DIFFTREE_RETURN_IF_ERROR(checks::shape(out.accepted, "accepted", {B}, "[B]"));
   DIFFTREE_RETURN_IF_ERROR(
       checks::tensor(out.accepted, "accepted", {DType::kInt32}, tree.token, "tree.token"));
@@ -263,8 +262,9 @@ Status check_kv_commit(const TensorView* caches, int num_caches, const TensorVie
       c0, "caches[0]",
       {DType::kFloat32, DType::kFloat16, DType::kBFloat16, DType::kUInt8, DType::kInt32}));
   if (c0.shape[3] * dtype_size(c0.dtype) > 4096)
-    return InvalidValue("caches[0]: expected rows of at most 4096 bytes (H * D layouts with "
-                        "D * element size <= 4096)");
+    return InvalidValue(
+        "caches[0]: expected rows of at most 4096 bytes (H * D layouts with "
+        "D * element size <= 4096)");
   return Status::Ok();
 }
 
@@ -566,8 +566,7 @@ Status check_d2sd_boundaries(const TensorView& trunk_logprob, const TensorView& 
   return Status::Ok();
 }
 
-Status d2sd_boundaries(const TensorView& trunk_logprob, const TensorView& boundary,
-                       Stream stream) {
+Status d2sd_boundaries(const TensorView& trunk_logprob, const TensorView& boundary, Stream stream) {
   DIFFTREE_RETURN_IF_ERROR(check_d2sd_boundaries(trunk_logprob, boundary));
   if (trunk_logprob.device == DeviceType::kCUDA) {
 #ifdef DIFFTREE_WITH_CUDA
@@ -592,7 +591,8 @@ Status check_d2sd_select(const TensorView& trunk_token, const TensorView& trunk_
   if (L1 < 1) return InvalidValue("trunk_logprob: expected L1 >= 1 draft depths");
   if (L1 > kMaxBudget) return InvalidValue("trunk_logprob: expected L1 <= 4096 draft depths");
   DIFFTREE_RETURN_IF_ERROR(checks::shape(trunk_token, "trunk_token", {B, L1}, "[B, L1]"));
-  DIFFTREE_RETURN_IF_ERROR(index_tensor(trunk_token, "trunk_token", trunk_logprob, "trunk_logprob"));
+  DIFFTREE_RETURN_IF_ERROR(
+      index_tensor(trunk_token, "trunk_token", trunk_logprob, "trunk_logprob"));
   DIFFTREE_RETURN_IF_ERROR(checks::shape(boundary, "boundary", {B, -1}, "[B, K]"));
   DIFFTREE_RETURN_IF_ERROR(index_tensor(boundary, "boundary", trunk_logprob, "trunk_logprob"));
   const int64_t K = boundary.shape[1];
@@ -737,8 +737,7 @@ Status check_tree_attention(const TensorView& q, const TensorView& k_cache,
   return Status::Ok();
 }
 
-int64_t tree_attention_num_splits(int64_t B, int64_t H_q, int64_t H_kv, int64_t N,
-                                  int64_t S_max) {
+int64_t tree_attention_num_splits(int64_t B, int64_t H_q, int64_t H_kv, int64_t N, int64_t S_max) {
   if (B < 1 || H_kv < 1 || H_q < H_kv || N < 1) return 1;
   // Enough CTAs for ~2 waves of a 132-SM GPU, each split keeping >= 512 prefix keys.
   const int64_t m_tiles = (H_q / H_kv * N + 63) / 64;
@@ -762,8 +761,8 @@ Status tree_attention(const TensorView& q, const TensorView& k_cache, const Tens
                       const TensorView& prefix_len, const TensorView* tree_anc,
                       const TensorView* num_nodes, float scale, bool is_chain, int64_t num_splits,
                       const TensorView& out, const TensorView* workspace, Stream stream) {
-  DIFFTREE_RETURN_IF_ERROR(check_tree_attention(q, k_cache, v_cache, prefix_len, tree_anc,
-                                                num_nodes, scale, is_chain));
+  DIFFTREE_RETURN_IF_ERROR(
+      check_tree_attention(q, k_cache, v_cache, prefix_len, tree_anc, num_nodes, scale, is_chain));
   const int64_t B = q.shape[0], Hq = q.shape[1], N = q.shape[2], D = q.shape[3];
   DIFFTREE_RETURN_IF_ERROR(checks::shape(out, "out", {B, Hq, N, D}, "[B, H_q, N, D] (as q)"));
   DIFFTREE_RETURN_IF_ERROR(attn_tensor(out, "out", {q.dtype}, q, "q"));
@@ -799,8 +798,8 @@ Status tree_attention(const TensorView& q, const TensorView& k_cache, const Tens
   }
   (void)workspace;
   (void)stream;
-  return cpu::tree_attention(q, k_cache, v_cache, prefix_len, chain ? nullptr : tree_anc,
-                             num_nodes, scale, chain, out);
+  return cpu::tree_attention(q, k_cache, v_cache, prefix_len, chain ? nullptr : tree_anc, num_nodes,
+                             scale, chain, out);
 }
 
 }  // namespace difftree
