@@ -63,6 +63,15 @@ def stream_of(t: Tensor) -> int:
     return 0
 
 
+def require_tensors(*, optional: tuple[str, ...] = (), **tensors: object) -> None:
+    """:func:`require_tensor` on every keyword argument (its name is the message's name);
+    the ones listed in ``optional`` may also be None."""
+    for name, x in tensors.items():
+        if x is None and name in optional:
+            continue
+        require_tensor(x, name)
+
+
 def require_tensor(x: object, name: str) -> Tensor:
     """Type-level checks DLPack itself cannot express; everything else is the core's job."""
     if not isinstance(x, Tensor):

@@ -14,7 +14,7 @@ from typing import Any, NamedTuple, Optional
 import torch
 from torch import Tensor
 
-from ._ext import dl, dl_opt, ext, require_tensor, stream_of
+from ._ext import dl, dl_opt, ext, require_tensor, require_tensors, stream_of
 from .tree import DraftTree, anc_words
 
 __all__ = [
@@ -174,10 +174,12 @@ def ddtree_select_from_candidates(
         A :class:`DraftTree` in best-first order. Tie-break: higher score, then smaller depth,
         then earlier parent, then smaller candidate rank.
     """
-    require_tensor(cand_token, "cand_token")
-    require_tensor(cand_logprob, "cand_logprob")
-    if root_token is not None:
-        require_tensor(root_token, "root_token")
+    require_tensors(
+        cand_token=cand_token,
+        cand_logprob=cand_logprob,
+        root_token=root_token,
+        optional=("root_token",),
+    )
     arrays = _call(
         _ddtree_select,
         torch.ops.difftree.ddtree_select,
@@ -579,15 +581,14 @@ def caddtree_select_from_candidates(
         A :class:`DraftTree` of capacity ``max_budget + 1`` with ``num_nodes = 1 + n*``; rows
         past it are padding. Bit-identical to ``difftree_rt.policies.reference``.
     """
-    for name, t in (
-        ("cand_token", cand_token),
-        ("cand_logprob", cand_logprob),
-        ("verify_cost", verify_cost),
-        ("draft_cost", draft_cost),
-    ):
-        require_tensor(t, name)
-    if root_token is not None:
-        require_tensor(root_token, "root_token")
+    require_tensors(
+        cand_token=cand_token,
+        cand_logprob=cand_logprob,
+        verify_cost=verify_cost,
+        draft_cost=draft_cost,
+        root_token=root_token,
+        optional=("root_token",),
+    )
     arrays = _call(
         _caddtree_select,
         torch.ops.difftree.caddtree_select,
@@ -608,9 +609,7 @@ def ngram_update(keys: Tensor, counts: Tensor, tokens: Tensor, start: int, order
     Returns the number of newly used slots. Raises ``ValueError`` when the table is full (keep
     its load below 1/2; ``difftree_rt.policies.NGramPrior`` grows it for you).
     """
-    require_tensor(keys, "keys")
-    require_tensor(counts, "counts")
-    require_tensor(tokens, "tokens")
+    require_tensors(keys=keys, counts=counts, tokens=tokens)
     return int(ext().ngram_update(dl(keys), dl(counts), dl(tokens), int(start), int(order)))
 
 
@@ -686,16 +685,15 @@ def presto_select_from_candidates(
         ``difftree_rt.policies.reference.presto_select_from_candidates``; ``lam=0`` gives the
         DDTree tree exactly.
     """
-    for name, t in (
-        ("cand_token", cand_token),
-        ("cand_logprob", cand_logprob),
-        ("context", context),
-        ("keys", keys),
-        ("counts", counts),
-    ):
-        require_tensor(t, name)
-    if root_token is not None:
-        require_tensor(root_token, "root_token")
+    require_tensors(
+        cand_token=cand_token,
+        cand_logprob=cand_logprob,
+        context=context,
+        keys=keys,
+        counts=counts,
+        root_token=root_token,
+        optional=("root_token",),
+    )
     arrays = _call(
         _presto_select,
         torch.ops.difftree.presto_select,
@@ -764,13 +762,9 @@ def taps_select(
         A :class:`DraftTree` (capacity ``budget + 1``, score = log reach), bit-identical to
         ``difftree_rt.policies.taps_reference.taps_select``.
     """
-    for name, t in (
-        ("pool_token", pool_token),
-        ("pool_parent", pool_parent),
-        ("pool_size", pool_size),
-        ("log_qc", log_qc),
-    ):
-        require_tensor(t, name)
+    require_tensors(
+        pool_token=pool_token, pool_parent=pool_parent, pool_size=pool_size, log_qc=log_qc
+    )
     arrays = _call(
         _taps_select,
         torch.ops.difftree.taps_select,
@@ -888,16 +882,15 @@ def d2sd_select(
         A :class:`DraftTree` (capacity ``budget + 1``, depth up to ``max(L1, L2)``, score = sum
         of edge scores), bit-identical to ``difftree_rt.policies.d2sd_reference.d2sd_select``.
     """
-    for name, t in (
-        ("trunk_token", trunk_token),
-        ("trunk_logprob", trunk_logprob),
-        ("boundary", boundary),
-        ("branch_token", branch_token),
-        ("branch_logprob", branch_logprob),
-    ):
-        require_tensor(t, name)
-    if root_token is not None:
-        require_tensor(root_token, "root_token")
+    require_tensors(
+        trunk_token=trunk_token,
+        trunk_logprob=trunk_logprob,
+        boundary=boundary,
+        branch_token=branch_token,
+        branch_logprob=branch_logprob,
+        root_token=root_token,
+        optional=("root_token",),
+    )
     arrays = _call(
         _d2sd_select,
         torch.ops.difftree.d2sd_select,
@@ -1000,9 +993,7 @@ def tree_attention(
     Returns:
         ``[B, H_q, N, D]`` in q's dtype (a transposed view of a ``[B, N, H_q, D]`` buffer).
     """
-    for name, t in (("q", q), ("k_cache", k_cache), ("v_cache", v_cache)):
-        require_tensor(t, name)
-    require_tensor(prefix_len, "prefix_len")
+    require_tensors(q=q, k_cache=k_cache, v_cache=v_cache, prefix_len=prefix_len)
     if tree_anc is not None:
         require_tensor(tree_anc, "tree_anc")
         if tree_anc.dtype == torch.uint32:
