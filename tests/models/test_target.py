@@ -521,3 +521,24 @@ def test_backend_seam_is_tried_first() -> None:
         )
     finally:
         set_tree_attention_backend(None)
+
+
+def test_prefill_right_padded_lengths() -> None:
+    """``prefill(lengths=...)``: each request at positions 0..T_b-1, padding not committed,
+    last-row logits per request, equal to prefilling the request alone."""
+    model = make_model("qwen3")
+    gen = torch.Generator().manual_seed(0)
+    lens = [3, 7, 1]
+    ids = torch.randint(0, model.config.vocab_size, (3, 7), generator=gen)
+    batch = TargetAdapter(model, max_length=16, batch_size=3, feature_layers=[0])
+    out = batch.prefill(ids, last_logits_only=True, lengths=lens)
+    assert out.logits.shape == (3, 1, model.config.vocab_size)
+    assert batch.base_len.tolist() == lens
+    for b, n in enumerate(lens):
+        solo = TargetAdapter(model, max_length=16, feature_layers=[0])
+        ref = solo.prefill(ids[b : b + 1, :n], last_logits_only=True)
+        torch.testing.assert_close(out.logits[b], ref.logits[0], rtol=1e-5, atol=1e-5)
+        assert out.features is not None and ref.features is not None
+        torch.testing.assert_close(out.features[b, :n], ref.features[0], rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="lengths"):
+        batch.prefill(ids, lengths=[3, 8, 1])

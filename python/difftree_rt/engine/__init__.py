@@ -12,7 +12,14 @@ from .policies import (
     make_policy,
     register_policy,
 )
-from .sampling import SamplingParams, choose_tokens, counter_uniform, process_logits, target_probs
+from .sampling import (
+    SamplingParams,
+    choose_tokens,
+    counter_uniform,
+    process_logits,
+    request_seeds,
+    target_probs,
+)
 from .stats import PHASES, GenerationStats
 
 __all__ = [
@@ -31,5 +38,6 @@ __all__ = [
     "make_policy",
     "process_logits",
     "register_policy",
+    "request_seeds",
     "target_probs",
 ]

@@ -49,6 +49,10 @@ class PolicyInput:
             asked for in :meth:`DraftPolicy.redraft_blocks` (``redraft`` policies: d2sd), else
             None.
         state: scratch a policy may keep between ``redraft_blocks`` and ``select`` of one round.
+        context_lengths: batched generation (B > 1) of a ``needs_context`` policy that declares
+            ``batch_context``: per request, the committed length (target KV rows = the
+            ``context_ids.shape[1] - 1`` of a solo run), host ints; ``context_ids`` is then None
+            (the requests' streams are ragged). None otherwise.
     """
 
     draft_logits: Tensor
@@ -57,6 +61,7 @@ class PolicyInput:
     context_ids: Tensor | None = None
     branch_logits: Tensor | None = None
     state: dict[str, Any] = field(default_factory=dict)
+    context_lengths: list[int] | None = None
 
 
 class DraftPolicy(ABC):
@@ -77,11 +82,15 @@ class DraftPolicy(ABC):
         graph_safe: ``select`` runs entirely in device ops with fixed output shapes, reads no
             host value and ignores ``round_idx``, so graph mode may capture it in a CUDA graph
             (engine/graph.py); other policies run on the eager path.
+        batch_context: a ``needs_context`` policy that also runs on a batch (B > 1) from
+            :attr:`PolicyInput.context_lengths` alone (``context_ids`` None). Batched
+            generation refuses ``needs_context`` policies without it (NotImplementedError).
     """
 
     name: str = ""
     is_chain: bool = False
     needs_context: bool = False
+    batch_context: bool = False
     redraft: bool = False
     vp_drafter: Any = None
     graph_safe: bool = False
@@ -128,8 +137,9 @@ class ChainPolicy(DraftPolicy):
         logits = inputs.draft_logits
         token, logprob = ops.topk_logprobs(logits, 1)
         depth = min(self.budget, logits.shape[1])
+        # contiguous(): a depth slice of a B > 1 batch is strided (a no-op for B = 1).
         return ops.ddtree_select_from_candidates(
-            token[:, :depth], logprob[:, :depth], depth, inputs.root_token
+            token[:, :depth].contiguous(), logprob[:, :depth].contiguous(), depth, inputs.root_token
         )
 
 

@@ -22,6 +22,7 @@ __all__ = [
     "choose_tokens",
     "counter_uniform",
     "process_logits",
+    "request_seeds",
     "target_probs",
 ]
 
@@ -125,6 +126,21 @@ def counter_uniform(seed: int | Tensor, round_idx: int | Tensor, node: Tensor) -
     return bits.to(torch.float64) * (1.0 / 2.0**53)
 
 
+#: Odd 64-bit step between the derived seeds of consecutive requests of a batch (2**64 / φ).
+_SEED_STEP = 0x9E3779B97F4A7C15
+
+
+def request_seeds(seed: int, batch_size: int) -> list[int]:
+    """The per-request seeds of a batched ``generate(seed=seed)``.
+
+    Request b draws with seed ``(seed + b * 0x9E3779B97F4A7C15) mod 2**63``: its draws are
+    exactly the (round, node)-keyed draws of a solo run with that seed (request 0 keeps
+    ``seed``, so a batch of one draws like the solo call). Distinct requests get unrelated
+    streams (the seed's both 32-bit halves go through the hash).
+    """
+    return [(seed + b * _SEED_STEP) % 2**63 for b in range(batch_size)]
+
+
 # ---------------------------------------------------------------------------------------------
 # Processed distribution
 # ---------------------------------------------------------------------------------------------
@@ -175,7 +191,8 @@ def choose_tokens(
     ``(seed, round_idx, node_offset + n)`` for node n, so nodes draw independently and the
     same (seed, round, node) always draws the same token for the same distribution.
     Padding nodes draw garbage that the walk never reads. ``seed`` (an int64 device tensor
-    in graph mode, so a captured graph replays with a new seed) overrides ``params.seed``.
+    in graph mode, so a captured graph replays with a new seed) overrides ``params.seed``; an
+    int64 ``[B, 1]`` tensor gives every request its own seed (batched generation).
     """
     if params.greedy:
         return logits.argmax(dim=-1)
@@ -183,7 +200,7 @@ def choose_tokens(
     num_b, num_n, _ = probs.shape
     node = torch.arange(node_offset, node_offset + num_n, device=logits.device)
     key = params.seed if seed is None else seed
-    u = counter_uniform(key, round_idx, node).expand(num_b, num_n)
+    u = counter_uniform(key, round_idx, node[None]).expand(num_b, num_n)
     cdf = probs.cumsum(dim=-1)
     # Scale by the total so fp rounding of the cumulative sum cannot push u past the end;
     # `right=True` returns the first token whose cdf exceeds the draw, which has mass > 0.

@@ -33,6 +33,14 @@ class GenerationStats:
         phase_time: seconds per phase (keys of :data:`PHASES`).
         total_time: wall-clock seconds of the whole call (prefill included).
         stopped: a stop token ended the sequence.
+        batch_size: requests generated together (1 for a solo call). For a batch (B > 1) the
+            call's aggregate stats pool the requests: ``prompt_len`` and ``new_tokens`` are
+            sums, ``accepted_lengths``/``emitted_per_round`` hold every (request, round) pair
+            (request-major), so ``tau`` is the mean over them and ``rounds`` counts them;
+            ``stopped`` means every request ended on a stop token. Per-request stats are in
+            ``GenerationOutput.request_stats``.
+        batch_rounds: for a batch, the rounds the batch ran (target verify forwards, the
+            longest request's rounds); 0 for a solo call. ``ms_per_round`` divides by it.
     """
 
     policy: str
@@ -44,6 +52,8 @@ class GenerationStats:
     phase_time: dict[str, float] = field(default_factory=lambda: dict.fromkeys(PHASES, 0.0))
     total_time: float = 0.0
     stopped: bool = False
+    batch_size: int = 1
+    batch_rounds: int = 0
 
     @property
     def rounds(self) -> int:
@@ -68,7 +78,8 @@ class GenerationStats:
 
     @property
     def ms_per_round(self) -> float:
-        return 1e3 * self.decode_time / self.rounds if self.rounds else 0.0
+        rounds = self.batch_rounds or self.rounds
+        return 1e3 * self.decode_time / rounds if rounds else 0.0
 
     def as_dict(self) -> dict[str, object]:
         """JSON-friendly summary (lists included)."""
@@ -85,6 +96,8 @@ class GenerationStats:
             "phase_time_s": dict(self.phase_time),
             "accepted_lengths": list(self.accepted_lengths),
             "stopped": self.stopped,
+            "batch_size": self.batch_size,
+            "batch_rounds": self.batch_rounds,
         }
 
 

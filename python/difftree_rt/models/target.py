@@ -256,7 +256,13 @@ class TargetAdapter:
         self._pending_nodes = None
 
     @torch.no_grad()
-    def prefill(self, input_ids: Tensor, *, last_logits_only: bool = False) -> TargetOutput:
+    def prefill(
+        self,
+        input_ids: Tensor,
+        *,
+        last_logits_only: bool = False,
+        lengths: Sequence[int] | None = None,
+    ) -> TargetOutput:
         """Append T tokens per request causally after the committed context and commit them.
 
         Works for the first prompt and for later chunks (chunked prefill).
@@ -265,12 +271,38 @@ class TargetAdapter:
             input_ids: ``[B, T]`` integer token ids.
             last_logits_only: return logits ``[B, 1, V]`` of the last row only (saves memory on
                 long prompts); features are still returned for all T rows.
+            lengths: optional per-request real lengths ``T_b`` (1..T, host ints) of a
+                **right-padded** batch: request b's tokens are ``input_ids[b, :T_b]``, the rest
+                is padding that is computed (causal attention keeps it invisible to the real
+                rows) but not committed. With ``last_logits_only`` the logits row is each
+                request's last real row ``T_b - 1``.
 
         Returns:
-            logits ``[B, T, V]`` and features ``[B, T, F]``. ``base_len += T``.
+            logits ``[B, T, V]`` and features ``[B, T, F]`` (padding rows hold garbage).
+            ``base_len += T`` (``+= T_b`` with ``lengths``).
         """
         ids = self._check_ids(input_ids, "input_ids")
-        return self._append(ids, "input_ids", last_logits_only)
+        if lengths is None:
+            return self._append(ids, "input_ids", last_logits_only)
+        num_b, num_t = ids.shape
+        lens = list(lengths)
+        if len(lens) != num_b or not all(
+            isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= num_t for n in lens
+        ):
+            raise ValueError(
+                f"lengths must be {num_b} ints in [1, T={num_t}] (one per request), got {lens!r}"
+            )
+        self._ensure_capacity(num_t, "input_ids")
+        lens_t = torch.tensor(lens, dtype=torch.long, device=self.device)
+        offsets = torch.arange(num_t, device=self.device)[None, :]
+        keep = (lens_t - 1)[:, None] if last_logits_only else None
+        out = self._forward(ids, offsets, None, None, logits_to_keep=keep)
+        self.cache.base_len.add_(lens_t.to(self.cache.base_len.dtype))
+        self.cache.len_bound += max(lens)
+        # An upper bound on max(base_len); exact when every request had the same length.
+        self.cache.len_exact = self.cache.len_exact and min(lens) == max(lens)
+        self._pending_nodes = None
+        return out
 
     @torch.no_grad()
     def decode(self, token: Tensor) -> TargetOutput:
@@ -407,6 +439,7 @@ class TargetAdapter:
         num_nodes: Tensor | None,
         *,
         last_logits_only: bool = False,
+        logits_to_keep: Tensor | None = None,
     ) -> TargetOutput:
         # Row i of request b: cache row base_len[b] + i, position base_len[b] + pos_offsets[b, i]
         # (i for causal appends, depth[i] for trees). All from device tensors: no sync.
@@ -424,6 +457,9 @@ class TargetAdapter:
         kwargs: dict[str, Any] = {CONTEXT_KWARG: ctx}
         if last_logits_only:
             kwargs["logits_to_keep"] = 1
+        elif logits_to_keep is not None:
+            # [B, 1] row per request (HF: 2-D integer positions, taken along the sequence).
+            kwargs["logits_to_keep"] = logits_to_keep
         try:
             with self._attention_impl(), self._capture(captured):
                 out = self.model(

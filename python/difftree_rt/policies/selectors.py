@@ -59,6 +59,7 @@ class CaDDTreePolicy(DraftPolicy):
 
     name = "caddtree"
     needs_context = True  # the committed length selects the context column of the table
+    batch_context = True  # on a batch: per-request committed lengths (context_lengths)
 
     def __init__(
         self,
@@ -81,10 +82,20 @@ class CaDDTreePolicy(DraftPolicy):
         B, L, V = logits.shape
         dev = logits.device if logits.is_cuda else torch.device("cpu")
         token, logprob = _candidates(inputs, max(1, min(self.budget, V)), on_device=logits.is_cuda)
-        ctx = 0 if inputs.context_ids is None else max(0, int(inputs.context_ids.shape[1]) - 1)
-        row = self.table.verify_row(self.budget, ctx, self.batch)
-        verify = row[None, :].expand(B, -1).contiguous().to(dev)
-        draft = torch.full((B,), self.table.draft_cost(ctx, self.batch), dtype=torch.float32)
+        if inputs.context_lengths is not None:
+            # Batched generation: each request's own committed length picks its cost row, so
+            # its per-round budget is the one a solo run would choose.
+            ctxs = [max(0, int(c)) for c in inputs.context_lengths]
+            rows = {c: self.table.verify_row(self.budget, c, self.batch) for c in set(ctxs)}
+            verify = torch.stack([rows[c] for c in ctxs]).to(dev)
+            draft = torch.tensor(
+                [self.table.draft_cost(c, self.batch) for c in ctxs], dtype=torch.float32
+            )
+        else:
+            ctx = 0 if inputs.context_ids is None else max(0, int(inputs.context_ids.shape[1]) - 1)
+            row = self.table.verify_row(self.budget, ctx, self.batch)
+            verify = row[None, :].expand(B, -1).contiguous().to(dev)
+            draft = torch.full((B,), self.table.draft_cost(ctx, self.batch), dtype=torch.float32)
         tree = ops.caddtree_select_from_candidates(
             token, logprob, self.budget, verify, draft.to(dev), inputs.root_token.to(dev)
         )
