@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -33,47 +32,16 @@ from torch import Tensor, nn
 
 from ..models.dflash import DFlashCache, DFlashDrafter
 from ..models.target import TargetAdapter
+from .batch import BatchGenerationMixin
+from .output import CACHE_ROUND, GenerationOutput, is_int
 from .policies import MAX_BUDGET, DraftPolicy, PolicyInput, make_policy
-from .sampling import SamplingParams, choose_tokens, request_seeds
+from .sampling import SamplingParams, choose_tokens
 from .stats import GenerationStats, PhaseTimer
 
 __all__ = ["GenerationOutput", "SpeculativeDecoder"]
 
-# Rows of headroom when the decoder sizes the target cache itself (max_length=None): rounding
-# up avoids re-allocating the cache for every slightly longer request.
-_CACHE_ROUND = 256
 
-
-@dataclass
-class GenerationOutput:
-    """Result of :meth:`SpeculativeDecoder.generate`.
-
-    Attributes:
-        sequences: int64 ``[B, T + new]``: each (left-padded) prompt row followed by its
-            generated tokens (the stop token included when one ended the request), like HF
-            ``generate``; ``new`` is the longest request's count and shorter rows are padded
-            with ``pad_token_id`` after their last token.
-        stats: per-round accepted lengths, τ, rounds, time per phase; for a batch the
-            aggregate over its requests (see :class:`GenerationStats`).
-        prompt_lengths: int64 ``[B]``: real (unpadded) prompt tokens per request.
-        new_lengths: int64 ``[B]``: generated tokens per request (row b's new tokens are
-            ``sequences[b, T : T + new_lengths[b]]``).
-        request_stats: one :class:`GenerationStats` per request (``[stats]`` for B = 1); the
-            times in them are the whole batch's.
-    """
-
-    sequences: Tensor
-    stats: GenerationStats
-    prompt_lengths: Tensor | None = None
-    new_lengths: Tensor | None = None
-    request_stats: list[GenerationStats] = field(default_factory=list)
-
-
-def _is_int(x: object) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
-
-
-class SpeculativeDecoder:
+class SpeculativeDecoder(BatchGenerationMixin):
     """Lossless speculative decoding of an HF causal LM with a DFlash drafter.
 
     Args:
@@ -114,7 +82,7 @@ class SpeculativeDecoder:
         cuda_graphs: bool | None = None,
         graph_capture: bool = True,
     ) -> None:
-        if not _is_int(budget) or not 1 <= budget <= MAX_BUDGET:
+        if not is_int(budget) or not 1 <= budget <= MAX_BUDGET:
             raise ValueError(f"budget must be an int in [1, {MAX_BUDGET}], got {budget!r}")
         if isinstance(policy, DraftPolicy):
             self.policy: DraftPolicy | None = policy
@@ -174,7 +142,7 @@ class SpeculativeDecoder:
         self.profile = profile
 
         if max_length is not None:
-            if not _is_int(max_length) or max_length < self.capacity + 2:
+            if not is_int(max_length) or max_length < self.capacity + 2:
                 raise ValueError(
                     f"max_length must be None or an int >= {self.capacity + 2} (a prompt token, "
                     f"a new token and one tree of N={self.capacity} rows), got {max_length!r}"
@@ -252,25 +220,9 @@ class SpeculativeDecoder:
                 )
             return self.adapter
         if self.adapter is None or self.adapter.max_length < needed:
-            rows = -(-needed // _CACHE_ROUND) * _CACHE_ROUND
+            rows = -(-needed // CACHE_ROUND) * CACHE_ROUND
             self.adapter = self._make_adapter(rows)
         return self.adapter
-
-    def _batch_adapter_for(self, needed: int, batch_size: int) -> TargetAdapter:
-        """The decoder-owned adapter of a batch (B > 1), kept for the next call of that B."""
-        ad = self._batch_adapter
-        if self.max_length is not None:
-            if needed > self.max_length:
-                raise ValueError(
-                    f"max_length={self.max_length} is too small for this request: "
-                    f"prompt + max_new_tokens + one tree of N={self.capacity} rows needs {needed}"
-                )
-            if ad is None or ad.batch_size != batch_size:
-                ad = self._make_adapter(self.max_length, batch_size)
-        elif ad is None or ad.batch_size != batch_size or ad.max_length < needed:
-            ad = self._make_adapter(-(-needed // _CACHE_ROUND) * _CACHE_ROUND, batch_size)
-        self._batch_adapter = ad
-        return ad
 
     def _check_vp_drafter(
         self, model: nn.Module, drafter: DFlashDrafter | None
@@ -321,15 +273,15 @@ class SpeculativeDecoder:
     ) -> tuple[Tensor, list[int], Tensor | None, int]:
         """Checked arguments: (ids ``[B, T]`` int64 on the device, left-padded; real prompt
         length per request; stop tokens or None; the pad token id)."""
-        if not _is_int(max_new_tokens) or max_new_tokens < 1:
+        if not is_int(max_new_tokens) or max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
         stop = None
         if stop_token_ids is not None:
-            if _is_int(stop_token_ids):
+            if is_int(stop_token_ids):
                 stop_list = [stop_token_ids]
             elif isinstance(stop_token_ids, Tensor):
                 stop_list = stop_token_ids.reshape(-1).tolist()
-            elif isinstance(stop_token_ids, Sequence) and all(_is_int(s) for s in stop_token_ids):
+            elif isinstance(stop_token_ids, Sequence) and all(is_int(s) for s in stop_token_ids):
                 stop_list = list(stop_token_ids)
             else:
                 raise ValueError(
@@ -345,9 +297,9 @@ class SpeculativeDecoder:
                 stop = torch.tensor(stop_list, dtype=torch.int64, device=self.device)
         if pad_token_id is None:
             pad = getattr(self.model.config, "pad_token_id", None)
-            if not _is_int(pad):
+            if not is_int(pad):
                 pad = int(stop[0]) if stop is not None else 0
-        elif _is_int(pad_token_id):
+        elif is_int(pad_token_id):
             pad = int(pad_token_id)
         else:
             raise ValueError(f"pad_token_id must be None or an int, got {pad_token_id!r}")
@@ -417,59 +369,6 @@ class SpeculativeDecoder:
                     f"input_ids: token ids must be in [0, V={self.vocab_size}), got [{lo}, {hi}]"
                 )
         return ids, lengths
-
-    def _stack_prompts(
-        self, prompts: list[Tensor], attention_mask: Any, pad: int
-    ) -> tuple[Tensor, list[int]]:
-        """A list of 1-D prompts (or ``[1, T_b]``) -> a left-padded batch."""
-        if attention_mask is not None:
-            raise ValueError(
-                "attention_mask must be None when input_ids is a list of prompts (the list "
-                "gives each request's length)"
-            )
-        if not prompts:
-            raise ValueError("input_ids: the list of prompts is empty")
-        rows = []
-        for i, p in enumerate(prompts):
-            if p.dim() == 2 and p.shape[0] == 1:
-                p = p[0]
-            if p.dim() != 1:
-                raise ValueError(
-                    f"input_ids[{i}] must be a 1-D tensor of token ids, got {list(p.shape)}"
-                )
-            if p.numel() == 0:
-                raise ValueError(f"input_ids[{i}] is empty (a prompt needs >= 1 token)")
-            if p.dtype.is_floating_point or p.dtype in (torch.bool, torch.complex64):
-                raise ValueError(f"input_ids[{i}] must hold integer token ids, got {p.dtype}")
-            rows.append(p.to(device=self.device, dtype=torch.long))
-        num_t = max(r.numel() for r in rows)
-        ids = torch.full((len(rows), num_t), pad, dtype=torch.long, device=self.device)
-        mask = torch.zeros((len(rows), num_t), dtype=torch.long, device=self.device)
-        for b, r in enumerate(rows):
-            ids[b, num_t - r.numel() :] = r
-            mask[b, num_t - r.numel() :] = 1
-        return self._check_input_ids(ids, mask, pad)
-
-    @staticmethod
-    def _request_seeds(seed: Any, num_b: int) -> list[int]:
-        """Per-request seeds: ``seed`` an int -> :func:`request_seeds`; a sequence of B ints ->
-        as given; None -> one seed from torch's global generator, then derived."""
-        if seed is None:
-            seed = int(torch.randint(0, 2**62, (1,)).item())
-        if isinstance(seed, Sequence) and not isinstance(seed, str):
-            seeds = list(seed)
-            if len(seeds) != num_b:
-                raise ValueError(
-                    f"seed: a sequence of per-request seeds must have B={num_b} entries, "
-                    f"got {len(seeds)}"
-                )
-        elif _is_int(seed) and 0 <= seed < 2**63:
-            seeds = request_seeds(seed, num_b)
-        else:
-            seeds = [seed]  # rejected by SamplingParams.validate, naming `seed`
-        for s in seeds:
-            SamplingParams(seed=s).validate()
-        return seeds
 
     # ------------------------------------------------------------------------------------------
     # Generate
@@ -781,269 +680,6 @@ class SpeculativeDecoder:
     # ------------------------------------------------------------------------------------------
     # Batched generation (B > 1, eager)
     # ------------------------------------------------------------------------------------------
-    def _generate_batch(
-        self,
-        ids: Tensor,
-        lengths: list[int],
-        max_new: int,
-        params: SamplingParams,
-        seeds: list[int],
-        stop: Tensor | None,
-        pad: int,
-    ) -> GenerationOutput:
-        """B > 1 requests, left-padded ``ids [B, T]`` with real lengths ``lengths``.
-
-        Every request keeps its own committed length (target ``base_len``, drafter cache
-        ``lengths``) and round counter; all active requests run one round per batched round,
-        so request b's round r is the global round r, exactly as alone. A finished request
-        rides along as a no-op (commit, drafter append and output writes gated by ``active``)
-        until the whole batch is done.
-        """
-        policy = self.policy
-        if policy is not None and policy.needs_context and not policy.batch_context:
-            raise NotImplementedError(
-                f"policy {self.policy_name!r} reads each request's token stream "
-                "(needs_context) and runs one request at a time: batched generation (B > 1) is "
-                "not supported for it; call generate per request (input_ids [1, T])"
-            )
-        self._streamer = None
-        num_b, num_t = ids.shape
-        adapter = self._adapter_for(num_t + max_new + self.capacity, num_b)
-        adapter.reset()
-        stats = GenerationStats(
-            policy=self.policy_name,
-            budget=self.budget,
-            prompt_len=sum(lengths),
-            batch_size=num_b,
-        )
-        per = [
-            GenerationStats(policy=self.policy_name, budget=self.budget, prompt_len=n)
-            for n in lengths
-        ]
-        timer = PhaseTimer(stats, self.device, self.profile)
-        t_start = time.perf_counter()
-        # Left -> right padding: request b's tokens at columns 0..T_b-1, so its positions start
-        # at 0 exactly as alone (the padding columns are computed, never committed).
-        dev = self.device
-        lens_t = torch.tensor(lengths, dtype=torch.long, device=dev)
-        cols = torch.arange(num_t, device=dev)[None, :]
-        src = (cols + (num_t - lens_t)[:, None]).clamp(max=num_t - 1)
-        right = torch.where(cols < lens_t[:, None], torch.gather(ids, 1, src), 0)
-        seed_t = torch.tensor(seeds, dtype=torch.int64, device=dev)[:, None]
-        if policy is None:
-            out_buf, gen = self._generate_ar_batch(
-                adapter, right, lengths, max_new, params, seed_t, stop, per, timer
-            )
-        else:
-            out_buf, gen = self._generate_spec_batch(
-                adapter, right, lengths, max_new, params, seed_t, stop, per, timer
-            )
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        stats.total_time = time.perf_counter() - t_start
-        # Outputs: row b's generated tokens, then pad_token_id up to the longest request.
-        new_len = max(gen)
-        gen_t = torch.tensor(gen, dtype=torch.long, device=dev)
-        new = out_buf[:, :new_len]
-        new = torch.where(torch.arange(new_len, device=dev)[None, :] < gen_t[:, None], new, pad)
-        for b, s in enumerate(per):
-            s.new_tokens = gen[b]
-            s.stopped = self._ended_on_stop(out_buf[b : b + 1, : gen[b]], stop)
-            s.phase_time = dict(stats.phase_time)
-            s.total_time = stats.total_time
-            stats.accepted_lengths += s.accepted_lengths
-            stats.emitted_per_round += s.emitted_per_round
-        stats.new_tokens = sum(gen)
-        stats.stopped = all(s.stopped for s in per)
-        stats.batch_rounds = max(s.rounds for s in per)
-        return GenerationOutput(
-            sequences=torch.cat([ids, new], dim=1),
-            stats=stats,
-            prompt_lengths=lens_t.cpu(),
-            new_lengths=gen_t.cpu(),
-            request_stats=per,
-        )
-
-    def _prefill_batch(
-        self,
-        adapter: TargetAdapter,
-        right: Tensor,
-        lengths: list[int],
-        params: SamplingParams,
-        seed_t: Tensor,
-        stop: Tensor | None,
-        out_buf: Tensor,
-        timer: PhaseTimer,
-    ) -> tuple[Tensor, Tensor | None, Tensor]:
-        """Prefill a right-padded batch (request b at positions 0..T_b-1) and choose every
-        request's first token (round 0, node 0, its own seed)."""
-        with timer.phase("prefill"):
-            out = adapter.prefill(right, last_logits_only=True, lengths=lengths)
-            first = choose_tokens(out.logits, params, round_idx=0, seed=seed_t)[:, 0]
-            out_buf[:, 0] = first
-        return first, out.features, self._is_stop(first, stop)
-
-    def _generate_ar_batch(
-        self,
-        adapter: TargetAdapter,
-        right: Tensor,
-        lengths: list[int],
-        max_new: int,
-        params: SamplingParams,
-        seed_t: Tensor,
-        stop: Tensor | None,
-        per: list[GenerationStats],
-        timer: PhaseTimer,
-    ) -> tuple[Tensor, list[int]]:
-        """ "ar" on a batch: one target step per round for every request; a finished request's
-        step is computed (its own cache rows only) but neither emitted nor counted."""
-        num_b = right.shape[0]
-        out_buf = torch.full((num_b, max_new + 1), -1, dtype=torch.long, device=self.device)
-        trash = max_new
-        token, _, is_stop = self._prefill_batch(
-            adapter, right, lengths, params, seed_t, stop, out_buf, timer
-        )
-        generated_t = torch.ones(num_b, dtype=torch.long, device=self.device)
-        active_t = ~is_stop & (generated_t < max_new)
-        with timer.phase("host"):
-            act = [bool(a) for a in active_t.tolist()]
-        gen = [1] * num_b
-        step = 0
-        while any(act):
-            step += 1
-            with timer.phase("verify"):
-                logits = adapter.decode(token.clamp(min=0)[:, None]).logits
-            with timer.phase("accept"):
-                token = choose_tokens(logits, params, round_idx=step, seed=seed_t)[:, 0]
-                dest = torch.where(active_t, generated_t, trash)
-                out_buf.scatter_(1, dest[:, None], token[:, None])
-                generated_t = generated_t + active_t.to(torch.long)
-                active_t = active_t & ~self._is_stop(token, stop) & (generated_t < max_new)
-            with timer.phase("host"):
-                flags, gen = torch.stack([active_t.to(torch.long), generated_t]).tolist()
-                for b in range(num_b):
-                    if act[b]:
-                        per[b].accepted_lengths.append(0)
-                        per[b].emitted_per_round.append(1)
-                act = [bool(a) for a in flags]
-        return out_buf, gen
-
-    def _batch_drafter_cache(self, drafter: DFlashDrafter, num_b: int, rows: int) -> DFlashCache:
-        cache = self._batch_dcache
-        if cache is None or cache.batch_size != num_b or cache.dtype != drafter.dtype:
-            cache = drafter.new_cache(batch_size=num_b, capacity=rows)
-            self._batch_dcache = cache
-        cache.reset()
-        cache.reserve(rows)
-        return cache
-
-    def _generate_spec_batch(
-        self,
-        adapter: TargetAdapter,
-        right: Tensor,
-        lengths: list[int],
-        max_new: int,
-        params: SamplingParams,
-        seed_t: Tensor,
-        stop: Tensor | None,
-        per: list[GenerationStats],
-        timer: PhaseTimer,
-    ) -> tuple[Tensor, list[int]]:
-        """Speculative rounds on a batch: :meth:`_generate_spec` with per-request committed
-        lengths (the drafter cache is ragged: ``num_new = accepted + 1`` rows per request) and
-        an ``active`` mask that turns a finished request's round into a no-op."""
-        from .. import ops
-
-        drafter, policy = self.drafter, self.policy
-        assert drafter is not None and policy is not None
-        num_b, num_t = right.shape
-        dev = self.device
-        dcache = self._batch_drafter_cache(drafter, num_b, num_t + max_new + drafter.block_size)
-        second, vcache = drafter, dcache
-        if policy.redraft and self.vp_drafter is not None:
-            second = self.vp_drafter
-            vcache = second.new_cache(batch_size=num_b, capacity=num_t + max_new + 1)
-        path_cols = min(self.max_depth, self.capacity - 1) + 1
-        out_buf = torch.full((num_b, max_new + 1), -1, dtype=torch.long, device=dev)
-        trash = max_new
-        cols = torch.arange(path_cols, device=dev)
-
-        bonus, features, is_stop = self._prefill_batch(
-            adapter, right, lengths, params, seed_t, stop, out_buf, timer
-        )
-        assert features is not None
-        # The prompt rows (padding past T_b is written to scratch, not counted).
-        new_features = features.to(drafter.dtype)
-        num_new = torch.tensor(lengths, dtype=torch.long, device=dev)
-        generated_t = torch.ones(num_b, dtype=torch.long, device=dev)
-        active_t = ~is_stop & (generated_t < max_new)
-        with timer.phase("host"):
-            act = [bool(a) for a in active_t.tolist()]
-        gen = [1] * num_b
-        starts = list(lengths)  # committed rows per request
-        round_idx = 0
-        while any(act):
-            round_idx += 1
-            with timer.phase("draft"):
-                block = drafter.make_block(bonus)
-                # Ragged context: request b's block sits at its own length (start = lengths).
-                draft_logits = drafter.draft(block, dcache, new_features, num_new=num_new)
-                inputs = PolicyInput(draft_logits, bonus, round_idx)
-                if policy.needs_context:
-                    inputs.context_lengths = list(starts)
-                if policy.redraft:
-                    if vcache is not dcache:
-                        second.append_context(vcache, new_features.to(second.dtype), num_new)
-                    blocks = policy.redraft_blocks(inputs, second.block_size, second.mask_token_id)
-                    inputs.branch_logits = second.draft_branches(blocks, vcache)
-            with timer.phase("select"):
-                tree = policy.select(inputs)
-            with timer.phase("verify"):
-                tokens = tree.token.clamp(min=0)
-                if policy.is_chain:
-                    verified = adapter.verify(tokens, tree.depth, None, None)
-                else:
-                    verified = adapter.verify(tokens, tree.depth, tree.anc, tree.num_nodes)
-            with timer.phase("accept"):
-                choice = choose_tokens(verified.logits, params, round_idx, seed=seed_t)
-                # Finished requests: nothing left to emit (their walk is discarded anyway).
-                remaining = (max_new - generated_t) * active_t.to(torch.long)
-                walk = ops.tree_walk(tree, choice, stop, remaining)
-            with timer.phase("commit"):
-                adapter.commit(walk.path, walk.accepted, active_t)
-                assert verified.features is not None
-                path_features = adapter.gather_path(verified.features, walk.path)
-                act_l = active_t.to(torch.long)
-                accepted = walk.accepted.to(torch.long) * act_l
-                next_token = torch.where(active_t, walk.next_token.to(torch.long), -1)
-                path_nodes = walk.path[:, 1:].clamp(min=0).to(torch.long)
-                emit = torch.gather(tree.token, 1, path_nodes).to(torch.long)
-                emit = torch.cat([emit, next_token[:, None]], dim=1)[:, :path_cols]
-                emit = torch.where(cols[None] == accepted[:, None], next_token[:, None], emit)
-                num_emit = (accepted + (next_token >= 0).to(torch.long)) * act_l
-                dest = torch.where(
-                    cols[None] < num_emit[:, None], generated_t[:, None] + cols[None], trash
-                )
-                out_buf.scatter_(1, dest, emit)
-                generated_t = generated_t + num_emit
-                num_new = (accepted + 1) * act_l
-                active_t = active_t & ~walk.done & (next_token >= 0) & (generated_t < max_new)
-            with timer.phase("host"):
-                acc, nxt, flags, gen = torch.stack(
-                    [accepted, next_token, active_t.to(torch.long), generated_t]
-                ).tolist()
-                adapter.cache.sync_len_bound()
-                rows = 1
-                for b in range(num_b):
-                    if act[b]:
-                        per[b].accepted_lengths.append(acc[b])
-                        per[b].emitted_per_round.append(acc[b] + (1 if nxt[b] >= 0 else 0))
-                        starts[b] += acc[b] + 1
-                        rows = max(rows, acc[b] + 1)
-                new_features = path_features[:, :rows].to(drafter.dtype)
-                bonus = next_token.clamp(min=0)
-                act = [bool(a) for a in flags]
-        return out_buf, gen
 
     @staticmethod
     def _ended_on_stop(out: Tensor, stop: Tensor | None) -> bool:
