@@ -27,6 +27,8 @@ def test_build_info_keys() -> None:
     ):
         assert key in info
     assert info["version"] == difftree_rt.__version__
+    policies = info["policies"].split(", ")
+    assert {"ar", "chain", "ddtree", "caddtree", "presto", "taps", "d2sd"} <= set(policies)
     if info["cuda_compiled"]:
         archs = info["cuda_architectures"].split(",")
         assert "80" in archs and "90a" in archs

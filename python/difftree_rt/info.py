@@ -13,7 +13,7 @@ def build_info() -> dict[str, Any]:
 
     Keys: ``version``, ``cuda_compiled`` (CUDA kernels built in), ``cuda_architectures``,
     ``cuda_version`` (nvcc used for the kernels), ``compiler``, ``git_sha``, plus the runtime's
-    ``torch`` version, ``torch_cuda_available`` and ``python``.
+    ``torch`` version, ``torch_cuda_available``, ``python`` and the registered ``policies``.
     """
     from ._ext import ext
 
@@ -29,4 +29,7 @@ def build_info() -> dict[str, Any]:
         info["torch"] = None
         info["torch_cuda_available"] = False
     info["python"] = platform.python_version()
+    from .engine.policies import POLICIES
+
+    info["policies"] = ", ".join(["ar", *sorted(POLICIES)])
     return info
