@@ -19,7 +19,7 @@ from difftree_rt import SpeculativeDecoder
 from difftree_rt.engine import request_seeds
 from difftree_rt.models import TargetAdapter
 
-POLICIES = ("ar", "chain", "ddtree", "caddtree", "taps", "d2sd")
+POLICIES = ("ar", "chain", "ddtree", "caddtree", "presto", "taps", "d2sd")
 BUDGETS = (1, 7, 64)
 PROMPT_LENS = (1, 23, 6, 14)
 NEW = 20
@@ -85,7 +85,7 @@ def test_batch_greedy_equals_solo_and_hf(arch: str, policy: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "policy,budget", [("chain", 7), ("ddtree", 7), ("ddtree", 64), ("d2sd", 64)]
+    "policy,budget", [("chain", 7), ("ddtree", 7), ("ddtree", 64), ("presto", 64), ("d2sd", 64)]
 )
 def test_batch_trained_pair_mid_round_end(policy: str, budget: int) -> None:
     # Realistic acceptance: deep paths, so max_new_tokens (37) ends inside a round's path.
@@ -102,7 +102,7 @@ def test_batch_trained_pair_mid_round_end(policy: str, budget: int) -> None:
     assert max(out.stats.accepted_lengths) >= 3
 
 
-@pytest.mark.parametrize("policy", ["ar", "chain", "ddtree", "taps"])
+@pytest.mark.parametrize("policy", ["ar", "chain", "ddtree", "presto", "taps"])
 def test_stop_token_ends_one_request_early(policy: str) -> None:
     target, drafter = trained_pair()
     prompts = _prompts(32, (3, 17, 9), seed=5)
@@ -277,10 +277,34 @@ def test_batch_errors(args, kwargs, exc, match) -> None:
         dec.generate(*args, **kwargs)
 
 
-def test_presto_batch_not_implemented() -> None:
+def test_presto_batch_priors_are_per_request() -> None:
+    # One prior per request, over its own stream: the trees (and outputs) are the solo ones,
+    # while one prior shared by the batch would change them. The same decoder then runs solo.
+    from difftree_rt.policies import PrestoPolicy
+
+    target, drafter = trained_pair()
+    prompts = _prompts(32, (3, 17, 9), seed=5)
+    policy = PrestoPolicy(16, lam=1.0)
+    dec = SpeculativeDecoder(target, drafter, policy)
+    out = dec.generate(prompts, 30)
+    assert len(policy.batch_priors) == 3
+    for b, p in enumerate(prompts):
+        stream = torch.cat([p, _new_tokens(out, b)]).tolist()
+        assert stream[: len(policy.batch_priors[b].stream)] == policy.batch_priors[b].stream
+    _check_against_solo(dec, prompts, out, 30)
+    assert out.stats.tau > 1.5
+
+
+def test_needs_context_policy_without_batch_context_refuses_a_batch() -> None:
+    from difftree_rt.engine import DDTreePolicy
+
+    class StreamPolicy(DDTreePolicy):
+        name = "stream"
+        needs_context = True  # reads context_ids, no batch_context
+
     target, drafter = random_pair("qwen3")
-    dec = SpeculativeDecoder(target, drafter, "presto", budget=8)
-    with pytest.raises(NotImplementedError, match="presto"):
+    dec = SpeculativeDecoder(target, drafter, StreamPolicy(8))
+    with pytest.raises(NotImplementedError, match="stream"):
         dec.generate([torch.tensor([1, 2]), torch.tensor([3])], 4)
     dec.generate(torch.tensor([[1, 2]]), 4)  # B = 1 still runs
 

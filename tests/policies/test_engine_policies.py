@@ -80,3 +80,34 @@ def test_sampling_distribution_equals_target(policy_name, budget, temperature, t
         return PrestoPolicy(budget, lam=1.0)
 
     assert_sampling_lossless(make, temperature=temperature, top_p=top_p)
+
+
+@pytest.mark.parametrize("budget", [1, 7, 64])
+def test_presto_batch_select_equals_solo_selects(budget: int) -> None:
+    # A batch's rows (-1-padded ragged streams, context_lengths given) get exactly the trees of
+    # B = 1 calls on their own streams, round after round (each request keeps its own prior).
+    from difftree_rt.engine.policies import PolicyInput
+
+    gen = torch.Generator().manual_seed(budget)
+    B, L, V = 3, 6, 40
+    streams = [torch.randint(0, 6, (n,), generator=gen).tolist() for n in (2, 30, 11)]
+    batch = PrestoPolicy(budget, lam=1.0)
+    solos = [PrestoPolicy(budget, lam=1.0) for _ in range(B)]
+    for round_idx in range(1, 4):
+        logits = torch.randn(B, L, V, generator=gen)
+        root = torch.tensor([s[-1] for s in streams])
+        width = max(len(s) for s in streams) + 2
+        ctx = torch.full((B, width), -1, dtype=torch.long)
+        for b, s in enumerate(streams):
+            ctx[b, : len(s)] = torch.tensor(s)
+        got = batch.select(
+            PolicyInput(logits, root, round_idx, ctx, context_lengths=[len(s) - 1 for s in streams])
+        )
+        for b, s in enumerate(streams):
+            want = solos[b].select(
+                PolicyInput(logits[b : b + 1], root[b : b + 1], round_idx, torch.tensor([s]))
+            )
+            for g, w in zip(got.arrays(), want.arrays()):
+                assert torch.equal(g[b : b + 1], w), (budget, round_idx, b)
+            s.extend(torch.randint(0, 6, (1 + b,), generator=gen).tolist())
+    assert [p.stream for p in batch.batch_priors] == [p.prior.stream for p in solos]

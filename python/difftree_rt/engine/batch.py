@@ -296,6 +296,17 @@ class BatchGenerationMixin:
         # The prompt rows (padding past T_b is written to scratch, not counted).
         new_features = features.to(drafter.dtype)
         num_new = torch.tensor(lengths, dtype=torch.long, device=dev)
+        stream = None
+        if policy.needs_context:
+            # Request b's token stream (prompt, then its generated tokens ending with the bonus)
+            # from column 0, -1 after it; the last column is scratch. Extended on the device as
+            # tokens are emitted; the policy reads [:, :T + max(generated)].
+            prompt_t = num_new.clone()
+            stream = torch.full((num_b, num_t + max_new + 1), -1, dtype=torch.long, device=dev)
+            in_prompt = torch.arange(num_t, device=dev)[None, :] < prompt_t[:, None]
+            stream[:, :num_t] = torch.where(in_prompt, right, -1)
+            stream.scatter_(1, prompt_t[:, None], bonus[:, None].to(torch.long))
+            stream_trash = num_t + max_new
         generated_t = torch.ones(num_b, dtype=torch.long, device=dev)
         active_t = ~is_stop & (generated_t < max_new)
         with timer.phase("host"):
@@ -310,8 +321,9 @@ class BatchGenerationMixin:
                 # Ragged context: request b's block sits at its own length (start = lengths).
                 draft_logits = drafter.draft(block, dcache, new_features, num_new=num_new)
                 inputs = PolicyInput(draft_logits, bonus, round_idx)
-                if policy.needs_context:
+                if stream is not None:
                     inputs.context_lengths = list(starts)
+                    inputs.context_ids = stream[:, : num_t + max(gen)]
                 if policy.redraft:
                     if vcache is not dcache:
                         second.append_context(vcache, new_features.to(second.dtype), num_new)
@@ -346,6 +358,9 @@ class BatchGenerationMixin:
                     cols[None] < num_emit[:, None], generated_t[:, None] + cols[None], trash
                 )
                 out_buf.scatter_(1, dest, emit)
+                if stream is not None:
+                    sdest = torch.where(dest == trash, stream_trash, dest + prompt_t[:, None])
+                    stream.scatter_(1, sdest, emit)
                 generated_t = generated_t + num_emit
                 num_new = (accepted + 1) * act_l
                 active_t = active_t & ~walk.done & (next_token >= 0) & (generated_t < max_new)

@@ -51,8 +51,10 @@ class PolicyInput:
         state: scratch a policy may keep between ``redraft_blocks`` and ``select`` of one round.
         context_lengths: batched generation (B > 1) of a ``needs_context`` policy that declares
             ``batch_context``: per request, the committed length (target KV rows = the
-            ``context_ids.shape[1] - 1`` of a solo run), host ints; ``context_ids`` is then None
-            (the requests' streams are ragged). None otherwise.
+            ``context_ids.shape[1] - 1`` of a solo run), host ints; ``context_ids`` is then
+            ``[B, T']`` with the ragged streams left-aligned: row b holds request b's prompt and
+            generated tokens (the bonus last; ``context_lengths[b] + 1`` tokens while it is
+            active) from column 0, then -1. None otherwise.
     """
 
     draft_logits: Tensor
@@ -83,8 +85,9 @@ class DraftPolicy(ABC):
             host value and ignores ``round_idx``, so graph mode may capture it in a CUDA graph
             (engine/graph.py); other policies run on the eager path.
         batch_context: a ``needs_context`` policy that also runs on a batch (B > 1) from
-            :attr:`PolicyInput.context_lengths` alone (``context_ids`` None). Batched
-            generation refuses ``needs_context`` policies without it (NotImplementedError).
+            :attr:`PolicyInput.context_lengths` and the -1-padded ``context_ids`` rows (see
+            :class:`PolicyInput`). Batched generation refuses ``needs_context`` policies
+            without it (NotImplementedError).
     """
 
     name: str = ""

@@ -1,12 +1,13 @@
 """Engine policies ``caddtree`` and ``presto`` (DESIGN.md §4) on top of the core's selectors.
 
-Vocabulary: B batch (1 on the eager engine path), L draft depth, K candidates per depth,
+Vocabulary: B batch, L draft depth, K candidates per depth,
 V vocabulary, N tree capacity (budget + 1).
 
 ``caddtree`` stays on the draft logits' device: on CUDA the candidates, the cut and the tree
 never leave the GPU (cuda/caddtree_select.cu, bit-identical to the CPU op); only the cost row,
 a function of the host-side context length, is uploaded. ``presto`` runs on the host (no CUDA
-kernel yet): the candidates ``[B, L, K]`` are copied to the CPU, the tree is copied back.
+kernel yet): the candidates ``[B, L, K]`` are copied to the CPU, the tree is copied back; on a
+batch each request has its own n-gram prior and its own selection (one op call per request).
 """
 
 from __future__ import annotations
@@ -120,10 +121,15 @@ class PrestoPolicy(DraftPolicy):
         order: n of the n-gram prior.
         alpha: additive smoothing mass α (interpolation toward the lower order).
         k: candidates per depth (default ``min(budget, V)``, as DDTree).
+
+    On a batch (``context_lengths`` given, or B > 1) row b of ``context_ids`` is request b's
+    stream followed by -1 padding; request b keeps its own prior (:attr:`batch_priors`) and
+    gets its own ``presto_select`` call, so its tree is exactly the one of its solo run.
     """
 
     name = "presto"
     needs_context = True
+    batch_context = True  # on a batch: one prior per request, over its own row of context_ids
 
     def __init__(
         self,
@@ -141,34 +147,62 @@ class PrestoPolicy(DraftPolicy):
             raise ValueError(f"alpha must be > 0, got {alpha!r}")
         self.lam, self.order, self.alpha, self.k = float(lam), order, float(alpha), k
         self.prior = NGramPrior(order)
+        #: Batched generation: request b's prior (kept across calls like :attr:`prior`).
+        self.batch_priors: list[NGramPrior] = []
 
-    def select(self, inputs: PolicyInput) -> DraftTree:
+    def _select_one(
+        self,
+        prior: NGramPrior,
+        token: torch.Tensor,
+        logprob: torch.Tensor,
+        root: torch.Tensor,
+        vocab: int,
+    ) -> DraftTree:
         from .. import ops
 
-        logits = inputs.draft_logits
-        B, _, V = logits.shape
-        if B != 1:
-            raise NotImplementedError("presto: one request at a time (B = 1)")
-        if inputs.context_ids is None:
-            raise ValueError("presto needs PolicyInput.context_ids (the committed stream)")
-        # The stream ends with the root (bonus) token: it is emitted output, so it is counted.
-        self.prior.sync(inputs.context_ids[0])
-        k = max(1, min(self.k or self.budget, self.budget, V))
-        token, logprob = _candidates(inputs, k)
-        tree = ops.presto_select_from_candidates(
+        return ops.presto_select_from_candidates(
             token,
             logprob,
             self.budget,
-            self.prior.context()[None],
-            self.prior.keys,
-            self.prior.counts,
+            prior.context()[None],
+            prior.keys,
+            prior.counts,
             order=self.order,
-            vocab=V,
+            vocab=vocab,
             lam=self.lam,
             alpha=self.alpha,
-            root_token=inputs.root_token.cpu(),
+            root_token=root,
         )
-        return tree.to(logits.device)
+
+    def select(self, inputs: PolicyInput) -> DraftTree:
+        logits = inputs.draft_logits
+        B, _, V = logits.shape
+        if inputs.context_ids is None:
+            raise ValueError("presto needs PolicyInput.context_ids (the committed stream)")
+        k = max(1, min(self.k or self.budget, self.budget, V))
+        token, logprob = _candidates(inputs, k)
+        root = inputs.root_token.cpu()
+        if B == 1 and inputs.context_lengths is None:
+            # The stream ends with the root (bonus) token: it is emitted output, so it is counted.
+            self.prior.sync(inputs.context_ids[0])
+            return self._select_one(self.prior, token, logprob, root, V).to(logits.device)
+        # A batch: row b of context_ids is request b's stream, then -1 padding. Each request
+        # keeps its own prior and gets its own selection, so its tree is exactly the solo one
+        # (the core's presto_select reads one count table, shared by the whole batch).
+        ctx = inputs.context_ids.cpu()
+        if ctx.shape[0] != B:
+            raise ValueError(f"presto: context_ids has {ctx.shape[0]} rows for B={B}")
+        ns = (ctx >= 0).sum(dim=1).tolist()
+        while len(self.batch_priors) < B:
+            self.batch_priors.append(NGramPrior(self.order))
+        trees = []
+        for b in range(B):
+            prior = self.batch_priors[b]
+            prior.sync(ctx[b, : ns[b]])
+            sl = slice(b, b + 1)
+            trees.append(self._select_one(prior, token[sl], logprob[sl], root[sl], V))
+        arrays = tuple(torch.cat(parts) for parts in zip(*(t.arrays() for t in trees)))
+        return DraftTree.from_arrays(arrays, trees[0].max_depth).to(logits.device)
 
     def __repr__(self) -> str:
         return (
