@@ -101,7 +101,9 @@ __global__ void __launch_bounds__(kRowThreads) node_select_kernel(NodeParams p) 
       if (kept(v)) q += mass(v);
     const unsigned long long Q = block_sum_u64(q, s);
     const double thr = static_cast<double>(top_p) * static_cast<double>(Q);
-    threshold = block_radix_select<true>(V, key, kept, mass, 0u, thr, s);
+    // top_p <= 0 keeps the best token alone (the CPU op: the first cumulative mass >= 0); the
+    // weighted select needs a positive target mass.
+    threshold = thr > 0.0 ? block_radix_select<true>(V, key, kept, mass, 0u, thr, s) : mk;
   }
 
   const sm::RngKey rk = sm::make_key(seed, round, node);

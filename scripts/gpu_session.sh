@@ -28,11 +28,28 @@ step() {  # step SECONDS NAME CMD...
   echo "=== [$name] rc=$rc $((SECONDS - t0)) s" | tee -a "$LOG"
 }
 
+# The lent GPU image's default CXX (/opt/gcc/bin/g++, a wrapper) links libstdc++ statically;
+# mixed with the libstdc++ torch loads, every C++ exception (a bad argument's ValueError) then
+# segfaults. The distribution compiler links it dynamically (tests/test_build.py checks).
+if [ -x /usr/bin/g++ ] && [ -x /usr/bin/gcc ]; then export CC=/usr/bin/gcc CXX=/usr/bin/g++; fi
 if ! python -c "import difftree_rt._C" 2>/dev/null; then
   # Hopper only and all cores unless the caller says otherwise: the build is on the clock.
   export CMAKE_ARGS=${CMAKE_ARGS:--DCMAKE_CUDA_ARCHITECTURES=90a}
   export CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}
-  step 300 build pip install --no-build-isolation --no-deps -e .
+  step 300 build python -m pip install --no-build-isolation --no-deps -e .
+fi
+if ! python -c "import difftree_rt._C" 2>/dev/null; then
+  # No usable scikit-build-core: build the extension with CMake and load it from the tree
+  # (difftree_rt._ext honours DIFFTREE_RT_EXT).
+  if ! ls build/gpu-py/_C*.so >/dev/null 2>&1; then
+    step 60 cmake_configure cmake -S . -B build/gpu-py -G Ninja -DDIFFTREE_PYTHON=ON \
+      -DDIFFTREE_CUDA=ON -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90a \
+      -Dpybind11_DIR="$(python -m pybind11 --cmakedir)" -DPython_EXECUTABLE="$(command -v python)"
+    step 400 cmake_build cmake --build build/gpu-py -j "$(nproc)"
+  fi
+  export PYTHONPATH="$PWD/python${PYTHONPATH:+:$PYTHONPATH}"
+  DIFFTREE_RT_EXT="$(ls "$PWD"/build/gpu-py/_C*.so | head -n 1)"
+  export DIFFTREE_RT_EXT
 fi
 { python -m difftree_rt info; nvidia-smi; } >"$OUT/info-stage$stage.txt" 2>&1
 

@@ -365,7 +365,14 @@ class DFlashDrafter(nn.Module):
         with torch.no_grad():
             for module in self.modules():
                 if isinstance(module, nn.Linear):
-                    module.weight.normal_(0.0, std, generator=generator)
+                    w = module.weight
+                    if generator is not None and generator.device != w.device:
+                        # Draw where the generator lives (e.g. a CPU generator while the
+                        # default device is CUDA), so a seed gives the same weights anywhere.
+                        draw = torch.empty(w.shape, dtype=w.dtype, device=generator.device)
+                        w.copy_(draw.normal_(0.0, std, generator=generator))
+                    else:
+                        w.normal_(0.0, std, generator=generator)
                     if module.bias is not None:
                         module.bias.zero_()
                 elif isinstance(module, _RMSNorm):
