@@ -157,7 +157,8 @@ def test_d2sd_select_cuda_workspace_query_and_limits() -> None:
     _assert_tree_equal(want, tree)
 
 
-@pytest.mark.parametrize(("K", "L2", "budget"), [(4, 15, 64), (200, 300, 4096)])
+# K <= L1: the boundaries op returns min(K, m) columns and the branch rows must match them.
+@pytest.mark.parametrize(("K", "L2", "budget"), [(4, 15, 64), (100, 300, 4096)])
 def test_d2sd_cuda_graph_replay(K: int, L2: int, budget: int) -> None:
     """Both ops captured once, replayed on new device-side inputs (shared-memory and workspace
     paths): the boundaries feed the select inside the graph, as in a round."""
@@ -260,8 +261,11 @@ def test_taps_policy_on_cuda_reads_nothing_on_the_host(seed: int) -> None:
     for scorer in (None, "marginal"):
         policy = TapsPolicy(budget=[16, 64, 256][seed % 3], scorer=scorer)
         cpu = policy.select(PolicyInput(draft_logits=logits, root_token=root))
+        # The host->device copies happen before the guard: only the policy is under test.
+        inputs = PolicyInput(draft_logits=logits.cuda(), root_token=root.cuda())
+        torch.cuda.synchronize()
         with forbid_host_sync():
-            gpu = policy.select(PolicyInput(draft_logits=logits.cuda(), root_token=root.cuda()))
+            gpu = policy.select(inputs)
         assert gpu.token.is_cuda
         if scorer == "marginal":
             _assert_tree_equal(cpu, gpu)
