@@ -15,6 +15,11 @@ Status kv_commit(const TensorView* caches, int num_caches, const TensorView& bas
 
 Status topk_logprobs(const TensorView& logits, int64_t k, const TensorView& token,
                      const TensorView& logprob, const TensorView* row_error, Stream stream);
+// Split-row path (num_splits > 1): each row's V over num_splits CTAs, then a per-row merge; needs
+// a 16-byte aligned workspace of topk_logprobs_workspace_bytes(B, L, V, k, num_splits) bytes.
+Status topk_logprobs(const TensorView& logits, int64_t k, const TensorView& token,
+                     const TensorView& logprob, const TensorView* row_error, int num_splits,
+                     void* workspace, Stream stream);
 size_t ddtree_select_workspace_bytes(int64_t B, int64_t L, int64_t K, int64_t budget);
 Status ddtree_select(const TensorView& cand_token, const TensorView& cand_logprob, int64_t budget,
                      const TensorView* root_token, const TreeView& tree, void* workspace,

@@ -104,6 +104,22 @@ PYBIND11_MODULE(_C, m) {
     raise_if_error(difftree::topk_logprobs(view(logits, "logits"), k, view(token, "token"),
                                            view(logprob, "logprob"), ptr(err), stream_ptr(stream)));
   });
+  m.def("topk_logprobs_split",
+        [](py::handle logits, int64_t k, py::handle token, py::handle logprob, py::object row_error,
+           int64_t num_splits, py::object workspace, uintptr_t stream) {
+          auto err = maybe_view(row_error, "row_error");
+          auto ws = maybe_view(workspace, "workspace");
+          raise_if_error(difftree::topk_logprobs(view(logits, "logits"), k, view(token, "token"),
+                                                 view(logprob, "logprob"), ptr(err), num_splits,
+                                                 ptr(ws), stream_ptr(stream)));
+        });
+  m.def("topk_logprobs_num_splits", [](int64_t B, int64_t L, int64_t V, int64_t k) {
+    return difftree::topk_logprobs_num_splits(B, L, V, k);
+  });
+  m.def("topk_logprobs_workspace_bytes",
+        [](int64_t B, int64_t L, int64_t V, int64_t k, int64_t num_splits) {
+          return difftree::topk_logprobs_workspace_bytes(B, L, V, k, num_splits);
+        });
 
   m.def("check_ddtree_select", [](py::handle cand_token, py::handle cand_logprob, int64_t budget,
                                   py::object root_token) {

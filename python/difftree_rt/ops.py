@@ -60,20 +60,35 @@ def _call(op: Any, registered: Any, *args: Any) -> Any:
 # ---- topk_logprobs -------------------------------------------------------------------------
 
 
+def _topk_workspace(C: Any, logits: Tensor, k: int, num_splits: int) -> Optional[Tensor]:
+    """Split-row scratch for the CUDA kernel (None for num_splits == 1 and on the CPU)."""
+    if not logits.is_cuda or num_splits == 1:
+        return None
+    B, L, V = logits.shape
+    nbytes = C.topk_logprobs_workspace_bytes(B, L, V, k, num_splits)
+    return torch.empty(nbytes, dtype=torch.uint8, device=logits.device) if nbytes > 0 else None
+
+
 @torch.library.custom_op("difftree::topk_logprobs", mutates_args=())
-def _topk_logprobs(logits: Tensor, k: int) -> tuple[Tensor, Tensor]:
+def _topk_logprobs(logits: Tensor, k: int, num_splits: int = 1) -> tuple[Tensor, Tensor]:
     C = ext()
     x = dl(logits)
     C.check_topk_logprobs(x, k)
     B, L, _ = logits.shape
     token = torch.empty((B, L, k), dtype=torch.int32, device=logits.device)
     logprob = torch.empty((B, L, k), dtype=torch.float32, device=logits.device)
-    C.topk_logprobs(x, k, dl(token), dl(logprob), stream_of(logits))
+    if num_splits == 1:
+        C.topk_logprobs(x, k, dl(token), dl(logprob), stream_of(logits))
+    else:
+        workspace = _topk_workspace(C, logits, k, num_splits)
+        C.topk_logprobs_split(
+            x, k, dl(token), dl(logprob), None, num_splits, dl_opt(workspace), stream_of(logits)
+        )
     return token, logprob
 
 
 @_topk_logprobs.register_fake
-def _(logits: Tensor, k: int) -> tuple[Tensor, Tensor]:
+def _(logits: Tensor, k: int, num_splits: int = 1) -> tuple[Tensor, Tensor]:
     B, L, _ = logits.shape
     return (
         logits.new_empty((B, L, k), dtype=torch.int32),
@@ -81,22 +96,28 @@ def _(logits: Tensor, k: int) -> tuple[Tensor, Tensor]:
     )
 
 
-def topk_logprobs(logits: Tensor, k: int) -> tuple[Tensor, Tensor]:
+def topk_logprobs(logits: Tensor, k: int, num_splits: int = 1) -> tuple[Tensor, Tensor]:
     """Per-depth top-K of the fp32 log-softmax.
 
     Args:
         logits: ``[B, L, V]`` float32/float16/bfloat16, finite or -inf (NaN/+inf rejected).
         k: candidates per depth, ``1 <= k <= V``.
+        num_splits: CUDA only (ignored on the CPU). 1 (default): one CTA per row. > 1: each row's
+            V split over that many CTAs plus a per-row merge (a scratch buffer is allocated).
+            0: automatic (:func:`topk_logprobs_num_splits`; not yet validated on a GPU). Same
+            tokens; log-probs equal or, rarely, one f32 ulp apart (docs/NOTES.md).
 
     Returns:
         ``(token int32 [B, L, K], logprob float32 [B, L, K])`` sorted by log-prob descending,
         ties to the lower token id, log-probs clamped below at -1e4.
     """
     require_tensor(logits, "logits")
-    return _call(_topk_logprobs, torch.ops.difftree.topk_logprobs, logits, int(k))
+    return _call(_topk_logprobs, torch.ops.difftree.topk_logprobs, logits, int(k), int(num_splits))
 
 
-def topk_logprobs_flagged(logits: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
+def topk_logprobs_flagged(
+    logits: Tensor, k: int, num_splits: int = 1
+) -> tuple[Tensor, Tensor, Tensor]:
     """:func:`topk_logprobs` plus an int32 ``[B, L]`` per-row error flag (0 good, 1 NaN/+inf,
     2 all -inf). On CUDA bad rows are flagged instead of raising (raising would need a host
     sync); their outputs are tokens ``0..K-1`` with log-prob -1e4. On the CPU bad rows raise."""
@@ -108,8 +129,33 @@ def topk_logprobs_flagged(logits: Tensor, k: int) -> tuple[Tensor, Tensor, Tenso
     token = torch.empty((B, L, k), dtype=torch.int32, device=logits.device)
     logprob = torch.empty((B, L, k), dtype=torch.float32, device=logits.device)
     err = torch.empty((B, L), dtype=torch.int32, device=logits.device)
-    C.topk_logprobs_flagged(x, int(k), dl(token), dl(logprob), dl(err), stream_of(logits))
+    if int(num_splits) == 1:
+        C.topk_logprobs_flagged(x, int(k), dl(token), dl(logprob), dl(err), stream_of(logits))
+    else:
+        workspace = _topk_workspace(C, logits, int(k), int(num_splits))
+        C.topk_logprobs_split(
+            x,
+            int(k),
+            dl(token),
+            dl(logprob),
+            dl(err),
+            int(num_splits),
+            dl_opt(workspace),
+            stream_of(logits),
+        )
     return token, logprob, err
+
+
+def topk_logprobs_num_splits(logits: Tensor, k: int) -> int:
+    """The split count ``num_splits=0`` picks for these shapes (CUDA)."""
+    B, L, V = logits.shape
+    return int(ext().topk_logprobs_num_splits(B, L, V, int(k)))
+
+
+def topk_logprobs_workspace_bytes(logits: Tensor, k: int, num_splits: int) -> int:
+    """Bytes of split-row scratch the CUDA :func:`topk_logprobs` allocates for these shapes."""
+    B, L, V = logits.shape
+    return int(ext().topk_logprobs_workspace_bytes(B, L, V, int(k), int(num_splits)))
 
 
 # ---- ddtree_select -------------------------------------------------------------------------

@@ -83,6 +83,146 @@ def test_topk_cuda_graph_replay() -> None:
         assert torch.equal(lp.cpu(), ref_lp)
 
 
+# ---- topk_logprobs, split-row path (num_splits > 1) -------------------------------------------
+
+SPLIT_CASES = [
+    # (B, L, V, k): odd V, K = 1 and K = V, chunks longer and shorter than K, empty chunks (V < C)
+    (1, 1, 1, 1),
+    (1, 3, 31, 1),
+    (2, 2, 31, 31),
+    (3, 2, 4099, 1),
+    (2, 3, 4099, 513),
+    (1, 2, 4096, 4096),
+    (1, 15, 151936, 256),
+    (2, 4, 151936, 1),
+    (1, 2, 262144, 4096),
+]
+
+
+def _assert_split_close(tok_c, lp_c, tok_g, lp_g, x) -> None:
+    """Tokens equal; log-probs bit-equal, or (documented in docs/NOTES.md) one f32 ulp of the
+    log-sum-exp apart, when the f64 sum taken in another order rounds to a neighbouring f32 lse.
+    At most one such row per call is expected (it needs the lse within ~1e-15 of a rounding
+    boundary); more points at a real bug."""
+    tok_g, lp_g = tok_g.cpu(), lp_g.cpu()
+    assert torch.equal(tok_c, tok_g)
+    same = (lp_c.view(torch.int32) == lp_g.view(torch.int32)).all(dim=-1)
+    if bool(same.all()):
+        return
+    assert int((~same).sum()) <= 1, f"{int((~same).sum())} rows differ"
+    logit = torch.gather(x.float(), -1, tok_c.long())
+    lse = (logit - lp_c).abs()  # ~ |lse| (exact away from the clamp)
+    eps = torch.finfo(torch.float32).eps
+    bound = eps * (lse + lp_c.abs()) + 1e-30
+    assert ((lp_c - lp_g).abs() <= bound).all()
+
+
+@pytest.mark.parametrize("num_splits", [2, 8, 33])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize(("B", "L", "V", "k"), SPLIT_CASES)
+@pytest.mark.parametrize("kind", ["plain", "ties", "neg_inf"])
+def test_topk_split_matches_cpu(num_splits, dtype, B, L, V, k, kind) -> None:
+    gen = torch.Generator().manual_seed(B * 7919 + L * 31 + V + k + num_splits)
+    x = random_logits(gen, B, L, V, ties=kind == "ties", neg_inf=kind == "neg_inf").to(dtype)
+    tok_c, lp_c = ops.topk_logprobs(x, k)
+    tok_g, lp_g = ops.topk_logprobs(x.cuda(), k, num_splits=num_splits)
+    _assert_split_close(tok_c, lp_c, tok_g, lp_g, x)
+
+
+@pytest.mark.parametrize("num_splits", [2, 8, 33])
+def test_topk_split_flags_bad_rows(num_splits) -> None:
+    x = torch.randn(2, 3, 1000)
+    x[0, 1, 7] = float("nan")  # first chunk
+    x[0, 2, 999] = float("nan")  # last chunk
+    x[1, 2, :] = float("-inf")
+    x[1, 0, 500] = float("inf")  # a middle chunk
+    x[1, 1, :900] = float("-inf")  # most chunks all -inf, the row still good
+    tok, lp, err = ops.topk_logprobs_flagged(x.cuda(), 5, num_splits=num_splits)
+    assert err.cpu().tolist() == [[0, 1, 1], [1, 0, 2]]
+    for b, d in ((0, 1), (0, 2), (1, 0), (1, 2)):
+        assert tok[b, d].cpu().tolist() == [0, 1, 2, 3, 4]
+        assert (lp[b, d] == -1e4).all()
+    for b, d in ((0, 0), (1, 1)):
+        good_tok, good_lp = ops.topk_logprobs(x[b : b + 1, d : d + 1], 5)
+        _assert_split_close(
+            good_tok,
+            good_lp,
+            tok[b : b + 1, d : d + 1],
+            lp[b : b + 1, d : d + 1],
+            x[b : b + 1, d : d + 1],
+        )
+
+
+def test_topk_split_single_finite_and_all_clamped() -> None:
+    # One finite logit per row (lp 0, then V - 1 ties at the -1e4 clamp broken by id).
+    x = torch.full((1, 2, 4099), float("-inf"))
+    x[0, 0, 4098] = 3.0
+    x[0, 1, 0] = -2.0
+    for splits in (2, 8, 33):
+        tok_c, lp_c = ops.topk_logprobs(x, 4096)
+        tok_g, lp_g = ops.topk_logprobs(x.cuda(), 4096, num_splits=splits)
+        assert torch.equal(tok_c, tok_g.cpu())
+        assert torch.equal(lp_c.view(torch.int32), lp_g.cpu().view(torch.int32))
+
+
+def test_topk_split_workspace_checks() -> None:
+    x = torch.randn(1, 2, 1000, device="cuda")
+    C = ops.ext()
+    need = C.topk_logprobs_workspace_bytes(1, 2, 1000, 5, 8)
+    assert need == 2 * 8 * (8 * 5 + 16)
+    assert C.topk_logprobs_workspace_bytes(1, 2, 1000, 5, 1) == 0
+    tok = torch.empty((1, 2, 5), dtype=torch.int32, device="cuda")
+    lp = torch.empty((1, 2, 5), dtype=torch.float32, device="cuda")
+    small = torch.empty(need - 1, dtype=torch.uint8, device="cuda")
+    dl = ops.dl
+    with pytest.raises(ValueError, match="workspace"):
+        C.topk_logprobs_split(dl(x), 5, dl(tok), dl(lp), None, 8, None, 0)
+    with pytest.raises(ValueError, match="workspace: expected at least"):
+        C.topk_logprobs_split(dl(x), 5, dl(tok), dl(lp), None, 8, dl(small), 0)
+    with pytest.raises(ValueError, match="num_splits"):
+        ops.topk_logprobs(x, 5, num_splits=-1)
+
+
+@pytest.mark.parametrize("num_splits", [2, 8, 33])
+def test_topk_split_graph_replay(num_splits) -> None:
+    gen = torch.Generator().manual_seed(0)
+    x = random_logits(gen, 1, 15, 151936).cuda()
+    C = ops.ext()
+    ws = torch.empty(
+        C.topk_logprobs_workspace_bytes(1, 15, 151936, 64, num_splits),
+        dtype=torch.uint8,
+        device="cuda",
+    )
+    tok = torch.empty((1, 15, 64), dtype=torch.int32, device="cuda")
+    lp = torch.empty((1, 15, 64), dtype=torch.float32, device="cuda")
+    err = torch.empty((1, 15), dtype=torch.int32, device="cuda")
+
+    def run() -> None:
+        C.topk_logprobs_split(
+            ops.dl(x),
+            64,
+            ops.dl(tok),
+            ops.dl(lp),
+            ops.dl(err),
+            num_splits,
+            ops.dl(ws),
+            torch.cuda.current_stream().cuda_stream,
+        )
+
+    run()  # warm-up
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        run()
+    for seed in (1, 2):
+        new = random_logits(torch.Generator().manual_seed(seed), 1, 15, 151936)
+        x.copy_(new)
+        graph.replay()
+        torch.cuda.synchronize()
+        ref_tok, ref_lp = ops.topk_logprobs(new, 64)
+        _assert_split_close(ref_tok, ref_lp, tok, lp, new)
+        assert (err.cpu() == 0).all()
+
+
 # ---- ddtree_select -----------------------------------------------------------------------------
 
 SELECT_CASES = [

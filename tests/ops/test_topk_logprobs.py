@@ -101,3 +101,28 @@ def test_unsupported_devices_and_layouts() -> None:
         ops.topk_logprobs(torch.empty(1, 2, 3, device="meta"), 2)
     with pytest.raises(ValueError, match=r"logits: expected a dense \(strided\) tensor"):
         ops.topk_logprobs(torch.randn(1, 2, 3).to_sparse(), 2)
+
+
+def test_num_splits_is_ignored_on_cpu_but_validated() -> None:
+    x = torch.randn(2, 3, 257)
+    ref = ops.topk_logprobs(x, 9)
+    for splits in (0, 2, 33, 256):
+        tok, lp = ops.topk_logprobs(x, 9, num_splits=splits)
+        assert torch.equal(tok, ref[0])
+        assert torch.equal(lp.view(torch.int32), ref[1].view(torch.int32))
+    for bad in (-1, 257):
+        with pytest.raises(ValueError, match="num_splits"):
+            ops.topk_logprobs(x, 9, num_splits=bad)
+    tok, lp, err = ops.topk_logprobs_flagged(x, 9, num_splits=8)
+    assert torch.equal(tok, ref[0]) and (err == 0).all()
+
+
+def test_topk_workspace_bytes_is_shape_arithmetic() -> None:
+    x = torch.empty(1, 15, 151936)
+    assert ops.topk_logprobs_workspace_bytes(x, 256, 1) == 0
+    assert ops.topk_logprobs_workspace_bytes(x, 256, 8) == 15 * 8 * (8 * 256 + 16)
+    auto = ops.topk_logprobs_num_splits(x, 256)
+    assert 1 <= auto <= 64
+    assert ops.topk_logprobs_workspace_bytes(x, 256, 0) == (
+        0 if auto == 1 else 15 * auto * (8 * 256 + 16)
+    )

@@ -36,6 +36,21 @@ Status topk_logprobs(const TensorView& logits, int64_t k, const TensorView& toke
 constexpr int64_t kMaxCudaTopK = 4096;
 Status topk_logprobs(const TensorView& logits, int64_t k, const TensorView& token,
                      const TensorView& logprob, const TensorView* row_error, Stream stream);
+// Split-row CUDA path (opt-in): num_splits = 1 (the default of every other overload) is the
+// one-CTA-per-row kernel; num_splits > 1 cuts each row's V into that many chunks (one CTA each,
+// then a per-row merge) and needs a caller-provided uint8 device `workspace` of at least
+// topk_logprobs_workspace_bytes(B, L, V, k, num_splits) bytes (16-byte aligned); 0 = automatic
+// (topk_logprobs_num_splits; not yet validated on a GPU, so not the default). Same tokens; the
+// log-probs equal the CPU's except when the f64 log-sum-exp (summed in another order) lies within
+// ~1e-15 relative of an f32 rounding boundary, where the lse and so the log-probs may differ by
+// one f32 ulp (docs/NOTES.md). The CPU path ignores num_splits and workspace. Both sizing
+// functions are pure shape arithmetic (graph-safe).
+int64_t topk_logprobs_num_splits(int64_t B, int64_t L, int64_t V, int64_t k);
+size_t topk_logprobs_workspace_bytes(int64_t B, int64_t L, int64_t V, int64_t k,
+                                     int64_t num_splits);
+Status topk_logprobs(const TensorView& logits, int64_t k, const TensorView& token,
+                     const TensorView& logprob, const TensorView* row_error, int64_t num_splits,
+                     const TensorView* workspace, Stream stream);
 
 // ---- ddtree_select --------------------------------------------------------------------------
 // cand_token [B, L, K] (int32/int64), cand_logprob f32 [B, L, K] (finite, <= 0, non-increasing

@@ -81,7 +81,35 @@ Status topk_logprobs(const TensorView& logits, int64_t k, const TensorView& toke
 
 Status topk_logprobs(const TensorView& logits, int64_t k, const TensorView& token,
                      const TensorView& logprob, const TensorView* row_error, Stream stream) {
+  return topk_logprobs(logits, k, token, logprob, row_error, 1, nullptr, stream);
+}
+
+int64_t topk_logprobs_num_splits(int64_t B, int64_t L, int64_t V, int64_t k) {
+  const int64_t rows = B * L;
+  if (B < 1 || L < 1 || V < 1 || k < 1) return 1;
+  // ~2 waves of a 132-SM GPU, each chunk keeping >= 4096 logits and >= 4 K of them.
+  const int64_t want = (264 + rows - 1) / rows;
+  const int64_t min_chunk = 4 * k > 4096 ? 4 * k : 4096;
+  const int64_t by_len = V / min_chunk;
+  int64_t splits = want < by_len ? want : by_len;
+  splits = splits < 64 ? splits : 64;
+  return splits < 1 ? 1 : splits;
+}
+
+size_t topk_logprobs_workspace_bytes(int64_t B, int64_t L, int64_t V, int64_t k,
+                                     int64_t num_splits) {
+  const int64_t splits = num_splits > 0 ? num_splits : topk_logprobs_num_splits(B, L, V, k);
+  if (splits <= 1 || B < 1 || L < 1 || V < 1 || k < 1) return 0;
+  // Per row and chunk: k uint64 candidate keys, then an f64 sum, an f32 max and an int32 flag
+  // (the layout of cuda/topk_logprobs.cu's split_ws).
+  return static_cast<size_t>(B * L * splits) * (8 * static_cast<size_t>(k) + 8 + 4 + 4);
+}
+
+Status topk_logprobs(const TensorView& logits, int64_t k, const TensorView& token,
+                     const TensorView& logprob, const TensorView* row_error, int64_t num_splits,
+                     const TensorView* workspace, Stream stream) {
   DIFFTREE_RETURN_IF_ERROR(check_topk_logprobs(logits, k));
+  DIFFTREE_RETURN_IF_ERROR(checks::in_range(num_splits, "num_splits", 0, 256));
   const int64_t B = logits.shape[0], L = logits.shape[1];
   DIFFTREE_RETURN_IF_ERROR(checks::shape(token, "token", {B, L, k}, "[B, L, K]"));
   DIFFTREE_RETURN_IF_ERROR(checks::tensor(token, "token", {DType::kInt32}, logits, "logits"));
@@ -97,12 +125,33 @@ Status topk_logprobs(const TensorView& logits, int64_t k, const TensorView& toke
     if (k > kMaxCudaTopK)
       return Unsupported("topk_logprobs: the CUDA kernel supports k <= 4096, got k = " +
                          std::to_string(k));
-    return cuda::topk_logprobs(logits, k, token, logprob, row_error, stream);
+    const int64_t V = logits.shape[2];
+    const int64_t splits = num_splits > 0 ? num_splits : topk_logprobs_num_splits(B, L, V, k);
+    const size_t need = topk_logprobs_workspace_bytes(B, L, V, k, splits);
+    if (need > 0) {
+      if (workspace == nullptr)
+        return InvalidValue("workspace: the CUDA topk_logprobs with " + std::to_string(splits) +
+                            " splits needs a workspace of " + std::to_string(need) +
+                            " bytes (see topk_logprobs_workspace_bytes)");
+      DIFFTREE_RETURN_IF_ERROR(checks::ndim(*workspace, "workspace", 1, "[bytes]"));
+      DIFFTREE_RETURN_IF_ERROR(
+          checks::tensor(*workspace, "workspace", {DType::kUInt8}, logits, "logits"));
+      if (static_cast<size_t>(workspace->shape[0]) < need)
+        return InvalidValue("workspace: expected at least " + std::to_string(need) +
+                            " bytes, got " + std::to_string(workspace->shape[0]));
+      if (reinterpret_cast<uintptr_t>(workspace->data) % 16 != 0)
+        return InvalidValue("workspace: expected a 16-byte aligned buffer");
+    }
+    return cuda::topk_logprobs(logits, k, token, logprob, row_error,
+                               need > 0 ? static_cast<int>(splits) : 1,
+                               need > 0 ? workspace->data : nullptr, stream);
 #else
+    (void)workspace;
     (void)stream;
     return cuda_not_compiled("topk_logprobs");
 #endif
   }
+  (void)workspace;
   (void)stream;
   DIFFTREE_RETURN_IF_ERROR(cpu::topk_logprobs(logits, k, token, logprob));
   if (row_error != nullptr) {
