@@ -8,7 +8,7 @@ Vocabulary: B batch, L draft depth, K candidates per depth, V vocabulary, N tree
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple, Optional
 
 import torch
@@ -60,13 +60,21 @@ def _call(op: Any, registered: Any, *args: Any) -> Any:
 # ---- topk_logprobs -------------------------------------------------------------------------
 
 
+def _cuda_workspace(ref: Tensor, size: Callable[[], int]) -> Optional[Tensor]:
+    """Scratch for a CUDA kernel: ``size()`` bytes (uint8) on ``ref``'s device; None on the CPU
+    (no CPU path needs one, and ``size`` is not evaluated there) or when ``size()`` is 0."""
+    if not ref.is_cuda:
+        return None
+    nbytes = int(size())
+    return torch.empty(nbytes, dtype=torch.uint8, device=ref.device) if nbytes > 0 else None
+
+
 def _topk_workspace(C: Any, logits: Tensor, k: int, num_splits: int) -> Optional[Tensor]:
     """Split-row scratch for the CUDA kernel (None for num_splits == 1 and on the CPU)."""
-    if not logits.is_cuda or num_splits == 1:
+    if num_splits == 1:
         return None
     B, L, V = logits.shape
-    nbytes = C.topk_logprobs_workspace_bytes(B, L, V, k, num_splits)
-    return torch.empty(nbytes, dtype=torch.uint8, device=logits.device) if nbytes > 0 else None
+    return _cuda_workspace(logits, lambda: C.topk_logprobs_workspace_bytes(B, L, V, k, num_splits))
 
 
 @torch.library.custom_op("difftree::topk_logprobs", mutates_args=())
@@ -186,12 +194,9 @@ def _ddtree_select(
     inputs = (dl(cand_token), dl(cand_logprob), budget, dl_opt(root_token))
     C.check_ddtree_select(*inputs)
     arrays = _empty_tree(cand_logprob, cand_logprob.shape[0], budget + 1)
-    workspace = None
-    if cand_logprob.is_cuda:  # scratch for the CUDA kernel (the CPU path needs none)
-        B, L, K = cand_logprob.shape
-        nbytes = C.ddtree_select_workspace_bytes(B, L, K, budget)
-        if nbytes > 0:
-            workspace = torch.empty(nbytes, dtype=torch.uint8, device=cand_logprob.device)
+    workspace = _cuda_workspace(
+        cand_logprob, lambda: C.ddtree_select_workspace_bytes(*cand_logprob.shape, budget)
+    )
     C.ddtree_select(
         *inputs, tuple(dl(a) for a in arrays), stream_of(cand_logprob), dl_opt(workspace)
     )
@@ -585,12 +590,9 @@ def _caddtree_select(
     )
     C.check_caddtree_select(*inputs)
     arrays = _empty_tree(cand_logprob, cand_logprob.shape[0], max_budget + 1)
-    workspace = None
-    if cand_logprob.is_cuda:  # the CUDA ddtree_select's scratch (the CPU path needs none)
-        B, L, K = cand_logprob.shape
-        nbytes = C.ddtree_select_workspace_bytes(B, L, K, max_budget)
-        if nbytes > 0:
-            workspace = torch.empty(nbytes, dtype=torch.uint8, device=cand_logprob.device)
+    workspace = _cuda_workspace(  # the CUDA ddtree_select's scratch
+        cand_logprob, lambda: C.ddtree_select_workspace_bytes(*cand_logprob.shape, max_budget)
+    )
     C.caddtree_select(
         *inputs, tuple(dl(a) for a in arrays), stream_of(cand_logprob), dl_opt(workspace)
     )
@@ -769,12 +771,9 @@ def _taps_select(
     inputs = (dl(pool_token), dl(pool_parent), dl(pool_size), dl(log_qc), budget)
     C.check_taps_select(*inputs)
     arrays = _empty_tree(log_qc, log_qc.shape[0], budget + 1)
-    workspace = None
-    if log_qc.is_cuda:  # scratch for large pools on the CUDA path (the CPU path needs none)
-        B, P1 = log_qc.shape
-        nbytes = C.taps_select_workspace_bytes(B, P1, budget)
-        if nbytes > 0:
-            workspace = torch.empty(nbytes, dtype=torch.uint8, device=log_qc.device)
+    workspace = _cuda_workspace(  # large pools
+        log_qc, lambda: C.taps_select_workspace_bytes(*log_qc.shape, budget)
+    )
     C.taps_select(*inputs, tuple(dl(a) for a in arrays), stream_of(log_qc), dl_opt(workspace))
     return arrays
 
@@ -884,13 +883,11 @@ def _d2sd_select(
     )
     C.check_d2sd_select(*inputs)
     arrays = _empty_tree(trunk_logprob, trunk_logprob.shape[0], budget + 1)
-    workspace = None
-    if trunk_logprob.is_cuda:  # scratch for large tries on the CUDA path (the CPU needs none)
-        B, L1 = trunk_logprob.shape
-        K, L2 = branch_logprob.shape[1], branch_logprob.shape[2]
-        nbytes = C.d2sd_select_workspace_bytes(B, L1, K, L2, budget)
-        if nbytes > 0:
-            workspace = torch.empty(nbytes, dtype=torch.uint8, device=trunk_logprob.device)
+    B, L1 = trunk_logprob.shape
+    K, L2 = branch_logprob.shape[1], branch_logprob.shape[2]
+    workspace = _cuda_workspace(  # large tries
+        trunk_logprob, lambda: C.d2sd_select_workspace_bytes(B, L1, K, L2, budget)
+    )
     C.d2sd_select(
         *inputs, tuple(dl(a) for a in arrays), stream_of(trunk_logprob), dl_opt(workspace)
     )
@@ -987,14 +984,13 @@ def _tree_attention(
     )
     C.check_tree_attention(*inputs)
     out = _tree_attention_out(q)
-    workspace = None
-    if q.is_cuda:  # split-KV scratch for the CUDA kernel (the CPU path needs none)
-        B, H_q, N, D = q.shape
-        nbytes = C.tree_attention_workspace_bytes(
+    B, H_q, N, D = q.shape
+    workspace = _cuda_workspace(  # split-KV
+        q,
+        lambda: C.tree_attention_workspace_bytes(
             B, H_q, k_cache.shape[1], N, D, k_cache.shape[2], num_splits
-        )
-        if nbytes > 0:
-            workspace = torch.empty(nbytes, dtype=torch.uint8, device=q.device)
+        ),
+    )
     C.tree_attention(*inputs, num_splits, dl(out), dl_opt(workspace), stream_of(q))
     return out
 
