@@ -19,6 +19,7 @@
 
 #include <string>
 
+#include "block_scratch.cuh"
 #include "index.cuh"
 #include "launchers.h"
 #include "pool_select.cuh"
@@ -27,7 +28,6 @@ namespace difftree::cuda {
 namespace {
 
 constexpr int kBoundaryThreads = 256;
-constexpr size_t kMaxSmemBytes = 96 * 1024;
 
 // log(1 - exp(x)) for x <= 0, accurate at both ends; -inf at x = 0 (as cpu/d2sd.cpp).
 __device__ __forceinline__ double log1mexp(double x) {
@@ -187,16 +187,13 @@ Status d2sd_boundaries(const TensorView& trunk_logprob, const TensorView& bounda
                            static_cast<cudaStream_t>(stream)>>>(
       trunk_logprob.ptr<const float>(), boundary.ptr<int32_t>(), static_cast<int>(L),
       static_cast<int>(boundary.shape[1]));
-  const cudaError_t err = cudaGetLastError();
-  if (err != cudaSuccess)
-    return Internal(std::string("d2sd_boundaries: ") + cudaGetErrorString(err));
-  return Status::Ok();
+  return launch_status("d2sd_boundaries");
 }
 
 size_t d2sd_select_workspace_bytes(int64_t B, int64_t L1, int64_t K, int64_t L2, int64_t budget) {
   if (B <= 0 || L1 < 1 || K < 0 || L2 < 1 || budget < 1) return 0;
   const SelectLayout lay = make_layout(pool_rows(L1, K, L2), budget + 1);
-  return lay.total <= kMaxSmemBytes ? 0 : static_cast<size_t>(B) * lay.total;
+  return block_scratch_workspace_bytes(B, lay.total);
 }
 
 Status d2sd_select(const TensorView& trunk_token, const TensorView& trunk_logprob,
@@ -231,25 +228,12 @@ Status d2sd_select(const TensorView& trunk_token, const TensorView& trunk_logpro
   p.L2 = static_cast<int>(L2);
   p.N = static_cast<int>(budget + 1);
   p.W = static_cast<int>(anc_words(budget + 1));
-  const bool in_smem = p.lay.total <= kMaxSmemBytes;
   size_t smem = 0;
-  if (in_smem) {
-    smem = p.lay.total;
-  } else {
-    if (workspace == nullptr || workspace_bytes < static_cast<size_t>(B) * p.lay.total)
-      return InvalidValue("workspace: too small for d2sd_select");
-    p.workspace = static_cast<unsigned char*>(workspace);
-  }
-  if (smem > 48 * 1024) {
-    const cudaError_t e = cudaFuncSetAttribute(
-        d2sd_select_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
-    if (e != cudaSuccess) return Internal(std::string("d2sd_select: ") + cudaGetErrorString(e));
-  }
+  DIFFTREE_RETURN_IF_ERROR(place_block_scratch(d2sd_select_kernel, "d2sd_select", B, p.lay.total,
+                                               workspace, workspace_bytes, &p.workspace, &smem));
   d2sd_select_kernel<<<static_cast<unsigned>(B), kPoolThreads, smem,
                        static_cast<cudaStream_t>(stream)>>>(p);
-  const cudaError_t err = cudaGetLastError();
-  if (err != cudaSuccess) return Internal(std::string("d2sd_select: ") + cudaGetErrorString(err));
-  return Status::Ok();
+  return launch_status("d2sd_select");
 }
 
 }  // namespace difftree::cuda

@@ -27,6 +27,7 @@
 #include <algorithm>
 #include <string>
 
+#include "block_scratch.cuh"
 #include "block_select.cuh"
 #include "index.cuh"
 #include "launchers.h"
@@ -37,7 +38,6 @@ namespace difftree::cuda {
 namespace {
 
 constexpr int kThreads = 512;
-constexpr size_t kMaxSmemBytes = 96 * 1024;
 
 struct Layout {
   size_t sel, sorted, cand;                       // u64
@@ -384,7 +384,7 @@ __global__ void __launch_bounds__(kThreads) ddtree_select_kernel(Params p) {
 size_t ddtree_select_workspace_bytes(int64_t B, int64_t L, int64_t K, int64_t budget) {
   if (B <= 0 || budget < 1) return 0;
   const Layout lay = make_layout(L, K, budget);
-  return lay.total <= kMaxSmemBytes ? 0 : static_cast<size_t>(B) * lay.total;
+  return block_scratch_workspace_bytes(B, lay.total);
 }
 
 Status ddtree_select(const TensorView& cand_token, const TensorView& cand_logprob, int64_t budget,
@@ -413,25 +413,13 @@ Status ddtree_select(const TensorView& cand_token, const TensorView& cand_logpro
   p.keff = static_cast<int>(std::max<int64_t>(1, std::min(K, budget)));
   p.leff = static_cast<int>(K > 0 ? std::min(L, budget) : 0);
   p.W = static_cast<int>(anc_words(budget + 1));
-  const bool in_smem = p.lay.total <= kMaxSmemBytes;
   size_t smem = 0;
-  if (in_smem) {
-    smem = p.lay.total;
-  } else {
-    if (workspace == nullptr || workspace_bytes < static_cast<size_t>(B) * p.lay.total)
-      return InvalidValue("workspace: too small for ddtree_select");
-    p.workspace = static_cast<unsigned char*>(workspace);
-  }
-  if (smem > 48 * 1024) {
-    const cudaError_t e = cudaFuncSetAttribute(
-        ddtree_select_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
-    if (e != cudaSuccess) return Internal(std::string("ddtree_select: ") + cudaGetErrorString(e));
-  }
+  DIFFTREE_RETURN_IF_ERROR(place_block_scratch(ddtree_select_kernel, "ddtree_select", B,
+                                               p.lay.total, workspace, workspace_bytes,
+                                               &p.workspace, &smem));
   ddtree_select_kernel<<<static_cast<unsigned>(B), kThreads, smem,
                          static_cast<cudaStream_t>(stream)>>>(p);
-  const cudaError_t err = cudaGetLastError();
-  if (err != cudaSuccess) return Internal(std::string("ddtree_select: ") + cudaGetErrorString(err));
-  return Status::Ok();
+  return launch_status("ddtree_select");
 }
 
 }  // namespace difftree::cuda

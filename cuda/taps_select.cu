@@ -9,14 +9,13 @@
 #include <algorithm>
 #include <string>
 
+#include "block_scratch.cuh"
 #include "index.cuh"
 #include "launchers.h"
 #include "pool_select.cuh"
 
 namespace difftree::cuda {
 namespace {
-
-constexpr size_t kMaxSmemBytes = 96 * 1024;
 
 struct Layout {
   PoolLayout pool;
@@ -93,7 +92,7 @@ __global__ void __launch_bounds__(kPoolThreads) taps_select_kernel(Params p) {
 size_t taps_select_workspace_bytes(int64_t B, int64_t P1, int64_t budget) {
   if (B <= 0 || P1 < 1 || budget < 1) return 0;
   const Layout lay = make_layout(P1, budget + 1);
-  return lay.total <= kMaxSmemBytes ? 0 : static_cast<size_t>(B) * lay.total;
+  return block_scratch_workspace_bytes(B, lay.total);
 }
 
 Status taps_select(const TensorView& pool_token, const TensorView& pool_parent,
@@ -121,25 +120,12 @@ Status taps_select(const TensorView& pool_token, const TensorView& pool_parent,
   p.P1 = static_cast<int>(P1);
   p.N = static_cast<int>(budget + 1);
   p.W = static_cast<int>(anc_words(budget + 1));
-  const bool in_smem = p.lay.total <= kMaxSmemBytes;
   size_t smem = 0;
-  if (in_smem) {
-    smem = p.lay.total;
-  } else {
-    if (workspace == nullptr || workspace_bytes < static_cast<size_t>(B) * p.lay.total)
-      return InvalidValue("workspace: too small for taps_select");
-    p.workspace = static_cast<unsigned char*>(workspace);
-  }
-  if (smem > 48 * 1024) {
-    const cudaError_t e = cudaFuncSetAttribute(
-        taps_select_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
-    if (e != cudaSuccess) return Internal(std::string("taps_select: ") + cudaGetErrorString(e));
-  }
+  DIFFTREE_RETURN_IF_ERROR(place_block_scratch(taps_select_kernel, "taps_select", B, p.lay.total,
+                                               workspace, workspace_bytes, &p.workspace, &smem));
   taps_select_kernel<<<static_cast<unsigned>(B), kPoolThreads, smem,
                        static_cast<cudaStream_t>(stream)>>>(p);
-  const cudaError_t err = cudaGetLastError();
-  if (err != cudaSuccess) return Internal(std::string("taps_select: ") + cudaGetErrorString(err));
-  return Status::Ok();
+  return launch_status("taps_select");
 }
 
 }  // namespace difftree::cuda

@@ -1,0 +1,54 @@
+// Host side of the selectors launched one CTA per request with per-request scratch
+// (ddtree_select, taps_select, d2sd_select): the scratch lives in dynamic shared memory when it
+// fits, else in B slices of a caller-provided global workspace (sized by the ops'
+// *_workspace_bytes functions, pure arithmetic so graph capture can size it ahead).
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <string>
+
+#include "difftree/status.h"
+
+namespace difftree::cuda {
+
+// Dynamic shared memory a request's scratch may use before it moves to the workspace.
+constexpr size_t kMaxScratchSmemBytes = 96 * 1024;
+
+// Workspace bytes B requests need for `per_request` bytes of scratch each (0: shared memory).
+inline size_t block_scratch_workspace_bytes(int64_t B, size_t per_request) {
+  return per_request <= kMaxScratchSmemBytes ? 0 : static_cast<size_t>(B) * per_request;
+}
+
+// Chooses where the scratch goes: *smem = per_request (and *global untouched) when it fits in
+// shared memory, else *smem = 0 and *global = the workspace after checking its size; opts
+// `kernel` in to more than 48 KiB of dynamic shared memory when needed.
+template <typename Kernel>
+Status place_block_scratch(Kernel kernel, const char* op, int64_t B, size_t per_request,
+                           void* workspace, size_t workspace_bytes, unsigned char** global,
+                           size_t* smem) {
+  *smem = 0;
+  if (per_request <= kMaxScratchSmemBytes) {
+    *smem = per_request;
+  } else {
+    if (workspace == nullptr || workspace_bytes < static_cast<size_t>(B) * per_request)
+      return InvalidValue(std::string("workspace: too small for ") + op);
+    *global = static_cast<unsigned char*>(workspace);
+  }
+  if (*smem > 48 * 1024) {
+    const cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                               static_cast<int>(*smem));
+    if (e != cudaSuccess) return Internal(std::string(op) + ": " + cudaGetErrorString(e));
+  }
+  return Status::Ok();
+}
+
+// The status of the last launch, named after `op`.
+inline Status launch_status(const char* op) {
+  const cudaError_t err = cudaGetLastError();
+  if (err != cudaSuccess) return Internal(std::string(op) + ": " + cudaGetErrorString(err));
+  return Status::Ok();
+}
+
+}  // namespace difftree::cuda
