@@ -40,6 +40,47 @@ __device__ __forceinline__ float clamp_lp(float x, float lse) {
   return d < kMinLogprob ? kMinLogprob : d;  // std::max(d, kMin): NaN-free here
 }
 
+// The output step of both kernels: gather the (at most k) items whose key is >= threshold (key 0
+// marks padding, never a real key: its id bits would be 0xffffffff) into `sorted`, bitonic-sort
+// the sort_size (a power of two >= k) slots descending, write token ids and clamped log-probs.
+template <typename T, typename KeyFn>
+__device__ void gather_sort_write(int64_t n, KeyFn key, uint64_t threshold,
+                                  unsigned long long* sorted, int sort_size, int k, int* s_slot,
+                                  const T* x, int64_t V, float lse, int32_t* tok, float* lp) {
+  for (int i = threadIdx.x; i < sort_size; i += blockDim.x) sorted[i] = 0ull;
+  if (threadIdx.x == 0) *s_slot = 0;
+  __syncthreads();
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
+    const uint64_t kv = key(i);
+    if (kv != 0ull && kv >= threshold) {
+      const int slot = atomicAdd(s_slot, 1);
+      if (slot < k) sorted[slot] = kv;
+    }
+  }
+  __syncthreads();
+  for (int size = 2; size <= sort_size; size <<= 1) {
+    for (int stride = size >> 1; stride > 0; stride >>= 1) {
+      for (int i = threadIdx.x; i < sort_size / 2; i += blockDim.x) {
+        const int lo = 2 * i - (i & (stride - 1));
+        const int hi = lo + stride;
+        const bool desc = (lo & size) == 0;
+        const unsigned long long a = sorted[lo], b = sorted[hi];
+        if ((a < b) == desc) {
+          sorted[lo] = b;
+          sorted[hi] = a;
+        }
+      }
+      __syncthreads();
+    }
+  }
+  for (int i = threadIdx.x; i < k; i += blockDim.x) {
+    const uint32_t id = 0xffffffffu - static_cast<uint32_t>(sorted[i]);
+    const uint32_t safe = id < V ? id : 0u;  // only a broken invariant could make it >= V
+    tok[i] = static_cast<int32_t>(safe);
+    lp[i] = clamp_lp(load_f32(x, safe), lse);
+  }
+}
+
 template <typename T>
 __global__ void __launch_bounds__(kRowThreads)
     topk_logprobs_kernel(const T* __restrict__ logits, int64_t V, int k, int sort_size,
@@ -99,39 +140,7 @@ __global__ void __launch_bounds__(kRowThreads)
       block_radix_select<false>(V, key, all, no_weight, static_cast<uint32_t>(k), 0.0, s);
 
   // 4. gather, sort, write.
-  for (int i = threadIdx.x; i < sort_size; i += blockDim.x) sorted[i] = 0ull;
-  if (threadIdx.x == 0) s_slot = 0;
-  __syncthreads();
-  for (int64_t v = threadIdx.x; v < V; v += blockDim.x) {
-    const uint64_t kv = key(v);
-    if (kv >= threshold) {
-      const int slot = atomicAdd(&s_slot, 1);
-      if (slot < k) sorted[slot] = kv;
-    }
-  }
-  __syncthreads();
-  // Bitonic sort, descending.
-  for (int size = 2; size <= sort_size; size <<= 1) {
-    for (int stride = size >> 1; stride > 0; stride >>= 1) {
-      for (int i = threadIdx.x; i < sort_size / 2; i += blockDim.x) {
-        const int lo = 2 * i - (i & (stride - 1));
-        const int hi = lo + stride;
-        const bool desc = (lo & size) == 0;
-        const unsigned long long a = sorted[lo], b = sorted[hi];
-        if ((a < b) == desc) {
-          sorted[lo] = b;
-          sorted[hi] = a;
-        }
-      }
-      __syncthreads();
-    }
-  }
-  for (int i = threadIdx.x; i < k; i += blockDim.x) {
-    const uint32_t id = 0xffffffffu - static_cast<uint32_t>(sorted[i]);
-    const uint32_t safe = id < V ? id : 0u;  // only a broken invariant could make it >= V
-    tok[i] = static_cast<int32_t>(safe);
-    lp[i] = clamp_lp(load_f32(x, safe), lse);
-  }
+  gather_sort_write(V, key, threshold, sorted, sort_size, k, &s_slot, x, V, lse, tok, lp);
   if (row_error != nullptr && threadIdx.x == 0) row_error[row] = 0;
 }
 
@@ -333,38 +342,7 @@ __global__ void __launch_bounds__(kRowThreads)
   const uint64_t threshold =
       block_radix_select<false>(n, key, real, no_weight, static_cast<uint32_t>(k), 0.0, s);
 
-  for (int i = threadIdx.x; i < sort_size; i += blockDim.x) sorted[i] = 0ull;
-  if (threadIdx.x == 0) s_slot = 0;
-  __syncthreads();
-  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
-    const uint64_t kv = cand[i];
-    if (kv != 0ull && kv >= threshold) {
-      const int slot = atomicAdd(&s_slot, 1);
-      if (slot < k) sorted[slot] = kv;
-    }
-  }
-  __syncthreads();
-  for (int size = 2; size <= sort_size; size <<= 1) {
-    for (int stride = size >> 1; stride > 0; stride >>= 1) {
-      for (int i = threadIdx.x; i < sort_size / 2; i += blockDim.x) {
-        const int lo = 2 * i - (i & (stride - 1));
-        const int hi = lo + stride;
-        const bool desc = (lo & size) == 0;
-        const unsigned long long a = sorted[lo], b = sorted[hi];
-        if ((a < b) == desc) {
-          sorted[lo] = b;
-          sorted[hi] = a;
-        }
-      }
-      __syncthreads();
-    }
-  }
-  for (int i = threadIdx.x; i < k; i += blockDim.x) {
-    const uint32_t id = 0xffffffffu - static_cast<uint32_t>(sorted[i]);
-    const uint32_t safe = id < V ? id : 0u;
-    tok[i] = static_cast<int32_t>(safe);
-    lp[i] = clamp_lp(load_f32(x, safe), lse);
-  }
+  gather_sort_write(n, key, threshold, sorted, sort_size, k, &s_slot, x, V, lse, tok, lp);
   if (row_error != nullptr && threadIdx.x == 0) row_error[row] = 0;
 }
 
