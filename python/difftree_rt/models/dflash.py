@@ -662,6 +662,33 @@ class DFlashDrafter(nn.Module):
             # capacity growing with n instead of the accepted count): re-derive it once here.
             cache.sync()
 
+    def _cached_layers(
+        self,
+        h: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        cache: DFlashCache,
+        slots: torch.Tensor | None,
+        first: int | None,
+        span: int,
+        mask: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """The drafter layers over query rows h [B, Q, hidden]: each layer writes the rows' K/V
+        into ``cache`` (at ``slots`` [B, Q], or rows ``first..first+Q-1`` for every request)
+        and attends to cache rows ``[0, span)`` under ``mask``. Returns h (not final-normed)."""
+        for i, layer in enumerate(self.layers):
+            attn = layer.self_attn
+            x = layer.input_layernorm(h)
+            k_blk, v_blk = attn.key_value(x, cos, sin)
+            _write_rows(cache.keys[i], k_blk, slots, first)
+            _write_rows(cache.values[i], v_blk, slots, first)
+            q = attn.query(x, cos, sin)
+            k = cache.keys[i][:, :, :span]
+            v = cache.values[i][:, :, :span]
+            h = h + attn.attend(q, k, v, mask)
+            h = h + layer.mlp(layer.post_attention_layernorm(h))
+        return h
+
     @torch.no_grad()
     def draft_hidden(
         self,
@@ -706,18 +733,7 @@ class DFlashDrafter(nn.Module):
             mask = visible[:, None, None, :].expand(batch, 1, s_len, cache.span + s_len)
         span = cache.span + s_len
         cos, sin = self.rotary_emb(positions, self.dtype)
-        h = self.embed(block_ids)
-        for i, layer in enumerate(self.layers):
-            attn = layer.self_attn
-            x = layer.input_layernorm(h)
-            k_blk, v_blk = attn.key_value(x, cos, sin)
-            _write_rows(cache.keys[i], k_blk, slots, first)
-            _write_rows(cache.values[i], v_blk, slots, first)
-            q = attn.query(x, cos, sin)
-            k = cache.keys[i][:, :, :span]
-            v = cache.values[i][:, :, :span]
-            h = h + attn.attend(q, k, v, mask)
-            h = h + layer.mlp(layer.post_attention_layernorm(h))
+        h = self._cached_layers(self.embed(block_ids), cos, sin, cache, slots, first, span, mask)
         # Slot 0 (the bonus token) predicts nothing new: drop it.
         return self.norm(h[:, 1:])
 
@@ -784,17 +800,7 @@ class DFlashDrafter(nn.Module):
             first = None
         cos, sin = self.rotary_emb(positions, self.dtype)
         h = self.embed(block_ids.reshape(batch, q_len))
-        for i, layer in enumerate(self.layers):
-            attn = layer.self_attn
-            x = layer.input_layernorm(h)
-            k_blk, v_blk = attn.key_value(x, cos, sin)
-            _write_rows(cache.keys[i], k_blk, slots, first)
-            _write_rows(cache.values[i], v_blk, slots, first)
-            q = attn.query(x, cos, sin)
-            k = cache.keys[i][:, :, : span + q_len]
-            v = cache.values[i][:, :, : span + q_len]
-            h = h + attn.attend(q, k, v, mask)
-            h = h + layer.mlp(layer.post_attention_layernorm(h))
+        h = self._cached_layers(h, cos, sin, cache, slots, first, span + q_len, mask)
         hidden = self.norm(h.reshape(batch, rows, s_len, -1)[:, :, 1:])
         logits = self.compute_logits(hidden.reshape(batch, rows * (s_len - 1), -1))
         return logits.reshape(batch, rows, s_len - 1, -1)
@@ -885,18 +891,7 @@ class DFlashDrafter(nn.Module):
         visible = keys[None, :] < (cache.lengths[:, None] + s_len)
         mask = visible[:, None, None, :].expand(batch, 1, s_len, span)
         cos, sin = self.rotary_emb(positions, self.dtype)
-        h = self.embed(block_ids)
-        for i, layer in enumerate(self.layers):
-            attn = layer.self_attn
-            x = layer.input_layernorm(h)
-            k_blk, v_blk = attn.key_value(x, cos, sin)
-            _write_rows(cache.keys[i], k_blk, positions, None)
-            _write_rows(cache.values[i], v_blk, positions, None)
-            q = attn.query(x, cos, sin)
-            k = cache.keys[i][:, :, :span]
-            v = cache.values[i][:, :, :span]
-            h = h + attn.attend(q, k, v, mask)
-            h = h + layer.mlp(layer.post_attention_layernorm(h))
+        h = self._cached_layers(self.embed(block_ids), cos, sin, cache, positions, None, span, mask)
         # Slot 0 (the bonus token) predicts nothing new: drop it.
         return self.compute_logits(self.norm(h[:, 1:]))
 
@@ -952,7 +947,7 @@ class DFlashDrafter(nn.Module):
 
 
 def _write_rows(
-    store: torch.Tensor, rows: torch.Tensor, slots: torch.Tensor, first: int | None
+    store: torch.Tensor, rows: torch.Tensor, slots: torch.Tensor | None, first: int | None
 ) -> None:
     """Write rows [B, Hkv, n, D] into store [B, Hkv, C, D] at per-request slots [B, n].
 
