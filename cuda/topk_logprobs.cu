@@ -35,6 +35,31 @@ __device__ __forceinline__ float load_f32<__nv_bfloat16>(const __nv_bfloat16* p,
   return __bfloat162float(p[i]);
 }
 
+__device__ __forceinline__ float to_f32(float v) { return v; }
+__device__ __forceinline__ float to_f32(__half v) { return __half2float(v); }
+__device__ __forceinline__ float to_f32(__nv_bfloat16 v) { return __bfloat162float(v); }
+
+// Copy n items into shared memory, kUnroll independent loads in flight per thread: the split
+// kernels are latency-bound (a few CTAs per SM), and every later pass then reads shared memory
+// instead of going back to L2 (the global-memory passes made the split top-K ~65-80 us).
+constexpr int kUnroll = 8;
+// Largest per-CTA chunk staged in shared memory (the default 48 KiB without an opt-in).
+constexpr size_t kStageBytes = 48 * 1024;
+template <typename U>
+__device__ __forceinline__ void stage_items(const U* __restrict__ g, int64_t n, U* s) {
+  const int64_t step = blockDim.x;
+  int64_t i = threadIdx.x;
+  for (; i + (kUnroll - 1) * step < n; i += kUnroll * step) {
+    U r[kUnroll];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) r[u] = g[i + u * step];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) s[i + u * step] = r[u];
+  }
+  for (; i < n; i += step) s[i] = g[i];
+  __syncthreads();
+}
+
 __device__ __forceinline__ float clamp_lp(float x, float lse) {
   const float d = __fsub_rn(x, lse);
   return d < kMinLogprob ? kMinLogprob : d;  // std::max(d, kMin): NaN-free here
@@ -225,17 +250,22 @@ __device__ inline int row_lse(const SplitWs& w, int64_t row, int C, float* lse) 
 template <typename T>
 __global__ void __launch_bounds__(kRowThreads)
     topk_split_stats_kernel(const T* __restrict__ logits, int64_t V, int C, int64_t chunk,
-                            SplitWs w) {
+                            bool staged, SplitWs w) {
   __shared__ SelectSmem s;
+  extern __shared__ __align__(16) unsigned char stage_raw[];  // the chunk when staged
   const int64_t row = blockIdx.x / C;
   const int c = static_cast<int>(blockIdx.x % C);
-  const int64_t lo = c * chunk;
-  const int64_t hi = lo + chunk < V ? lo + chunk : V;
-  const T* x = logits + row * V;
+  const int64_t lo = c * chunk < V ? c * chunk : V;
+  const int64_t n = (lo + chunk < V ? lo + chunk : V) - lo;
+  const T* src = logits + row * V + lo;
+  if (staged) {
+    stage_items(src, n, reinterpret_cast<T*>(stage_raw));
+    src = reinterpret_cast<const T*>(stage_raw);
+  }
   float m = -INFINITY;
   bool bad = false;
-  for (int64_t v = lo + threadIdx.x; v < hi; v += blockDim.x) {
-    const float xv = load_f32(x, v);
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
+    const float xv = to_f32(src[i]);
     bad |= (xv != xv) | (xv == INFINITY);
     m = xv > m ? xv : m;
   }
@@ -247,8 +277,8 @@ __global__ void __launch_bounds__(kRowThreads)
   double acc = 0.0;
   if (!any_bad && mc != -INFINITY) {
     const double md = mc;
-    for (int64_t v = lo + threadIdx.x; v < hi; v += blockDim.x)
-      acc += exp(static_cast<double>(load_f32(x, v)) - md);
+    for (int64_t i = threadIdx.x; i < n; i += blockDim.x)
+      acc += exp(static_cast<double>(to_f32(src[i])) - md);
   }
   const double total = block_sum_double(acc, s);  // all threads: it synchronises
   if (threadIdx.x == 0) {
@@ -261,8 +291,9 @@ __global__ void __launch_bounds__(kRowThreads)
 template <typename T>
 __global__ void __launch_bounds__(kRowThreads)
     topk_split_select_kernel(const T* __restrict__ logits, int64_t V, int k, int C, int64_t chunk,
-                             SplitWs w) {
+                             bool staged, SplitWs w) {
   __shared__ SelectSmem s;
+  extern __shared__ __align__(16) unsigned char stage_raw[];  // the chunk when staged
   __shared__ float s_lse;
   __shared__ int s_err;
   __shared__ int s_slot;
@@ -271,7 +302,7 @@ __global__ void __launch_bounds__(kRowThreads)
   const int64_t lo = c * chunk < V ? c * chunk : V;
   const int64_t hi = lo + chunk < V ? lo + chunk : V;
   const int64_t n = hi - lo;
-  const T* x = logits + row * V;
+  const T* src = logits + row * V + lo;
   unsigned long long* out = w.keys + static_cast<int64_t>(blockIdx.x) * k;
   if (threadIdx.x == 0) {
     float lse = 0.0f;
@@ -284,8 +315,12 @@ __global__ void __launch_bounds__(kRowThreads)
   const float lse = s_lse;
   const int take = n < k ? static_cast<int>(n) : k;
   if (take > 0) {
+    if (staged) {
+      stage_items(src, n, reinterpret_cast<T*>(stage_raw));
+      src = reinterpret_cast<const T*>(stage_raw);
+    }
     auto key = [&](int64_t v) {
-      return sampling::rank_key(clamp_lp(load_f32(x, lo + v), lse), static_cast<uint32_t>(lo + v));
+      return sampling::rank_key(clamp_lp(to_f32(src[v]), lse), static_cast<uint32_t>(lo + v));
     };
     auto all = [](int64_t) { return true; };
     auto no_weight = [](int64_t) { return 0ull; };
@@ -305,13 +340,13 @@ __global__ void __launch_bounds__(kRowThreads)
 template <typename T>
 __global__ void __launch_bounds__(kRowThreads)
     topk_split_merge_kernel(const T* __restrict__ logits, int64_t V, int k, int C, int sort_size,
-                            SplitWs w, int32_t* __restrict__ out_token, float* __restrict__ out_lp,
-                            int32_t* __restrict__ row_error) {
+                            bool staged, SplitWs w, int32_t* __restrict__ out_token,
+                            float* __restrict__ out_lp, int32_t* __restrict__ row_error) {
   __shared__ SelectSmem s;
   __shared__ float s_lse;
   __shared__ int s_err;
   __shared__ int s_slot;
-  extern __shared__ unsigned long long sorted[];  // sort_size keys
+  extern __shared__ unsigned long long sorted[];  // sort_size keys, then the staged candidates
   const int64_t row = blockIdx.x;
   const T* x = logits + row * V;
   int32_t* tok = out_token + row * static_cast<int64_t>(k);
@@ -336,6 +371,10 @@ __global__ void __launch_bounds__(kRowThreads)
 
   // The K best of the C*K candidate keys (unique; 0 = padding, below every real key).
   const int64_t n = static_cast<int64_t>(C) * k;
+  if (staged) {
+    stage_items(cand, n, sorted + sort_size);
+    cand = sorted + sort_size;
+  }
   auto key = [&](int64_t i) { return static_cast<uint64_t>(cand[i]); };
   auto real = [&](int64_t i) { return cand[i] != 0ull; };
   auto no_weight = [](int64_t) { return 0ull; };
@@ -355,22 +394,28 @@ cudaError_t launch_split(const TensorView& logits, int64_t k, int C, const Tenso
   const int64_t chunk = (V + C - 1) / C;
   int sort_size = 1;
   while (sort_size < k) sort_size <<= 1;
-  const size_t smem = sizeof(unsigned long long) * sort_size;
+  const size_t sort_bytes = sizeof(unsigned long long) * sort_size;
+  const size_t cand_bytes = sizeof(unsigned long long) * static_cast<size_t>(C) * k;
+  const bool stage_cand = sort_bytes + cand_bytes <= kStageBytes;
+  const size_t merge_smem = stage_cand ? sort_bytes + cand_bytes : sort_bytes;
   auto merge = topk_split_merge_kernel<T>;
-  if (smem > 48 * 1024) {
+  if (merge_smem > 48 * 1024) {
     const cudaError_t e = cudaFuncSetAttribute(merge, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                               static_cast<int>(smem));
+                                               static_cast<int>(merge_smem));
     if (e != cudaSuccess) return e;
   }
+  const size_t chunk_bytes = sizeof(T) * static_cast<size_t>(chunk);
+  const bool stage_chunk = chunk_bytes <= kStageBytes;
+  const size_t chunk_smem = stage_chunk ? chunk_bytes : 0;
   const SplitWs w = split_ws(workspace, rows, C, k);
   const auto grid = static_cast<unsigned>(rows * C);
-  topk_split_stats_kernel<T>
-      <<<grid, kRowThreads, 0, stream>>>(logits.ptr<const T>(), V, C, chunk, w);
-  topk_split_select_kernel<T><<<grid, kRowThreads, 0, stream>>>(logits.ptr<const T>(), V,
-                                                                static_cast<int>(k), C, chunk, w);
-  merge<<<static_cast<unsigned>(rows), kRowThreads, smem, stream>>>(
-      logits.ptr<const T>(), V, static_cast<int>(k), C, sort_size, w, token.ptr<int32_t>(),
-      logprob.ptr<float>(), row_error ? row_error->ptr<int32_t>() : nullptr);
+  topk_split_stats_kernel<T><<<grid, kRowThreads, chunk_smem, stream>>>(logits.ptr<const T>(), V, C,
+                                                                        chunk, stage_chunk, w);
+  topk_split_select_kernel<T><<<grid, kRowThreads, chunk_smem, stream>>>(
+      logits.ptr<const T>(), V, static_cast<int>(k), C, chunk, stage_chunk, w);
+  merge<<<static_cast<unsigned>(rows), kRowThreads, merge_smem, stream>>>(
+      logits.ptr<const T>(), V, static_cast<int>(k), C, sort_size, stage_cand, w,
+      token.ptr<int32_t>(), logprob.ptr<float>(), row_error ? row_error->ptr<int32_t>() : nullptr);
   return cudaGetLastError();
 }
 

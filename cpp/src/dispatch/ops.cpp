@@ -87,11 +87,14 @@ Status topk_logprobs(const TensorView& logits, int64_t k, const TensorView& toke
 int64_t topk_logprobs_num_splits(int64_t B, int64_t L, int64_t V, int64_t k) {
   const int64_t rows = B * L;
   if (B < 1 || L < 1 || V < 1 || k < 1) return 1;
-  // ~2 waves of a 132-SM GPU, each chunk keeping >= 4096 logits and >= 4 K of them.
+  // ~2 waves of a 132-SM GPU, each chunk keeping >= 4096 logits and >= 4 K of them, and at
+  // least enough chunks that one fits the kernel's shared-memory stage (12288 fp32 logits).
   const int64_t want = (264 + rows - 1) / rows;
   const int64_t min_chunk = 4 * k > 4096 ? 4 * k : 4096;
   const int64_t by_len = V / min_chunk;
   int64_t splits = want < by_len ? want : by_len;
+  const int64_t to_stage = (V + 12287) / 12288;
+  if (V > 4096 && splits < to_stage) splits = to_stage;
   splits = splits < 64 ? splits : 64;
   return splits < 1 ? 1 : splits;
 }
