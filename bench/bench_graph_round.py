@@ -7,6 +7,8 @@ Random-weight targets of realistic shape (Qwen3 configs; label results so) with 
 drafter. Per model, in one run:
 
 * AR tokens/s (the target alone, same static cache);
+* with ``--batch-sizes``: batched rounds/s and tokens/s at each B > 1, graphs off and on
+  (``--batch-only`` runs just that section);
 * chain and DDTree rounds/s, ms/round and τ with ``cuda_graphs`` off and on (a random drafter
   accepts ~nothing, so a round costs what a round costs, not what acceptance buys);
 * per-round overhead = graph-mode round time minus the drafter forward alone minus the target
@@ -116,6 +118,60 @@ def run_generate(dec: SpeculativeDecoder, prompt: torch.Tensor, new: int, runs: 
     }
 
 
+def run_generate_batch(
+    dec: SpeculativeDecoder, prompts: list[torch.Tensor], new: int, runs: int
+) -> dict:
+    """Decode-phase numbers of ``runs`` timed batched ``generate`` calls (after a warm-up):
+    batched rounds per second and generated tokens per second over the whole batch."""
+    dec.generate(prompts, new)  # warm-up: allocations, graph capture
+    rounds, tokens, decode = 0, 0, 0.0
+    per_round: list[float] = []
+    for _ in range(runs):
+        out = dec.generate(prompts, new)
+        s = out.stats
+        n_rounds = max(s.batch_rounds, 1)
+        rounds += n_rounds
+        tokens += s.new_tokens
+        decode += s.decode_time
+        per_round.append(1e3 * s.decode_time / n_rounds)
+    return {
+        "batch": len(prompts),
+        "rounds": rounds,
+        "tokens": tokens,
+        "decode_s": decode,
+        "rounds_per_s": rounds / decode,
+        "tokens_per_s": tokens / decode,
+        "ms_per_round": summarize(per_round),
+    }
+
+
+def bench_batches(
+    target: torch.nn.Module, drafter: DFlashDrafter, args: argparse.Namespace, length: int
+) -> list[dict[str, Any]]:
+    """Batched rounds (B > 1, one batch bucket per B), graphs off vs on, chain and the first
+    ddtree budget; B random prompts of ``--prompt-len`` tokens."""
+    vocab = target.config.vocab_size
+    gen = torch.Generator().manual_seed(args.seed + 1)
+    rows = []
+    for num_b in args.batch_sizes:
+        prompts = [
+            torch.randint(0, vocab, (args.prompt_len,), generator=gen).to(args.device)
+            for _ in range(num_b)
+        ]
+        for policy, budget in (("chain", args.block_size - 1), ("ddtree", args.budgets[0])):
+            row: dict[str, Any] = {"batch": num_b, "policy": policy, "budget": budget}
+            for graphs in (False, True):
+                dec = SpeculativeDecoder(
+                    target, drafter, policy, budget, max_length=length, profile=False,
+                    cuda_graphs=graphs,
+                )  # fmt: skip
+                key = "graphs_on" if graphs else "graphs_off"
+                row[key] = run_generate_batch(dec, prompts, args.max_new_tokens, args.runs)
+                del dec
+            rows.append(row)
+    return rows
+
+
 def random_tree(vocab: int, depth: int, nodes: int, device: str, seed: int) -> Any:
     """A DDTree over random peaked logits with ``nodes`` draft nodes (root token 0)."""
     gen = torch.Generator(device="cpu").manual_seed(seed)
@@ -167,6 +223,10 @@ def bench_model(name: str, args: argparse.Namespace, timer: Timer) -> dict[str, 
 
     # ---- AR and rounds/s, graphs off vs on -------------------------------------------------
     length = args.prompt_len + new + max([*args.budgets, args.block_size]) + 1
+    if args.batch_sizes:
+        out["batches"] = bench_batches(target, drafter, args, length)
+    if args.batch_only:
+        return out
     ar = SpeculativeDecoder(target, None, "ar", max_length=length, profile=False)
     ar_res = run_generate(ar, prompt, new, args.runs)
     out["ar"] = ar_res
@@ -279,6 +339,10 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--inner", type=int, default=5, help="calls per CUDA graph sample")
     ap.add_argument("--out-dir", default=str(RESULTS))
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--batch-sizes", nargs="+", type=int, default=[],
+                    help="also time batched rounds (B > 1) for these batch sizes")  # fmt: skip
+    ap.add_argument("--batch-only", action="store_true",
+                    help="only the batched section (no AR / B = 1 table / cost table)")  # fmt: skip
     args = ap.parse_args(argv)
     if args.tiny:
         args.models, args.device = ["tiny"], "cpu"
@@ -293,6 +357,22 @@ def main(argv: list[str] | None = None) -> Path:
     timer = Timer(args.device, args.repeats, args.inner)
 
     models = [bench_model(name, args, timer) for name in args.models]
+    print(f"device {args.device}, dtype {args.dtype}, prompt {args.prompt_len}, "
+          f"{args.max_new_tokens} new tokens, random weights, greedy")  # fmt: skip
+    if args.batch_sizes:
+        brows = [
+            [m["model"], r["batch"], r["policy"], r["budget"], key[7:],
+             r[key]["rounds_per_s"], f"{r[key]['ms_per_round']['median']:.3f}",
+             r[key]["tokens_per_s"]]
+            for m in models for r in m["batches"] for key in ("graphs_off", "graphs_on")
+        ]  # fmt: skip
+        print_table(["model", "B", "policy", "budget", "graphs", "batch rounds/s", "ms/round",
+                     "tokens/s"], brows)  # fmt: skip
+    if args.batch_only:
+        payload = {"stamp": stamp(args.device), "args": vars(args), "models": models}
+        path = write_json("bench_graph_round", payload, Path(args.out_dir))
+        print("wrote", path)
+        return path
     headers = ["model", "policy", "budget", "graphs", "rounds/s", "ms/round", "tau",
                "draft ms", "verify ms", "overhead ms", "overhead %"]  # fmt: skip
     rows = []
@@ -312,8 +392,6 @@ def main(argv: list[str] | None = None) -> Path:
                     f"{r['overhead_ms']:.3f}" if on else "",
                     f"{100 * r['overhead_frac']:.1f}" if on else "",
                 ])  # fmt: skip
-    print(f"device {args.device}, dtype {args.dtype}, prompt {args.prompt_len}, "
-          f"{args.max_new_tokens} new tokens, random weights, greedy")  # fmt: skip
     print_table(headers, rows)
     for m in models:
         t = m["cost_table"]

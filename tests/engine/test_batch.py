@@ -190,7 +190,7 @@ def test_fixed_adapter_max_length_and_graph_fallback() -> None:
     assert torch.equal(dec.generate(prompts, NEW).sequences, ref.sequences)
     with pytest.raises(ValueError, match="batch_size=2"):
         dec.generate(prompts[0][None], NEW)
-    # A fixed max_length and graph mode (B = 1 only: a batch falls back to the eager rounds).
+    # A fixed max_length, and graph mode (its batch bucket runs the same rounds).
     for kw in (dict(max_length=48), dict(cuda_graphs=True)):
         d = SpeculativeDecoder(target, drafter, "ddtree", budget=7, **kw)
         assert torch.equal(d.generate(prompts, NEW).sequences, ref.sequences)

@@ -1,4 +1,5 @@
-"""Batched generation (B > 1) for :class:`~difftree_rt.engine.SpeculativeDecoder` (eager path).
+"""Batched generation (B > 1) for :class:`~difftree_rt.engine.SpeculativeDecoder`: the eager
+path here; graph mode (``cuda_graphs``) runs the same rounds in ``engine/graph.py``.
 
 Vocabulary: B batch, T longest prompt, N tree capacity, P path columns, V vocabulary.
 
@@ -156,9 +157,16 @@ class BatchGenerationMixin:
                 adapter, right, lengths, max_new, params, seed_t, stop, per, timer
             )
         else:
-            out_buf, gen = self._generate_spec_batch(
-                adapter, right, lengths, max_new, params, seed_t, stop, per, timer
-            )
+            done = None
+            if self.cuda_graphs:
+                done = self._runner().generate_batch(
+                    adapter, right, lengths, max_new, params, seed_t, stop, per, stats, timer
+                )
+            if done is None:
+                done = self._generate_spec_batch(
+                    adapter, right, lengths, max_new, params, seed_t, stop, per, timer
+                )
+            out_buf, gen = done
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         stats.total_time = time.perf_counter() - t_start

@@ -63,8 +63,9 @@ class SpeculativeDecoder(BatchGenerationMixin):
         cuda_graphs: graph mode (``engine/graph.py``): rounds on static buffers with no host
             sync, captured in CUDA graphs. None: on for a CUDA target with a graph-safe policy
             (chain, ddtree) and ``validate=False``, off otherwise. True on a CPU target runs
-            the same static-buffer rounds eagerly (for tests). Requests outside its buckets
-            (e.g. more than 16 stop tokens) run on the eager path.
+            the same static-buffer rounds eagerly (for tests). Batches run in graph mode too
+            (one set of buffers and graphs per batch size). Requests outside its buckets
+            (more than 16 stop tokens) run on the eager path.
         graph_capture: with graph mode on a CUDA target, capture and replay CUDA graphs; False
             runs the static-buffer rounds eagerly (debugging).
     """
@@ -166,7 +167,7 @@ class SpeculativeDecoder(BatchGenerationMixin):
         self.vocab_size = int(model.config.vocab_size)
         self.device = next(model.parameters()).device
         self._dcache: DFlashCache | None = None
-        # Batched generation (B > 1, eager only): its own target adapter and drafter cache.
+        # Batched generation (B > 1): its own target adapter and (eager) drafter cache.
         self._batch_adapter: TargetAdapter | None = None
         self._batch_dcache: DFlashCache | None = None
         self.cuda_graphs = self._resolve_cuda_graphs(cuda_graphs)
@@ -399,7 +400,7 @@ class SpeculativeDecoder(BatchGenerationMixin):
         the first token and after every round (one extra host read per call; None: no cost;
         B = 1 only).
 
-        Batches (B > 1, eager path): ``input_ids [B, T]`` **left-padded** with
+        Batches (B > 1; graph mode included): ``input_ids [B, T]`` **left-padded** with
         ``attention_mask [B, T]`` (1 = token, each row ``0..0 1..1``; None = no padding), or a
         list of 1-D prompts of any lengths (padded here). Every request runs exactly as it
         would alone (its own positions from 0, its own rounds; finished requests stop
@@ -668,17 +669,21 @@ class SpeculativeDecoder(BatchGenerationMixin):
     ) -> Tensor | None:
         """Graph mode (``engine/graph.py``); None when the request falls outside the runner's
         buckets (nothing was run: the eager path takes it)."""
-        from .graph import GraphRoundRunner
-
-        if self._graph_runner is None:
-            self._graph_runner = GraphRoundRunner(self, capture=self.graph_capture)
-        out: Tensor | None = self._graph_runner.generate(
+        out: Tensor | None = self._runner().generate(
             adapter, ids, max_new, params, stop, stats, timer
         )
         return out
 
+    def _runner(self) -> Any:
+        """The decoder's :class:`~difftree_rt.engine.graph.GraphRoundRunner` (built once)."""
+        from .graph import GraphRoundRunner
+
+        if self._graph_runner is None:
+            self._graph_runner = GraphRoundRunner(self, capture=self.graph_capture)
+        return self._graph_runner
+
     # ------------------------------------------------------------------------------------------
-    # Batched generation (B > 1, eager)
+    # Batched generation (B > 1): engine/batch.py
     # ------------------------------------------------------------------------------------------
 
     @staticmethod

@@ -1,6 +1,6 @@
 """Graph mode: the speculative round over static buffers, captured in CUDA graphs on a GPU.
 
-Vocabulary: B batch (1 today), S drafter block size, L = S - 1 draft depth, N tree capacity
+Vocabulary: B batch, S drafter block size, L = S - 1 draft depth, N tree capacity
 (root included), P = path columns (``min(L, N - 1) + 1``), F feature width, V vocabulary,
 S_max target cache rows, C drafter cache rows (``S_max + S``).
 
@@ -129,7 +129,7 @@ class _State:
     max_new: Tensor  # max_new_tokens of the request
     done: Tensor  # [B] bool: a stop token was emitted or max_new reached
     round_idx: Tensor  # [] int64: 1-based round counter (keys the sampling draws)
-    seed: Tensor  # [] int64: sampling seed
+    seed: Tensor  # [B, 1] int64: each request's sampling seed
     stop: Tensor  # [MAX_STOPS] int64, -1 padded
     new_feat: Tensor  # [B, P, F] drafter dtype: verify features along the last path
     num_new: Tensor  # how many of new_feat's rows are real (accepted + 1, 0 when idle)
@@ -140,6 +140,18 @@ class _State:
     def mutable(self) -> list[Tensor]:
         """Buffers a round changes that later rounds read (saved around capture warm-up)."""
         return [self.bonus, self.generated, self.done, self.round_idx, self.new_feat, self.num_new]
+
+
+@dataclass
+class _Slot:
+    """One batch size's static buffers: the adapter they serve, the round state, the drafter
+    cache and the pinned status double buffer with its events."""
+
+    adapter: TargetAdapter
+    state: _State
+    dcache: DFlashCache
+    pinned: list[Tensor]
+    events: list[Any]
 
 
 class GraphRoundRunner:
@@ -196,6 +208,9 @@ class GraphRoundRunner:
         )
         self.on_round: Callable[[int], None] | None = None
         self.graphs: dict[tuple[Any, ...], tuple[Any, Any]] = {}
+        # One set of static buffers per batch size (the batch bucket), so solo and batched
+        # calls alternate without re-capturing; the current one is mirrored in the fields below.
+        self._slots: dict[int, _Slot] = {}
         self._adapter: TargetAdapter | None = None
         self._dcache: DFlashCache | None = None
         self._state: _State | None = None
@@ -209,22 +224,31 @@ class GraphRoundRunner:
     # ------------------------------------------------------------------------------------------
     def supports(self, adapter: TargetAdapter, stop: Tensor | None, batch_size: int = 1) -> bool:
         """Whether a request fits the runner's buckets (else the decoder runs it eagerly)."""
-        if batch_size != 1 or adapter.validate or adapter.batch_size != 1:
+        if batch_size != adapter.batch_size or adapter.validate:
             return False
         return stop is None or stop.numel() <= MAX_STOPS
 
     def _ensure(self, adapter: TargetAdapter) -> _State:
-        """Allocate the static buffers for ``adapter`` (once per adapter; drops stale graphs)."""
-        if self._state is not None and self._adapter is adapter:
-            return self._state
-        self.graphs.clear()
+        """The static buffers for ``adapter``: allocated once per (batch size, adapter); a new
+        adapter for a batch size drops that size's buffers and graphs."""
+        num_b = adapter.batch_size
+        slot = self._slots.get(num_b)
+        if slot is None or slot.adapter is not adapter:
+            self.graphs = {k: g for k, g in self.graphs.items() if k[0] != num_b}
+            slot = self._allocate(adapter)
+            self._slots[num_b] = slot
+        self._adapter, self._state, self._dcache = slot.adapter, slot.state, slot.dcache
+        self._pinned, self._events = slot.pinned, slot.events
+        return slot.state
+
+    def _allocate(self, adapter: TargetAdapter) -> _Slot:
         dev, drafter = self.device, self.drafter
-        num_b, n, p, s = 1, self.capacity, self.path_cols, drafter.block_size
+        num_b, n, p, s = adapter.batch_size, self.capacity, self.path_cols, drafter.block_size
         i64 = dict(dtype=torch.long, device=dev)
         i32 = dict(dtype=torch.int32, device=dev)
         # Context rows never exceed the target's committed rows (< S_max); + S for the block
         # and the padded append past them.
-        self._dcache = drafter.new_cache(batch_size=num_b, capacity=adapter.max_length + s)
+        dcache = drafter.new_cache(batch_size=num_b, capacity=adapter.max_length + s)
         block = torch.full((num_b, s), drafter.mask_token_id, **i64)
         tree = (
             torch.zeros(num_b, n, **i32),
@@ -236,14 +260,14 @@ class GraphRoundRunner:
             torch.zeros(num_b, n, anc_words(n), **i32),
             torch.ones(num_b, **i32),
         )
-        self._state = _State(
+        state = _State(
             bonus=torch.zeros(num_b, **i64),
             block=block,
             generated=torch.zeros(num_b, **i64),
             max_new=torch.zeros(num_b, **i64),
             done=torch.zeros(num_b, dtype=torch.bool, device=dev),
             round_idx=torch.zeros((), **i64),
-            seed=torch.zeros((), **i64),
+            seed=torch.zeros(num_b, 1, **i64),
             stop=torch.full((MAX_STOPS,), -1, **i64),
             new_feat=torch.zeros(
                 num_b, p, drafter.config.feature_size, dtype=drafter.dtype, device=dev
@@ -254,15 +278,13 @@ class GraphRoundRunner:
             status=torch.zeros(num_b, 5 + p, **i64),
         )
         pin = self.device.type == "cuda"
-        self._pinned = [
-            torch.zeros(num_b, 5 + p, dtype=torch.long, pin_memory=pin) for _ in range(2)
-        ]
+        pinned = [torch.zeros(num_b, 5 + p, dtype=torch.long, pin_memory=pin) for _ in range(2)]
+        events: list[Any] = []
         if self.device.type == "cuda":
-            self._events = [torch.cuda.Event() for _ in range(2)]
+            events = [torch.cuda.Event() for _ in range(2)]
             if self._pool is None:
                 self._pool = torch.cuda.graph_pool_handle()
-        self._adapter = adapter
-        return self._state
+        return _Slot(adapter, state, dcache, pinned, events)
 
     def buffers(self) -> dict[str, Tensor]:
         """Every static tensor a round touches, by name (for address-stability checks)."""
@@ -367,7 +389,8 @@ class GraphRoundRunner:
             g_verify.replay()
 
     def _graphs_for(self, span: int) -> tuple[Any, Any]:
-        key = (1, self.capacity, span, _sampling_key(self._params))
+        assert self._adapter is not None
+        key = (self._adapter.batch_size, self.capacity, span, _sampling_key(self._params))
         found = self.graphs.get(key)
         if found is not None:
             return found
@@ -408,12 +431,13 @@ class GraphRoundRunner:
         if self._events:
             self._events[slot].record()
 
-    def _read(self, r: int) -> list[int]:
-        """Round r's staged status (waits for round r only, never for a later round)."""
+    def _read(self, r: int) -> list[list[int]]:
+        """Round r's staged status, one row per request (waits for round r only, never for a
+        later round)."""
         slot = r % 2
         if self._events:
             self._events[slot].synchronize()
-        return [int(v) for v in self._pinned[slot][0].tolist()]
+        return [[int(v) for v in row] for row in self._pinned[slot].tolist()]
 
     # ------------------------------------------------------------------------------------------
     # Generate
@@ -453,8 +477,6 @@ class GraphRoundRunner:
                 f"{prompt_len + max_new + self.capacity}"
             )
         st = self._ensure(adapter)
-        dc = self._dcache
-        assert dc is not None
         self._params = params
 
         first, features, is_stop = dec._prefill(adapter, ids, params, stop, st.out, timer)
@@ -465,27 +487,112 @@ class GraphRoundRunner:
         if stopped or max_new <= 1:
             stats.stopped = bool(stopped)
             return st.out[:, :1].clone()
+        seed = torch.full((1, 1), params.seed, dtype=torch.long, device=self.device)
+        self._setup(features, [prompt_len], first, is_stop, max_new, seed, stop)
+        gen = self._rounds([prompt_len], max_new, [stats], stats)
+        out = st.out[:, : gen[0]].clone()
+        stats.stopped = dec._ended_on_stop(out, stop)
+        return out
 
-        # Per-request values go into the static buffers in place (setup: host syncs allowed).
-        dc.reset()
-        self.drafter.append_context_fixed(
-            dc, features.to(self.drafter.dtype), torch.full_like(dc.lengths, prompt_len)
+    def generate_batch(
+        self,
+        adapter: TargetAdapter,
+        right: Tensor,
+        lengths: list[int],
+        max_new: int,
+        params: SamplingParams,
+        seed_t: Tensor,
+        stop: Tensor | None,
+        per: list[GenerationStats],
+        stats: GenerationStats,
+        timer: PhaseTimer,
+    ) -> tuple[Tensor, list[int]] | None:
+        """B > 1 requests in graph mode (the batch bucket is B itself); None (nothing done) when
+        they fall outside the buckets.
+
+        Args:
+            adapter: the batch's target adapter (``batch_size`` B), reset, sized for
+                ``T + max_new + N`` rows.
+            right: ``[B, T]`` prompts, **right**-padded (request b at columns ``0..T_b-1``).
+            lengths: the B prompt lengths ``T_b``.
+            max_new: ``max_new_tokens`` (every request).
+            params: sampling parameters (validated); ``seed_t`` ``[B, 1]`` int64 per-request seeds.
+            stop: ``[S]`` int64 stop tokens on the device, or None.
+            per: B per-request stats (accepted lengths, emitted per round); ``stats`` the
+                aggregate (phase times).
+            timer: phase timer of the call (prefill, setup reads).
+
+        Returns:
+            ``(out [B, >= max(new_b)] int64, new_b per request)``: request b's tokens are
+            ``out[b, :new_b]``; exactly the eager batch path's (and each solo run's) tokens.
+        """
+        num_b, num_t = right.shape
+        if not self.supports(adapter, stop, num_b):
+            return None
+        dec = self.decoder
+        if num_t + max_new + self.capacity > adapter.max_length:
+            raise ValueError(
+                f"max_length={adapter.max_length} is too small for this request: prompt + "
+                f"max_new_tokens + one tree of N={self.capacity} rows needs "
+                f"{num_t + max_new + self.capacity}"
+            )
+        st = self._ensure(adapter)
+        self._params = params
+        first, features, is_stop = dec._prefill_batch(
+            adapter, right, lengths, params, seed_t, stop, st.out, timer
         )
+        assert features is not None
+        self._setup(features, lengths, first, is_stop, max_new, seed_t, stop)
+        gen = self._rounds(lengths, max_new, per, stats)
+        return st.out[:, : max(gen)].clone(), gen
+
+    def _setup(
+        self,
+        features: Tensor,
+        lengths: list[int],
+        first: Tensor,
+        is_stop: Tensor,
+        max_new: int,
+        seed: Tensor,
+        stop: Tensor | None,
+    ) -> None:
+        """Per-request values into the static buffers, in place (setup: host syncs allowed):
+        the prompt features into the drafter cache, the first token, counters, seeds, stops.
+        A request whose first token already ended it starts done (its rounds are no-ops)."""
+        st, dc = self._state, self._dcache
+        assert st is not None and dc is not None
+        dc.reset()
+        counts = torch.tensor(lengths, dtype=torch.long, device=self.device)
+        self.drafter.append_context_fixed(dc, features.to(self.drafter.dtype), counts)
         st.bonus.copy_(first)
         st.generated.fill_(1)
         st.max_new.fill_(max_new)
-        st.done.zero_()
+        st.done.copy_(is_stop | (max_new <= 1))
         st.round_idx.fill_(1)
-        st.seed.fill_(params.seed)
+        st.seed.copy_(seed)
         st.stop.fill_(-1)
         if stop is not None:
             st.stop[: stop.numel()].copy_(stop)
         st.num_new.zero_()
 
-        drafter_cap = dc.capacity
+    def _rounds(
+        self,
+        lengths: list[int],
+        max_new: int,
+        per: list[GenerationStats],
+        stats: GenerationStats,
+    ) -> list[int]:
+        """Launch rounds until the device reports every request done; returns the tokens each
+        request generated. The host books round r - 1 while round r runs."""
+        st, dc, adapter = self._state, self._dcache, self._adapter
+        assert st is not None and dc is not None and adapter is not None
+        act = [not bool(d) for d in st.done.tolist()]  # setup read (before any round)
+        gen = [1] * len(lengths)
+        if not any(act):
+            return gen
         block = self.drafter.block_size
         round_timer = PhaseTimer(stats, self.device, synchronize=False)
-        known_round, known_gen = 0, 1  # the host's latest status: after prefill
+        known_round = 0  # the host's latest status: after prefill
         r = 0
         try:
             while True:
@@ -493,9 +600,11 @@ class GraphRoundRunner:
                 if r > max_new + 1:
                     raise RuntimeError("graph mode: the device never reported done (a bug)")
                 # Committed length before round r <= what the host knows + P per round since.
-                start_ub = prompt_len + known_gen - 1 + self.path_cols * (r - 1 - known_round)
-                start_ub = min(start_ub, prompt_len + max_new)
-                span = span_bucket(start_ub + block, drafter_cap, self.span_min)
+                start_ub = max(
+                    min(t + g - 1 + self.path_cols * (r - 1 - known_round), t + max_new)
+                    for t, g in zip(lengths, gen, strict=True)
+                )
+                span = span_bucket(start_ub + block, dc.capacity, self.span_min)
                 self._run_round(span, round_timer)
                 self._stage(r)
                 if self.on_round is not None:
@@ -504,16 +613,16 @@ class GraphRoundRunner:
                     continue
                 with round_timer.phase("host"):
                     status = self._read(r - 1)
-                    done = self._consume(status, stats)
-                known_round, known_gen = r - 1, status[_GEN]
-                if done:
+                    for b, row in enumerate(status):
+                        if act[b]:
+                            act[b] = not self._consume(row, per[b])
+                        gen[b] = row[_GEN]
+                known_round = r - 1
+                if not any(act):
                     break  # round r was launched after the end: a no-op on every output
         finally:
             adapter.cache.set_fixed_span(None)
-        generated = known_gen
-        out = st.out[:, :generated].clone()
-        stats.stopped = dec._ended_on_stop(out, stop)
-        return out
+        return gen
 
     def _consume(self, status: list[int], stats: GenerationStats) -> bool:
         """Book one round's staged status into ``stats`` and the streamer; True when done."""
