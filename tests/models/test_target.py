@@ -523,9 +523,25 @@ def test_backend_seam_is_tried_first() -> None:
         set_tree_attention_backend(None)
 
 
-def test_prefill_right_padded_lengths() -> None:
+def _old_hf_slice(hidden: torch.Tensor, logits_to_keep: int | torch.Tensor) -> torch.Tensor:
+    """transformers <= 5.17's slicing: ``hidden[:, slice(-k, None)]`` or ``hidden[:, tensor]``
+    (a 2-D tensor then indexes, [B, B, 1, H], instead of gathering per request)."""
+    keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+    return hidden[:, keep, :]
+
+
+@pytest.mark.parametrize("hf_slicing", ["installed", "transformers-5.17"])
+def test_prefill_right_padded_lengths(hf_slicing: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """``prefill(lengths=...)``: each request at positions 0..T_b-1, padding not committed,
-    last-row logits per request, equal to prefilling the request alone."""
+    last-row logits per request, equal to prefilling the request alone — whatever the
+    transformers version does with a tensor ``logits_to_keep`` (the GPU image's 5.17 indexed
+    instead of gathering, which broke batched prefill there)."""
+    if hf_slicing != "installed":
+        import transformers.models.qwen3.modeling_qwen3 as qwen3
+
+        if not hasattr(qwen3, "slice_logits_to_keep"):
+            pytest.skip("this transformers inlines its slicing (it is the old behaviour)")
+        monkeypatch.setattr(qwen3, "slice_logits_to_keep", _old_hf_slice)
     model = make_model("qwen3")
     gen = torch.Generator().manual_seed(0)
     lens = [3, 7, 1]

@@ -455,11 +455,21 @@ class TargetAdapter:
         )
         captured: dict[int, Tensor] = {}
         kwargs: dict[str, Any] = {CONTEXT_KWARG: ctx}
+        head_hook = None
         if last_logits_only:
             kwargs["logits_to_keep"] = 1
         elif logits_to_keep is not None:
-            # [B, 1] row per request (HF: 2-D integer positions, taken along the sequence).
-            kwargs["logits_to_keep"] = logits_to_keep
+            # One row per request ([B, 1] positions), gathered right before the LM head: HF's
+            # tensor form of `logits_to_keep` is version-dependent (transformers 5.17 indexes
+            # hidden[:, rows] -> [B, B, 1, V]; later versions gather along the sequence).
+            head = self.model.get_output_embeddings()
+            rows = logits_to_keep[..., None]
+
+            def gather_rows(_module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+                return (torch.take_along_dim(args[0], rows, dim=1), *args[1:])
+
+            head_hook = head.register_forward_pre_hook(gather_rows)
+            kwargs["logits_to_keep"] = 0  # every row reaches the head, which keeps `rows`
         try:
             with self._attention_impl(), self._capture(captured):
                 out = self.model(
@@ -471,6 +481,8 @@ class TargetAdapter:
                 )
         finally:
             self.cache.end_write()
+            if head_hook is not None:
+                head_hook.remove()
         logits = out.logits if hasattr(out, "logits") else out[0]
         features = None
         if self.feature_layers:
