@@ -17,6 +17,7 @@ from difftree_rt.policies import D2SDPolicy
 pytestmark = pytest.mark.cuda
 
 POLICIES = ("chain", "ddtree", "caddtree", "presto", "taps", "d2sd")
+GRAPH_POLICIES = ("chain", "ddtree", "caddtree")  # graph_safe: graph mode by default on CUDA
 BF16_TIE_ULPS = 4  # bf16 logits: a top-1/top-2 gap within a few bf16 ulps may round either way
 
 
@@ -32,7 +33,7 @@ def test_fp32_greedy_every_policy_eager_and_graph(arch: str, budget: int) -> Non
     drafter = make_drafter(target)
     prompts = _prompts(128)
     refs = [greedy_reference(target, p, 24) for p in prompts]
-    runs = [(p, False) for p in POLICIES] + [("chain", True), ("ddtree", True)]
+    runs = [(p, False) for p in POLICIES] + [(p, True) for p in GRAPH_POLICIES]
     for policy, graphs in runs:
         dec = SpeculativeDecoder(target, drafter, policy, budget=budget, cuda_graphs=graphs)
         for prompt, ref in zip(prompts, refs):
@@ -76,7 +77,7 @@ def test_bf16_cuda_tree_attention_greedy(policy: str) -> None:
     drafter = make_drafter(target, block_size=16)
     prompts = _prompts(512)
     refs = [greedy_reference(target, p, 48) for p in prompts]
-    for graphs in (False, True) if policy in ("chain", "ddtree") else (False,):
+    for graphs in (False, True) if policy in GRAPH_POLICIES else (False,):
         dec = SpeculativeDecoder(target, drafter, policy, budget=64, cuda_graphs=graphs)
         for prompt, ref in zip(prompts, refs):
             _assert_bf16_equal(target, dec.generate(prompt, 48).sequences, ref)

@@ -163,6 +163,63 @@ def test_sampling_identical_to_eager(policy: str, budget: int, temperature: floa
 
 
 # ---------------------------------------------------------------------------------------------
+# CaDDTree: the per-round cut priced on the device from the committed length
+# ---------------------------------------------------------------------------------------------
+def _steep_table() -> Any:
+    """Costs that grow fast with the context: the best cut shrinks as a request goes on."""
+    from difftree_rt.policies import CostTable
+
+    return CostTable(
+        nodes=[0, 8, 64],
+        contexts=[4, 24, 60],
+        verify=[[[1.0, 1.02, 1.2], [1.0, 1.6, 9.0], [1.0, 4.0, 40.0]]],
+        draft=[[0.2, 0.3, 0.5]],
+    )
+
+
+def test_caddtree_graph_mode_identical_to_eager() -> None:
+    from difftree_rt.policies import CaDDTreePolicy
+
+    target, drafter = trained_pair()
+    table = _steep_table()
+    eager_policy = CaDDTreePolicy(48, table)
+    eager = SpeculativeDecoder(target, drafter, eager_policy)
+    graph = SpeculativeDecoder(target, drafter, CaDDTreePolicy(48, table), cuda_graphs=True)
+    rounds: list[int] = []
+    _runner(graph).on_round = rounds.append
+    _runner(graph).round_context = forbid_host_sync
+    gen = torch.Generator().manual_seed(7)
+    for n in (3, 21):
+        prompt = torch.randint(0, 32, (1, n), generator=gen)
+        for kw in (dict(), dict(temperature=0.8, seed=4), dict(stop_token_ids=[5])):
+            got = graph.generate(prompt, 44, **kw)
+            want = eager.generate(prompt, 44, **kw)
+            assert torch.equal(got.sequences, want.sequences), kw
+            assert got.stats.accepted_lengths == want.stats.accepted_lengths, kw
+            if not kw:
+                assert_greedy_equal(target, got.sequences, greedy_reference(target, prompt, 44))
+    assert rounds, "caddtree did not run in graph mode"
+    # The cut really moved with the context (else this would only test ddtree again).
+    assert len(set(eager_policy.sizes)) >= 3, eager_policy.sizes
+
+
+def test_caddtree_batch_graph_mode_identical_to_eager() -> None:
+    from difftree_rt.policies import CaDDTreePolicy
+
+    target, drafter = trained_pair()
+    table = _steep_table()
+    eager = SpeculativeDecoder(target, drafter, CaDDTreePolicy(32, table))
+    graph = SpeculativeDecoder(target, drafter, CaDDTreePolicy(32, table), cuda_graphs=True)
+    gen = torch.Generator().manual_seed(8)
+    prompts = [torch.randint(0, 32, (n,), generator=gen) for n in (2, 30, 11)]
+    got = graph.generate(prompts, 36)
+    want = eager.generate(prompts, 36)
+    assert torch.equal(got.sequences, want.sequences)
+    for g, w in zip(got.request_stats, want.request_stats, strict=True):
+        assert g.accepted_lengths == w.accepted_lengths
+
+
+# ---------------------------------------------------------------------------------------------
 # Graph-safety: no host sync, fixed addresses, no-op rounds after the end
 # ---------------------------------------------------------------------------------------------
 def test_round_performs_no_host_sync() -> None:
@@ -306,12 +363,13 @@ def test_cuda_graphs_argument() -> None:
     assert not SpeculativeDecoder(target, drafter, "ddtree").cuda_graphs  # CPU default: off
     with pytest.raises(ValueError, match="cuda_graphs must be"):
         SpeculativeDecoder(target, drafter, "ddtree", cuda_graphs="yes")  # type: ignore[arg-type]
-    for policy in ("caddtree", "ar"):
+    for policy in ("taps", "ar"):
         with pytest.raises(ValueError, match="graph-safe"):
             SpeculativeDecoder(target, drafter, policy, cuda_graphs=True)
     with pytest.raises(ValueError, match="validate"):
         SpeculativeDecoder(target, drafter, "ddtree", cuda_graphs=True, validate=True)
-    assert not SpeculativeDecoder(target, drafter, "caddtree", cuda_graphs=None).cuda_graphs
+    assert not SpeculativeDecoder(target, drafter, "taps", cuda_graphs=None).cuda_graphs
+    assert SpeculativeDecoder(target, drafter, "caddtree", cuda_graphs=True).cuda_graphs
     with pytest.raises(ValueError, match="too small"):
         dec = SpeculativeDecoder(target, drafter, "ddtree", 8, max_length=40, cuda_graphs=True)
         dec.generate(torch.tensor([[1] * 30]), 8)
@@ -341,7 +399,9 @@ def test_bench_graph_round_tiny(tmp_path: Path) -> None:
 # CUDA: capture + replay identical to eager
 # ---------------------------------------------------------------------------------------------
 @pytest.mark.cuda
-@pytest.mark.parametrize("policy,budget", [("chain", 7), ("ddtree", 16), ("ddtree", 64)])
+@pytest.mark.parametrize(
+    "policy,budget", [("chain", 7), ("ddtree", 16), ("ddtree", 64), ("caddtree", 32)]
+)
 def test_cuda_capture_replay_identical_to_eager(policy: str, budget: int) -> None:
     import copy
 

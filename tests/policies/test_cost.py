@@ -138,3 +138,57 @@ def test_default_table_is_conservative() -> None:
     row = t.verify_costs(4096, 0)
     assert row[0] == pytest.approx(1.0) and _is_monotone_convex(list(range(4097)), row.tolist())
     assert t.verify_costs(64, 32768)[64] > t.verify_costs(64, 0)[64]
+
+
+def _random_table(seed: int) -> tuple[CostTable, int]:
+    """A random table (1..4 contexts, 1..3 batches, odd grids) and a batch size to query."""
+    rng = np.random.default_rng(seed)
+    nodes = sorted(rng.choice(np.arange(0, 300), size=int(rng.integers(1, 6)), replace=False))
+    contexts = sorted(rng.choice(np.arange(1, 40000), size=int(rng.integers(1, 5)), replace=False))
+    batches = sorted(rng.choice(np.arange(1, 9), size=int(rng.integers(1, 4)), replace=False))
+    verify = rng.uniform(0.1, 30.0, size=(len(batches), len(contexts), len(nodes))).tolist()
+    draft = rng.uniform(0.05, 3.0, size=(len(batches), len(contexts))).tolist()
+    table = CostTable(
+        nodes=[int(n) for n in nodes],
+        contexts=[int(c) for c in contexts],
+        batches=[int(b) for b in batches],
+        verify=verify,
+        draft=draft,
+    )
+    return table, int(rng.integers(1, 10))
+
+
+@pytest.mark.parametrize("seed", range(25))
+def test_device_costs_bit_identical_to_host(seed: int) -> None:
+    # Graph-mode CaDDTree prices a round from device context lengths: the rows must be the host
+    # rows bit for bit (below, on, between and above the profiled contexts).
+    table, batch = _random_table(seed) if seed else (default_cost_table(), 1)
+    grid = table.contexts
+    ctxs = sorted(
+        {0, 1, grid[0] - 1, grid[0], grid[0] + 1, grid[-1] - 1, grid[-1], grid[-1] + 7, 65536}
+        | {c + d for c in grid for d in (-3, 0, 2)}
+        | {(a + b) // 2 for a, b in zip(grid, grid[1:])}
+    )
+    ctxs = [c for c in ctxs if c >= 0]
+    max_nodes = 1 + seed * 13
+    dev = table.device_costs(max_nodes, batch)
+    verify, draft = dev.at(torch.tensor(ctxs))
+    assert verify.dtype == draft.dtype == torch.float32
+    assert verify.shape == (len(ctxs), max_nodes + 1) and draft.shape == (len(ctxs),)
+    for i, c in enumerate(ctxs):
+        assert torch.equal(verify[i], table.verify_row(max_nodes, c, batch)), (seed, c)
+        want = torch.tensor(table.draft_cost(c, batch), dtype=torch.float32)
+        assert torch.equal(draft[i], want), (seed, c)
+    # Negative lengths (never produced) clamp to 0 rather than indexing out of range.
+    v0, d0 = dev.at(torch.tensor([-5]))
+    assert torch.equal(v0[0], table.verify_row(max_nodes, 0, batch))
+    assert float(d0[0]) == np.float32(table.draft_cost(0, batch))
+
+
+def test_grid_rows_blend_matches_closed_form() -> None:
+    # Between two profiled contexts the row is the weighted mean of the two grid rows.
+    t = _table()
+    rows = t.grid_rows(600)
+    assert rows.shape == (1, 2, 601)
+    np.testing.assert_allclose(t.verify_costs(600, 550), 0.5 * (rows[0, 0] + rows[0, 1]), rtol=0)
+    assert t.grid_rows(600) is rows  # cached per max_nodes

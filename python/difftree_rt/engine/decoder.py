@@ -61,11 +61,11 @@ class SpeculativeDecoder(BatchGenerationMixin):
         profile: on CUDA, synchronise at phase boundaries so per-phase times are exact
             (eager path only: graph mode never synchronises inside its loop).
         cuda_graphs: graph mode (``engine/graph.py``): rounds on static buffers with no host
-            sync, captured in CUDA graphs. None: on for a CUDA target with a graph-safe policy
-            (chain, ddtree) and ``validate=False``, off otherwise. True on a CPU target runs
-            the same static-buffer rounds eagerly (for tests). Batches run in graph mode too
-            (one set of buffers and graphs per batch size). Requests outside its buckets
-            (more than 16 stop tokens) run on the eager path.
+            sync, captured in CUDA graphs. None: on for a CUDA target with a graph-safe
+            policy (chain, ddtree, caddtree) and ``validate=False``, off otherwise. True on a
+            CPU target runs the same static-buffer rounds eagerly (for tests). Batches run in
+            graph mode too (one set of buffers and graphs per batch size). Requests outside
+            its buckets (more than 16 stop tokens) run on the eager path.
         graph_capture: with graph mode on a CUDA target, capture and replay CUDA graphs; False
             runs the static-buffer rounds eagerly (debugging).
     """
@@ -183,7 +183,7 @@ class SpeculativeDecoder(BatchGenerationMixin):
             return safe and self.device.type == "cuda" and not self.validate
         if cuda_graphs and not safe:
             raise ValueError(
-                f"cuda_graphs=True needs a graph-safe policy (chain, ddtree); policy "
+                f"cuda_graphs=True needs a graph-safe policy (chain, ddtree, caddtree); policy "
                 f"{self.policy_name!r} runs on the eager path (cuda_graphs=False or None)"
             )
         if cuda_graphs and self.validate:

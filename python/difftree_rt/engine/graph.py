@@ -317,7 +317,11 @@ class GraphRoundRunner:
         st.block[:, 0].copy_(st.bonus)
         logits = drafter.draft_fixed(st.block, dc, span)
         # Graph-safe policies ignore round_idx (the host counter would be baked into a graph).
-        tree = self.policy.select(PolicyInput(logits, st.bonus, 0, None))
+        assert self._adapter is not None
+        inputs = PolicyInput(
+            logits, st.bonus, 0, None, committed=self._adapter.cache.base_len, fixed_shape=True
+        )
+        tree = self.policy.select(inputs)
         for buf, arr in zip(st.tree, tree.arrays(), strict=True):
             buf.copy_(arr)
 

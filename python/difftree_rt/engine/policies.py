@@ -55,6 +55,11 @@ class PolicyInput:
             ``[B, T']`` with the ragged streams left-aligned: row b holds request b's prompt and
             generated tokens (the bonus last; ``context_lengths[b] + 1`` tokens while it is
             active) from column 0, then -1. None otherwise.
+        committed: graph mode: ``[B]`` int device tensor of committed lengths (target KV rows,
+            the ``context_lengths`` above) for policies that price a round by its context
+            (caddtree), read on the device; None on the eager path.
+        fixed_shape: graph mode: the tree must keep the policy's full capacity (``budget + 1``
+            rows, padding past ``num_nodes``) and ``select`` must read no host value.
     """
 
     draft_logits: Tensor
@@ -64,6 +69,8 @@ class PolicyInput:
     branch_logits: Tensor | None = None
     state: dict[str, Any] = field(default_factory=dict)
     context_lengths: list[int] | None = None
+    committed: Tensor | None = None
+    fixed_shape: bool = False
 
 
 class DraftPolicy(ABC):

@@ -26,7 +26,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["CostTable", "default_cost_table", "fit_monotone_convex", "load_cost_table"]
+__all__ = [
+    "CostTable",
+    "DeviceCosts",
+    "default_cost_table",
+    "fit_monotone_convex",
+    "load_cost_table",
+]
 
 _FORMAT = "difftree_rt.cost_table/1"
 
@@ -153,6 +159,7 @@ class CostTable:
             [[fit_monotone_convex(self.nodes, row) for row in per_b] for per_b in v]
         ).reshape(nb, nc, nn)
         self._fit = np.maximum(self._fit, 0.0)
+        self._rows: dict[int, np.ndarray] = {}
 
     # ---- evaluation ---------------------------------------------------------------------------
     def fitted(self) -> list[list[list[float]]]:
@@ -169,16 +176,40 @@ class CostTable:
 
         return (1.0 - wb) * at_b(b0) + wb * at_b(b1)
 
-    def verify_costs(self, max_nodes: int, ctx: int, batch: int = 1) -> np.ndarray:
-        """``C_v(n; ctx, batch)`` for ``n = 0..max_nodes``: float64 ``[max_nodes + 1]``."""
-        fit = self._blend(self._fit, ctx, batch)  # [nodes]
+    def grid_rows(self, max_nodes: int) -> np.ndarray:
+        """``C_v(n)`` for ``n = 0..max_nodes`` at every profiled (batch, ctx): float64
+        ``[Bt, C, max_nodes + 1]`` (the fit, linear between profiled n, held below the first,
+        extended with the last slope above the last)."""
+        cached = self._rows.get(max_nodes)
+        if cached is not None:
+            return cached
         xs = np.asarray(self.nodes, dtype=np.float64)
         n = np.arange(max_nodes + 1, dtype=np.float64)
-        out = np.interp(n, xs, fit)  # linear inside, held at the ends
-        if len(xs) >= 2:
-            slope = (fit[-1] - fit[-2]) / (xs[-1] - xs[-2])
-            out = np.where(n > xs[-1], fit[-1] + slope * (n - xs[-1]), out)
-        return out
+        rows = np.empty((*self._fit.shape[:2], max_nodes + 1))
+        for b in range(rows.shape[0]):
+            for c in range(rows.shape[1]):
+                fit = self._fit[b, c]
+                out = np.interp(n, xs, fit)  # linear inside, held at the ends
+                if len(xs) >= 2:
+                    slope = (fit[-1] - fit[-2]) / (xs[-1] - xs[-2])
+                    out = np.where(n > xs[-1], fit[-1] + slope * (n - xs[-1]), out)
+                rows[b, c] = out
+        self._rows[max_nodes] = rows
+        return rows
+
+    def verify_costs(self, max_nodes: int, ctx: int, batch: int = 1) -> np.ndarray:
+        """``C_v(n; ctx, batch)`` for ``n = 0..max_nodes``: float64 ``[max_nodes + 1]``.
+
+        The profiled grid rows (:meth:`grid_rows`) blended at (ctx, batch); the same arithmetic,
+        op for op, as :class:`DeviceCosts` on device context lengths."""
+        return self._blend(self.grid_rows(max_nodes), ctx, batch)
+
+    def device_costs(
+        self, max_nodes: int, batch: int = 1, device: torch.device | str = "cpu"
+    ) -> DeviceCosts:
+        """The cost rows at a fixed ``(max_nodes, batch)`` as device tensors, evaluated at
+        device context lengths (graph mode: no host value per round)."""
+        return DeviceCosts(self, max_nodes, batch, device)
 
     def verify_row(self, max_nodes: int, ctx: int, batch: int = 1) -> Tensor:
         """float32 ``[max_nodes + 1]``: the ``verify_cost`` row ``caddtree_select`` takes."""
@@ -273,3 +304,59 @@ def theta(
         phi += math.exp(float(s))
         out.append((1.0 + phi) / (draft + float(verify_costs[j])))
     return out
+
+
+class DeviceCosts:
+    """A :class:`CostTable`'s ``verify_row`` / ``draft_cost`` at a fixed ``(max_nodes, batch)``,
+    evaluated on the device for a ``[B]`` tensor of committed context lengths: no host read, so
+    a CUDA graph can capture it. Bit-identical to the host methods: the batch weights are host
+    constants, the context weights are computed with the same IEEE operations in float64 (an
+    integer context and grid are exact in f64, so ``(ctx - lo) / (hi - lo)`` rounds once, as
+    Python's int division does), then the same blend, op for op, and one rounding to float32.
+    """
+
+    def __init__(
+        self, table: CostTable, max_nodes: int, batch: int = 1, device: torch.device | str = "cpu"
+    ) -> None:
+        f64 = dict(dtype=torch.float64, device=device)
+        self.b0, self.b1, wb = _interp_weights(table.batches, batch)
+        self.wb = wb
+        self.rows = torch.tensor(table.grid_rows(max_nodes), **f64)  # [Bt, C, N]
+        self.draft = torch.tensor(np.asarray(table.draft, dtype=np.float64), **f64)  # [Bt, C]
+        self.grid = torch.tensor([float(c) for c in table.contexts], **f64)
+        self.num_ctx = len(table.contexts)
+
+    def _weights(self, ctx: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``_interp_weights(contexts, ctx)`` per request: (lo, hi) int64 and wc float64."""
+        x = ctx.to(self.grid.dtype)
+        last = self.num_ctx - 1
+        if last == 0:
+            zero = torch.zeros_like(ctx, dtype=torch.long)
+            return zero, zero, torch.zeros_like(x)
+        hi = torch.searchsorted(self.grid, x, right=True).clamp(1, last)
+        lo = hi - 1
+        inside = (x > self.grid[0]) & (x < self.grid[last])
+        wc = torch.where(inside, (x - self.grid[lo]) / (self.grid[hi] - self.grid[lo]), 0.0)
+        at_end = x >= self.grid[last]
+        lo = torch.where(inside, lo, torch.where(at_end, last, 0))
+        hi = torch.where(inside, hi, torch.where(at_end, last, 0))
+        return lo, hi, wc
+
+    def _blend(self, values: Tensor, lo: Tensor, hi: Tensor, wc: Tensor) -> Tensor:
+        """``CostTable._blend`` with per-request context weights: ``values [Bt, C, ...]`` ->
+        ``[B, ...]``."""
+        shape = (-1,) + (1,) * (values.dim() - 2)
+        w = wc.reshape(shape)
+
+        def at_b(b: int) -> Tensor:
+            return (1.0 - w) * values[b][lo] + w * values[b][hi]
+
+        return (1.0 - self.wb) * at_b(self.b0) + self.wb * at_b(self.b1)
+
+    def at(self, ctx: Tensor) -> tuple[Tensor, Tensor]:
+        """Costs at committed lengths ``ctx [B]`` (int, on the device): ``(verify_cost float32
+        [B, max_nodes + 1], draft_cost float32 [B])``, as ``caddtree_select`` takes them."""
+        lo, hi, wc = self._weights(ctx.clamp(min=0))
+        verify = self._blend(self.rows, lo, hi, wc).to(torch.float32)
+        draft = self._blend(self.draft, lo, hi, wc).to(torch.float32)
+        return verify.contiguous(), draft.contiguous()

@@ -4,8 +4,9 @@ Vocabulary: B batch, L draft depth, K candidates per depth,
 V vocabulary, N tree capacity (budget + 1).
 
 ``caddtree`` stays on the draft logits' device: on CUDA the candidates, the cut and the tree
-never leave the GPU (cuda/caddtree_select.cu, bit-identical to the CPU op); only the cost row,
-a function of the host-side context length, is uploaded. ``presto`` runs on the host (no CUDA
+never leave the GPU (cuda/caddtree_select.cu, bit-identical to the CPU op), and the cost rows are
+evaluated on the device from the committed lengths (:class:`~difftree_rt.policies.cost.
+DeviceCosts`), so graph mode captures it. ``presto`` runs on the host (no CUDA
 kernel yet): the candidates ``[B, L, K]`` are copied to the CPU, the tree is copied back; on a
 batch each request has its own n-gram prior and its own selection (one op call per request).
 """
@@ -18,7 +19,7 @@ import torch
 
 from ..engine.policies import DraftPolicy, PolicyInput
 from ..tree import DraftTree
-from .cost import CostTable, load_cost_table
+from .cost import CostTable, DeviceCosts, load_cost_table
 from .ngram import NGramPrior
 
 __all__ = ["CaDDTreePolicy", "PrestoPolicy"]
@@ -54,13 +55,16 @@ class CaDDTreePolicy(DraftPolicy):
         sizes: the chosen n of every round since construction (diagnostics; on CUDA logits
             recorded only with ``truncate``, which reads ``num_nodes`` anyway).
 
-    Not ``graph_safe``: the cost row depends on the context length, which this policy reads on
-    the host each round (``context_ids.shape``) and uploads; the selection itself is device-only.
+    ``graph_safe``: the cost rows come from the committed lengths on the device
+    (:attr:`PolicyInput.committed` in graph mode; the eager path's host lengths are uploaded),
+    through the same :class:`~difftree_rt.policies.cost.DeviceCosts` arithmetic either way, so
+    graph and eager rounds pick the same cut; graph mode never truncates (fixed shapes).
     """
 
     name = "caddtree"
     needs_context = True  # the committed length selects the context column of the table
     batch_context = True  # on a batch: per-request committed lengths (context_lengths)
+    graph_safe = True
 
     def __init__(
         self,
@@ -75,6 +79,16 @@ class CaDDTreePolicy(DraftPolicy):
         self.batch = batch
         self.truncate = truncate
         self.sizes: list[int] = []
+        self._costs: dict[str, DeviceCosts] = {}
+
+    def costs(self, device: torch.device) -> DeviceCosts:
+        """The table's rows at (budget, batch) on ``device`` (built once per device)."""
+        key = str(device)
+        found = self._costs.get(key)
+        if found is None:
+            found = self.table.device_costs(self.budget, self.batch, device)
+            self._costs[key] = found
+        return found
 
     def select(self, inputs: PolicyInput) -> DraftTree:
         from .. import ops
@@ -83,23 +97,21 @@ class CaDDTreePolicy(DraftPolicy):
         B, L, V = logits.shape
         dev = logits.device if logits.is_cuda else torch.device("cpu")
         token, logprob = _candidates(inputs, max(1, min(self.budget, V)), on_device=logits.is_cuda)
-        if inputs.context_lengths is not None:
-            # Batched generation: each request's own committed length picks its cost row, so
-            # its per-round budget is the one a solo run would choose.
-            ctxs = [max(0, int(c)) for c in inputs.context_lengths]
-            rows = {c: self.table.verify_row(self.budget, c, self.batch) for c in set(ctxs)}
-            verify = torch.stack([rows[c] for c in ctxs]).to(dev)
-            draft = torch.tensor(
-                [self.table.draft_cost(c, self.batch) for c in ctxs], dtype=torch.float32
-            )
+        # Each request's committed length picks its cost row (on a batch too, so its per-round
+        # budget is the one a solo run would choose).
+        if inputs.committed is not None:
+            committed = inputs.committed.to(dev)
+        elif inputs.context_lengths is not None:
+            committed = torch.tensor([int(c) for c in inputs.context_lengths], device=dev)
         else:
             ctx = 0 if inputs.context_ids is None else max(0, int(inputs.context_ids.shape[1]) - 1)
-            row = self.table.verify_row(self.budget, ctx, self.batch)
-            verify = row[None, :].expand(B, -1).contiguous().to(dev)
-            draft = torch.full((B,), self.table.draft_cost(ctx, self.batch), dtype=torch.float32)
+            committed = torch.full((B,), ctx, dtype=torch.long, device=dev)
+        verify, draft = self.costs(dev).at(committed)
         tree = ops.caddtree_select_from_candidates(
-            token, logprob, self.budget, verify, draft.to(dev), inputs.root_token.to(dev)
+            token, logprob, self.budget, verify, draft, inputs.root_token.to(dev)
         )
+        if inputs.fixed_shape:
+            return tree.to(logits.device)
         if self.truncate or not logits.is_cuda:
             n = int(tree.num_nodes.max())
             self.sizes.append(n - 1)
