@@ -28,6 +28,7 @@ from difftree_rt.engine.graph import (
 )
 from difftree_rt.engine.policies import DDTreePolicy, PolicyInput
 from difftree_rt.engine.stats import GenerationStats, PhaseTimer
+from difftree_rt.policies import TapsPolicy
 from difftree_rt.tree import DraftTree
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root: bench/
@@ -203,6 +204,32 @@ def test_caddtree_graph_mode_identical_to_eager() -> None:
     assert len(set(eager_policy.sizes)) >= 3, eager_policy.sizes
 
 
+@pytest.mark.parametrize("scorer", [None, "marginal"])
+def test_taps_graph_mode_identical_to_eager(scorer: str | None) -> None:
+    target, drafter = trained_pair()
+    eager = SpeculativeDecoder(target, drafter, TapsPolicy(24, scorer=scorer))
+    graph = SpeculativeDecoder(target, drafter, TapsPolicy(24, scorer=scorer), cuda_graphs=True)
+    rounds: list[int] = []
+    _runner(graph).on_round = rounds.append
+    _runner(graph).round_context = forbid_host_sync
+    gen = torch.Generator().manual_seed(12)
+    max_acc = 0
+    for n in (4, 19):
+        prompt = torch.randint(0, 32, (1, n), generator=gen)
+        for kw in (dict(), dict(temperature=0.9, top_p=0.9, seed=2), dict(stop_token_ids=[3])):
+            got = graph.generate(prompt, 40, **kw)
+            want = eager.generate(prompt, 40, **kw)
+            assert torch.equal(got.sequences, want.sequences), kw
+            assert got.stats.accepted_lengths == want.stats.accepted_lengths, kw
+            max_acc = max(max_acc, *got.stats.accepted_lengths)
+            if not kw:
+                assert_greedy_equal(target, got.sequences, greedy_reference(target, prompt, 40))
+    assert rounds and max_acc >= 3
+    prompts = [torch.randint(0, 32, (n,), generator=gen) for n in (7, 2, 15)]
+    got, want = graph.generate(prompts, 30), eager.generate(prompts, 30)
+    assert torch.equal(got.sequences, want.sequences)
+
+
 def test_caddtree_batch_graph_mode_identical_to_eager() -> None:
     from difftree_rt.policies import CaDDTreePolicy
 
@@ -363,13 +390,21 @@ def test_cuda_graphs_argument() -> None:
     assert not SpeculativeDecoder(target, drafter, "ddtree").cuda_graphs  # CPU default: off
     with pytest.raises(ValueError, match="cuda_graphs must be"):
         SpeculativeDecoder(target, drafter, "ddtree", cuda_graphs="yes")  # type: ignore[arg-type]
-    for policy in ("taps", "ar"):
+    for policy in ("presto", "d2sd", "ar"):
         with pytest.raises(ValueError, match="graph-safe"):
             SpeculativeDecoder(target, drafter, policy, cuda_graphs=True)
     with pytest.raises(ValueError, match="validate"):
         SpeculativeDecoder(target, drafter, "ddtree", cuda_graphs=True, validate=True)
-    assert not SpeculativeDecoder(target, drafter, "taps", cuda_graphs=None).cuda_graphs
-    assert SpeculativeDecoder(target, drafter, "caddtree", cuda_graphs=True).cuda_graphs
+    assert not SpeculativeDecoder(target, drafter, "presto", cuda_graphs=None).cuda_graphs
+    for policy in ("caddtree", "taps"):
+        assert SpeculativeDecoder(target, drafter, policy, cuda_graphs=True).cuda_graphs
+
+    class Trained:  # a trained TAPS scorer reads the pool on the host: eager only
+        def log_qc(self, *args: Any) -> torch.Tensor:
+            raise AssertionError("not called")
+
+    with pytest.raises(ValueError, match="graph-safe"):
+        SpeculativeDecoder(target, drafter, TapsPolicy(8, scorer=Trained()), cuda_graphs=True)
     with pytest.raises(ValueError, match="too small"):
         dec = SpeculativeDecoder(target, drafter, "ddtree", 8, max_length=40, cuda_graphs=True)
         dec.generate(torch.tensor([[1] * 30]), 8)
@@ -400,7 +435,8 @@ def test_bench_graph_round_tiny(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------------------------
 @pytest.mark.cuda
 @pytest.mark.parametrize(
-    "policy,budget", [("chain", 7), ("ddtree", 16), ("ddtree", 64), ("caddtree", 32)]
+    "policy,budget",
+    [("chain", 7), ("ddtree", 16), ("ddtree", 64), ("caddtree", 32), ("taps", 32)],
 )
 def test_cuda_capture_replay_identical_to_eager(policy: str, budget: int) -> None:
     import copy

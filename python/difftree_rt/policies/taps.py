@@ -275,6 +275,12 @@ class TapsPolicy(DraftPolicy):
             scorer = EdgeScorer.load(scorer)
         self.scorer = scorer
 
+    @property  # type: ignore[override]
+    def graph_safe(self) -> bool:
+        """Built-in estimates (fallback, marginal) run on the device with fixed shapes, so
+        graph mode can capture the round; a trained scorer reads pool sizes on the host."""
+        return self.scorer is None or (isinstance(self.scorer, str) and self.scorer == "marginal")
+
     def log_qc(self, pool: TapsPool, token: Tensor, logprob: Tensor, inputs: PolicyInput):
         """``[B, P1]`` float32 on the pool's device. The built-in estimates run there; a
         trained scorer runs on the host (it reads pool sizes per request)."""
