@@ -70,9 +70,11 @@ case "$stage" in
   3)
     step 200 bench_graph_06b python bench/bench_graph_round.py --models qwen3-0.6b --runs 2
     step 200 bench_graph_8b python bench/bench_graph_round.py --models qwen3-8b --runs 2 --budgets 16 64
+    step 150 bench_graph_batch python bench/bench_graph_round.py --models qwen3-8b --batch-sizes 4 8 \
+      --batch-only --runs 1 --budgets 16
     if [ -d build/ref/ddtree ]; then
-      step 180 ref_loop_8b python bench/bench_reference_loop.py --reference build/ref/ddtree \
-        --models qwen3-8b --prompts 4
+      step 300 ref_loop_8b python bench/bench_reference_loop.py --reference build/ref/ddtree \
+        --models qwen3-8b --prompts 2 --runs 1 --budgets 16 64
     else
       echo "build/ref/ddtree not carried: side-by-side skipped" | tee -a "$LOG"
     fi
