@@ -230,6 +230,68 @@ def test_taps_graph_mode_identical_to_eager(scorer: str | None) -> None:
     assert torch.equal(got.sequences, want.sequences)
 
 
+def _d2sd_policies(target: torch.nn.Module) -> list[Any]:
+    """D²SD with its own drafter, and with VP drafters of other block sizes (6, 12)."""
+    from engine_helpers import make_drafter
+
+    from difftree_rt.policies import D2SDPolicy
+
+    return [
+        lambda: D2SDPolicy(32, k=3),
+        lambda: D2SDPolicy(32, k=3, vp_drafter=make_drafter(target, block_size=6, seed=11)),
+        lambda: D2SDPolicy(48, k=2, vp_drafter=make_drafter(target, block_size=12, seed=12)),
+    ]
+
+
+def test_d2sd_graph_mode_identical_to_eager() -> None:
+    target, drafter = random_pair("qwen3")
+    gen = torch.Generator().manual_seed(13)
+    prompts = [torch.randint(0, 128, (1, n), generator=gen) for n in (2, 17)]
+    for make in _d2sd_policies(target):
+        policy = make()
+        eager = SpeculativeDecoder(target, drafter, policy)
+        graph = SpeculativeDecoder(target, drafter, policy, cuda_graphs=True)
+        rounds: list[int] = []
+        runner = _runner(graph)
+        runner.on_round = rounds.append
+        runner.round_context = forbid_host_sync
+        for prompt in prompts:
+            for kw in (dict(), dict(temperature=0.9, seed=6), dict(stop_token_ids=[9])):
+                got = graph.generate(prompt, 30, **kw)
+                want = eager.generate(prompt, 30, **kw)
+                assert torch.equal(got.sequences, want.sequences), (policy, kw)
+                assert got.stats.accepted_lengths == want.stats.accepted_lengths, (policy, kw)
+                if not kw:
+                    ref = greedy_reference(target, prompt, 30)
+                    assert_greedy_equal(target, got.sequences, ref)
+        assert rounds, "d2sd did not run in graph mode"
+        assert (runner._vcache is None) == (policy.vp_drafter is None)
+        batch = [torch.randint(0, 128, (n,), generator=gen) for n in (9, 3, 21)]
+        got, want = graph.generate(batch, 24), eager.generate(batch, 24)
+        assert torch.equal(got.sequences, want.sequences), policy
+        for g, w in zip(got.request_stats, want.request_stats, strict=True):
+            assert g.accepted_lengths == w.accepted_lengths
+
+
+def test_d2sd_graph_mode_trained_pair_deep_paths() -> None:
+    # Real acceptance through the joint tree (trunk and branches) in graph mode.
+    from difftree_rt.policies import D2SDPolicy
+
+    target, drafter = trained_pair()
+    eager = SpeculativeDecoder(target, drafter, D2SDPolicy(48, k=4))
+    graph = SpeculativeDecoder(target, drafter, D2SDPolicy(48, k=4), cuda_graphs=True)
+    gen = torch.Generator().manual_seed(14)
+    max_acc = 0
+    for n in (5, 13):
+        prompt = torch.randint(0, 32, (1, n), generator=gen)
+        got, want = graph.generate(prompt, 48), eager.generate(prompt, 48)
+        assert torch.equal(got.sequences, want.sequences)
+        assert got.stats.accepted_lengths == want.stats.accepted_lengths
+        assert_greedy_equal(target, got.sequences, greedy_reference(target, prompt, 48))
+        max_acc = max(max_acc, *got.stats.accepted_lengths)
+    assert max_acc >= 4
+
+
 def test_caddtree_batch_graph_mode_identical_to_eager() -> None:
     from difftree_rt.policies import CaDDTreePolicy
 
@@ -390,13 +452,13 @@ def test_cuda_graphs_argument() -> None:
     assert not SpeculativeDecoder(target, drafter, "ddtree").cuda_graphs  # CPU default: off
     with pytest.raises(ValueError, match="cuda_graphs must be"):
         SpeculativeDecoder(target, drafter, "ddtree", cuda_graphs="yes")  # type: ignore[arg-type]
-    for policy in ("presto", "d2sd", "ar"):
+    for policy in ("presto", "ar"):
         with pytest.raises(ValueError, match="graph-safe"):
             SpeculativeDecoder(target, drafter, policy, cuda_graphs=True)
     with pytest.raises(ValueError, match="validate"):
         SpeculativeDecoder(target, drafter, "ddtree", cuda_graphs=True, validate=True)
     assert not SpeculativeDecoder(target, drafter, "presto", cuda_graphs=None).cuda_graphs
-    for policy in ("caddtree", "taps"):
+    for policy in ("caddtree", "taps", "d2sd"):
         assert SpeculativeDecoder(target, drafter, policy, cuda_graphs=True).cuda_graphs
 
     class Trained:  # a trained TAPS scorer reads the pool on the host: eager only
@@ -436,7 +498,7 @@ def test_bench_graph_round_tiny(tmp_path: Path) -> None:
 @pytest.mark.cuda
 @pytest.mark.parametrize(
     "policy,budget",
-    [("chain", 7), ("ddtree", 16), ("ddtree", 64), ("caddtree", 32), ("taps", 32)],
+    [("chain", 7), ("ddtree", 16), ("ddtree", 64), ("caddtree", 32), ("taps", 32), ("d2sd", 32)],
 )
 def test_cuda_capture_replay_identical_to_eager(policy: str, budget: int) -> None:
     import copy

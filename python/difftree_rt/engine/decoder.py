@@ -62,7 +62,7 @@ class SpeculativeDecoder(BatchGenerationMixin):
             (eager path only: graph mode never synchronises inside its loop).
         cuda_graphs: graph mode (``engine/graph.py``): rounds on static buffers with no host
             sync, captured in CUDA graphs. None: on for a CUDA target with a graph-safe
-            policy (chain, ddtree, caddtree, taps with a built-in scorer) and
+            policy (chain, ddtree, caddtree, taps with a built-in scorer, d2sd) and
             ``validate=False``, off otherwise. True on a
             CPU target runs the same static-buffer rounds eagerly (for tests). Batches run in
             graph mode too (one set of buffers and graphs per batch size). Requests outside
@@ -184,8 +184,8 @@ class SpeculativeDecoder(BatchGenerationMixin):
             return safe and self.device.type == "cuda" and not self.validate
         if cuda_graphs and not safe:
             raise ValueError(
-                "cuda_graphs=True needs a graph-safe policy (chain, ddtree, caddtree, taps with a "
-                f"built-in scorer); policy {self.policy_name!r} runs on the eager path "
+                "cuda_graphs=True needs a graph-safe policy (chain, ddtree, caddtree, d2sd, taps "
+                f"with a built-in scorer); policy {self.policy_name!r} runs on the eager path "
                 "(cuda_graphs=False or None)"
             )
         if cuda_graphs and self.validate:

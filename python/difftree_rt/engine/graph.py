@@ -150,6 +150,8 @@ class _Slot:
     adapter: TargetAdapter
     state: _State
     dcache: DFlashCache
+    vcache: DFlashCache | None  # the second-pass drafter's cache (redraft with a VP drafter)
+    span_cap: int  # largest key span (scratch rows past it hold the second pass's blocks)
     pinned: list[Tensor]
     events: list[Any]
 
@@ -196,6 +198,14 @@ class GraphRoundRunner:
         self.decoder = decoder
         self.policy = policy
         self.drafter = drafter
+        # Redraft policies (d2sd): the second pass's drafter (the VP drafter, or the first one)
+        # and the scratch rows its R blocks take past the key span.
+        self.second = drafter
+        self.redraft_rows = 0
+        if policy.redraft:
+            if decoder.vp_drafter is not None:
+                self.second = decoder.vp_drafter
+            self.redraft_rows = policy.redraft_rows() * self.second.block_size
         self.device = decoder.device
         self.capture = bool(capture) and self.device.type == "cuda"
         self.span_min = span_min
@@ -213,6 +223,8 @@ class GraphRoundRunner:
         self._slots: dict[int, _Slot] = {}
         self._adapter: TargetAdapter | None = None
         self._dcache: DFlashCache | None = None
+        self._vcache: DFlashCache | None = None
+        self._span_cap = 0
         self._state: _State | None = None
         self._pinned: list[Tensor] = []
         self._events: list[Any] = []
@@ -238,6 +250,7 @@ class GraphRoundRunner:
             slot = self._allocate(adapter)
             self._slots[num_b] = slot
         self._adapter, self._state, self._dcache = slot.adapter, slot.state, slot.dcache
+        self._vcache, self._span_cap = slot.vcache, slot.span_cap
         self._pinned, self._events = slot.pinned, slot.events
         return slot.state
 
@@ -247,8 +260,14 @@ class GraphRoundRunner:
         i64 = dict(dtype=torch.long, device=dev)
         i32 = dict(dtype=torch.int32, device=dev)
         # Context rows never exceed the target's committed rows (< S_max); + S for the block
-        # and the padded append past them.
-        dcache = drafter.new_cache(batch_size=num_b, capacity=adapter.max_length + s)
+        # and the padded append past them; + the second pass's blocks for redraft policies.
+        span_cap = adapter.max_length + s
+        vcache = None
+        if self.second is drafter:
+            dcache = drafter.new_cache(batch_size=num_b, capacity=span_cap + self.redraft_rows)
+        else:
+            dcache = drafter.new_cache(batch_size=num_b, capacity=span_cap)
+            vcache = self.second.new_cache(batch_size=num_b, capacity=span_cap + self.redraft_rows)
         block = torch.full((num_b, s), drafter.mask_token_id, **i64)
         tree = (
             torch.zeros(num_b, n, **i32),
@@ -284,7 +303,7 @@ class GraphRoundRunner:
             events = [torch.cuda.Event() for _ in range(2)]
             if self._pool is None:
                 self._pool = torch.cuda.graph_pool_handle()
-        return _Slot(adapter, state, dcache, pinned, events)
+        return _Slot(adapter, state, dcache, vcache, span_cap, pinned, events)
 
     def buffers(self) -> dict[str, Tensor]:
         """Every static tensor a round touches, by name (for address-stability checks)."""
@@ -303,6 +322,11 @@ class GraphRoundRunner:
         out["drafter.lengths"] = dc.lengths
         out.update({f"drafter.k{i}": t for i, t in enumerate(dc.keys)})
         out.update({f"drafter.v{i}": t for i, t in enumerate(dc.values)})
+        vc = self._vcache
+        if vc is not None:
+            out["vp_drafter.lengths"] = vc.lengths
+            out.update({f"vp_drafter.k{i}": t for i, t in enumerate(vc.keys)})
+            out.update({f"vp_drafter.v{i}": t for i, t in enumerate(vc.values)})
         return out
 
     # ------------------------------------------------------------------------------------------
@@ -314,6 +338,9 @@ class GraphRoundRunner:
         assert st is not None and dc is not None
         # The pending rows (the last path's features) make the context exactly [0, start).
         drafter.append_context_fixed(dc, st.new_feat, st.num_new)
+        vc = self._vcache
+        if vc is not None:
+            self.second.append_context_fixed(vc, st.new_feat.to(self.second.dtype), st.num_new)
         st.block[:, 0].copy_(st.bonus)
         logits = drafter.draft_fixed(st.block, dc, span)
         # Graph-safe policies ignore round_idx (the host counter would be baked into a graph).
@@ -321,6 +348,14 @@ class GraphRoundRunner:
         inputs = PolicyInput(
             logits, st.bonus, 0, None, committed=self._adapter.cache.base_len, fixed_shape=True
         )
+        if self.policy.redraft:
+            # The second pass (d2sd): R blocks over the same context, at scratch rows past the
+            # key span; its cache holds exactly the same context rows as the first one.
+            second = self.second
+            blocks = self.policy.redraft_blocks(inputs, second.block_size, second.mask_token_id)
+            inputs.branch_logits = second.draft_branches(
+                blocks, dc if vc is None else vc, span=span
+            )
         tree = self.policy.select(inputs)
         for buf, arr in zip(st.tree, tree.arrays(), strict=True):
             buf.copy_(arr)
@@ -419,6 +454,8 @@ class GraphRoundRunner:
         st = self._state
         assert st is not None and self._adapter is not None and self._dcache is not None
         mutable = [*st.mutable(), self._adapter.cache.base_len, self._dcache.lengths]
+        if self._vcache is not None:
+            mutable.append(self._vcache.lengths)
         saved = [t.clone() for t in mutable]
         for _ in range(self.warmup):
             self._draft_select(span)
@@ -568,6 +605,10 @@ class GraphRoundRunner:
         dc.reset()
         counts = torch.tensor(lengths, dtype=torch.long, device=self.device)
         self.drafter.append_context_fixed(dc, features.to(self.drafter.dtype), counts)
+        vc = self._vcache
+        if vc is not None:
+            vc.reset()
+            self.second.append_context_fixed(vc, features.to(self.second.dtype), counts)
         st.bonus.copy_(first)
         st.generated.fill_(1)
         st.max_new.fill_(max_new)
@@ -608,7 +649,7 @@ class GraphRoundRunner:
                     min(t + g - 1 + self.path_cols * (r - 1 - known_round), t + max_new)
                     for t, g in zip(lengths, gen, strict=True)
                 )
-                span = span_bucket(start_ub + block, dc.capacity, self.span_min)
+                span = span_bucket(start_ub + block, self._span_cap, self.span_min)
                 self._run_round(span, round_timer)
                 self._stage(r)
                 if self.on_round is not None:

@@ -118,6 +118,11 @@ class DraftPolicy(ABC):
         """``redraft`` policies: the second pass's blocks ``[B, R, block_size]`` (int64)."""
         raise NotImplementedError(f"{type(self).__name__} does not draft twice")
 
+    def redraft_rows(self) -> int:
+        """``redraft`` policies: an upper bound on R, the blocks of the second pass (graph mode
+        reserves their scratch rows in the drafter cache)."""
+        return 0
+
     @abstractmethod
     def select(self, inputs: PolicyInput) -> DraftTree:
         """Build the round's tree (best-first order, ``parent[i] < i``, root = bonus token)."""

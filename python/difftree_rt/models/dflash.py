@@ -743,6 +743,8 @@ class DFlashDrafter(nn.Module):
         block_ids: torch.Tensor,
         cache: DFlashCache,
         start: int | torch.Tensor | None = None,
+        *,
+        span: int | None = None,
     ) -> torch.Tensor:
         """Draft R blocks per request over the same committed context, in one batched forward
         (D²SD's second pass: each row re-drafts after its own visible prefix).
@@ -757,6 +759,10 @@ class DFlashDrafter(nn.Module):
                 mask, ..., mask]``.
             cache: the request's :class:`DFlashCache` holding context rows ``[0, start)``.
             start: position of slot 0 (int or LongTensor [B]); default the cache length.
+            span: graph mode (fixed shapes, no host value): key rows ``[0, span)`` masked to
+                each request's ``lengths``, blocks at scratch rows ``span ..``; requires
+                ``max(lengths) <= span`` and ``span + R * S <= capacity`` (only the latter is
+                checked: it is a host value). None: the cache's host-tracked span.
 
         Returns:
             logits [B, R, S - 1, V]; entry j of row r is depth j + 1 at position
@@ -772,11 +778,18 @@ class DFlashDrafter(nn.Module):
         self._check_block(block_ids.reshape(batch * rows, s_len))
         device = block_ids.device
         q_len = rows * s_len
-        span = cache.span
-        cache.reserve(span + q_len)
+        fixed = span is not None
+        if span is None:
+            span = cache.span
+            cache.reserve(span + q_len)
+        elif not 0 < span <= cache.capacity - q_len:
+            raise ValueError(
+                f"span must be in [1, capacity - R*S = {cache.capacity - q_len}], got {span}"
+            )
+        uniform = cache.uniform and not fixed
         offsets = torch.arange(s_len, device=device)
         if start is None:
-            start = cache.span if cache.uniform else cache.lengths
+            start = cache.span if uniform else cache.lengths
         if isinstance(start, torch.Tensor):
             positions = start.to(device).reshape(-1, 1) + offsets
         else:
@@ -786,7 +799,7 @@ class DFlashDrafter(nn.Module):
         # at scratch rows span + r*S + j; a block row sees its own block only.
         row_of = torch.arange(q_len, device=device) // s_len
         own = row_of[:, None] == row_of[None, :]  # [R*S, R*S]
-        if cache.uniform:
+        if uniform:
             ctx = torch.ones(q_len, span, dtype=torch.bool, device=device)
             mask = torch.cat([ctx, own], dim=1)[None, None].expand(batch, 1, q_len, span + q_len)
             slots, first = None, span

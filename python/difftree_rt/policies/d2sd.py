@@ -109,6 +109,7 @@ class D2SDPolicy(DraftPolicy):
 
     name = "d2sd"
     redraft = True
+    graph_safe = True  # both passes, the boundaries and the joint tree are device-only
 
     def __init__(
         self, budget: int = 64, *, k: int = 4, vp_drafter: Any = None, alternative: bool = True
@@ -126,6 +127,9 @@ class D2SDPolicy(DraftPolicy):
         self.k = k
         self.vp_drafter = vp_drafter
         self.alternative = bool(alternative)
+
+    def redraft_rows(self) -> int:
+        return self.k
 
     def redraft_blocks(self, inputs: PolicyInput, block_size: int, mask_token_id: int) -> Tensor:
         from .. import ops
