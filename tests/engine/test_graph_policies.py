@@ -1,0 +1,166 @@
+"""Graph mode for the policies beyond chain / DDTree: caddtree (cost rows priced on the device
+from the committed length), taps (built-in reach estimates) and d2sd (both drafting passes in
+the draft graph, own or VP second drafter). On CPU the runner's round functions run eagerly (the
+code a CUDA graph captures): graph == eager (tokens and accepted lengths; greedy, sampled, stop
+tokens, batches), greedy == HF, no host read inside a round.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+from engine_helpers import greedy_reference, random_pair, trained_pair
+from test_greedy import assert_greedy_equal
+
+from difftree_rt import SpeculativeDecoder
+from difftree_rt.engine.graph import GraphRoundRunner, forbid_host_sync
+from difftree_rt.policies import TapsPolicy
+
+
+def _runner(dec: SpeculativeDecoder) -> GraphRoundRunner:
+    runner: GraphRoundRunner = dec._runner()
+    return runner
+
+
+def _steep_table() -> Any:
+    """Costs that grow fast with the context: the best cut shrinks as a request goes on."""
+    from difftree_rt.policies import CostTable
+
+    return CostTable(
+        nodes=[0, 8, 64],
+        contexts=[4, 24, 60],
+        verify=[[[1.0, 1.02, 1.2], [1.0, 1.6, 9.0], [1.0, 4.0, 40.0]]],
+        draft=[[0.2, 0.3, 0.5]],
+    )
+
+
+def test_caddtree_graph_mode_identical_to_eager() -> None:
+    from difftree_rt.policies import CaDDTreePolicy
+
+    target, drafter = trained_pair()
+    table = _steep_table()
+    eager_policy = CaDDTreePolicy(48, table)
+    eager = SpeculativeDecoder(target, drafter, eager_policy)
+    graph = SpeculativeDecoder(target, drafter, CaDDTreePolicy(48, table), cuda_graphs=True)
+    rounds: list[int] = []
+    _runner(graph).on_round = rounds.append
+    _runner(graph).round_context = forbid_host_sync
+    gen = torch.Generator().manual_seed(7)
+    for n in (3, 21):
+        prompt = torch.randint(0, 32, (1, n), generator=gen)
+        for kw in (dict(), dict(temperature=0.8, seed=4), dict(stop_token_ids=[5])):
+            got = graph.generate(prompt, 44, **kw)
+            want = eager.generate(prompt, 44, **kw)
+            assert torch.equal(got.sequences, want.sequences), kw
+            assert got.stats.accepted_lengths == want.stats.accepted_lengths, kw
+            if not kw:
+                assert_greedy_equal(target, got.sequences, greedy_reference(target, prompt, 44))
+    assert rounds, "caddtree did not run in graph mode"
+    # The cut really moved with the context (else this would only test ddtree again).
+    assert len(set(eager_policy.sizes)) >= 3, eager_policy.sizes
+
+
+@pytest.mark.parametrize("scorer", [None, "marginal"])
+def test_taps_graph_mode_identical_to_eager(scorer: str | None) -> None:
+    target, drafter = trained_pair()
+    eager = SpeculativeDecoder(target, drafter, TapsPolicy(24, scorer=scorer))
+    graph = SpeculativeDecoder(target, drafter, TapsPolicy(24, scorer=scorer), cuda_graphs=True)
+    rounds: list[int] = []
+    _runner(graph).on_round = rounds.append
+    _runner(graph).round_context = forbid_host_sync
+    gen = torch.Generator().manual_seed(12)
+    max_acc = 0
+    for n in (4, 19):
+        prompt = torch.randint(0, 32, (1, n), generator=gen)
+        for kw in (dict(), dict(temperature=0.9, top_p=0.9, seed=2), dict(stop_token_ids=[3])):
+            got = graph.generate(prompt, 40, **kw)
+            want = eager.generate(prompt, 40, **kw)
+            assert torch.equal(got.sequences, want.sequences), kw
+            assert got.stats.accepted_lengths == want.stats.accepted_lengths, kw
+            max_acc = max(max_acc, *got.stats.accepted_lengths)
+            if not kw:
+                assert_greedy_equal(target, got.sequences, greedy_reference(target, prompt, 40))
+    assert rounds and max_acc >= 3
+    prompts = [torch.randint(0, 32, (n,), generator=gen) for n in (7, 2, 15)]
+    got, want = graph.generate(prompts, 30), eager.generate(prompts, 30)
+    assert torch.equal(got.sequences, want.sequences)
+
+
+def _d2sd_policies(target: torch.nn.Module) -> list[Any]:
+    """D²SD with its own drafter, and with VP drafters of other block sizes (6, 12)."""
+    from engine_helpers import make_drafter
+
+    from difftree_rt.policies import D2SDPolicy
+
+    return [
+        lambda: D2SDPolicy(32, k=3),
+        lambda: D2SDPolicy(32, k=3, vp_drafter=make_drafter(target, block_size=6, seed=11)),
+        lambda: D2SDPolicy(48, k=2, vp_drafter=make_drafter(target, block_size=12, seed=12)),
+    ]
+
+
+def test_d2sd_graph_mode_identical_to_eager() -> None:
+    target, drafter = random_pair("qwen3")
+    gen = torch.Generator().manual_seed(13)
+    prompts = [torch.randint(0, 128, (1, n), generator=gen) for n in (2, 17)]
+    for make in _d2sd_policies(target):
+        policy = make()
+        eager = SpeculativeDecoder(target, drafter, policy)
+        graph = SpeculativeDecoder(target, drafter, policy, cuda_graphs=True)
+        rounds: list[int] = []
+        runner = _runner(graph)
+        runner.on_round = rounds.append
+        runner.round_context = forbid_host_sync
+        for prompt in prompts:
+            for kw in (dict(), dict(temperature=0.9, seed=6), dict(stop_token_ids=[9])):
+                got = graph.generate(prompt, 30, **kw)
+                want = eager.generate(prompt, 30, **kw)
+                assert torch.equal(got.sequences, want.sequences), (policy, kw)
+                assert got.stats.accepted_lengths == want.stats.accepted_lengths, (policy, kw)
+                if not kw:
+                    ref = greedy_reference(target, prompt, 30)
+                    assert_greedy_equal(target, got.sequences, ref)
+        assert rounds, "d2sd did not run in graph mode"
+        assert (runner._vcache is None) == (policy.vp_drafter is None)
+        batch = [torch.randint(0, 128, (n,), generator=gen) for n in (9, 3, 21)]
+        got, want = graph.generate(batch, 24), eager.generate(batch, 24)
+        assert torch.equal(got.sequences, want.sequences), policy
+        for g, w in zip(got.request_stats, want.request_stats, strict=True):
+            assert g.accepted_lengths == w.accepted_lengths
+
+
+def test_d2sd_graph_mode_trained_pair_deep_paths() -> None:
+    # Real acceptance through the joint tree (trunk and branches) in graph mode.
+    from difftree_rt.policies import D2SDPolicy
+
+    target, drafter = trained_pair()
+    eager = SpeculativeDecoder(target, drafter, D2SDPolicy(48, k=4))
+    graph = SpeculativeDecoder(target, drafter, D2SDPolicy(48, k=4), cuda_graphs=True)
+    gen = torch.Generator().manual_seed(14)
+    max_acc = 0
+    for n in (5, 13):
+        prompt = torch.randint(0, 32, (1, n), generator=gen)
+        got, want = graph.generate(prompt, 48), eager.generate(prompt, 48)
+        assert torch.equal(got.sequences, want.sequences)
+        assert got.stats.accepted_lengths == want.stats.accepted_lengths
+        assert_greedy_equal(target, got.sequences, greedy_reference(target, prompt, 48))
+        max_acc = max(max_acc, *got.stats.accepted_lengths)
+    assert max_acc >= 4
+
+
+def test_caddtree_batch_graph_mode_identical_to_eager() -> None:
+    from difftree_rt.policies import CaDDTreePolicy
+
+    target, drafter = trained_pair()
+    table = _steep_table()
+    eager = SpeculativeDecoder(target, drafter, CaDDTreePolicy(32, table))
+    graph = SpeculativeDecoder(target, drafter, CaDDTreePolicy(32, table), cuda_graphs=True)
+    gen = torch.Generator().manual_seed(8)
+    prompts = [torch.randint(0, 32, (n,), generator=gen) for n in (2, 30, 11)]
+    got = graph.generate(prompts, 36)
+    want = eager.generate(prompts, 36)
+    assert torch.equal(got.sequences, want.sequences)
+    for g, w in zip(got.request_stats, want.request_stats, strict=True):
+        assert g.accepted_lengths == w.accepted_lengths
