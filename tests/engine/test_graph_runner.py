@@ -9,7 +9,9 @@ fallback. The ``cuda`` tests (capture + replay) skip without a GPU.
 
 from __future__ import annotations
 
+import contextlib
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -300,6 +302,72 @@ def test_eager_fallback_outside_buckets() -> None:
     out = graph.generate(prompt, 20, stop_token_ids=stops)
     assert rounds == []  # the eager path ran it
     assert torch.equal(out.sequences, greedy_reference(target, prompt, 20, eos_token_id=stops))
+
+
+def _fake_cuda_capture(monkeypatch: pytest.MonkeyPatch, fail: bool) -> list[str]:
+    """CPU stand-ins for the CUDA capture API; ``fail``: entering a capture raises, as CUDA does
+    for an op that cannot be captured (before anything is recorded). Returns the call log."""
+    log: list[str] = []
+
+    class Stream:
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            pass
+
+        def wait_stream(self, other: Any) -> None:
+            log.append("wait")
+
+    class Graph:
+        def replay(self) -> None:
+            raise AssertionError("a failed capture must not be replayed")
+
+    @contextlib.contextmanager
+    def graph(g: Any, pool: Any = None) -> Iterator[None]:
+        log.append("capture")
+        if fail:
+            raise RuntimeError("CUDA error: operation not permitted when stream is capturing")
+        yield
+
+    monkeypatch.setattr(torch.cuda, "Stream", Stream)
+    monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda *a: Stream())
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", Graph)
+    monkeypatch.setattr(torch.cuda, "graph", graph)
+    return log
+
+
+def test_failed_capture_falls_back_to_uncaptured_rounds(monkeypatch: pytest.MonkeyPatch) -> None:
+    eager, graph = _pair("ddtree", 16)
+    runner = _runner(graph)
+    runner.capture = True  # as on a CUDA target
+    log = _fake_cuda_capture(monkeypatch, fail=True)
+    prompt = torch.tensor([[5, 3, 8, 1]])
+    with pytest.warns(RuntimeWarning, match="capture failed .*operation not permitted"):
+        got = graph.generate(prompt, 30)
+    assert log.count("capture") == 1 and not runner.capture and not runner.graphs
+    want = eager.generate(prompt, 30)
+    assert torch.equal(got.sequences, want.sequences)  # warm-up + failed capture left no trace
+    assert got.stats.accepted_lengths == want.stats.accepted_lengths
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # warned once: later calls run uncaptured silently
+        assert torch.equal(graph.generate(prompt, 30).sequences, want.sequences)
+
+
+def test_warm_up_error_is_not_swallowed(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Only the capture is recoverable: an error in the (real) warm-up rounds propagates.
+    _, graph = _pair("chain", 7)
+    runner = _runner(graph)
+    runner.capture = True
+    _fake_cuda_capture(monkeypatch, fail=False)
+
+    def broken(span: int) -> None:
+        raise RuntimeError("boom in warm-up")
+
+    monkeypatch.setattr(runner, "_warm_up", broken)
+    with pytest.raises(RuntimeError, match="boom in warm-up"):
+        graph.generate(torch.tensor([[1, 2, 3]]), 10)
+    assert runner.capture
 
 
 def test_cuda_graphs_argument() -> None:

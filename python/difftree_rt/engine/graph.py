@@ -62,6 +62,14 @@ SPAN_MIN = 256
 _ACC, _NEXT, _DONE, _GEN, _NEMIT, _EMIT = 0, 1, 2, 3, 4, 5
 
 
+class _CaptureFailed(Exception):
+    """A CUDA graph capture raised (carries the original error)."""
+
+    def __init__(self, error: RuntimeError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 class HostSyncError(RuntimeError):
     """A round function read a device value on the host (raised under :func:`forbid_host_sync`)."""
 
@@ -414,18 +422,39 @@ class GraphRoundRunner:
         adapter = self._adapter
         assert adapter is not None
         adapter.cache.set_fixed_span(min(span, adapter.max_length))
-        if not self.capture:
-            with self.round_context():
+        if self.capture:
+            try:
+                g_draft, g_verify = self._graphs_for(span)
+            except _CaptureFailed as failed:
+                self._stop_capturing(failed.error)
+            else:
                 with timer.phase("draft"):
-                    self._draft_select(span)
+                    g_draft.replay()
                 with timer.phase("verify"):
-                    self._verify_commit()
-            return
-        g_draft, g_verify = self._graphs_for(span)
-        with timer.phase("draft"):
-            g_draft.replay()
-        with timer.phase("verify"):
-            g_verify.replay()
+                    g_verify.replay()
+                return
+        with self.round_context():
+            with timer.phase("draft"):
+                self._draft_select(span)
+            with timer.phase("verify"):
+                self._verify_commit()
+
+    def _stop_capturing(self, err: RuntimeError) -> None:
+        """A capture failed (an op that cannot be captured on this platform): go on with the
+        same round functions uncaptured. Lossless — the state buffers are untouched, since a
+        capture records kernels without running them and the warm-up restored its rounds —
+        but every round pays its launches again; the warning says so once per decoder."""
+        import warnings
+
+        self.capture = False
+        self.graphs.clear()
+        warnings.warn(
+            f"graph mode: CUDA graph capture failed ({type(err).__name__}: {err}); this decoder "
+            "now runs the same static-buffer rounds without capture (same tokens, more launch "
+            "overhead). SpeculativeDecoder(cuda_graphs=False) selects the eager path instead.",
+            RuntimeWarning,
+            stacklevel=4,
+        )
 
     def _graphs_for(self, span: int) -> tuple[Any, Any]:
         assert self._adapter is not None
@@ -441,10 +470,15 @@ class GraphRoundRunner:
             self._warm_up(span)
         torch.cuda.current_stream(self.device).wait_stream(side)
         g_draft, g_verify = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
-        with torch.cuda.graph(g_draft, pool=self._pool):
-            self._draft_select(span)
-        with torch.cuda.graph(g_verify, pool=self._pool):
-            self._verify_commit()
+        try:
+            with torch.cuda.graph(g_draft, pool=self._pool):
+                self._draft_select(span)
+            with torch.cuda.graph(g_verify, pool=self._pool):
+                self._verify_commit()
+        except RuntimeError as err:
+            # Only a failed capture is recoverable: it records kernels without running them,
+            # so no state buffer changed (a warm-up error above propagates as is).
+            raise _CaptureFailed(err) from err
         self.graphs[key] = (g_draft, g_verify)
         return g_draft, g_verify
 
