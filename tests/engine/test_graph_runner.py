@@ -166,6 +166,40 @@ def test_sampling_identical_to_eager(policy: str, budget: int, temperature: floa
 
 
 # ---------------------------------------------------------------------------------------------
+# "ar" in graph mode: one target step per round (the graph-mode baseline)
+# ---------------------------------------------------------------------------------------------
+def test_ar_graph_mode_identical_to_eager_and_hf() -> None:
+    target, _ = random_pair("llama")
+    eager = SpeculativeDecoder(target, None, "ar")
+    graph = SpeculativeDecoder(target, None, "ar", cuda_graphs=True)
+    runner = _runner(graph)
+    rounds: list[int] = []
+    runner.on_round = rounds.append
+    runner.round_context = forbid_host_sync
+    gen = torch.Generator().manual_seed(21)
+    for n in (1, 9):
+        prompt = torch.randint(0, 128, (1, n), generator=gen)
+        ref = greedy_reference(target, prompt, 25)
+        for kw in (dict(), dict(temperature=0.9, top_k=20, seed=3), dict(stop_token_ids=[7])):
+            got = graph.generate(prompt, 25, **kw)
+            want = eager.generate(prompt, 25, **kw)
+            assert torch.equal(got.sequences, want.sequences), kw
+            assert got.stats.emitted_per_round == want.stats.emitted_per_round, kw
+            assert got.stats.accepted_lengths == want.stats.accepted_lengths, kw
+            if not kw:
+                assert torch.equal(got.sequences, ref)
+        for cut in (1, 2, 5):
+            assert torch.equal(graph.generate(prompt, cut).sequences, ref[:, : n + cut])
+    assert rounds and runner._dcache is None and runner.path_cols == 1
+    prompts = [torch.randint(0, 128, (n,), generator=gen) for n in (3, 12, 1)]
+    got, want = graph.generate(prompts, 20), eager.generate(prompts, 20)
+    assert torch.equal(got.sequences, want.sequences)
+    kw = dict(temperature=1.0, seed=[4, 5, 6])
+    assert torch.equal(graph.generate(prompts, 20, **kw).sequences,
+                       eager.generate(prompts, 20, **kw).sequences)  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------
 # Graph-safety: no host sync, fixed addresses, no-op rounds after the end
 # ---------------------------------------------------------------------------------------------
 def test_round_performs_no_host_sync() -> None:
@@ -375,9 +409,9 @@ def test_cuda_graphs_argument() -> None:
     assert not SpeculativeDecoder(target, drafter, "ddtree").cuda_graphs  # CPU default: off
     with pytest.raises(ValueError, match="cuda_graphs must be"):
         SpeculativeDecoder(target, drafter, "ddtree", cuda_graphs="yes")  # type: ignore[arg-type]
-    for policy in ("presto", "ar"):
-        with pytest.raises(ValueError, match="graph-safe"):
-            SpeculativeDecoder(target, drafter, policy, cuda_graphs=True)
+    with pytest.raises(ValueError, match="graph-safe"):
+        SpeculativeDecoder(target, drafter, "presto", cuda_graphs=True)
+    assert SpeculativeDecoder(target, None, "ar", cuda_graphs=True).cuda_graphs
     with pytest.raises(ValueError, match="validate"):
         SpeculativeDecoder(target, drafter, "ddtree", cuda_graphs=True, validate=True)
     assert not SpeculativeDecoder(target, drafter, "presto", cuda_graphs=None).cuda_graphs
@@ -421,7 +455,15 @@ def test_bench_graph_round_tiny(tmp_path: Path) -> None:
 @pytest.mark.cuda
 @pytest.mark.parametrize(
     "policy,budget",
-    [("chain", 7), ("ddtree", 16), ("ddtree", 64), ("caddtree", 32), ("taps", 32), ("d2sd", 32)],
+    [
+        ("ar", 1),
+        ("chain", 7),
+        ("ddtree", 16),
+        ("ddtree", 64),
+        ("caddtree", 32),
+        ("taps", 32),
+        ("d2sd", 32),
+    ],
 )
 def test_cuda_capture_replay_identical_to_eager(policy: str, budget: int) -> None:
     import copy

@@ -152,21 +152,20 @@ class BatchGenerationMixin:
         src = (cols + (num_t - lens_t)[:, None]).clamp(max=num_t - 1)
         right = torch.where(cols < lens_t[:, None], torch.gather(ids, 1, src), 0)
         seed_t = torch.tensor(seeds, dtype=torch.int64, device=dev)[:, None]
-        if policy is None:
-            out_buf, gen = self._generate_ar_batch(
+        done = None
+        if self.cuda_graphs:
+            done = self._runner().generate_batch(
+                adapter, right, lengths, max_new, params, seed_t, stop, per, stats, timer
+            )
+        if done is None and policy is None:
+            done = self._generate_ar_batch(
                 adapter, right, lengths, max_new, params, seed_t, stop, per, timer
             )
-        else:
-            done = None
-            if self.cuda_graphs:
-                done = self._runner().generate_batch(
-                    adapter, right, lengths, max_new, params, seed_t, stop, per, stats, timer
-                )
-            if done is None:
-                done = self._generate_spec_batch(
-                    adapter, right, lengths, max_new, params, seed_t, stop, per, timer
-                )
-            out_buf, gen = done
+        elif done is None:
+            done = self._generate_spec_batch(
+                adapter, right, lengths, max_new, params, seed_t, stop, per, timer
+            )
+        out_buf, gen = done
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         stats.total_time = time.perf_counter() - t_start

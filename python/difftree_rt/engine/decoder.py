@@ -62,8 +62,9 @@ class SpeculativeDecoder(BatchGenerationMixin):
             (eager path only: graph mode never synchronises inside its loop).
         cuda_graphs: graph mode (``engine/graph.py``): rounds on static buffers with no host
             sync, captured in CUDA graphs. None: on for a CUDA target with a graph-safe
-            policy (chain, ddtree, caddtree, taps with a built-in scorer, d2sd) and
-            ``validate=False``, off otherwise. True on a
+            policy (chain, ddtree, caddtree, taps with a built-in scorer, d2sd; and "ar", one
+            target step per captured round: the fair baseline) and ``validate=False``, off
+            otherwise. True on a
             CPU target runs the same static-buffer rounds eagerly (for tests). Batches run in
             graph mode too (one set of buffers and graphs per batch size). Requests outside
             its buckets (more than 16 stop tokens) run on the eager path.
@@ -179,13 +180,13 @@ class SpeculativeDecoder(BatchGenerationMixin):
         """Graph mode on or off (see ``cuda_graphs`` in the class docstring)."""
         if cuda_graphs is not None and not isinstance(cuda_graphs, bool):
             raise ValueError(f"cuda_graphs must be None, True or False, got {cuda_graphs!r}")
-        safe = self.policy is not None and self.policy.graph_safe
+        safe = self.policy is None or self.policy.graph_safe  # "ar" (None): one target step
         if cuda_graphs is None:
             return safe and self.device.type == "cuda" and not self.validate
         if cuda_graphs and not safe:
             raise ValueError(
-                "cuda_graphs=True needs a graph-safe policy (chain, ddtree, caddtree, d2sd, taps "
-                f"with a built-in scorer); policy {self.policy_name!r} runs on the eager path "
+                "cuda_graphs=True needs a graph-safe policy (ar, chain, ddtree, caddtree, d2sd, "
+                f"taps with a built-in scorer); policy {self.policy_name!r} runs on the eager path "
                 "(cuda_graphs=False or None)"
             )
         if cuda_graphs and self.validate:
@@ -457,14 +458,13 @@ class SpeculativeDecoder(BatchGenerationMixin):
         stats = GenerationStats(policy=self.policy_name, budget=self.budget, prompt_len=prompt_len)
         timer = PhaseTimer(stats, self.device, self.profile)
         t_start = time.perf_counter()
-        if self.policy is None:
+        out = None
+        if self.cuda_graphs:
+            out = self._generate_graph(adapter, ids, max_new_tokens, params, stop, stats, timer)
+        if out is None and self.policy is None:
             out = self._generate_ar(adapter, ids, max_new_tokens, params, stop, stats, timer)
-        else:
-            out = None
-            if self.cuda_graphs:
-                out = self._generate_graph(adapter, ids, max_new_tokens, params, stop, stats, timer)
-            if out is None:
-                out = self._generate_spec(adapter, ids, max_new_tokens, params, stop, stats, timer)
+        elif out is None:
+            out = self._generate_spec(adapter, ids, max_new_tokens, params, stop, stats, timer)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         stats.total_time = time.perf_counter() - t_start

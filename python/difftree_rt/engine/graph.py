@@ -44,7 +44,7 @@ from torch import Tensor
 from ..models.dflash import DFlashCache
 from ..models.target import TargetAdapter
 from ..tree import DraftTree, anc_words
-from .policies import PolicyInput
+from .policies import DraftPolicy, PolicyInput
 from .sampling import SamplingParams, choose_tokens
 from .stats import GenerationStats, PhaseTimer
 
@@ -150,6 +150,24 @@ class _State:
         return [self.bonus, self.generated, self.done, self.round_idx, self.new_feat, self.num_new]
 
 
+class _TargetStep(DraftPolicy):
+    """Graph mode's "ar": no draft, a tree of the root alone (the last token), so a round is
+    one target step through the same verify / walk / commit path."""
+
+    name = "ar"
+    is_chain = True
+    graph_safe = True
+
+    def __init__(self) -> None:
+        super().__init__(1)
+
+    def capacity(self, max_depth: int) -> int:
+        return 1
+
+    def select(self, inputs: PolicyInput) -> DraftTree:
+        raise AssertionError("graph-mode 'ar' builds its one-node tree in place")
+
+
 @dataclass
 class _Slot:
     """One batch size's static buffers: the adapter they serve, the round state, the drafter
@@ -157,7 +175,7 @@ class _Slot:
 
     adapter: TargetAdapter
     state: _State
-    dcache: DFlashCache
+    dcache: DFlashCache | None  # None for "ar" (no drafter)
     vcache: DFlashCache | None  # the second-pass drafter's cache (redraft with a VP drafter)
     span_cap: int  # largest key span (scratch rows past it hold the second pass's blocks)
     pinned: list[Tensor]
@@ -194,8 +212,12 @@ class GraphRoundRunner:
         warmup: int = 2,
     ) -> None:
         policy, drafter = decoder.policy, decoder.drafter
-        if policy is None or drafter is None:
-            raise ValueError("graph mode needs a drafting policy and a drafter (not 'ar')")
+        if policy is None:
+            # "ar": every round verifies the root alone, i.e. one target step per round, on the
+            # same static buffers (the graph-mode baseline).
+            policy, drafter = _TargetStep(), None
+        elif drafter is None:
+            raise ValueError("graph mode with a drafting policy needs a drafter")
         if not policy.graph_safe:
             raise ValueError(
                 f"policy {decoder.policy_name!r} is not graph-safe (its select reads host values "
@@ -211,9 +233,11 @@ class GraphRoundRunner:
         self.second = drafter
         self.redraft_rows = 0
         if policy.redraft:
+            assert drafter is not None
             if decoder.vp_drafter is not None:
                 self.second = decoder.vp_drafter
             self.redraft_rows = policy.redraft_rows() * self.second.block_size
+        self.block_size = drafter.block_size if drafter is not None else 1
         self.device = decoder.device
         self.capture = bool(capture) and self.device.type == "cuda"
         self.span_min = span_min
@@ -263,20 +287,22 @@ class GraphRoundRunner:
         return slot.state
 
     def _allocate(self, adapter: TargetAdapter) -> _Slot:
-        dev, drafter = self.device, self.drafter
-        num_b, n, p, s = adapter.batch_size, self.capacity, self.path_cols, drafter.block_size
+        dev, drafter, second = self.device, self.drafter, self.second
+        num_b, n, p, s = adapter.batch_size, self.capacity, self.path_cols, self.block_size
         i64 = dict(dtype=torch.long, device=dev)
         i32 = dict(dtype=torch.int32, device=dev)
         # Context rows never exceed the target's committed rows (< S_max); + S for the block
         # and the padded append past them; + the second pass's blocks for redraft policies.
         span_cap = adapter.max_length + s
-        vcache = None
-        if self.second is drafter:
+        dcache = vcache = None
+        if drafter is not None and second is drafter:
             dcache = drafter.new_cache(batch_size=num_b, capacity=span_cap + self.redraft_rows)
-        else:
+        elif drafter is not None and second is not None:
             dcache = drafter.new_cache(batch_size=num_b, capacity=span_cap)
-            vcache = self.second.new_cache(batch_size=num_b, capacity=span_cap + self.redraft_rows)
-        block = torch.full((num_b, s), drafter.mask_token_id, **i64)
+            vcache = second.new_cache(batch_size=num_b, capacity=span_cap + self.redraft_rows)
+        mask_id = drafter.mask_token_id if drafter is not None else 0
+        block = torch.full((num_b, s), mask_id, **i64)
+        feat = (drafter.config.feature_size, drafter.dtype) if drafter is not None else (1, None)
         tree = (
             torch.zeros(num_b, n, **i32),
             torch.full((num_b, n), -1, **i32),
@@ -296,9 +322,7 @@ class GraphRoundRunner:
             round_idx=torch.zeros((), **i64),
             seed=torch.zeros(num_b, 1, **i64),
             stop=torch.full((MAX_STOPS,), -1, **i64),
-            new_feat=torch.zeros(
-                num_b, p, drafter.config.feature_size, dtype=drafter.dtype, device=dev
-            ),
+            new_feat=torch.zeros(num_b, p, feat[0], dtype=feat[1], device=dev),
             num_new=torch.zeros(num_b, **i64),
             tree=tree,
             out=torch.full((num_b, adapter.max_length + 1), -1, **i64),
@@ -316,7 +340,7 @@ class GraphRoundRunner:
     def buffers(self) -> dict[str, Tensor]:
         """Every static tensor a round touches, by name (for address-stability checks)."""
         st, adapter, dc = self._state, self._adapter, self._dcache
-        if st is None or adapter is None or dc is None:
+        if st is None or adapter is None:
             return {}
         out: dict[str, Tensor] = {
             name: getattr(st, name)
@@ -327,9 +351,10 @@ class GraphRoundRunner:
         out["target.base_len"] = adapter.cache.base_len
         out.update({f"target.k{i}": t for i, t in enumerate(adapter.cache.key_cache)})
         out.update({f"target.v{i}": t for i, t in enumerate(adapter.cache.value_cache)})
-        out["drafter.lengths"] = dc.lengths
-        out.update({f"drafter.k{i}": t for i, t in enumerate(dc.keys)})
-        out.update({f"drafter.v{i}": t for i, t in enumerate(dc.values)})
+        if dc is not None:
+            out["drafter.lengths"] = dc.lengths
+            out.update({f"drafter.k{i}": t for i, t in enumerate(dc.keys)})
+            out.update({f"drafter.v{i}": t for i, t in enumerate(dc.values)})
         vc = self._vcache
         if vc is not None:
             out["vp_drafter.lengths"] = vc.lengths
@@ -343,7 +368,10 @@ class GraphRoundRunner:
     def _draft_select(self, span: int) -> None:
         """Draft on ``[bonus, MASK...]`` over key rows ``[0, span)``, select, fill the tree bufs."""
         st, dc, drafter = self._state, self._dcache, self.drafter
-        assert st is not None and dc is not None
+        assert st is not None
+        if drafter is None or dc is None:
+            st.tree[0][:, 0].copy_(st.bonus)  # "ar": the root alone, holding the last token
+            return
         # The pending rows (the last path's features) make the context exactly [0, start).
         drafter.append_context_fixed(dc, st.new_feat, st.num_new)
         vc = self._vcache
@@ -389,9 +417,10 @@ class GraphRoundRunner:
         adapter.commit(walk.path, walk.accepted, active)
         accepted = walk.accepted.to(torch.long)
         next_token = walk.next_token.to(torch.long)
-        assert verified.features is not None
-        st.new_feat.copy_(adapter.gather_path(verified.features, walk.path))
-        st.num_new.copy_((accepted + 1) * active)
+        if self.drafter is not None:
+            assert verified.features is not None
+            st.new_feat.copy_(adapter.gather_path(verified.features, walk.path))
+            st.num_new.copy_((accepted + 1) * active)
         # Emitted: the path's draft tokens then the next bonus (when any); invalid entries go
         # to the scratch column, so the write needs no host-side length.
         cols = torch.arange(self.path_cols, device=self.device)
@@ -486,10 +515,11 @@ class GraphRoundRunner:
         """Run ``warmup`` rounds for real, then undo them: the state buffers come back from
         copies; rounds only write cache rows past the committed lengths, so caches need none."""
         st = self._state
-        assert st is not None and self._adapter is not None and self._dcache is not None
-        mutable = [*st.mutable(), self._adapter.cache.base_len, self._dcache.lengths]
-        if self._vcache is not None:
-            mutable.append(self._vcache.lengths)
+        assert st is not None and self._adapter is not None
+        mutable = [*st.mutable(), self._adapter.cache.base_len]
+        for cache in (self._dcache, self._vcache):
+            if cache is not None:
+                mutable.append(cache.lengths)
         saved = [t.clone() for t in mutable]
         for _ in range(self.warmup):
             self._draft_select(span)
@@ -555,7 +585,6 @@ class GraphRoundRunner:
         self._params = params
 
         first, features, is_stop = dec._prefill(adapter, ids, params, stop, st.out, timer)
-        assert features is not None
         with timer.phase("host"):
             (stopped,) = dec._host_read(is_stop)
         dec._stream(st.out, 0, 1)
@@ -616,14 +645,13 @@ class GraphRoundRunner:
         first, features, is_stop = dec._prefill_batch(
             adapter, right, lengths, params, seed_t, stop, st.out, timer
         )
-        assert features is not None
         self._setup(features, lengths, first, is_stop, max_new, seed_t, stop)
         gen = self._rounds(lengths, max_new, per, stats)
         return st.out[:, : max(gen)].clone(), gen
 
     def _setup(
         self,
-        features: Tensor,
+        features: Tensor | None,
         lengths: list[int],
         first: Tensor,
         is_stop: Tensor,
@@ -634,15 +662,14 @@ class GraphRoundRunner:
         """Per-request values into the static buffers, in place (setup: host syncs allowed):
         the prompt features into the drafter cache, the first token, counters, seeds, stops.
         A request whose first token already ended it starts done (its rounds are no-ops)."""
-        st, dc = self._state, self._dcache
-        assert st is not None and dc is not None
-        dc.reset()
+        st = self._state
+        assert st is not None
         counts = torch.tensor(lengths, dtype=torch.long, device=self.device)
-        self.drafter.append_context_fixed(dc, features.to(self.drafter.dtype), counts)
-        vc = self._vcache
-        if vc is not None:
-            vc.reset()
-            self.second.append_context_fixed(vc, features.to(self.second.dtype), counts)
+        for drafter, cache in ((self.drafter, self._dcache), (self.second, self._vcache)):
+            if drafter is not None and cache is not None:
+                assert features is not None
+                cache.reset()
+                drafter.append_context_fixed(cache, features.to(drafter.dtype), counts)
         st.bonus.copy_(first)
         st.generated.fill_(1)
         st.max_new.fill_(max_new)
@@ -663,13 +690,13 @@ class GraphRoundRunner:
     ) -> list[int]:
         """Launch rounds until the device reports every request done; returns the tokens each
         request generated. The host books round r - 1 while round r runs."""
-        st, dc, adapter = self._state, self._dcache, self._adapter
-        assert st is not None and dc is not None and adapter is not None
+        st, adapter = self._state, self._adapter
+        assert st is not None and adapter is not None
         act = [not bool(d) for d in st.done.tolist()]  # setup read (before any round)
         gen = [1] * len(lengths)
         if not any(act):
             return gen
-        block = self.drafter.block_size
+        block = self.block_size
         round_timer = PhaseTimer(stats, self.device, synchronize=False)
         known_round = 0  # the host's latest status: after prefill
         r = 0
