@@ -575,12 +575,7 @@ class GraphRoundRunner:
             return None
         dec = self.decoder
         prompt_len = ids.shape[1]
-        if prompt_len + max_new + self.capacity > adapter.max_length:
-            raise ValueError(
-                f"max_length={adapter.max_length} is too small for this request: prompt + "
-                f"max_new_tokens + one tree of N={self.capacity} rows needs "
-                f"{prompt_len + max_new + self.capacity}"
-            )
+        self._check_fits(adapter, prompt_len, max_new)
         st = self._ensure(adapter)
         self._params = params
 
@@ -634,12 +629,7 @@ class GraphRoundRunner:
         if not self.supports(adapter, stop, num_b):
             return None
         dec = self.decoder
-        if num_t + max_new + self.capacity > adapter.max_length:
-            raise ValueError(
-                f"max_length={adapter.max_length} is too small for this request: prompt + "
-                f"max_new_tokens + one tree of N={self.capacity} rows needs "
-                f"{num_t + max_new + self.capacity}"
-            )
+        self._check_fits(adapter, num_t, max_new)
         st = self._ensure(adapter)
         self._params = params
         first, features, is_stop = dec._prefill_batch(
@@ -648,6 +638,16 @@ class GraphRoundRunner:
         self._setup(features, lengths, first, is_stop, max_new, seed_t, stop)
         gen = self._rounds(lengths, max_new, per, stats)
         return st.out[:, : max(gen)].clone(), gen
+
+    def _check_fits(self, adapter: TargetAdapter, prompt_len: int, max_new: int) -> None:
+        """Once per request (the rounds skip host capacity checks): prompt + new tokens + one
+        tree must fit the target cache."""
+        need = prompt_len + max_new + self.capacity
+        if need > adapter.max_length:
+            raise ValueError(
+                f"max_length={adapter.max_length} is too small for this request: prompt + "
+                f"max_new_tokens + one tree of N={self.capacity} rows needs {need}"
+            )
 
     def _setup(
         self,
