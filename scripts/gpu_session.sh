@@ -8,11 +8,13 @@
 #   run: bash scripts/gpu_session.sh 2    # lossless engine suite on CUDA + kernel benchmarks
 #   run: bash scripts/gpu_session.sh 3    # round benchmarks (carry build/ref/ddtree for the
 #                                         # side-by-side with the published loop)
+#   run: bash scripts/gpu_session.sh new  # only what was built since the last GPU run (~3 min):
+#                                         # graph mode for batches / caddtree / taps / d2sd / ar
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-build/gpu_session}
 mkdir -p "$OUT"
-stage=${1:?usage: gpu_session.sh 1|2|3}
+stage=${1:?usage: gpu_session.sh 1|2|3|new}
 PYTEST=(python -m pytest -q -p no:warnings -p no:cacheprovider)
 
 # The device tool returns at most 8 files from $OUT: every step's whole output goes into one
@@ -78,6 +80,14 @@ case "$stage" in
     else
       echo "build/ref/ddtree not carried: side-by-side skipped" | tee -a "$LOG"
     fi
+    ;;
+  new)
+    step 200 graph_cuda "${PYTEST[@]}" tests/engine/test_graph_batch.py \
+      tests/engine/test_graph_runner.py tests/engine/test_cuda_engine.py -m cuda
+    step 150 bench_graph_batch python bench/bench_graph_round.py --models qwen3-8b --batch-sizes 4 \
+      --batch-only --runs 1 --budgets 16
+    step 200 bench_graph_ar python bench/bench_graph_round.py --models qwen3-8b --runs 1 \
+      --budgets 16 --contexts 1024 --nodes 0 16
     ;;
   *) echo "unknown stage $stage" >&2; exit 2 ;;
 esac
