@@ -29,6 +29,9 @@ def test_build_info_keys() -> None:
     assert info["version"] == difftree_rt.__version__
     policies = info["policies"].split(", ")
     assert {"ar", "chain", "ddtree", "caddtree", "presto", "taps", "d2sd"} <= set(policies)
+    graph = info["graph_mode_policies"].split(", ")
+    assert {"ar", "chain", "ddtree", "caddtree", "taps", "d2sd"} <= set(graph)
+    assert "presto" not in graph  # its selector runs on the host
     if info["cuda_compiled"]:
         archs = info["cuda_architectures"].split(",")
         assert "80" in archs and "90a" in archs

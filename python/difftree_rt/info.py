@@ -13,7 +13,8 @@ def build_info() -> dict[str, Any]:
 
     Keys: ``version``, ``cuda_compiled`` (CUDA kernels built in), ``cuda_architectures``,
     ``cuda_version`` (nvcc used for the kernels), ``compiler``, ``git_sha``, plus the runtime's
-    ``torch`` version, ``torch_cuda_available``, ``python`` and the registered ``policies``.
+    ``torch`` version, ``torch_cuda_available``, ``python``, the registered ``policies`` and
+    the ``graph_mode_policies`` (captured in CUDA graphs on a GPU by default).
     """
     from ._ext import ext
 
@@ -29,7 +30,10 @@ def build_info() -> dict[str, Any]:
         info["torch"] = None
         info["torch_cuda_available"] = False
     info["python"] = platform.python_version()
-    from .engine.policies import POLICIES
+    from .engine.policies import POLICIES, make_policy
 
     info["policies"] = ", ".join(["ar", *sorted(POLICIES)])
+    # Policies whose rounds graph mode captures on CUDA (by default); the others run eagerly.
+    graph = [name for name in sorted(POLICIES) if make_policy(name, 8).graph_safe]
+    info["graph_mode_policies"] = ", ".join(["ar", *graph])
     return info
