@@ -86,10 +86,12 @@ def test_bench_json_and_plots(tiny_pair: Path, tmp_path: Path) -> None:
         ["bench", "--target", str(tiny_pair / "target"), "--drafter", str(tiny_pair / "drafter"),
          "--prompts", str(tiny_pair / "prompts.json"), "--max-new-tokens", "10",
          "--policies", "ar", "chain", "ddtree", "--budgets", "4", "8", "--out", str(out),
-         "--quiet", "--device", "cpu"]
+         "--quiet", "--device", "cpu", "--cuda-graphs", "off"]
     )  # fmt: skip
     assert rc == 0
-    res = json.loads((out / "bench.json").read_text())["results"]
+    payload = json.loads((out / "bench.json").read_text())
+    assert payload["cuda_graphs"] == "off"
+    res = payload["results"]
     assert [(r["policy"], r["budget"]) for r in res] == [
         ("ar", 0),
         ("chain", 7),

@@ -47,6 +47,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="build/cli_bench", help="JSON + PNG directory")
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--cuda-graphs",
+        choices=("auto", "off"),
+        default="auto",
+        help="auto: graph mode on CUDA for the policies it captures (see `info`); off: eager",
+    )
 
 
 def configs_for(policies: list[str], budgets: list[int], depth: int) -> list[tuple[str, int]]:
@@ -93,10 +99,13 @@ def run(args: argparse.Namespace) -> int:
         bar = tqdm(total=len(configs), desc="bench", dynamic_ncols=True)
     results: list[dict[str, Any]] = []
     ar_texts: list[str] | None = None
+    graphs = False if args.cuda_graphs == "off" else None
     for pol, budget in configs:
         if bar is not None:
             bar.set_postfix_str(f"{pol} {budget or ''}")
-        r = run_config(pair, pol, budget, prompts, args.max_new_tokens, stop=stop)
+        r = run_config(
+            pair, pol, budget, prompts, args.max_new_tokens, stop=stop, cuda_graphs=graphs
+        )
         row = r.as_dict()
         if pol == "ar":
             ar_texts = r.texts
@@ -127,6 +136,7 @@ def run(args: argparse.Namespace) -> int:
         "drafter": drafter,
         "prompts": len(prompts),
         "max_new_tokens": args.max_new_tokens,
+        "cuda_graphs": args.cuda_graphs,
         "results": results,
     }
     (out / "bench.json").write_text(json.dumps(payload, indent=2))

@@ -40,6 +40,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default=None)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json", action="store_true", help="print text + statistics as JSON only")
+    p.add_argument(
+        "--cuda-graphs",
+        choices=("auto", "off"),
+        default="auto",
+        help="auto: graph mode on CUDA for the policies it captures (see `info`); off: eager",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -64,7 +70,10 @@ def run(args: argparse.Namespace) -> int:
         text = args.prompt
     ids = encode(pair, text, args.device)
     policy = make_policy_for(pair, args.policy, args.budget)
-    dec = SpeculativeDecoder(pair.target, pair.drafter, policy, budget=args.budget)
+    graphs = False if args.cuda_graphs == "off" else None
+    dec = SpeculativeDecoder(
+        pair.target, pair.drafter, policy, budget=args.budget, cuda_graphs=graphs
+    )
     feed = incremental_decoder(pair.tokenizer)
     streamer = None
     if not args.json:

@@ -223,10 +223,12 @@ def run_config(
     stop: list[int] | None = None,
     on_tokens: Callable[[int, list[int]], None] | None = None,
     decoder: Any | None = None,
+    cuda_graphs: bool | None = None,
 ) -> RunResult:
     """Greedy generation of every prompt with one (policy, budget); totals and histogram.
 
-    ``on_tokens(prompt_index, ids)`` receives the streamed tokens.
+    ``on_tokens(prompt_index, ids)`` receives the streamed tokens. ``cuda_graphs`` goes to
+    :class:`~difftree_rt.SpeculativeDecoder` (None: graph mode where it applies).
     """
     from difftree_rt import SpeculativeDecoder
 
@@ -235,6 +237,7 @@ def run_config(
         pair.drafter if policy != "ar" else None,
         make_policy_for(pair, policy, budget),
         budget=max(1, budget),
+        cuda_graphs=cuda_graphs,
     )
     depth = pair.drafter.block_size - 1 if pair.drafter is not None else 0
     res = RunResult(policy, budget if policy != "ar" else 0, accept_hist=[0] * (depth + 1))
