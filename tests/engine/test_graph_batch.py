@@ -158,6 +158,26 @@ def test_solo_and_batch_buffers_coexist_at_fixed_addresses() -> None:
     assert set(seen[1][0].values()).isdisjoint(seen[3][0].values())
 
 
+def test_replaced_adapters_are_released() -> None:
+    # The decoder keeps one batch adapter (for the last B): the runner must not keep the KV
+    # caches of the adapters it replaced alive.
+    import gc
+    import weakref
+
+    target, drafter = trained_pair()
+    dec = SpeculativeDecoder(target, drafter, "ddtree", budget=8, cuda_graphs=True)
+    runner = _runner(dec)
+    prompts = _prompts(32, (3, 6, 4), seed=1)
+    dec.generate(prompts[:2], 8)
+    old = weakref.ref(runner._slots[2].adapter)
+    dec.generate(prompts, 8)  # B = 3: a new batch adapter replaces the B = 2 one
+    dec.generate(prompts[0][None], 8)  # B = 1 (the solo adapter) keeps B = 3 alive
+    assert sorted(runner._slots) == [1, 3]
+    assert all(k[0] in (1, 3) for k in runner.graphs)
+    gc.collect()
+    assert old() is None, "the replaced B = 2 adapter is still referenced"
+
+
 def test_batch_graph_with_fixed_adapter_and_left_padding() -> None:
     from difftree_rt.models import TargetAdapter
 

@@ -278,13 +278,23 @@ class GraphRoundRunner:
         num_b = adapter.batch_size
         slot = self._slots.get(num_b)
         if slot is None or slot.adapter is not adapter:
-            self.graphs = {k: g for k, g in self.graphs.items() if k[0] != num_b}
+            self._drop(num_b)
             slot = self._allocate(adapter)
             self._slots[num_b] = slot
+        # Keep only the buffers of adapters the decoder still holds (its solo adapter and its
+        # current batch adapter): a replaced adapter's KV cache must not stay alive here.
+        live = (adapter, self.decoder.adapter, getattr(self.decoder, "_batch_adapter", None))
+        for b in [b for b, sl in self._slots.items() if not any(sl.adapter is a for a in live)]:
+            self._drop(b)
         self._adapter, self._state, self._dcache = slot.adapter, slot.state, slot.dcache
         self._vcache, self._span_cap = slot.vcache, slot.span_cap
         self._pinned, self._events = slot.pinned, slot.events
         return slot.state
+
+    def _drop(self, num_b: int) -> None:
+        """Forget batch size ``num_b``'s buffers and graphs."""
+        self._slots.pop(num_b, None)
+        self.graphs = {k: g for k, g in self.graphs.items() if k[0] != num_b}
 
     def _allocate(self, adapter: TargetAdapter) -> _Slot:
         dev, drafter, second = self.device, self.drafter, self.second
