@@ -230,6 +230,29 @@ def test_no_sync_guard_can_fail() -> None:
         torch.ones(1).item()
     assert torch.ones(1).item() == 1.0  # restored
 
+    # Syncs inside C++ ops (CUDA's sync debug mode sees them; the dispatch guard too, on CPU).
+    class Masking(DDTreePolicy):
+        def select(self, inputs: PolicyInput) -> DraftTree:
+            logits = inputs.draft_logits
+            _ = logits[logits > 0]  # boolean indexing: a data-dependent shape
+            return super().select(inputs)
+
+    dec = SpeculativeDecoder(target, drafter, Masking(8), cuda_graphs=True)
+    _runner(dec).round_context = forbid_host_sync
+    with pytest.raises(HostSyncError, match=r"aten\.index"):
+        dec.generate(torch.tensor([[1, 2]]), 8)
+    x = torch.arange(6)
+    for bad in (
+        lambda: x.nonzero(),
+        lambda: torch.masked_select(x, x > 2),
+        lambda: x.repeat_interleave(x),
+        lambda: torch.unique(x),
+    ):
+        with forbid_host_sync(), pytest.raises(HostSyncError):
+            bad()
+    with forbid_host_sync():  # fixed-shape relatives pass
+        torch.where(x > 2, x, 0), x.gather(0, x.flip(0)), x.repeat_interleave(2), x[x.flip(0)]
+
 
 def test_buffer_addresses_never_change() -> None:
     target, drafter = trained_pair()
