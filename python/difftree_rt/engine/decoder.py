@@ -23,6 +23,7 @@ replaces with a one-round-late read from a pinned buffer.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -175,6 +176,45 @@ class SpeculativeDecoder(BatchGenerationMixin):
         self.cuda_graphs = self._resolve_cuda_graphs(cuda_graphs)
         self.graph_capture = bool(graph_capture)
         self._graph_runner: Any = None
+        self.tokenizer: Any = None  # set by from_pretrained when the target directory has one
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        target: str | os.PathLike[str] | nn.Module,
+        drafter: str | os.PathLike[str] | DFlashDrafter | None = None,
+        policy: str | DraftPolicy = "ddtree",
+        budget: int = 64,
+        *,
+        vp_drafter: str | os.PathLike[str] | DFlashDrafter | None = None,
+        dtype: str | torch.dtype | None = None,
+        device: str | torch.device | None = None,
+        **kwargs: Any,
+    ) -> SpeculativeDecoder:
+        """A decoder from local directories written by ``save_pretrained`` (or loaded models).
+
+        Args:
+            target: an HF causal-LM directory (``AutoModelForCausalLM``) or a loaded model.
+            drafter: a DFlash drafter directory (the published layout) or a
+                :class:`DFlashDrafter`; None for ``policy="ar"``.
+            policy, budget: as in the constructor.
+            vp_drafter: D²SD's second drafter (directory or drafter); needs ``policy="d2sd"``.
+            dtype: weights' dtype for what is loaded from disk (default bfloat16 on CUDA,
+                float32 on the CPU); a loaded target keeps its own device and dtype and the
+                drafters follow it.
+            device: "auto" / None (CUDA when available), "cpu", "cuda", ...
+            **kwargs: the constructor's keyword arguments (``max_length``, ``cuda_graphs``, ...).
+
+        Returns:
+            The decoder; ``.tokenizer`` holds the target directory's tokenizer when it has one
+            (else None).
+        """
+        from .pretrained import from_pretrained
+
+        return from_pretrained(
+            cls, target, drafter, policy, budget, vp_drafter=vp_drafter, dtype=dtype,
+            device=device, **kwargs,
+        )  # fmt: skip
 
     def _resolve_cuda_graphs(self, cuda_graphs: bool | None) -> bool:
         """Graph mode on or off (see ``cuda_graphs`` in the class docstring)."""
