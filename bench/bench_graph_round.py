@@ -270,6 +270,20 @@ def bench_model(name: str, args: argparse.Namespace, timer: Timer) -> dict[str, 
             graph_speedup=row["graphs_on"]["rounds_per_s"] / row["graphs_off"]["rounds_per_s"],
         )
         out["runs"].append(row)
+    # Other graph-safe policies at the first budget: rounds/s with graphs off and on (their
+    # round is not "one draft + one verify of a full tree": no overhead split here).
+    for policy in args.extra_policies:
+        budget = args.budgets[0]
+        row = {"policy": policy, "budget": budget}
+        for graphs in (False, True):
+            dec = SpeculativeDecoder(
+                target, drafter, policy, budget, max_length=length, profile=False,
+                cuda_graphs=graphs,
+            )  # fmt: skip
+            row["graphs_on" if graphs else "graphs_off"] = run_generate(dec, prompt, new, args.runs)
+            del dec
+        row["graph_speedup"] = row["graphs_on"]["rounds_per_s"] / row["graphs_off"]["rounds_per_s"]
+        out["runs"].append(row)
 
     # ---- verify latency vs nodes per context -> CaDDTree cost table -------------------------
     verify_ms: list[list[float]] = []
@@ -344,6 +358,9 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--inner", type=int, default=5, help="calls per CUDA graph sample")
     ap.add_argument("--out-dir", default=str(RESULTS))
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--extra-policies", nargs="+", default=[],
+                    choices=["caddtree", "taps", "d2sd"],
+                    help="also time these graph-safe policies at the first budget")  # fmt: skip
     ap.add_argument("--batch-sizes", nargs="+", type=int, default=[],
                     help="also time batched rounds (B > 1) for these batch sizes")  # fmt: skip
     ap.add_argument("--batch-only", action="store_true",
@@ -393,10 +410,10 @@ def main(argv: list[str] | None = None) -> Path:
                 rows.append([
                     m["model"], r["policy"], r["budget"], "on" if on else "off",
                     g["rounds_per_s"], f"{g['ms_per_round']['median']:.3f}", f"{g['tau']:.2f}",
-                    f"{r['draft_us']['median'] / 1e3:.3f}" if on else "",
-                    f"{r['verify_us']['median'] / 1e3:.3f}" if on else "",
-                    f"{r['overhead_ms']:.3f}" if on else "",
-                    f"{100 * r['overhead_frac']:.1f}" if on else "",
+                    f"{r['draft_us']['median'] / 1e3:.3f}" if on and "draft_us" in r else "",
+                    f"{r['verify_us']['median'] / 1e3:.3f}" if on and "verify_us" in r else "",
+                    f"{r['overhead_ms']:.3f}" if on and "overhead_ms" in r else "",
+                    f"{100 * r['overhead_frac']:.1f}" if on and "overhead_frac" in r else "",
                 ])  # fmt: skip
     print_table(headers, rows)
     for m in models:

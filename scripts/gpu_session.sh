@@ -86,8 +86,8 @@ case "$stage" in
       tests/engine/test_graph_runner.py tests/engine/test_cuda_engine.py -m cuda
     step 150 bench_graph_batch python bench/bench_graph_round.py --models qwen3-8b --batch-sizes 4 \
       --batch-only --runs 1 --budgets 16
-    step 200 bench_graph_ar python bench/bench_graph_round.py --models qwen3-8b --runs 1 \
-      --budgets 16 --contexts 1024 --nodes 0 16
+    step 240 bench_graph_ar python bench/bench_graph_round.py --models qwen3-8b --runs 1 \
+      --budgets 16 --contexts 1024 --nodes 0 16 --extra-policies caddtree taps d2sd
     ;;
   *) echo "unknown stage $stage" >&2; exit 2 ;;
 esac
