@@ -199,6 +199,32 @@ def test_ar_graph_mode_identical_to_eager_and_hf() -> None:
                        eager.generate(prompts, 20, **kw).sequences)  # fmt: skip
 
 
+def test_sampling_values_are_buffers_not_graph_keys() -> None:
+    # One decoder, one set of buffers, several temperatures / top-p values in a row: each run
+    # equals the eager decoder, and the graph key depends only on the sampling structure.
+    from difftree_rt.engine.graph import _sampling_key
+    from difftree_rt.engine.sampling import SamplingParams
+
+    eager, graph = _pair("ddtree", 16)
+    prompt = torch.tensor([[4, 4, 2, 9, 1]])
+    for kw in (
+        dict(temperature=0.7, top_p=0.9),
+        dict(temperature=1.3, top_p=0.5),
+        dict(temperature=1.0),
+        dict(temperature=0.4, top_k=6, top_p=0.8),
+    ):
+        got = graph.generate(prompt, 28, seed=2, **kw)
+        want = eager.generate(prompt, 28, seed=2, **kw)
+        assert torch.equal(got.sequences, want.sequences), kw
+    key = _sampling_key(SamplingParams(temperature=0.7, top_p=0.9))
+    assert key == _sampling_key(SamplingParams(temperature=1.9, top_p=0.3))
+    assert key != _sampling_key(SamplingParams(temperature=0.7))  # top-p off: another graph
+    assert key != _sampling_key(SamplingParams(temperature=0.7, top_k=5, top_p=0.9))
+    assert _sampling_key(SamplingParams(temperature=0.7, top_p=1.0)) == _sampling_key(
+        SamplingParams(temperature=0.2)
+    )
+
+
 # ---------------------------------------------------------------------------------------------
 # Graph-safety: no host sync, fixed addresses, no-op rounds after the end
 # ---------------------------------------------------------------------------------------------

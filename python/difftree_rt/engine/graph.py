@@ -46,7 +46,7 @@ from ..models.dflash import DFlashCache
 from ..models.target import TargetAdapter
 from ..tree import DraftTree, anc_words
 from .policies import DraftPolicy, PolicyInput
-from .sampling import SamplingParams, choose_tokens
+from .sampling import SamplingParams, choose_tokens, sampling_values, uses_top_p
 from .stats import GenerationStats, PhaseTimer
 
 if TYPE_CHECKING:
@@ -150,10 +150,12 @@ def span_bucket(rows: int, capacity: int, minimum: int = SPAN_MIN) -> int:
 
 
 def _sampling_key(params: SamplingParams) -> tuple[Any, ...]:
-    """What a captured graph bakes in from the sampling parameters (the seed is a buffer)."""
+    """What a captured graph bakes in from the sampling parameters: its structure (greedy or
+    not, top-k's k, whether top-p runs). The seed, the temperature and the top-p threshold are
+    buffers, so every temperature / top-p value replays the same graph."""
     if params.greedy:
         return ("greedy",)
-    return ("sample", float(params.temperature), params.top_k, params.top_p)
+    return ("sample", params.top_k, uses_top_p(params))
 
 
 @dataclass
@@ -170,6 +172,7 @@ class _State:
     done: Tensor  # [B] bool: a stop token was emitted or max_new reached
     round_idx: Tensor  # [] int64: 1-based round counter (keys the sampling draws)
     seed: Tensor  # [B, 1] int64: each request's sampling seed
+    sampling: Tensor  # [B, 2] float32: temperature, 1 - top_p (sampling_values)
     stop: Tensor  # [MAX_STOPS] int64, -1 padded
     new_feat: Tensor  # [B, P, F] drafter dtype: verify features along the last path
     num_new: Tensor  # how many of new_feat's rows are real (accepted + 1, 0 when idle)
@@ -363,6 +366,7 @@ class GraphRoundRunner:
             done=torch.zeros(num_b, dtype=torch.bool, device=dev),
             round_idx=torch.zeros((), **i64),
             seed=torch.zeros(num_b, 1, **i64),
+            sampling=torch.ones(num_b, 2, dtype=torch.float32, device=dev),
             stop=torch.full((MAX_STOPS,), -1, **i64),
             new_feat=torch.zeros(num_b, p, feat[0], dtype=feat[1], device=dev),
             num_new=torch.zeros(num_b, **i64),
@@ -387,7 +391,7 @@ class GraphRoundRunner:
         out: dict[str, Tensor] = {
             name: getattr(st, name)
             for name in ("bonus", "block", "generated", "max_new", "done", "round_idx", "seed",
-                         "stop", "new_feat", "num_new", "out", "status")
+                         "sampling", "stop", "new_feat", "num_new", "out", "status")
         }  # fmt: skip
         out.update({f"tree.{i}": t for i, t in enumerate(st.tree)})
         out["target.base_len"] = adapter.cache.base_len
@@ -451,7 +455,9 @@ class GraphRoundRunner:
             verified = adapter.verify(tokens, tree.depth, None, None)
         else:
             verified = adapter.verify(tokens, tree.depth, tree.anc, tree.num_nodes)
-        choice = choose_tokens(verified.logits, params, st.round_idx, seed=st.seed)
+        choice = choose_tokens(
+            verified.logits, params, st.round_idx, seed=st.seed, values=st.sampling
+        )
         active = ~st.done
         # A finished request gets a zero cap: the walk then accepts and emits nothing.
         remaining = (st.max_new - st.generated) * active
@@ -718,6 +724,7 @@ class GraphRoundRunner:
         st.done.copy_(is_stop | (max_new <= 1))
         st.round_idx.fill_(1)
         st.seed.copy_(seed)
+        st.sampling.copy_(torch.tensor(sampling_values(self._params), dtype=torch.float32))
         st.stop.fill_(-1)
         if stop is not None:
             st.stop[: stop.numel()].copy_(stop)

@@ -23,6 +23,7 @@ __all__ = [
     "counter_uniform",
     "process_logits",
     "request_seeds",
+    "sampling_values",
     "target_probs",
 ]
 
@@ -144,26 +145,50 @@ def request_seeds(seed: int, batch_size: int) -> list[int]:
 # ---------------------------------------------------------------------------------------------
 # Processed distribution
 # ---------------------------------------------------------------------------------------------
-def process_logits(logits: Tensor, params: SamplingParams) -> Tensor:
+def sampling_values(params: SamplingParams) -> tuple[float, float]:
+    """The two continuous sampling values as the fp32 kernels use them: ``(temperature,
+    1 - top_p)`` (the top-p drop threshold; 0.0 when top-p is off). Graph mode keeps them in
+    device buffers, so one captured graph serves every temperature and top-p."""
+    temp = params.temperature if params.temperature > 0.0 else 1.0
+    top_p = params.top_p if params.top_p is not None else 1.0
+    return float(temp), 1.0 - float(top_p)
+
+
+def uses_top_p(params: SamplingParams) -> bool:
+    """Whether top-p filtering runs (part of a captured graph's structure)."""
+    return params.top_p is not None and params.top_p < 1.0
+
+
+def process_logits(logits: Tensor, params: SamplingParams, values: Tensor | None = None) -> Tensor:
     """Temperature -> top-k -> top-p on ``[..., V]`` logits, as transformers' warpers do.
 
     Removed tokens get ``-inf``. top-k keeps every token tied with the k-th largest value;
     top-p keeps the smallest set of most likely tokens whose mass reaches ``top_p`` (at least
     one). Computed in fp32.
+
+    ``values``: optional float32 device tensor ``[..., 2]`` (broadcastable against the logits'
+    leading dims) holding :func:`sampling_values` — graph mode's buffers; None builds it from
+    ``params``. Either way the division and the comparison take a float32 *tensor* operand
+    (CUDA divides by a host scalar through its reciprocal), so eager and graph mode compute
+    the same bits. ``params.top_k`` and whether top-p runs are structure (host values).
     """
     x = logits.to(torch.float32)
-    if params.temperature != 1.0:
-        x = x / params.temperature
+    if values is None:
+        values = torch.tensor(sampling_values(params), dtype=torch.float32, device=x.device)
+    values = values.to(torch.float32)
+    while values.dim() < x.dim():
+        values = values.unsqueeze(-2)
+    x = x / values[..., 0:1]
     v = x.shape[-1]
     if params.top_k is not None and params.top_k < v:
         kth = torch.topk(x, params.top_k, dim=-1).values[..., -1:]
         x = x.masked_fill(x < kth, float("-inf"))
-    if params.top_p is not None and params.top_p < 1.0:
+    if uses_top_p(params):
         # Same rule as transformers' TopPLogitsWarper: sort ascending, drop the prefix whose
         # cumulative mass is <= 1 - top_p, always keep the most likely token.
         sorted_x, order = torch.sort(x, dim=-1, descending=False)
         cum = sorted_x.softmax(dim=-1).cumsum(dim=-1)
-        drop = cum <= (1.0 - params.top_p)
+        drop = cum <= values[..., 1:2]
         drop[..., -1] = False
         x = x.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
     return x
@@ -183,6 +208,7 @@ def choose_tokens(
     round_idx: int | Tensor,
     node_offset: int = 0,
     seed: int | Tensor | None = None,
+    values: Tensor | None = None,
 ) -> Tensor:
     """The target's choice at every node: ``logits [B, N, V]`` -> token ids int64 ``[B, N]``.
 
@@ -193,10 +219,12 @@ def choose_tokens(
     Padding nodes draw garbage that the walk never reads. ``seed`` (an int64 device tensor
     in graph mode, so a captured graph replays with a new seed) overrides ``params.seed``; an
     int64 ``[B, 1]`` tensor gives every request its own seed (batched generation).
+    ``values``: graph mode's device copy of :func:`sampling_values` (see
+    :func:`process_logits`).
     """
     if params.greedy:
         return logits.argmax(dim=-1)
-    probs = process_logits(logits, params).softmax(dim=-1).to(torch.float64)
+    probs = process_logits(logits, params, values).softmax(dim=-1).to(torch.float64)
     num_b, num_n, _ = probs.shape
     node = torch.arange(node_offset, node_offset + num_n, device=logits.device)
     key = params.seed if seed is None else seed
