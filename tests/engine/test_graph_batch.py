@@ -158,6 +158,22 @@ def test_solo_and_batch_buffers_coexist_at_fixed_addresses() -> None:
     assert set(seen[1][0].values()).isdisjoint(seen[3][0].values())
 
 
+def test_batch_outside_the_buckets_runs_eagerly() -> None:
+    # More stop tokens than the static stop buffer holds: the eager batch path runs it.
+    from difftree_rt.engine.graph import MAX_STOPS
+
+    target, drafter = trained_pair()
+    graph = SpeculativeDecoder(target, drafter, "chain", budget=7, cuda_graphs=True)
+    eager = SpeculativeDecoder(target, drafter, "chain", budget=7)
+    rounds: list[int] = []
+    _runner(graph).on_round = rounds.append
+    prompts = _prompts(32, (5, 2), seed=4)
+    stops = [31] * (MAX_STOPS + 1)
+    got = graph.generate(prompts, 16, stop_token_ids=stops)
+    assert rounds == []
+    _assert_same_batch(got, eager.generate(prompts, 16, stop_token_ids=stops))
+
+
 def test_replaced_adapters_are_released() -> None:
     # The decoder keeps one batch adapter (for the last B): the runner must not keep the KV
     # caches of the adapters it replaced alive.
