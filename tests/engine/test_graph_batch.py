@@ -275,3 +275,32 @@ def test_bench_graph_round_batch_section(tmp_path: Any) -> None:
     for r in rows:
         for key in ("graphs_off", "graphs_on"):
             assert r[key]["tokens"] == 2 * 12 and r[key]["rounds_per_s"] > 0
+
+
+@pytest.mark.parametrize("graphs", [False, True])
+def test_per_request_temperature_and_top_p(graphs: bool) -> None:
+    # Each request samples with its own temperature / top-p (0 = greedy, None = no top-p) and
+    # still equals its solo run with those values and its derived seed, in eager and graph mode.
+    from difftree_rt.engine import request_seeds
+
+    target, drafter = trained_pair()
+    dec = SpeculativeDecoder(target, drafter, "ddtree", budget=16, cuda_graphs=graphs)
+    prompts = _prompts(32, (6, 3, 9, 4), seed=12)
+    temps = [0.0, 0.8, 1.3, 0.6]
+    top_ps = [None, 0.9, None, 0.5]
+    got = dec.generate(prompts, 30, temperature=temps, top_p=top_ps, seed=7)
+    seeds = request_seeds(7, len(prompts))
+    for b, p in enumerate(prompts):
+        solo = dec.generate(p[None], 30, temperature=temps[b], top_p=top_ps[b], seed=seeds[b])
+        assert torch.equal(_new_tokens(got, b), solo.sequences[0, p.numel() :]), b
+        assert got.request_stats[b].accepted_lengths == solo.stats.accepted_lengths
+    ref = greedy_reference(target, prompts[0][None], 30)[0, 6:]
+    assert torch.equal(_new_tokens(got, 0), ref)  # the greedy request is HF greedy
+    if graphs:
+        eager = SpeculativeDecoder(target, drafter, "ddtree", budget=16)
+        want = eager.generate(prompts, 30, temperature=temps, top_p=top_ps, seed=7)
+        _assert_same_batch(got, want)
+    with pytest.raises(ValueError, match="temperature: a sequence of per-request values"):
+        dec.generate(prompts, 4, temperature=[0.5, 0.5])
+    with pytest.raises(ValueError, match="top_p must be None or a float"):
+        dec.generate(prompts, 4, temperature=0.5, top_p=[0.9, 1.5, None, None])

@@ -23,7 +23,7 @@ from ..models.dflash import DFlashCache, DFlashDrafter
 from ..models.target import TargetAdapter
 from .output import CACHE_ROUND, GenerationOutput, is_int
 from .policies import PolicyInput
-from .sampling import SamplingParams, choose_tokens, request_seeds
+from .sampling import RequestSampling, SamplingParams, choose_tokens, draws_kwargs, request_seeds
 from .stats import GenerationStats, PhaseTimer
 
 __all__ = ["BatchGenerationMixin"]
@@ -109,7 +109,7 @@ class BatchGenerationMixin:
         lengths: list[int],
         max_new: int,
         params: SamplingParams,
-        seeds: list[int],
+        draws: RequestSampling,
         stop: Tensor | None,
         pad: int,
     ) -> GenerationOutput:
@@ -151,19 +151,18 @@ class BatchGenerationMixin:
         cols = torch.arange(num_t, device=dev)[None, :]
         src = (cols + (num_t - lens_t)[:, None]).clamp(max=num_t - 1)
         right = torch.where(cols < lens_t[:, None], torch.gather(ids, 1, src), 0)
-        seed_t = torch.tensor(seeds, dtype=torch.int64, device=dev)[:, None]
         done = None
         if self.cuda_graphs:
             done = self._runner().generate_batch(
-                adapter, right, lengths, max_new, params, seed_t, stop, per, stats, timer
+                adapter, right, lengths, max_new, params, draws, stop, per, stats, timer
             )
         if done is None and policy is None:
             done = self._generate_ar_batch(
-                adapter, right, lengths, max_new, params, seed_t, stop, per, timer
+                adapter, right, lengths, max_new, params, draws, stop, per, timer
             )
         elif done is None:
             done = self._generate_spec_batch(
-                adapter, right, lengths, max_new, params, seed_t, stop, per, timer
+                adapter, right, lengths, max_new, params, draws, stop, per, timer
             )
         out_buf, gen = done
         if self.device.type == "cuda":
@@ -198,7 +197,7 @@ class BatchGenerationMixin:
         right: Tensor,
         lengths: list[int],
         params: SamplingParams,
-        seed_t: Tensor,
+        draws: RequestSampling,
         stop: Tensor | None,
         out_buf: Tensor,
         timer: PhaseTimer,
@@ -207,7 +206,7 @@ class BatchGenerationMixin:
         request's first token (round 0, node 0, its own seed)."""
         with timer.phase("prefill"):
             out = adapter.prefill(right, last_logits_only=True, lengths=lengths)
-            first = choose_tokens(out.logits, params, round_idx=0, seed=seed_t)[:, 0]
+            first = choose_tokens(out.logits, params, 0, **draws_kwargs(draws))[:, 0]
             out_buf[:, 0] = first
         return first, out.features, self._is_stop(first, stop)
 
@@ -218,7 +217,7 @@ class BatchGenerationMixin:
         lengths: list[int],
         max_new: int,
         params: SamplingParams,
-        seed_t: Tensor,
+        draws: RequestSampling,
         stop: Tensor | None,
         per: list[GenerationStats],
         timer: PhaseTimer,
@@ -229,7 +228,7 @@ class BatchGenerationMixin:
         out_buf = torch.full((num_b, max_new + 1), -1, dtype=torch.long, device=self.device)
         trash = max_new
         token, _, is_stop = self._prefill_batch(
-            adapter, right, lengths, params, seed_t, stop, out_buf, timer
+            adapter, right, lengths, params, draws, stop, out_buf, timer
         )
         generated_t = torch.ones(num_b, dtype=torch.long, device=self.device)
         active_t = ~is_stop & (generated_t < max_new)
@@ -242,7 +241,7 @@ class BatchGenerationMixin:
             with timer.phase("verify"):
                 logits = adapter.decode(token.clamp(min=0)[:, None]).logits
             with timer.phase("accept"):
-                token = choose_tokens(logits, params, round_idx=step, seed=seed_t)[:, 0]
+                token = choose_tokens(logits, params, step, **draws_kwargs(draws))[:, 0]
                 dest = torch.where(active_t, generated_t, trash)
                 out_buf.scatter_(1, dest[:, None], token[:, None])
                 generated_t = generated_t + active_t.to(torch.long)
@@ -272,7 +271,7 @@ class BatchGenerationMixin:
         lengths: list[int],
         max_new: int,
         params: SamplingParams,
-        seed_t: Tensor,
+        draws: RequestSampling,
         stop: Tensor | None,
         per: list[GenerationStats],
         timer: PhaseTimer,
@@ -297,7 +296,7 @@ class BatchGenerationMixin:
         cols = torch.arange(path_cols, device=dev)
 
         bonus, features, is_stop = self._prefill_batch(
-            adapter, right, lengths, params, seed_t, stop, out_buf, timer
+            adapter, right, lengths, params, draws, stop, out_buf, timer
         )
         assert features is not None
         # The prompt rows (padding past T_b is written to scratch, not counted).
@@ -345,7 +344,7 @@ class BatchGenerationMixin:
                 else:
                     verified = adapter.verify(tokens, tree.depth, tree.anc, tree.num_nodes)
             with timer.phase("accept"):
-                choice = choose_tokens(verified.logits, params, round_idx, seed=seed_t)
+                choice = choose_tokens(verified.logits, params, round_idx, **draws_kwargs(draws))
                 # Finished requests: nothing left to emit (their walk is discarded anyway).
                 remaining = (max_new - generated_t) * active_t.to(torch.long)
                 walk = ops.tree_walk(tree, choice, stop, remaining)

@@ -36,7 +36,7 @@ from ..models.target import TargetAdapter
 from .batch import BatchGenerationMixin
 from .output import CACHE_ROUND, GenerationOutput, is_int
 from .policies import MAX_BUDGET, DraftPolicy, PolicyInput, make_policy
-from .sampling import SamplingParams, choose_tokens
+from .sampling import SamplingParams, choose_tokens, request_sampling
 from .stats import GenerationStats, PhaseTimer
 
 __all__ = ["GenerationOutput", "SpeculativeDecoder"]
@@ -422,9 +422,9 @@ class SpeculativeDecoder(BatchGenerationMixin):
         self,
         input_ids: Tensor | Sequence[Tensor],
         max_new_tokens: int,
-        temperature: float = 0.0,
+        temperature: float | Sequence[float] = 0.0,
         top_k: int | None = None,
-        top_p: float | None = None,
+        top_p: float | Sequence[float | None] | None = None,
         seed: int | Sequence[int] | None = None,
         stop_token_ids: int | Sequence[int] | Tensor | None = None,
         streamer: Callable[[list[int]], None] | None = None,
@@ -449,7 +449,10 @@ class SpeculativeDecoder(BatchGenerationMixin):
         would alone (its own positions from 0, its own rounds; finished requests stop
         changing): greedy tokens are the solo run's. Sampling: request b draws as a solo run
         with seed ``request_seeds(seed, B)[b]`` (request 0 keeps ``seed``), or ``seed[b]`` when
-        ``seed`` is a sequence of B ints. ``pad_token_id`` fills rows after their last token
+        ``seed`` is a sequence of B ints. ``temperature`` and ``top_p`` may be sequences of B
+        values (per request: 0 = greedy, ``None`` = no top-p); ``top_k`` is shared. Each
+        request still equals its solo run with its own values. ``pad_token_id`` fills rows
+        after their last token
         (and the list form's left padding); None: the model's ``config.pad_token_id``, else
         the first stop token, else 0.
 
@@ -462,9 +465,11 @@ class SpeculativeDecoder(BatchGenerationMixin):
         )
         num_b, num_t = ids.shape
         seeds = self._request_seeds(seed, num_b)
-        params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, seed=seeds[0])
-        params.validate()
+        temps = _per_request(temperature, "temperature", num_b)
+        top_ps = _per_request(top_p, "top_p", num_b)
+        params, draws = request_sampling(temps, top_k, top_ps, seeds, self.device)
         if num_b == 1:
+            params = SamplingParams(temps[0], top_k, top_ps[0], seeds[0])
             # The solo path (graph mode included); left padding of a single row is dropped.
             out = self._generate_solo(
                 ids[:, num_t - lengths[0] :], max_new_tokens, params, stop, streamer
@@ -480,7 +485,7 @@ class SpeculativeDecoder(BatchGenerationMixin):
                 "streamer: batched generation (B > 1) does not stream; generate per request "
                 "(B = 1) to stream"
             )
-        return self._generate_batch(ids, lengths, max_new_tokens, params, seeds, stop, pad)
+        return self._generate_batch(ids, lengths, max_new_tokens, params, draws, stop, pad)
 
     def _generate_solo(
         self,
@@ -734,3 +739,16 @@ class SpeculativeDecoder(BatchGenerationMixin):
         if stop is None or out.shape[1] == 0:
             return False
         return bool(torch.isin(out[:, -1], stop).item())
+
+
+def _per_request(value: Any, name: str, num_b: int) -> list[Any]:
+    """A scalar for every request, or a sequence of exactly B per-request values."""
+    if isinstance(value, Sequence) and not isinstance(value, str):
+        values = list(value)
+        if len(values) != num_b:
+            raise ValueError(
+                f"{name}: a sequence of per-request values must have B={num_b} entries, "
+                f"got {len(values)}"
+            )
+        return values
+    return [value] * num_b

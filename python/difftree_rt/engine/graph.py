@@ -52,7 +52,13 @@ from ..models.target import TargetAdapter
 from ..tree import DraftTree, anc_words
 from .host_sync import HostSyncError, forbid_host_sync
 from .policies import DraftPolicy, PolicyInput
-from .sampling import SamplingParams, choose_tokens, sampling_values, uses_top_p
+from .sampling import (
+    RequestSampling,
+    SamplingParams,
+    choose_tokens,
+    sampling_values,
+    uses_top_p,
+)
 from .stats import GenerationStats, PhaseTimer
 
 if TYPE_CHECKING:
@@ -112,6 +118,7 @@ class _State:
     round_idx: Tensor  # [] int64: 1-based round counter (keys the sampling draws)
     seed: Tensor  # [B, 1] int64: each request's sampling seed
     sampling: Tensor  # [B, 2] float32: temperature, 1 - top_p (sampling_values)
+    greedy: Tensor  # [B] bool: argmax rows of a batch mixing greedy and sampled requests
     stop: Tensor  # [MAX_STOPS] int64, -1 padded
     new_feat: Tensor  # [B, P, F] drafter dtype: verify features along the last path
     num_new: Tensor  # how many of new_feat's rows are real (accepted + 1, 0 when idle)
@@ -236,6 +243,7 @@ class GraphRoundRunner:
         self._events: list[Any] = []
         self._pool: Any = None
         self._params = SamplingParams()
+        self._mixed = False  # the batch mixes greedy and sampled requests
 
     # ------------------------------------------------------------------------------------------
     # Buffers
@@ -306,6 +314,7 @@ class GraphRoundRunner:
             round_idx=torch.zeros((), **i64),
             seed=torch.zeros(num_b, 1, **i64),
             sampling=torch.ones(num_b, 2, dtype=torch.float32, device=dev),
+            greedy=torch.zeros(num_b, dtype=torch.bool, device=dev),
             stop=torch.full((MAX_STOPS,), -1, **i64),
             new_feat=torch.zeros(num_b, p, feat[0], dtype=feat[1], device=dev),
             num_new=torch.zeros(num_b, **i64),
@@ -330,7 +339,7 @@ class GraphRoundRunner:
         out: dict[str, Tensor] = {
             name: getattr(st, name)
             for name in ("bonus", "block", "generated", "max_new", "done", "round_idx", "seed",
-                         "sampling", "stop", "new_feat", "num_new", "out", "status")
+                         "sampling", "greedy", "stop", "new_feat", "num_new", "out", "status")
         }  # fmt: skip
         out.update({f"tree.{i}": t for i, t in enumerate(st.tree)})
         out["target.base_len"] = adapter.cache.base_len
@@ -395,8 +404,9 @@ class GraphRoundRunner:
         else:
             verified = adapter.verify(tokens, tree.depth, tree.anc, tree.num_nodes)
         choice = choose_tokens(
-            verified.logits, params, st.round_idx, seed=st.seed, values=st.sampling
-        )
+            verified.logits, params, st.round_idx, seed=st.seed, values=st.sampling,
+            greedy=st.greedy if self._mixed else None,
+        )  # fmt: skip
         active = ~st.done
         # A finished request gets a zero cap: the walk then accepts and emits nothing.
         remaining = (st.max_new - st.generated) * active
@@ -474,7 +484,8 @@ class GraphRoundRunner:
 
     def _graphs_for(self, span: int) -> tuple[Any, Any]:
         assert self._adapter is not None
-        key = (self._adapter.batch_size, self.capacity, span, _sampling_key(self._params))
+        sampling = (*_sampling_key(self._params), self._mixed)
+        key = (self._adapter.batch_size, self.capacity, span, sampling)
         found = self.graphs.get(key)
         if found is not None:
             return found
@@ -573,8 +584,11 @@ class GraphRoundRunner:
         if stopped or max_new <= 1:
             stats.stopped = bool(stopped)
             return st.out[:, :1].clone()
-        seed = torch.full((1, 1), params.seed, dtype=torch.long, device=self.device)
-        self._setup(features, [prompt_len], first, is_stop, max_new, seed, stop)
+        draws = RequestSampling(
+            torch.full((1, 1), params.seed, dtype=torch.long, device=self.device),
+            torch.tensor([sampling_values(params)], dtype=torch.float32, device=self.device),
+        )
+        self._setup(features, [prompt_len], first, is_stop, max_new, draws, stop)
         gen = self._rounds([prompt_len], max_new, [stats], stats)
         out = st.out[:, : gen[0]].clone()
         stats.stopped = dec._ended_on_stop(out, stop)
@@ -587,7 +601,7 @@ class GraphRoundRunner:
         lengths: list[int],
         max_new: int,
         params: SamplingParams,
-        seed_t: Tensor,
+        draws: RequestSampling,
         stop: Tensor | None,
         per: list[GenerationStats],
         stats: GenerationStats,
@@ -602,7 +616,7 @@ class GraphRoundRunner:
             right: ``[B, T]`` prompts, **right**-padded (request b at columns ``0..T_b-1``).
             lengths: the B prompt lengths ``T_b``.
             max_new: ``max_new_tokens`` (every request).
-            params: sampling parameters (validated); ``seed_t`` ``[B, 1]`` int64 per-request seeds.
+            params: the batch's sampling structure; ``draws`` each request's seed and values.
             stop: ``[S]`` int64 stop tokens on the device, or None.
             per: B per-request stats (accepted lengths, emitted per round); ``stats`` the
                 aggregate (phase times).
@@ -620,9 +634,9 @@ class GraphRoundRunner:
         st = self._ensure(adapter)
         self._params = params
         first, features, is_stop = dec._prefill_batch(
-            adapter, right, lengths, params, seed_t, stop, st.out, timer
+            adapter, right, lengths, params, draws, stop, st.out, timer
         )
-        self._setup(features, lengths, first, is_stop, max_new, seed_t, stop)
+        self._setup(features, lengths, first, is_stop, max_new, draws, stop)
         gen = self._rounds(lengths, max_new, per, stats)
         return st.out[:, : max(gen)].clone(), gen
 
@@ -643,7 +657,7 @@ class GraphRoundRunner:
         first: Tensor,
         is_stop: Tensor,
         max_new: int,
-        seed: Tensor,
+        draws: RequestSampling,
         stop: Tensor | None,
     ) -> None:
         """Per-request values into the static buffers, in place (setup: host syncs allowed):
@@ -662,8 +676,10 @@ class GraphRoundRunner:
         st.max_new.fill_(max_new)
         st.done.copy_(is_stop | (max_new <= 1))
         st.round_idx.fill_(1)
-        st.seed.copy_(seed)
-        st.sampling.copy_(torch.tensor(sampling_values(self._params), dtype=torch.float32))
+        st.seed.copy_(draws.seed)
+        st.sampling.copy_(draws.values)
+        self._mixed = draws.greedy is not None
+        st.greedy.copy_(draws.greedy if draws.greedy is not None else False)
         st.stop.fill_(-1)
         if stop is not None:
             st.stop[: stop.numel()].copy_(stop)

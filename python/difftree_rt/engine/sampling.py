@@ -18,10 +18,13 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "RequestSampling",
     "SamplingParams",
     "choose_tokens",
     "counter_uniform",
+    "draws_kwargs",
     "process_logits",
+    "request_sampling",
     "request_seeds",
     "sampling_values",
     "target_probs",
@@ -202,6 +205,60 @@ def target_probs(logits: Tensor, params: SamplingParams) -> Tensor:
     return process_logits(logits, params).softmax(dim=-1)
 
 
+@dataclass
+class RequestSampling:
+    """Per-request sampling of a batch (device tensors; graph mode copies them into buffers).
+
+    Attributes:
+        seed: ``[B, 1]`` int64 seeds.
+        values: ``[B, 2]`` float32 :func:`sampling_values` (temperature, ``1 - top_p``).
+        greedy: ``[B]`` bool rows that take the argmax inside a sampled batch; None when all
+            rows are alike (the batch's :class:`SamplingParams` decides).
+    """
+
+    seed: Tensor
+    values: Tensor
+    greedy: Tensor | None = None
+
+
+def request_sampling(
+    temperatures: list[float],
+    top_k: int | None,
+    top_ps: list[float | None],
+    seeds: list[int],
+    device: torch.device,
+) -> tuple[SamplingParams, RequestSampling]:
+    """A batch's sampling: the shared structure (greedy or not, top-k, whether top-p runs) as
+    one :class:`SamplingParams`, and each request's values. Every request is validated; a
+    request draws exactly as its solo run with its own temperature, top-p and seed (no top-p
+    inside a top-p batch is threshold 0, which drops only zero-mass tokens: the same bits)."""
+    rows = [
+        SamplingParams(temperature=t, top_k=top_k, top_p=p, seed=s)
+        for t, p, s in zip(temperatures, top_ps, seeds, strict=True)
+    ]
+    for r in rows:
+        r.validate()
+    sampled = [r for r in rows if not r.greedy]
+    filtered = [r.top_p for r in sampled if uses_top_p(r)]
+    shared = SamplingParams(
+        temperature=sampled[0].temperature if sampled else 0.0,
+        top_k=top_k,
+        top_p=min(filtered) if filtered else None,  # any value < 1: top-p runs
+        seed=seeds[0],
+    )
+    values = torch.tensor([sampling_values(r) for r in rows], dtype=torch.float32, device=device)
+    greedy = None
+    if sampled and len(sampled) < len(rows):
+        greedy = torch.tensor([r.greedy for r in rows], dtype=torch.bool, device=device)
+    seed = torch.tensor(seeds, dtype=torch.int64, device=device)[:, None]
+    return shared, RequestSampling(seed, values, greedy)
+
+
+def draws_kwargs(draws: RequestSampling) -> dict[str, Tensor | None]:
+    """``choose_tokens`` keyword arguments of a batch's per-request sampling."""
+    return {"seed": draws.seed, "values": draws.values, "greedy": draws.greedy}
+
+
 def choose_tokens(
     logits: Tensor,
     params: SamplingParams,
@@ -209,6 +266,7 @@ def choose_tokens(
     node_offset: int = 0,
     seed: int | Tensor | None = None,
     values: Tensor | None = None,
+    greedy: Tensor | None = None,
 ) -> Tensor:
     """The target's choice at every node: ``logits [B, N, V]`` -> token ids int64 ``[B, N]``.
 
@@ -219,11 +277,15 @@ def choose_tokens(
     Padding nodes draw garbage that the walk never reads. ``seed`` (an int64 device tensor
     in graph mode, so a captured graph replays with a new seed) overrides ``params.seed``; an
     int64 ``[B, 1]`` tensor gives every request its own seed (batched generation).
-    ``values``: graph mode's device copy of :func:`sampling_values` (see
-    :func:`process_logits`).
+    ``values``: per-request (``[B, 2]``) or graph-mode device :func:`sampling_values` (see
+    :func:`process_logits`). ``greedy``: ``[B]`` bool rows that take the argmax instead (a
+    batch mixing greedy and sampled requests).
     """
     if params.greedy:
         return logits.argmax(dim=-1)
+    if greedy is not None:
+        sampled = choose_tokens(logits, params, round_idx, node_offset, seed, values)
+        return torch.where(greedy[:, None], logits.argmax(dim=-1), sampled)
     probs = process_logits(logits, params, values).softmax(dim=-1).to(torch.float64)
     num_b, num_n, _ = probs.shape
     node = torch.arange(node_offset, node_offset + num_n, device=logits.device)
