@@ -238,15 +238,22 @@ def bench_model(name: str, args: argparse.Namespace, timer: Timer) -> dict[str, 
         del ar
     configs = [("chain", args.block_size - 1)] + [("ddtree", b) for b in args.budgets]
     ctx = args.prompt_len + new // 2  # the mean context of the generation
-    for policy, budget in configs:
+
+    def off_on(policy: str, budget: int, model: Any, draft: Any) -> dict[str, Any]:
+        """One config's generate numbers with graph mode off and on."""
         row: dict[str, Any] = {"policy": policy, "budget": budget}
         for graphs in (False, True):
             dec = SpeculativeDecoder(
-                target, drafter, policy, budget, max_length=length, profile=False,
+                model, draft, policy, budget, max_length=length, profile=False,
                 cuda_graphs=graphs,
             )  # fmt: skip
             row["graphs_on" if graphs else "graphs_off"] = run_generate(dec, prompt, new, args.runs)
             del dec
+        row["graph_speedup"] = row["graphs_on"]["rounds_per_s"] / row["graphs_off"]["rounds_per_s"]
+        return row
+
+    for policy, budget in configs:
+        row = off_on(policy, budget, target, drafter)
         # The two model forwards alone, on the round's shapes.
         adapter = TargetAdapter(
             target, max_length=length, feature_layers=drafter.target_layer_ids, validate=False
@@ -267,23 +274,12 @@ def bench_model(name: str, args: argparse.Namespace, timer: Timer) -> dict[str, 
             verify_us=t_verify,
             overhead_ms=round_ms - forwards_ms,
             overhead_frac=(round_ms - forwards_ms) / round_ms if round_ms > 0 else 0.0,
-            graph_speedup=row["graphs_on"]["rounds_per_s"] / row["graphs_off"]["rounds_per_s"],
         )
         out["runs"].append(row)
     # Other graph-safe policies at the first budget: rounds/s with graphs off and on (their
     # round is not "one draft + one verify of a full tree": no overhead split here).
     for policy in args.extra_policies:
-        budget = args.budgets[0]
-        row = {"policy": policy, "budget": budget}
-        for graphs in (False, True):
-            dec = SpeculativeDecoder(
-                target, drafter, policy, budget, max_length=length, profile=False,
-                cuda_graphs=graphs,
-            )  # fmt: skip
-            row["graphs_on" if graphs else "graphs_off"] = run_generate(dec, prompt, new, args.runs)
-            del dec
-        row["graph_speedup"] = row["graphs_on"]["rounds_per_s"] / row["graphs_off"]["rounds_per_s"]
-        out["runs"].append(row)
+        out["runs"].append(off_on(policy, args.budgets[0], target, drafter))
 
     # ---- verify latency vs nodes per context -> CaDDTree cost table -------------------------
     verify_ms: list[list[float]] = []

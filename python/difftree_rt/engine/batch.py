@@ -21,7 +21,7 @@ from torch import Tensor
 
 from ..models.dflash import DFlashCache, DFlashDrafter
 from ..models.target import TargetAdapter
-from .output import CACHE_ROUND, GenerationOutput, is_int
+from .output import CACHE_ROUND, GenerationOutput, is_int, per_request
 from .policies import PolicyInput
 from .sampling import RequestSampling, SamplingParams, choose_tokens, draws_kwargs, request_seeds
 from .stats import GenerationStats, PhaseTimer
@@ -89,12 +89,7 @@ class BatchGenerationMixin:
         if seed is None:
             seed = int(torch.randint(0, 2**62, (1,)).item())
         if isinstance(seed, Sequence) and not isinstance(seed, str):
-            seeds = list(seed)
-            if len(seeds) != num_b:
-                raise ValueError(
-                    f"seed: a sequence of per-request seeds must have B={num_b} entries, "
-                    f"got {len(seeds)}"
-                )
+            seeds = per_request(seed, "seed", num_b)
         elif is_int(seed) and 0 <= seed < 2**63:
             seeds = request_seeds(seed, num_b)
         else:

@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from ..models.dflash import DFlashCache, DFlashDrafter
 from ..models.target import TargetAdapter
 from .batch import BatchGenerationMixin
-from .output import CACHE_ROUND, GenerationOutput, is_int
+from .output import CACHE_ROUND, GenerationOutput, is_int, per_request
 from .policies import MAX_BUDGET, DraftPolicy, PolicyInput, make_policy
 from .sampling import SamplingParams, choose_tokens, request_sampling
 from .stats import GenerationStats, PhaseTimer
@@ -465,8 +465,8 @@ class SpeculativeDecoder(BatchGenerationMixin):
         )
         num_b, num_t = ids.shape
         seeds = self._request_seeds(seed, num_b)
-        temps = _per_request(temperature, "temperature", num_b)
-        top_ps = _per_request(top_p, "top_p", num_b)
+        temps = per_request(temperature, "temperature", num_b)
+        top_ps = per_request(top_p, "top_p", num_b)
         params, draws = request_sampling(temps, top_k, top_ps, seeds, self.device)
         if num_b == 1:
             params = SamplingParams(temps[0], top_k, top_ps[0], seeds[0])
@@ -739,16 +739,3 @@ class SpeculativeDecoder(BatchGenerationMixin):
         if stop is None or out.shape[1] == 0:
             return False
         return bool(torch.isin(out[:, -1], stop).item())
-
-
-def _per_request(value: Any, name: str, num_b: int) -> list[Any]:
-    """A scalar for every request, or a sequence of exactly B per-request values."""
-    if isinstance(value, Sequence) and not isinstance(value, str):
-        values = list(value)
-        if len(values) != num_b:
-            raise ValueError(
-                f"{name}: a sequence of per-request values must have B={num_b} entries, "
-                f"got {len(values)}"
-            )
-        return values
-    return [value] * num_b

@@ -3,7 +3,9 @@ share."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from torch import Tensor
 
@@ -44,3 +46,17 @@ class GenerationOutput:
 def is_int(x: object) -> bool:
     """A Python int that is not a bool."""
     return isinstance(x, int) and not isinstance(x, bool)
+
+
+def per_request(value: Any, name: str, num_b: int) -> list[Any]:
+    """A generate argument for every request: a scalar repeated, or a sequence of exactly B
+    per-request values (``ValueError`` naming ``name`` otherwise)."""
+    if isinstance(value, Sequence) and not isinstance(value, str):
+        values = list(value)
+        if len(values) != num_b:
+            raise ValueError(
+                f"{name}: a sequence of per-request values must have B={num_b} entries, "
+                f"got {len(values)}"
+            )
+        return values
+    return [value] * num_b
