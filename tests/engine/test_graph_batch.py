@@ -304,3 +304,30 @@ def test_per_request_temperature_and_top_p(graphs: bool) -> None:
         dec.generate(prompts, 4, temperature=[0.5, 0.5])
     with pytest.raises(ValueError, match="top_p must be None or a float"):
         dec.generate(prompts, 4, temperature=0.5, top_p=[0.9, 1.5, None, None])
+
+
+@pytest.mark.parametrize("graphs", [False, True])
+@pytest.mark.parametrize("policy", ["ar", "ddtree"])
+def test_per_request_max_new_tokens(graphs: bool, policy: str) -> None:
+    target, drafter = trained_pair()
+    dec = SpeculativeDecoder(
+        target, None if policy == "ar" else drafter, policy, budget=16, cuda_graphs=graphs
+    )
+    prompts = _prompts(32, (6, 3, 9, 4), seed=13)
+    caps = [5, 23, 1, 12]
+    temps = [0.0, 0.9, 0.0, 0.7]
+    got = dec.generate(prompts, caps, stop_token_ids=[30], temperature=temps, seed=0)
+    assert got.sequences.shape[1] == 9 + max(got.new_lengths.tolist())
+    from difftree_rt.engine import request_seeds
+
+    derived = request_seeds(0, 4)
+    for b, p in enumerate(prompts):
+        kw = dict(stop_token_ids=[30], temperature=temps[b])
+        solo = dec.generate(p[None], caps[b], seed=derived[b], **kw)
+        assert got.new_lengths[b] <= caps[b]
+        assert torch.equal(_new_tokens(got, b), solo.sequences[0, p.numel() :]), b
+        assert got.request_stats[b].accepted_lengths == solo.stats.accepted_lengths
+    with pytest.raises(ValueError, match="max_new_tokens: a sequence of per-request values"):
+        dec.generate(prompts, [4, 4])
+    with pytest.raises(ValueError, match="max_new_tokens must be an int >= 1"):
+        dec.generate(prompts, [4, 0, 4, 4])

@@ -23,7 +23,7 @@ from ..models.dflash import DFlashCache, DFlashDrafter
 from ..models.target import TargetAdapter
 from .output import CACHE_ROUND, GenerationOutput, is_int, per_request
 from .policies import PolicyInput
-from .sampling import RequestSampling, SamplingParams, choose_tokens, draws_kwargs, request_seeds
+from .sampling import RequestSettings, SamplingParams, choose_tokens, request_seeds, sampling_kwargs
 from .stats import GenerationStats, PhaseTimer
 
 __all__ = ["BatchGenerationMixin"]
@@ -104,7 +104,7 @@ class BatchGenerationMixin:
         lengths: list[int],
         max_new: int,
         params: SamplingParams,
-        draws: RequestSampling,
+        req: RequestSettings,
         stop: Tensor | None,
         pad: int,
     ) -> GenerationOutput:
@@ -149,15 +149,15 @@ class BatchGenerationMixin:
         done = None
         if self.cuda_graphs:
             done = self._runner().generate_batch(
-                adapter, right, lengths, max_new, params, draws, stop, per, stats, timer
+                adapter, right, lengths, max_new, params, req, stop, per, stats, timer
             )
         if done is None and policy is None:
             done = self._generate_ar_batch(
-                adapter, right, lengths, max_new, params, draws, stop, per, timer
+                adapter, right, lengths, max_new, params, req, stop, per, timer
             )
         elif done is None:
             done = self._generate_spec_batch(
-                adapter, right, lengths, max_new, params, draws, stop, per, timer
+                adapter, right, lengths, max_new, params, req, stop, per, timer
             )
         out_buf, gen = done
         if self.device.type == "cuda":
@@ -192,7 +192,7 @@ class BatchGenerationMixin:
         right: Tensor,
         lengths: list[int],
         params: SamplingParams,
-        draws: RequestSampling,
+        req: RequestSettings,
         stop: Tensor | None,
         out_buf: Tensor,
         timer: PhaseTimer,
@@ -201,7 +201,7 @@ class BatchGenerationMixin:
         request's first token (round 0, node 0, its own seed)."""
         with timer.phase("prefill"):
             out = adapter.prefill(right, last_logits_only=True, lengths=lengths)
-            first = choose_tokens(out.logits, params, 0, **draws_kwargs(draws))[:, 0]
+            first = choose_tokens(out.logits, params, 0, **sampling_kwargs(req))[:, 0]
             out_buf[:, 0] = first
         return first, out.features, self._is_stop(first, stop)
 
@@ -212,7 +212,7 @@ class BatchGenerationMixin:
         lengths: list[int],
         max_new: int,
         params: SamplingParams,
-        draws: RequestSampling,
+        req: RequestSettings,
         stop: Tensor | None,
         per: list[GenerationStats],
         timer: PhaseTimer,
@@ -223,10 +223,11 @@ class BatchGenerationMixin:
         out_buf = torch.full((num_b, max_new + 1), -1, dtype=torch.long, device=self.device)
         trash = max_new
         token, _, is_stop = self._prefill_batch(
-            adapter, right, lengths, params, draws, stop, out_buf, timer
+            adapter, right, lengths, params, req, stop, out_buf, timer
         )
         generated_t = torch.ones(num_b, dtype=torch.long, device=self.device)
-        active_t = ~is_stop & (generated_t < max_new)
+        caps_t = req.max_new if req.max_new is not None else max_new
+        active_t = ~is_stop & (generated_t < caps_t)
         with timer.phase("host"):
             act = [bool(a) for a in active_t.tolist()]
         gen = [1] * num_b
@@ -236,11 +237,11 @@ class BatchGenerationMixin:
             with timer.phase("verify"):
                 logits = adapter.decode(token.clamp(min=0)[:, None]).logits
             with timer.phase("accept"):
-                token = choose_tokens(logits, params, step, **draws_kwargs(draws))[:, 0]
+                token = choose_tokens(logits, params, step, **sampling_kwargs(req))[:, 0]
                 dest = torch.where(active_t, generated_t, trash)
                 out_buf.scatter_(1, dest[:, None], token[:, None])
                 generated_t = generated_t + active_t.to(torch.long)
-                active_t = active_t & ~self._is_stop(token, stop) & (generated_t < max_new)
+                active_t = active_t & ~self._is_stop(token, stop) & (generated_t < caps_t)
             with timer.phase("host"):
                 flags, gen = torch.stack([active_t.to(torch.long), generated_t]).tolist()
                 for b in range(num_b):
@@ -266,7 +267,7 @@ class BatchGenerationMixin:
         lengths: list[int],
         max_new: int,
         params: SamplingParams,
-        draws: RequestSampling,
+        req: RequestSettings,
         stop: Tensor | None,
         per: list[GenerationStats],
         timer: PhaseTimer,
@@ -291,7 +292,7 @@ class BatchGenerationMixin:
         cols = torch.arange(path_cols, device=dev)
 
         bonus, features, is_stop = self._prefill_batch(
-            adapter, right, lengths, params, draws, stop, out_buf, timer
+            adapter, right, lengths, params, req, stop, out_buf, timer
         )
         assert features is not None
         # The prompt rows (padding past T_b is written to scratch, not counted).
@@ -309,7 +310,8 @@ class BatchGenerationMixin:
             stream.scatter_(1, prompt_t[:, None], bonus[:, None].to(torch.long))
             stream_trash = num_t + max_new
         generated_t = torch.ones(num_b, dtype=torch.long, device=dev)
-        active_t = ~is_stop & (generated_t < max_new)
+        caps_t = req.max_new if req.max_new is not None else max_new
+        active_t = ~is_stop & (generated_t < caps_t)
         with timer.phase("host"):
             act = [bool(a) for a in active_t.tolist()]
         gen = [1] * num_b
@@ -339,9 +341,9 @@ class BatchGenerationMixin:
                 else:
                     verified = adapter.verify(tokens, tree.depth, tree.anc, tree.num_nodes)
             with timer.phase("accept"):
-                choice = choose_tokens(verified.logits, params, round_idx, **draws_kwargs(draws))
+                choice = choose_tokens(verified.logits, params, round_idx, **sampling_kwargs(req))
                 # Finished requests: nothing left to emit (their walk is discarded anyway).
-                remaining = (max_new - generated_t) * active_t.to(torch.long)
+                remaining = (caps_t - generated_t) * active_t.to(torch.long)
                 walk = ops.tree_walk(tree, choice, stop, remaining)
             with timer.phase("commit"):
                 adapter.commit(walk.path, walk.accepted, active_t)
@@ -364,7 +366,7 @@ class BatchGenerationMixin:
                     stream.scatter_(1, sdest, emit)
                 generated_t = generated_t + num_emit
                 num_new = (accepted + 1) * act_l
-                active_t = active_t & ~walk.done & (next_token >= 0) & (generated_t < max_new)
+                active_t = active_t & ~walk.done & (next_token >= 0) & (generated_t < caps_t)
             with timer.phase("host"):
                 acc, nxt, flags, gen = torch.stack(
                     [accepted, next_token, active_t.to(torch.long), generated_t]

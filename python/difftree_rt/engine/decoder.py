@@ -36,7 +36,7 @@ from ..models.target import TargetAdapter
 from .batch import BatchGenerationMixin
 from .output import CACHE_ROUND, GenerationOutput, is_int, per_request
 from .policies import MAX_BUDGET, DraftPolicy, PolicyInput, make_policy
-from .sampling import SamplingParams, choose_tokens, request_sampling
+from .sampling import SamplingParams, choose_tokens, request_settings
 from .stats import GenerationStats, PhaseTimer
 
 __all__ = ["GenerationOutput", "SpeculativeDecoder"]
@@ -310,15 +310,12 @@ class SpeculativeDecoder(BatchGenerationMixin):
     def _check_generate_args(
         self,
         input_ids: Any,
-        max_new_tokens: Any,
         stop_token_ids: Any,
         attention_mask: Any = None,
         pad_token_id: Any = None,
     ) -> tuple[Tensor, list[int], Tensor | None, int]:
         """Checked arguments: (ids ``[B, T]`` int64 on the device, left-padded; real prompt
         length per request; stop tokens or None; the pad token id)."""
-        if not is_int(max_new_tokens) or max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
         stop = None
         if stop_token_ids is not None:
             if is_int(stop_token_ids):
@@ -421,7 +418,7 @@ class SpeculativeDecoder(BatchGenerationMixin):
     def generate(
         self,
         input_ids: Tensor | Sequence[Tensor],
-        max_new_tokens: int,
+        max_new_tokens: int | Sequence[int],
         temperature: float | Sequence[float] = 0.0,
         top_k: int | None = None,
         top_p: float | Sequence[float | None] | None = None,
@@ -449,25 +446,32 @@ class SpeculativeDecoder(BatchGenerationMixin):
         would alone (its own positions from 0, its own rounds; finished requests stop
         changing): greedy tokens are the solo run's. Sampling: request b draws as a solo run
         with seed ``request_seeds(seed, B)[b]`` (request 0 keeps ``seed``), or ``seed[b]`` when
-        ``seed`` is a sequence of B ints. ``temperature`` and ``top_p`` may be sequences of B
-        values (per request: 0 = greedy, ``None`` = no top-p); ``top_k`` is shared. Each
-        request still equals its solo run with its own values. ``pad_token_id`` fills rows
-        after their last token
-        (and the list form's left padding); None: the model's ``config.pad_token_id``, else
-        the first stop token, else 0.
+        ``seed`` is a sequence of B ints. ``max_new_tokens``, ``temperature`` and ``top_p`` may
+        be sequences of B values (per request; temperature 0 = greedy, top-p ``None`` = off);
+        ``top_k`` is shared. Each request still equals its solo run with its own values.
+        ``pad_token_id`` fills rows after their last token (and the list form's left
+        padding); None: the model's ``config.pad_token_id``, else the first stop token, else 0.
 
         Returns:
             :class:`GenerationOutput` with ``sequences`` ``[B, T + new]``, ``stats`` (aggregate)
             and per-request ``prompt_lengths``, ``new_lengths`` and ``request_stats``.
         """
+        caps_in = max_new_tokens
+        if not isinstance(caps_in, Sequence) and (not is_int(caps_in) or caps_in < 1):
+            raise ValueError(f"max_new_tokens must be an int >= 1, got {caps_in!r}")
         ids, lengths, stop, pad = self._check_generate_args(
-            input_ids, max_new_tokens, stop_token_ids, attention_mask, pad_token_id
+            input_ids, stop_token_ids, attention_mask, pad_token_id
         )
         num_b, num_t = ids.shape
+        caps = per_request(max_new_tokens, "max_new_tokens", num_b)
+        for cap in caps:
+            if not is_int(cap) or cap < 1:
+                raise ValueError(f"max_new_tokens must be an int >= 1, got {cap!r}")
+        max_new_tokens = max(caps)
         seeds = self._request_seeds(seed, num_b)
         temps = per_request(temperature, "temperature", num_b)
         top_ps = per_request(top_p, "top_p", num_b)
-        params, draws = request_sampling(temps, top_k, top_ps, seeds, self.device)
+        params, req = request_settings(temps, top_k, top_ps, seeds, self.device, caps)
         if num_b == 1:
             params = SamplingParams(temps[0], top_k, top_ps[0], seeds[0])
             # The solo path (graph mode included); left padding of a single row is dropped.
@@ -485,7 +489,7 @@ class SpeculativeDecoder(BatchGenerationMixin):
                 "streamer: batched generation (B > 1) does not stream; generate per request "
                 "(B = 1) to stream"
             )
-        return self._generate_batch(ids, lengths, max_new_tokens, params, draws, stop, pad)
+        return self._generate_batch(ids, lengths, max_new_tokens, params, req, stop, pad)
 
     def _generate_solo(
         self,

@@ -53,7 +53,7 @@ from ..tree import DraftTree, anc_words
 from .host_sync import HostSyncError, forbid_host_sync
 from .policies import DraftPolicy, PolicyInput
 from .sampling import (
-    RequestSampling,
+    RequestSettings,
     SamplingParams,
     choose_tokens,
     sampling_values,
@@ -584,12 +584,12 @@ class GraphRoundRunner:
         if stopped or max_new <= 1:
             stats.stopped = bool(stopped)
             return st.out[:, :1].clone()
-        draws = RequestSampling(
+        req = RequestSettings(
             torch.full((1, 1), params.seed, dtype=torch.long, device=self.device),
             torch.tensor([sampling_values(params)], dtype=torch.float32, device=self.device),
         )
-        self._setup(features, [prompt_len], first, is_stop, max_new, draws, stop)
-        gen = self._rounds([prompt_len], max_new, [stats], stats)
+        self._setup(features, [prompt_len], first, is_stop, max_new, req, stop)
+        gen = self._rounds([prompt_len], [max_new], [stats], stats)
         out = st.out[:, : gen[0]].clone()
         stats.stopped = dec._ended_on_stop(out, stop)
         return out
@@ -601,7 +601,7 @@ class GraphRoundRunner:
         lengths: list[int],
         max_new: int,
         params: SamplingParams,
-        draws: RequestSampling,
+        req: RequestSettings,
         stop: Tensor | None,
         per: list[GenerationStats],
         stats: GenerationStats,
@@ -615,8 +615,8 @@ class GraphRoundRunner:
                 ``T + max_new + N`` rows.
             right: ``[B, T]`` prompts, **right**-padded (request b at columns ``0..T_b-1``).
             lengths: the B prompt lengths ``T_b``.
-            max_new: ``max_new_tokens`` (every request).
-            params: the batch's sampling structure; ``draws`` each request's seed and values.
+            max_new: the largest ``max_new_tokens`` (``req.max_new`` holds each request's).
+            params: the batch's sampling structure; ``req`` each request's seed and values.
             stop: ``[S]`` int64 stop tokens on the device, or None.
             per: B per-request stats (accepted lengths, emitted per round); ``stats`` the
                 aggregate (phase times).
@@ -634,10 +634,11 @@ class GraphRoundRunner:
         st = self._ensure(adapter)
         self._params = params
         first, features, is_stop = dec._prefill_batch(
-            adapter, right, lengths, params, draws, stop, st.out, timer
+            adapter, right, lengths, params, req, stop, st.out, timer
         )
-        self._setup(features, lengths, first, is_stop, max_new, draws, stop)
-        gen = self._rounds(lengths, max_new, per, stats)
+        self._setup(features, lengths, first, is_stop, max_new, req, stop)
+        caps = req.caps if req.caps is not None else [max_new] * num_b
+        gen = self._rounds(lengths, caps, per, stats)
         return st.out[:, : max(gen)].clone(), gen
 
     def _check_fits(self, adapter: TargetAdapter, prompt_len: int, max_new: int) -> None:
@@ -657,7 +658,7 @@ class GraphRoundRunner:
         first: Tensor,
         is_stop: Tensor,
         max_new: int,
-        draws: RequestSampling,
+        req: RequestSettings,
         stop: Tensor | None,
     ) -> None:
         """Per-request values into the static buffers, in place (setup: host syncs allowed):
@@ -673,13 +674,16 @@ class GraphRoundRunner:
                 drafter.append_context_fixed(cache, features.to(drafter.dtype), counts)
         st.bonus.copy_(first)
         st.generated.fill_(1)
-        st.max_new.fill_(max_new)
-        st.done.copy_(is_stop | (max_new <= 1))
+        if req.max_new is not None:
+            st.max_new.copy_(req.max_new)
+        else:
+            st.max_new.fill_(max_new)
+        st.done.copy_(is_stop | (st.max_new <= 1))
         st.round_idx.fill_(1)
-        st.seed.copy_(draws.seed)
-        st.sampling.copy_(draws.values)
-        self._mixed = draws.greedy is not None
-        st.greedy.copy_(draws.greedy if draws.greedy is not None else False)
+        st.seed.copy_(req.seed)
+        st.sampling.copy_(req.values)
+        self._mixed = req.greedy is not None
+        st.greedy.copy_(req.greedy if req.greedy is not None else False)
         st.stop.fill_(-1)
         if stop is not None:
             st.stop[: stop.numel()].copy_(stop)
@@ -688,7 +692,7 @@ class GraphRoundRunner:
     def _rounds(
         self,
         lengths: list[int],
-        max_new: int,
+        caps: list[int],
         per: list[GenerationStats],
         stats: GenerationStats,
     ) -> list[int]:
@@ -707,12 +711,12 @@ class GraphRoundRunner:
         try:
             while True:
                 r += 1
-                if r > max_new + 1:
+                if r > max(caps) + 1:
                     raise RuntimeError("graph mode: the device never reported done (a bug)")
                 # Committed length before round r <= what the host knows + P per round since.
                 start_ub = max(
-                    min(t + g - 1 + self.path_cols * (r - 1 - known_round), t + max_new)
-                    for t, g in zip(lengths, gen, strict=True)
+                    min(t + g - 1 + self.path_cols * (r - 1 - known_round), t + cap)
+                    for t, g, cap in zip(lengths, gen, caps, strict=True)
                 )
                 span = span_bucket(start_ub + block, self._span_cap, self.span_min)
                 self._run_round(span, round_timer)

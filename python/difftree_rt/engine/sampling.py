@@ -18,14 +18,14 @@ import torch
 from torch import Tensor
 
 __all__ = [
-    "RequestSampling",
+    "RequestSettings",
     "SamplingParams",
     "choose_tokens",
     "counter_uniform",
-    "draws_kwargs",
     "process_logits",
-    "request_sampling",
     "request_seeds",
+    "request_settings",
+    "sampling_kwargs",
     "sampling_values",
     "target_probs",
 ]
@@ -206,28 +206,32 @@ def target_probs(logits: Tensor, params: SamplingParams) -> Tensor:
 
 
 @dataclass
-class RequestSampling:
-    """Per-request sampling of a batch (device tensors; graph mode copies them into buffers).
+class RequestSettings:
+    """Per-request settings of a batch (device tensors; graph mode copies them into buffers).
 
     Attributes:
         seed: ``[B, 1]`` int64 seeds.
         values: ``[B, 2]`` float32 :func:`sampling_values` (temperature, ``1 - top_p``).
         greedy: ``[B]`` bool rows that take the argmax inside a sampled batch; None when all
             rows are alike (the batch's :class:`SamplingParams` decides).
+        max_new: ``[B]`` int64 per-request ``max_new_tokens``.
     """
 
     seed: Tensor
     values: Tensor
     greedy: Tensor | None = None
+    max_new: Tensor | None = None  # [B] int64 max_new_tokens per request (None: the call's)
+    caps: list[int] | None = None  # the same on the host
 
 
-def request_sampling(
+def request_settings(
     temperatures: list[float],
     top_k: int | None,
     top_ps: list[float | None],
     seeds: list[int],
     device: torch.device,
-) -> tuple[SamplingParams, RequestSampling]:
+    max_new: list[int] | None = None,
+) -> tuple[SamplingParams, RequestSettings]:
     """A batch's sampling: the shared structure (greedy or not, top-k, whether top-p runs) as
     one :class:`SamplingParams`, and each request's values. Every request is validated; a
     request draws exactly as its solo run with its own temperature, top-p and seed (no top-p
@@ -251,12 +255,13 @@ def request_sampling(
     if sampled and len(sampled) < len(rows):
         greedy = torch.tensor([r.greedy for r in rows], dtype=torch.bool, device=device)
     seed = torch.tensor(seeds, dtype=torch.int64, device=device)[:, None]
-    return shared, RequestSampling(seed, values, greedy)
+    caps = None if max_new is None else torch.tensor(max_new, dtype=torch.int64, device=device)
+    return shared, RequestSettings(seed, values, greedy, caps, None if max_new is None else max_new)
 
 
-def draws_kwargs(draws: RequestSampling) -> dict[str, Tensor | None]:
+def sampling_kwargs(req: RequestSettings) -> dict[str, Tensor | None]:
     """``choose_tokens`` keyword arguments of a batch's per-request sampling."""
-    return {"seed": draws.seed, "values": draws.values, "greedy": draws.greedy}
+    return {"seed": req.seed, "values": req.values, "greedy": req.greedy}
 
 
 def choose_tokens(
