@@ -23,6 +23,7 @@ from ..models.dflash import DFlashCache, DFlashDrafter
 from ..models.target import TargetAdapter
 from .output import CACHE_ROUND, GenerationOutput, is_int, per_request
 from .policies import PolicyInput
+from .round_ops import emitted_tokens, verify_tree, write_emitted
 from .sampling import RequestSettings, SamplingParams, choose_tokens, request_seeds, sampling_kwargs
 from .stats import GenerationStats, PhaseTimer
 
@@ -286,10 +287,9 @@ class BatchGenerationMixin:
         if policy.redraft and self.vp_drafter is not None:
             second = self.vp_drafter
             vcache = second.new_cache(batch_size=num_b, capacity=num_t + max_new + 1)
-        path_cols = min(self.max_depth, self.capacity - 1) + 1
         out_buf = torch.full((num_b, max_new + 1), -1, dtype=torch.long, device=dev)
         trash = max_new
-        cols = torch.arange(path_cols, device=dev)
+        cols = torch.arange(self.path_cols, device=dev)
 
         bonus, features, is_stop = self._prefill_batch(
             adapter, right, lengths, params, req, stop, out_buf, timer
@@ -335,11 +335,7 @@ class BatchGenerationMixin:
             with timer.phase("select"):
                 tree = policy.select(inputs)
             with timer.phase("verify"):
-                tokens = tree.token.clamp(min=0)
-                if policy.is_chain:
-                    verified = adapter.verify(tokens, tree.depth, None, None)
-                else:
-                    verified = adapter.verify(tokens, tree.depth, tree.anc, tree.num_nodes)
+                verified = verify_tree(adapter, tree, policy.is_chain)
             with timer.phase("accept"):
                 choice = choose_tokens(verified.logits, params, round_idx, **sampling_kwargs(req))
                 # Finished requests: nothing left to emit (their walk is discarded anyway).
@@ -352,15 +348,9 @@ class BatchGenerationMixin:
                 act_l = active_t.to(torch.long)
                 accepted = walk.accepted.to(torch.long) * act_l
                 next_token = torch.where(active_t, walk.next_token.to(torch.long), -1)
-                path_nodes = walk.path[:, 1:].clamp(min=0).to(torch.long)
-                emit = torch.gather(tree.token, 1, path_nodes).to(torch.long)
-                emit = torch.cat([emit, next_token[:, None]], dim=1)[:, :path_cols]
-                emit = torch.where(cols[None] == accepted[:, None], next_token[:, None], emit)
-                num_emit = (accepted + (next_token >= 0).to(torch.long)) * act_l
-                dest = torch.where(
-                    cols[None] < num_emit[:, None], generated_t[:, None] + cols[None], trash
-                )
-                out_buf.scatter_(1, dest, emit)
+                emit, num_emit = emitted_tokens(tree, walk.path, accepted, next_token, cols)
+                num_emit = num_emit * act_l
+                _, dest = write_emitted(out_buf, generated_t, emit, num_emit, cols, trash)
                 if stream is not None:
                     sdest = torch.where(dest == trash, stream_trash, dest + prompt_t[:, None])
                     stream.scatter_(1, sdest, emit)

@@ -36,6 +36,7 @@ from ..models.target import TargetAdapter
 from .batch import BatchGenerationMixin
 from .output import CACHE_ROUND, GenerationOutput, is_int, per_request
 from .policies import MAX_BUDGET, DraftPolicy, PolicyInput, make_policy
+from .round_ops import emitted_tokens, verify_tree, write_emitted
 from .sampling import SamplingParams, choose_tokens, request_settings
 from .stats import GenerationStats, PhaseTimer
 
@@ -141,6 +142,8 @@ class SpeculativeDecoder(BatchGenerationMixin):
             assert second is not None
             self.max_depth = max(self.max_depth, second.block_size - 1)
         self.capacity = self.policy.capacity(self.max_depth) if self.policy is not None else 1
+        # P: columns of a walk path (root + at most L accepted nodes, at most N - 1 of them).
+        self.path_cols = min(self.max_depth, self.capacity - 1) + 1
         self.budget = self.policy.budget if self.policy is not None else 0
         self.validate = validate
         self.profile = profile
@@ -626,12 +629,11 @@ class SpeculativeDecoder(BatchGenerationMixin):
         if policy.redraft and self.vp_drafter is not None:
             second = self.vp_drafter
             vcache = second.new_cache(batch_size=1, capacity=prompt_len + max_new + 1)
-        path_cols = min(self.max_depth, self.capacity - 1) + 1
         # Emitted tokens land at columns `generated + j`; invalid entries of a round go to the
         # last column (scratch), so the write needs no host-side length.
         out_buf = torch.full((1, max_new + 1), -1, dtype=torch.long, device=self.device)
         trash = max_new
-        cols = torch.arange(path_cols, device=self.device)
+        cols = torch.arange(self.path_cols, device=self.device)
 
         bonus, features, is_stop = self._prefill(adapter, ids, params, stop, out_buf, timer)
         assert features is not None
@@ -663,13 +665,7 @@ class SpeculativeDecoder(BatchGenerationMixin):
             with timer.phase("select"):
                 tree = policy.select(inputs)
             with timer.phase("verify"):
-                # Padding rows hold token -1: any valid id works there (never visible, never
-                # accepted), 0 keeps the embedding lookup in range.
-                tokens = tree.token.clamp(min=0)
-                if policy.is_chain:
-                    verified = adapter.verify(tokens, tree.depth, None, None)
-                else:
-                    verified = adapter.verify(tokens, tree.depth, tree.anc, tree.num_nodes)
+                verified = verify_tree(adapter, tree, policy.is_chain)
             with timer.phase("accept"):
                 choice = choose_tokens(verified.logits, params, round_idx)
                 remaining = max_new - generated_t
@@ -680,16 +676,8 @@ class SpeculativeDecoder(BatchGenerationMixin):
                 path_features = adapter.gather_path(verified.features, walk.path)
                 accepted = walk.accepted.to(torch.long)
                 next_token = walk.next_token.to(torch.long)
-                # Emitted this round: the path's draft tokens, then the next bonus (if any).
-                path_nodes = walk.path[:, 1:].clamp(min=0).to(torch.long)
-                emit = torch.gather(tree.token, 1, path_nodes).to(torch.long)
-                emit = torch.cat([emit, next_token[:, None]], dim=1)[:, :path_cols]
-                emit = torch.where(cols[None] == accepted[:, None], next_token[:, None], emit)
-                num_emit = accepted + (next_token >= 0).to(torch.long)
-                dest = torch.where(
-                    cols[None] < num_emit[:, None], generated_t[:, None] + cols[None], trash
-                )
-                out_buf.scatter_(1, dest, emit)
+                emit, num_emit = emitted_tokens(tree, walk.path, accepted, next_token, cols)
+                write_emitted(out_buf, generated_t, emit, num_emit, cols, trash)
                 generated_t = generated_t + num_emit
             with timer.phase("host"):
                 before = generated

@@ -52,6 +52,7 @@ from ..models.target import TargetAdapter
 from ..tree import DraftTree, anc_words
 from .host_sync import HostSyncError, forbid_host_sync
 from .policies import DraftPolicy, PolicyInput
+from .round_ops import emitted_tokens, verify_tree, write_emitted
 from .sampling import (
     RequestSettings,
     SamplingParams,
@@ -225,7 +226,7 @@ class GraphRoundRunner:
         self.warmup = warmup
         self.capacity = decoder.capacity
         self.max_depth = decoder.max_depth
-        self.path_cols = min(self.max_depth, self.capacity - 1) + 1
+        self.path_cols = decoder.path_cols
         self.round_context: Callable[[], contextlib.AbstractContextManager[Any]] = (
             contextlib.nullcontext
         )
@@ -398,11 +399,7 @@ class GraphRoundRunner:
         assert st is not None and adapter is not None
         params = self._params
         tree = DraftTree.from_arrays(st.tree, max_depth=self.path_cols - 1)
-        tokens = tree.token.clamp(min=0)  # padding rows: any valid id (never visible/accepted)
-        if self.policy.is_chain:
-            verified = adapter.verify(tokens, tree.depth, None, None)
-        else:
-            verified = adapter.verify(tokens, tree.depth, tree.anc, tree.num_nodes)
+        verified = verify_tree(adapter, tree, self.policy.is_chain)
         choice = choose_tokens(
             verified.logits, params, st.round_idx, seed=st.seed, values=st.sampling,
             greedy=st.greedy if self._mixed else None,
@@ -421,15 +418,9 @@ class GraphRoundRunner:
         # Emitted: the path's draft tokens then the next bonus (when any); invalid entries go
         # to the scratch column, so the write needs no host-side length.
         cols = torch.arange(self.path_cols, device=self.device)
-        path_nodes = walk.path[:, 1:].clamp(min=0).to(torch.long)
-        emit = torch.gather(tree.token, 1, path_nodes).to(torch.long)
-        emit = torch.cat([emit, next_token[:, None]], dim=1)[:, : self.path_cols]
-        emit = torch.where(cols[None] == accepted[:, None], next_token[:, None], emit)
-        num_emit = (accepted + (next_token >= 0).to(torch.long)) * active
-        trash = st.out.shape[1] - 1
-        keep = cols[None] < num_emit[:, None]
-        dest = torch.where(keep, st.generated[:, None] + cols[None], trash)
-        st.out.scatter_(1, dest, emit)
+        emit, num_emit = emitted_tokens(tree, walk.path, accepted, next_token, cols)
+        num_emit = num_emit * active
+        keep, _ = write_emitted(st.out, st.generated, emit, num_emit, cols, st.out.shape[1] - 1)
         st.generated.add_(num_emit)
         st.done.logical_or_(walk.done)
         st.bonus.copy_(torch.where(next_token >= 0, next_token, st.bonus))
