@@ -12,6 +12,7 @@ device memory (graph-friendly: nothing here reads a value back to the host).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -157,6 +158,15 @@ def sampling_values(params: SamplingParams) -> tuple[float, float]:
     return float(temp), 1.0 - float(top_p)
 
 
+@functools.lru_cache(maxsize=64)
+def _values_tensor(temperature: float, drop: float, device: str) -> Tensor:
+    """``sampling_values`` as a float32 tensor on ``device``, built once per value pair (the
+    eager loops would otherwise copy two floats to the device every round). Never written; a
+    normal tensor even when first built under ``inference_mode`` (autograd may save it)."""
+    with torch.inference_mode(False):
+        return torch.tensor([temperature, drop], dtype=torch.float32, device=device)
+
+
 def uses_top_p(params: SamplingParams) -> bool:
     """Whether top-p filtering runs (part of a captured graph's structure)."""
     return params.top_p is not None and params.top_p < 1.0
@@ -177,7 +187,7 @@ def process_logits(logits: Tensor, params: SamplingParams, values: Tensor | None
     """
     x = logits.to(torch.float32)
     if values is None:
-        values = torch.tensor(sampling_values(params), dtype=torch.float32, device=x.device)
+        values = _values_tensor(*sampling_values(params), str(x.device))
     values = values.to(torch.float32)
     while values.dim() < x.dim():
         values = values.unsqueeze(-2)
