@@ -65,6 +65,26 @@ __device__ __forceinline__ float clamp_lp(float x, float lse) {
   return d < kMinLogprob ? kMinLogprob : d;  // std::max(d, kMin): NaN-free here
 }
 
+// Block-wide: the max of every thread's `m` (via the ordered bits, a u64 block max) and, in
+// *any_bad, whether any thread saw a NaN / +inf. All threads must call it.
+__device__ __forceinline__ float block_max_and_bad(float m, bool bad, SelectSmem& s, int* any_bad) {
+  const unsigned long long mk = block_max_u64(
+      (static_cast<unsigned long long>(sampling::ordered(m)) << 1) | (bad ? 1 : 0), s);
+  *any_bad = __syncthreads_or(bad);
+  return sampling::unordered(static_cast<uint32_t>(mk >> 1));
+}
+
+// A bad row's outputs (err 1: NaN / +inf, 2: all -inf): tokens 0..k-1 at the clamp value, the
+// flag in row_error (when given) — the CPU op raises instead, which a kernel cannot.
+__device__ __forceinline__ void write_bad_row(int32_t* tok, float* lp, int k, int32_t* row_error,
+                                              int64_t row, int err) {
+  for (int i = threadIdx.x; i < k; i += blockDim.x) {
+    tok[i] = i;
+    lp[i] = kMinLogprob;
+  }
+  if (row_error != nullptr && threadIdx.x == 0) row_error[row] = err;
+}
+
 // The output step of both kernels: gather the (at most k) items whose key is >= threshold (key 0
 // marks padding, never a real key: its id bits would be 0xffffffff) into `sorted`, bitonic-sort
 // the sort_size (a power of two >= k) slots descending, write token ids and clamped log-probs.
@@ -128,20 +148,11 @@ __global__ void __launch_bounds__(kRowThreads)
     bad |= (xv != xv) | (xv == INFINITY);
     m = xv > m ? xv : m;
   }
-  // Max via the ordered bits (a u64 block max), plus a bad flag.
-  const unsigned long long mk = block_max_u64(
-      (static_cast<unsigned long long>(sampling::ordered(m)) << 1) | (bad ? 1 : 0), s);
-  const int any_bad = __syncthreads_or(bad);
-  uint32_t mo = static_cast<uint32_t>(mk >> 1);
-  const float mrow =
-      sampling::bits_float((mo & 0x80000000u) ? (mo & 0x7fffffffu) : ~mo);  // invert ordered()
+  int any_bad = 0;
+  const float mrow = block_max_and_bad(m, bad, s, &any_bad);
   const int err = any_bad ? 1 : (mrow == -INFINITY ? 2 : 0);
   if (err != 0) {
-    for (int i = threadIdx.x; i < k; i += blockDim.x) {
-      tok[i] = i;
-      lp[i] = kMinLogprob;
-    }
-    if (row_error != nullptr && threadIdx.x == 0) row_error[row] = err;
+    write_bad_row(tok, lp, k, row_error, row, err);
     return;
   }
 
@@ -269,11 +280,8 @@ __global__ void __launch_bounds__(kRowThreads)
     bad |= (xv != xv) | (xv == INFINITY);
     m = xv > m ? xv : m;
   }
-  const unsigned long long mk = block_max_u64(
-      (static_cast<unsigned long long>(sampling::ordered(m)) << 1) | (bad ? 1 : 0), s);
-  const int any_bad = __syncthreads_or(bad);
-  const uint32_t mo = static_cast<uint32_t>(mk >> 1);
-  const float mc = sampling::bits_float((mo & 0x80000000u) ? (mo & 0x7fffffffu) : ~mo);
+  int any_bad = 0;
+  const float mc = block_max_and_bad(m, bad, s, &any_bad);
   double acc = 0.0;
   if (!any_bad && mc != -INFINITY) {
     const double md = mc;
@@ -360,11 +368,7 @@ __global__ void __launch_bounds__(kRowThreads)
   __syncthreads();
   const int err = s_err;
   if (err != 0) {
-    for (int i = threadIdx.x; i < k; i += blockDim.x) {
-      tok[i] = i;
-      lp[i] = kMinLogprob;
-    }
-    if (row_error != nullptr && threadIdx.x == 0) row_error[row] = err;
+    write_bad_row(tok, lp, k, row_error, row, err);
     return;
   }
   const float lse = s_lse;
