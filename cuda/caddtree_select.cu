@@ -16,6 +16,7 @@
 #include <string>
 
 #include "launchers.h"
+#include "tree_build.cuh"
 
 namespace difftree::cuda {
 namespace {
@@ -25,14 +26,7 @@ constexpr int kCutThreads = 256;
 struct CutParams {
   const float* verify_cost;  // [B, N]
   const float* draft_cost;   // [B]
-  int32_t* token;
-  int32_t* parent;
-  int32_t* depth;
-  float* score;
-  int32_t* first_child;
-  int32_t* next_sibling;
-  uint32_t* anc;
-  int32_t* num_nodes;
+  TreeOut out;               // the output tree
   int N, W;
 };
 
@@ -41,10 +35,10 @@ __global__ void __launch_bounds__(kCutThreads) caddtree_cut_kernel(CutParams p) 
   __shared__ int s_cut;
   const int b = blockIdx.x, tid = threadIdx.x, T = blockDim.x, N = p.N;
   const int64_t row = static_cast<int64_t>(b) * N;
-  const float* score = p.score + row;
+  const float* score = p.out.score + row;
   const float* cv = p.verify_cost + row;
   const double cd = static_cast<double>(p.draft_cost[b]);
-  const int num = min(max(p.num_nodes[b], 1), N);
+  const int num = min(max(p.out.num_nodes[b], 1), N);
   for (int j = 1 + tid; j < num; j += T) phi[j] = exp(static_cast<double>(score[j]));
   if (tid == 0) s_cut = num - 1;
   __syncthreads();
@@ -74,24 +68,24 @@ __global__ void __launch_bounds__(kCutThreads) caddtree_cut_kernel(CutParams p) 
   const int n = s_cut + 1;  // rows kept, root included
   for (int i = tid; i < N; i += T) {
     if (i < n) {
-      if (p.first_child[row + i] >= n) p.first_child[row + i] = -1;
-      if (p.next_sibling[row + i] >= n) p.next_sibling[row + i] = -1;
+      if (p.out.first_child[row + i] >= n) p.out.first_child[row + i] = -1;
+      if (p.out.next_sibling[row + i] >= n) p.out.next_sibling[row + i] = -1;
     } else {
-      p.token[row + i] = -1;
-      p.parent[row + i] = -1;
-      p.depth[row + i] = 0;
-      p.score[row + i] = -INFINITY;
-      p.first_child[row + i] = -1;
-      p.next_sibling[row + i] = -1;
+      p.out.token[row + i] = -1;
+      p.out.parent[row + i] = -1;
+      p.out.depth[row + i] = 0;
+      p.out.score[row + i] = -INFINITY;
+      p.out.first_child[row + i] = -1;
+      p.out.next_sibling[row + i] = -1;
     }
   }
   const int W = p.W;
-  uint32_t* anc = p.anc + row * W;
+  uint32_t* anc = p.out.anc + row * W;
   for (int e = n * W + tid; e < N * W; e += T) {
     const int i = e / W, w = e % W;
     anc[e] = (i / 32 == w) ? (1u << (i % 32)) : 0u;
   }
-  if (tid == 0) p.num_nodes[b] = n;
+  if (tid == 0) p.out.num_nodes[b] = n;
 }
 
 }  // namespace
@@ -108,14 +102,7 @@ Status caddtree_select(const TensorView& cand_token, const TensorView& cand_logp
   CutParams p{};
   p.verify_cost = verify_cost.ptr<const float>();
   p.draft_cost = draft_cost.ptr<const float>();
-  p.token = tree.token.ptr<int32_t>();
-  p.parent = tree.parent.ptr<int32_t>();
-  p.depth = tree.depth.ptr<int32_t>();
-  p.score = tree.score.ptr<float>();
-  p.first_child = tree.first_child.ptr<int32_t>();
-  p.next_sibling = tree.next_sibling.ptr<int32_t>();
-  p.anc = reinterpret_cast<uint32_t*>(tree.anc.ptr<int32_t>());
-  p.num_nodes = tree.num_nodes.ptr<int32_t>();
+  p.out = tree_out(tree);
   p.N = static_cast<int>(max_budget + 1);
   p.W = static_cast<int>(anc_words(max_budget + 1));
   const size_t smem = static_cast<size_t>(p.N) * sizeof(double);  // <= 32.8 KB (N <= 4097)

@@ -91,14 +91,7 @@ struct SelectParams {
   const float* branch_logprob;
   const void* root_token;  // nullable
   bool ttok64, bnd64, btok64, root64;
-  int32_t* token;
-  int32_t* parent;
-  int32_t* depth;
-  float* score;
-  int32_t* first_child;
-  int32_t* next_sibling;
-  uint32_t* anc;
-  int32_t* num_nodes;
+  TreeOut out;               // the output tree
   unsigned char* workspace;  // nullptr: everything lives in dynamic shared memory
   SelectLayout lay;
   int L1, K, L2, N, W;
@@ -168,10 +161,7 @@ __global__ void __launch_bounds__(kPoolThreads, 1) d2sd_select_kernel(SelectPara
     s_rows = n;
   }
   __syncthreads();
-  const int64_t row = static_cast<int64_t>(b) * p.N;
-  TreeRows o{
-      p.token + row,        p.parent + row,    p.depth + row,   p.score + row, p.first_child + row,
-      p.next_sibling + row, p.anc + row * p.W, p.num_nodes + b, p.N,           p.W};
+  const TreeRows o = p.out.rows(b, p.N, p.W);
   block_pool_select(
       base, p.lay.pool, s_rows, [&](int i) { return edge[i]; }, [&](int i) { return tok[i]; }, o,
       sm);
@@ -214,14 +204,7 @@ Status d2sd_select(const TensorView& trunk_token, const TensorView& trunk_logpro
   p.branch_logprob = branch_logprob.ptr<const float>();
   p.root_token = root_token != nullptr ? root_token->data : nullptr;
   p.root64 = root_token != nullptr && root_token->dtype == DType::kInt64;
-  p.token = tree.token.ptr<int32_t>();
-  p.parent = tree.parent.ptr<int32_t>();
-  p.depth = tree.depth.ptr<int32_t>();
-  p.score = tree.score.ptr<float>();
-  p.first_child = tree.first_child.ptr<int32_t>();
-  p.next_sibling = tree.next_sibling.ptr<int32_t>();
-  p.anc = reinterpret_cast<uint32_t*>(tree.anc.ptr<int32_t>());
-  p.num_nodes = tree.num_nodes.ptr<int32_t>();
+  p.out = tree_out(tree);
   p.lay = make_layout(pool_rows(L1, K, L2), budget + 1);
   p.L1 = static_cast<int>(L1);
   p.K = static_cast<int>(K);

@@ -95,14 +95,7 @@ struct Params {
   const float* cand_lp;
   const void* root;
   bool root64;
-  int32_t* token;
-  int32_t* parent;
-  int32_t* depth;
-  float* score;
-  int32_t* first_child;
-  int32_t* next_sibling;
-  uint32_t* anc;
-  int32_t* num_nodes;
+  TreeOut out;               // the output tree
   unsigned char* workspace;  // nullptr: everything lives in dynamic shared memory
   Layout lay;
   int L, K, budget, keff, leff, W;
@@ -337,28 +330,28 @@ __global__ void __launch_bounds__(kThreads) ddtree_select_kernel(Params p) {
         const int64_t at = row_tok + static_cast<int64_t>(rdepth[i] - 1) * p.K + rrank[i];
         tok = static_cast<int32_t>(load_index(p.cand_token, p.tok64, at));
       }
-      p.token[row + i] = tok;
-      p.parent[row + i] = par[i];
-      p.depth[row + i] = rdepth[i];
-      p.score[row + i] = rscore[i];
-      p.first_child[row + i] = ccount[i] > 0 && coff[i] < N ? ctab[coff[i]] : -1;
+      p.out.token[row + i] = tok;
+      p.out.parent[row + i] = par[i];
+      p.out.depth[row + i] = rdepth[i];
+      p.out.score[row + i] = rscore[i];
+      p.out.first_child[row + i] = ccount[i] > 0 && coff[i] < N ? ctab[coff[i]] : -1;
       int sib = -1;
       if (i > 0) {
         const int pi = par[i], nr = rrank[i] + 1;
         if (nr < ccount[pi] && coff[pi] + nr < N) sib = ctab[coff[pi] + nr];
       }
-      p.next_sibling[row + i] = sib;
+      p.out.next_sibling[row + i] = sib;
     } else {
-      p.token[row + i] = -1;
-      p.parent[row + i] = -1;
-      p.depth[row + i] = 0;
-      p.score[row + i] = -INFINITY;
-      p.first_child[row + i] = -1;
-      p.next_sibling[row + i] = -1;
+      p.out.token[row + i] = -1;
+      p.out.parent[row + i] = -1;
+      p.out.depth[row + i] = 0;
+      p.out.score[row + i] = -INFINITY;
+      p.out.first_child[row + i] = -1;
+      p.out.next_sibling[row + i] = -1;
     }
   }
   const int W = p.W;
-  uint32_t* anc = p.anc + row * W;
+  uint32_t* anc = p.out.anc + row * W;
   for (int e = tid; e < N * W; e += T) {
     const int i = e / W, w = e % W;
     uint32_t word = 0;
@@ -376,7 +369,7 @@ __global__ void __launch_bounds__(kThreads) ddtree_select_kernel(Params p) {
     }
     anc[e] = word;
   }
-  if (tid == 0) p.num_nodes[b] = n;
+  if (tid == 0) p.out.num_nodes[b] = n;
 }
 
 }  // namespace
@@ -398,14 +391,7 @@ Status ddtree_select(const TensorView& cand_token, const TensorView& cand_logpro
   p.cand_lp = cand_logprob.ptr<const float>();
   p.root = root_token ? root_token->data : nullptr;
   p.root64 = root_token && root_token->dtype == DType::kInt64;
-  p.token = tree.token.ptr<int32_t>();
-  p.parent = tree.parent.ptr<int32_t>();
-  p.depth = tree.depth.ptr<int32_t>();
-  p.score = tree.score.ptr<float>();
-  p.first_child = tree.first_child.ptr<int32_t>();
-  p.next_sibling = tree.next_sibling.ptr<int32_t>();
-  p.anc = reinterpret_cast<uint32_t*>(tree.anc.ptr<int32_t>());
-  p.num_nodes = tree.num_nodes.ptr<int32_t>();
+  p.out = tree_out(tree);
   p.lay = make_layout(L, K, budget);
   p.L = static_cast<int>(L);
   p.K = static_cast<int>(K);

@@ -38,14 +38,7 @@ struct Params {
   const void* pool_size;
   bool size64;
   const float* log_qc;
-  int32_t* token;
-  int32_t* parent;
-  int32_t* depth;
-  float* score;
-  int32_t* first_child;
-  int32_t* next_sibling;
-  uint32_t* anc;
-  int32_t* num_nodes;
+  TreeOut out;               // the output tree
   unsigned char* workspace;  // nullptr: everything lives in dynamic shared memory
   Layout lay;
   int P1, N, W;
@@ -70,17 +63,7 @@ __global__ void __launch_bounds__(kPoolThreads) taps_select_kernel(Params p) {
     }
     par[i] = pi;
   }
-  const int64_t row = static_cast<int64_t>(b) * N;
-  TreeRows o{p.token + row,
-             p.parent + row,
-             p.depth + row,
-             p.score + row,
-             p.first_child + row,
-             p.next_sibling + row,
-             p.anc + row * p.W,
-             p.num_nodes + b,
-             N,
-             p.W};
+  const TreeRows o = p.out.rows(b, N, p.W);
   block_pool_select(
       base, p.lay.pool, n, [&](int i) { return lq[i]; },
       [&](int i) { return static_cast<int32_t>(load_index(p.pool_token, p.tok64, prow + i)); }, o,
@@ -108,14 +91,7 @@ Status taps_select(const TensorView& pool_token, const TensorView& pool_parent,
   p.pool_size = pool_size.data;
   p.size64 = pool_size.dtype == DType::kInt64;
   p.log_qc = log_qc.ptr<const float>();
-  p.token = tree.token.ptr<int32_t>();
-  p.parent = tree.parent.ptr<int32_t>();
-  p.depth = tree.depth.ptr<int32_t>();
-  p.score = tree.score.ptr<float>();
-  p.first_child = tree.first_child.ptr<int32_t>();
-  p.next_sibling = tree.next_sibling.ptr<int32_t>();
-  p.anc = reinterpret_cast<uint32_t*>(tree.anc.ptr<int32_t>());
-  p.num_nodes = tree.num_nodes.ptr<int32_t>();
+  p.out = tree_out(tree);
   p.lay = make_layout(P1, budget + 1);
   p.P1 = static_cast<int>(P1);
   p.N = static_cast<int>(budget + 1);

@@ -9,6 +9,8 @@
 
 #include <cstdint>
 
+#include "difftree/tree.h"
+
 namespace difftree::cuda {
 
 // In-place exclusive scan of a[0, n) (n <= a few thousand); returns the total. All threads call;
@@ -62,6 +64,37 @@ struct TreeRows {
   int32_t* num_nodes;  // this request's entry
   int N, W;
 };
+
+// A batch's output tree as device pointers (TreeView's eight arrays), shared by the selector
+// launchers; rows(b, N, W) is request b's slice.
+struct TreeOut {
+  int32_t* token;
+  int32_t* parent;
+  int32_t* depth;
+  float* score;
+  int32_t* first_child;
+  int32_t* next_sibling;
+  uint32_t* anc;       // [B, N, W]
+  int32_t* num_nodes;  // [B]
+
+  __device__ TreeRows rows(int64_t b, int N, int W) const {
+    const int64_t row = b * N;
+    return TreeRows{
+        token + row,        parent + row,  depth + row,   score + row, first_child + row,
+        next_sibling + row, anc + row * W, num_nodes + b, N,           W};
+  }
+};
+
+inline TreeOut tree_out(const TreeView& tree) {
+  return TreeOut{tree.token.ptr<int32_t>(),
+                 tree.parent.ptr<int32_t>(),
+                 tree.depth.ptr<int32_t>(),
+                 tree.score.ptr<float>(),
+                 tree.first_child.ptr<int32_t>(),
+                 tree.next_sibling.ptr<int32_t>(),
+                 reinterpret_cast<uint32_t*>(tree.anc.ptr<int32_t>()),
+                 tree.num_nodes.ptr<int32_t>()};
+}
 
 // Scratch for block_finalize_tree: int arrays of N (ccount, cfill, ctab, sidx) and N + 1 (coff).
 struct LinkScratch {
