@@ -355,7 +355,7 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--out-dir", default=str(RESULTS))
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--extra-policies", nargs="+", default=[],
-                    choices=["caddtree", "taps", "d2sd"],
+                    choices=["caddtree", "taps", "d2sd", "presto"],
                     help="also time these graph-safe policies at the first budget")  # fmt: skip
     ap.add_argument("--batch-sizes", nargs="+", type=int, default=[],
                     help="also time batched rounds (B > 1) for these batch sizes")  # fmt: skip

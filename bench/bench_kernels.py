@@ -1,5 +1,6 @@
 """GPU kernels: top-K + DDTree selection (CUDA, eager and CUDA-graph) vs the CPU path with its
-host copies; node_select; kv_commit bandwidth. Needs a CUDA build and a GPU.
+host copies; PRESTO selection on the device vs its CPU path (and vs DDTree selection);
+node_select; kv_commit bandwidth. Needs a CUDA build and a GPU.
 
     python bench/bench_kernels.py [--budgets 16 32 64 128 256 512 1024] [--vocab 151936]
         [--depth 15] [--batch 1] [--quick] [--topk-splits 1 2 4 8 16 33 64 0]
@@ -68,6 +69,81 @@ def bench_select(args: argparse.Namespace) -> list[dict[str, Any]]:
                 r["gpu_both_graph_us"]["median"],
                 r["gpu_both_eager_us"]["median"],
                 r["cpu_path_with_copies_us"]["median"],
+            ]
+            for r in rows
+        ],
+    )
+    return rows
+
+
+def bench_presto(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """presto_select on the device (CUDA graph) from the candidates and a per-request n-gram
+    table of a 4k-token repetitive stream, vs the same op on the CPU with its host copies, and
+    vs ddtree_select on the same candidates (what the prior costs)."""
+    from difftree_rt.policies import PrestoPolicy
+
+    rows = []
+    B, L, V = args.batch, args.depth, args.vocab
+    logits = drafter_like_logits(B, L, V, seed=1).to(torch.bfloat16).cuda()
+    gen = torch.Generator().manual_seed(1)
+    motif = torch.randint(0, V, (64,), generator=gen)
+    stream_len = 4096
+    tokens = motif.repeat(stream_len // 64)[None].expand(B, -1).contiguous().cuda()
+    for budget in [b for b in args.budgets if b <= 256]:
+        policy = PrestoPolicy(budget, lam=0.2, order=3)
+        st = policy.new_stream(B, stream_len + 1, "cuda")
+        lens = torch.full((B,), stream_len, dtype=torch.long, device="cuda")
+        policy.start_stream(st, tokens, lens)
+        tok, lp = ops.topk_logprobs(logits, min(budget, V))
+        root = tokens[:, -1].contiguous()
+        kw = dict(order=3, vocab=V, lam=0.2, alpha=1.0)
+        cpu_args = [t.cpu() for t in (tok, lp, st.history, st.keys, st.counts, root)]
+
+        def gpu(tok=tok, lp=lp, budget=budget, st=st, root=root):
+            return ops.presto_select_from_candidates(
+                tok, lp, budget, st.history, st.keys, st.counts, root_token=root, **kw
+            )
+
+        def cpu_path(tok=tok, lp=lp, budget=budget, st=st, root=root):
+            t, q, h, k, c, r = (x.cpu() for x in (tok, lp, st.history, st.keys, st.counts, root))
+            tree = ops.presto_select_from_candidates(t, q, budget, h, k, c, root_token=r, **kw)
+            return tree.to("cuda")
+
+        def ddtree(tok=tok, lp=lp, budget=budget, root=root):
+            return ops.ddtree_select_from_candidates(tok, lp, budget, root)
+
+        same = all(
+            torch.equal(a.cpu(), b)
+            for a, b in zip(
+                gpu().arrays(),
+                ops.presto_select_from_candidates(
+                    *cpu_args[:2], budget, *cpu_args[2:5], root_token=cpu_args[5], **kw
+                ).arrays(),
+            )
+        )
+        rows.append(
+            {
+                "budget": budget,
+                "B": B,
+                "L": L,
+                "V": V,
+                "stream_tokens": stream_len,
+                "table_slots": int(st.keys.shape[1]),
+                "gpu_graph_us": graph_time(gpu),
+                "cpu_path_with_copies_us": time_fn(cpu_path, repeats=args.repeats, device="cuda"),
+                "ddtree_select_graph_us": graph_time(ddtree),
+                "gpu_equals_cpu": same,
+            }
+        )
+    print_table(
+        ["budget", "presto GPU (graph)", "presto CPU+copies", "ddtree (graph)", "GPU == CPU"],
+        [
+            [
+                r["budget"],
+                r["gpu_graph_us"]["median"],
+                r["cpu_path_with_copies_us"]["median"],
+                r["ddtree_select_graph_us"]["median"],
+                r["gpu_equals_cpu"],
             ]
             for r in rows
         ],
@@ -196,6 +272,7 @@ def main() -> int:
         "args": vars(args),
         "select": bench_select(args),
         "topk_split": bench_topk_split(args),
+        "presto": bench_presto(args),
         "node_select": bench_node_select(args),
         "kv_commit": bench_kv_commit(args),
     }

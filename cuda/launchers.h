@@ -47,6 +47,20 @@ Status d2sd_select(const TensorView& trunk_token, const TensorView& trunk_logpro
                    const TensorView& branch_logprob, int64_t budget, const TensorView* root_token,
                    const TreeView& tree, void* workspace, size_t workspace_bytes, Stream stream);
 
+// PRESTO (cpu/presto.cpp on the device; common/ngram_key.h shared): ngram_extend with one CTA per
+// request (atomic inserts, so slot positions may differ from the CPU's, counts do not); a full
+// table drops the insert and sets overflow[b] (when given). presto_select: one CTA per request,
+// the same tree as the CPU op; workspace of presto_select_workspace_bytes bytes when > 0.
+Status ngram_extend(const TensorView& keys, const TensorView& counts, const TensorView& history,
+                    const TensorView& tokens, const TensorView& num_tokens, int64_t order,
+                    const TensorView* overflow, Stream stream);
+size_t presto_select_workspace_bytes(int64_t B, int64_t L, int64_t K, int64_t budget,
+                                     int64_t order);
+Status presto_select(const TensorView& cand_token, const TensorView& cand_logprob, int64_t budget,
+                     const TensorView* root_token, const TensorView& context,
+                     const TensorView& keys, const TensorView& counts, const PrestoParams& params,
+                     const TreeView& tree, void* workspace, size_t workspace_bytes, Stream stream);
+
 // tree_attention: bf16/fp16, head_dim 64/128; num_splits >= 1 resolved by the dispatch, with a
 // workspace of tree_attention_workspace_bytes(...) when num_splits > 1.
 Status tree_attention(const TensorView& q, const TensorView& k_cache, const TensorView& v_cache,

@@ -248,11 +248,69 @@ void fuzz_d2sd(Input& in) {
                            tree.view(), nullptr));
 }
 
+// PRESTO: per-request n-gram tables extended from raw or plausible tokens (tiny tables fill up),
+// then the selection over them with raw or plausible candidates.
+void fuzz_presto(Input& in) {
+  const int64_t B = in.range(0, 3), T = in.range(0, 6), order = in.range(0, 9);
+  const int64_t H = in.coin() ? int64_t{1} << in.range(0, 6) : in.range(0, 40);
+  Buffer keys = make(in, pick_dtype(in, DType::kInt64), {maybe_off(in, B), H}, false);
+  Buffer counts = make(in, pick_dtype(in, DType::kInt32), {B, maybe_off(in, H)}, false);
+  const int64_t C = std::max<int64_t>(order - 1, 0);
+  Buffer history = make(in, pick_dtype(in, DType::kInt64), {B, maybe_off(in, C)}, true);
+  Buffer tokens = make(in, pick_dtype(in, DType::kInt64), {B, T}, true);
+  Buffer num = make(in, pick_dtype(in, DType::kInt64), {maybe_off(in, B)}, true);
+  if (in.coin()) {  // plausible values reach the inserts
+    if (history.view.dtype == DType::kInt64)
+      for (int64_t i = 0; i < history.view.numel(); ++i)
+        reinterpret_cast<int64_t*>(history.bytes.data())[i] = in.range(-1, 3);
+    if (tokens.view.dtype == DType::kInt64)
+      for (int64_t i = 0; i < tokens.view.numel(); ++i)
+        reinterpret_cast<int64_t*>(tokens.bytes.data())[i] = in.range(0, 4);
+    if (num.view.dtype == DType::kInt64)
+      for (int64_t i = 0; i < num.view.numel(); ++i)
+        reinterpret_cast<int64_t*>(num.bytes.data())[i] = in.range(0, static_cast<int>(T));
+  }
+  expect_named(
+      check_ngram_extend(keys.view, counts.view, history.view, tokens.view, num.view, order));
+  expect_named(ngram_extend(keys.view, counts.view, history.view, tokens.view, num.view, order,
+                            nullptr, nullptr));
+
+  const int64_t L = in.range(0, 4), K = in.range(0, 5);
+  Buffer tok = make(in, pick_dtype(in, DType::kInt64), {B, L, K}, true);
+  Buffer lp = make(in, pick_dtype(in, DType::kFloat32), {B, L, maybe_off(in, K)}, true);
+  if (in.coin() && tok.view.dtype == DType::kInt64 && lp.view.dtype == DType::kFloat32) {
+    for (int64_t i = 0; i < B * L * K; ++i) {  // distinct per depth, sorted log-probs
+      reinterpret_cast<int64_t*>(tok.bytes.data())[i] = i % std::max<int64_t>(K, 1);
+      reinterpret_cast<float*>(lp.bytes.data())[i] = -static_cast<float>(i % K + 1) / 4.0f;
+    }
+  }
+  Buffer context = make(in, pick_dtype(in, DType::kInt64), {B, C}, true);
+  Buffer root = make(in, pick_dtype(in, DType::kInt64), {B}, true);
+  PrestoParams params;
+  params.order = order;
+  params.alpha = in.coin() ? 1.0 : static_cast<double>(static_cast<int64_t>(in.u64())) * 1e-18;
+  params.lam = in.coin() ? 0.2 : -static_cast<double>(in.range(0, 2));
+  params.vocab = in.range(-1, 8);
+  const int64_t budget = in.coin() ? in.range(-2, 20) : static_cast<int64_t>(in.u64() % 5000);
+  TreeBufs tree = make_tree(in, B, maybe_off(in, std::clamp<int64_t>(budget, 0, kMaxBudget) + 1));
+  const TensorView* r = in.coin() ? &root.view : nullptr;
+  // One shared [H] table or the per-request ones.
+  TensorView k = keys.view, c = counts.view;
+  if (in.coin() && H > 0) {
+    k.ndim = c.ndim = 1;
+    k.shape[0] = c.shape[0] = H;
+    k.strides[0] = c.strides[0] = 1;
+  }
+  expect_named(check_presto_select(tok.view, lp.view, budget, r, context.view, k, c, params));
+  expect_named(presto_select(tok.view, lp.view, budget, r, context.view, k, c, params, tree.view(),
+                             nullptr));
+}
+
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   Input in(data, size);
-  switch (in.range(0, 4)) {
+  switch (in.range(0, 5)) {
     case 0:
       fuzz_topk(in);
       break;
@@ -264,6 +322,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       break;
     case 3:
       fuzz_d2sd(in);
+      break;
+    case 4:
+      fuzz_presto(in);
       break;
     default:
       fuzz_commit(in);

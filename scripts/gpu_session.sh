@@ -8,8 +8,9 @@
 #   run: bash scripts/gpu_session.sh 2    # lossless engine suite on CUDA + kernel benchmarks
 #   run: bash scripts/gpu_session.sh 3    # round benchmarks (carry build/ref/ddtree for the
 #                                         # side-by-side with the published loop)
-#   run: bash scripts/gpu_session.sh new  # only what was built since the last GPU run (~3 min):
-#                                         # graph mode for batches / caddtree / taps / d2sd / ar
+#   run: bash scripts/gpu_session.sh new  # only what was built since the last GPU run (~5 min):
+#                                         # graph mode for batches / caddtree / taps / d2sd / ar,
+#                                         # presto on the device (kernels + graph mode)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-build/gpu_session}
@@ -82,12 +83,16 @@ case "$stage" in
     fi
     ;;
   new)
+    step 120 presto_cuda "${PYTEST[@]}" tests/ops/test_cuda_presto.py tests/ops/test_cuda_policies.py
     step 200 graph_cuda "${PYTEST[@]}" tests/engine/test_graph_batch.py \
       tests/engine/test_graph_runner.py tests/engine/test_cuda_engine.py -m cuda
+    step 90 memcheck_presto compute-sanitizer --tool memcheck "${PYTEST[@]}" -x \
+      tests/ops/test_cuda_presto.py -k "graph or odd or overflow"
     step 150 bench_graph_batch python bench/bench_graph_round.py --models qwen3-8b --batch-sizes 4 \
       --batch-only --runs 1 --budgets 16
     step 240 bench_graph_ar python bench/bench_graph_round.py --models qwen3-8b --runs 1 \
-      --budgets 16 --contexts 1024 --nodes 0 16 --extra-policies caddtree taps d2sd
+      --budgets 16 --contexts 1024 --nodes 0 16 --extra-policies caddtree taps d2sd presto
+    step 90 bench_presto python bench/bench_kernels.py --quick --topk-splits 0
     ;;
   *) echo "unknown stage $stage" >&2; exit 2 ;;
 esac

@@ -199,7 +199,7 @@ PYBIND11_MODULE(_C, m) {
                                        view(accepted, "accepted"), stream_ptr(stream)));
   });
 
-  // ---- caddtree_select / ngram_update / presto_select (policies; CPU) ----
+  // ---- caddtree_select / ngram_update / ngram_extend / presto_select (policies) ----
   m.def("check_caddtree_select",
         [](py::handle cand_token, py::handle cand_logprob, int64_t max_budget,
            py::object root_token, py::handle verify_cost, py::handle draft_cost) {
@@ -248,17 +248,45 @@ PYBIND11_MODULE(_C, m) {
               view(context, "context"), view(keys, "keys"), view(counts, "counts"),
               presto_params(order, alpha, lam, vocab)));
         });
-  m.def("presto_select",
-        [presto_params](py::handle cand_token, py::handle cand_logprob, int64_t budget,
-                        py::object root_token, py::handle context, py::handle keys,
-                        py::handle counts, int64_t order, double alpha, double lam, int64_t vocab,
-                        py::tuple tree, uintptr_t stream) {
-          auto root = maybe_view(root_token, "root_token");
-          raise_if_error(difftree::presto_select(
-              view(cand_token, "cand_token"), view(cand_logprob, "cand_logprob"), budget, ptr(root),
-              view(context, "context"), view(keys, "keys"), view(counts, "counts"),
-              presto_params(order, alpha, lam, vocab), tree_view(tree), stream_ptr(stream)));
+  m.def(
+      "presto_select",
+      [presto_params](py::handle cand_token, py::handle cand_logprob, int64_t budget,
+                      py::object root_token, py::handle context, py::handle keys, py::handle counts,
+                      int64_t order, double alpha, double lam, int64_t vocab, py::tuple tree,
+                      uintptr_t stream, py::object workspace) {
+        auto root = maybe_view(root_token, "root_token");
+        auto ws = maybe_view(workspace, "workspace");
+        raise_if_error(difftree::presto_select(
+            view(cand_token, "cand_token"), view(cand_logprob, "cand_logprob"), budget, ptr(root),
+            view(context, "context"), view(keys, "keys"), view(counts, "counts"),
+            presto_params(order, alpha, lam, vocab), tree_view(tree), ptr(ws), stream_ptr(stream)));
+      },
+      py::arg("cand_token"), py::arg("cand_logprob"), py::arg("budget"), py::arg("root_token"),
+      py::arg("context"), py::arg("keys"), py::arg("counts"), py::arg("order"), py::arg("alpha"),
+      py::arg("lam"), py::arg("vocab"), py::arg("tree"), py::arg("stream"),
+      py::arg("workspace") = py::none());
+  m.def("presto_select_workspace_bytes",
+        [](int64_t B, int64_t L, int64_t K, int64_t budget, int64_t order) {
+          return difftree::presto_select_workspace_bytes(B, L, K, budget, order);
         });
+  m.def("check_ngram_extend", [](py::handle keys, py::handle counts, py::handle history,
+                                 py::handle tokens, py::handle num_tokens, int64_t order) {
+    raise_if_error(difftree::check_ngram_extend(view(keys, "keys"), view(counts, "counts"),
+                                                view(history, "history"), view(tokens, "tokens"),
+                                                view(num_tokens, "num_tokens"), order));
+  });
+  m.def(
+      "ngram_extend",
+      [](py::handle keys, py::handle counts, py::handle history, py::handle tokens,
+         py::handle num_tokens, int64_t order, py::object overflow, uintptr_t stream) {
+        auto of = maybe_view(overflow, "overflow");
+        raise_if_error(difftree::ngram_extend(view(keys, "keys"), view(counts, "counts"),
+                                              view(history, "history"), view(tokens, "tokens"),
+                                              view(num_tokens, "num_tokens"), order, ptr(of),
+                                              stream_ptr(stream)));
+      },
+      py::arg("keys"), py::arg("counts"), py::arg("history"), py::arg("tokens"),
+      py::arg("num_tokens"), py::arg("order"), py::arg("overflow"), py::arg("stream"));
 
   // ---- taps_select (policies; CPU) ----
   m.def("check_taps_select", [](py::handle pool_token, py::handle pool_parent, py::handle pool_size,

@@ -568,7 +568,7 @@ def node_select(
     return _call(_node_select, torch.ops.difftree.node_select, logits, *args)
 
 
-# ---- caddtree_select / ngram_update / presto_select (policies; CPU for now) -----------------
+# ---- caddtree_select / ngram_update / ngram_extend / presto_select (policies) -------------
 
 
 @torch.library.custom_op("difftree::caddtree_select", mutates_args=())
@@ -653,13 +653,82 @@ def caddtree_select_from_candidates(
 
 def ngram_update(keys: Tensor, counts: Tensor, tokens: Tensor, start: int, order: int) -> int:
     """Add the n-grams (lengths ``1..order``) ending at ``tokens[start:]`` to the count table
-    ``(keys int64 [H], counts int32 [H])`` in place; ``tokens[:start]`` is history only.
+    ``(keys int64 [H], counts int32 [H])`` in place; ``tokens[:start]`` is history only (CPU).
 
     Returns the number of newly used slots. Raises ``ValueError`` when the table is full (keep
     its load below 1/2; ``difftree_rt.policies.NGramPrior`` grows it for you).
     """
     require_tensors(keys=keys, counts=counts, tokens=tokens)
     return int(ext().ngram_update(dl(keys), dl(counts), dl(tokens), int(start), int(order)))
+
+
+@torch.library.custom_op(
+    "difftree::ngram_extend", mutates_args=("keys", "counts", "history", "overflow")
+)
+def _ngram_extend(
+    keys: Tensor,
+    counts: Tensor,
+    history: Tensor,
+    tokens: Tensor,
+    num_tokens: Tensor,
+    order: int,
+    overflow: Optional[Tensor],
+) -> None:
+    C = ext()
+    C.ngram_extend(
+        dl(keys), dl(counts), dl(history), dl(tokens), dl(num_tokens), order, dl_opt(overflow),
+        stream_of(tokens),
+    )  # fmt: skip
+
+
+@_ngram_extend.register_fake
+def _(keys, counts, history, tokens, num_tokens, order, overflow):
+    return None
+
+
+def ngram_extend(
+    keys: Tensor,
+    counts: Tensor,
+    history: Tensor,
+    tokens: Tensor,
+    num_tokens: Tensor,
+    order: int,
+    overflow: Tensor | None = None,
+) -> None:
+    """Continue each request's n-gram table with its newly committed tokens, in place.
+
+    Request b's stream goes on with ``tokens[b, :num_tokens[b]]``: the n-grams (lengths
+    ``1..order``) ending at those tokens are added to table b (their contexts may reach back
+    into ``history[b]``), and ``history[b]`` becomes the stream's new last ``order - 1`` tokens.
+    Graph-safe on CUDA (no host sync, fixed shapes); the engine calls it once per round with the
+    emitted tokens.
+
+    Args:
+        keys, counts: int64 / int32 ``[B, H]`` count tables (H a power of two; zeros = empty).
+            Size them for the stream: each token adds at most ``2 * order`` keys and the load
+            should stay below 1/2, so ``H >= 4 * order * tokens`` never fills.
+        history: int64 ``[B, order - 1]`` the last tokens so far, -1 (none yet) on the left.
+        tokens: ``[B, T]`` int32/int64; entries past ``num_tokens[b]`` are ignored.
+        num_tokens: ``[B]`` int32/int64 in ``[0, T]``.
+        order: n of the n-gram model (1..8).
+        overflow: optional int32 ``[B]``: on CUDA an insert into a full table is dropped and
+            sets ``overflow[b] = 1`` (the CPU op raises ``ValueError`` instead).
+
+    Raises:
+        ValueError / TypeError naming the argument (shapes, dtypes, devices; on the CPU also
+        token values and a full table).
+    """
+    require_tensors(
+        keys=keys, counts=counts, history=history, tokens=tokens, num_tokens=num_tokens,
+        overflow=overflow, optional=("overflow",),
+    )  # fmt: skip
+    ext().check_ngram_extend(
+        dl(keys), dl(counts), dl(history), dl(tokens), dl(num_tokens), int(order)
+    )
+    _call(
+        _ngram_extend, torch.ops.difftree.ngram_extend,
+        keys, counts, history, tokens, num_tokens, int(order), overflow,
+    )  # fmt: skip
 
 
 @torch.library.custom_op("difftree::presto_select", mutates_args=())
@@ -692,7 +761,13 @@ def _presto_select(
     )
     C.check_presto_select(*inputs)
     arrays = _empty_tree(cand_logprob, cand_logprob.shape[0], budget + 1)
-    C.presto_select(*inputs, tuple(dl(a) for a in arrays), stream_of(cand_logprob))
+    workspace = _cuda_workspace(
+        cand_logprob,
+        lambda: C.presto_select_workspace_bytes(*cand_logprob.shape, budget, order),
+    )
+    C.presto_select(
+        *inputs, tuple(dl(a) for a in arrays), stream_of(cand_logprob), dl_opt(workspace)
+    )
     return arrays
 
 
@@ -721,11 +796,14 @@ def presto_select_from_candidates(
     ``log q + λ log p_a(t | path) - log Z(parent)`` from an n-gram prior (cpu/presto.cpp).
 
     Args:
-        cand_token, cand_logprob: ``[B, L, K]`` candidates (CPU tensors for now).
+        cand_token, cand_logprob: ``[B, L, K]`` candidates (CPU or CUDA; on CUDA the candidates
+            and the table are trusted, not validated, since that would need a host sync).
         budget: draft nodes, 1..4096.
         context: ``[B, order - 1]`` the last tokens of each stream ending with the root token,
             left-padded with -1.
-        keys, counts: the n-gram count table (``difftree_rt.policies.NGramPrior``).
+        keys, counts: the n-gram count table: int64 / int32 ``[H]`` shared by the batch
+            (``difftree_rt.policies.NGramPrior``) or ``[B, H]``, one per request
+            (:func:`ngram_extend`).
         order, vocab, lam, alpha: n, V, λ and the smoothing mass α.
         root_token: optional ``[B]`` bonus tokens.
 

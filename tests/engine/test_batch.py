@@ -277,20 +277,31 @@ def test_batch_errors(args, kwargs, exc, match) -> None:
         dec.generate(*args, **kwargs)
 
 
-def test_presto_batch_priors_are_per_request() -> None:
-    # One prior per request, over its own stream: the trees (and outputs) are the solo ones,
-    # while one prior shared by the batch would change them. The same decoder then runs solo.
-    from difftree_rt.policies import PrestoPolicy
+def test_presto_batch_tables_are_per_request() -> None:
+    # One n-gram table per request, over its own stream: every request's trees (its accepted
+    # lengths, round by round) and tokens are its solo ones, while a table shared by the batch
+    # would change the trees. After the call each table holds exactly its request's stream.
+    from difftree_rt.policies import NGramPrior, PrestoPolicy
 
     target, drafter = trained_pair()
     prompts = _prompts(32, (3, 17, 9), seed=5)
     policy = PrestoPolicy(16, lam=1.0)
+    seen: list = []
+    extend = policy.extend_stream
+    policy.extend_stream = lambda st, t, c: (seen.append(st), extend(st, t, c))[1]  # type: ignore[method-assign]
     dec = SpeculativeDecoder(target, drafter, policy)
     out = dec.generate(prompts, 30)
-    assert len(policy.batch_priors) == 3
+    stream = seen[-1]
+    assert stream.keys.shape[0] == 3 and int(stream.overflow.sum()) == 0
     for b, p in enumerate(prompts):
-        stream = torch.cat([p, _new_tokens(out, b)]).tolist()
-        assert stream[: len(policy.batch_priors[b].stream)] == policy.batch_priors[b].stream
+        toks = torch.cat([p, _new_tokens(out, b)]).tolist()
+        want = NGramPrior(policy.order)
+        want.sync(toks)
+        got = sorted(zip(stream.keys[b][stream.keys[b] != 0].tolist(),
+                         stream.counts[b][stream.keys[b] != 0].tolist()))  # fmt: skip
+        assert got == sorted(zip(want.keys[want.keys != 0].tolist(),
+                                 want.counts[want.keys != 0].tolist()))  # fmt: skip
+        assert stream.history[b].tolist() == toks[-(policy.order - 1) :]
     _check_against_solo(dec, prompts, out, 30)
     assert out.stats.tau > 1.5
 

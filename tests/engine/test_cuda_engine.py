@@ -18,7 +18,7 @@ pytestmark = pytest.mark.cuda
 
 POLICIES = ("chain", "ddtree", "caddtree", "presto", "taps", "d2sd")
 # graph_safe policies: graph mode is their default on CUDA
-GRAPH_POLICIES = ("chain", "ddtree", "caddtree", "taps", "d2sd")
+GRAPH_POLICIES = ("chain", "ddtree", "caddtree", "taps", "d2sd", "presto")
 BF16_TIE_ULPS = 4  # bf16 logits: a top-1/top-2 gap within a few bf16 ulps may round either way
 
 

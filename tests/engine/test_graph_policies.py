@@ -1,6 +1,7 @@
 """Graph mode for the policies beyond chain / DDTree: caddtree (cost rows priced on the device
-from the committed length), taps (built-in reach estimates) and d2sd (both drafting passes in
-the draft graph, own or VP second drafter). On CPU the runner's round functions run eagerly (the
+from the committed length), taps (built-in reach estimates), d2sd (both drafting passes in
+the draft graph, own or VP second drafter) and presto (n-gram tables on the device, extended in
+the verify graph). On CPU the runner's round functions run eagerly (the
 code a CUDA graph captures): graph == eager (tokens and accepted lengths; greedy, sampled, stop
 tokens, batches), greedy == HF, no host read inside a round.
 """
@@ -164,3 +165,57 @@ def test_caddtree_batch_graph_mode_identical_to_eager() -> None:
     assert torch.equal(got.sequences, want.sequences)
     for g, w in zip(got.request_stats, want.request_stats, strict=True):
         assert g.accepted_lengths == w.accepted_lengths
+
+
+@pytest.mark.parametrize("lam,order", [(1.0, 3), (0.3, 2)])
+def test_presto_graph_mode_identical_to_eager(lam: float, order: int) -> None:
+    from difftree_rt.policies import PrestoPolicy
+
+    target, drafter = trained_pair()
+    eager = SpeculativeDecoder(target, drafter, PrestoPolicy(24, lam=lam, order=order))
+    graph_policy = PrestoPolicy(24, lam=lam, order=order)
+    graph = SpeculativeDecoder(target, drafter, graph_policy, cuda_graphs=True)
+    runner = _runner(graph)
+    rounds: list[int] = []
+    runner.on_round = rounds.append
+    runner.round_context = forbid_host_sync
+    gen = torch.Generator().manual_seed(21)
+    for n in (2, 26):
+        prompt = torch.randint(0, 32, (1, n), generator=gen)
+        for kw in (dict(), dict(temperature=0.9, seed=6), dict(stop_token_ids=[4])):
+            got = graph.generate(prompt, 40, **kw)
+            want = eager.generate(prompt, 40, **kw)
+            assert torch.equal(got.sequences, want.sequences), kw
+            assert got.stats.accepted_lengths == want.stats.accepted_lengths, kw
+            if not kw:
+                assert_greedy_equal(target, got.sequences, greedy_reference(target, prompt, 40))
+    assert rounds, "presto did not run in graph mode"
+    # The runner's tables hold the last request's stream (prompt, generated tokens) exactly.
+    stream = runner._pstream
+    assert stream is not None and int(stream.overflow.sum()) == 0
+    toks = got.sequences[0].tolist()
+    assert stream.history[0].tolist() == toks[len(toks) - (order - 1) :]
+
+
+def test_presto_batch_graph_mode_identical_to_eager() -> None:
+    from difftree_rt.policies import PrestoPolicy
+
+    target, drafter = trained_pair()
+    eager = SpeculativeDecoder(target, drafter, PrestoPolicy(16, lam=1.0))
+    graph = SpeculativeDecoder(target, drafter, PrestoPolicy(16, lam=1.0), cuda_graphs=True)
+    _runner(graph).round_context = forbid_host_sync
+    gen = torch.Generator().manual_seed(9)
+    prompts = [torch.randint(0, 32, (n,), generator=gen) for n in (2, 30, 11)]
+    outs = []
+    for kw in (dict(), dict(temperature=0.8, seed=[1, 2, 3])):
+        got = graph.generate(prompts, 36, **kw)
+        outs.append(got)
+        want = eager.generate(prompts, 36, **kw)
+        assert torch.equal(got.sequences, want.sequences), kw
+        for g, w in zip(got.request_stats, want.request_stats, strict=True):
+            assert g.accepted_lengths == w.accepted_lengths
+    # Solo and batch calls keep their own tables (one per batch bucket) at fixed addresses.
+    solo = graph.generate(prompts[1][None], 36)
+    assert torch.equal(solo.sequences[0], outs[0].sequences[1])
+    again = graph.generate(prompts, 36)
+    assert torch.equal(again.sequences, outs[0].sequences)

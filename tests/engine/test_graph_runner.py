@@ -458,13 +458,11 @@ def test_cuda_graphs_argument() -> None:
     assert not SpeculativeDecoder(target, drafter, "ddtree").cuda_graphs  # CPU default: off
     with pytest.raises(ValueError, match="cuda_graphs must be"):
         SpeculativeDecoder(target, drafter, "ddtree", cuda_graphs="yes")  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="graph-safe"):
-        SpeculativeDecoder(target, drafter, "presto", cuda_graphs=True)
     assert SpeculativeDecoder(target, None, "ar", cuda_graphs=True).cuda_graphs
     with pytest.raises(ValueError, match="validate"):
         SpeculativeDecoder(target, drafter, "ddtree", cuda_graphs=True, validate=True)
     assert not SpeculativeDecoder(target, drafter, "presto", cuda_graphs=None).cuda_graphs
-    for policy in ("caddtree", "taps", "d2sd"):
+    for policy in ("caddtree", "taps", "d2sd", "presto"):
         assert SpeculativeDecoder(target, drafter, policy, cuda_graphs=True).cuda_graphs
 
     class Trained:  # a trained TAPS scorer reads the pool on the host: eager only
@@ -512,6 +510,7 @@ def test_bench_graph_round_tiny(tmp_path: Path) -> None:
         ("caddtree", 32),
         ("taps", 32),
         ("d2sd", 32),
+        ("presto", 32),
     ],
 )
 def test_cuda_capture_replay_identical_to_eager(policy: str, budget: int) -> None:

@@ -83,31 +83,64 @@ def test_sampling_distribution_equals_target(policy_name, budget, temperature, t
 
 
 @pytest.mark.parametrize("budget", [1, 7, 64])
-def test_presto_batch_select_equals_solo_selects(budget: int) -> None:
-    # A batch's rows (-1-padded ragged streams, context_lengths given) get exactly the trees of
-    # B = 1 calls on their own streams, round after round (each request keeps its own prior).
+def test_presto_batch_select_equals_solo_selects_and_reference(budget: int) -> None:
+    # A batch's streams (ragged, extended by different counts each round) get exactly the trees
+    # of B = 1 policies on their own streams, and of the reference over exact n-gram counts.
+    from difftree_rt import ops
     from difftree_rt.engine.policies import PolicyInput
+    from difftree_rt.policies import reference as pref
 
     gen = torch.Generator().manual_seed(budget)
     B, L, V = 3, 6, 40
     streams = [torch.randint(0, 6, (n,), generator=gen).tolist() for n in (2, 30, 11)]
-    batch = PrestoPolicy(budget, lam=1.0)
-    solos = [PrestoPolicy(budget, lam=1.0) for _ in range(B)]
+    policy = PrestoPolicy(budget, lam=1.0)
+    batch = policy.new_stream(B, 64, "cpu")
+    width = max(len(s) for s in streams)
+    padded = torch.zeros(B, width, dtype=torch.long)
+    for b, s in enumerate(streams):
+        padded[b, : len(s)] = torch.tensor(s)
+    policy.start_stream(batch, padded, torch.tensor([len(s) for s in streams]))
+    solos = []
+    for s in streams:
+        st = policy.new_stream(1, 64, "cpu")
+        policy.start_stream(st, torch.tensor([s]), torch.tensor([len(s)]))
+        solos.append(st)
     for round_idx in range(1, 4):
         logits = torch.randn(B, L, V, generator=gen)
         root = torch.tensor([s[-1] for s in streams])
-        width = max(len(s) for s in streams) + 2
-        ctx = torch.full((B, width), -1, dtype=torch.long)
+        got = policy.select(PolicyInput(logits, root, round_idx, stream=batch))
+        k = min(budget, V)
+        token, logprob = ops.topk_logprobs(logits, k)
         for b, s in enumerate(streams):
-            ctx[b, : len(s)] = torch.tensor(s)
-        got = batch.select(
-            PolicyInput(logits, root, round_idx, ctx, context_lengths=[len(s) - 1 for s in streams])
-        )
-        for b, s in enumerate(streams):
-            want = solos[b].select(
-                PolicyInput(logits[b : b + 1], root[b : b + 1], round_idx, torch.tensor([s]))
+            want = policy.select(
+                PolicyInput(logits[b : b + 1], root[b : b + 1], round_idx, stream=solos[b])
             )
-            for g, w in zip(got.arrays(), want.arrays()):
+            ctx = torch.tensor([[-1, -1, *s][-2:]])
+            ref = pref.presto_select_from_candidates(
+                token[b : b + 1], logprob[b : b + 1], budget, ctx, [pref.NGramCounts(s, 3)],
+                vocab=V, lam=1.0, root_token=root[b : b + 1],
+            )  # fmt: skip
+            for g, w, r in zip(got.arrays(), want.arrays(), ref.arrays()):
                 assert torch.equal(g[b : b + 1], w), (budget, round_idx, b)
-            s.extend(torch.randint(0, 6, (1 + b,), generator=gen).tolist())
-    assert [p.stream for p in batch.batch_priors] == [p.prior.stream for p in solos]
+                assert torch.equal(w, r.to(w.dtype)), (budget, round_idx, b)
+        new = [torch.randint(0, 6, (1 + b,), generator=gen).tolist() for b in range(B)]
+        ext = torch.zeros(B, 3, dtype=torch.long)
+        for b, t in enumerate(new):
+            ext[b, : len(t)] = torch.tensor(t)
+            policy.extend_stream(solos[b], ext[b : b + 1], torch.tensor([len(t)]))
+            streams[b].extend(t)
+        policy.extend_stream(batch, ext, torch.tensor([len(t) for t in new]))
+
+
+def test_presto_select_needs_its_stream() -> None:
+    from difftree_rt.engine.policies import PolicyInput
+
+    policy = PrestoPolicy(8)
+    logits = torch.randn(2, 4, 30)
+    with pytest.raises(ValueError, match=r"PolicyInput\.stream"):
+        policy.select(PolicyInput(logits, torch.zeros(2, dtype=torch.long)))
+    with pytest.raises(ValueError, match="2 tables"):
+        policy.select(
+            PolicyInput(logits[:1], torch.zeros(1, dtype=torch.long),
+                        stream=policy.new_stream(2, 16, "cpu"))
+        )  # fmt: skip

@@ -149,17 +149,34 @@ Status caddtree_select(const TensorView& cand_token, const TensorView& cand_logp
                        const TensorView& verify_cost, const TensorView& draft_cost,
                        const TreeView& tree, const TensorView* workspace, Stream stream);
 
-// ---- ngram_update / presto_select (CPU) -----------------------------------------------------
+// ---- ngram_update / ngram_extend / presto_select ------------------------------------------
 // PRESTO (ALGORITHMS.md §7). The n-gram prior is a count table in two caller-owned tensors:
-// keys int64 [H] (H a power of two, 0 = empty slot), counts int32 [H]. ngram_update adds the
-// n-grams (lengths 1..order) ending at positions start..T-1 of tokens [T] (int32/int64; the
-// tokens before `start` are history only) in place and reports how many slots it newly used;
-// it fails with InvalidValue when the table is full (keep the load below 1/2: each token adds at
-// most 2 * order keys). See cpu/presto.cpp for the key layout and the smoothing.
+// keys int64 and counts int32, [H] (one table) or [B, H] (request b's table in row b), H a power
+// of two, key 0 = empty slot (src/common/ngram_key.h has the key layout; a load below 1/2 keeps
+// probing short: each token adds at most 2 * order keys).
+//
+// ngram_update (CPU, one [H] table): adds the n-grams (lengths 1..order) ending at positions
+// start..T-1 of tokens [T] (int32/int64; tokens before `start` are history only) in place and
+// reports how many slots it newly used; InvalidValue when the table is full.
 Status check_ngram_update(const TensorView& keys, const TensorView& counts,
                           const TensorView& tokens, int64_t start, int64_t order);
 Status ngram_update(const TensorView& keys, const TensorView& counts, const TensorView& tokens,
                     int64_t start, int64_t order, int64_t* new_keys);
+
+// ngram_extend (CPU and CUDA, [B, H] tables): the incremental per-request form the engine uses
+// every round. Request b's stream continues with tokens[b, :num_tokens[b]] (tokens [B, T],
+// num_tokens [B], int32/int64); history [B, order - 1] int64 holds its last order - 1 tokens
+// (-1 = none yet, on the left only). The n-grams ending at the new tokens are added to table b
+// and history is updated in place to the stream's new last order - 1 tokens. CPU: bad tokens and
+// a full table are InvalidValue. CUDA: no host sync; values are trusted, and an insert that
+// finds the table full is dropped and sets overflow[b] = 1 (optional int32 [B]; size the table
+// so it cannot happen: H >= 4 * order * stream length).
+Status check_ngram_extend(const TensorView& keys, const TensorView& counts,
+                          const TensorView& history, const TensorView& tokens,
+                          const TensorView& num_tokens, int64_t order);
+Status ngram_extend(const TensorView& keys, const TensorView& counts, const TensorView& history,
+                    const TensorView& tokens, const TensorView& num_tokens, int64_t order,
+                    const TensorView* overflow, Stream stream);
 
 // Smoothing and weighting of the prior: p_0 = 1/vocab, p_m = (c(h, t) + alpha p_{m-1}) /
 // (c(h) + alpha) for m = 1..order; edge score log q + lam log p_a - log Z(parent).
@@ -173,7 +190,9 @@ struct PrestoParams {
 // inputs). context [B, order - 1] int32/int64: the last order - 1 tokens of each request's
 // stream ending with the root token, left-padded with -1 when the stream is shorter. Order:
 // higher score, smaller depth, earlier parent, then position in the parent's edge list (edge
-// score descending, rank ascending). Output capacity N = budget + 1. CUDA: Unsupported for now.
+// score descending, rank ascending). Output capacity N = budget + 1. CUDA: one CTA per request,
+// the same tree (candidates and the table trusted, as for ddtree_select); it needs a workspace of
+// presto_select_workspace_bytes(B, L, K, budget, order) bytes when that is > 0.
 Status check_presto_select(const TensorView& cand_token, const TensorView& cand_logprob,
                            int64_t budget, const TensorView* root_token, const TensorView& context,
                            const TensorView& keys, const TensorView& counts,
@@ -182,6 +201,12 @@ Status presto_select(const TensorView& cand_token, const TensorView& cand_logpro
                      const TensorView* root_token, const TensorView& context,
                      const TensorView& keys, const TensorView& counts, const PrestoParams& params,
                      const TreeView& tree, Stream stream);
+Status presto_select(const TensorView& cand_token, const TensorView& cand_logprob, int64_t budget,
+                     const TensorView* root_token, const TensorView& context,
+                     const TensorView& keys, const TensorView& counts, const PrestoParams& params,
+                     const TreeView& tree, const TensorView* workspace, Stream stream);
+size_t presto_select_workspace_bytes(int64_t B, int64_t L, int64_t K, int64_t budget,
+                                     int64_t order);
 
 // ---- taps_select (CPU) ----------------------------------------------------------------------
 // TAPS (ALGORITHMS.md §6): prefix-closed selection by reach over a candidate pool. The pool is a

@@ -19,6 +19,11 @@ Status caddtree_select(const TensorView& cand_token, const TensorView& cand_logp
 Status ngram_update(const TensorView& keys, const TensorView& counts, const TensorView& tokens,
                     int64_t start, int64_t order, int64_t* new_keys);
 
+// Validated by the dispatch layer except the token values; fails (InvalidValue) on a bad token or a
+// full table (that request's table is then partially updated).
+Status ngram_extend(const TensorView& keys, const TensorView& counts, const TensorView& history,
+                    const TensorView& tokens, const TensorView& num_tokens, int64_t order);
+
 Status presto_select(const TensorView& cand_token, const TensorView& cand_logprob, int64_t budget,
                      const TensorView* root_token, const TensorView& context,
                      const TensorView& keys, const TensorView& counts, const PrestoParams& params,

@@ -5,9 +5,9 @@
 // never increase (which the heap's exactness needs).
 //
 // The n-gram model is an open-addressing count table held in two caller-owned tensors
-// (keys int64 [H], counts int32 [H], H a power of two, key 0 = empty). Every n-gram of length
-// m = 1..order is stored twice: (m, h, t) -> c(h, t) and (m, h, ⊥) -> c(h) = Σ_t c(h, t).
-// ngram_update adds newly committed tokens in place (incremental; nothing is rebuilt per round).
+// (keys int64 [H] or [B, H], counts int32 alike; common/ngram_key.h has the layout). ngram_update
+// and ngram_extend add newly committed tokens in place (incremental; nothing is rebuilt per
+// round); ngram_extend also keeps each request's last order - 1 tokens (the selector's context).
 //
 // Prior (interpolated additive smoothing, from the uniform distribution up):
 //   p_0(t) = 1 / V;  p_m(t | h_{m-1}) = (c(h, t) + α p_{m-1}(t)) / (c(h) + α),
@@ -17,7 +17,8 @@
 //
 // Normalisation: Z(u) = Σ_r q_r p_r^λ + max(0, 1 - Σ_r q_r) over the depth's K candidates r;
 // tokens outside the pool are credited their largest possible tilt (p^λ <= 1), so Z(u) <= 1 and
-// e <= 0 (clamped at 0 against rounding).
+// e <= 0 (clamped at 0 against rounding). Both sums run in the lane order of ngram::kSumLanes
+// (the CUDA kernel's warp reduction), so the two paths round identically.
 //
 // Order (normative, the DDTree rule generalised): higher score, smaller depth, earlier parent,
 // then the position in the parent's edge list, which is sorted by edge score descending, then
@@ -25,11 +26,13 @@
 // Arithmetic is double, one operation per statement, in the reference's order; path scores are
 // fp32(score(parent) + fp32(e)).
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <sstream>
 #include <vector>
 
+#include "common/ngram_key.h"
 #include "cpu/candidates.h"
 #include "cpu/cpu_ops.h"
 #include "cpu/policy_ops.h"
@@ -38,41 +41,29 @@
 namespace difftree::cpu {
 namespace {
 
-constexpr uint32_t kContextTotal = 0xFFFFFFFFu;  // the "⊥" token of c(h)
+using ngram::kContextTotal;
+using ngram::kSumLanes;
 
-inline uint64_t mix64(uint64_t z) {  // splitmix64 finaliser
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  return z ^ (z >> 31);
-}
-
-// Key of the n-gram (h[0..len), t) of length m = len + 1; never 0 (0 marks an empty slot).
+// Key of (h[0..len), t) for a context held in an int32 array.
 inline int64_t ngram_key(const int32_t* h, int64_t len, uint32_t t) {
-  uint64_t k = mix64(0x9E3779B97F4A7C15ull * static_cast<uint64_t>(len + 1));
-  for (int64_t i = 0; i < len; ++i)
-    k = mix64(k ^ (static_cast<uint64_t>(static_cast<uint32_t>(h[i])) + 0x632BE59BD9B4E019ull));
-  k = mix64(k ^ (static_cast<uint64_t>(t) + 0x632BE59BD9B4E019ull));
-  return k == 0 ? 1 : static_cast<int64_t>(k);
+  return ngram::key([h](int64_t i) { return h[i]; }, len, t);
 }
 
+// One request's table: row `row` of keys/counts [B, H], or the whole [H] table.
 class CountTable {
  public:
-  CountTable(const TensorView& keys, const TensorView& counts)
-      : keys_(keys.ptr<int64_t>()),
-        counts_(counts.ptr<int32_t>()),
-        mask_(static_cast<uint64_t>(keys.shape[0]) - 1) {}
-
-  int32_t get(int64_t key) const {
-    uint64_t i = slot(key);
-    for (uint64_t probes = 0; probes <= mask_; ++probes, i = (i + 1) & mask_) {
-      if (keys_[i] == key) return counts_[i];
-      if (keys_[i] == 0) return 0;
-    }
-    return 0;
+  CountTable(const TensorView& keys, const TensorView& counts, int64_t row = 0) {
+    const int64_t H = keys.shape[keys.ndim - 1];
+    const int64_t r = keys.ndim == 2 ? row : 0;
+    keys_ = keys.ptr<int64_t>() + r * H;
+    counts_ = counts.ptr<int32_t>() + r * H;
+    mask_ = static_cast<uint64_t>(H) - 1;
   }
+
+  int32_t get(int64_t key) const { return ngram::lookup(keys_, counts_, mask_, key); }
   // Adds 1 to `key`; false when the table is full. `*fresh` counts newly occupied slots.
   bool add(int64_t key, int64_t* fresh) {
-    uint64_t i = slot(key);
+    uint64_t i = ngram::home_slot(key, mask_);
     for (uint64_t probes = 0; probes <= mask_; ++probes, i = (i + 1) & mask_) {
       if (keys_[i] == key) {
         ++counts_[i];
@@ -89,24 +80,27 @@ class CountTable {
   }
 
  private:
-  uint64_t slot(int64_t key) const {
-    const uint64_t k = static_cast<uint64_t>(key);
-    return (k ^ (k >> 29)) & mask_;
-  }
   int64_t* keys_;
   int32_t* counts_;
   uint64_t mask_;
 };
 
-// A read-only view for presto_select (the table tensors are inputs there).
-class ConstCountTable {
- public:
-  ConstCountTable(const TensorView& keys, const TensorView& counts) : t_(keys, counts) {}
-  int32_t get(int64_t key) const { return t_.get(key); }
-
- private:
-  CountTable t_;
-};
+// Adds the n-grams (lengths 1..order) ending at seq[j] for j in [from, T) to `table`; the
+// context of an n-gram must be available (>= 0; unavailable entries sit on the left).
+Status add_ngrams(CountTable& table, const int32_t* seq, int64_t from, int64_t T, int64_t order,
+                  int64_t* fresh) {
+  for (int64_t i = from; i < T; ++i) {
+    for (int64_t m = 1; m <= order && i - m + 1 >= 0 && seq[i - m + 1] >= 0; ++m) {
+      const int32_t* h = seq + (i - m + 1);
+      if (!table.add(ngram_key(h, m - 1, static_cast<uint32_t>(seq[i])), fresh) ||
+          !table.add(ngram_key(h, m - 1, kContextTotal), fresh))
+        return InvalidValue(
+            "keys: the n-gram table is full (size it for the stream: see "
+            "difftree_rt.policies.NGramPrior / PrestoPolicy)");
+    }
+  }
+  return Status::Ok();
+}
 
 struct EdgeList {
   std::vector<float> edge;    // sorted descending
@@ -127,25 +121,36 @@ inline bool ranks_before(const Candidate& a, const Candidate& b) {
   return a.pos < b.pos;
 }
 
+// Σ_r v[r] in the lane order of ngram::kSumLanes.
+double lane_sum(const double* v, int64_t K) {
+  std::array<double, kSumLanes> part{};
+  for (int64_t r = 0; r < K; ++r) part[r % kSumLanes] = part[r % kSumLanes] + v[r];
+  for (int o = kSumLanes / 2; o >= 1; o /= 2)
+    for (int l = 0; l < o; ++l) part[l] = part[l] + part[l + o];
+  return part[0];
+}
+
 // Edge scores of the K candidates given prior probabilities `p`; keeps the best `keep` entries
 // sorted (edge score descending, rank ascending). A parent can receive at most the remaining
 // budget of children, so entries past that are never read.
 void make_edges(const float* lp, const double* p, int64_t K, double lam, int64_t keep,
-                EdgeList* out, std::vector<float>& edge, std::vector<double>& lpa) {
+                EdgeList* out, std::vector<float>& edge, std::vector<double>& lpa,
+                std::vector<double>& w, std::vector<double>& q) {
   edge.resize(K);
   if (lam == 0.0) {
     for (int64_t r = 0; r < K; ++r) edge[r] = lp[r];
   } else {
     lpa.resize(K);
-    double tilted = 0.0, mass = 0.0;
+    w.resize(K);
+    q.resize(K);
     for (int64_t r = 0; r < K; ++r) {
-      const double q = std::exp(static_cast<double>(lp[r]));
+      q[r] = std::exp(static_cast<double>(lp[r]));
       lpa[r] = std::log(p[r]);
       const double tl = lam * lpa[r];
-      const double w = q * std::exp(tl);
-      tilted = tilted + w;
-      mass = mass + q;
+      w[r] = q[r] * std::exp(tl);
     }
+    const double tilted = lane_sum(w.data(), K);
+    const double mass = lane_sum(q.data(), K);
     const double rest = 1.0 - mass;
     const double z = rest > 0.0 ? tilted + rest : tilted;
     const double log_z = std::log(z);
@@ -173,6 +178,13 @@ void make_edges(const float* lp, const double* p, int64_t K, double lam, int64_t
   for (int64_t i = 0; i < m; ++i) out->edge[i] = edge[out->rank[i]];
 }
 
+Status token_error(const char* name, int64_t t, int64_t b, int64_t j, bool allow_missing) {
+  std::ostringstream os;
+  os << name << ": expected token ids in [0, 2^31)" << (allow_missing ? " or -1" : "") << ", found "
+     << t << " at [" << b << ", " << j << "]";
+  return InvalidValue(os.str());
+}
+
 }  // namespace
 
 Status ngram_update(const TensorView& keys, const TensorView& counts, const TensorView& tokens,
@@ -190,15 +202,59 @@ Status ngram_update(const TensorView& keys, const TensorView& counts, const Tens
   }
   CountTable table(keys, counts);
   int64_t fresh = 0;
-  for (int64_t i = start; i < T; ++i) {
-    for (int64_t m = 1; m <= order && i - m + 1 >= 0; ++m) {
-      const int32_t* h = toks.data() + (i - m + 1);
-      if (!table.add(ngram_key(h, m - 1, static_cast<uint32_t>(toks[i])), &fresh) ||
-          !table.add(ngram_key(h, m - 1, kContextTotal), &fresh))
-        return InvalidValue("keys: the n-gram table is full (grow it: see NGramPrior)");
+  DIFFTREE_RETURN_IF_ERROR(add_ngrams(table, toks.data(), start, T, order, &fresh));
+  *new_keys = fresh;
+  return Status::Ok();
+}
+
+Status ngram_extend(const TensorView& keys, const TensorView& counts, const TensorView& history,
+                    const TensorView& tokens, const TensorView& num_tokens, int64_t order) {
+  const int64_t B = tokens.shape[0], T = tokens.shape[1], C = history.shape[1];
+  std::vector<int32_t> seq;
+  // Validate everything first: a bad row must leave every table and history untouched.
+  for (int64_t b = 0; b < B; ++b) {
+    const int64_t n = checks::load_index(num_tokens, b);
+    if (n < 0 || n > T) {
+      std::ostringstream os;
+      os << "num_tokens: expected values in [0, " << T << "] (tokens.shape[1]), found " << n
+         << " at [" << b << "]";
+      return InvalidValue(os.str());
+    }
+    bool seen = false;
+    for (int64_t j = 0; j < C; ++j) {
+      const int64_t t = checks::load_index(history, b * C + j);
+      if (t < -1 || t > INT32_MAX) return token_error("history", t, b, j, true);
+      if (t < 0 && seen) {
+        std::ostringstream os;
+        os << "history: -1 (no token) may only pad the left of a row, found one after a token "
+              "at ["
+           << b << ", " << j << "]";
+        return InvalidValue(os.str());
+      }
+      seen = seen || t >= 0;
+    }
+    for (int64_t j = 0; j < n; ++j) {
+      const int64_t t = checks::load_index(tokens, b * T + j);
+      if (t < 0 || t > INT32_MAX) return token_error("tokens", t, b, j, false);
     }
   }
-  *new_keys = fresh;
+  int64_t* hist = history.ptr<int64_t>();
+  for (int64_t b = 0; b < B; ++b) {
+    const int64_t n = checks::load_index(num_tokens, b);
+    seq.resize(static_cast<size_t>(C + n));
+    for (int64_t j = 0; j < C; ++j) seq[j] = static_cast<int32_t>(hist[b * C + j]);
+    for (int64_t j = 0; j < n; ++j)
+      seq[C + j] = static_cast<int32_t>(checks::load_index(tokens, b * T + j));
+    CountTable table(keys, counts, b);
+    int64_t fresh = 0;
+    const Status st = add_ngrams(table, seq.data(), C, C + n, order, &fresh);
+    if (!st.ok()) {
+      std::ostringstream os;
+      os << st.message() << " [request " << b << "]";
+      return InvalidValue(os.str());
+    }
+    for (int64_t j = 0; j < C; ++j) hist[b * C + j] = seq[n + j];
+  }
   return Status::Ok();
 }
 
@@ -213,7 +269,6 @@ Status presto_select(const TensorView& cand_token, const TensorView& cand_logpro
   const double alpha = params.alpha, lam = params.lam;
   const double uniform = 1.0 / static_cast<double>(params.vocab);
   const float* lp = cand_logprob.ptr<const float>();
-  ConstCountTable table(keys, counts);
   TokenSet seen;
   std::vector<Candidate> heap;
   auto heap_cmp = [](const Candidate& a, const Candidate& b) { return ranks_before(b, a); };
@@ -222,10 +277,11 @@ Status presto_select(const TensorView& cand_token, const TensorView& cand_logpro
   std::vector<EdgeList> lists;
   std::vector<int32_t> list_of;  // node -> index into lists (its children's edge list)
   std::vector<float> edge_buf;
-  std::vector<double> lpa_buf;
+  std::vector<double> lpa_buf, w_buf, q_buf;
 
   for (int64_t b = 0; b < B; ++b) {
     DIFFTREE_RETURN_IF_ERROR(check_candidates(cand_token, lp, b, L, K, seen));
+    const CountTable table(keys, counts, b);
     auto lp_row = [&](int64_t d) { return lp + (b * L + d - 1) * K; };
     auto token_at = [&](int64_t d, int64_t r) {
       return static_cast<int32_t>(checks::load_index(cand_token, (b * L + d - 1) * K + r));
@@ -239,14 +295,12 @@ Status presto_select(const TensorView& cand_token, const TensorView& cand_logpro
     hist.assign(static_cast<size_t>(N * C), -1);
     for (int64_t j = 0; j < C; ++j) {
       const int64_t t = checks::load_index(context, b * C + j);
-      if (t < -1 || t > INT32_MAX) {
-        std::ostringstream os;
-        os << "context: expected token ids in [0, 2^31) or -1, found " << t << " at [" << b << ", "
-           << j << "]";
-        return InvalidValue(os.str());
-      }
+      if (t < -1 || t > INT32_MAX) return token_error("context", t, b, j, true);
       hist[j] = static_cast<int32_t>(t);
     }
+    auto edges = [&](const float* row, const double* prior, int64_t keep, EdgeList* out) {
+      make_edges(row, prior, K, lam, keep, out, edge_buf, lpa_buf, w_buf, q_buf);
+    };
     // Order-1 (unigram) prior of every candidate: its context is empty, so it is the same for
     // every parent at a depth. With no higher-order context seen, the whole edge list is too:
     // lists[d - 1] is that shared list of depth d.
@@ -264,8 +318,7 @@ Status presto_select(const TensorView& cand_token, const TensorView& cand_logpro
         }
         p1[(d - 1) * K + r] = q;
       }
-      make_edges(lp_row(d), p1.data() + (d - 1) * K, K, lam, N - 1, &lists[d - 1], edge_buf,
-                 lpa_buf);
+      edges(lp_row(d), p1.data() + (d - 1) * K, N - 1, &lists[d - 1]);
     }
     list_of.assign(static_cast<size_t>(N), -1);
 
@@ -278,7 +331,7 @@ Status presto_select(const TensorView& cand_token, const TensorView& cand_logpro
       if (lam == 0.0 || order < 2 || total == 0.0) return static_cast<int32_t>(shared);
       // Which orders m >= 2 apply (available and seen)?
       int64_t top = 1;
-      std::vector<double> ctx_count(static_cast<size_t>(order + 1), 0.0);
+      std::array<double, 9> ctx_count{};
       for (int64_t m = 2; m <= order; ++m) {
         const int64_t len = m - 1;
         if (len > C || h[C - len] < 0) break;
@@ -302,10 +355,9 @@ Status presto_select(const TensorView& cand_token, const TensorView& cand_logpro
         p[r] = q;
       }
       lists.emplace_back();
-      make_edges(lp_row(d + 1), p.data(), K, lam, N - n, &lists.back(), edge_buf, lpa_buf);
+      edges(lp_row(d + 1), p.data(), N - n, &lists.back());
       return static_cast<int32_t>(lists.size() - 1);
     };
-
     int32_t* token = tree.token.ptr<int32_t>() + b * N;
     int32_t* parent = tree.parent.ptr<int32_t>() + b * N;
     int32_t* depth = tree.depth.ptr<int32_t>() + b * N;

@@ -383,7 +383,7 @@ Status node_select(const TensorView& logits, const SamplingViews& params, const 
   return cpu::node_select(logits, params, out);
 }
 
-// ---- caddtree_select / ngram_update / presto_select (CPU only for now) ----------------------
+// ---- caddtree_select / ngram_update / ngram_extend / presto_select ------------------------
 
 namespace {
 Status tree_for_budget(const TreeView& tree, const TensorView& cand_logprob, int64_t budget) {
@@ -421,14 +421,31 @@ Status cpu_only(const TensorView& t, const char* op) {
   return Status::Ok();
 }
 
+// keys int64 / counts int32, [H] (one table) or [B, H] (request b's table in row b), H a power
+// of two.
 Status count_table(const TensorView& keys, const TensorView& counts, const TensorView& ref,
-                   const char* ref_name) {
-  DIFFTREE_RETURN_IF_ERROR(checks::ndim(keys, "keys", 1, "[H]"));
+                   const char* ref_name, int64_t B, bool per_request_only) {
+  if (per_request_only) {
+    DIFFTREE_RETURN_IF_ERROR(checks::ndim(keys, "keys", 2, "[B, H]"));
+  } else if (keys.ndim != 1 && keys.ndim != 2) {
+    return InvalidValue("keys: expected [H] (one table) or [B, H] (one per request), got " +
+                        shape_string(keys));
+  }
   DIFFTREE_RETURN_IF_ERROR(checks::tensor(keys, "keys", {DType::kInt64}, ref, ref_name));
-  const int64_t H = keys.shape[0];
+  const int64_t H = keys.shape[keys.ndim - 1];
   if (H < 1 || (H & (H - 1)) != 0)
     return InvalidValue("keys: expected a power-of-two table size H, got " + std::to_string(H));
-  DIFFTREE_RETURN_IF_ERROR(checks::shape(counts, "counts", {H}, "[H] (as keys)"));
+  if (keys.ndim == 2) {
+    if (keys.shape[0] != B) {
+      std::ostringstream os;
+      os << "keys: expected one table per request, [B, H] with B = " << B << ", got "
+         << shape_string(keys);
+      return InvalidValue(os.str());
+    }
+    DIFFTREE_RETURN_IF_ERROR(checks::shape(counts, "counts", {B, H}, "[B, H] (as keys)"));
+  } else {
+    DIFFTREE_RETURN_IF_ERROR(checks::shape(counts, "counts", {H}, "[H] (as keys)"));
+  }
   return checks::tensor(counts, "counts", {DType::kInt32}, ref, ref_name);
 }
 }  // namespace
@@ -489,7 +506,8 @@ Status check_ngram_update(const TensorView& keys, const TensorView& counts,
                           const TensorView& tokens, int64_t start, int64_t order) {
   DIFFTREE_RETURN_IF_ERROR(checks::ndim(tokens, "tokens", 1, "[T]"));
   DIFFTREE_RETURN_IF_ERROR(index_tensor(tokens, "tokens", tokens, "tokens"));
-  DIFFTREE_RETURN_IF_ERROR(count_table(keys, counts, tokens, "tokens"));
+  DIFFTREE_RETURN_IF_ERROR(count_table(keys, counts, tokens, "tokens", 1, false));
+  DIFFTREE_RETURN_IF_ERROR(checks::ndim(keys, "keys", 1, "[H]"));
   DIFFTREE_RETURN_IF_ERROR(checks::in_range(order, "order", 1, 8));
   DIFFTREE_RETURN_IF_ERROR(checks::in_range(start, "start", 0, tokens.shape[0]));
   return cpu_only(tokens, "ngram_update");
@@ -519,20 +537,88 @@ Status check_presto_select(const TensorView& cand_token, const TensorView& cand_
   DIFFTREE_RETURN_IF_ERROR(
       checks::shape(context, "context", {B, params.order - 1}, "[B, order - 1]"));
   DIFFTREE_RETURN_IF_ERROR(index_tensor(context, "context", cand_logprob, "cand_logprob"));
-  DIFFTREE_RETURN_IF_ERROR(count_table(keys, counts, cand_logprob, "cand_logprob"));
-  return cpu_only(cand_logprob, "presto_select");
+  return count_table(keys, counts, cand_logprob, "cand_logprob", B, false);
 }
 
 Status presto_select(const TensorView& cand_token, const TensorView& cand_logprob, int64_t budget,
                      const TensorView* root_token, const TensorView& context,
                      const TensorView& keys, const TensorView& counts, const PrestoParams& params,
                      const TreeView& tree, Stream stream) {
-  (void)stream;
+  return presto_select(cand_token, cand_logprob, budget, root_token, context, keys, counts, params,
+                       tree, nullptr, stream);
+}
+
+Status presto_select(const TensorView& cand_token, const TensorView& cand_logprob, int64_t budget,
+                     const TensorView* root_token, const TensorView& context,
+                     const TensorView& keys, const TensorView& counts, const PrestoParams& params,
+                     const TreeView& tree, const TensorView* workspace, Stream stream) {
   DIFFTREE_RETURN_IF_ERROR(check_presto_select(cand_token, cand_logprob, budget, root_token,
                                                context, keys, counts, params));
   DIFFTREE_RETURN_IF_ERROR(tree_for_budget(tree, cand_logprob, budget));
+  if (cand_logprob.device == DeviceType::kCUDA) {
+#ifdef DIFFTREE_WITH_CUDA
+    const int64_t B = cand_logprob.shape[0], L = cand_logprob.shape[1], K = cand_logprob.shape[2];
+    const size_t need = cuda::presto_select_workspace_bytes(B, L, K, budget, params.order);
+    DIFFTREE_RETURN_IF_ERROR(
+        checked_workspace(workspace, need, cand_logprob, "cand_logprob", "presto_select",
+                          "presto_select_workspace_bytes(B, L, K, budget, order)"));
+    return cuda::presto_select(cand_token, cand_logprob, budget, root_token, context, keys, counts,
+                               params, tree, need > 0 ? workspace->data : nullptr, need, stream);
+#else
+    (void)workspace;
+    (void)stream;
+    return cuda_not_compiled("presto_select");
+#endif
+  }
+  (void)workspace;
+  (void)stream;
   return cpu::presto_select(cand_token, cand_logprob, budget, root_token, context, keys, counts,
                             params, tree);
+}
+
+size_t presto_select_workspace_bytes(int64_t B, int64_t L, int64_t K, int64_t budget,
+                                     int64_t order) {
+#ifdef DIFFTREE_WITH_CUDA
+  return cuda::presto_select_workspace_bytes(B, L, K, budget, order);
+#else
+  (void)B, (void)L, (void)K, (void)budget, (void)order;
+  return 0;
+#endif
+}
+
+Status check_ngram_extend(const TensorView& keys, const TensorView& counts,
+                          const TensorView& history, const TensorView& tokens,
+                          const TensorView& num_tokens, int64_t order) {
+  DIFFTREE_RETURN_IF_ERROR(checks::in_range(order, "order", 1, 8));
+  DIFFTREE_RETURN_IF_ERROR(checks::ndim(tokens, "tokens", 2, "[B, T]"));
+  DIFFTREE_RETURN_IF_ERROR(index_tensor(tokens, "tokens", tokens, "tokens"));
+  const int64_t B = tokens.shape[0];
+  DIFFTREE_RETURN_IF_ERROR(checks::shape(num_tokens, "num_tokens", {B}, "[B]"));
+  DIFFTREE_RETURN_IF_ERROR(index_tensor(num_tokens, "num_tokens", tokens, "tokens"));
+  DIFFTREE_RETURN_IF_ERROR(checks::shape(history, "history", {B, order - 1}, "[B, order - 1]"));
+  DIFFTREE_RETURN_IF_ERROR(checks::tensor(history, "history", {DType::kInt64}, tokens, "tokens"));
+  return count_table(keys, counts, tokens, "tokens", B, true);
+}
+
+Status ngram_extend(const TensorView& keys, const TensorView& counts, const TensorView& history,
+                    const TensorView& tokens, const TensorView& num_tokens, int64_t order,
+                    const TensorView* overflow, Stream stream) {
+  DIFFTREE_RETURN_IF_ERROR(check_ngram_extend(keys, counts, history, tokens, num_tokens, order));
+  if (overflow != nullptr) {
+    DIFFTREE_RETURN_IF_ERROR(checks::shape(*overflow, "overflow", {tokens.shape[0]}, "[B]"));
+    DIFFTREE_RETURN_IF_ERROR(
+        checks::tensor(*overflow, "overflow", {DType::kInt32}, tokens, "tokens"));
+  }
+  if (tokens.device == DeviceType::kCUDA) {
+#ifdef DIFFTREE_WITH_CUDA
+    return cuda::ngram_extend(keys, counts, history, tokens, num_tokens, order, overflow, stream);
+#else
+    (void)stream;
+    return cuda_not_compiled("ngram_extend");
+#endif
+  }
+  (void)stream;
+  return cpu::ngram_extend(keys, counts, history, tokens, num_tokens, order);
 }
 
 // ---- taps_select (CPU only for now) ---------------------------------------------------------

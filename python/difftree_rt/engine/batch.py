@@ -23,7 +23,7 @@ from ..models.dflash import DFlashCache, DFlashDrafter
 from ..models.target import TargetAdapter
 from .output import CACHE_ROUND, GenerationOutput, is_int, per_request
 from .policies import PolicyInput
-from .round_ops import emitted_tokens, verify_tree, write_emitted
+from .round_ops import emitted_tokens, start_stream, verify_tree, write_emitted
 from .sampling import RequestSettings, SamplingParams, choose_tokens, request_seeds, sampling_kwargs
 from .stats import GenerationStats, PhaseTimer
 
@@ -309,6 +309,10 @@ class BatchGenerationMixin:
             stream[:, :num_t] = torch.where(in_prompt, right, -1)
             stream.scatter_(1, prompt_t[:, None], bonus[:, None].to(torch.long))
             stream_trash = num_t + max_new
+        pstream = None
+        if policy.tracks_stream:
+            pstream = policy.new_stream(num_b, num_t + max_new + 1, dev)
+            start_stream(policy, pstream, right, num_new, bonus)
         generated_t = torch.ones(num_b, dtype=torch.long, device=dev)
         caps_t = req.max_new if req.max_new is not None else max_new
         active_t = ~is_stop & (generated_t < caps_t)
@@ -323,7 +327,7 @@ class BatchGenerationMixin:
                 block = drafter.make_block(bonus)
                 # Ragged context: request b's block sits at its own length (start = lengths).
                 draft_logits = drafter.draft(block, dcache, new_features, num_new=num_new)
-                inputs = PolicyInput(draft_logits, bonus, round_idx)
+                inputs = PolicyInput(draft_logits, bonus, round_idx, stream=pstream)
                 if stream is not None:
                     inputs.context_lengths = list(starts)
                     inputs.context_ids = stream[:, : num_t + max(gen)]
@@ -355,6 +359,8 @@ class BatchGenerationMixin:
                     sdest = torch.where(dest == trash, stream_trash, dest + prompt_t[:, None])
                     stream.scatter_(1, sdest, emit)
                 generated_t = generated_t + num_emit
+                if pstream is not None:
+                    policy.extend_stream(pstream, emit, num_emit)
                 num_new = (accepted + 1) * act_l
                 active_t = active_t & ~walk.done & (next_token >= 0) & (generated_t < caps_t)
             with timer.phase("host"):

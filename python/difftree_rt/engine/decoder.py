@@ -36,7 +36,7 @@ from ..models.target import TargetAdapter
 from .batch import BatchGenerationMixin
 from .output import CACHE_ROUND, GenerationOutput, is_int, per_request
 from .policies import MAX_BUDGET, DraftPolicy, PolicyInput, make_policy
-from .round_ops import emitted_tokens, verify_tree, write_emitted
+from .round_ops import emitted_tokens, start_stream, verify_tree, write_emitted
 from .sampling import SamplingParams, choose_tokens, request_settings
 from .stats import GenerationStats, PhaseTimer
 
@@ -639,6 +639,11 @@ class SpeculativeDecoder(BatchGenerationMixin):
         assert features is not None
         new_features = features.to(drafter.dtype)
         generated_t = torch.ones(1, dtype=torch.long, device=self.device)
+        stream = None
+        if policy.tracks_stream:
+            stream = policy.new_stream(1, prompt_len + max_new + 1, self.device)
+            lens = torch.full((1,), prompt_len, dtype=torch.long, device=self.device)
+            start_stream(policy, stream, ids, lens, bonus)
         with timer.phase("host"):
             (stopped,) = self._host_read(is_stop)
         generated = 1
@@ -656,7 +661,7 @@ class SpeculativeDecoder(BatchGenerationMixin):
                 context = None
                 if policy.needs_context:
                     context = torch.cat([ids, out_buf[:, :generated]], dim=1)
-                inputs = PolicyInput(draft_logits, bonus, round_idx, context)
+                inputs = PolicyInput(draft_logits, bonus, round_idx, context, stream=stream)
                 if policy.redraft:
                     if vcache is not dcache:
                         second.append_context(vcache, new_features.to(second.dtype))
@@ -679,6 +684,8 @@ class SpeculativeDecoder(BatchGenerationMixin):
                 emit, num_emit = emitted_tokens(tree, walk.path, accepted, next_token, cols)
                 write_emitted(out_buf, generated_t, emit, num_emit, cols, trash)
                 generated_t = generated_t + num_emit
+                if stream is not None:
+                    policy.extend_stream(stream, emit, num_emit)
             with timer.phase("host"):
                 before = generated
                 acc, nxt, ended, generated = self._host_read(

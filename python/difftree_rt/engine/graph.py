@@ -52,7 +52,7 @@ from ..models.target import TargetAdapter
 from ..tree import DraftTree, anc_words
 from .host_sync import HostSyncError, forbid_host_sync
 from .policies import DraftPolicy, PolicyInput
-from .round_ops import emitted_tokens, verify_tree, write_emitted
+from .round_ops import emitted_tokens, start_stream, verify_tree, write_emitted
 from .sampling import (
     RequestSettings,
     SamplingParams,
@@ -160,6 +160,7 @@ class _Slot:
     dcache: DFlashCache | None  # None for "ar" (no drafter)
     vcache: DFlashCache | None  # the second-pass drafter's cache (redraft with a VP drafter)
     span_cap: int  # largest key span (scratch rows past it hold the second pass's blocks)
+    stream: Any  # a tracks_stream policy's device state (presto's n-gram tables), else None
     pinned: list[Tensor]
     events: list[Any]
 
@@ -239,6 +240,7 @@ class GraphRoundRunner:
         self._dcache: DFlashCache | None = None
         self._vcache: DFlashCache | None = None
         self._span_cap = 0
+        self._pstream: Any = None
         self._state: _State | None = None
         self._pinned: list[Tensor] = []
         self._events: list[Any] = []
@@ -271,6 +273,7 @@ class GraphRoundRunner:
             self._drop(b)
         self._adapter, self._state, self._dcache = slot.adapter, slot.state, slot.dcache
         self._vcache, self._span_cap = slot.vcache, slot.span_cap
+        self._pstream = slot.stream
         self._pinned, self._events = slot.pinned, slot.events
         return slot.state
 
@@ -323,6 +326,10 @@ class GraphRoundRunner:
             out=torch.full((num_b, adapter.max_length + 1), -1, **i64),
             status=torch.zeros(num_b, 5 + p, **i64),
         )
+        # The policy's stream state covers every token the target's cache can commit + the bonus.
+        pstream = None
+        if self.policy.tracks_stream:
+            pstream = self.policy.new_stream(num_b, adapter.max_length + 1, dev)
         pin = self.device.type == "cuda"
         pinned = [torch.zeros(num_b, 5 + p, dtype=torch.long, pin_memory=pin) for _ in range(2)]
         events: list[Any] = []
@@ -330,7 +337,7 @@ class GraphRoundRunner:
             events = [torch.cuda.Event() for _ in range(2)]
             if self._pool is None:
                 self._pool = torch.cuda.graph_pool_handle()
-        return _Slot(adapter, state, dcache, vcache, span_cap, pinned, events)
+        return _Slot(adapter, state, dcache, vcache, span_cap, pstream, pinned, events)
 
     def buffers(self) -> dict[str, Tensor]:
         """Every static tensor a round touches, by name (for address-stability checks)."""
@@ -355,6 +362,8 @@ class GraphRoundRunner:
             out["vp_drafter.lengths"] = vc.lengths
             out.update({f"vp_drafter.k{i}": t for i, t in enumerate(vc.keys)})
             out.update({f"vp_drafter.v{i}": t for i, t in enumerate(vc.values)})
+        if self._pstream is not None:
+            out.update({f"policy.stream{i}": t for i, t in enumerate(self._pstream.tensors())})
         return out
 
     # ------------------------------------------------------------------------------------------
@@ -377,8 +386,9 @@ class GraphRoundRunner:
         # Graph-safe policies ignore round_idx (the host counter would be baked into a graph).
         assert self._adapter is not None
         inputs = PolicyInput(
-            logits, st.bonus, 0, None, committed=self._adapter.cache.base_len, fixed_shape=True
-        )
+            logits, st.bonus, 0, None, committed=self._adapter.cache.base_len, fixed_shape=True,
+            stream=self._pstream,
+        )  # fmt: skip
         if self.policy.redraft:
             # The second pass (d2sd): R blocks over the same context, at scratch rows past the
             # key span; its cache holds exactly the same context rows as the first one.
@@ -420,6 +430,8 @@ class GraphRoundRunner:
         cols = torch.arange(self.path_cols, device=self.device)
         emit, num_emit = emitted_tokens(tree, walk.path, accepted, next_token, cols)
         num_emit = num_emit * active
+        if self._pstream is not None:
+            self.policy.extend_stream(self._pstream, emit, num_emit)
         keep, _ = write_emitted(st.out, st.generated, emit, num_emit, cols, st.out.shape[1] - 1)
         st.generated.add_(num_emit)
         st.done.logical_or_(walk.done)
@@ -506,6 +518,8 @@ class GraphRoundRunner:
         st = self._state
         assert st is not None and self._adapter is not None
         mutable = [*st.mutable(), self._adapter.cache.base_len]
+        if self._pstream is not None:
+            mutable += self._pstream.tensors()
         for cache in (self._dcache, self._vcache):
             if cache is not None:
                 mutable.append(cache.lengths)
@@ -579,7 +593,7 @@ class GraphRoundRunner:
             torch.full((1, 1), params.seed, dtype=torch.long, device=self.device),
             torch.tensor([sampling_values(params)], dtype=torch.float32, device=self.device),
         )
-        self._setup(features, [prompt_len], first, is_stop, max_new, req, stop)
+        self._setup(ids, features, [prompt_len], first, is_stop, max_new, req, stop)
         gen = self._rounds([prompt_len], [max_new], [stats], stats)
         out = st.out[:, : gen[0]].clone()
         stats.stopped = dec._ended_on_stop(out, stop)
@@ -627,7 +641,7 @@ class GraphRoundRunner:
         first, features, is_stop = dec._prefill_batch(
             adapter, right, lengths, params, req, stop, st.out, timer
         )
-        self._setup(features, lengths, first, is_stop, max_new, req, stop)
+        self._setup(right, features, lengths, first, is_stop, max_new, req, stop)
         caps = req.caps if req.caps is not None else [max_new] * num_b
         gen = self._rounds(lengths, caps, per, stats)
         return st.out[:, : max(gen)].clone(), gen
@@ -644,6 +658,7 @@ class GraphRoundRunner:
 
     def _setup(
         self,
+        prompts: Tensor,
         features: Tensor | None,
         lengths: list[int],
         first: Tensor,
@@ -653,8 +668,9 @@ class GraphRoundRunner:
         stop: Tensor | None,
     ) -> None:
         """Per-request values into the static buffers, in place (setup: host syncs allowed):
-        the prompt features into the drafter cache, the first token, counters, seeds, stops.
-        A request whose first token already ended it starts done (its rounds are no-ops)."""
+        the prompt features into the drafter cache, the first token, counters, seeds, stops,
+        the policy's stream state (``prompts [B, T]`` left-aligned). A request whose first
+        token already ended it starts done (its rounds are no-ops)."""
         st = self._state
         assert st is not None
         counts = torch.tensor(lengths, dtype=torch.long, device=self.device)
@@ -663,6 +679,8 @@ class GraphRoundRunner:
                 assert features is not None
                 cache.reset()
                 drafter.append_context_fixed(cache, features.to(drafter.dtype), counts)
+        if self._pstream is not None:
+            start_stream(self.policy, self._pstream, prompts, counts, first)
         st.bonus.copy_(first)
         st.generated.fill_(1)
         if req.max_new is not None:

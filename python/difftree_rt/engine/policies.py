@@ -60,6 +60,9 @@ class PolicyInput:
             (caddtree), read on the device; None on the eager path.
         fixed_shape: graph mode: the tree must keep the policy's full capacity (``budget + 1``
             rows, padding past ``num_nodes``) and ``select`` must read no host value.
+        stream: ``tracks_stream`` policies: the device state the engine opened with
+            :meth:`DraftPolicy.new_stream` and keeps up to date (the committed stream so far,
+            ending with this round's root), else None.
     """
 
     draft_logits: Tensor
@@ -71,6 +74,7 @@ class PolicyInput:
     context_lengths: list[int] | None = None
     committed: Tensor | None = None
     fixed_shape: bool = False
+    stream: Any = None
 
 
 class DraftPolicy(ABC):
@@ -95,6 +99,13 @@ class DraftPolicy(ABC):
             :attr:`PolicyInput.context_lengths` and the -1-padded ``context_ids`` rows (see
             :class:`PolicyInput`). Batched generation refuses ``needs_context`` policies
             without it (NotImplementedError).
+        tracks_stream: the policy keeps device state over each request's committed token
+            stream (prefix-conditioned priors: presto). The engine calls :meth:`new_stream`
+            once per call (graph mode: once per batch bucket, so the addresses stay fixed),
+            :meth:`start_stream` with the prompts and then the first token, and
+            :meth:`extend_stream` with every round's emitted tokens, and passes the state as
+            :attr:`PolicyInput.stream`. Unlike ``needs_context`` this costs no host read and
+            no growing tensor, so such a policy can be ``graph_safe``.
     """
 
     name: str = ""
@@ -104,6 +115,7 @@ class DraftPolicy(ABC):
     redraft: bool = False
     vp_drafter: Any = None
     graph_safe: bool = False
+    tracks_stream: bool = False
 
     def __init__(self, budget: int) -> None:
         if not isinstance(budget, int) or isinstance(budget, bool) or not 1 <= budget <= MAX_BUDGET:
@@ -113,6 +125,22 @@ class DraftPolicy(ABC):
     def capacity(self, max_depth: int) -> int:
         """N, the tree rows this policy produces for draft depth ``max_depth`` (root included)."""
         return self.budget + 1
+
+    def new_stream(self, batch_size: int, max_tokens: int, device: Any) -> Any:
+        """``tracks_stream`` policies: fresh state for ``batch_size`` streams of at most
+        ``max_tokens`` tokens each on ``device``. The state object has ``tensors()``: every
+        tensor a round may change (graph mode restores them after its warm-up rounds)."""
+        raise NotImplementedError(f"{type(self).__name__} does not track the stream")
+
+    def start_stream(self, stream: Any, tokens: Tensor, lengths: Tensor) -> None:
+        """Reset ``stream`` in place to request b's first ``lengths[b]`` tokens of
+        ``tokens [B, T]`` (left-aligned; ``lengths`` a ``[B]`` int64 device tensor)."""
+        raise NotImplementedError(f"{type(self).__name__} does not track the stream")
+
+    def extend_stream(self, stream: Any, tokens: Tensor, counts: Tensor) -> None:
+        """Append ``tokens[b, :counts[b]]`` (``[B, P]``, ``[B]`` on the device) to request b's
+        stream, in place, with device ops only (it runs inside graph-mode rounds)."""
+        raise NotImplementedError(f"{type(self).__name__} does not track the stream")
 
     def redraft_blocks(self, inputs: PolicyInput, block_size: int, mask_token_id: int) -> Tensor:
         """``redraft`` policies: the second pass's blocks ``[B, R, block_size]`` (int64)."""

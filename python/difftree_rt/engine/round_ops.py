@@ -6,13 +6,16 @@ Vocabulary: B batch, N tree capacity, P path columns (``min(L, N - 1) + 1``).
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
 from ..models.target import TargetAdapter, TargetOutput
 from ..tree import DraftTree
+from .policies import DraftPolicy
 
-__all__ = ["emitted_tokens", "verify_tree", "write_emitted"]
+__all__ = ["emitted_tokens", "start_stream", "verify_tree", "write_emitted"]
 
 
 def verify_tree(adapter: TargetAdapter, tree: DraftTree, is_chain: bool) -> TargetOutput:
@@ -58,3 +61,14 @@ def write_emitted(
     dest = torch.where(keep, generated[:, None] + cols[None], trash)
     out.scatter_(1, dest, emit)
     return keep, dest
+
+
+def start_stream(
+    policy: DraftPolicy, stream: Any, prompts: Tensor, lengths: Tensor, first: Tensor
+) -> None:
+    """Open a ``tracks_stream`` policy's state on a request's stream before its first round:
+    the prompts (``[B, T]`` left-aligned, ``lengths [B]``), then the first generated token
+    ``[B]`` (the first round's root). Later rounds append their emitted tokens."""
+    policy.start_stream(stream, prompts, lengths)
+    ones = torch.ones(first.shape[0], dtype=torch.long, device=first.device)
+    policy.extend_stream(stream, first.to(torch.long)[:, None].clamp(min=0), ones)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from .cost import CostTable, default_cost_table, fit_monotone_convex, load_cost_table
 from .d2sd import D2SDPolicy
 from .ngram import NGramPrior
-from .selectors import CaDDTreePolicy, PrestoPolicy
+from .selectors import CaDDTreePolicy, PrestoPolicy, PrestoStream, presto_table_size
 from .taps import TapsPolicy
 
 __all__ = [
@@ -20,8 +20,10 @@ __all__ = [
     "D2SDPolicy",
     "NGramPrior",
     "PrestoPolicy",
+    "PrestoStream",
     "TapsPolicy",
     "default_cost_table",
     "fit_monotone_convex",
     "load_cost_table",
+    "presto_table_size",
 ]

@@ -114,18 +114,33 @@ class NGramCounts:
         return p
 
 
+#: Lanes of the normaliser's sum (src/common/ngram_key.h: the CUDA warp reduction's order).
+SUM_LANES = 32
+
+
+def _lane_sum(values: Sequence[float]) -> float:
+    """Σ values in the normative lane order: 32 sequential partial sums over r = l, l + 32, ...,
+    then folded pairwise (partial[l] += partial[l + o] for o = 16, 8, 4, 2, 1)."""
+    part = [0.0] * SUM_LANES
+    for r, v in enumerate(values):
+        part[r % SUM_LANES] = part[r % SUM_LANES] + v
+    o = SUM_LANES // 2
+    while o >= 1:
+        for lane in range(o):
+            part[lane] = part[lane] + part[lane + o]
+        o //= 2
+    return part[0]
+
+
 def _edges(lp: Sequence[float], probs: Sequence[float], lam: float) -> list[tuple[float, int]]:
     """Sorted (edge score fp32, rank) of one parent's children: score desc, rank asc."""
     k = len(lp)
     if lam == 0.0:
         edges = [np.float32(v) for v in lp]
     else:
-        tilted = mass = 0.0
-        for r in range(k):
-            q = math.exp(float(lp[r]))
-            w = q * math.exp(lam * math.log(probs[r]))
-            tilted = tilted + w
-            mass = mass + q
+        qs = [math.exp(float(lp[r])) for r in range(k)]
+        ws = [qs[r] * math.exp(lam * math.log(probs[r])) for r in range(k)]
+        tilted, mass = _lane_sum(ws), _lane_sum(qs)
         rest = 1.0 - mass
         z = tilted + rest if rest > 0.0 else tilted
         log_z = math.log(z)

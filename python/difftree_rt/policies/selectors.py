@@ -6,23 +6,24 @@ V vocabulary, N tree capacity (budget + 1).
 ``caddtree`` stays on the draft logits' device: on CUDA the candidates, the cut and the tree
 never leave the GPU (cuda/caddtree_select.cu, bit-identical to the CPU op), and the cost rows are
 evaluated on the device from the committed lengths (:class:`~difftree_rt.policies.cost.
-DeviceCosts`), so graph mode captures it. ``presto`` runs on the host (no CUDA
-kernel yet): the candidates ``[B, L, K]`` are copied to the CPU, the tree is copied back; on a
-batch each request has its own n-gram prior and its own selection (one op call per request).
+DeviceCosts`), so graph mode captures it. ``presto`` likewise: each request's n-gram table
+lives on the device (:class:`PrestoStream`, extended every round by ``ngram_extend`` with the
+emitted tokens) and ``presto_select`` reads it there (cuda/presto.cu), so no round copies
+anything to the host and graph mode captures it too.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import torch
 
 from ..engine.policies import DraftPolicy, PolicyInput
 from ..tree import DraftTree
 from .cost import CostTable, DeviceCosts, load_cost_table
-from .ngram import NGramPrior
 
-__all__ = ["CaDDTreePolicy", "PrestoPolicy"]
+__all__ = ["CaDDTreePolicy", "PrestoPolicy", "PrestoStream", "presto_table_size"]
 
 
 def _candidates(
@@ -123,6 +124,35 @@ class CaDDTreePolicy(DraftPolicy):
         return f"CaDDTreePolicy(budget={self.budget}, unit={self.table.unit!r})"
 
 
+def presto_table_size(order: int, max_tokens: int) -> int:
+    """H, the slots of one request's n-gram table for a stream of up to ``max_tokens`` tokens:
+    each token adds at most ``2 * order`` keys, and a load of at most 1/2 keeps probing short
+    and the table never full."""
+    need = 4 * order * max(1, int(max_tokens))
+    return max(16, 1 << (need - 1).bit_length())
+
+
+@dataclass
+class PrestoStream:
+    """The device state of :class:`PrestoPolicy` for a batch of B streams (fixed addresses, so
+    graph mode captures them): the n-gram tables and each stream's last ``order - 1`` tokens.
+
+    Attributes:
+        keys, counts: int64 / int32 ``[B, H]`` count tables (``ops.ngram_extend``).
+        history: int64 ``[B, order - 1]``: each stream's last tokens (the root last), -1 padded.
+        overflow: int32 ``[B]``: set on CUDA if a table ever filled (sized so it cannot).
+    """
+
+    keys: torch.Tensor
+    counts: torch.Tensor
+    history: torch.Tensor
+    overflow: torch.Tensor
+
+    def tensors(self) -> list[torch.Tensor]:
+        """Every tensor a round changes (graph mode saves them around capture warm-up)."""
+        return [self.keys, self.counts, self.history, self.overflow]
+
+
 class PrestoPolicy(DraftPolicy):
     """PRESTO (ALGORITHMS.md §7): best-first over ``log q + λ log p_a(t | path)`` (per-parent
     normalised) with an incremental n-gram prior over the prompt and the generated tokens.
@@ -134,14 +164,16 @@ class PrestoPolicy(DraftPolicy):
         alpha: additive smoothing mass α (interpolation toward the lower order).
         k: candidates per depth (default ``min(budget, V)``, as DDTree).
 
-    On a batch (``context_lengths`` given, or B > 1) row b of ``context_ids`` is request b's
-    stream followed by -1 padding; request b keeps its own prior (:attr:`batch_priors`) and
-    gets its own ``presto_select`` call, so its tree is exactly the one of its solo run.
+    The prior is per request and on the draft logits' device: the engine opens a
+    :class:`PrestoStream` per call (:meth:`start_stream` counts the prompts and the first
+    token) and extends it with each round's emitted tokens (:meth:`extend_stream`), so a
+    request in a batch gets exactly its solo tree, and a round reads no host value
+    (``graph_safe``).
     """
 
     name = "presto"
-    needs_context = True
-    batch_context = True  # on a batch: one prior per request, over its own row of context_ids
+    tracks_stream = True
+    graph_safe = True
 
     def __init__(
         self,
@@ -157,64 +189,70 @@ class PrestoPolicy(DraftPolicy):
             raise ValueError(f"lam must be >= 0, got {lam!r}")
         if not alpha > 0.0:
             raise ValueError(f"alpha must be > 0, got {alpha!r}")
+        if not isinstance(order, int) or not 1 <= order <= 8:
+            raise ValueError(f"order must be an int in [1, 8], got {order!r}")
         self.lam, self.order, self.alpha, self.k = float(lam), order, float(alpha), k
-        self.prior = NGramPrior(order)
-        #: Batched generation: request b's prior (kept across calls like :attr:`prior`).
-        self.batch_priors: list[NGramPrior] = []
 
-    def _select_one(
-        self,
-        prior: NGramPrior,
-        token: torch.Tensor,
-        logprob: torch.Tensor,
-        root: torch.Tensor,
-        vocab: int,
-    ) -> DraftTree:
-        from .. import ops
-
-        return ops.presto_select_from_candidates(
-            token,
-            logprob,
-            self.budget,
-            prior.context()[None],
-            prior.keys,
-            prior.counts,
-            order=self.order,
-            vocab=vocab,
-            lam=self.lam,
-            alpha=self.alpha,
-            root_token=root,
+    # ---- the stream (engine hooks, see DraftPolicy) ------------------------------------------
+    def new_stream(
+        self, batch_size: int, max_tokens: int, device: torch.device | str
+    ) -> PrestoStream:
+        size = presto_table_size(self.order, max_tokens)
+        return PrestoStream(
+            keys=torch.zeros(batch_size, size, dtype=torch.int64, device=device),
+            counts=torch.zeros(batch_size, size, dtype=torch.int32, device=device),
+            history=torch.full((batch_size, self.order - 1), -1, dtype=torch.int64, device=device),
+            overflow=torch.zeros(batch_size, dtype=torch.int32, device=device),
         )
 
+    def start_stream(
+        self, stream: PrestoStream, tokens: torch.Tensor, lengths: torch.Tensor
+    ) -> None:
+        from .. import ops
+
+        stream.keys.zero_()
+        stream.counts.zero_()
+        stream.history.fill_(-1)
+        stream.overflow.zero_()
+        ops.ngram_extend(
+            stream.keys, stream.counts, stream.history, tokens, lengths, self.order,
+            stream.overflow,
+        )  # fmt: skip
+
+    def extend_stream(
+        self, stream: PrestoStream, tokens: torch.Tensor, counts: torch.Tensor
+    ) -> None:
+        from .. import ops
+
+        ops.ngram_extend(
+            stream.keys, stream.counts, stream.history, tokens, counts, self.order,
+            stream.overflow,
+        )  # fmt: skip
+
+    # ---- selection --------------------------------------------------------------------------
     def select(self, inputs: PolicyInput) -> DraftTree:
+        from .. import ops
+
+        stream = inputs.stream
+        if not isinstance(stream, PrestoStream):
+            raise ValueError(
+                "presto needs PolicyInput.stream (its PrestoStream: new_stream + start_stream, "
+                "extended with every round's emitted tokens)"
+            )
         logits = inputs.draft_logits
         B, _, V = logits.shape
-        if inputs.context_ids is None:
-            raise ValueError("presto needs PolicyInput.context_ids (the committed stream)")
+        if stream.keys.shape[0] != B or stream.keys.device != logits.device:
+            raise ValueError(
+                f"presto: the stream holds {stream.keys.shape[0]} tables on "
+                f"{stream.keys.device}, the draft logits are [B={B}, ...] on {logits.device}"
+            )
         k = max(1, min(self.k or self.budget, self.budget, V))
-        token, logprob = _candidates(inputs, k)
-        root = inputs.root_token.cpu()
-        if B == 1 and inputs.context_lengths is None:
-            # The stream ends with the root (bonus) token: it is emitted output, so it is counted.
-            self.prior.sync(inputs.context_ids[0])
-            return self._select_one(self.prior, token, logprob, root, V).to(logits.device)
-        # A batch: row b of context_ids is request b's stream, then -1 padding. Each request
-        # keeps its own prior and gets its own selection, so its tree is exactly the solo one
-        # (the core's presto_select reads one count table, shared by the whole batch).
-        ctx = inputs.context_ids.cpu()
-        if ctx.shape[0] != B:
-            raise ValueError(f"presto: context_ids has {ctx.shape[0]} rows for B={B}")
-        ns = (ctx >= 0).sum(dim=1).tolist()
-        while len(self.batch_priors) < B:
-            self.batch_priors.append(NGramPrior(self.order))
-        trees = []
-        for b in range(B):
-            prior = self.batch_priors[b]
-            prior.sync(ctx[b, : ns[b]])
-            sl = slice(b, b + 1)
-            trees.append(self._select_one(prior, token[sl], logprob[sl], root[sl], V))
-        arrays = tuple(torch.cat(parts) for parts in zip(*(t.arrays() for t in trees)))
-        return DraftTree.from_arrays(arrays, trees[0].max_depth).to(logits.device)
+        token, logprob = _candidates(inputs, k, on_device=True)
+        return ops.presto_select_from_candidates(
+            token, logprob, self.budget, stream.history, stream.keys, stream.counts,
+            order=self.order, vocab=V, lam=self.lam, alpha=self.alpha,
+            root_token=inputs.root_token,
+        )  # fmt: skip
 
     def __repr__(self) -> str:
         return (
