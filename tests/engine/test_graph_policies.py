@@ -219,3 +219,85 @@ def test_presto_batch_graph_mode_identical_to_eager() -> None:
     assert torch.equal(solo.sequences[0], outs[0].sequences[1])
     again = graph.generate(prompts, 36)
     assert torch.equal(again.sequences, outs[0].sequences)
+
+
+def _moderate_table() -> Any:
+    """Verify costs that grow with the tree: cuts of ~5-35 nodes on the trained pair."""
+    from difftree_rt.policies import CostTable
+
+    return CostTable(
+        nodes=[0, 8, 64, 256], contexts=[0], verify=[[[1.0, 1.05, 1.6, 4.0]]], draft=[[0.2]]
+    )
+
+
+def test_caddtree_tree_size_buckets_follow_the_cut() -> None:
+    # Graph mode verifies each round in a tree-size bucket above the recent cuts (known one
+    # round late) instead of the full capacity; with the default headroom no cut reaches its
+    # bucket here, so the rounds are exactly the eager ones.
+    from difftree_rt.policies import CaDDTreePolicy
+
+    target, drafter = trained_pair()
+    eager = SpeculativeDecoder(target, drafter, CaDDTreePolicy(256, _moderate_table()))
+    graph = SpeculativeDecoder(
+        target, drafter, CaDDTreePolicy(256, _moderate_table()), cuda_graphs=True
+    )
+    runner = _runner(graph)
+    runner.round_context = forbid_host_sync
+    assert runner.buckets == [8, 15, 29, 57, 113, 257]  # L = 7 on this pair
+    gen = torch.Generator().manual_seed(3)
+    for n in (4, 20):
+        prompt = torch.randint(0, 32, (1, n), generator=gen)
+        for kw in (dict(), dict(temperature=0.8, seed=2)):
+            got = graph.generate(prompt, 60, **kw)
+            want = eager.generate(prompt, 60, **kw)
+            assert torch.equal(got.sequences, want.sequences), kw
+            assert got.stats.accepted_lengths == want.stats.accepted_lengths, kw
+            if not kw:
+                assert_greedy_equal(target, got.sequences, greedy_reference(target, prompt, 60))
+    assert runner.filled_rounds == 0
+    used = [nb for _, nb in runner.bucket_log]
+    assert len(set(used)) >= 2 and min(used) < runner.capacity, used
+    # Every round's tree fitted its bucket: the eager cuts never exceeded the bucket's cap.
+    assert max(eager.policy.sizes) < 113
+
+
+def test_caddtree_capped_rounds_stay_lossless() -> None:
+    # Starting in the smallest bucket, the first rounds' cuts stop at its cap (7 nodes): the
+    # trees are smaller than eager's, the output is still the target's own.
+    from difftree_rt.policies import CaDDTreePolicy
+
+    target, drafter = trained_pair()
+    graph = SpeculativeDecoder(
+        target, drafter, CaDDTreePolicy(64, _moderate_table()), cuda_graphs=True
+    )
+    runner = _runner(graph)
+    runner.start_bucket = 0
+    gen = torch.Generator().manual_seed(5)
+    for n in (3, 17):
+        prompt = torch.randint(0, 32, (1, n), generator=gen)
+        out = graph.generate(prompt, 50)
+        assert_greedy_equal(target, out.sequences, greedy_reference(target, prompt, 50))
+    assert runner.filled_rounds >= 1
+    assert [nb for _, nb in runner.bucket_log][:2] == [8, 8]
+
+
+def test_caddtree_capped_rounds_sample_the_target_distribution() -> None:
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "policies"))
+    from sampling_check import assert_sampling_lossless
+
+    from difftree_rt.policies import CaDDTreePolicy
+
+    def start_small(dec: SpeculativeDecoder) -> None:
+        _runner(dec).start_bucket = 0
+
+    assert_sampling_lossless(
+        lambda _: CaDDTreePolicy(48, _moderate_table()),
+        temperature=1.0,
+        cuda_graphs=True,
+        setup=start_small,
+        num=1200,
+        min_accepted=1,
+    )

@@ -306,7 +306,7 @@ def test_rounds_after_done_are_noops() -> None:
     timer = PhaseTimer(GenerationStats("ddtree", 16), runner.device, False)
     for _ in range(3):
         with torch.inference_mode():  # as in generate (the buffers are inference tensors)
-            runner._run_round(span_bucket(64, dc.capacity, runner.span_min), timer)
+            runner._run_round(span_bucket(64, dc.capacity, runner.span_min), runner.capacity, timer)
             adapter.cache.set_fixed_span(None)
     after = (st.out, st.generated, st.bonus, adapter.base_len, dc.lengths)
     assert all(torch.equal(a, b) for a, b in zip(before, after))
@@ -324,7 +324,8 @@ def test_capture_warm_up_leaves_no_trace(temperature: float) -> None:
 
     def warm(r: int) -> None:
         if r in (1, 4):
-            runner._warm_up(span_bucket(256, runner._dcache.capacity))  # type: ignore[union-attr]
+            span = span_bucket(256, runner._dcache.capacity)  # type: ignore[union-attr]
+            runner._warm_up(span, runner.capacity)
 
     runner.on_round = warm
     prompt = torch.tensor([[6, 2, 8, 3, 1]])
@@ -343,9 +344,9 @@ def test_span_buckets_switch_losslessly() -> None:
     spans: list[int] = []
     run_round = runner._run_round
 
-    def spy(span: int, timer: PhaseTimer) -> None:
+    def spy(span: int, nb: int, timer: PhaseTimer) -> None:
         spans.append(span)
-        run_round(span, timer)
+        run_round(span, nb, timer)
 
     runner._run_round = spy  # type: ignore[method-assign]
     prompt = torch.randint(0, 32, (1, 9), generator=torch.Generator().manual_seed(4))
@@ -444,7 +445,7 @@ def test_warm_up_error_is_not_swallowed(monkeypatch: pytest.MonkeyPatch) -> None
     runner.capture = True
     _fake_cuda_capture(monkeypatch, fail=False)
 
-    def broken(span: int) -> None:
+    def broken(span: int, nb: int) -> None:
         raise RuntimeError("boom in warm-up")
 
     monkeypatch.setattr(runner, "_warm_up", broken)

@@ -23,18 +23,23 @@ def assert_sampling_lossless(
     vocab: int = 16,
     num: int = 2000,
     min_accepted: int = 2,
+    cuda_graphs: bool = False,
+    setup: Callable[[SpeculativeDecoder], None] | None = None,
 ) -> None:
     """``make_policy(target)`` -> the policy under test (it may build its own drafters).
 
     The check has power only if drafts are actually accepted: at least 1/20 of the runs must
     accept ``min_accepted`` drafts in the first round (narrow trees such as d2sd's rarely
-    reach depth 2 on this nearly flat target: they pass 1).
+    reach depth 2 on this nearly flat target: they pass 1). ``cuda_graphs``: run the graph-mode
+    rounds (uncaptured on CPU); ``setup(decoder)`` adjusts the decoder before the runs.
     """
     target = make_target("llama", vocab=vocab, seed=4, init=0.1)
     drafter = make_drafter(target, seed=4)
     prompt = torch.tensor([[3, 1, 4, 1]])
     probs = exact_joint(target, prompt, steps, temperature=temperature, top_p=top_p)
-    dec = SpeculativeDecoder(target, drafter, make_policy(target))
+    dec = SpeculativeDecoder(target, drafter, make_policy(target), cuda_graphs=cuda_graphs)
+    if setup is not None:
+        setup(dec)
     counts = torch.zeros(vocab**steps, dtype=torch.float64)
     deep = 0
     for seed in range(num):

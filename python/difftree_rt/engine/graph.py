@@ -28,7 +28,10 @@ pinned buffer without waiting, then reads the *previous* round's copy: it never 
 round in flight and stops at most one (no-op) round after the device decided to.
 
 Buckets: one set of static buffers per batch size B (solo and batched calls alternate without
-re-capturing), graphs per (B, N, span, sampling structure). Redraft policies (d2sd) run both
+re-capturing), graphs per (B, tree-size bucket N, span, sampling structure). A policy whose tree
+size varies per round (caddtree) lists several N (``DraftPolicy.size_buckets``); each round runs
+in the bucket above the tree sizes of the last rounds the host knows (``_BucketPicker``), so the
+verify pays for about the rows the policy uses, not its maximum. Redraft policies (d2sd) run both
 drafting passes inside the draft graph; "ar" runs one target step per round (a one-node tree,
 no drafter). A capture that fails goes on uncaptured with the same functions (a warning).
 
@@ -73,7 +76,10 @@ MAX_STOPS = 16
 #: Smallest key-span bucket (rows); spans grow by powers of two up to the cache capacity.
 SPAN_MIN = 256
 # Status columns copied to the host each round, before the P emitted tokens.
-_ACC, _NEXT, _DONE, _GEN, _NEMIT, _EMIT = 0, 1, 2, 3, 4, 5
+_ACC, _NEXT, _DONE, _GEN, _NEMIT, _NODES, _EMIT = 0, 1, 2, 3, 4, 5, 6
+#: Tree-size buckets: a round's bucket covers twice the largest tree of the last rounds known.
+BUCKET_HEADROOM = 2
+BUCKET_WINDOW = 4
 
 
 class _CaptureFailed(Exception):
@@ -123,9 +129,11 @@ class _State:
     stop: Tensor  # [MAX_STOPS] int64, -1 padded
     new_feat: Tensor  # [B, P, F] drafter dtype: verify features along the last path
     num_new: Tensor  # how many of new_feat's rows are real (accepted + 1, 0 when idle)
-    tree: tuple[Tensor, ...]  # the eight DraftTree arrays, [B, N] (anc [B, N, W], num_nodes [B])
+    # The eight DraftTree arrays per tree-size bucket N: [B, N] (anc [B, N, W], num_nodes [B]).
+    trees: dict[int, tuple[Tensor, ...]]
     out: Tensor  # [B, S_max + 1] int64 emitted tokens; the last column is scratch
-    status: Tensor  # [B, 5 + P] int64: accepted, next, done, generated, #emitted, emitted
+    status: Tensor  # [B, 6 + P] int64: accepted, next, done, generated, #emitted, tree nodes,
+    # emitted
 
     def mutable(self) -> list[Tensor]:
         """Buffers a round changes that later rounds read (saved around capture warm-up)."""
@@ -226,6 +234,22 @@ class GraphRoundRunner:
         self.span_min = span_min
         self.warmup = warmup
         self.capacity = decoder.capacity
+        # Tree-size buckets (N, ascending, the last = capacity): one pair of graphs per bucket;
+        # each round runs in the bucket above the trees of the last rounds the host knows.
+        self.buckets = sorted(set(policy.size_buckets(decoder.max_depth)) | {self.capacity})
+        if self.buckets[-1] != self.capacity:
+            raise ValueError(
+                f"policy {decoder.policy_name!r}: size_buckets {self.buckets} exceed its "
+                f"capacity {self.capacity}"
+            )
+        #: (batch size, bucket N) of every launched round (diagnostics, tests).
+        self.bucket_log: list[tuple[int, int]] = []
+        #: Rounds whose largest tree filled a bucket below the capacity (its cut may have been
+        #: capped there: lossless, but possibly fewer accepted tokens than eager).
+        self.filled_rounds = 0
+        #: Index into :attr:`buckets` each request starts in (None: the largest, no cap until
+        #: the first tree sizes are known).
+        self.start_bucket: int | None = None
         self.max_depth = decoder.max_depth
         self.path_cols = decoder.path_cols
         self.round_context: Callable[[], contextlib.AbstractContextManager[Any]] = (
@@ -284,7 +308,7 @@ class GraphRoundRunner:
 
     def _allocate(self, adapter: TargetAdapter) -> _Slot:
         dev, drafter, second = self.device, self.drafter, self.second
-        num_b, n, p, s = adapter.batch_size, self.capacity, self.path_cols, self.block_size
+        num_b, p, s = adapter.batch_size, self.path_cols, self.block_size
         i64 = dict(dtype=torch.long, device=dev)
         i32 = dict(dtype=torch.int32, device=dev)
         # Context rows never exceed the target's committed rows (< S_max); + S for the block
@@ -299,16 +323,19 @@ class GraphRoundRunner:
         mask_id = drafter.mask_token_id if drafter is not None else 0
         block = torch.full((num_b, s), mask_id, **i64)
         feat = (drafter.config.feature_size, drafter.dtype) if drafter is not None else (1, None)
-        tree = (
-            torch.zeros(num_b, n, **i32),
-            torch.full((num_b, n), -1, **i32),
-            torch.zeros(num_b, n, **i32),
-            torch.zeros(num_b, n, dtype=torch.float32, device=dev),
-            torch.full((num_b, n), -1, **i32),
-            torch.full((num_b, n), -1, **i32),
-            torch.zeros(num_b, n, anc_words(n), **i32),
-            torch.ones(num_b, **i32),
-        )
+        trees = {
+            n: (
+                torch.zeros(num_b, n, **i32),
+                torch.full((num_b, n), -1, **i32),
+                torch.zeros(num_b, n, **i32),
+                torch.zeros(num_b, n, dtype=torch.float32, device=dev),
+                torch.full((num_b, n), -1, **i32),
+                torch.full((num_b, n), -1, **i32),
+                torch.zeros(num_b, n, anc_words(n), **i32),
+                torch.ones(num_b, **i32),
+            )
+            for n in self.buckets
+        }
         state = _State(
             bonus=torch.zeros(num_b, **i64),
             block=block,
@@ -322,16 +349,16 @@ class GraphRoundRunner:
             stop=torch.full((MAX_STOPS,), -1, **i64),
             new_feat=torch.zeros(num_b, p, feat[0], dtype=feat[1], device=dev),
             num_new=torch.zeros(num_b, **i64),
-            tree=tree,
+            trees=trees,
             out=torch.full((num_b, adapter.max_length + 1), -1, **i64),
-            status=torch.zeros(num_b, 5 + p, **i64),
+            status=torch.zeros(num_b, _EMIT + p, **i64),
         )
         # The policy's stream state covers every token the target's cache can commit + the bonus.
         pstream = None
         if self.policy.tracks_stream:
             pstream = self.policy.new_stream(num_b, adapter.max_length + 1, dev)
         pin = self.device.type == "cuda"
-        pinned = [torch.zeros(num_b, 5 + p, dtype=torch.long, pin_memory=pin) for _ in range(2)]
+        pinned = [torch.zeros(num_b, _EMIT + p, dtype=torch.long, pin_memory=pin) for _ in range(2)]
         events: list[Any] = []
         if self.device.type == "cuda":
             events = [torch.cuda.Event() for _ in range(2)]
@@ -349,7 +376,8 @@ class GraphRoundRunner:
             for name in ("bonus", "block", "generated", "max_new", "done", "round_idx", "seed",
                          "sampling", "greedy", "stop", "new_feat", "num_new", "out", "status")
         }  # fmt: skip
-        out.update({f"tree.{i}": t for i, t in enumerate(st.tree)})
+        for n, tree in st.trees.items():
+            out.update({f"tree{n}.{i}": t for i, t in enumerate(tree)})
         out["target.base_len"] = adapter.cache.base_len
         out.update({f"target.k{i}": t for i, t in enumerate(adapter.cache.key_cache)})
         out.update({f"target.v{i}": t for i, t in enumerate(adapter.cache.value_cache)})
@@ -369,12 +397,13 @@ class GraphRoundRunner:
     # ------------------------------------------------------------------------------------------
     # The round (static buffers only: no host reads, shapes fixed by host constants)
     # ------------------------------------------------------------------------------------------
-    def _draft_select(self, span: int) -> None:
-        """Draft on ``[bonus, MASK...]`` over key rows ``[0, span)``, select, fill the tree bufs."""
+    def _draft_select(self, span: int, nb: int) -> None:
+        """Draft on ``[bonus, MASK...]`` over key rows ``[0, span)``, select a tree of capacity
+        ``nb`` (a tree-size bucket), fill that bucket's tree buffers."""
         st, dc, drafter = self._state, self._dcache, self.drafter
         assert st is not None
         if drafter is None or dc is None:
-            st.tree[0][:, 0].copy_(st.bonus)  # "ar": the root alone, holding the last token
+            st.trees[nb][0][:, 0].copy_(st.bonus)  # "ar": the root alone, holding the last token
             return
         # The pending rows (the last path's features) make the context exactly [0, start).
         drafter.append_context_fixed(dc, st.new_feat, st.num_new)
@@ -387,7 +416,7 @@ class GraphRoundRunner:
         assert self._adapter is not None
         inputs = PolicyInput(
             logits, st.bonus, 0, None, committed=self._adapter.cache.base_len, fixed_shape=True,
-            stream=self._pstream,
+            stream=self._pstream, max_nodes=nb - 1 if nb < self.capacity else None,
         )  # fmt: skip
         if self.policy.redraft:
             # The second pass (d2sd): R blocks over the same context, at scratch rows past the
@@ -398,17 +427,18 @@ class GraphRoundRunner:
                 blocks, dc if vc is None else vc, span=span
             )
         tree = self.policy.select(inputs)
-        for buf, arr in zip(st.tree, tree.arrays(), strict=True):
+        for buf, arr in zip(st.trees[nb], tree.arrays(), strict=True):
             buf.copy_(arr)
 
-    def _verify_commit(self) -> None:
-        """Verify the tree, choose per node, walk, commit, emit; update every state buffer."""
+    def _verify_commit(self, nb: int) -> None:
+        """Verify bucket ``nb``'s tree, choose per node, walk, commit, emit; update every state
+        buffer."""
         from .. import ops
 
         st, adapter = self._state, self._adapter
         assert st is not None and adapter is not None
         params = self._params
-        tree = DraftTree.from_arrays(st.tree, max_depth=self.path_cols - 1)
+        tree = DraftTree.from_arrays(st.trees[nb], max_depth=self.path_cols - 1)
         verified = verify_tree(adapter, tree, self.policy.is_chain)
         choice = choose_tokens(
             verified.logits, params, st.round_idx, seed=st.seed, values=st.sampling,
@@ -442,18 +472,20 @@ class GraphRoundRunner:
         st.status[:, _DONE].copy_(st.done)
         st.status[:, _GEN].copy_(st.generated)
         st.status[:, _NEMIT].copy_(num_emit)
+        st.status[:, _NODES].copy_(tree.num_nodes)
         st.status[:, _EMIT:].copy_(torch.where(keep, emit, -1))
 
     # ------------------------------------------------------------------------------------------
     # Launch: eager, or capture once per key and replay
     # ------------------------------------------------------------------------------------------
-    def _run_round(self, span: int, timer: PhaseTimer) -> None:
+    def _run_round(self, span: int, nb: int, timer: PhaseTimer) -> None:
         adapter = self._adapter
         assert adapter is not None
         adapter.cache.set_fixed_span(min(span, adapter.max_length))
+        self.bucket_log.append((adapter.batch_size, nb))
         if self.capture:
             try:
-                g_draft, g_verify = self._graphs_for(span)
+                g_draft, g_verify = self._graphs_for(span, nb)
             except _CaptureFailed as failed:
                 self._stop_capturing(failed.error)
             else:
@@ -464,9 +496,9 @@ class GraphRoundRunner:
                 return
         with self.round_context():
             with timer.phase("draft"):
-                self._draft_select(span)
+                self._draft_select(span, nb)
             with timer.phase("verify"):
-                self._verify_commit()
+                self._verify_commit(nb)
 
     def _stop_capturing(self, err: RuntimeError) -> None:
         """A capture failed (an op that cannot be captured on this platform): go on with the
@@ -485,10 +517,10 @@ class GraphRoundRunner:
             stacklevel=4,
         )
 
-    def _graphs_for(self, span: int) -> tuple[Any, Any]:
+    def _graphs_for(self, span: int, nb: int) -> tuple[Any, Any]:
         assert self._adapter is not None
         sampling = (*_sampling_key(self._params), self._mixed)
-        key = (self._adapter.batch_size, self.capacity, span, sampling)
+        key = (self._adapter.batch_size, nb, span, sampling)
         found = self.graphs.get(key)
         if found is not None:
             return found
@@ -497,14 +529,14 @@ class GraphRoundRunner:
         with torch.cuda.stream(side):
             # Warm-up off the capture stream (lazy cuBLAS/kernel initialisation, allocator
             # growth), as PyTorch requires.
-            self._warm_up(span)
+            self._warm_up(span, nb)
         torch.cuda.current_stream(self.device).wait_stream(side)
         g_draft, g_verify = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
         try:
             with torch.cuda.graph(g_draft, pool=self._pool):
-                self._draft_select(span)
+                self._draft_select(span, nb)
             with torch.cuda.graph(g_verify, pool=self._pool):
-                self._verify_commit()
+                self._verify_commit(nb)
         except RuntimeError as err:
             # Only a failed capture is recoverable: it records kernels without running them,
             # so no state buffer changed (a warm-up error above propagates as is).
@@ -512,7 +544,7 @@ class GraphRoundRunner:
         self.graphs[key] = (g_draft, g_verify)
         return g_draft, g_verify
 
-    def _warm_up(self, span: int) -> None:
+    def _warm_up(self, span: int, nb: int) -> None:
         """Run ``warmup`` rounds for real, then undo them: the state buffers come back from
         copies; rounds only write cache rows past the committed lengths, so caches need none."""
         st = self._state
@@ -525,8 +557,8 @@ class GraphRoundRunner:
                 mutable.append(cache.lengths)
         saved = [t.clone() for t in mutable]
         for _ in range(self.warmup):
-            self._draft_select(span)
-            self._verify_commit()
+            self._draft_select(span, nb)
+            self._verify_commit(nb)
             for t, s in zip(mutable, saved, strict=True):
                 t.copy_(s)
 
@@ -716,6 +748,7 @@ class GraphRoundRunner:
         block = self.block_size
         round_timer = PhaseTimer(stats, self.device, synchronize=False)
         known_round = 0  # the host's latest status: after prefill
+        picker = _BucketPicker(self.buckets, self.start_bucket)
         r = 0
         try:
             while True:
@@ -728,7 +761,7 @@ class GraphRoundRunner:
                     for t, g, cap in zip(lengths, gen, caps, strict=True)
                 )
                 span = span_bucket(start_ub + block, self._span_cap, self.span_min)
-                self._run_round(span, round_timer)
+                self._run_round(span, picker.launch(r), round_timer)
                 self._stage(r)
                 if self.on_round is not None:
                     self.on_round(r)
@@ -736,6 +769,8 @@ class GraphRoundRunner:
                     continue
                 with round_timer.phase("host"):
                     status = self._read(r - 1)
+                    nodes = [row[_NODES] for b, row in enumerate(status) if act[b]]
+                    self.filled_rounds += picker.observe(r - 1, max(nodes, default=1))
                     for b, row in enumerate(status):
                         if act[b]:
                             act[b] = not self._consume(row, per[b])
@@ -749,10 +784,47 @@ class GraphRoundRunner:
 
     def _consume(self, status: list[int], stats: GenerationStats) -> bool:
         """Book one round's staged status into ``stats`` and the streamer; True when done."""
-        acc, nxt, done, _gen, n_emit = status[_ACC:_EMIT]
+        acc, nxt, done, _gen, n_emit = status[_ACC:_NODES]
         stats.accepted_lengths.append(acc)
         stats.emitted_per_round.append(n_emit)
         streamer = getattr(self.decoder, "_streamer", None)
         if streamer is not None and n_emit > 0:
             streamer(status[_EMIT : _EMIT + n_emit])
         return bool(done) or nxt < 0
+
+
+class _BucketPicker:
+    """Chooses each round's tree-size bucket from the tree sizes the host has read (one round
+    late): the smallest bucket with room for ``BUCKET_HEADROOM`` times the largest of the last
+    ``BUCKET_WINDOW`` known trees (draft nodes), and a larger one than a round whose tree filled
+    its bucket (its cut may have been capped there). Starts at the largest bucket.
+
+    A capped round is still lossless (a best-first prefix of the tree is a tree); it only
+    accepts at most what the smaller tree holds.
+    """
+
+    def __init__(self, buckets: list[int], start: int | None = None) -> None:
+        self.buckets = buckets
+        self.idx = len(buckets) - 1 if start is None else max(0, min(start, len(buckets) - 1))
+        self.used: dict[int, int] = {}
+        self.recent: list[int] = []
+
+    def launch(self, r: int) -> int:
+        """The bucket (N) for round r (remembered, to judge its status later)."""
+        self.used[r] = self.idx
+        return self.buckets[self.idx]
+
+    def observe(self, r: int, nodes: int) -> bool:
+        """Round r's largest tree among the requests active in it: ``nodes`` rows. Returns
+        whether it filled a bucket below the largest."""
+        used = self.used.pop(r)
+        if len(self.buckets) == 1:
+            return False
+        self.recent = [*self.recent, nodes - 1][-BUCKET_WINDOW:]
+        need = BUCKET_HEADROOM * max(self.recent)
+        idx = next((i for i, n in enumerate(self.buckets) if n - 1 >= need), len(self.buckets) - 1)
+        filled = nodes >= self.buckets[used] and used < len(self.buckets) - 1
+        if filled:  # the cut may have stopped at the cap
+            idx = max(idx, used + 1)
+        self.idx = min(idx, len(self.buckets) - 1)
+        return filled

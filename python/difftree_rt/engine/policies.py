@@ -63,6 +63,9 @@ class PolicyInput:
         stream: ``tracks_stream`` policies: the device state the engine opened with
             :meth:`DraftPolicy.new_stream` and keeps up to date (the committed stream so far,
             ending with this round's root), else None.
+        max_nodes: graph mode's tree-size bucket for this round: the tree must have capacity
+            ``max_nodes + 1`` (one of :meth:`DraftPolicy.size_buckets`) and at most
+            ``max_nodes`` draft nodes; None = the policy's full capacity.
     """
 
     draft_logits: Tensor
@@ -75,6 +78,7 @@ class PolicyInput:
     committed: Tensor | None = None
     fixed_shape: bool = False
     stream: Any = None
+    max_nodes: int | None = None
 
 
 class DraftPolicy(ABC):
@@ -125,6 +129,14 @@ class DraftPolicy(ABC):
     def capacity(self, max_depth: int) -> int:
         """N, the tree rows this policy produces for draft depth ``max_depth`` (root included)."""
         return self.budget + 1
+
+    def size_buckets(self, max_depth: int) -> list[int]:
+        """The tree capacities (N, ascending, the last = :meth:`capacity`) this policy can be
+        capped to through :attr:`PolicyInput.max_nodes`. Graph mode captures one round per
+        bucket and picks the bucket per round from the tree sizes it saw (one round late), so a
+        policy whose tree size varies per round (caddtree) verifies only about the rows it
+        uses. Default: the full capacity only."""
+        return [self.capacity(max_depth)]
 
     def new_stream(self, batch_size: int, max_tokens: int, device: Any) -> Any:
         """``tracks_stream`` policies: fresh state for ``batch_size`` streams of at most

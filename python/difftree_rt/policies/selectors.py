@@ -59,7 +59,9 @@ class CaDDTreePolicy(DraftPolicy):
     ``graph_safe``: the cost rows come from the committed lengths on the device
     (:attr:`PolicyInput.committed` in graph mode; the eager path's host lengths are uploaded),
     through the same :class:`~difftree_rt.policies.cost.DeviceCosts` arithmetic either way, so
-    graph and eager rounds pick the same cut; graph mode never truncates (fixed shapes).
+    graph and eager rounds pick the same cut; graph mode never truncates (fixed shapes) but
+    verifies each round in one of :meth:`size_buckets` (the cut then stops at that bucket's
+    cap: ``PolicyInput.max_nodes``).
     """
 
     name = "caddtree"
@@ -81,6 +83,19 @@ class CaDDTreePolicy(DraftPolicy):
         self.truncate = truncate
         self.sizes: list[int] = []
         self._costs: dict[str, DeviceCosts] = {}
+
+    def size_buckets(self, max_depth: int) -> list[int]:
+        """Graph mode's tree sizes (N): caps of ``min(L, budget)`` draft nodes (the walk's
+        path width), doubling while below two thirds of the budget, then the budget."""
+        floor = max(1, min(max_depth, self.budget))
+        caps = [floor]
+        c = 2 * floor
+        while 3 * c < 2 * self.budget:
+            caps.append(c)
+            c *= 2
+        if caps[-1] != self.budget:
+            caps.append(self.budget)
+        return [c + 1 for c in caps]
 
     def costs(self, device: torch.device) -> DeviceCosts:
         """The table's rows at (budget, batch) on ``device`` (built once per device)."""
@@ -108,8 +123,15 @@ class CaDDTreePolicy(DraftPolicy):
             ctx = 0 if inputs.context_ids is None else max(0, int(inputs.context_ids.shape[1]) - 1)
             committed = torch.full((B,), ctx, dtype=torch.long, device=dev)
         verify, draft = self.costs(dev).at(committed)
+        # A tree-size bucket (graph mode) caps the cut: the tree at a smaller maximum is the
+        # same best-first prefix and the same θ scan, stopped at the cap.
+        cap = self.budget if inputs.max_nodes is None else int(inputs.max_nodes)
+        if not 1 <= cap <= self.budget:
+            raise ValueError(f"max_nodes must be in [1, budget={self.budget}], got {cap}")
+        if cap < self.budget:
+            verify = verify[:, : cap + 1].contiguous()
         tree = ops.caddtree_select_from_candidates(
-            token, logprob, self.budget, verify, draft, inputs.root_token.to(dev)
+            token, logprob, cap, verify, draft, inputs.root_token.to(dev)
         )
         if inputs.fixed_shape:
             return tree.to(logits.device)
