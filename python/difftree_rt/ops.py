@@ -675,7 +675,7 @@ def _ngram_extend(
     overflow: Optional[Tensor],
 ) -> None:
     C = ext()
-    C.ngram_extend(
+    C.ngram_extend(  # validates first (dispatch layer)
         dl(keys), dl(counts), dl(history), dl(tokens), dl(num_tokens), order, dl_opt(overflow),
         stream_of(tokens),
     )  # fmt: skip
@@ -722,9 +722,6 @@ def ngram_extend(
         keys=keys, counts=counts, history=history, tokens=tokens, num_tokens=num_tokens,
         overflow=overflow, optional=("overflow",),
     )  # fmt: skip
-    ext().check_ngram_extend(
-        dl(keys), dl(counts), dl(history), dl(tokens), dl(num_tokens), int(order)
-    )
     _call(
         _ngram_extend, torch.ops.difftree.ngram_extend,
         keys, counts, history, tokens, num_tokens, int(order), overflow,

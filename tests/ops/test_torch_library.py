@@ -36,6 +36,71 @@ def test_opcheck_kv_commit() -> None:
     torch.library.opcheck(torch.ops.difftree.kv_commit, args)
 
 
+def _presto_tables(B: int = 2):  # type: ignore[no-untyped-def]
+    keys = torch.zeros(B, 64, dtype=torch.int64)
+    counts = torch.zeros(B, 64, dtype=torch.int32)
+    history = torch.full((B, 2), -1, dtype=torch.int64)
+    ops.ngram_extend(keys, counts, history, torch.tensor([[1, 2, 1, 2], [3, 3, 4, 0]]),
+                     torch.tensor([4, 3]), 3)  # fmt: skip
+    return keys, counts, history
+
+
+def test_opcheck_ngram_extend() -> None:
+    keys, counts, history = _presto_tables()
+    tokens, num = torch.tensor([[1, 5], [4, 3]]), torch.tensor([2, 1])
+    torch.library.opcheck(
+        torch.ops.difftree.ngram_extend, (keys, counts, history, tokens, num, 3, None)
+    )
+    overflow = torch.zeros(2, dtype=torch.int32)
+    torch.library.opcheck(
+        torch.ops.difftree.ngram_extend, (keys, counts, history, tokens, num, 3, overflow)
+    )
+
+
+def test_opcheck_presto_select() -> None:
+    keys, counts, history = _presto_tables()
+    tok, lp = ops.topk_logprobs(torch.randn(2, 3, 17), 6)
+    root = torch.tensor([2, 4])
+    for table in ((keys, counts), (keys[0].contiguous(), counts[0].contiguous())):
+        args = (tok, lp, 9, root, history, *table, 3, 1.0, 0.5, 17)
+        torch.library.opcheck(torch.ops.difftree.presto_select, args)
+
+
+def test_torch_compile_presto_step() -> None:
+    """Select from the tables, then extend them with the chosen path: traces (fullgraph) and
+    matches eager, tables included."""
+
+    def step(logits, keys, counts, history, emitted, num):  # type: ignore[no-untyped-def]
+        tok, lp = ops.topk_logprobs(logits, 6)
+        tree = ops.presto_select_from_candidates(
+            tok,
+            lp,
+            8,
+            history,
+            keys,
+            counts,
+            order=3,
+            vocab=17,
+            lam=0.5,
+            root_token=emitted[:, 0].contiguous(),
+        )
+        ops.ngram_extend(keys, counts, history, emitted, num, 3)
+        return tree.token, tree.parent, tree.num_nodes
+
+    logits = torch.randn(2, 3, 17)
+    emitted, num = torch.tensor([[2, 1, 2], [4, 0, 0]]), torch.tensor([3, 1])
+    eager_tables = _presto_tables()
+    compiled_tables = tuple(t.clone() for t in eager_tables)
+    expected = step(logits, *eager_tables, emitted, num)
+    got = torch.compile(step, fullgraph=True, backend="aot_eager")(
+        logits, *compiled_tables, emitted, num
+    )
+    for g, e in zip(got, expected):
+        assert torch.equal(g, e)
+    for c, e in zip(compiled_tables, eager_tables):
+        assert torch.equal(c, e)
+
+
 @pytest.mark.slow
 def test_torch_compile_round() -> None:
     """A whole select -> walk -> commit step compiles (fullgraph) and matches eager."""
