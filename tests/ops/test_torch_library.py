@@ -36,6 +36,32 @@ def test_opcheck_kv_commit() -> None:
     torch.library.opcheck(torch.ops.difftree.kv_commit, args)
 
 
+def test_opcheck_caddtree_select() -> None:
+    tok, lp = ops.topk_logprobs(torch.randn(2, 3, 17), 6)
+    verify = 1.0 + 0.05 * torch.arange(10, dtype=torch.float32).expand(2, 10).contiguous()
+    args = (tok, lp, 9, torch.tensor([1, 2]), verify, torch.tensor([0.1, 0.3]))
+    torch.library.opcheck(torch.ops.difftree.caddtree_select, args)
+
+
+def test_opcheck_taps_select() -> None:
+    token = torch.tensor([[7, 1, 2, 3, 4], [7, 5, 6, 0, 0]])
+    parent = torch.tensor([[-1, 0, 0, 1, 1], [-1, 0, 1, 0, 0]])
+    log_qc = torch.tensor([[0.0, -0.1, -0.7, -0.2, -1.5], [0.0, -0.3, -0.3, 0.0, 0.0]])
+    args = (token, parent, torch.tensor([5, 3]), log_qc, 3)
+    torch.library.opcheck(torch.ops.difftree.taps_select, args)
+
+
+def test_opcheck_d2sd_ops() -> None:
+    trunk = torch.tensor([[5, 6, 7]])
+    tlp = torch.tensor([[-0.1, -1.0, -2.0]])
+    torch.library.opcheck(torch.ops.difftree.d2sd_boundaries, (tlp, 2))
+    boundary = torch.tensor([[1, 2]], dtype=torch.int32)
+    branch = torch.tensor([[[0, 8, 9], [0, 0, 7]]])
+    blp = torch.tensor([[[-9.0, -0.5, -0.25], [-9.0, -9.0, -1.5]]])
+    args = (trunk, tlp, boundary, branch, blp, 6, torch.tensor([4]))
+    torch.library.opcheck(torch.ops.difftree.d2sd_select, args)
+
+
 def _presto_tables(B: int = 2):  # type: ignore[no-untyped-def]
     keys = torch.zeros(B, 64, dtype=torch.int64)
     counts = torch.zeros(B, 64, dtype=torch.int32)
