@@ -248,6 +248,12 @@ def bench_model(name: str, args: argparse.Namespace, timer: Timer) -> dict[str, 
                 cuda_graphs=graphs,
             )  # fmt: skip
             row["graphs_on" if graphs else "graphs_off"] = run_generate(dec, prompt, new, args.runs)
+            runner = dec._graph_runner
+            if graphs and runner is not None and len(runner.buckets) > 1:
+                # Tree-size buckets (caddtree): rounds per bucket and rounds that filled one.
+                used = [nb for _, nb in runner.bucket_log]
+                row["tree_buckets"] = {str(n): used.count(n) for n in runner.buckets}
+                row["filled_rounds"] = runner.filled_rounds
             del dec
         row["graph_speedup"] = row["graphs_on"]["rounds_per_s"] / row["graphs_off"]["rounds_per_s"]
         return row

@@ -327,7 +327,9 @@ class BatchGenerationMixin:
                 block = drafter.make_block(bonus)
                 # Ragged context: request b's block sits at its own length (start = lengths).
                 draft_logits = drafter.draft(block, dcache, new_features, num_new=num_new)
-                inputs = PolicyInput(draft_logits, bonus, round_idx, stream=pstream)
+                inputs = PolicyInput(
+                    draft_logits, bonus, round_idx, stream=pstream, committed=adapter.cache.base_len
+                )
                 if stream is not None:
                     inputs.context_lengths = list(starts)
                     inputs.context_ids = stream[:, : num_t + max(gen)]

@@ -661,7 +661,10 @@ class SpeculativeDecoder(BatchGenerationMixin):
                 context = None
                 if policy.needs_context:
                     context = torch.cat([ids, out_buf[:, :generated]], dim=1)
-                inputs = PolicyInput(draft_logits, bonus, round_idx, context, stream=stream)
+                inputs = PolicyInput(
+                    draft_logits, bonus, round_idx, context, stream=stream,
+                    committed=adapter.cache.base_len,
+                )  # fmt: skip
                 if policy.redraft:
                     if vcache is not dcache:
                         second.append_context(vcache, new_features.to(second.dtype))

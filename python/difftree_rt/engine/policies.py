@@ -55,9 +55,10 @@ class PolicyInput:
             ``[B, T']`` with the ragged streams left-aligned: row b holds request b's prompt and
             generated tokens (the bonus last; ``context_lengths[b] + 1`` tokens while it is
             active) from column 0, then -1. None otherwise.
-        committed: graph mode: ``[B]`` int device tensor of committed lengths (target KV rows,
-            the ``context_lengths`` above) for policies that price a round by its context
-            (caddtree), read on the device; None on the eager path.
+        committed: ``[B]`` int device tensor of committed lengths (target KV rows: the context
+            the round's tree extends) for policies that price a round by its context
+            (caddtree), read on the device. The engine fills it on every path (the target
+            cache's ``base_len``); None only when a policy is called directly.
         fixed_shape: graph mode: the tree must keep the policy's full capacity (``budget + 1``
             rows, padding past ``num_nodes``) and ``select`` must read no host value.
         stream: ``tracks_stream`` policies: the device state the engine opened with

@@ -102,7 +102,6 @@ class _RecordingPolicy(DraftPolicy):
     verified together (the union of the DDTree and all branch rows, as one pool)."""
 
     name = "ddtree"
-    needs_context = True
 
     def __init__(self, budget: int, recorder: TraceRecorder, d2sd: bool, vp: Any) -> None:
         super().__init__(budget)
@@ -139,10 +138,8 @@ class _RecordingPolicy(DraftPolicy):
             top = ops.topk_logprobs(inputs.branch_logits.reshape(B * R, L2, V), min(2, V))
             branches = tuple(t.reshape(B, R, L2, -1)[0].cpu() for t in top)
             tree = _with_branches(tree, inputs.state["record"], branches, inputs.root_token)
-        ctx = inputs.context_ids
-        self.recorder._on_select(
-            token, logprob, tree, 0 if ctx is None else ctx.shape[1] - 1, branches
-        )
+        ctx = 0 if inputs.committed is None else int(inputs.committed[0])
+        self.recorder._on_select(token, logprob, tree, ctx, branches)
         return tree
 
 

@@ -57,7 +57,7 @@ class CaDDTreePolicy(DraftPolicy):
             recorded only with ``truncate``, which reads ``num_nodes`` anyway).
 
     ``graph_safe``: the cost rows come from the committed lengths on the device
-    (:attr:`PolicyInput.committed` in graph mode; the eager path's host lengths are uploaded),
+    (:attr:`PolicyInput.committed`, the target cache's lengths, on every engine path),
     through the same :class:`~difftree_rt.policies.cost.DeviceCosts` arithmetic either way, so
     graph and eager rounds pick the same cut; graph mode never truncates (fixed shapes) but
     verifies each round in one of :meth:`size_buckets` (the cut then stops at that bucket's
@@ -65,8 +65,6 @@ class CaDDTreePolicy(DraftPolicy):
     """
 
     name = "caddtree"
-    needs_context = True  # the committed length selects the context column of the table
-    batch_context = True  # on a batch: per-request committed lengths (context_lengths)
     graph_safe = True
 
     def __init__(
@@ -114,7 +112,7 @@ class CaDDTreePolicy(DraftPolicy):
         dev = logits.device if logits.is_cuda else torch.device("cpu")
         token, logprob = _candidates(inputs, max(1, min(self.budget, V)), on_device=logits.is_cuda)
         # Each request's committed length picks its cost row (on a batch too, so its per-round
-        # budget is the one a solo run would choose).
+        # budget is the one a solo run would choose). Direct calls may pass the stream instead.
         if inputs.committed is not None:
             committed = inputs.committed.to(dev)
         elif inputs.context_lengths is not None:
