@@ -8,14 +8,18 @@
 #   run: bash scripts/gpu_session.sh 2    # lossless engine suite on CUDA + kernel benchmarks
 #   run: bash scripts/gpu_session.sh 3    # round benchmarks (carry build/ref/ddtree for the
 #                                         # side-by-side with the published loop)
-#   run: bash scripts/gpu_session.sh new  # only what was built since the last GPU run (~5 min):
-#                                         # graph mode for batches / caddtree / taps / d2sd / ar,
-#                                         # presto on the device (kernels + graph mode)
+#   run: bash scripts/gpu_session.sh new       # what was built since the last GPU run (< 7 min):
+#                                              # graph mode for batches / caddtree (tree-size
+#                                              # buckets) / taps / d2sd / presto / ar, presto's
+#                                              # kernels + memcheck
+#   run: bash scripts/gpu_session.sh newbench  # its benchmarks (< 8 min): batched rounds, the 8B
+#                                              # table with graph-mode AR and every policy,
+#                                              # presto_select vs its CPU path
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-build/gpu_session}
 mkdir -p "$OUT"
-stage=${1:?usage: gpu_session.sh 1|2|3|new}
+stage=${1:?usage: gpu_session.sh 1|2|3|new|newbench}
 PYTEST=(python -m pytest -q -p no:warnings -p no:cacheprovider)
 
 # The device tool returns at most 8 files from $OUT: every step's whole output goes into one
@@ -87,7 +91,9 @@ case "$stage" in
     step 200 graph_cuda "${PYTEST[@]}" tests/engine/test_graph_batch.py \
       tests/engine/test_graph_runner.py tests/engine/test_cuda_engine.py -m cuda
     step 90 memcheck_presto compute-sanitizer --tool memcheck "${PYTEST[@]}" -x \
-      tests/ops/test_cuda_presto.py -k "graph or odd or overflow"
+      tests/ops/test_cuda_presto.py -k "graph or overflow or small"
+    ;;
+  newbench)
     step 150 bench_graph_batch python bench/bench_graph_round.py --models qwen3-8b --batch-sizes 4 \
       --batch-only --runs 1 --budgets 16
     step 240 bench_graph_ar python bench/bench_graph_round.py --models qwen3-8b --runs 1 \
