@@ -42,6 +42,7 @@ forbid_host_sync` rejecting what a capture could not hold).
 
 from __future__ import annotations
 
+import collections
 import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -242,8 +243,9 @@ class GraphRoundRunner:
                 f"policy {decoder.policy_name!r}: size_buckets {self.buckets} exceed its "
                 f"capacity {self.capacity}"
             )
-        #: (batch size, bucket N) of every launched round (diagnostics, tests).
-        self.bucket_log: list[tuple[int, int]] = []
+        #: (batch size, bucket N) of the last launched rounds (diagnostics, tests; bounded, so a
+        #: long-lived decoder does not grow it).
+        self.bucket_log: collections.deque[tuple[int, int]] = collections.deque(maxlen=4096)
         #: Rounds whose largest tree filled a bucket below the capacity (its cut may have been
         #: capped there: lossless, but possibly fewer accepted tokens than eager).
         self.filled_rounds = 0
