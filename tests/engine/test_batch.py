@@ -262,12 +262,6 @@ def test_max_new_one_and_first_token_stop() -> None:
             ValueError,
             "pad_token_id",
         ),
-        (
-            ([torch.tensor([1, 2]), torch.tensor([3])], 4),
-            dict(streamer=print),
-            NotImplementedError,
-            "streamer",
-        ),
     ],
 )
 def test_batch_errors(args, kwargs, exc, match) -> None:
@@ -335,3 +329,28 @@ def test_d2sd_with_vp_drafter_batch() -> None:
         ref = greedy_reference(target, p[None], NEW)
         assert_greedy_equal(target, torch.cat([p, _new_tokens(out, b)])[None], ref)
     _check_against_solo(dec, prompts, out, NEW)
+
+
+@pytest.mark.parametrize("graphs", [False, True])
+@pytest.mark.parametrize("policy", ["ar", "ddtree", "presto"])
+def test_batch_streamer_gets_each_requests_tokens_in_order(graphs: bool, policy: str) -> None:
+    # streamer(b, tokens): request b's pieces, in order, concatenate to exactly its output, one
+    # piece for the first token and at most one per round; a request that stopped early gets
+    # nothing after its stop token.
+    target, drafter = trained_pair()
+    dec = SpeculativeDecoder(
+        target, None if policy == "ar" else drafter, policy, budget=16, cuda_graphs=graphs
+    )
+    prompts = _prompts(32, (3, 17, 9), seed=8)
+    pieces: dict[int, list[list[int]]] = {0: [], 1: [], 2: []}
+    out = dec.generate(
+        prompts, [40, 7, 25], stop_token_ids=[5], streamer=lambda b, t: pieces[b].append(t)
+    )
+    for b in range(3):
+        assert [t for p in pieces[b] for t in p] == _new_tokens(out, b).tolist(), b
+        assert all(p for p in pieces[b]) and len(pieces[b]) <= out.request_stats[b].rounds + 1
+        assert pieces[b][0] == [int(_new_tokens(out, b)[0])]
+    # The solo streamer keeps its one-argument form.
+    solo: list[list[int]] = []
+    one = dec.generate(prompts[1][None], 7, stop_token_ids=[5], streamer=solo.append)
+    assert [t for p in solo for t in p] == one.sequences[0, 17:].tolist()

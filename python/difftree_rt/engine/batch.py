@@ -13,7 +13,7 @@ commit gated by ``active``) until the whole batch ends. docs/NOTES.md "Batched g
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -108,8 +108,10 @@ class BatchGenerationMixin:
         req: RequestSettings,
         stop: Tensor | None,
         pad: int,
+        streamer: Callable[[int, list[int]], None] | None = None,
     ) -> GenerationOutput:
-        """B > 1 requests, left-padded ``ids [B, T]`` with real lengths ``lengths``.
+        """B > 1 requests, left-padded ``ids [B, T]`` with real lengths ``lengths``; ``streamer``
+        gets ``(b, new tokens)`` after the first token and after every round.
 
         Every request keeps its own committed length (target ``base_len``, drafter cache
         ``lengths``) and round counter; all active requests run one round per batched round,
@@ -124,7 +126,7 @@ class BatchGenerationMixin:
                 "(needs_context) and runs one request at a time: batched generation (B > 1) is "
                 "not supported for it; call generate per request (input_ids [1, T])"
             )
-        self._streamer = None
+        self._streamer, self._stream_batch = streamer, True
         num_b, num_t = ids.shape
         adapter = self._adapter_for(num_t + max_new + self.capacity, num_b)
         adapter.reset()
@@ -187,6 +189,18 @@ class BatchGenerationMixin:
             request_stats=per,
         )
 
+    def _stream_rows(self, out_buf: Tensor, before: list[int], after: list[int]) -> None:
+        """Stream request b's tokens ``out_buf[b, before[b]:after[b]]`` for every b (one host
+        read of the columns they span; nothing without a streamer)."""
+        if getattr(self, "_streamer", None) is None:
+            return
+        lo, hi = min(before), max(after)
+        if hi <= lo:
+            return
+        rows = out_buf[:, lo:hi].tolist()
+        for b, (begin, end) in enumerate(zip(before, after, strict=True)):
+            self._stream_request(b, [int(t) for t in rows[b][begin - lo : end - lo]])
+
     def _prefill_batch(
         self,
         adapter: TargetAdapter,
@@ -231,6 +245,7 @@ class BatchGenerationMixin:
         active_t = ~is_stop & (generated_t < caps_t)
         with timer.phase("host"):
             act = [bool(a) for a in active_t.tolist()]
+            self._stream_rows(out_buf, [0] * num_b, [1] * num_b)
         gen = [1] * num_b
         step = 0
         while any(act):
@@ -244,7 +259,9 @@ class BatchGenerationMixin:
                 generated_t = generated_t + active_t.to(torch.long)
                 active_t = active_t & ~self._is_stop(token, stop) & (generated_t < caps_t)
             with timer.phase("host"):
+                before = gen
                 flags, gen = torch.stack([active_t.to(torch.long), generated_t]).tolist()
+                self._stream_rows(out_buf, before, gen)
                 for b in range(num_b):
                     if act[b]:
                         per[b].accepted_lengths.append(0)
@@ -318,6 +335,7 @@ class BatchGenerationMixin:
         active_t = ~is_stop & (generated_t < caps_t)
         with timer.phase("host"):
             act = [bool(a) for a in active_t.tolist()]
+            self._stream_rows(out_buf, [0] * num_b, [1] * num_b)
         gen = [1] * num_b
         starts = list(lengths)  # committed rows per request
         round_idx = 0
@@ -366,9 +384,11 @@ class BatchGenerationMixin:
                 num_new = (accepted + 1) * act_l
                 active_t = active_t & ~walk.done & (next_token >= 0) & (generated_t < caps_t)
             with timer.phase("host"):
+                before = gen
                 acc, nxt, flags, gen = torch.stack(
                     [accepted, next_token, active_t.to(torch.long), generated_t]
                 ).tolist()
+                self._stream_rows(out_buf, before, gen)
                 adapter.cache.sync_len_bound()
                 rows = 1
                 for b in range(num_b):

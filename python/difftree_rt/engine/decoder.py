@@ -427,7 +427,7 @@ class SpeculativeDecoder(BatchGenerationMixin):
         top_p: float | Sequence[float | None] | None = None,
         seed: int | Sequence[int] | None = None,
         stop_token_ids: int | Sequence[int] | Tensor | None = None,
-        streamer: Callable[[list[int]], None] | None = None,
+        streamer: Callable[..., None] | None = None,
         *,
         attention_mask: Tensor | None = None,
         pad_token_id: int | None = None,
@@ -440,8 +440,9 @@ class SpeculativeDecoder(BatchGenerationMixin):
         (seed, round, node); None draws a seed from torch's global generator. Generation ends
         after a token of ``stop_token_ids`` (kept in the output) or ``max_new_tokens``
         tokens, never more. ``streamer``, when given, is called with the new token ids after
-        the first token and after every round (one extra host read per call; None: no cost;
-        B = 1 only).
+        the first token and after every round (one extra host read per call; None: no cost);
+        on a batch (B > 1) as ``streamer(b, token_ids)`` for request b, in order per request
+        (graph mode streams from the status it reads anyway).
 
         Batches (B > 1; graph mode included): ``input_ids [B, T]`` **left-padded** with
         ``attention_mask [B, T]`` (1 = token, each row ``0..0 1..1``; None = no padding), or a
@@ -487,12 +488,7 @@ class SpeculativeDecoder(BatchGenerationMixin):
             out.new_lengths = torch.tensor([out.stats.new_tokens], dtype=torch.long)
             out.request_stats = [out.stats]
             return out
-        if streamer is not None:
-            raise NotImplementedError(
-                "streamer: batched generation (B > 1) does not stream; generate per request "
-                "(B = 1) to stream"
-            )
-        return self._generate_batch(ids, lengths, max_new_tokens, params, req, stop, pad)
+        return self._generate_batch(ids, lengths, max_new_tokens, params, req, stop, pad, streamer)
 
     def _generate_solo(
         self,
@@ -503,7 +499,7 @@ class SpeculativeDecoder(BatchGenerationMixin):
         streamer: Callable[[list[int]], None] | None,
     ) -> GenerationOutput:
         """One request ``[1, T]`` (no padding): the B = 1 path, unchanged."""
-        self._streamer = streamer
+        self._streamer, self._stream_batch = streamer, False
         prompt_len = ids.shape[1]
         adapter = self._adapter_for(prompt_len + max_new_tokens + self.capacity)
         adapter.reset()
@@ -528,9 +524,19 @@ class SpeculativeDecoder(BatchGenerationMixin):
     # ------------------------------------------------------------------------------------------
     def _stream(self, out_buf: Tensor, begin: int, end: int) -> None:
         """Hand tokens ``out_buf[0, begin:end]`` to the streamer (if any)."""
+        if getattr(self, "_streamer", None) is not None and end > begin:
+            self._stream_request(0, [int(t) for t in out_buf[0, begin:end].tolist()])
+
+    def _stream_request(self, b: int, tokens: list[int]) -> None:
+        """Hand request b's new tokens to the streamer: ``streamer(tokens)`` on a solo call,
+        ``streamer(b, tokens)`` on a batch."""
         streamer = getattr(self, "_streamer", None)
-        if streamer is not None and end > begin:
-            streamer([int(t) for t in out_buf[0, begin:end].tolist()])
+        if streamer is None or not tokens:
+            return
+        if getattr(self, "_stream_batch", False):
+            streamer(b, tokens)
+        else:
+            streamer(tokens)
 
     @staticmethod
     def _host_read(*values: Tensor) -> list[int]:

@@ -676,6 +676,7 @@ class GraphRoundRunner:
             adapter, right, lengths, params, req, stop, st.out, timer
         )
         self._setup(right, features, lengths, first, is_stop, max_new, req, stop)
+        dec._stream_rows(st.out, [0] * num_b, [1] * num_b)  # setup: host reads allowed
         caps = req.caps if req.caps is not None else [max_new] * num_b
         gen = self._rounds(lengths, caps, per, stats)
         return st.out[:, : max(gen)].clone(), gen
@@ -775,7 +776,7 @@ class GraphRoundRunner:
                     self.filled_rounds += picker.observe(r - 1, max(nodes, default=1))
                     for b, row in enumerate(status):
                         if act[b]:
-                            act[b] = not self._consume(row, per[b])
+                            act[b] = not self._consume(row, per[b], b)
                         gen[b] = row[_GEN]
                 known_round = r - 1
                 if not any(act):
@@ -784,14 +785,13 @@ class GraphRoundRunner:
             adapter.cache.set_fixed_span(None)
         return gen
 
-    def _consume(self, status: list[int], stats: GenerationStats) -> bool:
-        """Book one round's staged status into ``stats`` and the streamer; True when done."""
+    def _consume(self, status: list[int], stats: GenerationStats, b: int) -> bool:
+        """Book request b's staged status of one round into ``stats`` and the streamer; True
+        when it is done."""
         acc, nxt, done, _gen, n_emit = status[_ACC:_NODES]
         stats.accepted_lengths.append(acc)
         stats.emitted_per_round.append(n_emit)
-        streamer = getattr(self.decoder, "_streamer", None)
-        if streamer is not None and n_emit > 0:
-            streamer(status[_EMIT : _EMIT + n_emit])
+        self.decoder._stream_request(b, status[_EMIT : _EMIT + n_emit])
         return bool(done) or nxt < 0
 
 
