@@ -14,9 +14,19 @@ from __future__ import annotations
 import pytest
 import torch
 from tests.conftest import random_logits
+from tests.ops.presto_cases import (
+    EXTEND_CASES,
+    empty_tables,
+    feed_chunks,
+    presto_case,
+    repetitive_stream,
+    select_on,
+    table_rows,
+)
 from tests.ops.test_cuda_policies import _assert_tree_equal
 
 from difftree_rt import build_info, ops
+from difftree_rt.policies import presto_table_size
 
 pytestmark = pytest.mark.cuda
 
@@ -30,79 +40,7 @@ def _needs_cuda_build() -> None:
 # ---- streams and tables --------------------------------------------------------------------------
 
 
-def _stream(gen: torch.Generator, V: int, T: int) -> list[int]:
-    """A repetitive stream (a few motifs, some noise) so that contexts of order >= 2 recur."""
-    motifs = [
-        torch.randint(0, V, (int(torch.randint(2, 6, (), generator=gen)),), generator=gen).tolist()
-        for _ in range(3)
-    ]
-    out: list[int] = []
-    while len(out) < T:
-        if float(torch.rand((), generator=gen)) < 0.15:
-            out.append(int(torch.randint(0, V, (), generator=gen)))
-        else:
-            out += motifs[int(torch.randint(0, 3, (), generator=gen))]
-    return out[:T]
-
-
-def _chunks(gen: torch.Generator, streams: list[list[int]], width: int, fixed: bool, idx64: bool):
-    """Feeds `streams` (one per request) in random chunks: (tokens [B, T], num_tokens [B]) with
-    junk past num_tokens (which the ops ignore). fixed: T = width always (graph replay)."""
-    B = len(streams)
-    pos = [0] * B
-    dtype = torch.int64 if idx64 else torch.int32
-    while any(p < len(s) for p, s in zip(pos, streams)):
-        T = width if fixed else int(torch.randint(1, width + 1, (), generator=gen))
-        tokens = torch.randint(-3, 1000, (B, T), generator=gen)
-        num = torch.zeros(B, dtype=torch.int64)
-        for b in range(B):
-            n = min(int(torch.randint(0, T + 1, (), generator=gen)), len(streams[b]) - pos[b])
-            tokens[b, :n] = torch.tensor(streams[b][pos[b] : pos[b] + n], dtype=torch.int64)
-            num[b] = n
-            pos[b] += n
-        yield tokens.to(dtype), num.to(dtype)
-
-
-def _table_rows(keys: torch.Tensor, counts: torch.Tensor) -> list[list[tuple[int, int]]]:
-    """Per table row: the sorted (key, count) pairs of its used slots (positions may differ)."""
-    keys, counts = keys.cpu().reshape(-1, keys.shape[-1]), counts.cpu().reshape(-1, keys.shape[-1])
-    rows = []
-    for k, c in zip(keys, counts):
-        used = k != 0
-        rows.append(sorted(zip(k[used].tolist(), c[used].tolist())))
-    return rows
-
-
-def _empty_tables(B: int, H: int, order: int, device: str = "cpu"):
-    keys = torch.zeros((B, H), dtype=torch.int64, device=device)
-    counts = torch.zeros((B, H), dtype=torch.int32, device=device)
-    history = torch.full((B, order - 1), -1, dtype=torch.int64, device=device)
-    return keys, counts, history
-
-
-def _table_size(order: int, tokens: int) -> int:
-    need = 4 * order * max(tokens, 1)  # load <= 1/2: never full
-    return 1 << max(4, (need - 1).bit_length())
-
-
-def _context(stream: list[int], order: int) -> list[int]:
-    c = order - 1
-    tail = stream[-c:] if c > 0 else []
-    return [-1] * (c - len(tail)) + tail
-
-
 # ---- ngram_extend --------------------------------------------------------------------------------
-
-EXTEND_CASES = [
-    # (B, order, T, width)
-    (1, 1, 30, 5),
-    (3, 2, 100, 9),
-    (2, 3, 150, 17),
-    (4, 4, 200, 33),
-    (2, 8, 120, 40),
-    (5, 3, 40, 1),
-    (1, 5, 300, 300),  # one chunk
-]
 
 
 @pytest.mark.parametrize(("B", "order", "T", "width"), EXTEND_CASES)
@@ -111,9 +49,9 @@ EXTEND_CASES = [
 def test_ngram_extend_cuda_matches_cpu(B, order, T, width, idx64, prefilled) -> None:
     gen = torch.Generator().manual_seed(B * 1000 + order * 100 + T + width + idx64 + 2 * prefilled)
     V = 5 + 3 * B
-    streams = [_stream(gen, V, max(0, T - 7 * b)) for b in range(B)]
-    H = _table_size(order, T)
-    kc, cc, hc = _empty_tables(B, H, order)
+    streams = [repetitive_stream(gen, V, max(0, T - 7 * b)) for b in range(B)]
+    H = presto_table_size(order, T)
+    kc, cc, hc = empty_tables(B, H, order)
     if prefilled and order > 1:  # a prompt whose n-grams are not in the table, -1s on the left
         for b in range(B):
             n = int(torch.randint(0, order, (), generator=gen))
@@ -121,11 +59,11 @@ def test_ngram_extend_cuda_matches_cpu(B, order, T, width, idx64, prefilled) -> 
     kg, cg, hg = kc.cuda(), cc.cuda(), hc.cuda()
     overflow = torch.zeros(B, dtype=torch.int32, device="cuda")
     calls = 0
-    for tokens, num in _chunks(gen, streams, width, False, idx64):
+    for tokens, num in feed_chunks(gen, streams, width, False, idx64):
         ops.ngram_extend(kc, cc, hc, tokens, num, order)
         ops.ngram_extend(kg, cg, hg, tokens.cuda(), num.cuda(), order, overflow=overflow)
         assert torch.equal(hg.cpu(), hc)
-        assert _table_rows(kg, cg) == _table_rows(kc, cc)
+        assert table_rows(kg, cg) == table_rows(kc, cc)
         calls += 1
     assert calls > 0
     assert not bool(overflow.any())
@@ -137,7 +75,7 @@ def test_ngram_extend_cuda_overflow_flag() -> None:
     B, H, order = 3, 8, 3
     tokens = torch.arange(60).reshape(B, 20)
     num = torch.tensor([20, 0, 2])
-    keys, counts, hist = _empty_tables(B, H, order, "cuda")
+    keys, counts, hist = empty_tables(B, H, order, "cuda")
     overflow = torch.zeros(B, dtype=torch.int32, device="cuda")
     ops.ngram_extend(keys, counts, hist, tokens.cuda(), num.cuda(), order, overflow=overflow)
     assert overflow.tolist() == [1, 0, 0]  # only the request whose table filled up
@@ -145,9 +83,9 @@ def test_ngram_extend_cuda_overflow_flag() -> None:
     assert not bool(keys[1].any())
     assert hist.tolist() == [[18, 19], [-1, -1], [40, 41]]  # still updated
     # Request 2 is exactly the CPU's.
-    kc, cc, hc = _empty_tables(1, H, order)
+    kc, cc, hc = empty_tables(1, H, order)
     ops.ngram_extend(kc, cc, hc, tokens[2:], num[2:], order)
-    assert _table_rows(keys[2:], counts[2:]) == _table_rows(kc, cc)
+    assert table_rows(keys[2:], counts[2:]) == table_rows(kc, cc)
     # The flag is sticky: an extend that fits leaves it set.
     ops.ngram_extend(
         keys, counts, hist, tokens.cuda(), torch.zeros(B).long().cuda(), order, overflow
@@ -155,7 +93,7 @@ def test_ngram_extend_cuda_overflow_flag() -> None:
     assert overflow.tolist() == [1, 0, 0]
     # Without a flag the kernel still drops silently; the CPU op raises.
     ops.ngram_extend(keys, counts, hist, tokens.cuda(), num.cuda(), order)
-    kc, cc, hc = _empty_tables(B, H, order)
+    kc, cc, hc = empty_tables(B, H, order)
     with pytest.raises(ValueError, match="full"):
         ops.ngram_extend(kc, cc, hc, tokens, num, order)
 
@@ -163,10 +101,10 @@ def test_ngram_extend_cuda_overflow_flag() -> None:
 def test_ngram_extend_cuda_graph_replay() -> None:
     B, order, width = 3, 3, 8
     gen = torch.Generator().manual_seed(7)
-    streams = [_stream(gen, 12, 120) for _ in range(B)]
-    H = _table_size(order, 120)
-    kc, cc, hc = _empty_tables(B, H, order)
-    kg, cg, hg = _empty_tables(B, H, order, "cuda")
+    streams = [repetitive_stream(gen, 12, 120) for _ in range(B)]
+    H = presto_table_size(order, 120)
+    kc, cc, hc = empty_tables(B, H, order)
+    kg, cg, hg = empty_tables(B, H, order, "cuda")
     tok_d = torch.zeros((B, width), dtype=torch.int64, device="cuda")
     num_d = torch.zeros(B, dtype=torch.int64, device="cuda")
     overflow = torch.zeros(B, dtype=torch.int32, device="cuda")
@@ -174,96 +112,22 @@ def test_ngram_extend_cuda_graph_replay() -> None:
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         ops.ngram_extend(kg, cg, hg, tok_d, num_d, order, overflow=overflow)
-    for tokens, num in _chunks(gen, streams, width, True, True):
+    for tokens, num in feed_chunks(gen, streams, width, True, True):
         tok_d.copy_(tokens)
         num_d.copy_(num)
         graph.replay()
         ops.ngram_extend(kc, cc, hc, tokens, num, order)
         assert torch.equal(hg.cpu(), hc)
-        assert _table_rows(kg, cg) == _table_rows(kc, cc)
+        assert table_rows(kg, cg) == table_rows(kc, cc)
     assert not bool(overflow.any())
 
 
 # ---- presto_select -------------------------------------------------------------------------------
 
 
-def _presto_case(
-    seed: int,
-    B: int,
-    L: int,
-    budget: int,
-    order: int,
-    lam: float,
-    *,
-    shared: bool,
-    root: bool,
-    idx64: bool = False,
-    T: int | None = None,
-    V: int | None = None,
-    K: int | None = None,
-    alpha: float | None = None,
-    H: int | None = None,
-) -> dict:
-    """Candidates and an n-gram table (CPU tensors) for presto_select_from_candidates."""
-    gen = torch.Generator().manual_seed(seed)
-    V = V if V is not None else [6, 20, 64][seed % 3]
-    if K is None:
-        K = [V, min(V, budget), min(V, 3), min(V, 1 + seed % 7)][(seed // 3) % 4]
-    T = T if T is not None else [0, 3, 60, 250][(seed // 2) % 4]
-    alpha = alpha if alpha is not None else [1.0, 0.1, 5.0][(seed // 5) % 3]
-    x = random_logits(gen, B, L, V, ties=seed % 5 == 0)
-    tok, lp = ops.topk_logprobs(x, K)
-    streams = [_stream(gen, V, max(0, T - 3 * b)) for b in range(B)]
-    if shared:  # one table for the batch, built from all the streams
-        H = H or _table_size(order, B * T)
-        keys, counts, hist = _empty_tables(1, H, order)
-        flat = torch.tensor([t for s in streams for t in s], dtype=torch.int64)[None]
-        ops.ngram_extend(keys, counts, hist, flat, torch.tensor([flat.shape[1]]), order)
-        keys, counts = keys[0].clone(), counts[0].clone()
-    else:
-        H = H or _table_size(order, T)
-        keys, counts, hist = _empty_tables(B, H, order)
-        width = max(1, max(len(s) for s in streams))
-        toks = torch.zeros((B, width), dtype=torch.int64)
-        for b, s in enumerate(streams):
-            toks[b, : len(s)] = torch.tensor(s, dtype=torch.int64)
-        ops.ngram_extend(keys, counts, hist, toks, torch.tensor([len(s) for s in streams]), order)
-    context = torch.tensor([_context(s, order) for s in streams], dtype=torch.int64)
-    context = context.reshape(B, order - 1)
-    root_token = None
-    if root:
-        root_token = torch.tensor([s[-1] if s else b for b, s in enumerate(streams)])
-    if idx64:
-        tok = tok.long()
-    else:
-        context = context.int()
-        root_token = None if root_token is None else root_token.int()
-    return dict(
-        cand_token=tok,
-        cand_logprob=lp,
-        budget=budget,
-        context=context,
-        keys=keys,
-        counts=counts,
-        order=order,
-        vocab=V,
-        lam=lam,
-        alpha=alpha,
-        root_token=root_token,
-    )
-
-
-def _select(case: dict, device: str):
-    args = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in case.items()}
-    budget = args.pop("budget")
-    tok, lp, ctx = args.pop("cand_token"), args.pop("cand_logprob"), args.pop("context")
-    keys, counts = args.pop("keys"), args.pop("counts")
-    return ops.presto_select_from_candidates(tok, lp, budget, ctx, keys, counts, **args)
-
-
 def _check(case: dict) -> None:
-    cpu = _select(case, "cpu")
-    gpu = _select(case, "cuda")
+    cpu = select_on(case, "cpu")
+    gpu = select_on(case, "cuda")
     assert gpu.token.is_cuda
     _assert_tree_equal(cpu, gpu)
 
@@ -275,7 +139,7 @@ def _check(case: dict) -> None:
 @pytest.mark.parametrize("lam", [0.0, 0.2, 1.0])
 def test_presto_select_cuda_matches_cpu(B, budget, L, order, lam) -> None:
     seed = B * 7919 + budget * 131 + L * 17 + order * 3 + int(lam * 10)
-    case = _presto_case(
+    case = presto_case(
         seed, B, L, budget, order, lam, shared=seed % 2 == 0, root=seed % 3 != 0, idx64=seed % 4 < 2
     )
     _check(case)
@@ -292,7 +156,7 @@ def test_presto_select_cuda_fuzz(seed: int) -> None:
     V = [2, 9, 30, 120][(seed // 3) % 4]
     K = 1 + int(torch.randint(0, V, (), generator=gen))
     T = [0, 1, 5, 80, 400][seed % 5]
-    case = _presto_case(
+    case = presto_case(
         seed, B, L, budget, order, lam, shared=seed % 3 == 0, root=seed % 2 == 0,
         idx64=seed % 5 < 2, T=T, V=V, K=K, alpha=[0.3, 1.0, 2.5][seed % 3],
     )  # fmt: skip
@@ -315,7 +179,7 @@ def test_presto_select_cuda_small_and_degenerate() -> None:
                 tok[:, d] = torch.randperm(9, generator=gen)[:K].int()
             lp = torch.randn((B, L, K), generator=gen).log_softmax(-1)
             lp = lp.sort(-1, descending=True).values
-            keys, counts, hist = _empty_tables(B, 256, 3)
+            keys, counts, hist = empty_tables(B, 256, 3)
             stream = torch.randint(0, 9, (B, 30), generator=gen)
             ops.ngram_extend(keys, counts, hist, stream, torch.full((B,), 30), 3)
             root = stream[:, -1].contiguous()
@@ -332,7 +196,7 @@ def test_presto_select_cuda_workspace_path(L, K, budget, lam) -> None:
     order = 4
     C = __import__("difftree_rt._C", fromlist=["_C"])
     assert C.presto_select_workspace_bytes(2, L, K, budget, order) > 0  # not shared memory
-    case = _presto_case(
+    case = presto_case(
         L + K + budget, 2, L, budget, order, lam, shared=False, root=True, T=300, V=max(K, 50), K=K
     )
     _check(case)
@@ -352,23 +216,23 @@ def test_presto_select_cuda_graph_replay(budget: int, per_request: bool) -> None
     B, L, order, lam, V, K, H = 2, 8, 3, 0.4, 40, 32, 1 << 13
 
     def case(seed: int, T: int) -> dict:
-        return _presto_case(seed, B, L, budget, order, lam, shared=not per_request, root=True,
+        return presto_case(seed, B, L, budget, order, lam, shared=not per_request, root=True,
                             idx64=True, T=T, V=V, K=K, H=H)  # fmt: skip
 
     base = case(budget, 200)
     bufs = {k: v.cuda() for k, v in base.items() if isinstance(v, torch.Tensor)}
     case_d = {**base, **bufs}
-    _select(case_d, "cuda")  # warm-up
+    select_on(case_d, "cuda")  # warm-up
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        tree = _select(case_d, "cuda")
+        tree = select_on(case_d, "cuda")
     for seed, T in ((31, 0), (32, 60), (33, 200)):
         new = case(seed, T)
         for k, buf in bufs.items():
             assert new[k].shape == buf.shape and new[k].dtype == buf.dtype, k
             buf.copy_(new[k])
         graph.replay()
-        _assert_tree_equal(_select(new, "cpu"), tree)
+        _assert_tree_equal(select_on(new, "cpu"), tree)
 
 
 def test_presto_cuda_tables_drive_the_cuda_selector() -> None:
@@ -376,13 +240,13 @@ def test_presto_cuda_tables_drive_the_cuda_selector() -> None:
     the device and selects from it; the GPU tables (own slot layout) give the CPU's trees."""
     B, L, order, V, K, budget = 3, 6, 4, 24, 12, 48
     gen = torch.Generator().manual_seed(99)
-    streams = [_stream(gen, V, 400) for _ in range(B)]
-    H = _table_size(order, 400)
-    kc, cc, hc = _empty_tables(B, H, order)
-    kg, cg, hg = _empty_tables(B, H, order, "cuda")
+    streams = [repetitive_stream(gen, V, 400) for _ in range(B)]
+    H = presto_table_size(order, 400)
+    kc, cc, hc = empty_tables(B, H, order)
+    kg, cg, hg = empty_tables(B, H, order, "cuda")
     overflow = torch.zeros(B, dtype=torch.int32, device="cuda")
     rounds = 0
-    for tokens, num in _chunks(gen, streams, 24, False, False):
+    for tokens, num in feed_chunks(gen, streams, 24, False, False):
         ops.ngram_extend(kc, cc, hc, tokens, num, order)
         ops.ngram_extend(kg, cg, hg, tokens.cuda(), num.cuda(), order, overflow=overflow)
         x = random_logits(gen, B, L, V, ties=rounds % 4 == 0)
