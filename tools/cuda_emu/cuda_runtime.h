@@ -14,6 +14,8 @@
 #include <cstdio>
 #include <cstdlib>
 #include <string>
+#include <tuple>
+#include <utility>
 #include <vector>
 
 #define __global__
@@ -178,19 +180,16 @@ void run_block(void (*body)(void*), void* arg, unsigned grid_x, unsigned bid, un
 // The first failure (a deadlock, a barrier left half-crossed) since the last call, or "": a
 // failed launch stops early and leaves its outputs undefined.
 std::string take_error();
-template <class P>
-void launch(void (*kernel)(P), unsigned grid, unsigned block, size_t smem, cudaStream_t, P p) {
+template <class... P, class... A>
+void launch(void (*kernel)(P...), unsigned grid, unsigned block, size_t smem, cudaStream_t,
+            A&&... args) {
   struct Arg {
-    void (*k)(P);
-    P p;
-  } a{kernel, p};
+    void (*k)(P...);
+    std::tuple<P...> p;
+  } a{kernel, std::tuple<P...>(std::forward<A>(args)...)};
   const unsigned threads = threads_override > 0 ? static_cast<unsigned>(threads_override) : block;
   for (unsigned b = 0; b < grid; ++b)
-    run_block(
-        [](void* v) {
-          auto* x = static_cast<Arg*>(v);
-          x->k(x->p);
-        },
-        &a, grid, b, threads, smem);
+    run_block([](void* v) { auto* x = static_cast<Arg*>(v); std::apply(x->k, x->p); }, &a, grid,
+              b, threads, smem);
 }
 }  // namespace emu

@@ -14,8 +14,8 @@ import sys
 
 def transform(src: str) -> str:
     src = re.sub(
-        r"extern __shared__ __align__\(\d+\) unsigned char (\w+)\[\];",
-        r"unsigned char* \1 = ::emu::dyn_smem();",
+        r"extern __shared__ (?:__align__\(\d+\) )?([\w:]+(?: [\w:]+)*) (\w+)\[\];",
+        r"\1* \2 = reinterpret_cast<\1*>(::emu::dyn_smem());",
         src,
     )
 
@@ -29,12 +29,21 @@ def transform(src: str) -> str:
     src, n = re.subn(r"([\w:<>]+)<<<(.*?)>>>\((.*?)\);", launch, src, flags=re.S)
     if n == 0:
         raise ValueError("no kernel launch found")
+    # The emulated launchers' declarations (launchers_emu_header), so a launcher calling
+    # another (caddtree -> ddtree) reaches the emulated one.
+    src = src.replace('#include "launchers.h"', '#include "launchers.h"\n#include "launchers_emu.h"')
     # The source's own definitions move to cuda_emu; the device helpers it includes stay in
     # difftree::cuda and are reached through a using-directive.
     return src.replace(
         "namespace difftree::cuda {",
         "namespace difftree::cuda_emu {\nusing namespace ::difftree::cuda;",
     )
+
+
+def launchers_emu_header(launchers_h: str) -> str:
+    """``cuda/launchers.h`` with its declarations in ``difftree::cuda_emu``."""
+    out = launchers_h.replace("namespace difftree::cuda {", "namespace difftree::cuda_emu {")
+    return out.replace("}  // namespace difftree::cuda", "}  // namespace difftree::cuda_emu")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,110 @@
+"""ctypes wrappers over the emulated tree selectors (tests/emu/selectors_capi.cpp): the same
+arguments as the ``difftree_rt.ops`` calls they mirror, CPU tensors standing in for device
+memory; outputs are pre-filled with garbage (as device memory would be)."""
+
+from __future__ import annotations
+
+import ctypes
+from pathlib import Path
+
+import torch
+
+from difftree_rt.tree import anc_words
+
+_CODE = {torch.int64: 64, torch.int32: 32, torch.float32: 1, torch.uint8: 8}
+
+
+class EmuTensor(ctypes.Structure):
+    _fields_ = [
+        ("data", ctypes.c_void_p),
+        ("code", ctypes.c_int32),
+        ("ndim", ctypes.c_int32),
+        ("shape", ctypes.c_int64 * 4),
+    ]
+
+
+def _t(x: torch.Tensor | None) -> ctypes._Pointer | None:  # type: ignore[type-arg]
+    if x is None:
+        return None
+    assert x.is_contiguous() and x.dim() <= 4
+    shape = (ctypes.c_int64 * 4)(*x.shape, *([0] * (4 - x.dim())))
+    return ctypes.pointer(EmuTensor(x.data_ptr(), _CODE[x.dtype], x.dim(), shape))
+
+
+def _tree(B: int, N: int) -> tuple[list[torch.Tensor], ctypes.Array]:  # type: ignore[type-arg]
+    tree = [torch.full((B, N), 12345, dtype=torch.int32) for _ in range(3)]
+    tree.append(torch.full((B, N), 7.0))
+    tree += [torch.full((B, N), 12345, dtype=torch.int32) for _ in range(2)]
+    tree.append(torch.full((B, N, anc_words(N)), 12345, dtype=torch.int32))
+    tree.append(torch.full((B,), 12345, dtype=torch.int32))
+    arr = (EmuTensor * 8)(*[_t(t).contents for t in tree])  # type: ignore[union-attr]
+    return tree, arr
+
+
+def _workspace(nbytes: int) -> tuple[torch.Tensor, int]:
+    ws = torch.full((max(nbytes, 1),), 0xAB, dtype=torch.uint8)
+    return ws, ws.data_ptr() if nbytes > 0 else 0
+
+
+class EmuSelectors:
+    def __init__(self, path: Path) -> None:
+        lib = ctypes.CDLL(str(path))
+        lib.emu_sel_last_error.restype = ctypes.c_char_p
+        for name in ("emu_ddtree_workspace", "emu_taps_workspace", "emu_d2sd_workspace"):
+            getattr(lib, name).restype = ctypes.c_size_t
+        lib.emu_ddtree_workspace.argtypes = [ctypes.c_int64] * 4
+        lib.emu_taps_workspace.argtypes = [ctypes.c_int64] * 3
+        lib.emu_d2sd_workspace.argtypes = [ctypes.c_int64] * 5
+        self.lib = lib
+
+    def _check(self, rc: int) -> None:
+        if rc != 0:
+            raise AssertionError(self.lib.emu_sel_last_error().decode())
+
+    def ddtree_select(self, tok, lp, budget, root=None):  # type: ignore[no-untyped-def]
+        B, L, K = lp.shape
+        tree, arr = _tree(B, budget + 1)
+        ws, ptr = _workspace(self.lib.emu_ddtree_workspace(B, L, K, budget))
+        self._check(self.lib.emu_ddtree_select(
+            _t(tok), _t(lp), ctypes.c_int64(budget), _t(root), arr, ctypes.c_void_p(ptr),
+            ctypes.c_size_t(ws.numel() if ptr else 0),
+        ))  # fmt: skip
+        return tree
+
+    def caddtree_select(self, tok, lp, max_budget, verify, draft, root=None):  # type: ignore[no-untyped-def]
+        B, L, K = lp.shape
+        tree, arr = _tree(B, max_budget + 1)
+        ws, ptr = _workspace(self.lib.emu_ddtree_workspace(B, L, K, max_budget))
+        self._check(self.lib.emu_caddtree_select(
+            _t(tok), _t(lp), ctypes.c_int64(max_budget), _t(root), _t(verify), _t(draft), arr,
+            ctypes.c_void_p(ptr), ctypes.c_size_t(ws.numel() if ptr else 0),
+        ))  # fmt: skip
+        return tree
+
+    def taps_select(self, token, parent, size, log_qc, budget):  # type: ignore[no-untyped-def]
+        B, P1 = log_qc.shape
+        tree, arr = _tree(B, budget + 1)
+        ws, ptr = _workspace(self.lib.emu_taps_workspace(B, P1, budget))
+        self._check(self.lib.emu_taps_select(
+            _t(token), _t(parent), _t(size), _t(log_qc), ctypes.c_int64(budget), arr,
+            ctypes.c_void_p(ptr), ctypes.c_size_t(ws.numel() if ptr else 0),
+        ))  # fmt: skip
+        return tree
+
+    def d2sd_boundaries(self, trunk_logprob: torch.Tensor, k: int) -> torch.Tensor:
+        boundary = torch.full((trunk_logprob.shape[0], k), 12345, dtype=torch.int32)
+        self._check(self.lib.emu_d2sd_boundaries(_t(trunk_logprob), _t(boundary)))
+        return boundary
+
+    def d2sd_select(self, trunk_token, trunk_lp, boundary, branch_token, branch_lp, budget,
+                    root=None):  # type: ignore[no-untyped-def]  # fmt: skip
+        B, L1 = trunk_lp.shape
+        K, L2 = branch_lp.shape[1], branch_lp.shape[2]
+        tree, arr = _tree(B, budget + 1)
+        ws, ptr = _workspace(self.lib.emu_d2sd_workspace(B, L1, K, L2, budget))
+        self._check(self.lib.emu_d2sd_select(
+            _t(trunk_token), _t(trunk_lp), _t(boundary), _t(branch_token), _t(branch_lp),
+            ctypes.c_int64(budget), _t(root), arr, ctypes.c_void_p(ptr),
+            ctypes.c_size_t(ws.numel() if ptr else 0),
+        ))  # fmt: skip
+        return tree
