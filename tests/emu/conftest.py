@@ -18,10 +18,15 @@ sys.path.insert(0, str(ROOT / "tools" / "cuda_emu"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 #: The kernel sources emulated (each its own translation unit; presto's is included by its C API).
-KERNELS = ["ddtree_select", "caddtree_select", "taps_select", "d2sd", "presto"]
+KERNELS = [
+    "ddtree_select", "caddtree_select", "taps_select", "d2sd", "topk_logprobs", "tree_walk",
+    "kv_commit", "presto",
+]  # fmt: skip
 SOURCES = [
     *(ROOT / "cuda" / f"{k}.cu" for k in KERNELS),
     ROOT / "tools" / "cuda_emu" / "cuda_runtime.h",
+    ROOT / "tools" / "cuda_emu" / "cuda_bf16.h",
+    ROOT / "tools" / "cuda_emu" / "cuda_fp16.h",
     ROOT / "tools" / "cuda_emu" / "fibers.cpp",
     ROOT / "tools" / "cuda_emu" / "transform.py",
     ROOT / "tests" / "emu" / "presto_capi.cpp",

@@ -1,4 +1,4 @@
-"""ctypes wrappers over the emulated tree selectors (tests/emu/selectors_capi.cpp): the same
+"""ctypes wrappers over the emulated kernels (tests/emu/selectors_capi.cpp): the same
 arguments as the ``difftree_rt.ops`` calls they mirror, CPU tensors standing in for device
 memory; outputs are pre-filled with garbage (as device memory would be)."""
 
@@ -11,7 +11,10 @@ import torch
 
 from difftree_rt.tree import anc_words
 
-_CODE = {torch.int64: 64, torch.int32: 32, torch.float32: 1, torch.uint8: 8}
+_CODE = {
+    torch.int64: 64, torch.int32: 32, torch.float32: 1, torch.uint8: 8, torch.float16: 16,
+    torch.bfloat16: 17, torch.bool: 2,
+}  # fmt: skip
 
 
 class EmuTensor(ctypes.Structure):
@@ -108,3 +111,42 @@ class EmuSelectors:
             ctypes.c_size_t(ws.numel() if ptr else 0),
         ))  # fmt: skip
         return tree
+
+    def topk_logprobs(
+        self, logits: torch.Tensor, k: int, num_splits: int = 1
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(token, logprob, row_error) like ``ops.topk_logprobs_flagged``."""
+        from difftree_rt.ops import ext
+
+        B, L, V = logits.shape
+        token = torch.full((B, L, k), 12345, dtype=torch.int32)
+        logprob = torch.full((B, L, k), 7.0)
+        err = torch.full((B, L), 12345, dtype=torch.int32)
+        nbytes = int(ext().topk_logprobs_workspace_bytes(B, L, V, k, num_splits))
+        ws = torch.full((max(nbytes, 16) + 16,), 0xAB, dtype=torch.uint8)
+        ptr = ws.data_ptr() + (-ws.data_ptr()) % 16  # 16-byte aligned, as the op requires
+        self._check(self.lib.emu_topk_logprobs(
+            _t(logits.contiguous()), ctypes.c_int64(k), _t(token), _t(logprob), _t(err),
+            ctypes.c_int(num_splits), ctypes.c_void_p(ptr if nbytes > 0 else 0),
+        ))  # fmt: skip
+        return token, logprob, err
+
+    def tree_walk(self, tree, choice, stop=None, remaining=None):  # type: ignore[no-untyped-def]
+        arrays = [a.contiguous() for a in tree.arrays()]
+        tarr = (EmuTensor * 8)(*[_t(a).contents for a in arrays])  # type: ignore[union-attr]
+        B = arrays[0].shape[0]
+        P = tree.max_depth + 1
+        outs = [torch.full((B, P), 12345, dtype=torch.int32)]
+        outs += [torch.full((B,), 12345, dtype=torch.int32) for _ in range(2)]
+        outs.append(torch.full((B,), True, dtype=torch.bool))
+        oarr = (EmuTensor * 4)(*[_t(o).contents for o in outs])  # type: ignore[union-attr]
+        self._check(self.lib.emu_tree_walk(
+            tarr, _t(choice.contiguous()), _t(stop), _t(remaining), oarr
+        ))  # fmt: skip
+        return outs
+
+    def kv_commit(self, caches, base_len, path, accepted) -> None:  # type: ignore[no-untyped-def]
+        arr = (EmuTensor * len(caches))(*[_t(c).contents for c in caches])  # type: ignore[union-attr]
+        self._check(self.lib.emu_kv_commit(
+            arr, ctypes.c_int(len(caches)), _t(base_len), _t(path), _t(accepted)
+        ))  # fmt: skip

@@ -1,9 +1,10 @@
-// C entry points over the emulated selector launchers (tools/cuda_emu): ddtree_select,
-// caddtree_select, taps_select, d2sd_boundaries, d2sd_select. Tensors arrive as EmuTensor
-// (host memory marked as CUDA: the launchers only read raw pointers). Built by
+// C entry points over the emulated launchers (tools/cuda_emu): ddtree_select, caddtree_select,
+// taps_select, d2sd_boundaries, d2sd_select, topk_logprobs, tree_walk, kv_commit. Tensors arrive as
+// EmuTensor (host memory marked as CUDA: the launchers only read raw pointers). Built by
 // tests/emu/conftest.py with each transformed cuda/*.cu as its own translation unit.
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "cuda_runtime.h"
 #include "difftree/tensor.h"
@@ -14,7 +15,7 @@ using namespace difftree;
 extern "C" {
 struct EmuTensor {
   void* data;
-  int32_t code;  // 64 int64, 32 int32, 1 float32, 8 uint8
+  int32_t code;  // 64 int64, 32 int32, 1 float32, 16 float16, 17 bfloat16, 2 bool, 8 uint8
   int32_t ndim;
   int64_t shape[4];
 };
@@ -31,6 +32,12 @@ DType dtype_of(int code) {
       return DType::kInt32;
     case 1:
       return DType::kFloat32;
+    case 16:
+      return DType::kFloat16;
+    case 17:
+      return DType::kBFloat16;
+    case 2:
+      return DType::kBool;
     default:
       return DType::kUInt8;
   }
@@ -115,7 +122,41 @@ int emu_d2sd_select(const EmuTensor* trunk_token, const EmuTensor* trunk_logprob
   const TensorView r = root ? view(*root) : TensorView{};
   return report(cuda_emu::d2sd_select(view(*trunk_token), view(*trunk_logprob), view(*boundary),
                                       view(*branch_token), view(*branch_logprob), budget,
-                                      root ? &r : nullptr, tree_view(tree), ws, ws_bytes,
-                                      nullptr));
+                                      root ? &r : nullptr, tree_view(tree), ws, ws_bytes, nullptr));
+}
+}
+
+// ---- topk_logprobs, tree_walk, kv_commit
+// ---------------------------------------------------------
+extern "C" {
+// num_splits 1: one CTA per row; > 1: the split-row path with a workspace of ws_bytes (16-byte
+// aligned; the size from difftree_rt's topk_logprobs_workspace_bytes).
+int emu_topk_logprobs(const EmuTensor* logits, int64_t k, const EmuTensor* token,
+                      const EmuTensor* logprob, const EmuTensor* row_error, int num_splits,
+                      void* ws) {
+  const TensorView err = row_error ? view(*row_error) : TensorView{};
+  const TensorView* e = row_error ? &err : nullptr;
+  if (num_splits <= 1)
+    return report(
+        cuda_emu::topk_logprobs(view(*logits), k, view(*token), view(*logprob), e, nullptr));
+  return report(cuda_emu::topk_logprobs(view(*logits), k, view(*token), view(*logprob), e,
+                                        num_splits, ws, nullptr));
+}
+
+int emu_tree_walk(const EmuTensor* tree, const EmuTensor* node_choice, const EmuTensor* stop,
+                  const EmuTensor* remaining, const EmuTensor* out /* path, acc, next, done */) {
+  const TensorView s = stop ? view(*stop) : TensorView{};
+  const TensorView r = remaining ? view(*remaining) : TensorView{};
+  const WalkOutputs o{view(out[0]), view(out[1]), view(out[2]), view(out[3])};
+  return report(cuda_emu::tree_walk(tree_view(tree), view(*node_choice), stop ? &s : nullptr,
+                                    remaining ? &r : nullptr, o, nullptr));
+}
+
+int emu_kv_commit(const EmuTensor* caches, int num_caches, const EmuTensor* base_len,
+                  const EmuTensor* path, const EmuTensor* accepted) {
+  std::vector<TensorView> views;
+  for (int i = 0; i < num_caches; ++i) views.push_back(view(caches[i]));
+  return report(cuda_emu::kv_commit(views.data(), num_caches, view(*base_len), view(*path),
+                                    view(*accepted), nullptr));
 }
 }

@@ -38,14 +38,18 @@ inline cudaError_t cudaFuncSetAttribute(K, int, int) {
 inline cudaError_t cudaGetLastError() { return cudaSuccess; }
 inline const char* cudaGetErrorString(cudaError_t) { return "cuda_emu"; }
 
-struct emu_dim3 {
+struct dim3 {
   unsigned x, y, z;
+  constexpr dim3(unsigned x_ = 1, unsigned y_ = 1, unsigned z_ = 1) : x(x_), y(y_), z(z_) {}
+};
+struct __attribute__((aligned(16))) int4 {
+  int x, y, z, w;
 };
 
 namespace emu {
-emu_dim3 thread_idx();
-emu_dim3 block_idx();
-emu_dim3 block_dim();
+dim3 thread_idx();
+dim3 block_idx();
+dim3 block_dim();
 void syncthreads();
 void warp_sync();
 void* shfl_slot(int lane);
@@ -99,6 +103,10 @@ inline unsigned __ballot_sync(unsigned, int pred) {
   emu::warp_sync();
   return out;
 }
+// A block barrier that also ORs a predicate over the block (each thread's value is published
+// before the barrier, read after it, then a second barrier frees the slot).
+int syncthreads_or_impl(int pred);
+inline int __syncthreads_or(int pred) { return syncthreads_or_impl(pred); }
 inline int __popc(unsigned x) { return __builtin_popcount(x); }
 inline int __popcll(unsigned long long x) { return __builtin_popcountll(x); }
 inline int __ffs(unsigned x) { return __builtin_ffs(static_cast<int>(x)); }
@@ -132,6 +140,8 @@ T atomicCAS(T* a, T cmp, T v) {
 
 inline int min(int a, int b) { return a < b ? a : b; }
 inline int max(int a, int b) { return a > b ? a : b; }
+inline long min(long a, long b) { return a < b ? a : b; }
+inline long max(long a, long b) { return a > b ? a : b; }
 inline long long min(long long a, long long b) { return a < b ? a : b; }
 inline long long max(long long a, long long b) { return a > b ? a : b; }
 
@@ -175,21 +185,26 @@ namespace emu {
 // barriers: 0 forward, 1 reverse, 2 random.
 extern int threads_override;
 extern int schedule;
-void run_block(void (*body)(void*), void* arg, unsigned grid_x, unsigned bid, unsigned threads,
-               size_t smem);
+void run_block(void (*body)(void*), void* arg, dim3 grid, dim3 bid, unsigned threads, size_t smem);
 // The first failure (a deadlock, a barrier left half-crossed) since the last call, or "": a
 // failed launch stops early and leaves its outputs undefined.
 std::string take_error();
 template <class... P, class... A>
-void launch(void (*kernel)(P...), unsigned grid, unsigned block, size_t smem, cudaStream_t,
+void launch(void (*kernel)(P...), dim3 grid, unsigned block, size_t smem, cudaStream_t,
             A&&... args) {
   struct Arg {
     void (*k)(P...);
     std::tuple<P...> p;
   } a{kernel, std::tuple<P...>(std::forward<A>(args)...)};
   const unsigned threads = threads_override > 0 ? static_cast<unsigned>(threads_override) : block;
-  for (unsigned b = 0; b < grid; ++b)
-    run_block([](void* v) { auto* x = static_cast<Arg*>(v); std::apply(x->k, x->p); }, &a, grid,
-              b, threads, smem);
+  for (unsigned z = 0; z < grid.z; ++z)
+    for (unsigned y = 0; y < grid.y; ++y)
+      for (unsigned x = 0; x < grid.x; ++x)
+        run_block(
+            [](void* v) {
+              auto* t = static_cast<Arg*>(v);
+              std::apply(t->k, t->p);
+            },
+            &a, grid, dim3(x, y, z), threads, smem);
 }
 }  // namespace emu

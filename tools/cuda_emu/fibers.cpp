@@ -30,7 +30,8 @@ ucontext_t sched_ctx;
 jmp_buf sched_jb;
 std::vector<Fiber> fibers;
 int cur = -1;
-unsigned g_threads = 0, g_bid = 0;
+unsigned g_threads = 0;
+dim3 g_bid;
 unsigned long block_gen = 0;
 unsigned block_count = 0;
 std::vector<unsigned long> warp_gen;
@@ -58,9 +59,9 @@ void trampoline() {
 }
 }  // namespace
 
-emu_dim3 thread_idx() { return emu_dim3{static_cast<unsigned>(cur), 0, 0}; }
-emu_dim3 block_idx() { return emu_dim3{g_bid, 0, 0}; }
-emu_dim3 block_dim() { return emu_dim3{g_threads, 0, 0}; }
+dim3 thread_idx() { return dim3(static_cast<unsigned>(cur), 0, 0); }
+dim3 block_idx() { return g_bid; }
+dim3 block_dim() { return dim3(g_threads, 1, 1); }
 unsigned char* dyn_smem() { return smem_buf.data(); }
 void* shfl_slot(int lane) { return slots[cur / 32][lane]; }
 
@@ -76,6 +77,23 @@ void syncthreads() {
   yield();
 }
 
+}  // namespace emu
+
+namespace {
+int g_or_acc = 0;  // the running OR of the current __syncthreads_or
+}  // namespace
+
+int syncthreads_or_impl(int pred) {
+  if (pred) g_or_acc = 1;
+  ::emu::syncthreads();
+  const int out = g_or_acc;
+  ::emu::syncthreads();
+  if (threadIdx.x == 0) g_or_acc = 0;
+  ::emu::syncthreads();
+  return out;
+}
+
+namespace emu {
 void warp_sync() {
   Fiber& f = fibers[cur];
   const int w = cur / 32;
@@ -90,9 +108,8 @@ void warp_sync() {
   yield();
 }
 
-void run_block(void (*body)(void*), void* arg, unsigned grid_x, unsigned bid, unsigned threads,
-               size_t smem) {
-  (void)grid_x;
+void run_block(void (*body)(void*), void* arg, dim3 grid, dim3 bid, unsigned threads, size_t smem) {
+  (void)grid;
   if (!g_error.empty()) return;  // an earlier block failed: the launch is void
   if (threads == 0 || threads > 64 * 32) {
     fail("unsupported block size " + std::to_string(threads));
@@ -143,12 +160,12 @@ void run_block(void (*body)(void*), void* arg, unsigned grid_x, unsigned bid, un
     }
     if (all_done) break;
     if (!progress) {  // the waiting fibers are abandoned (their stacks are reused)
-      fail("deadlock: a barrier some threads of block " + std::to_string(bid) + " skip");
+      fail("deadlock: a barrier some threads of block " + std::to_string(bid.x) + " skip");
       return;
     }
   }
   if (block_count != 0)
-    fail("block " + std::to_string(bid) + " ended with " + std::to_string(block_count) +
+    fail("block " + std::to_string(bid.x) + " ended with " + std::to_string(block_count) +
          " threads inside a barrier");
 }
 

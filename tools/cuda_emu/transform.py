@@ -26,7 +26,7 @@ def transform(src: str) -> str:
             raise ValueError(f"launch of {kernel} needs <<<grid, block, smem, stream>>>: {cfg}")
         return f"::emu::launch({kernel}, {', '.join(parts)}, {args});"
 
-    src, n = re.subn(r"([\w:<>]+)<<<(.*?)>>>\((.*?)\);", launch, src, flags=re.S)
+    src, n = re.subn(r"([\w:]+(?:<[^<>;]*>)?)<<<(.*?)>>>\((.*?)\);", launch, src, flags=re.S)
     if n == 0:
         raise ValueError("no kernel launch found")
     # The emulated launchers' declarations (launchers_emu_header), so a launcher calling
