@@ -1,5 +1,6 @@
 // Block-wide helpers for the per-row kernels (topk_logprobs, node_select): reductions and an
-// exact radix select over unique 64-bit ranking keys (value-ordered bits << 32 | ~id).
+// exact radix select over unique 64-bit ranking keys (value-ordered bits << 32 | ~id), with an
+// ordered variant that resolves a tied boundary value by index order.
 //
 // Keys are unique (the token id is part of them), so "the n best keys" is a well-defined set,
 // {key >= threshold}, whatever the thread count or reduction order: the result is exact by
@@ -76,9 +77,12 @@ __device__ __forceinline__ unsigned long long block_sum_u64(unsigned long long v
 //     Requires thr <= the total weight.
 // Returns the threshold: the selected set is exactly {v : pred(v) && key(v) >= threshold}.
 // All threads must call it; key/pred/weight are evaluated in a grid-stride loop over [0, V).
+// stop_shift (unweighted, a multiple of 8): stop once the top 64 - stop_shift bits are resolved;
+// s.done then tells whether the boundary bin was taken whole (the threshold is final) or
+// s.remaining of its keys are still to choose by the low stop_shift bits.
 template <bool Weighted, typename KeyFn, typename PredFn, typename WeightFn>
 __device__ uint64_t block_radix_select(int64_t V, KeyFn key, PredFn pred, WeightFn weight,
-                                       uint32_t n, double thr, SelectSmem& s) {
+                                       uint32_t n, double thr, SelectSmem& s, int stop_shift = 0) {
   if (threadIdx.x == 0) {
     s.prefix = 0;
     s.shift = 64;
@@ -163,9 +167,57 @@ __device__ uint64_t block_radix_select(int64_t V, KeyFn key, PredFn pred, Weight
       }
     }
     __syncthreads();
-    if (s.done) break;
+    if (s.done || s.shift <= stop_shift) break;
   }
   const uint64_t threshold = s.prefix << s.shift;
+  __syncthreads();
+  return threshold;
+}
+
+// The n largest keys of {v : pred(v)} (as block_radix_select<false>) for keys value << 32 | low
+// whose low half *decreases as v grows* among equal values (low = ~id, id increasing in v): the
+// value half by 4 radix passes at most, then a tie at the boundary value resolved by one ordered
+// count instead of 4 more passes over the id bits — bf16/fp16 logits have a few thousand
+// distinct values, so the K-th value is usually shared. Among the tied keys the largest are
+// those with the smallest v, so the selection takes the first s.remaining of them in v order.
+template <typename KeyFn, typename PredFn>
+__device__ uint64_t block_radix_select_ordered(int64_t V, KeyFn key, PredFn pred, uint32_t n,
+                                               SelectSmem& s) {
+  auto none = [](int64_t) { return 0ull; };
+  const uint64_t hi_threshold = block_radix_select<false>(V, key, pred, none, n, 0.0, s, 32);
+  if (s.done) return hi_threshold;  // (all threads read s.done after the call's last barrier)
+  const uint64_t value = hi_threshold >> 32;
+  const uint32_t rem = s.remaining;
+  // Thread t counts the tied keys of its contiguous slice [begin, end) of v.
+  const int64_t T = blockDim.x, per = (V + T - 1) / T;
+  const int64_t begin = min(V, static_cast<int64_t>(threadIdx.x) * per);
+  const int64_t end = min(V, begin + per);
+  auto tied = [&](int64_t v) { return pred(v) && (key(v) >> 32) == value; };
+  uint32_t cnt = 0;
+  for (int64_t v = begin; v < end; ++v) cnt += tied(v) ? 1u : 0u;
+  // Exclusive prefix of the counts over the threads (warp scan, then the warp totals).
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  uint32_t incl = cnt;
+  for (int o = 1; o < 32; o <<= 1) {
+    const uint32_t u = __shfl_up_sync(0xffffffffu, incl, o);
+    if (lane >= o) incl += u;
+  }
+  if (lane == 31) s.uscratch[warp] = incl;
+  __syncthreads();
+  uint32_t before = incl - cnt;
+  for (int w = 0; w < warp; ++w) before += static_cast<uint32_t>(s.uscratch[w]);
+  // The thread whose slice holds the rem-th tied key (in v order) publishes it: the threshold.
+  if (before < rem && before + cnt >= rem) {
+    uint32_t seen = before;
+    for (int64_t v = begin; v < end; ++v) {
+      if (tied(v) && ++seen == rem) {
+        s.prefix = key(v);
+        break;
+      }
+    }
+  }
+  __syncthreads();
+  const uint64_t threshold = s.prefix;
   __syncthreads();
   return threshold;
 }

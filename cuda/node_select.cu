@@ -90,8 +90,8 @@ __global__ void __launch_bounds__(kRowThreads) node_select_kernel(NodeParams p) 
   const float m = sm::unordered(static_cast<uint32_t>(mk >> 32));
 
   uint64_t threshold = 0;
-  if (top_k > 0 && top_k < V)
-    threshold = block_radix_select<false>(V, key, all, none, static_cast<uint32_t>(top_k), 0.0, s);
+  if (top_k > 0 && top_k < V)  // key = value << 32 | ~v: a tied k-th value resolved in v order
+    threshold = block_radix_select_ordered(V, key, all, static_cast<uint32_t>(top_k), s);
   if (top_p < 1.0f) {
     const uint64_t t0 = threshold;
     auto kept = [&](int64_t v) { return key(v) >= t0; };

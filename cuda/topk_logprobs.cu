@@ -171,9 +171,8 @@ __global__ void __launch_bounds__(kRowThreads)
     return sampling::rank_key(clamp_lp(load_f32(x, v), lse), static_cast<uint32_t>(v));
   };
   auto all = [](int64_t) { return true; };
-  auto no_weight = [](int64_t) { return 0ull; };
-  const uint64_t threshold =
-      block_radix_select<false>(V, key, all, no_weight, static_cast<uint32_t>(k), 0.0, s);
+  // Key = value << 32 | ~v: a tied K-th value is resolved in v order (block_select.cuh).
+  const uint64_t threshold = block_radix_select_ordered(V, key, all, static_cast<uint32_t>(k), s);
 
   // 4. gather, sort, write.
   gather_sort_write(V, key, threshold, sorted, sort_size, k, &s_slot, x, V, lse, tok, lp);
@@ -331,9 +330,9 @@ __global__ void __launch_bounds__(kRowThreads)
       return sampling::rank_key(clamp_lp(to_f32(src[v]), lse), static_cast<uint32_t>(lo + v));
     };
     auto all = [](int64_t) { return true; };
-    auto no_weight = [](int64_t) { return 0ull; };
+    // Key = value << 32 | ~(lo + v): a tied boundary value is resolved in v order.
     const uint64_t threshold =
-        block_radix_select<false>(n, key, all, no_weight, static_cast<uint32_t>(take), 0.0, s);
+        block_radix_select_ordered(n, key, all, static_cast<uint32_t>(take), s);
     for (int64_t v = threadIdx.x; v < n; v += blockDim.x) {
       const uint64_t kv = key(v);
       if (kv >= threshold) {

@@ -19,8 +19,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 #: The kernel sources emulated (each its own translation unit; presto's is included by its C API).
 KERNELS = [
-    "ddtree_select", "caddtree_select", "taps_select", "d2sd", "topk_logprobs", "tree_walk",
-    "kv_commit", "presto",
+    "ddtree_select", "caddtree_select", "taps_select", "d2sd", "topk_logprobs", "node_select",
+    "tree_walk", "kv_commit", "presto",
 ]  # fmt: skip
 SOURCES = [
     *(ROOT / "cuda" / f"{k}.cu" for k in KERNELS),

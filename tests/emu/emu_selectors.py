@@ -150,3 +150,12 @@ class EmuSelectors:
         self._check(self.lib.emu_kv_commit(
             arr, ctypes.c_int(len(caches)), _t(base_len), _t(path), _t(accepted)
         ))  # fmt: skip
+
+    def node_select(self, logits, temperature, top_k, top_p, seed, round_idx):  # type: ignore[no-untyped-def]
+        B, N, _ = logits.shape
+        out = torch.full((B, N), 12345, dtype=torch.int32)
+        self._check(self.lib.emu_node_select(
+            _t(logits.contiguous()), _t(temperature), _t(top_k), _t(top_p), _t(seed),
+            _t(round_idx), _t(out),
+        ))  # fmt: skip
+        return out

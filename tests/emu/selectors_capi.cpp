@@ -160,3 +160,24 @@ int emu_kv_commit(const EmuTensor* caches, int num_caches, const EmuTensor* base
                                     view(*accepted), nullptr));
 }
 }
+
+// ---- node_select ---------------------------------------------------------------------------------
+extern "C" {
+// temperature, top_k, top_p, seed, round_idx: [B] tensors (any may be null: off / greedy).
+int emu_node_select(const EmuTensor* logits, const EmuTensor* temperature, const EmuTensor* top_k,
+                    const EmuTensor* top_p, const EmuTensor* seed, const EmuTensor* round_idx,
+                    const EmuTensor* out) {
+  const TensorView t = temperature ? view(*temperature) : TensorView{};
+  const TensorView k = top_k ? view(*top_k) : TensorView{};
+  const TensorView p = top_p ? view(*top_p) : TensorView{};
+  const TensorView sd = seed ? view(*seed) : TensorView{};
+  const TensorView r = round_idx ? view(*round_idx) : TensorView{};
+  SamplingViews params;
+  params.temperature = temperature ? &t : nullptr;
+  params.top_k = top_k ? &k : nullptr;
+  params.top_p = top_p ? &p : nullptr;
+  params.seed = seed ? &sd : nullptr;
+  params.round_idx = round_idx ? &r : nullptr;
+  return report(cuda_emu::node_select(view(*logits), params, view(*out), nullptr));
+}
+}

@@ -118,3 +118,24 @@ def test_kv_commit(emu: EmuSelectors, dtype: torch.dtype, D: int) -> None:
     emu.kv_commit(emulated, base, path, accepted)
     for c, e in zip(caches, emulated, strict=True):
         assert torch.equal(c, e)
+
+
+NODE_CASES = [(1, 1, 1), (2, 3, 31), (1, 17, 1000), (3, 9, 4099), (1, 3, 20000)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(("B", "N", "V"), NODE_CASES)
+@pytest.mark.parametrize(
+    ("t", "k", "p"),
+    [(0.0, 0, 1.0), (1.0, 0, 1.0), (0.7, 50, 1.0), (1.0, 0, 0.9), (1.3, 20, 0.8), (0.5, 1, 0.0)],
+)
+def test_node_select(emu: EmuSelectors, dtype, B, N, V, t, k, p) -> None:  # type: ignore[no-untyped-def]
+    # Philox draws, temperature, top-k (its tied k-th value resolved in id order), top-p.
+    gen = torch.Generator().manual_seed(B + N + V)
+    x = random_logits(gen, B, N, V, ties=V > 100, neg_inf=V % 2 == 1).to(dtype)
+    seed = torch.randint(0, 2**62, (B,), generator=gen)
+    rnd = torch.randint(0, 2**40, (B,), generator=gen)
+    temp, top_p = torch.full((B,), t), torch.full((B,), p)
+    top_k = torch.full((B,), k, dtype=torch.int32)
+    cpu = ops.node_select(x, temp, top_k, top_p, seed, rnd)
+    assert torch.equal(cpu, emu.node_select(x, temp, top_k, top_p, seed, rnd))
