@@ -174,6 +174,42 @@ __device__ uint64_t block_radix_select(int64_t V, KeyFn key, PredFn pred, Weight
   return threshold;
 }
 
+// Thread t's count plus the counts of threads 0..t-1 before it: the exclusive prefix of `cnt`
+// over the block (warp scan, then the warp totals). All threads call; ends with a barrier.
+__device__ inline uint32_t block_count_before(uint32_t cnt, SelectSmem& s) {
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  uint32_t incl = cnt;
+  for (int o = 1; o < 32; o <<= 1) {
+    const uint32_t u = __shfl_up_sync(0xffffffffu, incl, o);
+    if (lane >= o) incl += u;
+  }
+  __syncthreads();  // s.uscratch may still be read by an earlier helper
+  if (lane == 31) s.uscratch[warp] = incl;
+  __syncthreads();
+  uint32_t before = incl - cnt;
+  for (int w = 0; w < warp; ++w) before += static_cast<uint32_t>(s.uscratch[w]);
+  __syncthreads();
+  return before;
+}
+
+// Writes the keys >= threshold among {v : pred(v)} to out[0..) in increasing v (a stable
+// compaction: each thread takes a contiguous slice of v). All threads call.
+template <typename KeyFn, typename PredFn>
+__device__ void block_write_selected_in_order(int64_t V, KeyFn key, PredFn pred, uint64_t threshold,
+                                              unsigned long long* out, SelectSmem& s) {
+  const int64_t T = blockDim.x, per = (V + T - 1) / T;
+  const int64_t begin = min(V, static_cast<int64_t>(threadIdx.x) * per);
+  const int64_t end = min(V, begin + per);
+  uint32_t cnt = 0;
+  for (int64_t v = begin; v < end; ++v) cnt += (pred(v) && key(v) >= threshold) ? 1u : 0u;
+  uint32_t at = block_count_before(cnt, s);
+  for (int64_t v = begin; v < end; ++v) {
+    if (!pred(v)) continue;
+    const uint64_t kv = key(v);
+    if (kv >= threshold) out[at++] = kv;
+  }
+}
+
 // The n largest keys of {v : pred(v)} (as block_radix_select<false>) for keys value << 32 | low
 // whose low half *decreases as v grows* among equal values (low = ~id, id increasing in v): the
 // value half by 4 radix passes at most, then a tie at the boundary value resolved by one ordered
@@ -195,17 +231,7 @@ __device__ uint64_t block_radix_select_ordered(int64_t V, KeyFn key, PredFn pred
   auto tied = [&](int64_t v) { return pred(v) && (key(v) >> 32) == value; };
   uint32_t cnt = 0;
   for (int64_t v = begin; v < end; ++v) cnt += tied(v) ? 1u : 0u;
-  // Exclusive prefix of the counts over the threads (warp scan, then the warp totals).
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  uint32_t incl = cnt;
-  for (int o = 1; o < 32; o <<= 1) {
-    const uint32_t u = __shfl_up_sync(0xffffffffu, incl, o);
-    if (lane >= o) incl += u;
-  }
-  if (lane == 31) s.uscratch[warp] = incl;
-  __syncthreads();
-  uint32_t before = incl - cnt;
-  for (int w = 0; w < warp; ++w) before += static_cast<uint32_t>(s.uscratch[w]);
+  const uint32_t before = block_count_before(cnt, s);
   // The thread whose slice holds the rem-th tied key (in v order) publishes it: the threshold.
   if (before < rem && before + cnt >= rem) {
     uint32_t seen = before;

@@ -205,9 +205,11 @@ cudaError_t launch(const TensorView& logits, int64_t k, const TensorView& token,
 //   A. grid rows*C: chunk max m_c, bad flag, s_c = Σ_{v in chunk} exp((double)x - m_c) (0 when
 //      m_c = -inf or the chunk is bad);
 //   B. grid rows*C: the row's lse from the C stats (row_lse, fixed order), then the chunk's exact
-//      min(K, chunk length) best keys, same key as the single-CTA kernel, padded with key 0;
+//      min(K, chunk length) best keys, same key as the single-CTA kernel, written in id order
+//      and padded with key 0;
 //   C. grid rows: row_lse again (bit-identical in every CTA), the K best of the C*K keys (key 0
-//      = padding is excluded), bitonic sort, write, row_error — exactly as the one-CTA kernel.
+//      = padding is excluded; id-ordered, so a tied K-th value is resolved by one ordered count),
+//      bitonic sort, write, row_error — exactly as the one-CTA kernel.
 // The chunk top-K cannot be taken in A (before the lse is known): fp32(x - lse) and the -1e4
 // clamp merge distinct logits into one log-prob whose tie then goes to the lower id, which a
 // selection by logit alone would get wrong.
@@ -303,7 +305,6 @@ __global__ void __launch_bounds__(kRowThreads)
   extern __shared__ __align__(16) unsigned char stage_raw[];  // the chunk when staged
   __shared__ float s_lse;
   __shared__ int s_err;
-  __shared__ int s_slot;
   const int64_t row = blockIdx.x / C;
   const int c = static_cast<int>(blockIdx.x % C);
   const int64_t lo = c * chunk < V ? c * chunk : V;
@@ -315,7 +316,6 @@ __global__ void __launch_bounds__(kRowThreads)
     float lse = 0.0f;
     s_err = row_lse(w, row, C, &lse);
     s_lse = lse;
-    s_slot = 0;
   }
   __syncthreads();
   if (s_err != 0) return;  // the merge kernel writes the bad row's outputs
@@ -333,13 +333,8 @@ __global__ void __launch_bounds__(kRowThreads)
     // Key = value << 32 | ~(lo + v): a tied boundary value is resolved in v order.
     const uint64_t threshold =
         block_radix_select_ordered(n, key, all, static_cast<uint32_t>(take), s);
-    for (int64_t v = threadIdx.x; v < n; v += blockDim.x) {
-      const uint64_t kv = key(v);
-      if (kv >= threshold) {
-        const int slot = atomicAdd(&s_slot, 1);
-        if (slot < take) out[slot] = kv;
-      }
-    }
+    // In v (= id) order, so the merge's candidates are id-ordered too (its ordered select).
+    block_write_selected_in_order(n, key, all, threshold, out, s);
   }
   for (int i = take + threadIdx.x; i < k; i += blockDim.x) out[i] = 0ull;  // padding
 }
@@ -380,9 +375,8 @@ __global__ void __launch_bounds__(kRowThreads)
   }
   auto key = [&](int64_t i) { return static_cast<uint64_t>(cand[i]); };
   auto real = [&](int64_t i) { return cand[i] != 0ull; };
-  auto no_weight = [](int64_t) { return 0ull; };
-  const uint64_t threshold =
-      block_radix_select<false>(n, key, real, no_weight, static_cast<uint32_t>(k), 0.0, s);
+  // Chunks in id order, each chunk's keys in id order: the ordered select applies.
+  const uint64_t threshold = block_radix_select_ordered(n, key, real, static_cast<uint32_t>(k), s);
 
   gather_sort_write(n, key, threshold, sorted, sort_size, k, &s_slot, x, V, lse, tok, lp);
   if (row_error != nullptr && threadIdx.x == 0) row_error[row] = 0;
