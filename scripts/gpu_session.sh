@@ -98,7 +98,7 @@ case "$stage" in
       --batch-only --runs 1 --budgets 16
     step 240 bench_graph_ar python bench/bench_graph_round.py --models qwen3-8b --runs 1 \
       --budgets 16 --contexts 1024 --nodes 0 16 --extra-policies caddtree taps d2sd presto
-    step 90 bench_presto python bench/bench_kernels.py --quick --topk-splits 0
+    step 150 bench_kernels python bench/bench_kernels.py --quick --topk-splits 1 8 16 0
     ;;
   *) echo "unknown stage $stage" >&2; exit 2 ;;
 esac
