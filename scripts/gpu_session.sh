@@ -14,6 +14,7 @@
 #                                              # kernels + memcheck
 #   run: bash scripts/gpu_session.sh newbench  # its benchmarks (< 8 min): batched rounds, the 8B
 #                                              # table with graph-mode AR and every policy,
+#                                              # top-K + select (tied-boundary select),
 #                                              # presto_select vs its CPU path
 set -uo pipefail
 cd "$(dirname "$0")/.."
