@@ -194,9 +194,9 @@ __global__ void __launch_bounds__(kThreads) ddtree_select_kernel(Params p) {
     if (total > m) {
       auto key = [&](int64_t v) { return static_cast<uint64_t>(cand[v]); };
       auto all = [](int64_t) { return true; };
-      auto none = [](int64_t) { return 0ull; };
-      threshold =
-          block_radix_select<false>(total, key, all, none, static_cast<uint32_t>(m), 0.0, ss);
+      // cand[e] is laid out in (q, r) order, so its id half falls as e grows: a tied m-th score
+      // is resolved by one ordered count (block_select.cuh).
+      threshold = block_radix_select_ordered(total, key, all, static_cast<uint32_t>(m), ss);
     }
     for (int e = tid; e < total; e += T) {
       const uint64_t k = cand[e];
