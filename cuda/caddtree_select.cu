@@ -66,17 +66,13 @@ __global__ void __launch_bounds__(kCutThreads) caddtree_cut_kernel(CutParams p) 
     if (!(phi[j + 1] > phi[j])) atomicMin(&s_cut, j);
   __syncthreads();
   const int n = s_cut + 1;  // rows kept, root included
+  const TreeRows rows = p.out.rows(b, N, p.W);
   for (int i = tid; i < N; i += T) {
     if (i < n) {
       if (p.out.first_child[row + i] >= n) p.out.first_child[row + i] = -1;
       if (p.out.next_sibling[row + i] >= n) p.out.next_sibling[row + i] = -1;
     } else {
-      p.out.token[row + i] = -1;
-      p.out.parent[row + i] = -1;
-      p.out.depth[row + i] = 0;
-      p.out.score[row + i] = -INFINITY;
-      p.out.first_child[row + i] = -1;
-      p.out.next_sibling[row + i] = -1;
+      write_padding_row(rows, i);
     }
   }
   const int W = p.W;

@@ -321,6 +321,7 @@ __global__ void __launch_bounds__(kThreads) ddtree_select_kernel(Params p) {
 
   const int64_t row = static_cast<int64_t>(b) * N;
   const int64_t row_tok = static_cast<int64_t>(b) * p.L * p.K;
+  const TreeRows rows = p.out.rows(b, N, p.W);
   for (int i = tid; i < N; i += T) {
     if (i < n) {
       int32_t tok;
@@ -342,12 +343,7 @@ __global__ void __launch_bounds__(kThreads) ddtree_select_kernel(Params p) {
       }
       p.out.next_sibling[row + i] = sib;
     } else {
-      p.out.token[row + i] = -1;
-      p.out.parent[row + i] = -1;
-      p.out.depth[row + i] = 0;
-      p.out.score[row + i] = -INFINITY;
-      p.out.first_child[row + i] = -1;
-      p.out.next_sibling[row + i] = -1;
+      write_padding_row(rows, i);
     }
   }
   const int W = p.W;

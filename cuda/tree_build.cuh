@@ -97,6 +97,17 @@ inline TreeOut tree_out(const TreeView& tree) {
 }
 
 // Scratch for block_finalize_tree: int arrays of N (ccount, cfill, ctab, sidx) and N + 1 (coff).
+// Row i >= num_nodes of a request's tree: token = parent = first_child = next_sibling = -1,
+// depth 0, score -inf (docs/NOTES.md "Padding rows"; anc is written with the other rows).
+__device__ inline void write_padding_row(const TreeRows& o, int i) {
+  o.token[i] = -1;
+  o.parent[i] = -1;
+  o.depth[i] = 0;
+  o.score[i] = -INFINITY;
+  o.first_child[i] = -1;
+  o.next_sibling[i] = -1;
+}
+
 struct LinkScratch {
   int* ccount;
   int* coff;
@@ -153,12 +164,7 @@ __device__ inline void block_finalize_tree(const int* par, int n, const TreeRows
       }
       o.next_sibling[i] = sib;
     } else {
-      o.token[i] = -1;
-      o.parent[i] = -1;
-      o.depth[i] = 0;
-      o.score[i] = -INFINITY;
-      o.first_child[i] = -1;
-      o.next_sibling[i] = -1;
+      write_padding_row(o, i);
     }
   }
   // anc: bit j of row i for j = i and each ancestor; one (row, word) per thread.
