@@ -1,5 +1,5 @@
 """Builds the emulated CUDA kernels (tools/cuda_emu) for the host once per source version:
-``build/emu/<hash>/libemu_kernels.so`` (PRESTO and the four tree selectors). Skips the tests
+``build/emu/<hash>/libemu_kernels.so`` (every kernel but tree_attention). Skips the tests
 where no C++ compiler or no ucontext is available (they need a POSIX host; CI has both)."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tools" / "cuda_emu"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-#: The kernel sources emulated (each its own translation unit; presto's is included by its C API).
+#: The kernel sources emulated, each its own translation unit.
 KERNELS = [
     "ddtree_select", "caddtree_select", "taps_select", "d2sd", "topk_logprobs", "node_select",
     "tree_walk", "kv_commit", "presto",
@@ -29,8 +29,7 @@ SOURCES = [
     ROOT / "tools" / "cuda_emu" / "cuda_fp16.h",
     ROOT / "tools" / "cuda_emu" / "fibers.cpp",
     ROOT / "tools" / "cuda_emu" / "transform.py",
-    ROOT / "tests" / "emu" / "presto_capi.cpp",
-    ROOT / "tests" / "emu" / "selectors_capi.cpp",
+    ROOT / "tests" / "emu" / "kernels_capi.cpp",
 ]
 HEADERS = sorted((ROOT / "cuda").glob("*.cuh")) + sorted((ROOT / "cuda").glob("*.h"))
 
@@ -55,14 +54,12 @@ def _build() -> Path:
     for k in KERNELS:
         unit = out_dir / f"{k}.cu.cpp"
         unit.write_text(transform((ROOT / "cuda" / f"{k}.cu").read_text()))
-        if k != "presto":  # presto_capi.cpp includes its unit
-            units.append(str(unit))
+        units.append(str(unit))
     cmd = [
         cxx, "-O1", "-std=c++17", "-fPIC", "-shared", "-ffp-contract=off", "-w",
         f"-I{ROOT / 'tools' / 'cuda_emu'}", f"-I{ROOT / 'cpp' / 'include'}",
         f"-I{ROOT / 'cpp' / 'src'}", f"-I{ROOT / 'cuda'}", f"-I{out_dir}",
-        str(ROOT / "tests" / "emu" / "presto_capi.cpp"),
-        str(ROOT / "tests" / "emu" / "selectors_capi.cpp"),
+        str(ROOT / "tests" / "emu" / "kernels_capi.cpp"),
         *units,
         str(ROOT / "tools" / "cuda_emu" / "fibers.cpp"),
         str(ROOT / "cpp" / "src" / "tensor.cpp"),

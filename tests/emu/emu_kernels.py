@@ -1,4 +1,4 @@
-"""ctypes wrappers over the emulated kernels (tests/emu/selectors_capi.cpp): the same
+"""ctypes wrappers over the emulated kernels (tests/emu/kernels_capi.cpp): the same
 arguments as the ``difftree_rt.ops`` calls they mirror, CPU tensors standing in for device
 memory; outputs are pre-filled with garbage (as device memory would be)."""
 
@@ -49,20 +49,29 @@ def _workspace(nbytes: int) -> tuple[torch.Tensor, int]:
     return ws, ws.data_ptr() if nbytes > 0 else 0
 
 
-class EmuSelectors:
+class EmuKernels:
     def __init__(self, path: Path) -> None:
         lib = ctypes.CDLL(str(path))
-        lib.emu_sel_last_error.restype = ctypes.c_char_p
-        for name in ("emu_ddtree_workspace", "emu_taps_workspace", "emu_d2sd_workspace"):
+        lib.emu_last_error.restype = ctypes.c_char_p
+        lib.emu_config.argtypes = [ctypes.c_int, ctypes.c_int]
+        names = ("emu_ddtree_workspace", "emu_taps_workspace", "emu_d2sd_workspace",
+                 "emu_presto_workspace")  # fmt: skip
+        for name in names:
             getattr(lib, name).restype = ctypes.c_size_t
         lib.emu_ddtree_workspace.argtypes = [ctypes.c_int64] * 4
         lib.emu_taps_workspace.argtypes = [ctypes.c_int64] * 3
         lib.emu_d2sd_workspace.argtypes = [ctypes.c_int64] * 5
+        lib.emu_presto_workspace.argtypes = [ctypes.c_int64] * 5
         self.lib = lib
 
+    def config(self, threads: int = 0, schedule: int = 0) -> None:
+        """Block size override (0: the kernel's) and thread order (0 fwd, 1 rev, 2 random)."""
+        self.lib.emu_config(threads, schedule)
+
     def _check(self, rc: int) -> None:
+        """A launch error (a Status, or an emulator failure such as a divergent barrier)."""
         if rc != 0:
-            raise AssertionError(self.lib.emu_sel_last_error().decode())
+            raise AssertionError(self.lib.emu_last_error().decode())
 
     def ddtree_select(self, tok, lp, budget, root=None):  # type: ignore[no-untyped-def]
         B, L, K = lp.shape
@@ -159,3 +168,28 @@ class EmuSelectors:
             _t(round_idx), _t(out),
         ))  # fmt: skip
         return out
+
+    def presto_select(
+        self, cand_token: torch.Tensor, cand_logprob: torch.Tensor, budget: int,
+        context: torch.Tensor, keys: torch.Tensor, counts: torch.Tensor, *, order: int,
+        vocab: int, lam: float = 0.2, alpha: float = 1.0, root_token: torch.Tensor | None = None,
+    ) -> list[torch.Tensor]:  # fmt: skip
+        B, L, K = cand_logprob.shape
+        tree, arr = _tree(B, budget + 1)
+        ws, ptr = _workspace(self.lib.emu_presto_workspace(B, L, K, budget, order))
+        root = None if root_token is None else root_token.contiguous()
+        self._check(self.lib.emu_presto_select(
+            _t(cand_token.contiguous()), _t(cand_logprob.contiguous()), ctypes.c_int64(budget),
+            _t(root), _t(context.contiguous()), _t(keys.contiguous()), _t(counts.contiguous()),
+            ctypes.c_int64(order), ctypes.c_double(alpha), ctypes.c_double(lam),
+            ctypes.c_int64(vocab), arr, ctypes.c_void_p(ptr),
+            ctypes.c_size_t(ws.numel() if ptr else 0),
+        ))  # fmt: skip
+        return tree
+
+    def ngram_extend(self, keys, counts, history, tokens, num_tokens, order, overflow=None) -> None:  # type: ignore[no-untyped-def]
+        """In place on keys, counts, history (and overflow), as ``ops.ngram_extend``."""
+        self._check(self.lib.emu_ngram_extend(
+            _t(keys), _t(counts), _t(history), _t(tokens.contiguous()),
+            _t(num_tokens.contiguous()), ctypes.c_int64(order), _t(overflow),
+        ))  # fmt: skip

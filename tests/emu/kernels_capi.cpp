@@ -1,5 +1,6 @@
 // C entry points over the emulated launchers (tools/cuda_emu): ddtree_select, caddtree_select,
-// taps_select, d2sd_boundaries, d2sd_select, topk_logprobs, tree_walk, kv_commit. Tensors arrive as
+// taps_select, d2sd_boundaries, d2sd_select, topk_logprobs, node_select, tree_walk, kv_commit,
+// ngram_extend, presto_select. Tensors arrive as
 // EmuTensor (host memory marked as CUDA: the launchers only read raw pointers). Built by
 // tests/emu/conftest.py with each transformed cuda/*.cu as its own translation unit.
 #include <cstdint>
@@ -76,7 +77,14 @@ int report(const Status& s) {
 }  // namespace
 
 extern "C" {
-const char* emu_sel_last_error() { return last_error.c_str(); }
+const char* emu_last_error() { return last_error.c_str(); }
+
+// The block size of every launch (0: the kernel's) and the thread order between barriers
+// (0 forward, 1 reverse, 2 random).
+void emu_config(int threads, int schedule) {
+  emu::threads_override = threads;
+  emu::schedule = schedule;
+}
 
 size_t emu_ddtree_workspace(int64_t B, int64_t L, int64_t K, int64_t budget) {
   return cuda_emu::ddtree_select_workspace_bytes(B, L, K, budget);
@@ -161,7 +169,8 @@ int emu_kv_commit(const EmuTensor* caches, int num_caches, const EmuTensor* base
 }
 }
 
-// ---- node_select ---------------------------------------------------------------------------------
+// ---- node_select
+// ---------------------------------------------------------------------------------
 extern "C" {
 // temperature, top_k, top_p, seed, round_idx: [B] tensors (any may be null: off / greedy).
 int emu_node_select(const EmuTensor* logits, const EmuTensor* temperature, const EmuTensor* top_k,
@@ -179,5 +188,37 @@ int emu_node_select(const EmuTensor* logits, const EmuTensor* temperature, const
   params.seed = seed ? &sd : nullptr;
   params.round_idx = round_idx ? &r : nullptr;
   return report(cuda_emu::node_select(view(*logits), params, view(*out), nullptr));
+}
+}
+
+// ---- PRESTO
+// --------------------------------------------------------------------------------------
+extern "C" {
+size_t emu_presto_workspace(int64_t B, int64_t L, int64_t K, int64_t budget, int64_t order) {
+  return cuda_emu::presto_select_workspace_bytes(B, L, K, budget, order);
+}
+
+int emu_presto_select(const EmuTensor* tok, const EmuTensor* lp, int64_t budget,
+                      const EmuTensor* root, const EmuTensor* context, const EmuTensor* keys,
+                      const EmuTensor* counts, int64_t order, double alpha, double lam,
+                      int64_t vocab, const EmuTensor* tree, void* ws, size_t ws_bytes) {
+  const TensorView r = root ? view(*root) : TensorView{};
+  PrestoParams params;
+  params.order = order;
+  params.alpha = alpha;
+  params.lam = lam;
+  params.vocab = vocab;
+  return report(cuda_emu::presto_select(view(*tok), view(*lp), budget, root ? &r : nullptr,
+                                        view(*context), view(*keys), view(*counts), params,
+                                        tree_view(tree), ws, ws_bytes, nullptr));
+}
+
+int emu_ngram_extend(const EmuTensor* keys, const EmuTensor* counts, const EmuTensor* history,
+                     const EmuTensor* tokens, const EmuTensor* num_tokens, int64_t order,
+                     const EmuTensor* overflow) {
+  const TensorView of = overflow ? view(*overflow) : TensorView{};
+  return report(cuda_emu::ngram_extend(view(*keys), view(*counts), view(*history), view(*tokens),
+                                       view(*num_tokens), order, overflow ? &of : nullptr,
+                                       nullptr));
 }
 }

@@ -8,18 +8,18 @@ from __future__ import annotations
 
 import pytest
 import torch
-from emu_selectors import EmuSelectors
+from emu_kernels import EmuKernels
 from tests.conftest import random_logits
+from tests.ops.kernel_cases import kv_commit_case, node_select_case
 
 from difftree_rt import ops
 
 
 @pytest.fixture(scope="module")
-def emu(emu_lib) -> EmuSelectors:  # type: ignore[no-untyped-def]
-    from emu_presto import EmuPresto
-
-    EmuPresto(emu_lib).config(threads=0, schedule=2)
-    return EmuSelectors(emu_lib)
+def emu(emu_lib) -> EmuKernels:  # type: ignore[no-untyped-def]
+    kernels = EmuKernels(emu_lib)
+    kernels.config(threads=0, schedule=2)  # random thread order between barriers
+    return kernels
 
 
 def _topk_equal(x: torch.Tensor, k: int, got) -> None:  # type: ignore[no-untyped-def]
@@ -44,7 +44,7 @@ TOPK_CASES = [
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize(("B", "L", "V", "k"), TOPK_CASES)
 @pytest.mark.parametrize("kind", ["plain", "ties", "neg_inf"])
-def test_topk_one_cta_per_row(emu: EmuSelectors, dtype, B, L, V, k, kind) -> None:  # type: ignore[no-untyped-def]
+def test_topk_one_cta_per_row(emu: EmuKernels, dtype, B, L, V, k, kind) -> None:  # type: ignore[no-untyped-def]
     gen = torch.Generator().manual_seed(B * 7919 + L * 31 + V + k)
     x = random_logits(gen, B, L, V, ties=kind == "ties", neg_inf=kind == "neg_inf").to(dtype)
     _topk_equal(x, k, emu.topk_logprobs(x, k, 1))
@@ -56,7 +56,7 @@ def test_topk_one_cta_per_row(emu: EmuSelectors, dtype, B, L, V, k, kind) -> Non
     ("B", "L", "V", "k"), [(1, 3, 31, 1), (2, 4, 5000, 64), (1, 2, 20000, 256)]
 )
 @pytest.mark.parametrize("kind", ["plain", "ties"])
-def test_topk_split_rows(emu: EmuSelectors, num_splits, dtype, B, L, V, k, kind) -> None:  # type: ignore[no-untyped-def]
+def test_topk_split_rows(emu: EmuKernels, num_splits, dtype, B, L, V, k, kind) -> None:  # type: ignore[no-untyped-def]
     # The split path sums the f64 exps in another order, so a log-prob may sit one f32 ulp of
     # the lse away (docs/NOTES.md); these seeds are exact.
     gen = torch.Generator().manual_seed(B * 7919 + L * 31 + V + k + num_splits)
@@ -69,7 +69,7 @@ def test_topk_split_rows(emu: EmuSelectors, num_splits, dtype, B, L, V, k, kind)
 
 
 @pytest.mark.parametrize("num_splits", [1, 2, 8])
-def test_topk_flags_bad_rows(emu: EmuSelectors, num_splits: int) -> None:
+def test_topk_flags_bad_rows(emu: EmuKernels, num_splits: int) -> None:
     x = torch.randn(2, 3, 1000)
     x[0, 1, 7] = float("nan")
     x[0, 2, 999] = float("nan")
@@ -87,7 +87,7 @@ def test_topk_flags_bad_rows(emu: EmuSelectors, num_splits: int) -> None:
 
 
 @pytest.mark.parametrize("seed", range(30))
-def test_tree_walk(emu: EmuSelectors, seed: int) -> None:
+def test_tree_walk(emu: EmuKernels, seed: int) -> None:
     gen = torch.Generator().manual_seed(seed)
     B, L, V = 1 + seed % 5, 1 + seed % 8, 2 + seed % 5
     tree = ops.ddtree_select(random_logits(gen, B, L, V), 1 + seed % 60)
@@ -102,17 +102,8 @@ def test_tree_walk(emu: EmuSelectors, seed: int) -> None:
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("D", [64, 7])  # 16-byte rows and byte rows
-def test_kv_commit(emu: EmuSelectors, dtype: torch.dtype, D: int) -> None:
-    gen = torch.Generator().manual_seed(D)
-    B, H, S, P = 3, 2, 64, 17
-    paths, accs = [], []
-    for b in range(B):
-        acc = [0, 5, 16][b]
-        nodes = sorted(torch.randperm(40, generator=gen)[:acc].add(1).tolist())
-        paths.append([0, *nodes] + [-1] * (P - 1 - acc))
-        accs.append(acc)
-    path, accepted, base = torch.tensor(paths), torch.tensor(accs), torch.tensor([3, 0, 7])
-    caches = [torch.randn((B, H, S, D), generator=gen).to(dtype) for _ in range(3)]
+def test_kv_commit(emu: EmuKernels, dtype: torch.dtype, D: int) -> None:
+    caches, base, path, accepted = kv_commit_case(D, dtype, H=2, num_caches=3)
     emulated = [c.clone() for c in caches]
     ops.kv_commit(caches, base, path, accepted)
     emu.kv_commit(emulated, base, path, accepted)
@@ -129,13 +120,7 @@ NODE_CASES = [(1, 1, 1), (2, 3, 31), (1, 17, 1000), (3, 9, 4099), (1, 3, 20000)]
     ("t", "k", "p"),
     [(0.0, 0, 1.0), (1.0, 0, 1.0), (0.7, 50, 1.0), (1.0, 0, 0.9), (1.3, 20, 0.8), (0.5, 1, 0.0)],
 )
-def test_node_select(emu: EmuSelectors, dtype, B, N, V, t, k, p) -> None:  # type: ignore[no-untyped-def]
+def test_node_select(emu: EmuKernels, dtype, B, N, V, t, k, p) -> None:  # type: ignore[no-untyped-def]
     # Philox draws, temperature, top-k (its tied k-th value resolved in id order), top-p.
-    gen = torch.Generator().manual_seed(B + N + V)
-    x = random_logits(gen, B, N, V, ties=V > 100, neg_inf=V % 2 == 1).to(dtype)
-    seed = torch.randint(0, 2**62, (B,), generator=gen)
-    rnd = torch.randint(0, 2**40, (B,), generator=gen)
-    temp, top_p = torch.full((B,), t), torch.full((B,), p)
-    top_k = torch.full((B,), k, dtype=torch.int32)
-    cpu = ops.node_select(x, temp, top_k, top_p, seed, rnd)
-    assert torch.equal(cpu, emu.node_select(x, temp, top_k, top_p, seed, rnd))
+    args = node_select_case(dtype, B, N, V, t, k, p)
+    assert torch.equal(ops.node_select(*args), emu.node_select(*args))

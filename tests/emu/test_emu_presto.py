@@ -11,7 +11,7 @@ import itertools
 
 import pytest
 import torch
-from emu_presto import EmuPresto
+from emu_kernels import EmuKernels
 from tests.ops.presto_cases import (
     EXTEND_CASES,
     empty_tables,
@@ -21,29 +21,23 @@ from tests.ops.presto_cases import (
     select_on,
     table_rows,
 )
+from tests.ops.tree_checks import assert_trees_identical
 
 from difftree_rt import ops
 from difftree_rt.policies import presto_table_size
 
 
 @pytest.fixture(scope="module")
-def emu(emu_lib) -> EmuPresto:  # type: ignore[no-untyped-def]
-    return EmuPresto(emu_lib)
+def emu(emu_lib) -> EmuKernels:  # type: ignore[no-untyped-def]
+    return EmuKernels(emu_lib)
 
 
-def _assert_same_tree(cpu, arrays: tuple[torch.Tensor, ...], tag: object) -> None:  # type: ignore[no-untyped-def]
-    for name, c, g in zip(ops._TREE_FIELDS, cpu.arrays(), arrays, strict=True):
-        if c.dtype == torch.float32:  # bit for bit, -0.0 and NaN included
-            c, g = c.view(torch.int32), g.view(torch.int32)
-        assert torch.equal(c, g.to(c.dtype)), (tag, name)
-
-
-def _check(emu: EmuPresto, case: dict, tag: object) -> None:
+def _check(emu: EmuKernels, case: dict, tag: object) -> None:
     cpu = select_on(case, "cpu")
     args = dict(case)
     tok, lp, budget = args.pop("cand_token"), args.pop("cand_logprob"), args.pop("budget")
     ctx, keys, counts = args.pop("context"), args.pop("keys"), args.pop("counts")
-    _assert_same_tree(cpu, emu.presto_select(tok, lp, budget, ctx, keys, counts, **args), tag)
+    assert_trees_identical(cpu, emu.presto_select(tok, lp, budget, ctx, keys, counts, **args), tag)
 
 
 # A slice of the CUDA test matrix (budgets up to 64: the emulator switches fibers per barrier).
@@ -57,7 +51,7 @@ MATRIX = [
 
 
 @pytest.mark.parametrize("schedule", [0, 1, 2])
-def test_presto_select_matches_cpu(emu: EmuPresto, schedule: int) -> None:
+def test_presto_select_matches_cpu(emu: EmuKernels, schedule: int) -> None:
     emu.config(threads=0, schedule=schedule)
     for B, budget, L, order, lam in MATRIX:
         seed = B * 7919 + budget * 131 + L * 17 + order * 3 + int(lam * 10) + schedule
@@ -67,7 +61,7 @@ def test_presto_select_matches_cpu(emu: EmuPresto, schedule: int) -> None:
 
 
 @pytest.mark.parametrize("threads", [32, 64, 96])
-def test_presto_select_at_other_block_sizes(emu: EmuPresto, threads: int) -> None:
+def test_presto_select_at_other_block_sizes(emu: EmuKernels, threads: int) -> None:
     # Loops over K, N and the depths must not assume the kernel's 256 threads.
     emu.config(threads=threads, schedule=2)
     try:
@@ -81,7 +75,7 @@ def test_presto_select_at_other_block_sizes(emu: EmuPresto, threads: int) -> Non
         emu.config(0, 0)
 
 
-def test_presto_select_fuzz(emu: EmuPresto) -> None:
+def test_presto_select_fuzz(emu: EmuKernels) -> None:
     emu.config(threads=0, schedule=2)
     for seed in range(24):
         gen = torch.Generator().manual_seed(5000 + seed)
@@ -98,7 +92,7 @@ def test_presto_select_fuzz(emu: EmuPresto) -> None:
     emu.config(0, 0)
 
 
-def test_presto_select_workspace_path(emu: EmuPresto) -> None:
+def test_presto_select_workspace_path(emu: EmuKernels) -> None:
     # Too big for shared memory: the scratch lives in the caller's workspace.
     C = __import__("difftree_rt._C", fromlist=["_C"])
     assert C.presto_select_workspace_bytes(2, 15, 64, 1024, 3) > 0
@@ -107,7 +101,7 @@ def test_presto_select_workspace_path(emu: EmuPresto) -> None:
 
 
 @pytest.mark.parametrize(("B", "order", "T", "width"), EXTEND_CASES)
-def test_ngram_extend_matches_cpu(emu: EmuPresto, B: int, order: int, T: int, width: int) -> None:
+def test_ngram_extend_matches_cpu(emu: EmuKernels, B: int, order: int, T: int, width: int) -> None:
     emu.config(threads=0, schedule=2)
     gen = torch.Generator().manual_seed(B * 1000 + order * 100 + T + width)
     streams = [repetitive_stream(gen, 5 + 3 * B, max(0, T - 7 * b)) for b in range(B)]
@@ -124,7 +118,7 @@ def test_ngram_extend_matches_cpu(emu: EmuPresto, B: int, order: int, T: int, wi
     emu.config(0, 0)
 
 
-def test_ngram_extend_overflow_flag(emu: EmuPresto) -> None:
+def test_ngram_extend_overflow_flag(emu: EmuKernels) -> None:
     B, H, order = 3, 8, 3
     tokens = torch.arange(60).reshape(B, 20)
     num = torch.tensor([20, 0, 2])
@@ -136,7 +130,7 @@ def test_ngram_extend_overflow_flag(emu: EmuPresto) -> None:
     assert hist.tolist() == [[18, 19], [-1, -1], [40, 41]]
 
 
-def test_tables_built_by_the_kernel_drive_the_selector(emu: EmuPresto) -> None:
+def test_tables_built_by_the_kernel_drive_the_selector(emu: EmuKernels) -> None:
     # The engine's loop: extend with each round's tokens, select from the tables — kernel
     # tables (other slot positions) and kernel selection against the CPU pipeline.
     from tests.conftest import random_logits
@@ -159,7 +153,7 @@ def test_tables_built_by_the_kernel_drive_the_selector(emu: EmuPresto) -> None:
         )
         got = emu.presto_select(tok, lp, budget, he, ke, ce, order=order, vocab=V, lam=1.0,
                                 root_token=root)  # fmt: skip
-        _assert_same_tree(cpu, got, ("drive", rounds))
+        assert_trees_identical(cpu, got, ("drive", rounds))
         rounds += 1
     assert rounds >= 5
     emu.config(0, 0)

@@ -8,26 +8,19 @@ from __future__ import annotations
 
 import pytest
 import torch
-from emu_selectors import EmuSelectors
+from emu_kernels import EmuKernels
 from tests.conftest import random_logits
+from tests.ops.kernel_cases import cost_rows, d2sd_select_case, d2sd_trunk_logprob, taps_case
+from tests.ops.tree_checks import assert_trees_identical
 
 from difftree_rt import ops
-from difftree_rt.policies.taps import taps_pool
 
 
 @pytest.fixture(scope="module")
-def emu(emu_lib) -> EmuSelectors:  # type: ignore[no-untyped-def]
-    from emu_presto import EmuPresto
-
-    EmuPresto(emu_lib).config(threads=0, schedule=2)  # random thread order between barriers
-    return EmuSelectors(emu_lib)
-
-
-def _same(cpu, arrays, tag: object) -> None:  # type: ignore[no-untyped-def]
-    for name, c, g in zip(ops._TREE_FIELDS, cpu.arrays(), arrays, strict=True):
-        if c.dtype == torch.float32:  # bit for bit, -0.0 and -inf padding included
-            c, g = c.view(torch.int32), g.view(torch.int32)
-        assert torch.equal(c, g.to(c.dtype)), (tag, name)
+def emu(emu_lib) -> EmuKernels:  # type: ignore[no-untyped-def]
+    kernels = EmuKernels(emu_lib)
+    kernels.config(threads=0, schedule=2)  # random thread order between barriers
+    return kernels
 
 
 def _candidates(seed: int, B: int, L: int, V: int, k: int, ties: bool):  # type: ignore[no-untyped-def]
@@ -52,36 +45,24 @@ DDTREE_CASES = [
 
 @pytest.mark.parametrize(("B", "L", "V", "budget"), DDTREE_CASES)
 @pytest.mark.parametrize("ties", [False, True])
-def test_ddtree_select(emu: EmuSelectors, B: int, L: int, V: int, budget: int, ties: bool) -> None:
+def test_ddtree_select(emu: EmuKernels, B: int, L: int, V: int, budget: int, ties: bool) -> None:
     gen, tok, lp = _candidates(B * 131 + L * 17 + V + budget + ties, B, L, V, budget, ties)
     root = torch.randint(0, V, (B,), generator=gen)
     for r in (root, None):
         cpu = ops.ddtree_select_from_candidates(tok, lp, budget, r)
-        _same(cpu, emu.ddtree_select(tok, lp, budget, r), (B, L, V, budget, ties))
-
-
-def _costs(gen: torch.Generator, B: int, budget: int, kind: str):  # type: ignore[no-untyped-def]
-    n = torch.arange(budget + 1, dtype=torch.float64)
-    rows = []
-    for _ in range(B):
-        a, b, c = (float(torch.rand((), generator=gen)) for _ in range(3))
-        if kind == "flat":
-            rows.append(torch.ones_like(n))
-        elif kind == "steep":
-            rows.append(1 + 10.0 * n)
-        else:
-            rows.append(1 + a * 0.05 * n + b * 1e-3 * n**2 + c * 0.01 * n.sqrt())
-    return torch.stack(rows).float(), torch.rand(B, generator=gen).float()
+        assert_trees_identical(cpu, emu.ddtree_select(tok, lp, budget, r), (B, L, V, budget, ties))
 
 
 @pytest.mark.parametrize(("B", "L", "V", "budget"), DDTREE_CASES)
 @pytest.mark.parametrize("kind", ["convex", "flat", "steep"])
-def test_caddtree_select(emu: EmuSelectors, B: int, L: int, V: int, budget: int, kind: str) -> None:
+def test_caddtree_select(emu: EmuKernels, B: int, L: int, V: int, budget: int, kind: str) -> None:
     gen, tok, lp = _candidates(B * 7 + L + V * 3 + budget, B, L, V, budget, kind == "flat")
-    verify, draft = _costs(gen, B, budget, kind)
+    verify, draft = cost_rows(gen, B, budget, kind)
     root = torch.randint(0, V, (B,), generator=gen)
     cpu = ops.caddtree_select_from_candidates(tok, lp, budget, verify, draft, root)
-    _same(cpu, emu.caddtree_select(tok, lp, budget, verify, draft, root), (B, L, V, kind))
+    assert_trees_identical(
+        cpu, emu.caddtree_select(tok, lp, budget, verify, draft, root), (B, L, V, kind)
+    )
 
 
 TAPS_CASES = [
@@ -98,35 +79,23 @@ TAPS_CASES = [
 
 
 @pytest.mark.parametrize(("B", "L", "V", "width", "pool_size", "budget"), TAPS_CASES)
-@pytest.mark.parametrize("kind", ["rand", "ties"])
-def test_taps_select(emu: EmuSelectors, B, L, V, width, pool_size, budget, kind) -> None:  # type: ignore[no-untyped-def]
-    gen, tok, lp = _candidates(B + L * 3 + V + width + pool_size + budget, B, L, V, width, False)
-    root = torch.randint(0, V, (B,), generator=gen)
-    pool = taps_pool(tok, lp, width, pool_size, root)
-    if kind == "ties":  # few distinct values, exact 0 and -0.0 included
-        log_qc = -(torch.randint(0, 3, pool.token.shape, generator=gen).float() * 0.5)
-    else:
-        log_qc = -torch.rand(pool.token.shape, generator=gen) * 3
+@pytest.mark.parametrize("kind", ["rand", "ties", "zero"])
+def test_taps_select(emu: EmuKernels, B, L, V, width, pool_size, budget, kind) -> None:  # type: ignore[no-untyped-def]
+    pool, log_qc, _ = taps_case(B + L * 3 + V + width + pool_size + budget, B, L, V, width,
+                                pool_size, kind)  # fmt: skip
     args = (pool.token.contiguous(), pool.parent.contiguous(), pool.size.contiguous(),
             log_qc.contiguous())  # fmt: skip
     cpu = ops.taps_select(*args, budget, max_depth=L)
-    _same(cpu, emu.taps_select(*args, budget), (B, L, V, width, pool_size, budget, kind))
+    got = emu.taps_select(*args, budget)
+    assert_trees_identical(cpu, got, (B, L, V, width, pool_size, budget, kind))
 
 
 @pytest.mark.parametrize("seed", range(16))
-def test_d2sd_boundaries(emu: EmuSelectors, seed: int) -> None:
+def test_d2sd_boundaries(emu: EmuKernels, seed: int) -> None:
     gen = torch.Generator().manual_seed(seed)
     B, L = 1 + seed % 3, [1, 4, 15, 40][seed % 4]
     k = min(L, [1, 4, 7][seed % 3])
-    kind = ["rand", "ties", "peaked", "flat"][seed % 4]
-    if kind == "ties":
-        lp = -(torch.randint(0, 3, (B, L), generator=gen).float() * 0.5)
-    elif kind == "peaked":
-        lp = (-torch.rand(B, L, generator=gen) * 1e-3).float()
-    elif kind == "flat":
-        lp = (-1.0 - torch.rand(B, L, generator=gen) * 30).float()
-    else:
-        lp = (-torch.rand(B, L, generator=gen) * 4).float()
+    lp = d2sd_trunk_logprob(gen, B, L, ["rand", "ties", "peaked", "flat"][seed % 4])
     cpu = ops.d2sd_boundaries(lp, k)
     assert torch.equal(emu.d2sd_boundaries(lp, cpu.shape[1]), cpu.to(torch.int32)), seed
 
@@ -146,17 +115,8 @@ D2SD_CASES = [
 
 @pytest.mark.parametrize(("B", "L1", "L2", "K", "V", "budget"), D2SD_CASES)
 @pytest.mark.parametrize("ties", [False, True])
-def test_d2sd_select(emu: EmuSelectors, B, L1, L2, K, V, budget, ties) -> None:  # type: ignore[no-untyped-def]
-    gen = torch.Generator().manual_seed(B + L1 * 3 + L2 * 5 + K * 7 + V + budget + ties)
-    trunk_token = torch.randint(0, V, (B, L1), generator=gen)
-    trunk_lp = (-torch.rand(B, L1, generator=gen) * 4).float()
-    boundary = torch.randint(-1, min(L1, L2), (B, K), generator=gen).to(torch.int32)
-    branch_token = torch.randint(0, V, (B, K, L2), generator=gen)
-    branch_lp = (-torch.rand(B, K, L2, generator=gen) * 4).float()
-    if ties:
-        trunk_lp = -(torch.randint(0, 3, (B, L1), generator=gen).float() * 0.5)
-        branch_lp = -(torch.randint(0, 3, (B, K, L2), generator=gen).float() * 0.5)
-    root = torch.randint(0, V, (B,), generator=gen)
-    args = (trunk_token, trunk_lp, boundary, branch_token, branch_lp)
+def test_d2sd_select(emu: EmuKernels, B, L1, L2, K, V, budget, ties) -> None:  # type: ignore[no-untyped-def]
+    *args, root = d2sd_select_case(B + L1 * 3 + L2 * 5 + K * 7 + V + budget + ties, B, L1, L2, K,
+                                   V, ties)  # fmt: skip
     cpu = ops.d2sd_select(*args, budget, root)
-    _same(cpu, emu.d2sd_select(*args, budget, root), (B, L1, L2, K, V, budget, ties))
+    assert_trees_identical(cpu, emu.d2sd_select(*args, budget, root), (B, L1, L2, K, V, budget))

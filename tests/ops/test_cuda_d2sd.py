@@ -11,7 +11,9 @@ import math
 import pytest
 import torch
 from tests.conftest import random_logits
-from tests.ops.test_cuda_policies import _assert_tree_equal, _cuda
+from tests.ops.kernel_cases import d2sd_select_case, d2sd_trunk_logprob
+from tests.ops.test_cuda_policies import _cuda
+from tests.ops.tree_checks import assert_trees_identical
 
 from difftree_rt import build_info, ops
 from difftree_rt.policies.taps import fallback_log_qc, marginal_log_qc, taps_pool
@@ -28,22 +30,12 @@ def _needs_cuda_build() -> None:
 # ---- d2sd_boundaries ---------------------------------------------------------------------------
 
 
-def _trunk_logprob(gen: torch.Generator, B: int, L: int, kind: str) -> torch.Tensor:
-    if kind == "ties":  # few distinct values, exact 0 (c = 1: r = 0, log r = -inf) included
-        return -(torch.randint(0, 3, (B, L), generator=gen).float() * 0.5)
-    if kind == "peaked":  # c close to 1: the expm1/log branch of log1mexp
-        return (-torch.rand(B, L, generator=gen) * 1e-3).float()
-    if kind == "flat":  # c small: the exp/log1p branch
-        return (-1.0 - torch.rand(B, L, generator=gen) * 30).float()
-    return (-torch.rand(B, L, generator=gen) * 4).float()
-
-
 @pytest.mark.parametrize("seed", range(80))
 def test_d2sd_boundaries_cuda_matches_cpu(seed: int) -> None:
     gen = torch.Generator().manual_seed(seed)
     B, L = 1 + seed % 5, [1, 2, 3, 7, 15, 31, 33, 100, 1000][seed % 9]
     k = [1, L, max(1, L // 2), min(L, 4)][seed % 4]
-    lp = _trunk_logprob(gen, B, L, ["rand", "ties", "peaked", "flat"][seed % 4])
+    lp = d2sd_trunk_logprob(gen, B, L, ["rand", "ties", "peaked", "flat"][seed % 4])
     cpu = ops.d2sd_boundaries(lp, k)
     gpu = ops.d2sd_boundaries(lp.cuda(), k)
     assert gpu.is_cuda and gpu.dtype == torch.int32
@@ -68,21 +60,6 @@ def test_d2sd_boundaries_cuda_hand_checked_and_limits() -> None:
 # ---- d2sd_select -------------------------------------------------------------------------------
 
 
-def _select_case(seed: int, B: int, L1: int, L2: int, K: int, V: int, ties: bool):
-    gen = torch.Generator().manual_seed(seed)
-    trunk_token = torch.randint(0, V, (B, L1), generator=gen)
-    trunk_logprob = (-torch.rand(B, L1, generator=gen) * 4).float()
-    hi = min(L1, L2)
-    boundary = torch.randint(-1, hi, (B, K), generator=gen).to(torch.int32)
-    branch_token = torch.randint(0, V, (B, K, L2), generator=gen)
-    branch_logprob = (-torch.rand(B, K, L2, generator=gen) * 4).float()
-    if ties:  # few distinct values, exact 0 included: many equal scores and merged rows
-        trunk_logprob = -(torch.randint(0, 3, (B, L1), generator=gen).float() * 0.5)
-        branch_logprob = -(torch.randint(0, 3, (B, K, L2), generator=gen).float() * 0.5)
-    root = torch.randint(0, V, (B,), generator=gen)
-    return trunk_token, trunk_logprob, boundary, branch_token, branch_logprob, root
-
-
 SELECT_CASES = [
     # (B, L1, L2, K, V, budget)
     (1, 1, 1, 0, 5, 1),  # K = 0: the first-draft chain
@@ -102,13 +79,13 @@ SELECT_CASES = [
 @pytest.mark.parametrize("ties", [False, True])
 @pytest.mark.parametrize("idx32", [False, True])
 def test_d2sd_select_cuda_matches_cpu(B, L1, L2, K, V, budget, ties, idx32) -> None:
-    args = _select_case(B * 7 + L1 + L2 + K + V + budget, B, L1, L2, K, V, ties)
+    args = d2sd_select_case(B * 7 + L1 + L2 + K + V + budget, B, L1, L2, K, V, ties)
     if idx32:
         args = tuple(t if t.is_floating_point() else t.int() for t in args)
     cpu = ops.d2sd_select(*args[:5], budget, args[5])
     gpu = ops.d2sd_select(*(a.cuda() for a in args[:5]), budget, args[5].cuda())
     assert gpu.max_depth == cpu.max_depth
-    _assert_tree_equal(cpu, gpu)
+    assert_trees_identical(cpu, gpu)
 
 
 @pytest.mark.parametrize("seed", range(80))
@@ -116,20 +93,20 @@ def test_d2sd_select_cuda_fuzz(seed: int) -> None:
     B, L1, L2 = 1 + seed % 3, 1 + seed % 9, 1 + (seed * 5) % 11
     K, V = seed % 6, [2, 3, 50][seed % 3]
     budget = [1, 3, 17, 200][(seed // 3) % 4]
-    args = _select_case(500 + seed, B, L1, L2, K, V, seed % 4 == 0)
+    args = d2sd_select_case(500 + seed, B, L1, L2, K, V, seed % 4 == 0)
     root = None if seed % 5 == 0 else args[5]
     if seed % 7 == 0:  # every row unused
         args = (args[0], args[1], torch.full_like(args[2], -1), *args[3:])
     cpu = ops.d2sd_select(*args[:5], budget, root)
     gpu = ops.d2sd_select(*(a.cuda() for a in args[:5]), budget, _cuda(root))
-    _assert_tree_equal(cpu, gpu)
+    assert_trees_identical(cpu, gpu)
 
 
 def test_d2sd_select_cuda_workspace_query_and_limits() -> None:
     C = __import__("difftree_rt._C", fromlist=["_C"])
     assert C.d2sd_select_workspace_bytes(1, 15, 4, 15, 64) == 0  # fits in shared memory
     assert C.d2sd_select_workspace_bytes(2, 100, 200, 300, 4096) > 0
-    trunk, tlp, _, branch, blp, root = _select_case(1, 1, 4, 4, 2, 9, False)
+    trunk, tlp, _, branch, blp, root = d2sd_select_case(1, 1, 4, 4, 2, 9, False)
     with pytest.raises(ValueError, match="65536 rows"):
         big = torch.zeros((1, 20, 4096), device="cuda")
         ops.d2sd_select(
@@ -154,7 +131,7 @@ def test_d2sd_select_cuda_workspace_query_and_limits() -> None:
         trunk.cuda(), bad_tlp.cuda(), bad_b.cuda(), branch3.cuda(), bad_blp.cuda(), 8, root.cuda()
     )
     want = ops.d2sd_select(trunk, good_tlp, good_b, branch3, good_blp, 8, root)
-    _assert_tree_equal(want, tree)
+    assert_trees_identical(want, tree)
 
 
 # K <= L1: the boundaries op returns min(K, m) columns and the branch rows must match them.
@@ -163,7 +140,7 @@ def test_d2sd_cuda_graph_replay(K: int, L2: int, budget: int) -> None:
     """Both ops captured once, replayed on new device-side inputs (shared-memory and workspace
     paths): the boundaries feed the select inside the graph, as in a round."""
     B, L1, V = 2, 15 if K == 4 else 100, 7
-    bufs = [a.cuda() for a in _select_case(budget, B, L1, L2, K, V, False)]
+    bufs = [a.cuda() for a in d2sd_select_case(budget, B, L1, L2, K, V, False)]
     trunk_token, trunk_logprob, _, branch_token, branch_logprob, root = bufs
     m = min(L1, L2)
 
@@ -179,7 +156,7 @@ def test_d2sd_cuda_graph_replay(K: int, L2: int, budget: int) -> None:
     with torch.cuda.graph(graph):
         boundary, tree = round_fn()
     for seed in (31, 32, 33):
-        new = _select_case(seed, B, L1, L2, K, V, seed % 2 == 0)
+        new = d2sd_select_case(seed, B, L1, L2, K, V, seed % 2 == 0)
         for dst, src in zip(bufs, new):
             if dst.shape == src.shape:
                 dst.copy_(src)
@@ -188,7 +165,7 @@ def test_d2sd_cuda_graph_replay(K: int, L2: int, budget: int) -> None:
         want_b = ops.d2sd_boundaries(h[1][:, :m].contiguous(), min(K, m))
         assert torch.equal(want_b, boundary.cpu())
         want = ops.d2sd_select(h[0], h[1], want_b, h[3], h[4], budget, h[5])
-        _assert_tree_equal(want, tree)
+        assert_trees_identical(want, tree)
 
 
 # ---- the device-form TAPS pool and q_cond on CUDA ------------------------------------------------
@@ -246,7 +223,7 @@ def test_d2sd_policy_on_cuda_matches_cpu_without_sync(seed: int) -> None:
     b_gpu, t_gpu = _d2sd_round(policy, logits, root, branch, "cuda", check_sync=True)
     assert b_gpu.is_cuda and t_gpu.token.is_cuda
     assert torch.equal(b_cpu, b_gpu.cpu())
-    _assert_tree_equal(t_cpu, t_gpu)
+    assert_trees_identical(t_cpu, t_gpu)
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -268,7 +245,7 @@ def test_taps_policy_on_cuda_reads_nothing_on_the_host(seed: int) -> None:
             gpu = policy.select(inputs)
         assert gpu.token.is_cuda
         if scorer == "marginal":
-            _assert_tree_equal(cpu, gpu)
+            assert_trees_identical(cpu, gpu)
         else:
             _assert_taps_fallback_tree_close(cpu, gpu)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 from tests.conftest import random_logits
+from tests.ops.kernel_cases import node_select_case
 
 from difftree_rt import build_info, ops
 
@@ -317,13 +318,7 @@ NODE_CASES = [(1, 1, 1), (2, 3, 31), (1, 17, 1000), (2, 5, 151936), (1, 4, 26214
     [(0.0, 0, 1.0), (1.0, 0, 1.0), (0.7, 50, 1.0), (1.0, 0, 0.9), (1.3, 20, 0.8), (0.5, 1, 0.0)],
 )
 def test_node_select_cuda_matches_cpu(dtype, B, N, V, t, k, p) -> None:
-    gen = torch.Generator().manual_seed(B + N + V)
-    x = random_logits(gen, B, N, V, ties=V > 100, neg_inf=V % 2 == 1).to(dtype)
-    seed = torch.randint(0, 2**62, (B,), generator=gen)
-    rnd = torch.randint(0, 2**40, (B,), generator=gen)
-    temp = torch.full((B,), t)
-    top_k = torch.full((B,), k, dtype=torch.int32)
-    top_p = torch.full((B,), p)
+    x, temp, top_k, top_p, seed, rnd = node_select_case(dtype, B, N, V, t, k, p)
     cpu = ops.node_select(x, temp, top_k, top_p, seed, rnd)
     gpu = ops.node_select(
         x.cuda(), temp.cuda(), top_k.cuda(), top_p.cuda(), seed.cuda(), rnd.cuda()

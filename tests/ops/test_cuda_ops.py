@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from tests.conftest import random_logits
+from tests.ops.kernel_cases import kv_commit_case
 
 from difftree_rt import build_info, ops
 
@@ -39,17 +40,7 @@ def test_tree_walk_cuda_matches_cpu(seed: int) -> None:
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
 @pytest.mark.parametrize("D", [64, 128, 7])
 def test_kv_commit_cuda_matches_cpu(dtype: torch.dtype, D: int) -> None:
-    gen = torch.Generator().manual_seed(D)
-    B, H, S, P = 3, 4, 64, 17
-    paths, accs = [], []
-    for b in range(B):
-        acc = [0, 5, 16][b]
-        nodes = sorted(torch.randperm(40, generator=gen)[:acc].add(1).tolist())
-        paths.append([0, *nodes] + [-1] * (P - 1 - acc))
-        accs.append(acc)
-    path, accepted = torch.tensor(paths), torch.tensor(accs)
-    base = torch.tensor([3, 0, 7])
-    caches = [torch.randn((B, H, S, D), generator=gen).to(dtype) for _ in range(6)]
+    caches, base, path, accepted = kv_commit_case(D, dtype, H=4, num_caches=6)
     gpu = [c.cuda() for c in caches]
     ops.kv_commit(caches, base, path, accepted)
     ops.kv_commit(gpu, base.cuda(), path.cuda(), accepted.cuda())

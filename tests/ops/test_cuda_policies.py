@@ -7,9 +7,10 @@ from __future__ import annotations
 import pytest
 import torch
 from tests.conftest import random_logits
+from tests.ops.kernel_cases import cost_rows, taps_case
+from tests.ops.tree_checks import assert_trees_identical
 
 from difftree_rt import build_info, ops
-from difftree_rt.policies.taps import taps_pool
 
 pytestmark = pytest.mark.cuda
 
@@ -20,33 +21,11 @@ def _needs_cuda_build() -> None:
         pytest.skip("difftree_rt was built without CUDA kernels")
 
 
-def _assert_tree_equal(cpu, gpu) -> None:
-    for name, c, g in zip(ops._TREE_FIELDS, cpu.arrays(), gpu.arrays()):
-        g = g.cpu()
-        if c.dtype == torch.float32:  # bit-exact, -0.0 and -inf padding included
-            c, g = c.view(torch.int32), g.view(torch.int32)
-        assert torch.equal(c, g), name
-
-
 def _cuda(t):
     return None if t is None else t.cuda()
 
 
 # ---- caddtree_select ---------------------------------------------------------------------------
-
-
-def _costs(gen: torch.Generator, B: int, budget: int, kind: str = "convex"):
-    n = torch.arange(budget + 1, dtype=torch.float64)
-    rows = []
-    for _ in range(B):
-        a, b, c = (float(torch.rand((), generator=gen)) for _ in range(3))
-        if kind == "flat":
-            rows.append(torch.ones_like(n))
-        elif kind == "steep":
-            rows.append(1 + 10.0 * n)
-        else:
-            rows.append(1 + a * 0.05 * n + b * 1e-3 * n**2 + c * 0.01 * n.sqrt())
-    return torch.stack(rows).float(), torch.rand(B, generator=gen).float()
 
 
 CAD_CASES = [
@@ -72,12 +51,12 @@ def test_caddtree_select_cuda_matches_cpu(B, L, V, budget, ties, kind) -> None:
     x = random_logits(gen, B, L, V, ties=ties)
     tok, lp = ops.topk_logprobs(x, max(1, min(budget, V)))
     root = torch.randint(0, V, (B,), generator=gen)
-    verify, draft = _costs(gen, B, budget, kind)
+    verify, draft = cost_rows(gen, B, budget, kind)
     cpu = ops.caddtree_select_from_candidates(tok, lp, budget, verify, draft, root)
     gpu = ops.caddtree_select_from_candidates(
         tok.cuda(), lp.cuda(), budget, verify.cuda(), draft.cuda(), root.cuda()
     )
-    _assert_tree_equal(cpu, gpu)
+    assert_trees_identical(cpu, gpu)
 
 
 @pytest.mark.parametrize("seed", range(60))
@@ -88,7 +67,7 @@ def test_caddtree_select_cuda_fuzz(seed: int) -> None:
     x = random_logits(gen, B, L, V, ties=seed % 2 == 0, neg_inf=seed % 3 == 0)
     k = max(1, min(budget, V, 1 + seed * 7 % 50)) if seed % 4 == 0 else max(1, min(budget, V))
     tok, lp = ops.topk_logprobs(x, k)
-    verify, draft = _costs(gen, B, budget)
+    verify, draft = cost_rows(gen, B, budget)
     if seed % 5 == 0:  # costs that make θ non-unimodal: the first non-improvement still rules
         verify = verify + torch.rand(verify.shape, generator=gen) * 0.5
     root = None if seed % 2 else torch.randint(0, V, (B,), generator=gen)
@@ -96,7 +75,7 @@ def test_caddtree_select_cuda_fuzz(seed: int) -> None:
     gpu = ops.caddtree_select_from_candidates(
         tok.cuda(), lp.cuda(), budget, verify.cuda(), draft.cuda(), _cuda(root)
     )
-    _assert_tree_equal(cpu, gpu)
+    assert_trees_identical(cpu, gpu)
 
 
 @pytest.mark.parametrize("budget", [64, 2048])  # shared-memory and workspace paths
@@ -104,7 +83,7 @@ def test_caddtree_select_cuda_graph_replay(budget: int) -> None:
     B, L, V = 2, 15, 3000
     gen = torch.Generator().manual_seed(budget)
     tok, lp = ops.topk_logprobs(random_logits(gen, B, L, V), budget)
-    verify, draft = _costs(gen, B, budget)
+    verify, draft = cost_rows(gen, B, budget)
     tok_d, lp_d, ver_d, dr_d = tok.cuda(), lp.cuda(), verify.cuda(), draft.cuda()
     root = torch.tensor([1, 2], device="cuda")
     ops.caddtree_select_from_candidates(tok_d, lp_d, budget, ver_d, dr_d, root)  # warm-up
@@ -115,7 +94,7 @@ def test_caddtree_select_cuda_graph_replay(budget: int) -> None:
     for seed in (11, 12, 13):
         g2 = torch.Generator().manual_seed(seed)
         new_tok, new_lp = ops.topk_logprobs(random_logits(g2, B, L, V), budget)
-        new_ver, new_dr = _costs(g2, B, budget)
+        new_ver, new_dr = cost_rows(g2, B, budget)
         for dst, src in ((tok_d, new_tok), (lp_d, new_lp), (ver_d, new_ver), (dr_d, new_dr)):
             dst.copy_(src)
         root.copy_(torch.tensor([seed, seed + 1]))
@@ -123,31 +102,12 @@ def test_caddtree_select_cuda_graph_replay(budget: int) -> None:
         ref = ops.caddtree_select_from_candidates(
             new_tok, new_lp, budget, new_ver, new_dr, root.cpu()
         )
-        _assert_tree_equal(ref, tree)
+        assert_trees_identical(ref, tree)
         sizes.add(tuple(ref.num_nodes.tolist()))
     assert len(sizes) > 1  # the replays really chose different cuts
 
 
 # ---- taps_select -------------------------------------------------------------------------------
-
-
-def _log_qc(pool, gen: torch.Generator, kind: str) -> torch.Tensor:
-    if kind == "ties":  # few distinct values, exact 0 and -0.0 included: many equal reaches
-        x = -(torch.randint(0, 3, pool.token.shape, generator=gen).float() * 0.5)
-    elif kind == "zero":
-        x = torch.zeros(pool.token.shape)
-    else:
-        x = -torch.rand(pool.token.shape, generator=gen) * 3
-    return x.float()
-
-
-def _taps_case(seed: int, B: int, L: int, V: int, width: int, pool_size: int, kind: str):
-    gen = torch.Generator().manual_seed(seed)
-    x = random_logits(gen, B, L, V, ties=seed % 3 == 0)
-    tok, lp = ops.topk_logprobs(x, max(1, min(width, V)))
-    root = torch.randint(0, V, (B,), generator=gen)
-    pool = taps_pool(tok, lp, width, pool_size, root)
-    return pool, _log_qc(pool, gen, kind), gen
 
 
 TAPS_CASES = [
@@ -169,12 +129,12 @@ TAPS_CASES = [
 @pytest.mark.parametrize("kind", ["rand", "ties", "zero"])
 @pytest.mark.parametrize("idx32", [False, True])
 def test_taps_select_cuda_matches_cpu(B, L, V, width, pool_size, budget, kind, idx32) -> None:
-    pool, log_qc, _ = _taps_case(B * 7 + L + V + width, B, L, V, width, pool_size, kind)
+    pool, log_qc, _ = taps_case(B * 7 + L + V + width, B, L, V, width, pool_size, kind)
     cast = (lambda t: t.int()) if idx32 else (lambda t: t)
     args = (cast(pool.token), cast(pool.parent), cast(pool.size), log_qc)
     cpu = ops.taps_select(*args, budget, max_depth=L)
     gpu = ops.taps_select(*(a.cuda() for a in args), budget, max_depth=L)
-    _assert_tree_equal(cpu, gpu)
+    assert_trees_identical(cpu, gpu)
 
 
 @pytest.mark.parametrize("seed", range(60))
@@ -183,7 +143,7 @@ def test_taps_select_cuda_fuzz(seed: int) -> None:
     B, L = 1 + seed % 3, 1 + seed % 7
     width, pool_size = [1, 3, 8, 40][seed % 4], [1, 6, 30, 90][(seed // 4) % 4]
     budget = [1, 5, 20, 100][(seed // 2) % 4]
-    pool, log_qc, gen = _taps_case(seed, B, L, V, width, pool_size, ["rand", "ties"][seed % 2])
+    pool, log_qc, gen = taps_case(seed, B, L, V, width, pool_size, ["rand", "ties"][seed % 2])
     size = pool.size
     if seed % 3 == 0:  # fewer valid rows than the pool holds: later rows are ignored
         size = torch.clamp(size - torch.randint(0, 4, size.shape, generator=gen), min=1)
@@ -192,7 +152,7 @@ def test_taps_select_cuda_fuzz(seed: int) -> None:
     args = (pool.token, pool.parent, size, log_qc)
     cpu = ops.taps_select(*args, budget, max_depth=L)
     gpu = ops.taps_select(*(a.cuda() for a in args), budget, max_depth=L)
-    _assert_tree_equal(cpu, gpu)
+    assert_trees_identical(cpu, gpu)
 
 
 def test_taps_select_cuda_deep_chain_pool() -> None:
@@ -207,26 +167,26 @@ def test_taps_select_cuda_deep_chain_pool() -> None:
         for budget in (1, 100, 2999, 4096):
             cpu = ops.taps_select(*args, budget, max_depth=P1)
             gpu = ops.taps_select(*(a.cuda() for a in args), budget, max_depth=P1)
-            _assert_tree_equal(cpu, gpu)
+            assert_trees_identical(cpu, gpu)
 
 
 @pytest.mark.parametrize(("pool_size", "budget"), [(128, 64), (4096, 2048)])
 def test_taps_select_cuda_graph_replay(pool_size: int, budget: int) -> None:
     B, L, V, width = 2, 15, 3000, budget
-    pool, log_qc, _ = _taps_case(budget, B, L, V, width, pool_size, "rand")
+    pool, log_qc, _ = taps_case(budget, B, L, V, width, pool_size, "rand")
     bufs = [t.cuda() for t in (pool.token, pool.parent, pool.size, log_qc)]
     ops.taps_select(*bufs, budget, max_depth=L)  # warm-up
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         tree = ops.taps_select(*bufs, budget, max_depth=L)
     for seed in (21, 22):
-        p2, lq2, _ = _taps_case(seed, B, L, V, width, pool_size, ["rand", "ties"][seed % 2])
+        p2, lq2, _ = taps_case(seed, B, L, V, width, pool_size, ["rand", "ties"][seed % 2])
         size2 = torch.clamp(p2.size - seed % 3, min=1)
         new = (p2.token, p2.parent, size2, lq2)
         for dst, src in zip(bufs, new):
             dst.copy_(src)
         graph.replay()
-        _assert_tree_equal(ops.taps_select(*new, budget, max_depth=L), tree)
+        assert_trees_identical(ops.taps_select(*new, budget, max_depth=L), tree)
 
 
 def test_taps_select_workspace_query() -> None:
@@ -269,6 +229,6 @@ def test_policies_on_cuda_logits_match_cpu(seed: int) -> None:
         cpu = policy_fn().select(make("cpu"))
         gpu = policy_fn().select(make("cuda"))
         assert gpu.token.is_cuda
-        _assert_tree_equal(cpu, gpu)
+        assert_trees_identical(cpu, gpu)
     # The fallback q_cond is computed on each device (f64 exp/log): tests/ops/test_cuda_d2sd.py
     # compares it to f64 noise.

@@ -23,7 +23,7 @@ from tests.ops.presto_cases import (
     select_on,
     table_rows,
 )
-from tests.ops.test_cuda_policies import _assert_tree_equal
+from tests.ops.tree_checks import assert_trees_identical
 
 from difftree_rt import build_info, ops
 from difftree_rt.policies import presto_table_size
@@ -129,7 +129,7 @@ def _check(case: dict) -> None:
     cpu = select_on(case, "cpu")
     gpu = select_on(case, "cuda")
     assert gpu.token.is_cuda
-    _assert_tree_equal(cpu, gpu)
+    assert_trees_identical(cpu, gpu)
 
 
 @pytest.mark.parametrize("B", [1, 3])
@@ -232,7 +232,7 @@ def test_presto_select_cuda_graph_replay(budget: int, per_request: bool) -> None
             assert new[k].shape == buf.shape and new[k].dtype == buf.dtype, k
             buf.copy_(new[k])
         graph.replay()
-        _assert_tree_equal(select_on(new, "cpu"), tree)
+        assert_trees_identical(select_on(new, "cpu"), tree)
 
 
 def test_presto_cuda_tables_drive_the_cuda_selector() -> None:
@@ -260,6 +260,6 @@ def test_presto_cuda_tables_drive_the_cuda_selector() -> None:
                 tok.cuda(), lp.cuda(), budget, hg, kg, cg,
                 order=order, vocab=V, lam=lam, root_token=root.cuda(),
             )  # fmt: skip
-            _assert_tree_equal(cpu, gpu)
+            assert_trees_identical(cpu, gpu)
         rounds += 1
     assert rounds > 5 and not bool(overflow.any())

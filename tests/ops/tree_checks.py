@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
-from difftree_rt import DraftTree
+from difftree_rt import DraftTree, ops
 
 
 def assert_tree_invariants(tree: DraftTree) -> None:
@@ -57,3 +59,16 @@ def assert_tree_invariants(tree: DraftTree) -> None:
             assert score[i] == float("-inf")
             assert int(tree.first_child[b, i]) == -1 and int(tree.next_sibling[b, i]) == -1
     assert tree.token.dtype == torch.int32 and tree.score.dtype == torch.float32
+
+
+def assert_trees_identical(
+    want: DraftTree, got: DraftTree | Sequence[torch.Tensor], tag: object = None
+) -> None:
+    """``got`` (a tree or its eight arrays, on any device) equals ``want`` bit for bit: float
+    scores are compared as bits (-0.0 and the -inf padding included)."""
+    arrays = got.arrays() if isinstance(got, DraftTree) else tuple(got)
+    for name, w, g in zip(ops._TREE_FIELDS, want.arrays(), arrays, strict=True):
+        g = g.cpu()
+        if w.dtype == torch.float32:
+            w, g = w.view(torch.int32), g.view(torch.int32)
+        assert torch.equal(w, g.to(w.dtype)), (tag, name)
