@@ -37,6 +37,32 @@ def _steep_table() -> Any:
     )
 
 
+def _assert_graph_equals_eager(
+    target: torch.nn.Module,
+    graph: SpeculativeDecoder,
+    eager: SpeculativeDecoder,
+    gen: torch.Generator,
+    prompt_lens: tuple[int, ...],
+    new: int,
+    kws: tuple[dict[str, Any], ...],
+) -> list[Any]:
+    """Per random prompt (drawn from ``gen``, lengths ``prompt_lens``) and per generate
+    keywords: graph mode == eager in tokens and accepted lengths, and the plain (greedy) run ==
+    HF greedy. Returns the graph-mode outputs."""
+    outs = []
+    for n in prompt_lens:
+        prompt = torch.randint(0, 32, (1, n), generator=gen)
+        for kw in kws:
+            got = graph.generate(prompt, new, **kw)
+            want = eager.generate(prompt, new, **kw)
+            assert torch.equal(got.sequences, want.sequences), kw
+            assert got.stats.accepted_lengths == want.stats.accepted_lengths, kw
+            if not kw:
+                assert_greedy_equal(target, got.sequences, greedy_reference(target, prompt, new))
+            outs.append(got)
+    return outs
+
+
 def test_caddtree_graph_mode_identical_to_eager() -> None:
     from difftree_rt.policies import CaDDTreePolicy
 
@@ -48,16 +74,9 @@ def test_caddtree_graph_mode_identical_to_eager() -> None:
     rounds: list[int] = []
     _runner(graph).on_round = rounds.append
     _runner(graph).round_context = forbid_host_sync
+    kws = (dict(), dict(temperature=0.8, seed=4), dict(stop_token_ids=[5]))
     gen = torch.Generator().manual_seed(7)
-    for n in (3, 21):
-        prompt = torch.randint(0, 32, (1, n), generator=gen)
-        for kw in (dict(), dict(temperature=0.8, seed=4), dict(stop_token_ids=[5])):
-            got = graph.generate(prompt, 44, **kw)
-            want = eager.generate(prompt, 44, **kw)
-            assert torch.equal(got.sequences, want.sequences), kw
-            assert got.stats.accepted_lengths == want.stats.accepted_lengths, kw
-            if not kw:
-                assert_greedy_equal(target, got.sequences, greedy_reference(target, prompt, 44))
+    _assert_graph_equals_eager(target, graph, eager, gen, (3, 21), 44, kws)
     assert rounds, "caddtree did not run in graph mode"
     # The cut really moved with the context (else this would only test ddtree again).
     assert len(set(eager_policy.sizes)) >= 3, eager_policy.sizes
@@ -71,18 +90,10 @@ def test_taps_graph_mode_identical_to_eager(scorer: str | None) -> None:
     rounds: list[int] = []
     _runner(graph).on_round = rounds.append
     _runner(graph).round_context = forbid_host_sync
+    kws = (dict(), dict(temperature=0.9, top_p=0.9, seed=2), dict(stop_token_ids=[3]))
     gen = torch.Generator().manual_seed(12)
-    max_acc = 0
-    for n in (4, 19):
-        prompt = torch.randint(0, 32, (1, n), generator=gen)
-        for kw in (dict(), dict(temperature=0.9, top_p=0.9, seed=2), dict(stop_token_ids=[3])):
-            got = graph.generate(prompt, 40, **kw)
-            want = eager.generate(prompt, 40, **kw)
-            assert torch.equal(got.sequences, want.sequences), kw
-            assert got.stats.accepted_lengths == want.stats.accepted_lengths, kw
-            max_acc = max(max_acc, *got.stats.accepted_lengths)
-            if not kw:
-                assert_greedy_equal(target, got.sequences, greedy_reference(target, prompt, 40))
+    outs = _assert_graph_equals_eager(target, graph, eager, gen, (4, 19), 40, kws)
+    max_acc = max(a for out in outs for a in out.stats.accepted_lengths)
     assert rounds and max_acc >= 3
     prompts = [torch.randint(0, 32, (n,), generator=gen) for n in (7, 2, 15)]
     got, want = graph.generate(prompts, 30), eager.generate(prompts, 30)
@@ -179,21 +190,14 @@ def test_presto_graph_mode_identical_to_eager(lam: float, order: int) -> None:
     rounds: list[int] = []
     runner.on_round = rounds.append
     runner.round_context = forbid_host_sync
+    kws = (dict(), dict(temperature=0.9, seed=6), dict(stop_token_ids=[4]))
     gen = torch.Generator().manual_seed(21)
-    for n in (2, 26):
-        prompt = torch.randint(0, 32, (1, n), generator=gen)
-        for kw in (dict(), dict(temperature=0.9, seed=6), dict(stop_token_ids=[4])):
-            got = graph.generate(prompt, 40, **kw)
-            want = eager.generate(prompt, 40, **kw)
-            assert torch.equal(got.sequences, want.sequences), kw
-            assert got.stats.accepted_lengths == want.stats.accepted_lengths, kw
-            if not kw:
-                assert_greedy_equal(target, got.sequences, greedy_reference(target, prompt, 40))
+    outs = _assert_graph_equals_eager(target, graph, eager, gen, (2, 26), 40, kws)
     assert rounds, "presto did not run in graph mode"
     # The runner's tables hold the last request's stream (prompt, generated tokens) exactly.
     stream = runner._pstream
     assert stream is not None and int(stream.overflow.sum()) == 0
-    toks = got.sequences[0].tolist()
+    toks = outs[-1].sequences[0].tolist()
     assert stream.history[0].tolist() == toks[len(toks) - (order - 1) :]
 
 
@@ -245,15 +249,8 @@ def test_caddtree_tree_size_buckets_follow_the_cut() -> None:
     runner.round_context = forbid_host_sync
     assert runner.buckets == [8, 15, 29, 57, 113, 257]  # L = 7 on this pair
     gen = torch.Generator().manual_seed(3)
-    for n in (4, 20):
-        prompt = torch.randint(0, 32, (1, n), generator=gen)
-        for kw in (dict(), dict(temperature=0.8, seed=2)):
-            got = graph.generate(prompt, 60, **kw)
-            want = eager.generate(prompt, 60, **kw)
-            assert torch.equal(got.sequences, want.sequences), kw
-            assert got.stats.accepted_lengths == want.stats.accepted_lengths, kw
-            if not kw:
-                assert_greedy_equal(target, got.sequences, greedy_reference(target, prompt, 60))
+    kws = (dict(), dict(temperature=0.8, seed=2))
+    _assert_graph_equals_eager(target, graph, eager, gen, (4, 20), 60, kws)
     assert runner.filled_rounds == 0
     used = [nb for _, nb in runner.bucket_log]
     assert len(set(used)) >= 2 and min(used) < runner.capacity, used

@@ -523,9 +523,8 @@ class SpeculativeDecoder(BatchGenerationMixin):
     # Shared pieces
     # ------------------------------------------------------------------------------------------
     def _stream(self, out_buf: Tensor, begin: int, end: int) -> None:
-        """Hand tokens ``out_buf[0, begin:end]`` to the streamer (if any)."""
-        if getattr(self, "_streamer", None) is not None and end > begin:
-            self._stream_request(0, [int(t) for t in out_buf[0, begin:end].tolist()])
+        """Hand tokens ``out_buf[0, begin:end]`` of a solo call to the streamer (if any)."""
+        self._stream_rows(out_buf, [begin], [end])
 
     def _stream_request(self, b: int, tokens: list[int]) -> None:
         """Hand request b's new tokens to the streamer: ``streamer(tokens)`` on a solo call,
