@@ -10,7 +10,7 @@ import pytest
 import torch
 from emu_kernels import EmuKernels
 from tests.conftest import random_logits
-from tests.ops.kernel_cases import kv_commit_case, node_select_case
+from tests.ops.kernel_cases import kv_commit_case, node_select_case, tree_walk_case
 
 from difftree_rt import ops
 
@@ -88,12 +88,7 @@ def test_topk_flags_bad_rows(emu: EmuKernels, num_splits: int) -> None:
 
 @pytest.mark.parametrize("seed", range(30))
 def test_tree_walk(emu: EmuKernels, seed: int) -> None:
-    gen = torch.Generator().manual_seed(seed)
-    B, L, V = 1 + seed % 5, 1 + seed % 8, 2 + seed % 5
-    tree = ops.ddtree_select(random_logits(gen, B, L, V), 1 + seed % 60)
-    choice = torch.randint(0, V, (B, tree.capacity), generator=gen)
-    stops = torch.randint(0, V, (2,), generator=gen) if seed % 3 == 0 else None
-    remaining = torch.randint(0, L + 3, (B,), generator=gen) if seed % 2 else None
+    tree, choice, stops, remaining = tree_walk_case(seed)
     cpu = ops.tree_walk(tree, choice, stops, remaining)
     got = emu.tree_walk(tree, choice, stops, remaining)
     for c, g in zip(cpu, got, strict=True):

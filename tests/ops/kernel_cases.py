@@ -1,6 +1,6 @@
 """Seeded inputs shared by the GPU kernel tests (tests/ops/test_cuda_*.py) and the emulated-kernel
-tests (tests/emu): CaDDTree cost rows, TAPS pools, D²SD drafts, KV-commit paths, node_select
-settings (CPU tensors)."""
+tests (tests/emu): CaDDTree cost rows, TAPS pools, D²SD drafts, tree walks, KV-commit paths,
+node_select settings (CPU tensors)."""
 
 from __future__ import annotations
 
@@ -96,3 +96,14 @@ def node_select_case(dtype: torch.dtype, B: int, N: int, V: int, t: float, k: in
     top_k = torch.full((B,), k, dtype=torch.int32)
     top_p = torch.full((B,), p)
     return x, temp, top_k, top_p, seed, rnd
+
+
+def tree_walk_case(seed: int):  # type: ignore[no-untyped-def]
+    """(tree, node_choice, stop tokens or None, remaining or None) for ops.tree_walk."""
+    gen = torch.Generator().manual_seed(seed)
+    B, L, V = 1 + seed % 5, 1 + seed % 8, 2 + seed % 5
+    tree = ops.ddtree_select(random_logits(gen, B, L, V), 1 + seed % 60)
+    choice = torch.randint(0, V, (B, tree.capacity), generator=gen)
+    stops = torch.randint(0, V, (2,), generator=gen) if seed % 3 == 0 else None
+    remaining = torch.randint(0, L + 3, (B,), generator=gen) if seed % 2 else None
+    return tree, choice, stops, remaining

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tests.conftest import random_logits
-from tests.ops.kernel_cases import kv_commit_case
+from tests.ops.kernel_cases import kv_commit_case, tree_walk_case
 
 from difftree_rt import build_info, ops
 
@@ -20,12 +19,7 @@ def _needs_cuda_build() -> None:
 
 @pytest.mark.parametrize("seed", range(50))
 def test_tree_walk_cuda_matches_cpu(seed: int) -> None:
-    gen = torch.Generator().manual_seed(seed)
-    B, L, V = 1 + seed % 5, 1 + seed % 8, 2 + seed % 5
-    tree = ops.ddtree_select(random_logits(gen, B, L, V), 1 + seed % 60)
-    choice = torch.randint(0, V, (B, tree.capacity), generator=gen)
-    stops = torch.randint(0, V, (2,), generator=gen) if seed % 3 == 0 else None
-    remaining = torch.randint(0, L + 3, (B,), generator=gen) if seed % 2 else None
+    tree, choice, stops, remaining = tree_walk_case(seed)
     cpu = ops.tree_walk(tree, choice, stops, remaining)
     gpu = ops.tree_walk(
         tree.to("cuda"),
