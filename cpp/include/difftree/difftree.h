@@ -8,12 +8,24 @@
  *   naming the argument (thread-local, valid until the thread's next call). No C++ exception
  *   crosses this boundary.
  * - Shapes use the project vocabulary: B batch, L draft depth, K candidates per depth,
- *   V vocabulary, N tree capacity (= budget + 1), P path columns (L + 1).
- * The C++ API (difftree/ops.h) is the same operations with TensorView arguments.
+ *   V vocabulary, N tree capacity (= budget + 1), P path columns (L + 1), H heads, D head dim,
+ *   S cache rows.
+ * - Options live in params structs; start from difftree_<op>_default_params() and set fields.
+ *   A NULL params pointer means the defaults (except where a function says it is required).
+ * - Where the CUDA path needs scratch memory, difftree_<op>_workspace_bytes() (pure shape
+ *   arithmetic, graph-safe) gives its size: pass a uint8 [bytes] descriptor on the op's device of
+ *   at least that many bytes (16-byte aligned) as `workspace`, or NULL when it is 0. The CPU path
+ *   ignores workspaces.
+ * - A whole round: topk_logprobs -> a selector (ddtree, caddtree, presto, taps, d2sd) -> target
+ *   forward with tree_attention -> node_select -> tree_walk -> kv_commit
+ *   (cpp/examples/c_example.c runs one on CPU buffers).
+ * The C++ API (difftree/ops.h) is the same operations with TensorView arguments; each function
+ * here converts its descriptors and calls it.
  */
 #ifndef DIFFTREE_DIFFTREE_H_
 #define DIFFTREE_DIFFTREE_H_
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include "difftree/dlpack.h"
@@ -22,7 +34,8 @@
 extern "C" {
 #endif
 
-/* Bumped on any incompatible change of a declaration in this file. */
+/* Bumped on any incompatible change of a declaration in this file. Adding functions and types is
+ * compatible and keeps the version. */
 #define DIFFTREE_ABI_VERSION 1
 
 typedef enum difftree_status {
@@ -94,6 +107,188 @@ difftree_status difftree_tree_walk(const difftree_tree* tree, const DLTensor* no
 difftree_status difftree_kv_commit(const DLTensor* const* caches, int32_t num_caches,
                                    const DLTensor* base_len, const DLTensor* path,
                                    const DLTensor* accepted, void* stream);
+
+/* ---- workspace-aware forms of the ops above ------------------------------------------------ */
+
+/* Split-row top-k: as difftree_topk_logprobs; the CUDA path cuts each row's V into num_splits
+ * chunks (0 = automatic, difftree_topk_logprobs_num_splits; 1 = one CTA per row, no workspace)
+ * and then needs a workspace of difftree_topk_logprobs_workspace_bytes(B, L, V, k, num_splits)
+ * bytes. row_error optional int32 [B, L]: 0 good row, 1 NaN/+inf, 2 all -inf (the CPU path also
+ * fails on such rows; the CUDA path only flags them). CUDA limit: k <= 4096. */
+int64_t difftree_topk_logprobs_num_splits(int64_t B, int64_t L, int64_t V, int64_t k);
+size_t difftree_topk_logprobs_workspace_bytes(int64_t B, int64_t L, int64_t V, int64_t k,
+                                              int64_t num_splits);
+difftree_status difftree_topk_logprobs_split(const DLTensor* logits, int64_t k, int64_t num_splits,
+                                             const DLTensor* token, const DLTensor* logprob,
+                                             const DLTensor* row_error, const DLTensor* workspace,
+                                             void* stream);
+
+/* difftree_ddtree_select with the CUDA path's scratch: ddtree_select_workspace_bytes(B, L, K,
+ * budget) bytes (0 for most sizes; without a workspace a size that needs one is an error). */
+size_t difftree_ddtree_select_workspace_bytes(int64_t B, int64_t L, int64_t K, int64_t budget);
+difftree_status difftree_ddtree_select_with_workspace(const DLTensor* cand_token,
+                                                      const DLTensor* cand_logprob,
+                                                      const DLTensor* root_token,
+                                                      const difftree_ddtree_params* params,
+                                                      const difftree_tree* tree,
+                                                      const DLTensor* workspace, void* stream);
+
+/* ---- tree attention ------------------------------------------------------------------------ */
+
+/* Options of difftree_tree_attention. params is required: the scale has no default. */
+typedef struct difftree_attention_params {
+  float scale;        /* softmax scale, finite, usually 1/sqrt(D) (default NaN: must be set) */
+  int32_t is_chain;   /* 1: causal over the N rows, tree_anc ignored (default 0) */
+  int64_t num_splits; /* CUDA split-KV chunks of the prefix; 0 = automatic (default 0) */
+} difftree_attention_params;
+difftree_attention_params difftree_attention_default_params(void);
+
+/* Attention of a tree's N query rows over the committed prefix + the tree. q [B, H_q, N, D];
+ * k_cache, v_cache [B, H_kv, S, D] (H_q a multiple of H_kv) with the tree's K/V already written at
+ * rows prefix_len[b] + i; q, caches and out may be strided but their last dim is contiguous.
+ * prefix_len int32/int64 [B] (0 <= prefix_len <= S - N). Row i sees keys [0, prefix_len) and
+ * tree key j iff j is i or an ancestor of i (bit j of tree_anc, int32 [B, N, ceil(N/32)]; NULL
+ * = chain j <= i); a padding row i >= num_nodes[b] (num_nodes int32/int64 [B], NULL = N) sees
+ * the prefix and itself.
+ * out [B, H_q, N, D] in q's dtype (f32/f16/bf16; CUDA: f16/bf16, D in {64, 128}). Pass a tree's
+ * `anc` and `num_nodes`. The CUDA path needs difftree_tree_attention_workspace_bytes(B, H_q,
+ * H_kv, N, D, S, num_splits) bytes when that is > 0. */
+int64_t difftree_tree_attention_num_splits(int64_t B, int64_t H_q, int64_t H_kv, int64_t N,
+                                           int64_t S);
+size_t difftree_tree_attention_workspace_bytes(int64_t B, int64_t H_q, int64_t H_kv, int64_t N,
+                                               int64_t D, int64_t S, int64_t num_splits);
+difftree_status difftree_tree_attention(const DLTensor* q, const DLTensor* k_cache,
+                                        const DLTensor* v_cache, const DLTensor* prefix_len,
+                                        const DLTensor* tree_anc, const DLTensor* num_nodes,
+                                        const difftree_attention_params* params,
+                                        const DLTensor* out, const DLTensor* workspace,
+                                        void* stream);
+
+/* ---- node selection (the target's token per node) ------------------------------------------ */
+
+/* Per-request sampling settings, each an optional [B] tensor on the logits' device (read there,
+ * so a captured graph replays with new values). All NULL (the default): greedy argmax. */
+typedef struct difftree_sampling_params {
+  const DLTensor* temperature; /* f32: <= 0 (or NULL) -> greedy argmax, ties to the lowest id */
+  const DLTensor* top_k;       /* int32/int64: <= 0 or >= V (or NULL) -> off */
+  const DLTensor* top_p;       /* f32: >= 1 (or NULL) -> off */
+  const DLTensor* seed;        /* int32/int64 (NULL -> 0): node i's draw is keyed by */
+                               /* (seed, round_idx, i) */
+  const DLTensor* round_idx;   /* int32/int64 (NULL -> 0) */
+} difftree_sampling_params;
+difftree_sampling_params difftree_sampling_default_params(void);
+
+/* logits [B, N, V] f32/f16/bf16 -> out int32 [B, N]: one token per node, greedy or Gumbel-max
+ * over the temperature-scaled, top-k then top-p filtered logits (Philox draws, bit-identical on
+ * CPU and CUDA). Feed out to difftree_tree_walk as node_choice. */
+difftree_status difftree_node_select(const DLTensor* logits, const difftree_sampling_params* params,
+                                     const DLTensor* out, void* stream);
+
+/* ---- policy selectors ---------------------------------------------------------------------- */
+
+/* Options of difftree_caddtree_select. */
+typedef struct difftree_caddtree_params {
+  int64_t max_budget; /* largest tree, 1..4096; capacity N = max_budget + 1 (default 64) */
+} difftree_caddtree_params;
+difftree_caddtree_params difftree_caddtree_default_params(void);
+
+/* CaDDTree: the DDTree tree at max_budget cut where admitting one more node stops raising the
+ * expected tokens per unit cost. Candidates as difftree_ddtree_select; verify_cost f32
+ * [B, max_budget + 1] (C_v(n): verifying 1 + n tokens), draft_cost f32 [B] (C_d), finite, >= 0.
+ * Output tree of capacity N = max_budget + 1, num_nodes = 1 + the chosen n. The CUDA path needs
+ * difftree_ddtree_select_workspace_bytes(B, L, K, max_budget) bytes when that is > 0. */
+difftree_status difftree_caddtree_select(const DLTensor* cand_token, const DLTensor* cand_logprob,
+                                         const DLTensor* root_token, const DLTensor* verify_cost,
+                                         const DLTensor* draft_cost,
+                                         const difftree_caddtree_params* params,
+                                         const difftree_tree* tree, const DLTensor* workspace,
+                                         void* stream);
+
+/* PRESTO's n-gram prior: a count table in keys int64 + counts int32, [H] (one table) or [B, H]
+ * (request b's in row b), H a power of two (here H counts table slots), key 0 = empty. */
+
+/* CPU, one [H] table: adds the n-grams (lengths 1..order) ending at positions start..T-1 of
+ * tokens int32/int64 [T]; *new_keys (optional) = slots newly used. A full table is an error. */
+difftree_status difftree_ngram_update(const DLTensor* keys, const DLTensor* counts,
+                                      const DLTensor* tokens, int64_t start, int64_t order,
+                                      int64_t* new_keys);
+
+/* Per round, [B, H] tables: request b's stream continues with tokens[b, :num_tokens[b]] (tokens
+ * int32/int64 [B, T], num_tokens int32/int64 [B]); history int64 [B, order - 1] (its last
+ * order - 1 tokens, -1 = none yet) is updated in place. overflow optional int32 [B]: the CUDA
+ * path sets 1 where an insert found the table full (the CPU path fails instead). */
+difftree_status difftree_ngram_extend(const DLTensor* keys, const DLTensor* counts,
+                                      const DLTensor* history, const DLTensor* tokens,
+                                      const DLTensor* num_tokens, int64_t order,
+                                      const DLTensor* overflow, void* stream);
+
+/* Options of difftree_presto_select; the prior's defaults are the C++ PrestoParams'. */
+typedef struct difftree_presto_params {
+  int64_t budget; /* draft nodes, 1..4096; capacity N = budget + 1 (default 64) */
+  int64_t order;  /* n of the n-gram, 1..8 (default 3) */
+  double alpha;   /* additive smoothing mass, > 0 (default 1) */
+  double lam;     /* weight of the prior, >= 0; 0 gives DDTree exactly (default 0.2) */
+  int64_t vocab;  /* V of the uniform base distribution, >= 1 (set it to V; default 1) */
+} difftree_presto_params;
+difftree_presto_params difftree_presto_default_params(void);
+
+/* PRESTO: best-first selection over the candidate lattice (inputs as difftree_ddtree_select)
+ * with edge scores log q + lam log p_ngram - log Z(parent). context int32/int64 [B, order - 1]:
+ * each stream's last order - 1 tokens ending with the root token, left-padded with -1; keys,
+ * counts: the prior, [H] or [B, H]. Output capacity N = budget + 1. The CUDA path needs
+ * difftree_presto_select_workspace_bytes(B, L, K, budget, order) bytes when that is > 0. */
+size_t difftree_presto_select_workspace_bytes(int64_t B, int64_t L, int64_t K, int64_t budget,
+                                              int64_t order);
+difftree_status difftree_presto_select(const DLTensor* cand_token, const DLTensor* cand_logprob,
+                                       const DLTensor* root_token, const DLTensor* context,
+                                       const DLTensor* keys, const DLTensor* counts,
+                                       const difftree_presto_params* params,
+                                       const difftree_tree* tree, const DLTensor* workspace,
+                                       void* stream);
+
+/* Options of difftree_taps_select. */
+typedef struct difftree_taps_params {
+  int64_t budget; /* draft nodes, 1..4096; capacity N = budget + 1 (default 64) */
+} difftree_taps_params;
+difftree_taps_params difftree_taps_default_params(void);
+
+/* TAPS: the top-budget nodes by reach over a candidate pool of P1 rows (row 0 the root), prefix-
+ * closed and best-first. pool_token, pool_parent int32/int64 [B, P1] (pool_parent[0] = -1,
+ * 0 <= pool_parent[i] < i, distinct sibling tokens); pool_size int32/int64 [B] in [1, P1];
+ * log_qc f32 [B, P1]: log q(i | parent), finite, <= 0. Output capacity N = budget + 1. The CUDA
+ * path needs difftree_taps_select_workspace_bytes(B, P1, budget) bytes when that is > 0. */
+size_t difftree_taps_select_workspace_bytes(int64_t B, int64_t P1, int64_t budget);
+difftree_status difftree_taps_select(const DLTensor* pool_token, const DLTensor* pool_parent,
+                                     const DLTensor* pool_size, const DLTensor* log_qc,
+                                     const difftree_taps_params* params,
+                                     const difftree_tree* tree, const DLTensor* workspace,
+                                     void* stream);
+
+/* D²SD boundaries: trunk_logprob f32 [B, L] (the first draft's top-1 log-prob per depth, finite,
+ * <= 0) -> boundary int32 [B, K] (1 <= K <= L): the K likeliest numbers of accepted drafts. */
+difftree_status difftree_d2sd_boundaries(const DLTensor* trunk_logprob, const DLTensor* boundary,
+                                         void* stream);
+
+/* Options of difftree_d2sd_select. */
+typedef struct difftree_d2sd_params {
+  int64_t budget; /* draft nodes, 1..4096; capacity N = budget + 1 (default 64) */
+} difftree_d2sd_params;
+difftree_d2sd_params difftree_d2sd_default_params(void);
+
+/* D²SD: the joint tree of the first draft (trunk_token int32/int64 [B, L1], trunk_logprob f32
+ * [B, L1]) and K re-drafted branches: branch k keeps boundary[b, k] trunk tokens, then continues
+ * with branch_token [B, K, L2] (int32/int64; branch_logprob f32 [B, K, L2]) from depth
+ * boundary + 1. boundary int32/int64 [B, K] in [0, min(L1, L2) - 1], -1 = unused row.
+ * root_token optional int32/int64 [B]. Output capacity N = budget + 1. The CUDA path needs
+ * difftree_d2sd_select_workspace_bytes(B, L1, K, L2, budget) bytes when that is > 0. */
+size_t difftree_d2sd_select_workspace_bytes(int64_t B, int64_t L1, int64_t K, int64_t L2,
+                                            int64_t budget);
+difftree_status difftree_d2sd_select(const DLTensor* trunk_token, const DLTensor* trunk_logprob,
+                                     const DLTensor* boundary, const DLTensor* branch_token,
+                                     const DLTensor* branch_logprob, const DLTensor* root_token,
+                                     const difftree_d2sd_params* params,
+                                     const difftree_tree* tree, const DLTensor* workspace,
+                                     void* stream);
 
 #ifdef __cplusplus
 } /* extern "C" */
