@@ -134,7 +134,7 @@ def main() -> None:
     ap.add_argument("--lam", type=float, nargs="+", default=None, help="presto λ values")
     ap.add_argument("--policies", nargs="+", default=None)
     ap.add_argument("--cost-table", default=None)
-    ap.add_argument("--trace", default="/tmp/difftree_trace.pt", help="where the trace is saved")
+    ap.add_argument("--trace", default="/tmp/difftree_trace.safetensors", help="trace written")
     ap.add_argument("--trace-in", default=None, help="reuse this trace instead of recording")
     ap.add_argument("--scorer-epochs", type=int, default=8, help="taps scorer (reference)")
     ap.add_argument("--scorer-width", type=int, default=64)

@@ -29,7 +29,7 @@ def test_record_trace_then_eval_policies(tmp_path) -> None:  # type: ignore[no-u
     target, drafter = random_pair("qwen3")
     target.save_pretrained(tmp_path / "target")
     drafter.save_pretrained(tmp_path / "drafter")
-    trace = tmp_path / "trace.pt"
+    trace = tmp_path / "trace.safetensors"
     argv = ["record-trace", "--target", str(tmp_path / "target"), "--drafter",
             str(tmp_path / "drafter"), "--prompt-ids", "5 17 99 3", "--max-new-tokens", "12",
             "--budget", "32", "--device", "cpu", "--out", str(trace)]  # fmt: skip

@@ -28,7 +28,7 @@ def _record(budget: int = 64) -> Trace:
 
 def test_trace_replays_the_live_run_exactly(tmp_path) -> None:  # type: ignore[no-untyped-def]
     trace = _record(64)
-    path = tmp_path / "trace.pt"
+    path = tmp_path / "trace.safetensors"
     trace.save(path)
     trace = Trace.load(path)
     assert len(trace.sequences) == 2 and len(trace.rounds) >= 4
@@ -64,7 +64,7 @@ def test_evaluate_table_and_cli(tmp_path) -> None:  # type: ignore[no-untyped-de
         assert 1.0 <= rows[("ddtree", b)].tau_sampling <= 1.0 + 31
     assert rows[("ddtree", 64)].tau_greedy >= rows[("ddtree", 4)].tau_greedy
     assert rows[("ddtree", 64)].tau_sampling >= rows[("ddtree", 16)].tau_sampling
-    path = tmp_path / "trace.pt"
+    path = tmp_path / "trace.safetensors"
     trace.save(path)
     out = tmp_path / "table.json"
     assert main(["eval-policies", str(path), "--budgets", "4", "16", "--out", str(out)]) == 0

@@ -23,7 +23,7 @@ def test_train_save_load_and_decode(tmp_path) -> None:  # type: ignore[no-untype
     gen = torch.Generator().manual_seed(9)
     for n in (4, 11):
         rec.generate(torch.randint(0, 32, (1, n), generator=gen), 32)
-    trace_path, out = tmp_path / "trace.pt", tmp_path / "scorer.pt"
+    trace_path, out = tmp_path / "trace.safetensors", tmp_path / "scorer.safetensors"
     rec.trace.save(trace_path)
     argv = ["train-scorer", str(trace_path), "--width", "16", "--pool-size", "32"]
     assert main([*argv, "--epochs", "2", "--out", str(out)]) == 0
@@ -45,8 +45,8 @@ def test_train_save_load_and_decode(tmp_path) -> None:  # type: ignore[no-untype
     # with the target's embedding (projected), saved as the projected table
     emb = target.get_input_embeddings().weight.detach().float()
     m = train_scorer([rec.trace], width=16, pool_size=32, epochs=1, embedding=emb)
-    m.save(tmp_path / "emb.pt")
-    torch.testing.assert_close(EdgeScorer.load(tmp_path / "emb.pt").log_qc(pool, tok, lp),
+    m.save(tmp_path / "emb.safetensors")
+    torch.testing.assert_close(EdgeScorer.load(tmp_path / "emb.safetensors").log_qc(pool, tok, lp),
                                m.log_qc(pool, tok, lp), atol=2e-3, rtol=0)  # fmt: skip
 
     prompt = torch.randint(0, 32, (1, 7), generator=gen)

@@ -25,11 +25,13 @@ from ..engine.decoder import GenerationOutput, SpeculativeDecoder
 from ..engine.policies import DraftPolicy, PolicyInput
 from ..engine.sampling import SamplingParams, choose_tokens, target_probs
 from ..models.target import TargetAdapter, TargetOutput
+from ..safe_files import read_tensor_file, write_tensor_file
 from ..tree import DraftTree
 
 __all__ = ["Trace", "TraceRecorder", "TraceRound"]
 
-_FORMAT = "difftree_rt.trace/1"
+_FORMAT = "difftree_rt.trace/2"
+_REMEDY = "Record it again with `difftree-rt record-trace --out TRACE.safetensors`."
 
 
 @dataclass
@@ -79,22 +81,22 @@ class Trace:
     meta: dict[str, Any] = field(default_factory=dict)
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        torch.save(
-            {
-                "format": _FORMAT,
-                "meta": self.meta,
-                "sequences": self.sequences,
-                "rounds": [r.__dict__ for r in self.rounds],
-            },
-            path,
+        """Write the trace as one safetensors file (tensors; sequences and meta as JSON)."""
+        rounds = [dict(r.__dict__) for r in self.rounds]
+        write_tensor_file(
+            path, _FORMAT, {"meta": self.meta, "sequences": self.sequences, "rounds": rounds}
         )
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Trace:
-        d = torch.load(path, map_location="cpu", weights_only=False)
-        if not isinstance(d, dict) or d.get("format") != _FORMAT:
-            raise ValueError(f"{path}: not a difftree_rt trace (format {_FORMAT!r})")
-        return cls([TraceRound(**r) for r in d["rounds"]], d["sequences"], d["meta"])
+        """Read a trace written by :meth:`save`; ValueError naming ``path`` for anything else
+        (a pickle file is refused unread)."""
+        d = read_tensor_file(path, _FORMAT, _REMEDY)
+        try:
+            rounds = [TraceRound(**r) for r in d["rounds"]]
+            return cls(rounds, d["sequences"], d["meta"])
+        except (KeyError, TypeError) as e:
+            raise ValueError(f"{path}: malformed trace ({e}). {_REMEDY}") from None
 
 
 class _RecordingPolicy(DraftPolicy):
@@ -230,7 +232,7 @@ class TraceRecorder:
     Example:
         rec = TraceRecorder(target, drafter, budget=512)
         rec.generate(prompt_ids, 128)
-        rec.trace.save("trace.pt")
+        rec.trace.save("trace.safetensors")
     """
 
     def __init__(

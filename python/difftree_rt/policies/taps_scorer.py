@@ -27,10 +27,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..safe_files import read_tensor_file, write_tensor_file
 from .taps import TapsPool, taps_pool
 
 __all__ = ["EdgeScorer", "edge_features", "train_scorer"]
 
+_FORMAT = "difftree_rt.taps_scorer/2"
+_REMEDY = "Train it again with `difftree-rt train-scorer TRACE --out SCORER.safetensors`."
 NUM_SCALARS = 9  # lp, entropy, margin, mass, d/L, cum, depth-mean cum, is_other, log #children
 
 
@@ -174,6 +177,8 @@ class EdgeScorer(nn.Module):
         return out
 
     def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the scorer as one safetensors file (config as JSON; the projected embedding
+        table instead of the embedding, when there is one)."""
         state = {k: v for k, v in self.state_dict().items() if not k.startswith("proj.")}
         table = None
         if self.embedding is not None:
@@ -181,16 +186,18 @@ class EdgeScorer(nn.Module):
                 table = self.proj(self.embedding.float()).half()
         elif self.table is not None:
             table = self.table
-        torch.save({"format": "difftree_rt.taps_scorer/1", "config": self.config,
-                    "state": state, "table": table}, path)  # fmt: skip
+        write_tensor_file(path, _FORMAT, {"config": self.config, "state": state, "table": table})
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> EdgeScorer:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-        if blob.get("format") != "difftree_rt.taps_scorer/1":
-            raise ValueError(f"{path}: not a TAPS scorer file")
-        m = cls(**blob["config"])
-        m.load_state_dict(blob["state"])
+        """Read a scorer written by :meth:`save`; ValueError naming ``path`` for anything else
+        (a pickle file is refused unread)."""
+        blob = read_tensor_file(path, _FORMAT, _REMEDY)
+        try:
+            m = cls(**blob["config"])
+            m.load_state_dict(blob["state"])
+        except (KeyError, TypeError, RuntimeError) as e:
+            raise ValueError(f"{path}: malformed TAPS scorer ({e}). {_REMEDY}") from None
         m.table = blob["table"]
         return m.eval()
 

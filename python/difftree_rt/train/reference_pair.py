@@ -40,6 +40,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..safe_files import read_tensor_file, write_tensor_file
+from .checkpoint import read_checkpoint
 from .corpus import (
     TokenStream,
     encode_files,
@@ -50,11 +52,13 @@ from .corpus import (
 )
 from .lm import LMTrainConfig, evaluate_perplexity, train_lm
 
-__all__ = ["PRESETS", "main"]
+__all__ = ["GENERATED_NAME", "PRESETS", "checkpoint_log", "load_generated", "main"]
 
 EXIT_MORE = 75  # EX_TEMPFAIL: the chunk ended before the pair was done; run again
 STAGES = ("tokenizer", "data", "target", "drafter", "export")
 MODELS = ("target", "drafter")
+GENERATED_NAME = "generated.safetensors"  # the drafter stage's greedy target continuations
+_GENERATED_FORMAT = "difftree_rt.reference_pair.generated/1"
 
 # Model + schedule presets. "cpu" is what the shipped pair used; "gpu" is the better pair a
 # GPU makes in ~30 min (still <= 40 MB for both models in bf16).
@@ -220,18 +224,55 @@ def stage_target(
     return done
 
 
+def load_generated(path: Path) -> torch.Tensor:
+    """The greedy continuations ``[N, T]`` (int64) cached by the drafter stage at ``path``."""
+    seqs = read_tensor_file(path, _GENERATED_FORMAT, "Delete it; the next run generates it again.")
+    if not isinstance(seqs, torch.Tensor) or seqs.dim() != 2:
+        raise ValueError(f"{path}: expected one [N, T] tensor of continuations")
+    return seqs
+
+
+def _continuations(
+    work: Path, d: dict[str, Any], target: torch.nn.Module, stream: TokenStream, who: str
+) -> torch.Tensor | None:
+    """``d["generated"]`` greedy continuations [N, T] of corpus prompts by ``target`` (None
+    when 0), generated once and cached in ``work``."""
+    from .drafter import generate_continuations
+
+    n_gen = int(d.get("generated", 0))
+    if not n_gen:
+        return None
+    path = work / GENERATED_NAME
+    if not path.exists():
+        prompt_len = d["context"] // 4
+        _log(f"generating {n_gen} greedy continuations with the {who} ({prompt_len} prompt tokens)")
+        seqs = generate_continuations(
+            target,
+            stream,
+            n_gen,
+            prompt_len,
+            d["context"] - prompt_len,
+            batch=d.get("gen_batch", 64),
+            seed=1,
+        )
+        write_tensor_file(path, _GENERATED_FORMAT, seqs)
+    return load_generated(path)
+
+
+def checkpoint_log(path: Path) -> dict[str, Any]:
+    """``{step, config, log}`` of a stage's training checkpoint (for the summary)."""
+    ckpt = read_checkpoint(path)
+    extra = ckpt.get("extra") or {}
+    return {"step": ckpt["step"], "config": extra.get("config", {}), "log": extra.get("log", [])}
+
+
 def stage_drafter(
     work: Path, preset: dict[str, Any], device: torch.device, max_seconds: float
 ) -> bool:
     from transformers import AutoModelForCausalLM
 
     t_start = time.monotonic()
-    from .drafter import (
-        DrafterTrainConfig,
-        SequenceSource,
-        generate_continuations,
-        train_drafter,
-    )
+    from .drafter import DrafterTrainConfig, SequenceSource, train_drafter
 
     target = AutoModelForCausalLM.from_pretrained(work / "target", dtype=torch.float32).to(device)
     tok = load_tokenizer(work / "target")
@@ -248,24 +289,7 @@ def stage_drafter(
         mask_token_id=int(tok.mask_token_id),
     )
     stream = TokenStream(np.load(work / "train.npy"))
-    gen_path = work / "generated.pt"
-    n_gen = int(d.get("generated", 0))
-    sequences = None
-    if n_gen:
-        if not gen_path.exists():
-            prompt_len = d["context"] // 4
-            _log(f"generating {n_gen} greedy target continuations ({prompt_len} prompt tokens)")
-            seqs = generate_continuations(
-                target,
-                stream,
-                n_gen,
-                prompt_len,
-                d["context"] - prompt_len,
-                batch=d.get("gen_batch", 64),
-                seed=1,
-            )
-            torch.save(seqs, gen_path)
-        sequences = torch.load(gen_path)
+    sequences = _continuations(work, d, target, stream, "target")
     result = train_drafter(
         target,
         SequenceSource(stream, sequences, d.get("p_generated", 0.5)),
@@ -284,7 +308,7 @@ def _vp_data(work: Path, out: Path, preset: dict[str, Any], target: torch.nn.Mod
     target continuations, re-created with the exported tokenizer / target if the work files
     are gone (the tokenizer is the same file; the continuations then come from the exported
     target instead of the fp32 work copy)."""
-    from .drafter import SequenceSource, generate_continuations
+    from .drafter import SequenceSource
 
     d = dict(preset["drafter"])
     train_path = work / "train.npy"
@@ -294,24 +318,7 @@ def _vp_data(work: Path, out: Path, preset: dict[str, Any], target: torch.nn.Mod
         np.save(train_path, encode_files(tok, files))
         _log(f"re-encoded the train split with {out / 'target'}'s tokenizer ({len(files)} files)")
     stream = TokenStream(np.load(train_path))
-    sequences = None
-    n_gen = int(d.get("generated", 0))
-    if n_gen:
-        gen_path = work / "generated.pt"
-        if not gen_path.exists():
-            prompt_len = d["context"] // 4
-            _log(f"generating {n_gen} greedy continuations with the exported target")
-            seqs = generate_continuations(
-                target,
-                stream,
-                n_gen,
-                prompt_len,
-                d["context"] - prompt_len,
-                batch=d.get("gen_batch", 64),
-                seed=1,
-            )
-            torch.save(seqs, gen_path)
-        sequences = torch.load(gen_path)
+    sequences = _continuations(work, d, target, stream, "exported target")
     return SequenceSource(stream, sequences, d.get("p_generated", 0.5))
 
 
@@ -408,15 +415,15 @@ def stage_vp_export(work: Path, out: Path, preset_name: str, device: torch.devic
         )
         accuracy[key] = {str(p): r for p, r in res.items()}
         _log(f"{key}: " + ", ".join(f"p={p} acc1 {r['acc1']:.3f}" for p, r in res.items()))
-    ckpt = torch.load(work / "vp_drafter.ckpt", map_location="cpu", weights_only=False)
+    ckpt = checkpoint_log(work / "vp_drafter.ckpt")
     summary_path = out / "training_summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
     summary["vp_drafter"] = {
         "init": "drafter/ (the shipped drafter, bf16 weights upcast to fp32)",
         "target": "target/ (the shipped target, bf16 weights upcast to fp32)",
-        "config": ckpt["extra"].get("config", {}),
+        "config": ckpt["config"],
         "steps": ckpt["step"],
-        "log": ckpt["extra"].get("log", []),
+        "log": ckpt["log"],
         "prefix_accuracy": {
             "data": f"{len(windows)} held-out windows of {ctx} tokens x {anchors} anchors, "
             "seed 0, the same blocks for every p and drafter",
@@ -484,8 +491,8 @@ def stage_export(work: Path, out: Path, preset_name: str, device: torch.device) 
     if ddir.exists():
         shutil.rmtree(ddir)
     drafter.save_pretrained(ddir)
-    target_ckpt = torch.load(work / "target.ckpt", map_location="cpu", weights_only=False)
-    drafter_ckpt = torch.load(work / "drafter.ckpt", map_location="cpu", weights_only=False)
+    target_ckpt = checkpoint_log(work / "target.ckpt")
+    drafter_ckpt = checkpoint_log(work / "drafter.ckpt")
     summary = {
         "preset": preset_name,
         "config": PRESETS[preset_name],
@@ -505,14 +512,14 @@ def stage_export(work: Path, out: Path, preset_name: str, device: torch.device) 
         },
         "target": {
             "steps": target_ckpt["step"],
-            "log": target_ckpt["extra"].get("log", []),
+            "log": target_ckpt["log"],
             "heldout_ppl_fp32": ppl32,
             "heldout_ppl_bf16": ppl16,
             "heldout_eval_tokens": n_tok,
         },
         "drafter": {
             "steps": drafter_ckpt["step"],
-            "log": drafter_ckpt["extra"].get("log", []),
+            "log": drafter_ckpt["log"],
         },
     }
     (out / "training_summary.json").write_text(json.dumps(summary, indent=2))
