@@ -103,9 +103,30 @@ def test_choose_tokens_draws_from_the_processed_distribution() -> None:
     probs = target_probs(logits, params)[0, 0]
     draws = torch.stack([choose_tokens(logits, params, r)[0, 0] for r in range(6000)])
     assert chi_square(torch.bincount(draws, minlength=12).double(), probs.double()) > P_MIN
-    # Nodes draw independently: the same distribution at 2 nodes gives different tokens often.
     two = choose_tokens(logits.expand(1, 2, 12), params, 3)
     assert two[0, 0] == choose_tokens(logits, params, 3)[0, 0]  # node 0 ignores tree size
+
+
+def test_every_node_draws_its_own_distribution_independently() -> None:
+    # Nodes 0 and 1 share one distribution (a shared or correlated uniform would show as a
+    # diagonal joint), nodes 2..4 have their own. Per node: chi-square against its processed
+    # distribution; per pair: the joint counts against the product of the two (independence).
+    num_n, vocab, rounds = 5, 10, 4000
+    gen = torch.Generator().manual_seed(2)
+    logits = torch.randn(1, num_n, vocab, generator=gen) * 1.5
+    logits[0, 1] = logits[0, 0]
+    params = SamplingParams(temperature=0.9, seed=17)
+    probs = target_probs(logits, params)[0].double()  # [N, V]
+    draws = torch.cat([choose_tokens(logits, params, r) for r in range(rounds)])  # [R, N]
+    for n in range(num_n):
+        counts = torch.bincount(draws[:, n], minlength=vocab).double()
+        assert chi_square(counts, probs[n]) > P_MIN, n
+    for i, j in itertools.combinations(range(num_n), 2):
+        joint = torch.bincount(draws[:, i] * vocab + draws[:, j], minlength=vocab**2).double()
+        assert chi_square(joint, torch.outer(probs[i], probs[j]).reshape(-1)) > P_MIN, (i, j)
+    # A node's draw is keyed by its index: a tree verified from node 2 on draws the same.
+    tail = torch.cat([choose_tokens(logits[:, 2:], params, r, node_offset=2) for r in range(50)])
+    assert torch.equal(tail, draws[:50, 2:])
 
 
 def test_sampling_params_validation() -> None:
