@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <functional>
 #include <random>
 #include <string>
 #include <type_traits>
@@ -186,6 +187,10 @@ void test_topk_split_and_ddtree_workspace() {
   CHECK(same_bytes(tok_cpp.data, tok_c.data));
   CHECK(same_bytes(lp_cpp.data, lp_c.data));
   CHECK(same_bytes(err.data, std::vector<int32_t>(B * L, 0)));
+  Arr<float> float_err({B, L});
+  CHECK_C_STATUS(difftree_topk_logprobs_split(logits.c(), K, 0, tok_c.c(), lp_c.c(), float_err.c(),
+                                              nullptr, nullptr),
+                 DIFFTREE_INVALID_TYPE, "row_error");
 
   Candidates cand(2);
   const int64_t budget = 9;
@@ -200,6 +205,11 @@ void test_topk_split_and_ddtree_workspace() {
   CHECK_C_OK(difftree_ddtree_select_with_workspace(cand.token.c(), cand.logprob.c(),
                                                    cand.root.c(), &p, &cb.tree, ws.c(), nullptr));
   CHECK(same_tree(a, b));
+  p.budget = budget + 1;  // the tree's capacity no longer fits
+  CHECK_C_STATUS(difftree_ddtree_select_with_workspace(cand.token.c(), cand.logprob.c(),
+                                                       cand.root.c(), &p, &cb.tree, ws.c(),
+                                                       nullptr),
+                 DIFFTREE_INVALID_VALUE, "tree.token");
 }
 
 void test_tree_attention() {
@@ -523,6 +533,106 @@ void test_d2sd() {
                  DIFFTREE_INVALID_VALUE, "trunk_logprob");
 }
 
+// `p`, or NULL when `name` is the argument under test.
+template <typename T>
+T* unless(const char* null_arg, const char* name, T* p) {
+  return std::strcmp(null_arg, name) == 0 ? nullptr : p;
+}
+
+// Every required argument of every new entry point, NULL in turn: INVALID_VALUE naming it (the
+// descriptors are converted before any check, so the other arguments need only be valid views).
+void test_null_arguments() {
+  dt_test::Context ctx("NULL required arguments");
+  Arr<float> x({1});
+  TreeBuf tb(1, 2);
+  CTree ct(tb);
+  difftree_attention_params ap = difftree_attention_default_params();
+  ap.scale = 1.0f;
+  struct Case {
+    std::vector<const char*> args;
+    std::function<difftree_status(const char*)> call;
+  };
+  const std::vector<Case> cases = {
+      {{"logits", "token", "logprob"},
+       [&](const char* n) {
+         return difftree_topk_logprobs_split(unless(n, "logits", x.c()), 1, 0,
+                                             unless(n, "token", x.c()),
+                                             unless(n, "logprob", x.c()), nullptr, nullptr,
+                                             nullptr);
+       }},
+      {{"cand_token", "cand_logprob", "tree"},
+       [&](const char* n) {
+         return difftree_ddtree_select_with_workspace(
+             unless(n, "cand_token", x.c()), unless(n, "cand_logprob", x.c()), nullptr, nullptr,
+             unless(n, "tree", &ct.tree), nullptr, nullptr);
+       }},
+      {{"q", "k_cache", "v_cache", "prefix_len", "out", "params"},
+       [&](const char* n) {
+         return difftree_tree_attention(unless(n, "q", x.c()), unless(n, "k_cache", x.c()),
+                                        unless(n, "v_cache", x.c()),
+                                        unless(n, "prefix_len", x.c()), nullptr, nullptr,
+                                        unless(n, "params", &ap), unless(n, "out", x.c()),
+                                        nullptr, nullptr);
+       }},
+      {{"logits", "out"},
+       [&](const char* n) {
+         return difftree_node_select(unless(n, "logits", x.c()), nullptr, unless(n, "out", x.c()),
+                                     nullptr);
+       }},
+      {{"cand_token", "cand_logprob", "verify_cost", "draft_cost", "tree"},
+       [&](const char* n) {
+         return difftree_caddtree_select(
+             unless(n, "cand_token", x.c()), unless(n, "cand_logprob", x.c()), nullptr,
+             unless(n, "verify_cost", x.c()), unless(n, "draft_cost", x.c()), nullptr,
+             unless(n, "tree", &ct.tree), nullptr, nullptr);
+       }},
+      {{"keys", "counts", "tokens"},
+       [&](const char* n) {
+         return difftree_ngram_update(unless(n, "keys", x.c()), unless(n, "counts", x.c()),
+                                      unless(n, "tokens", x.c()), 0, 1, nullptr);
+       }},
+      {{"keys", "counts", "history", "tokens", "num_tokens"},
+       [&](const char* n) {
+         return difftree_ngram_extend(unless(n, "keys", x.c()), unless(n, "counts", x.c()),
+                                      unless(n, "history", x.c()), unless(n, "tokens", x.c()),
+                                      unless(n, "num_tokens", x.c()), 1, nullptr, nullptr);
+       }},
+      {{"cand_token", "cand_logprob", "context", "keys", "counts", "tree"},
+       [&](const char* n) {
+         return difftree_presto_select(
+             unless(n, "cand_token", x.c()), unless(n, "cand_logprob", x.c()), nullptr,
+             unless(n, "context", x.c()), unless(n, "keys", x.c()), unless(n, "counts", x.c()),
+             nullptr, unless(n, "tree", &ct.tree), nullptr, nullptr);
+       }},
+      {{"pool_token", "pool_parent", "pool_size", "log_qc", "tree"},
+       [&](const char* n) {
+         return difftree_taps_select(unless(n, "pool_token", x.c()),
+                                     unless(n, "pool_parent", x.c()),
+                                     unless(n, "pool_size", x.c()), unless(n, "log_qc", x.c()),
+                                     nullptr, unless(n, "tree", &ct.tree), nullptr, nullptr);
+       }},
+      {{"trunk_logprob", "boundary"},
+       [&](const char* n) {
+         return difftree_d2sd_boundaries(unless(n, "trunk_logprob", x.c()),
+                                         unless(n, "boundary", x.c()), nullptr);
+       }},
+      {{"trunk_token", "trunk_logprob", "boundary", "branch_token", "branch_logprob", "tree"},
+       [&](const char* n) {
+         return difftree_d2sd_select(
+             unless(n, "trunk_token", x.c()), unless(n, "trunk_logprob", x.c()),
+             unless(n, "boundary", x.c()), unless(n, "branch_token", x.c()),
+             unless(n, "branch_logprob", x.c()), nullptr, nullptr, unless(n, "tree", &ct.tree),
+             nullptr, nullptr);
+       }},
+  };
+  for (const Case& c : cases)
+    for (const char* arg : c.args) {
+      dt_test::Context a(std::string("NULL ") + arg);
+      CHECK_C_STATUS(c.call(arg), DIFFTREE_INVALID_VALUE, arg);
+      CHECK(std::string(difftree_last_error()).find("NULL") != std::string::npos);
+    }
+}
+
 // A failing call sets the message, a succeeding one clears it; no exception escapes.
 void test_last_error() {
   dt_test::Context ctx("difftree_last_error");
@@ -545,6 +655,7 @@ int main() {
   test_ngram_and_presto();
   test_taps();
   test_d2sd();
+  test_null_arguments();
   test_last_error();
   return dt_test::report("c_api");
 }
