@@ -22,8 +22,8 @@ cache length, so nothing needs truncating between rounds.
 
 from __future__ import annotations
 
-import json
 import os
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .dflash_config import DFlashConfig, default_target_layer_ids
+from .dflash_config import DFlashConfig, default_target_layer_ids, read_json
 
 __all__ = [
     "DFlashCache",
@@ -928,33 +928,49 @@ class DFlashDrafter(nn.Module):
     ) -> DFlashDrafter:
         """Load a drafter directory in the published layout (local files only).
 
-        ``torch_dtype=None`` keeps the dtype stored in the safetensors file. Missing,
-        unexpected or mis-shaped parameters raise ``ValueError`` naming them.
+        ``torch_dtype=None`` keeps the dtype stored in the safetensors file. Errors name the
+        file and the field: a config field of the wrong type or out of range, a layer count
+        or parameter shape that does not match the weights present (checked on the
+        safetensors headers before any module is built or tensor read), missing or unexpected
+        parameters (``ValueError``). Only files inside ``path`` are read: a shard the index
+        names by an absolute path, through ``..`` or through a symlink leading out of the
+        directory is refused (a Hugging Face cache snapshot's links into its repository's
+        ``blobs`` folder excepted).
         """
-        config = DFlashConfig.from_json_file(os.path.join(path, CONFIG_NAME))
-        state = _load_state(path)
+        directory = os.fspath(path)
+        if not os.path.isdir(directory):
+            raise FileNotFoundError(f"drafter checkpoint {directory} is not a directory")
+        config_path = os.path.join(directory, CONFIG_NAME)
+        raw = read_json(config_path, "config")
+        files = _weight_files(directory)
+        stored = _header_shapes(files)
+        names = _drafter_keys(list(stored))
+        shapes = {name: stored[k] for k, name in names.items()}
+        _check_layer_count(raw, shapes, config_path, directory)
+        config = DFlashConfig.from_dict(raw, source=config_path)
         with torch.device("meta"):
             drafter = cls(config)
-        expected = drafter.state_dict()
-        missing = sorted(set(expected) - set(state))
-        unexpected = sorted(set(state) - set(expected))
-        shapes = [
-            f"{k}: expected {tuple(expected[k].shape)}, got {tuple(state[k].shape)}"
-            for k in sorted(set(expected) & set(state))
-            if expected[k].shape != state[k].shape
+        expected = {k: tuple(v.shape) for k, v in drafter.state_dict().items()}
+        missing = sorted(set(expected) - set(shapes))
+        unexpected = sorted(set(shapes) - set(expected))
+        mismatched = [
+            f"{k}: expected {expected[k]}, got {shapes[k]}"
+            for k in sorted(set(expected) & set(shapes))
+            if expected[k] != shapes[k]
         ]
-        if missing or unexpected or shapes:
+        if missing or unexpected or mismatched:
             parts = []
             if missing:
                 parts.append("missing " + ", ".join(missing))
             if unexpected:
                 parts.append("unexpected " + ", ".join(unexpected))
-            if shapes:
-                parts.append("shape mismatch " + "; ".join(shapes))
+            if mismatched:
+                parts.append("shape mismatch " + "; ".join(mismatched))
             raise ValueError(
-                f"checkpoint at {os.fspath(path)} does not match its config: " + " | ".join(parts)
+                f"checkpoint at {directory} does not match its config {config_path}: "
+                + " | ".join(parts)
             )
-        drafter.load_state_dict(state, strict=True, assign=True)
+        drafter.load_state_dict(_load_state(files, names), strict=True, assign=True)
         drafter.to(device=device, dtype=torch_dtype)
         return drafter
 
@@ -973,23 +989,104 @@ def _write_rows(
         store.scatter_(2, slots[:, None, :, None].expand(rows.shape), rows)
 
 
-def _load_state(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+def _confined(directory: str, name: Any, source: str) -> str:
+    """The path of file ``name`` of checkpoint ``directory`` (``source``: the file naming it):
+    ``ValueError`` unless it is a relative name that stays inside the directory after
+    resolving symlinks. A Hugging Face cache snapshot (``<repo>/snapshots/<rev>/...``) links
+    its files to ``<repo>/blobs/``, so that folder counts as inside."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"{source}: a shard must be a file name, got {name!r}")
+    if os.path.isabs(name) or ".." in name.replace("\\", "/").split("/"):
+        raise ValueError(
+            f"{source}: shard {name!r} lies outside the checkpoint directory {directory}"
+        )
+    file = os.path.join(directory, name)
+    root = os.path.realpath(directory)
+    allowed = [root]
+    up = root
+    while os.path.dirname(up) != up:
+        if os.path.basename(up) == "snapshots":
+            allowed.append(os.path.join(os.path.dirname(up), "blobs"))
+            break
+        up = os.path.dirname(up)
+    real = os.path.realpath(file)
+    if not any(os.path.commonpath([real, a]) == a for a in allowed):
+        raise ValueError(
+            f"{source}: shard {name!r} resolves to {real}, outside the checkpoint directory "
+            f"{directory}"
+        )
+    if not os.path.isfile(real):
+        raise FileNotFoundError(f"{source}: shard {name!r} does not exist in {directory}")
+    return file
+
+
+def _weight_files(directory: str) -> list[str]:
+    """The safetensors files of a checkpoint: ``model.safetensors``, or the shards its index
+    names (each confined to the directory, see :func:`_confined`)."""
+    single = os.path.join(directory, WEIGHTS_NAME)
+    index = os.path.join(directory, WEIGHTS_INDEX_NAME)
+    if os.path.lexists(single):
+        return [_confined(directory, WEIGHTS_NAME, directory)]
+    if not os.path.lexists(index):
+        raise FileNotFoundError(f"no {WEIGHTS_NAME} or {WEIGHTS_INDEX_NAME} in {directory}")
+    raw = read_json(index, "weight index")
+    weight_map = raw.get("weight_map") if isinstance(raw, dict) else None
+    if not isinstance(raw, dict) or not isinstance(weight_map, dict):
+        raise ValueError(
+            f"{index}: a weight index must be a JSON object with a 'weight_map' object"
+        )
+    for key, name in weight_map.items():
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"{index}: weight_map entry {key!r} must be a file name, got {name!r}")
+    return [_confined(directory, name, index) for name in sorted(set(weight_map.values()))]
+
+
+def _drafter_keys(names: Sequence[str]) -> dict[str, str]:
+    """Stored tensor name -> drafter parameter name, without the keys that are not drafter
+    parameters (some exporters prefix every key with "model."; published drafters do not)."""
+    strip = bool(names) and all(k.startswith("model.") for k in names)
+    out = {k: k[len("model.") :] if strip else k for k in names}
+    return {k: v for k, v in out.items() if not v.endswith(_IGNORED_KEYS)}
+
+
+def _header_shapes(files: Sequence[str]) -> dict[str, tuple[int, ...]]:
+    """Stored tensor name -> shape, read from the safetensors headers only (no tensor data)."""
+    from safetensors import SafetensorError, safe_open
+
+    shapes: dict[str, tuple[int, ...]] = {}
+    for file in files:
+        try:
+            with safe_open(file, framework="pt") as f:
+                shapes.update({k: tuple(f.get_slice(k).get_shape()) for k in f.keys()})
+        except SafetensorError as e:
+            raise ValueError(f"{file} is not a readable safetensors file: {e}") from None
+    return shapes
+
+
+def _check_layer_count(
+    raw: Any, shapes: dict[str, tuple[int, ...]], config_path: str, directory: str
+) -> None:
+    """``ValueError`` when the config's ``num_hidden_layers`` (an int; other types are
+    reported by the config parser) differs from the decoder layers the weights hold, before
+    anything is built from it."""
+    n = raw.get("num_hidden_layers") if isinstance(raw, dict) else None
+    if not isinstance(n, int) or isinstance(n, bool):
+        return
+    present = {int(k.split(".")[1]) for k in shapes if re.match(r"layers\.\d+\.", k)}
+    if n != len(present):
+        raise ValueError(
+            f"{config_path}: num_hidden_layers is {n}, but the weights in {directory} hold "
+            f"{len(present)} decoder layers"
+        )
+
+
+def _load_state(files: Sequence[str], names: dict[str, str]) -> dict[str, torch.Tensor]:
+    """The drafter parameters stored in ``files``, renamed by ``names`` (:func:`_drafter_keys`;
+    stored tensors not in it are skipped)."""
     from safetensors.torch import load_file
 
-    single = os.path.join(path, WEIGHTS_NAME)
-    index = os.path.join(path, WEIGHTS_INDEX_NAME)
-    if os.path.exists(single):
-        files = [single]
-    elif os.path.exists(index):
-        with open(index, encoding="utf-8") as f:
-            weight_map = json.load(f)["weight_map"]
-        files = [os.path.join(path, name) for name in sorted(set(weight_map.values()))]
-    else:
-        raise FileNotFoundError(f"no {WEIGHTS_NAME} or {WEIGHTS_INDEX_NAME} in {os.fspath(path)}")
     state: dict[str, torch.Tensor] = {}
     for file in files:
-        state.update(load_file(file, device="cpu"))
-    # Some exporters prefix every key with "model."; published drafters do not.
-    if state and all(k.startswith("model.") for k in state):
-        state = {k[len("model.") :]: v for k, v in state.items()}
-    return {k: v for k, v in state.items() if not k.endswith(_IGNORED_KEYS)}
+        tensors = load_file(file, device="cpu")
+        state.update({names[k]: v for k, v in tensors.items() if k in names})
+    return state

@@ -22,10 +22,12 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import math
 import os
+from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["DFlashConfig", "default_target_layer_ids"]
+__all__ = ["DFlashConfig", "default_target_layer_ids", "read_json"]
 
 # Top-level keys that DFlashConfig models explicitly (everything else goes to ``extra``).
 _MODELED_KEYS = frozenset(
@@ -91,6 +93,19 @@ _UNSUPPORTED_FIELDS = (
 _DYNAMIC_ROPE_TYPES = frozenset({"dynamic", "longrope"})
 
 
+def read_json(path: str | os.PathLike[str], what: str) -> Any:
+    """The decoded JSON file at ``path``: ``FileNotFoundError`` or ``ValueError`` naming the
+    path (and ``what`` it should hold) when it is missing, unreadable or not JSON."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{what} file {path} does not exist or is not a file")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{what} file {path} is not valid JSON: {e}") from None
+
+
 def default_target_layer_ids(num_target_layers: int, num_feature_layers: int) -> list[int]:
     """Evenly spaced feature layers, as published DFlash drafters choose them.
 
@@ -110,29 +125,123 @@ def default_target_layer_ids(num_target_layers: int, num_feature_layers: int) ->
     return [round(1 + i * span / (num_feature_layers - 1)) for i in range(num_feature_layers)]
 
 
-def _rope_from_dict(raw: dict[str, Any]) -> dict[str, Any]:
+def _rope_from_dict(raw: Mapping[str, Any]) -> dict[str, Any]:
     """Normalise the two published RoPE spellings into one ``rope_parameters`` dict.
 
     transformers 5 writes ``rope_parameters = {"rope_type", "rope_theta", ...}``; 4.x writes
     ``rope_theta`` plus an optional ``rope_scaling`` dict (``type`` or ``rope_type``).
+    ``ValueError`` naming the field when one is of the wrong type or ``rope_theta`` is not a
+    finite number > 0.
     """
-    params = raw.get("rope_parameters")
-    if isinstance(params, dict) and isinstance(params.get("full_attention"), dict):
+    params, scaling = raw.get("rope_parameters"), raw.get("rope_scaling")
+    for name, value in (("rope_parameters", params), ("rope_scaling", scaling)):
+        if value is not None and not isinstance(value, Mapping):
+            raise ValueError(f"{name} must be an object or null, got {value!r}")
+    if isinstance(params, Mapping) and isinstance(params.get("full_attention"), Mapping):
         # Per-layer-type tables (e.g. Gemma 3): the drafter's layers are full attention.
         params = params["full_attention"]
-    if isinstance(params, dict) and params:
+    if params:
         out = dict(params)
+        where = "rope_parameters"
     else:
-        out = dict(raw.get("rope_scaling") or {})
+        out = dict(scaling or {})
         if "rope_theta" in raw:
             out["rope_theta"] = raw["rope_theta"]
+        where = "rope_scaling"
     if "type" in out and "rope_type" not in out:
         out["rope_type"] = out.pop("type")
     out.setdefault("rope_type", "default")
+    if not isinstance(out["rope_type"], str):
+        raise ValueError(f"{where}.rope_type must be a string, got {out['rope_type']!r}")
     # transformers' own default for Qwen3 / Llama configs without a theta.
     out.setdefault("rope_theta", 10000.0)
+    error = _check_number("rope_theta", out["rope_theta"], 0.0, True)
+    if error:
+        raise ValueError(error)
     out["rope_theta"] = float(out["rope_theta"])
     return out
+
+
+def _check_int(label: str, value: Any, lo: int) -> str | None:
+    """The error for field ``label`` unless ``value`` is an int >= ``lo`` (JSON: an integer;
+    a float such as 256.9 or 256.0, a bool or a string is refused, never converted)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        return f"{label} must be an integer, got {value!r}"
+    if value < lo:
+        return f"{label} must be >= {lo}, got {value}"
+    return None
+
+
+def _check_number(label: str, value: Any, lo: float | None, lo_open: bool) -> str | None:
+    """The error for field ``label`` unless ``value`` is a finite number (int or float, not a
+    bool), ``> lo`` (``lo_open``) or ``>= lo`` when ``lo`` is set."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return f"{label} must be a number, got {value!r}"
+    if not math.isfinite(value):
+        return f"{label} must be finite, got {value}"
+    if lo is not None and (value <= lo if lo_open else value < lo):
+        return f"{label} must be {'>' if lo_open else '>='} {lo}, got {value}"
+    return None
+
+
+# Field -> smallest value, for the integer fields (None is allowed for the optional ones).
+_INT_FIELDS = {
+    "hidden_size": 1,
+    "intermediate_size": 1,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 1,
+    "num_key_value_heads": 1,
+    "head_dim": 1,
+    "vocab_size": 1,
+    "mask_token_id": 0,
+    "block_size": 2,  # the bonus slot + at least one draft slot
+    "num_target_layers": 1,
+    "max_position_embeddings": 1,
+}
+# Field -> (lower bound or None, bound excluded), for the float fields.
+_FLOAT_FIELDS: dict[str, tuple[float | None, bool]] = {
+    "rms_norm_eps": (0.0, True),
+    "initializer_range": (0.0, False),
+    "input_embedding_scale": (None, False),
+    "output_multiplier": (None, False),
+    "final_logit_softcapping": (0.0, True),
+}
+_OPTIONAL_FIELDS = frozenset({"num_target_layers", "final_logit_softcapping"})
+_HIDDEN_ACTS = ("silu", "swish", "gelu", "gelu_pytorch_tanh")
+
+
+def _field_errors(fields: Mapping[str, tuple[str, Any]]) -> list[str]:
+    """One line per field of the wrong type or out of range: ``fields`` maps a
+    :class:`DFlashConfig` field to (the label to report, e.g. ``dflash_config.block_size``, and
+    the value). Fields absent from ``fields`` are not checked."""
+    errors: list[str] = []
+    for name, (label, value) in fields.items():
+        if value is None and name in _OPTIONAL_FIELDS:
+            continue
+        if name in _INT_FIELDS:
+            error = _check_int(label, value, _INT_FIELDS[name])
+        elif name in _FLOAT_FIELDS:
+            error = _check_number(label, value, *_FLOAT_FIELDS[name])
+        elif name == "target_layer_ids":
+            if not isinstance(value, (list, tuple)) or not value:
+                error = f"{label} must be a non-empty list of integers, got {value!r}"
+            else:
+                error = next((e for i in value if (e := _check_int(f"{label} entry", i, 0))), None)
+        elif name == "hidden_act":
+            error = (
+                None
+                if isinstance(value, str) and value in _HIDDEN_ACTS
+                else f"{label} must be one of {', '.join(_HIDDEN_ACTS)}, got {value!r}"
+            )
+        elif name == "attention_bias":
+            error = (
+                None if isinstance(value, bool) else f"{label} must be true or false, got {value!r}"
+            )
+        else:
+            error = None
+        if error:
+            errors.append(error)
+    return errors
 
 
 @dataclasses.dataclass
@@ -172,8 +281,12 @@ class DFlashConfig:
     dflash_extra: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.target_layer_ids = [int(i) for i in self.target_layer_ids]
-        self.rope_parameters = _rope_from_dict({"rope_parameters": self.rope_parameters})
+        if isinstance(self.target_layer_ids, tuple):
+            self.target_layer_ids = list(self.target_layer_ids)
+        try:
+            self.rope_parameters = _rope_from_dict({"rope_parameters": self.rope_parameters})
+        except ValueError as e:
+            raise ValueError(f"invalid DFlash config: {e}") from None
         self.validate()
 
     # ------------------------------------------------------------------ properties
@@ -197,19 +310,12 @@ class DFlashConfig:
 
     # ------------------------------------------------------------------ checks
     def validate(self) -> None:
-        """Raise ``ValueError`` naming every internally inconsistent field."""
-        errors: list[str] = []
-        for name in (
-            "hidden_size",
-            "intermediate_size",
-            "num_hidden_layers",
-            "num_attention_heads",
-            "num_key_value_heads",
-            "head_dim",
-            "vocab_size",
-        ):
-            if int(getattr(self, name)) < 1:
-                errors.append(f"{name} must be >= 1, got {getattr(self, name)}")
+        """Raise ``ValueError`` naming every field of the wrong type or out of range (first)
+        or internally inconsistent."""
+        names = [*_INT_FIELDS, *_FLOAT_FIELDS, "target_layer_ids", "hidden_act", "attention_bias"]
+        errors = _field_errors({name: (name, getattr(self, name)) for name in names})
+        if errors:  # the checks below assume the types are right
+            raise ValueError("invalid DFlash config: " + "; ".join(errors))
         if self.num_attention_heads % max(self.num_key_value_heads, 1) != 0:
             errors.append(
                 f"num_attention_heads ({self.num_attention_heads}) must be a multiple of "
@@ -217,12 +323,6 @@ class DFlashConfig:
             )
         if self.head_dim % 2 != 0:
             errors.append(f"head_dim must be even for RoPE, got {self.head_dim}")
-        if self.block_size < 2:
-            errors.append(f"block_size must be >= 2 (bonus slot + 1 draft), got {self.block_size}")
-        if not self.target_layer_ids:
-            errors.append("target_layer_ids must not be empty")
-        if any(i < 0 for i in self.target_layer_ids):
-            errors.append(f"target_layer_ids must be >= 0, got {self.target_layer_ids}")
         if self.num_target_layers is not None and any(
             i >= self.num_target_layers for i in self.target_layer_ids
         ):
@@ -234,8 +334,6 @@ class DFlashConfig:
             errors.append(
                 f"mask_token_id {self.mask_token_id} out of range for vocab_size={self.vocab_size}"
             )
-        if self.hidden_act not in ("silu", "swish", "gelu", "gelu_pytorch_tanh"):
-            errors.append(f"hidden_act {self.hidden_act!r} is not supported")
         if self.rope_type in _DYNAMIC_ROPE_TYPES:
             errors.append(
                 f"rope_type {self.rope_type!r} is not supported (frequencies depend on the "
@@ -246,17 +344,49 @@ class DFlashConfig:
 
     # ------------------------------------------------------------------ (de)serialisation
     @classmethod
-    def from_dict(cls, raw: dict[str, Any]) -> DFlashConfig:
-        """Parse a published drafter ``config.json`` (already decoded)."""
-        raw = copy.deepcopy(raw)
-        dflash = dict(raw.get("dflash_config") or {})
+    def from_dict(cls, raw: Mapping[str, Any], source: str | None = None) -> DFlashConfig:
+        """Parse a published drafter ``config.json`` (already decoded); ``ValueError`` naming
+        every missing field, field of the wrong type or out of range, and unsupported
+        variant (prefixed with ``source``, the file it came from, when given)."""
+        try:
+            return cls._parse(raw)
+        except ValueError as e:
+            if source is None:
+                raise
+            raise ValueError(f"{source}: {e}") from None
 
-        def pick(name: str, default: Any = None) -> Any:
+    @classmethod
+    def _parse(cls, raw: Mapping[str, Any]) -> DFlashConfig:
+        if not isinstance(raw, Mapping):
+            raise ValueError(f"a DFlash config must be a JSON object, got {type(raw).__name__}")
+        raw = copy.deepcopy(dict(raw))
+        dflash_raw = raw.get("dflash_config")
+        if dflash_raw is not None and not isinstance(dflash_raw, Mapping):
+            raise ValueError(
+                f"invalid DFlash config: dflash_config must be an object, got {dflash_raw!r}"
+            )
+        dflash = dict(dflash_raw or {})
+
+        def pick(name: str, default: Any = None) -> tuple[str, Any]:
             # Upstream readers prefer dflash_config and fall back to the top level.
             if name in dflash and dflash[name] is not None:
-                return dflash[name]
+                return f"dflash_config.{name}", dflash[name]
             value = raw.get(name)
-            return default if value is None else value
+            return name, default if value is None else value
+
+        def top(name: str, default: Any = None) -> tuple[str, Any]:
+            value = raw.get(name)
+            return name, default if value is None else value
+
+        layer_types = raw.get("layer_types") or []
+        if not isinstance(layer_types, list):
+            raise ValueError(
+                f"invalid DFlash config: layer_types must be a list, got {layer_types!r}"
+            )
+        rotary = raw.get("partial_rotary_factor", 1.0)
+        error = _check_number("partial_rotary_factor", rotary, 0.0, True)
+        if error:
+            raise ValueError(f"invalid DFlash config: {error}")
 
         unsupported = [f for f in _UNSUPPORTED_FIELDS if f in raw or f in dflash]
         projector = dflash.get("projector_type")
@@ -264,11 +394,10 @@ class DFlashConfig:
             unsupported.append(f"projector_type={projector!r}")
         if dflash.get("attention_mode") not in (None, "gqa", "mha"):
             unsupported.append(f"attention_mode={dflash['attention_mode']!r}")
-        if float(raw.get("partial_rotary_factor", 1.0)) != 1.0:
-            unsupported.append(f"partial_rotary_factor={raw['partial_rotary_factor']}")
+        if rotary != 1.0:
+            unsupported.append(f"partial_rotary_factor={rotary}")
         if raw.get("is_causal") is True:
             unsupported.append("is_causal=true")
-        layer_types = raw.get("layer_types") or []
         window = raw.get("sliding_window")
         if (any(t != "full_attention" for t in layer_types) and window is not None) or dflash.get(
             "use_swa"
@@ -285,43 +414,60 @@ class DFlashConfig:
             for name in ("hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
             if raw.get(name) is None
         ]
-        if pick("mask_token_id") is None:
+        if pick("mask_token_id")[1] is None:
             missing.append("dflash_config.mask_token_id")
-        num_target_layers = pick("num_target_layers")
-        layer_ids = pick("target_layer_ids")
-        if layer_ids is None and num_target_layers is None:
+        if pick("target_layer_ids")[1] is None and pick("num_target_layers")[1] is None:
             missing.append("dflash_config.target_layer_ids (or num_target_layers)")
         if missing:
             raise ValueError("DFlash config is missing required fields: " + ", ".join(missing))
 
-        num_layers = int(raw["num_hidden_layers"])
-        if layer_ids is None:
+        fields = {
+            "hidden_size": top("hidden_size"),
+            "intermediate_size": top("intermediate_size"),
+            "num_hidden_layers": top("num_hidden_layers"),
+            "num_attention_heads": top("num_attention_heads"),
+            "num_key_value_heads": top("num_key_value_heads"),
+            "head_dim": top("head_dim"),
+            "vocab_size": top("vocab_size"),
+            "target_layer_ids": pick("target_layer_ids"),
+            "mask_token_id": pick("mask_token_id"),
+            "block_size": pick("block_size", 16),
+            "num_target_layers": pick("num_target_layers"),
+            "rms_norm_eps": top("rms_norm_eps", 1e-6),
+            "hidden_act": top("hidden_act", "silu"),
+            "attention_bias": top("attention_bias", False),
+            "max_position_embeddings": top("max_position_embeddings", 32768),
+            "initializer_range": top("initializer_range", 0.02),
+            "input_embedding_scale": pick("input_embedding_scale", 1.0),
+            "output_multiplier": pick("output_multiplier", 1.0),
+            "final_logit_softcapping": pick("final_logit_softcapping"),
+        }
+        # Absent optional sizes default from the others (below); check only those given.
+        present = {k: v for k, v in fields.items() if v[1] is not None or k in _OPTIONAL_FIELDS}
+        errors = _field_errors(present)
+        try:
+            rope = _rope_from_dict(raw)
+        except ValueError as e:
+            errors.append(str(e))
+        if errors:
+            raise ValueError("invalid DFlash config: " + "; ".join(errors))
+
+        values = {k: v for k, (_, v) in fields.items()}
+        for name in _FLOAT_FIELDS:
+            if values[name] is not None:
+                values[name] = float(values[name])
+        hidden, heads = values["hidden_size"], values["num_attention_heads"]
+        if values["target_layer_ids"] is None:
             # Older configs leave the ids implicit: one feature layer per drafter layer.
-            layer_ids = default_target_layer_ids(int(num_target_layers), num_layers)
-        heads = int(raw["num_attention_heads"])
-        hidden = int(raw["hidden_size"])
-        softcap = pick("final_logit_softcapping")
+            values["target_layer_ids"] = default_target_layer_ids(
+                values["num_target_layers"], values["num_hidden_layers"]
+            )
+        values["intermediate_size"] = values["intermediate_size"] or 4 * hidden
+        values["num_key_value_heads"] = values["num_key_value_heads"] or heads
+        values["head_dim"] = values["head_dim"] or hidden // heads
         return cls(
-            hidden_size=hidden,
-            intermediate_size=int(raw.get("intermediate_size") or 4 * hidden),
-            num_hidden_layers=num_layers,
-            num_attention_heads=heads,
-            num_key_value_heads=int(raw.get("num_key_value_heads") or heads),
-            head_dim=int(raw.get("head_dim") or hidden // heads),
-            vocab_size=int(raw["vocab_size"]),
-            target_layer_ids=[int(i) for i in layer_ids],
-            mask_token_id=int(pick("mask_token_id")),
-            block_size=int(pick("block_size", 16)),
-            num_target_layers=None if num_target_layers is None else int(num_target_layers),
-            rms_norm_eps=float(raw.get("rms_norm_eps", 1e-6)),
-            hidden_act=str(raw.get("hidden_act", "silu")),
-            attention_bias=bool(raw.get("attention_bias", False)),
-            max_position_embeddings=int(raw.get("max_position_embeddings") or 32768),
-            initializer_range=float(raw.get("initializer_range", 0.02)),
-            rope_parameters=_rope_from_dict(raw),
-            input_embedding_scale=float(pick("input_embedding_scale", 1.0)),
-            output_multiplier=float(pick("output_multiplier", 1.0)),
-            final_logit_softcapping=None if softcap is None else float(softcap),
+            **values,
+            rope_parameters=rope,
             extra={k: v for k, v in raw.items() if k not in _MODELED_KEYS},
             dflash_extra={k: v for k, v in dflash.items() if k not in _MODELED_DFLASH_KEYS},
         )
@@ -383,8 +529,8 @@ class DFlashConfig:
 
     @classmethod
     def from_json_file(cls, path: str | os.PathLike[str]) -> DFlashConfig:
-        with open(path, encoding="utf-8") as f:
-            return cls.from_dict(json.load(f))
+        """The config in the JSON file at ``path``; every error names the path."""
+        return cls.from_dict(read_json(path, "config"), source=os.fspath(path))
 
     def to_json_file(self, path: str | os.PathLike[str], dtype: str | None = None) -> None:
         with open(path, "w", encoding="utf-8") as f:
