@@ -174,7 +174,9 @@ def main() -> None:
     if args.target:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        target = AutoModelForCausalLM.from_pretrained(args.target, torch_dtype=dtype)
+        target = AutoModelForCausalLM.from_pretrained(
+            args.target, torch_dtype=dtype, use_safetensors=True
+        )
         target = target.to(args.device).eval()
         try:
             tokenizer = AutoTokenizer.from_pretrained(args.target)

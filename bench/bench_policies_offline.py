@@ -183,7 +183,9 @@ def main() -> None:
         from difftree_rt.cli.pair import default_pair_dir
         from difftree_rt.policies.taps_scorer import train_scorer
 
-        target = AutoModelForCausalLM.from_pretrained(default_pair_dir() / "target")
+        target = AutoModelForCausalLM.from_pretrained(
+            default_pair_dir() / "target", use_safetensors=True
+        )
         emb = target.get_input_embeddings().weight.detach().float()
         train, held = _split(trace, 0), _split(trace, 1)
         t2 = time.perf_counter()

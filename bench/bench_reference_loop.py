@@ -225,7 +225,11 @@ def load_reference_drafter(ref: Reference, drafter: DFlashDrafter, workdir: str)
     path = os.path.join(workdir, "drafter")
     drafter.save_pretrained(path)
     model, info = ref.draft_model_cls.from_pretrained(
-        path, dtype=drafter.dtype, attn_implementation="sdpa", output_loading_info=True
+        path,
+        dtype=drafter.dtype,
+        attn_implementation="sdpa",
+        output_loading_info=True,
+        use_safetensors=True,
     )
     model = model.to(drafter.device).eval()
     problems = {k: v for k, v in info.items() if v and k != "error_msgs"}

@@ -4,6 +4,7 @@ the CLI commands that read them, refuse a pickle payload with a ValueError namin
 
 from __future__ import annotations
 
+import ast
 import os
 import pickle
 import re
@@ -112,6 +113,27 @@ def test_reference_pair_work_files_refuse_pickle(tmp_path: Path) -> None:
         _refused(lambda path=ckpt: rp.checkpoint_log(path), ckpt, marker)
 
 
+@pytest.mark.parametrize("payload", [False, True])
+def test_hf_target_with_only_a_bin_file_is_refused(tmp_path: Path, payload: bool) -> None:
+    """A target directory holding ``pytorch_model.bin`` (a pickle) instead of safetensors."""
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    from difftree_rt import SpeculativeDecoder
+
+    cfg = Qwen3Config(vocab_size=16, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=1, head_dim=8)  # fmt: skip
+    target = tmp_path / "target"
+    cfg.save_pretrained(target)
+    marker = tmp_path / "ran"
+    state = dict(Qwen3ForCausalLM(cfg).state_dict())
+    if payload:
+        state["x"] = _Payload(marker)  # type: ignore[assignment]
+    torch.save(state, target / "pytorch_model.bin")
+    with pytest.raises(OSError, match=r"model\.safetensors"):
+        SpeculativeDecoder.from_pretrained(target, None, policy="ar", device="cpu")
+    assert not marker.exists()
+
+
 def _cli(*argv: str) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, PYTHONWARNINGS="ignore")
     return subprocess.run(
@@ -170,3 +192,31 @@ def test_source_never_unpickles() -> None:
                 if _FORBIDDEN.search(line):
                     hits.append(f"{path.relative_to(ROOT)}:{i}: {line.strip()}")
     assert not hits, "\n".join(hits)
+
+
+# ``from_pretrained`` of these reads no weights, or only safetensors (the DFlash drafter).
+_NO_WEIGHTS = {"AutoTokenizer", "AutoConfig", "DFlashDrafter", "cls", "super()"}
+
+
+def test_hf_models_load_only_safetensors() -> None:
+    """Every HF model ``from_pretrained`` passes ``use_safetensors=True`` (without it, a
+    directory holding only ``pytorch_model.bin`` is unpickled)."""
+    hits = []
+    for folder in ("python", "scripts", "bench"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
+                    continue
+                if node.func.attr != "from_pretrained":
+                    continue
+                if ast.unparse(node.func.value) in _NO_WEIGHTS:
+                    continue
+                ok = any(
+                    k.arg == "use_safetensors"
+                    and isinstance(k.value, ast.Constant)
+                    and k.value.value is True
+                    for k in node.keywords
+                )
+                if not ok:
+                    hits.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert not hits, "from_pretrained without use_safetensors=True: " + ", ".join(hits)

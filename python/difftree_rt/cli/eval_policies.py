@@ -8,7 +8,7 @@ from pathlib import Path
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("trace", help="a trace file (difftree_rt.eval.TraceRecorder)")
+    p.add_argument("trace", help="a trace .safetensors file (difftree-rt record-trace)")
     p.add_argument(
         "--policies",
         nargs="+",
@@ -23,7 +23,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--taps-scorer",
         default=None,
-        help="taps edge scorer (train-scorer output; default: the training-free fallback)",
+        help="taps edge scorer .safetensors (train-scorer; default: the training-free fallback)",
     )
     p.add_argument("--d2sd-k", type=int, default=4, help="d2sd branches per round")
     p.add_argument(

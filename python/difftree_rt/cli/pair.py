@@ -88,7 +88,8 @@ def load_pair(
     from difftree_rt.models import DFlashDrafter
 
     dt = _dtype(dtype, device)
-    target = AutoModelForCausalLM.from_pretrained(str(target_path), dtype=dt).to(device).eval()
+    target = AutoModelForCausalLM.from_pretrained(str(target_path), dtype=dt, use_safetensors=True)
+    target = target.to(device).eval()
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(target_path))
     except (OSError, ValueError):

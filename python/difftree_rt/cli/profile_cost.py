@@ -61,7 +61,7 @@ def _load_target(spec: str, dtype: Any, device: str) -> tuple[Any, str]:
         f.endswith((".safetensors", ".bin")) for f in os.listdir(spec)
     )
     if has_weights:
-        model = AutoModelForCausalLM.from_pretrained(spec, torch_dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(spec, torch_dtype=dtype, use_safetensors=True)
         return model.to(device).eval(), os.path.abspath(spec)
     cfg = AutoConfig.from_pretrained(spec)
     with torch.device(device):

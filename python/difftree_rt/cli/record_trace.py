@@ -32,7 +32,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default=None)
-    p.add_argument("--out", default="trace.pt")
+    p.add_argument("--out", default="trace.safetensors", help="the trace (safetensors)")
 
 
 def run(args: argparse.Namespace) -> int:

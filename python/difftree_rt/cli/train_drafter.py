@@ -20,7 +20,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--glob", default="*.py", help="file pattern inside data directories")
     p.add_argument("--tokenizer", default=None, help="default: the target directory")
     p.add_argument("--generated", type=int, default=0, help="train on N target continuations")
-    p.add_argument("--ckpt", default=None, help="checkpoint path (default: <out>.ckpt)")
+    p.add_argument("--ckpt", default=None, help="safetensors checkpoint (default: <out>.ckpt)")
     p.add_argument("--steps", type=int, default=2000)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--context", type=int, default=256)
@@ -65,7 +65,9 @@ def run(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    target = AutoModelForCausalLM.from_pretrained(args.target, dtype=torch.float32)
+    target = AutoModelForCausalLM.from_pretrained(
+        args.target, dtype=torch.float32, use_safetensors=True
+    )
     target = target.to(args.device).eval()
     tok = AutoTokenizer.from_pretrained(args.tokenizer or args.target)
     files = stdlib_files("train") if args.data == ["stdlib"] else _files(args.data, args.glob)

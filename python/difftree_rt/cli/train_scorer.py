@@ -8,7 +8,7 @@ import argparse
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("traces", nargs="+", help="trace files (difftree-rt record-trace)")
+    p.add_argument("traces", nargs="+", help="trace .safetensors files (difftree-rt record-trace)")
     p.add_argument("--width", type=int, default=64, help="pool beam width W")
     p.add_argument("--pool-size", type=int, default=128, help="pool nodes P")
     p.add_argument("--epochs", type=int, default=5)
@@ -19,7 +19,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="local HF target directory: token features from a projection of its input "
         "embedding (default: a learned hashed token table)",
     )
-    p.add_argument("--out", default="taps_scorer.pt")
+    p.add_argument("--out", default="taps_scorer.safetensors", help="the scorer (safetensors)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -31,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
     if args.target:
         from transformers import AutoModelForCausalLM
 
-        model = AutoModelForCausalLM.from_pretrained(args.target)
+        model = AutoModelForCausalLM.from_pretrained(args.target, use_safetensors=True)
         embedding = model.get_input_embeddings().weight.detach().float()
     model = train_scorer(
         traces,

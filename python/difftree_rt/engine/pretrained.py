@@ -43,7 +43,8 @@ def _load_target(target: PathLike | nn.Module, dtype: torch.dtype, device: torch
         raise ValueError(f"target: expected a local model directory or a model, got {target!r}")
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(str(target), dtype=dtype).to(device).eval()
+    model = AutoModelForCausalLM.from_pretrained(str(target), dtype=dtype, use_safetensors=True)
+    return model.to(device).eval()
 
 
 def _load_drafter(

@@ -274,7 +274,9 @@ def stage_drafter(
     t_start = time.monotonic()
     from .drafter import DrafterTrainConfig, SequenceSource, train_drafter
 
-    target = AutoModelForCausalLM.from_pretrained(work / "target", dtype=torch.float32).to(device)
+    target = AutoModelForCausalLM.from_pretrained(
+        work / "target", dtype=torch.float32, use_safetensors=True
+    ).to(device)
     tok = load_tokenizer(work / "target")
     d = dict(preset["drafter"])
     cfg = DrafterTrainConfig(
@@ -335,7 +337,9 @@ def stage_vp_drafter(
     from .drafter import DrafterTrainConfig, train_drafter
 
     t_start = time.monotonic()
-    target = AutoModelForCausalLM.from_pretrained(out / "target", dtype=torch.float32).to(device)
+    target = AutoModelForCausalLM.from_pretrained(
+        out / "target", dtype=torch.float32, use_safetensors=True
+    ).to(device)
     source = _vp_data(work, out, preset, target)
     d, v = preset["drafter"], preset["vp_drafter"]
     init = DFlashDrafter.from_pretrained(out / "drafter").to(torch.float32)
@@ -390,7 +394,9 @@ def stage_vp_export(work: Path, out: Path, preset_name: str, device: torch.devic
     if vdir.exists():
         shutil.rmtree(vdir)
     DFlashDrafter.from_pretrained(work / "vp_drafter").to(torch.bfloat16).save_pretrained(vdir)
-    target = AutoModelForCausalLM.from_pretrained(out / "target", dtype=torch.float32)
+    target = AutoModelForCausalLM.from_pretrained(
+        out / "target", dtype=torch.float32, use_safetensors=True
+    )
     target = target.to(device).eval()
     held_path = work / "heldout.npy"
     if not held_path.exists():
@@ -473,7 +479,9 @@ def stage_export(work: Path, out: Path, preset_name: str, device: torch.device) 
     from difftree_rt.models import DFlashDrafter
 
     out.mkdir(parents=True, exist_ok=True)
-    target = AutoModelForCausalLM.from_pretrained(work / "target", dtype=torch.float32)
+    target = AutoModelForCausalLM.from_pretrained(
+        work / "target", dtype=torch.float32, use_safetensors=True
+    )
     held = TokenStream(np.load(work / "heldout.npy"))
     ctx = PRESETS[preset_name]["lm"]["context"]
     ppl32, n_tok = evaluate_perplexity(target.to(device), held, ctx)
