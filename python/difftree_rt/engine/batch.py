@@ -13,18 +13,17 @@ commit gated by ``active``) until the whole batch ends. docs/NOTES.md "Batched g
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
-from typing import Any
 
 import torch
 from torch import Tensor
 
 from ..models.dflash import DFlashCache, DFlashDrafter
 from ..models.target import TargetAdapter
-from .output import CACHE_ROUND, GenerationOutput, is_int, per_request
+from .output import CACHE_ROUND, GenerationOutput
 from .policies import PolicyInput
+from .request import CallStreamer, GenerateRequest
 from .round_ops import emitted_tokens, start_stream, verify_tree, write_emitted
-from .sampling import RequestSettings, SamplingParams, choose_tokens, request_seeds, sampling_kwargs
+from .sampling import RequestSettings, SamplingParams, choose_tokens, sampling_kwargs
 from .stats import GenerationStats, PhaseTimer
 
 __all__ = ["BatchGenerationMixin"]
@@ -33,7 +32,7 @@ __all__ = ["BatchGenerationMixin"]
 class BatchGenerationMixin:
     """The B > 1 methods of :class:`SpeculativeDecoder` (kept apart from the solo path); they
     use the decoder's attributes and its shared helpers (``_make_adapter``, ``_is_stop``,
-    ``_check_input_ids``, ``_ended_on_stop``)."""
+    ``_ended_on_stop``)."""
 
     def _batch_adapter_for(self, needed: int, batch_size: int) -> TargetAdapter:
         """The decoder-owned adapter of a batch (B > 1), kept for the next call of that B."""
@@ -51,67 +50,10 @@ class BatchGenerationMixin:
         self._batch_adapter = ad
         return ad
 
-    def _stack_prompts(
-        self, prompts: list[Tensor], attention_mask: Any, pad: int
-    ) -> tuple[Tensor, list[int]]:
-        """A list of 1-D prompts (or ``[1, T_b]``) -> a left-padded batch."""
-        if attention_mask is not None:
-            raise ValueError(
-                "attention_mask must be None when input_ids is a list of prompts (the list "
-                "gives each request's length)"
-            )
-        if not prompts:
-            raise ValueError("input_ids: the list of prompts is empty")
-        rows = []
-        for i, p in enumerate(prompts):
-            if p.dim() == 2 and p.shape[0] == 1:
-                p = p[0]
-            if p.dim() != 1:
-                raise ValueError(
-                    f"input_ids[{i}] must be a 1-D tensor of token ids, got {list(p.shape)}"
-                )
-            if p.numel() == 0:
-                raise ValueError(f"input_ids[{i}] is empty (a prompt needs >= 1 token)")
-            if p.dtype.is_floating_point or p.dtype in (torch.bool, torch.complex64):
-                raise ValueError(f"input_ids[{i}] must hold integer token ids, got {p.dtype}")
-            rows.append(p.to(device=self.device, dtype=torch.long))
-        num_t = max(r.numel() for r in rows)
-        ids = torch.full((len(rows), num_t), pad, dtype=torch.long, device=self.device)
-        mask = torch.zeros((len(rows), num_t), dtype=torch.long, device=self.device)
-        for b, r in enumerate(rows):
-            ids[b, num_t - r.numel() :] = r
-            mask[b, num_t - r.numel() :] = 1
-        return self._check_input_ids(ids, mask, pad)
-
-    @staticmethod
-    def _request_seeds(seed: Any, num_b: int) -> list[int]:
-        """Per-request seeds: ``seed`` an int -> :func:`request_seeds`; a sequence of B ints ->
-        as given; None -> one seed from torch's global generator, then derived."""
-        if seed is None:
-            seed = int(torch.randint(0, 2**62, (1,)).item())
-        if isinstance(seed, Sequence) and not isinstance(seed, str):
-            seeds = per_request(seed, "seed", num_b)
-        elif is_int(seed) and 0 <= seed < 2**63:
-            seeds = request_seeds(seed, num_b)
-        else:
-            seeds = [seed]  # rejected by SamplingParams.validate, naming `seed`
-        for s in seeds:
-            SamplingParams(seed=s).validate()
-        return seeds
-
-    def _generate_batch(
-        self,
-        ids: Tensor,
-        lengths: list[int],
-        max_new: int,
-        params: SamplingParams,
-        req: RequestSettings,
-        stop: Tensor | None,
-        pad: int,
-        streamer: Callable[[int, list[int]], None] | None = None,
-    ) -> GenerationOutput:
-        """B > 1 requests, left-padded ``ids [B, T]`` with real lengths ``lengths``; ``streamer``
-        gets ``(b, new tokens)`` after the first token and after every round.
+    def _generate_batch(self, request: GenerateRequest) -> GenerationOutput:
+        """B > 1 requests, left-padded ``request.ids [B, T]`` with real lengths
+        ``request.lengths``; its streamer gets ``(b, new tokens)`` after the first token and
+        after every round.
 
         Every request keeps its own committed length (target ``base_len``, drafter cache
         ``lengths``) and round counter; all active requests run one round per batched round,
@@ -119,6 +61,9 @@ class BatchGenerationMixin:
         rides along as a no-op (commit, drafter append and output writes gated by ``active``)
         until the whole batch is done.
         """
+        ids, lengths, max_new, pad = request.ids, request.lengths, request.max_new, request.pad
+        params, req, stop = request.params, request.settings, request.stop
+        streamer = request.streamer
         policy = self.policy
         if policy is not None and policy.needs_context and not policy.batch_context:
             raise NotImplementedError(
@@ -126,7 +71,6 @@ class BatchGenerationMixin:
                 "(needs_context) and runs one request at a time: batched generation (B > 1) is "
                 "not supported for it; call generate per request (input_ids [1, T])"
             )
-        self._streamer, self._stream_batch = streamer, True
         num_b, num_t = ids.shape
         adapter = self._adapter_for(num_t + max_new + self.capacity, num_b)
         adapter.reset()
@@ -152,15 +96,15 @@ class BatchGenerationMixin:
         done = None
         if self.cuda_graphs:
             done = self._runner().generate_batch(
-                adapter, right, lengths, max_new, params, req, stop, per, stats, timer
+                adapter, right, lengths, request, per, stats, timer
             )
         if done is None and policy is None:
             done = self._generate_ar_batch(
-                adapter, right, lengths, max_new, params, req, stop, per, timer
+                adapter, right, lengths, max_new, params, req, stop, per, timer, streamer
             )
         elif done is None:
             done = self._generate_spec_batch(
-                adapter, right, lengths, max_new, params, req, stop, per, timer
+                adapter, right, lengths, max_new, params, req, stop, per, timer, streamer
             )
         out_buf, gen = done
         if self.device.type == "cuda":
@@ -188,18 +132,6 @@ class BatchGenerationMixin:
             new_lengths=gen_t.cpu(),
             request_stats=per,
         )
-
-    def _stream_rows(self, out_buf: Tensor, before: list[int], after: list[int]) -> None:
-        """Stream request b's tokens ``out_buf[b, before[b]:after[b]]`` for every b (one host
-        read of the columns they span; nothing without a streamer)."""
-        if getattr(self, "_streamer", None) is None:
-            return
-        lo, hi = min(before), max(after)
-        if hi <= lo:
-            return
-        rows = out_buf[:, lo:hi].tolist()
-        for b, (begin, end) in enumerate(zip(before, after, strict=True)):
-            self._stream_request(b, [int(t) for t in rows[b][begin - lo : end - lo]])
 
     def _prefill_batch(
         self,
@@ -231,6 +163,7 @@ class BatchGenerationMixin:
         stop: Tensor | None,
         per: list[GenerationStats],
         timer: PhaseTimer,
+        streamer: CallStreamer,
     ) -> tuple[Tensor, list[int]]:
         """ "ar" on a batch: one target step per round for every request; a finished request's
         step is computed (its own cache rows only) but neither emitted nor counted."""
@@ -245,7 +178,7 @@ class BatchGenerationMixin:
         active_t = ~is_stop & (generated_t < caps_t)
         with timer.phase("host"):
             act = [bool(a) for a in active_t.tolist()]
-            self._stream_rows(out_buf, [0] * num_b, [1] * num_b)
+            streamer.rows(out_buf, [0] * num_b, [1] * num_b)
         gen = [1] * num_b
         step = 0
         while any(act):
@@ -261,7 +194,7 @@ class BatchGenerationMixin:
             with timer.phase("host"):
                 before = gen
                 flags, gen = torch.stack([active_t.to(torch.long), generated_t]).tolist()
-                self._stream_rows(out_buf, before, gen)
+                streamer.rows(out_buf, before, gen)
                 for b in range(num_b):
                     if act[b]:
                         per[b].accepted_lengths.append(0)
@@ -289,6 +222,7 @@ class BatchGenerationMixin:
         stop: Tensor | None,
         per: list[GenerationStats],
         timer: PhaseTimer,
+        streamer: CallStreamer,
     ) -> tuple[Tensor, list[int]]:
         """Speculative rounds on a batch: :meth:`_generate_spec` with per-request committed
         lengths (the drafter cache is ragged: ``num_new = accepted + 1`` rows per request) and
@@ -335,7 +269,7 @@ class BatchGenerationMixin:
         active_t = ~is_stop & (generated_t < caps_t)
         with timer.phase("host"):
             act = [bool(a) for a in active_t.tolist()]
-            self._stream_rows(out_buf, [0] * num_b, [1] * num_b)
+            streamer.rows(out_buf, [0] * num_b, [1] * num_b)
         gen = [1] * num_b
         starts = list(lengths)  # committed rows per request
         round_idx = 0
@@ -388,7 +322,7 @@ class BatchGenerationMixin:
                 acc, nxt, flags, gen = torch.stack(
                     [accepted, next_token, active_t.to(torch.long), generated_t]
                 ).tolist()
-                self._stream_rows(out_buf, before, gen)
+                streamer.rows(out_buf, before, gen)
                 adapter.cache.sync_len_bound()
                 rows = 1
                 for b in range(num_b):

@@ -23,9 +23,11 @@ replaces with a one-round-late read from a pinned buffer.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -33,14 +35,19 @@ from torch import Tensor, nn
 
 from ..models.dflash import DFlashCache, DFlashDrafter
 from ..models.target import TargetAdapter
+from ..models.target_support import check_target_model
 from .batch import BatchGenerationMixin
-from .output import CACHE_ROUND, GenerationOutput, is_int, per_request
+from .output import CACHE_ROUND, GenerationOutput, is_int
 from .policies import MAX_BUDGET, DraftPolicy, PolicyInput, make_policy
+from .request import GenerateRequest, build_request, device_memory_bytes
 from .round_ops import emitted_tokens, start_stream, verify_tree, write_emitted
-from .sampling import SamplingParams, choose_tokens, request_settings
+from .sampling import SamplingParams, choose_tokens
 from .stats import GenerationStats, PhaseTimer
 
 __all__ = ["GenerationOutput", "SpeculativeDecoder"]
+
+# Target positions are int32 on the device (cache lengths, tree positions).
+_MAX_POSITIONS = 2**31 - 1
 
 
 class SpeculativeDecoder(BatchGenerationMixin):
@@ -51,7 +58,9 @@ class SpeculativeDecoder(BatchGenerationMixin):
             or a :class:`TargetAdapter` around one (its ``feature_layers`` must be the
             drafter's ``target_layer_ids``).
         drafter: a :class:`DFlashDrafter` fitting the target (bound to it here); may be None
-            only for ``policy="ar"``.
+            only for ``policy="ar"``. It must have the target's dtype and device (it runs the
+            target's embedding and LM head): a mismatch is a ``ValueError`` naming both, fixed
+            by ``drafter.to(device=..., dtype=...)``; :meth:`from_pretrained` aligns it for you.
         policy: ``"ar"`` (the target alone on the same static cache: the baseline), ``"chain"``
             (DFlash: argmax per depth), ``"ddtree"``, another registered name, or a
             :class:`DraftPolicy` instance.
@@ -105,7 +114,9 @@ class SpeculativeDecoder(BatchGenerationMixin):
                 "target must be an HF causal LM (nn.Module with a config) or a TargetAdapter, "
                 f"got {type(target).__name__}"
             )
+        self._geometry = check_target_model(model)
         self.model = model
+        self.model_dtype = next(model.parameters()).dtype
 
         if self.policy is not None and drafter is None:
             raise ValueError(
@@ -125,9 +136,7 @@ class SpeculativeDecoder(BatchGenerationMixin):
                     f"drafter: block_size must be >= 2 (one bonus slot + draft slots), "
                     f"got {drafter.block_size}"
                 )
-            t_device = next(model.parameters()).device
-            if drafter.device != t_device:
-                raise ValueError(f"drafter is on {drafter.device} but the target is on {t_device}")
+            _check_same_placement("drafter", drafter, model)
         self.drafter = drafter
         self.vp_drafter = self._check_vp_drafter(model, drafter)
         # Feature layers only matter when drafting; the "ar" baseline captures nothing.
@@ -180,6 +189,9 @@ class SpeculativeDecoder(BatchGenerationMixin):
         self.graph_capture = bool(graph_capture)
         self._graph_runner: Any = None
         self.tokenizer: Any = None  # set by from_pretrained when the target directory has one
+        # generate runs one call at a time (see _serialised).
+        self._lock = threading.Lock()
+        self._lock_owner: int | None = None
 
     @classmethod
     def from_pretrained(
@@ -203,8 +215,9 @@ class SpeculativeDecoder(BatchGenerationMixin):
             policy, budget: as in the constructor.
             vp_drafter: D²SD's second drafter (directory or drafter); needs ``policy="d2sd"``.
             dtype: weights' dtype for what is loaded from disk (default bfloat16 on CUDA,
-                float32 on the CPU); a loaded target keeps its own device and dtype and the
-                drafters follow it.
+                float32 on the CPU); a loaded target keeps its own device and dtype. The
+                drafters, loaded or given, are moved to the target's dtype and device (a given
+                :class:`DFlashDrafter` in place, as ``nn.Module.to`` does).
             device: "auto" / None (CUDA when available), "cpu", "cuda", ...
             **kwargs: the constructor's keyword arguments (``max_length``, ``cuda_graphs``, ...).
 
@@ -294,8 +307,7 @@ class SpeculativeDecoder(BatchGenerationMixin):
             )
         if vp.block_size < 2:
             raise ValueError(f"vp_drafter: block_size must be >= 2, got {vp.block_size}")
-        if vp.device != drafter.device:
-            raise ValueError(f"vp_drafter is on {vp.device} but the drafter is on {drafter.device}")
+        _check_same_placement("vp_drafter", vp, model)
         vp.bind(model)
         return vp
 
@@ -306,113 +318,6 @@ class SpeculativeDecoder(BatchGenerationMixin):
         self._dcache.reset()
         self._dcache.reserve(rows)
         return self._dcache
-
-    # ------------------------------------------------------------------------------------------
-    # Argument checks
-    # ------------------------------------------------------------------------------------------
-    def _check_generate_args(
-        self,
-        input_ids: Any,
-        stop_token_ids: Any,
-        attention_mask: Any = None,
-        pad_token_id: Any = None,
-    ) -> tuple[Tensor, list[int], Tensor | None, int]:
-        """Checked arguments: (ids ``[B, T]`` int64 on the device, left-padded; real prompt
-        length per request; stop tokens or None; the pad token id)."""
-        stop = None
-        if stop_token_ids is not None:
-            if is_int(stop_token_ids):
-                stop_list = [stop_token_ids]
-            elif isinstance(stop_token_ids, Tensor):
-                stop_list = stop_token_ids.reshape(-1).tolist()
-            elif isinstance(stop_token_ids, Sequence) and all(is_int(s) for s in stop_token_ids):
-                stop_list = list(stop_token_ids)
-            else:
-                raise ValueError(
-                    f"stop_token_ids must be None, an int, a sequence of ints or a tensor, "
-                    f"got {stop_token_ids!r}"
-                )
-            bad = [s for s in stop_list if not 0 <= int(s) < self.vocab_size]
-            if bad:
-                raise ValueError(
-                    f"stop_token_ids: {bad} are not token ids in [0, V={self.vocab_size})"
-                )
-            if stop_list:
-                stop = torch.tensor(stop_list, dtype=torch.int64, device=self.device)
-        if pad_token_id is None:
-            pad = getattr(self.model.config, "pad_token_id", None)
-            if not is_int(pad):
-                pad = int(stop[0]) if stop is not None else 0
-        elif is_int(pad_token_id):
-            pad = int(pad_token_id)
-        else:
-            raise ValueError(f"pad_token_id must be None or an int, got {pad_token_id!r}")
-        ids, lengths = self._check_input_ids(input_ids, attention_mask, pad)
-        return ids, lengths, stop, pad
-
-    def _check_input_ids(
-        self, input_ids: Any, attention_mask: Any, pad: int
-    ) -> tuple[Tensor, list[int]]:
-        """``input_ids`` (+ ``attention_mask``) -> (left-padded ``[B, T]`` int64 on the device,
-        real prompt length per request)."""
-        if isinstance(input_ids, (list, tuple)) and all(isinstance(x, Tensor) for x in input_ids):
-            return self._stack_prompts(list(input_ids), attention_mask, pad)
-        if not isinstance(input_ids, Tensor):
-            raise ValueError(
-                "input_ids must be a torch.Tensor [B, T] (or a list of 1-D tensors), "
-                f"got {type(input_ids).__name__}"
-            )
-        if input_ids.dim() != 2 or input_ids.shape[1] < 1:
-            raise ValueError(f"input_ids must be [B, T] with T >= 1, got {list(input_ids.shape)}")
-        if input_ids.shape[0] < 1:
-            raise ValueError("input_ids must hold at least one request (B >= 1), got B = 0")
-        if input_ids.dtype.is_floating_point or input_ids.dtype in (torch.bool, torch.complex64):
-            raise ValueError(f"input_ids must hold integer token ids, got {input_ids.dtype}")
-        num_b, num_t = input_ids.shape
-        ids = input_ids.to(device=self.device, dtype=torch.long)
-        if attention_mask is None:
-            lengths = [num_t] * num_b
-            real = ids
-        else:
-            if not isinstance(attention_mask, Tensor):
-                raise ValueError(
-                    f"attention_mask must be None or a torch.Tensor, got "
-                    f"{type(attention_mask).__name__}"
-                )
-            if tuple(attention_mask.shape) != (num_b, num_t):
-                raise ValueError(
-                    f"attention_mask must have the shape of input_ids {[num_b, num_t]}, got "
-                    f"{list(attention_mask.shape)}"
-                )
-            if attention_mask.dtype.is_floating_point or attention_mask.dtype.is_complex:
-                raise ValueError(
-                    f"attention_mask must hold 0/1 (int or bool), got {attention_mask.dtype}"
-                )
-            m = attention_mask.to(device=self.device, dtype=torch.long)
-            if bool(((m != 0) & (m != 1)).any()):
-                raise ValueError("attention_mask must hold only 0 and 1")
-            lens = m.sum(dim=1).tolist()
-            empty = [b for b, n in enumerate(lens) if n == 0]
-            if empty:
-                raise ValueError(
-                    f"attention_mask: request(s) {empty} have no prompt token (empty prompt)"
-                )
-            if num_t > 1 and bool((m[:, 1:] < m[:, :-1]).any()):
-                bad = sorted({int(b) for b in (m[:, 1:] < m[:, :-1]).nonzero()[:, 0].tolist()})
-                raise ValueError(
-                    f"attention_mask: rows {bad} are not left-padded (right padding or holes); "
-                    "pad prompts on the left (tokenizer padding_side='left'), each row "
-                    "0...0 1...1"
-                )
-            lengths = [int(n) for n in lens]
-            real = ids[m.bool()]
-        if real.numel():
-            lo, hi = int(real.min()), int(real.max())
-            if lo < 0 or hi >= self.vocab_size:
-                raise ValueError(
-                    f"input_ids: token ids must be in [0, V={self.vocab_size}), got [{lo}, {hi}]"
-                )
-        return ids, lengths
 
     # ------------------------------------------------------------------------------------------
     # Generate
@@ -454,65 +359,105 @@ class SpeculativeDecoder(BatchGenerationMixin):
         be sequences of B values (per request; temperature 0 = greedy, top-p ``None`` = off);
         ``top_k`` is shared. Each request still equals its solo run with its own values.
         ``pad_token_id`` fills rows after their last token (and the list form's left
-        padding); None: the model's ``config.pad_token_id``, else the first stop token, else 0.
+        padding); None: the model's ``config.pad_token_id`` (when it is a token id), else the
+        first stop token, else 0.
+
+        Every argument is checked before any work (``ValueError`` naming it): token ids
+        (prompts, stop and pad tokens) are integers in ``[0, V)``, ``max_new_tokens`` must fit
+        the cache (``max_length``, or the device's memory when the decoder sizes the cache),
+        and ``streamer`` must be callable in the form above. Thread safety: concurrent calls
+        on one decoder run one at a time (a lock; its caches and graph buffers are shared),
+        each with its own arguments and streamer; a streamer calling ``generate`` on its own
+        decoder is a ``RuntimeError``. Use one decoder per thread to run calls in parallel.
 
         Returns:
             :class:`GenerationOutput` with ``sequences`` ``[B, T + new]``, ``stats`` (aggregate)
             and per-request ``prompt_lengths``, ``new_lengths`` and ``request_stats``.
         """
-        caps_in = max_new_tokens
-        if not isinstance(caps_in, Sequence) and (not is_int(caps_in) or caps_in < 1):
-            raise ValueError(f"max_new_tokens must be an int >= 1, got {caps_in!r}")
-        ids, lengths, stop, pad = self._check_generate_args(
-            input_ids, stop_token_ids, attention_mask, pad_token_id
-        )
-        num_b, num_t = ids.shape
-        caps = per_request(max_new_tokens, "max_new_tokens", num_b)
-        for cap in caps:
-            if not is_int(cap) or cap < 1:
-                raise ValueError(f"max_new_tokens must be an int >= 1, got {cap!r}")
-        max_new_tokens = max(caps)
-        seeds = self._request_seeds(seed, num_b)
-        temps = per_request(temperature, "temperature", num_b)
-        top_ps = per_request(top_p, "top_p", num_b)
-        params, req = request_settings(temps, top_k, top_ps, seeds, self.device, caps)
-        if num_b == 1:
-            params = SamplingParams(temps[0], top_k, top_ps[0], seeds[0])
-            # The solo path (graph mode included); left padding of a single row is dropped.
-            out = self._generate_solo(
-                ids[:, num_t - lengths[0] :], max_new_tokens, params, stop, streamer
-            )
-            if lengths[0] != num_t:
-                out.sequences = torch.cat([ids, out.sequences[:, lengths[0] :]], dim=1)
-            out.prompt_lengths = torch.tensor(lengths, dtype=torch.long)
-            out.new_lengths = torch.tensor([out.stats.new_tokens], dtype=torch.long)
-            out.request_stats = [out.stats]
-            return out
-        return self._generate_batch(ids, lengths, max_new_tokens, params, req, stop, pad, streamer)
+        req = build_request(
+            input_ids, max_new_tokens, temperature, top_k, top_p, seed, stop_token_ids,
+            streamer, attention_mask, pad_token_id, vocab_size=self.vocab_size,
+            device=self.device, config_pad=getattr(self.model.config, "pad_token_id", None),
+        )  # fmt: skip
+        self._check_cache_size(req)
+        with self._serialised():
+            if req.num_b > 1:
+                return self._generate_batch(req)
+            return self._generate_one(req)
 
-    def _generate_solo(
-        self,
-        ids: Tensor,
-        max_new_tokens: int,
-        params: SamplingParams,
-        stop: Tensor | None,
-        streamer: Callable[[list[int]], None] | None,
-    ) -> GenerationOutput:
-        """One request ``[1, T]`` (no padding): the B = 1 path, unchanged."""
-        self._streamer, self._stream_batch = streamer, False
+    @contextlib.contextmanager
+    def _serialised(self) -> Iterator[None]:
+        """One call at a time per decoder (the caches and graph buffers are shared); a call
+        from inside a streamer of a running call on the same thread is an error, not a
+        deadlock."""
+        if self._lock_owner == threading.get_ident():
+            raise RuntimeError(
+                "generate was called on a decoder whose generate is already running on this "
+                "thread (from inside its streamer?); a decoder runs one call at a time: use "
+                "another decoder, or collect the tokens and call generate after it returns"
+            )
+        with self._lock:
+            self._lock_owner = threading.get_ident()
+            try:
+                yield
+            finally:
+                self._lock_owner = None
+
+    def _check_cache_size(self, req: GenerateRequest) -> None:
+        """A request the decoder sizes the cache for (``max_length=None``) must fit the device
+        memory and int32 positions: a clear error naming ``max_new_tokens`` instead of an
+        allocator error."""
+        if self._fixed_adapter or self.max_length is not None:
+            return  # a fixed cache: _adapter_for names max_length and what the request needs
+        num_t, num_b = req.ids.shape[1], req.num_b
+        per_row = self._geometry.kv_bytes_per_row(num_b, self.model_dtype)
+        memory = device_memory_bytes(self.device)
+        limit_rows = _MAX_POSITIONS if memory is None else min(_MAX_POSITIONS, memory // per_row)
+        # Rows are rounded up to CACHE_ROUND when allocated.
+        limit_rows = limit_rows // CACHE_ROUND * CACHE_ROUND
+        most = limit_rows - num_t - self.capacity
+        if req.max_new <= most:
+            return
+        rows = num_t + req.max_new + self.capacity
+        where = (
+            f"{memory / 2**30:.1f} GiB of memory on {self.device}"
+            if memory is not None and limit_rows < _MAX_POSITIONS
+            else f"{_MAX_POSITIONS} positions"
+        )
+        raise ValueError(
+            f"max_new_tokens={req.max_new} is too large: prompt ({num_t}) + max_new_tokens + one "
+            f"tree (N={self.capacity}) = {rows} cache rows x B={num_b} need "
+            f"{rows * per_row / 2**30:.3g} GiB of target KV cache, more than the {where}; at "
+            f"most max_new_tokens={max(most, 0)} fits this prompt"
+        )
+
+    def _generate_one(self, req: GenerateRequest) -> GenerationOutput:
+        """B = 1 (graph mode included); left padding of a single row is dropped."""
+        ids, (length,) = req.ids, req.lengths
+        num_t = ids.shape[1]
+        out = self._generate_solo(ids[:, num_t - length :], req)
+        if length != num_t:
+            out.sequences = torch.cat([ids, out.sequences[:, length:]], dim=1)
+        out.prompt_lengths = torch.tensor(req.lengths, dtype=torch.long)
+        out.new_lengths = torch.tensor([out.stats.new_tokens], dtype=torch.long)
+        out.request_stats = [out.stats]
+        return out
+
+    def _generate_solo(self, ids: Tensor, req: GenerateRequest) -> GenerationOutput:
+        """One request ``[1, T]`` (no padding): the B = 1 path."""
         prompt_len = ids.shape[1]
-        adapter = self._adapter_for(prompt_len + max_new_tokens + self.capacity)
+        adapter = self._adapter_for(prompt_len + req.max_new + self.capacity)
         adapter.reset()
         stats = GenerationStats(policy=self.policy_name, budget=self.budget, prompt_len=prompt_len)
         timer = PhaseTimer(stats, self.device, self.profile)
         t_start = time.perf_counter()
         out = None
         if self.cuda_graphs:
-            out = self._generate_graph(adapter, ids, max_new_tokens, params, stop, stats, timer)
+            out = self._runner().generate(adapter, ids, req, stats, timer)
         if out is None and self.policy is None:
-            out = self._generate_ar(adapter, ids, max_new_tokens, params, stop, stats, timer)
+            out = self._generate_ar(adapter, ids, req, stats, timer)
         elif out is None:
-            out = self._generate_spec(adapter, ids, max_new_tokens, params, stop, stats, timer)
+            out = self._generate_spec(adapter, ids, req, stats, timer)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         stats.total_time = time.perf_counter() - t_start
@@ -522,21 +467,6 @@ class SpeculativeDecoder(BatchGenerationMixin):
     # ------------------------------------------------------------------------------------------
     # Shared pieces
     # ------------------------------------------------------------------------------------------
-    def _stream(self, out_buf: Tensor, begin: int, end: int) -> None:
-        """Hand tokens ``out_buf[0, begin:end]`` of a solo call to the streamer (if any)."""
-        self._stream_rows(out_buf, [begin], [end])
-
-    def _stream_request(self, b: int, tokens: list[int]) -> None:
-        """Hand request b's new tokens to the streamer: ``streamer(tokens)`` on a solo call,
-        ``streamer(b, tokens)`` on a batch."""
-        streamer = getattr(self, "_streamer", None)
-        if streamer is None or not tokens:
-            return
-        if getattr(self, "_stream_batch", False):
-            streamer(b, tokens)
-        else:
-            streamer(tokens)
-
     @staticmethod
     def _host_read(*values: Tensor) -> list[int]:
         """The one device->host read per round: small integer tensors ([B] each) -> ints.
@@ -579,18 +509,17 @@ class SpeculativeDecoder(BatchGenerationMixin):
         self,
         adapter: TargetAdapter,
         ids: Tensor,
-        max_new: int,
-        params: SamplingParams,
-        stop: Tensor | None,
+        req: GenerateRequest,
         stats: GenerationStats,
         timer: PhaseTimer,
     ) -> Tensor:
+        max_new, params, stop = req.max_new, req.params, req.stop
         out_buf = torch.full((1, max_new), -1, dtype=torch.long, device=self.device)
         token, _, is_stop = self._prefill(adapter, ids, params, stop, out_buf, timer)
         with timer.phase("host"):
             (stopped,) = self._host_read(is_stop)
         generated = 1
-        self._stream(out_buf, 0, 1)
+        req.streamer.span(out_buf, 0, 1)
         step = 0
         while not stopped and generated < max_new:
             step += 1
@@ -603,7 +532,7 @@ class SpeculativeDecoder(BatchGenerationMixin):
             with timer.phase("host"):
                 (stopped,) = self._host_read(is_stop)
                 generated += 1
-                self._stream(out_buf, generated - 1, generated)
+                req.streamer.span(out_buf, generated - 1, generated)
                 stats.accepted_lengths.append(0)
                 stats.emitted_per_round.append(1)
         stats.stopped = bool(stopped)
@@ -616,14 +545,13 @@ class SpeculativeDecoder(BatchGenerationMixin):
         self,
         adapter: TargetAdapter,
         ids: Tensor,
-        max_new: int,
-        params: SamplingParams,
-        stop: Tensor | None,
+        req: GenerateRequest,
         stats: GenerationStats,
         timer: PhaseTimer,
     ) -> Tensor:
         from .. import ops
 
+        max_new, params, stop = req.max_new, req.params, req.stop
         drafter, policy = self.drafter, self.policy
         assert drafter is not None and policy is not None
         prompt_len = ids.shape[1]
@@ -652,7 +580,7 @@ class SpeculativeDecoder(BatchGenerationMixin):
         with timer.phase("host"):
             (stopped,) = self._host_read(is_stop)
         generated = 1
-        self._stream(out_buf, 0, 1)
+        req.streamer.span(out_buf, 0, 1)
         start = prompt_len  # committed rows = drafter context rows
         round_idx = 0
         done = bool(stopped) or generated >= max_new
@@ -699,7 +627,7 @@ class SpeculativeDecoder(BatchGenerationMixin):
                 acc, nxt, ended, generated = self._host_read(
                     walk.accepted, walk.next_token, walk.done, generated_t
                 )
-                self._stream(out_buf, before, generated)
+                req.streamer.span(out_buf, before, generated)
                 # Keep the target's host-side length bound exact (attention key span).
                 adapter.cache.sync_len_bound()
                 new_features = path_features[:, : acc + 1].to(drafter.dtype)
@@ -710,23 +638,6 @@ class SpeculativeDecoder(BatchGenerationMixin):
                 done = bool(ended) or nxt < 0 or generated >= max_new
         stats.stopped = self._ended_on_stop(out_buf[:, :generated], stop)
         return out_buf[:, :generated]
-
-    def _generate_graph(
-        self,
-        adapter: TargetAdapter,
-        ids: Tensor,
-        max_new: int,
-        params: SamplingParams,
-        stop: Tensor | None,
-        stats: GenerationStats,
-        timer: PhaseTimer,
-    ) -> Tensor | None:
-        """Graph mode (``engine/graph.py``); None when the request falls outside the runner's
-        buckets (nothing was run: the eager path takes it)."""
-        out: Tensor | None = self._runner().generate(
-            adapter, ids, max_new, params, stop, stats, timer
-        )
-        return out
 
     def _runner(self) -> Any:
         """The decoder's :class:`~difftree_rt.engine.graph.GraphRoundRunner` (built once)."""
@@ -746,3 +657,16 @@ class SpeculativeDecoder(BatchGenerationMixin):
         if stop is None or out.shape[1] == 0:
             return False
         return bool(torch.isin(out[:, -1], stop).item())
+
+
+def _check_same_placement(name: str, drafter: DFlashDrafter, model: nn.Module) -> None:
+    """The drafter runs the target's embedding and LM head on its own activations and reads
+    the target's features: it must have the target's dtype and device."""
+    param = next(model.parameters())
+    if drafter.dtype != param.dtype or drafter.device != param.device:
+        raise ValueError(
+            f"{name} is {drafter.dtype} on {drafter.device} but the target is {param.dtype} on "
+            f"{param.device}: they must match (the drafter runs the target's embedding and LM "
+            f"head); move it with {name}.to(device={str(param.device)!r}, dtype={param.dtype}) "
+            "(SpeculativeDecoder.from_pretrained does this for you)"
+        )

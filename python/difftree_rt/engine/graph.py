@@ -56,6 +56,7 @@ from ..models.target import TargetAdapter
 from ..tree import DraftTree, anc_words
 from .host_sync import HostSyncError, forbid_host_sync
 from .policies import DraftPolicy, PolicyInput
+from .request import CallStreamer, GenerateRequest
 from .round_ops import emitted_tokens, start_stream, verify_tree, write_emitted
 from .sampling import (
     RequestSettings,
@@ -588,9 +589,7 @@ class GraphRoundRunner:
         self,
         adapter: TargetAdapter,
         ids: Tensor,
-        max_new: int,
-        params: SamplingParams,
-        stop: Tensor | None,
+        request: GenerateRequest,
         stats: GenerationStats,
         timer: PhaseTimer,
     ) -> Tensor | None:
@@ -599,15 +598,15 @@ class GraphRoundRunner:
         Args:
             adapter: the target adapter, reset, sized for ``T + max_new + N`` rows.
             ids: ``[1, T]`` prompt on the device.
-            max_new: ``max_new_tokens``.
-            params: sampling parameters (validated).
-            stop: ``[S]`` int64 stop tokens on the device, or None.
+            request: the validated call (``max_new_tokens``, sampling parameters, stop tokens
+                ``[S]`` int64 on the device or None, its streamer).
             stats, timer: filled like the eager path (phases: draft = draft + select,
                 verify = verify + accept + commit, host = the late status read).
 
         Returns:
             ``[1, new]`` int64 generated tokens.
         """
+        max_new, params, stop = request.max_new, request.params, request.stop
         if not self.supports(adapter, stop, ids.shape[0]):
             return None
         dec = self.decoder
@@ -619,7 +618,7 @@ class GraphRoundRunner:
         first, features, is_stop = dec._prefill(adapter, ids, params, stop, st.out, timer)
         with timer.phase("host"):
             (stopped,) = dec._host_read(is_stop)
-        dec._stream(st.out, 0, 1)
+        request.streamer.span(st.out, 0, 1)
         if stopped or max_new <= 1:
             stats.stopped = bool(stopped)
             return st.out[:, :1].clone()
@@ -628,7 +627,7 @@ class GraphRoundRunner:
             torch.tensor([sampling_values(params)], dtype=torch.float32, device=self.device),
         )
         self._setup(ids, features, [prompt_len], first, is_stop, max_new, req, stop)
-        gen = self._rounds([prompt_len], [max_new], [stats], stats)
+        gen = self._rounds([prompt_len], [max_new], [stats], stats, request.streamer)
         out = st.out[:, : gen[0]].clone()
         stats.stopped = dec._ended_on_stop(out, stop)
         return out
@@ -638,10 +637,7 @@ class GraphRoundRunner:
         adapter: TargetAdapter,
         right: Tensor,
         lengths: list[int],
-        max_new: int,
-        params: SamplingParams,
-        req: RequestSettings,
-        stop: Tensor | None,
+        request: GenerateRequest,
         per: list[GenerationStats],
         stats: GenerationStats,
         timer: PhaseTimer,
@@ -654,9 +650,10 @@ class GraphRoundRunner:
                 ``T + max_new + N`` rows.
             right: ``[B, T]`` prompts, **right**-padded (request b at columns ``0..T_b-1``).
             lengths: the B prompt lengths ``T_b``.
-            max_new: the largest ``max_new_tokens`` (``req.max_new`` holds each request's).
-            params: the batch's sampling structure; ``req`` each request's seed and values.
-            stop: ``[S]`` int64 stop tokens on the device, or None.
+            request: the validated call: ``max_new`` the largest ``max_new_tokens``
+                (``settings.max_new`` holds each request's), ``params`` the batch's sampling
+                structure, ``settings`` each request's seed and values, ``stop`` ``[S]``
+                int64 stop tokens on the device or None, its streamer.
             per: B per-request stats (accepted lengths, emitted per round); ``stats`` the
                 aggregate (phase times).
             timer: phase timer of the call (prefill, setup reads).
@@ -665,6 +662,8 @@ class GraphRoundRunner:
             ``(out [B, >= max(new_b)] int64, new_b per request)``: request b's tokens are
             ``out[b, :new_b]``; exactly the eager batch path's (and each solo run's) tokens.
         """
+        max_new, params, stop = request.max_new, request.params, request.stop
+        req = request.settings
         num_b, num_t = right.shape
         if not self.supports(adapter, stop, num_b):
             return None
@@ -676,9 +675,9 @@ class GraphRoundRunner:
             adapter, right, lengths, params, req, stop, st.out, timer
         )
         self._setup(right, features, lengths, first, is_stop, max_new, req, stop)
-        dec._stream_rows(st.out, [0] * num_b, [1] * num_b)  # setup: host reads allowed
+        request.streamer.rows(st.out, [0] * num_b, [1] * num_b)  # setup: host reads allowed
         caps = req.caps if req.caps is not None else [max_new] * num_b
-        gen = self._rounds(lengths, caps, per, stats)
+        gen = self._rounds(lengths, caps, per, stats, request.streamer)
         return st.out[:, : max(gen)].clone(), gen
 
     def _check_fits(self, adapter: TargetAdapter, prompt_len: int, max_new: int) -> None:
@@ -739,6 +738,7 @@ class GraphRoundRunner:
         caps: list[int],
         per: list[GenerationStats],
         stats: GenerationStats,
+        streamer: CallStreamer,
     ) -> list[int]:
         """Launch rounds until the device reports every request done; returns the tokens each
         request generated. The host books round r - 1 while round r runs."""
@@ -776,7 +776,7 @@ class GraphRoundRunner:
                     self.filled_rounds += picker.observe(r - 1, max(nodes, default=1))
                     for b, row in enumerate(status):
                         if act[b]:
-                            act[b] = not self._consume(row, per[b], b)
+                            act[b] = not self._consume(row, per[b], b, streamer)
                         gen[b] = row[_GEN]
                 known_round = r - 1
                 if not any(act):
@@ -785,13 +785,15 @@ class GraphRoundRunner:
             adapter.cache.set_fixed_span(None)
         return gen
 
-    def _consume(self, status: list[int], stats: GenerationStats, b: int) -> bool:
+    def _consume(
+        self, status: list[int], stats: GenerationStats, b: int, streamer: CallStreamer
+    ) -> bool:
         """Book request b's staged status of one round into ``stats`` and the streamer; True
         when it is done."""
         acc, nxt, done, _gen, n_emit = status[_ACC:_NODES]
         stats.accepted_lengths.append(acc)
         stats.emitted_per_round.append(n_emit)
-        self.decoder._stream_request(b, status[_EMIT : _EMIT + n_emit])
+        streamer.request(b, status[_EMIT : _EMIT + n_emit])
         return bool(done) or nxt < 0
 
 

@@ -50,8 +50,11 @@ def _load_target(target: PathLike | nn.Module, dtype: torch.dtype, device: torch
 def _load_drafter(
     name: str, drafter: PathLike | DFlashDrafter | None, dtype: torch.dtype, device: torch.device
 ) -> DFlashDrafter | None:
-    if drafter is None or isinstance(drafter, DFlashDrafter):
-        return drafter
+    if drafter is None:
+        return None
+    if isinstance(drafter, DFlashDrafter):
+        # The drafter must run in the target's dtype on its device (nn.Module.to: in place).
+        return drafter.to(device=device, dtype=dtype)
     if not os.path.isdir(drafter):
         raise ValueError(
             f"{name}: expected a local drafter directory or a DFlashDrafter, got {drafter!r}"

@@ -21,12 +21,12 @@ import torch
 from torch import Tensor, nn
 
 from .static_cache import StaticKVCache
+from .target_support import check_target_model
 from .tree_attention import CONTEXT_KWARG, TreeAttentionContext, register_hf_attention
 
 __all__ = ["TargetAdapter", "TargetOutput"]
 
 _INT_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
-_SUPPORTED_LAYER_TYPES = ("full_attention", "sliding_attention")
 
 
 @dataclass
@@ -41,27 +41,6 @@ class TargetOutput:
 
     logits: Tensor
     features: Tensor | None = None
-
-
-def _find_decoder_layers(model: nn.Module) -> nn.ModuleList:
-    """The decoder layer stack (``model.model.layers`` for HF causal LMs)."""
-    candidates: list[Any] = []
-    inner = getattr(model, "model", None)
-    if inner is not None:
-        candidates.append(inner)
-    get_decoder = getattr(model, "get_decoder", None)
-    if callable(get_decoder):
-        with contextlib.suppress(Exception):
-            candidates.append(get_decoder())
-    candidates.append(model)
-    for cand in candidates:
-        layers = getattr(cand, "layers", None)
-        if isinstance(layers, nn.ModuleList) and len(layers) > 0:
-            return layers
-    raise ValueError(
-        f"model: unsupported model {type(model).__name__}: no decoder layer stack found (expected "
-        "an nn.ModuleList at `model.model.layers` or `model.get_decoder().layers`)"
-    )
 
 
 def _find_final_norm(model: nn.Module) -> nn.Module | None:
@@ -99,55 +78,13 @@ class TargetAdapter:
         *,
         validate: bool = True,
     ) -> None:
-        if not isinstance(model, nn.Module):
-            raise ValueError(f"model must be a torch nn.Module, got {type(model).__name__}")
-        config = getattr(model, "config", None)
-        if config is None:
-            raise ValueError(f"model: unsupported model {type(model).__name__}: no `config`")
+        geometry = check_target_model(model)
+        config = model.config
         for name, value in (("max_length", max_length), ("batch_size", batch_size)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
-        if getattr(config, "is_encoder_decoder", False):
-            raise ValueError(
-                f"model: unsupported model {type(model).__name__}: encoder-decoder models are not "
-                "supported (need a decoder-only causal LM)"
-            )
-
-        missing = [
-            f
-            for f in ("num_hidden_layers", "num_attention_heads", "hidden_size", "vocab_size")
-            if not isinstance(getattr(config, f, None), int)
-        ]
-        if missing:
-            raise ValueError(
-                f"model: unsupported model {type(model).__name__}: config lacks "
-                f"{', '.join(missing)}"
-            )
-        if not getattr(model, "_supports_attention_backend", False):
-            raise ValueError(
-                f"model: unsupported model {type(model).__name__}: it does not route attention "
-                "through transformers' AttentionInterface (`_supports_attention_backend` is not "
-                "set), so tree attention cannot be plugged in"
-            )
-
-        num_layers: int = config.num_hidden_layers
-        num_heads: int = config.num_attention_heads
-        num_kv_heads = getattr(config, "num_key_value_heads", None) or num_heads
-        head_dim = getattr(config, "head_dim", None) or config.hidden_size // num_heads
-        if num_heads % num_kv_heads != 0:
-            raise ValueError(
-                f"model: num_attention_heads={num_heads} is not a multiple of "
-                f"num_key_value_heads={num_kv_heads}"
-            )
-
+        num_layers = geometry.num_layers
         layer_types = getattr(config, "layer_types", None)
-        if layer_types is not None:
-            bad = sorted({t for t in layer_types if t not in _SUPPORTED_LAYER_TYPES})
-            if bad:
-                raise ValueError(
-                    f"model: unsupported model {type(model).__name__}: layer types {bad} are not "
-                    f"standard attention layers (supported: {list(_SUPPORTED_LAYER_TYPES)})"
-                )
         window = getattr(config, "sliding_window", None)
         uses_window = window is not None and (
             layer_types is None or "sliding_attention" in layer_types
@@ -158,23 +95,7 @@ class TargetAdapter:
                 "sliding-window attention is not implemented by tree attention, so contexts must "
                 f"stay within the window (use max_length <= {window})"
             )
-
-        layers = _find_decoder_layers(model)
-        if len(layers) != num_layers:
-            raise ValueError(
-                f"model: found {len(layers)} decoder layers but "
-                f"config.num_hidden_layers={num_layers}"
-            )
-        attn_missing = [
-            i
-            for i, layer in enumerate(layers)
-            if getattr(getattr(layer, "self_attn", None), "layer_idx", None) is None
-        ]
-        if attn_missing:
-            raise ValueError(
-                f"model: unsupported model {type(model).__name__}: decoder layers {attn_missing} "
-                "have no `self_attn` module with a `layer_idx` (not a standard decoder layer)"
-            )
+        layers = geometry.layers
 
         feats = [] if feature_layers is None else list(feature_layers)
         for j in feats:
@@ -184,9 +105,7 @@ class TargetAdapter:
                     f"(got {feats})"
                 )
 
-        param = next(model.parameters(), None)
-        if param is None:
-            raise ValueError(f"model: {type(model).__name__} has no parameters")
+        param = next(model.parameters())
 
         self.model = model
         self.config = config
@@ -216,8 +135,8 @@ class TargetAdapter:
         self.cache = StaticKVCache(
             num_layers=num_layers,
             batch_size=batch_size,
-            num_kv_heads=num_kv_heads,
-            head_dim=head_dim,
+            num_kv_heads=geometry.num_kv_heads,
+            head_dim=geometry.head_dim,
             max_length=max_length,
             dtype=self.dtype,
             device=self.device,
