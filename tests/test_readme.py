@@ -63,7 +63,7 @@ def test_python_blocks_run_as_written() -> None:
             namespace = {"__name__": f"readme_block_{i}"}
         try:
             exec(compile(_substitute(code), f"README.md python block {i}", "exec"), namespace)
-        except Exception as e:  # noqa: BLE001 - name the block that failed
+        except Exception as e:
             raise AssertionError(f"README python block {i} failed: {e!r}\n{code}") from e
 
 

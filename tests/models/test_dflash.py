@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from pathlib import Path
@@ -10,6 +11,7 @@ import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
+from tests.tolerance import Ref
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen3Config, Qwen3ForCausalLM
 from transformers.models.qwen3 import modeling_qwen3 as hf_qwen3
 
@@ -88,14 +90,25 @@ def _block(drafter: DFlashDrafter, bonus: int, size: int | None = None) -> torch
     return drafter.make_block(torch.tensor([bonus]), size)
 
 
+def _fp64(drafter: DFlashDrafter) -> DFlashDrafter:
+    """An fp64 copy of ``drafter`` and of the target embedding and head it is bound to."""
+    fp64 = copy.deepcopy(drafter).double()
+    for module in fp64._bound():
+        module.double()
+    return fp64
+
+
 def _dense_logits(
     drafter: DFlashDrafter, block: torch.Tensor, feats: torch.Tensor, start: int
-) -> torch.Tensor:
-    """Full recompute from all features at once; context row t at position t."""
+) -> Ref:
+    """Full recompute from all features at once; context row t at position t; in the
+    drafter's dtype and in fp64 (the FA-style tolerance, tests/tolerance.py)."""
     positions = torch.arange(start, start + block.shape[1])[None].expand(block.shape[0], -1)
+    fp64 = _fp64(drafter)
     with torch.no_grad():
-        hidden = drafter(block, feats, positions)
-        return drafter.compute_logits(hidden[:, 1:])
+        low = drafter.compute_logits(drafter(block, feats, positions)[:, 1:])
+        exact = fp64.compute_logits(fp64(block, feats.double(), positions)[:, 1:])
+    return Ref(low, exact)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -479,9 +492,15 @@ def test_matches_oracle_built_from_transformers(arch: str) -> None:
     block = _block(drafter, 7)
     start = 10
     with torch.no_grad():
-        expected = _oracle_hidden(drafter, block, feats, start)[:, 1:]
+        low = _oracle_hidden(drafter, block, feats, start)[:, 1:]
+        default = torch.get_default_dtype()
+        torch.set_default_dtype(torch.float64)
+        try:
+            exact = _oracle_hidden(_fp64(drafter), block, feats.double(), start)
+        finally:
+            torch.set_default_dtype(default)
         got = drafter.draft_hidden(block, drafter.new_cache(), feats)
-    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    Ref(low, exact[:, 1:]).check(got)
 
 
 def test_block_attention_is_non_causal() -> None:
@@ -508,14 +527,18 @@ def test_context_rows_ignore_block_rows_and_mlps() -> None:
     with torch.no_grad():
         ctx = drafter.fuse(feats)
         cos, sin = drafter.rotary_emb(torch.arange(9)[None], drafter.dtype)
+        fp64 = _fp64(drafter)
+        ctx64 = fp64.fuse(feats.double())
+        cos64, sin64 = fp64.rotary_emb(torch.arange(9)[None], torch.float64)
         for i, layer in enumerate(drafter.layers):
             assert torch.equal(cache_a.keys[i][:, :, :9], cache_b.keys[i][:, :, :9])
             assert torch.equal(cache_a.values[i][:, :, :9], cache_b.values[i][:, :, :9])
             # Every layer's context K/V come straight from the fused features: no MLP, no
             # residual stream from the previous layer.
             k, v = layer.self_attn.key_value(ctx, cos, sin)
-            torch.testing.assert_close(cache_a.keys[i][:, :, :9], k, rtol=0, atol=1e-6)
-            torch.testing.assert_close(cache_a.values[i][:, :, :9], v, rtol=0, atol=1e-6)
+            k64, v64 = fp64.layers[i].self_attn.key_value(ctx64, cos64, sin64)
+            Ref(k, k64).check(cache_a.keys[i][:, :, :9])
+            Ref(v, v64).check(cache_a.values[i][:, :, :9])
     assert cache_a.lengths.tolist() == [9]  # block rows are not kept
 
 
@@ -543,7 +566,7 @@ def test_incremental_cache_matches_full_recompute() -> None:
         block = _block(drafter, bonus)
         got = drafter.draft(block, cache, new)
         expected = _dense_logits(drafter, block, total[:, :seen], start=seen)
-        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+        expected.check(got)
         assert cache.lengths.tolist() == [seen] and cache.get_seq_length() == seen
     assert cache.capacity >= seen + drafter.block_size
 
@@ -558,7 +581,7 @@ def test_crop_rolls_back_context() -> None:
     assert cache.lengths.tolist() == [9]
     got = drafter.draft(_block(drafter, 4), cache, feats[:, 9:])
     expected = _dense_logits(drafter, _block(drafter, 4), feats, start=12)
-    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    expected.check(got)
 
 
 def test_short_block_and_empty_new_features() -> None:
@@ -569,9 +592,7 @@ def test_short_block_and_empty_new_features() -> None:
     short = _block(drafter, 4, size=3)
     got = drafter.draft(short, cache)  # nothing new committed
     assert got.shape == (1, 2, VOCAB)
-    torch.testing.assert_close(
-        got, _dense_logits(drafter, short, feats, start=6), rtol=1e-5, atol=1e-5
-    )
+    _dense_logits(drafter, short, feats, start=6).check(got)
 
 
 def test_start_shift_matches_full_recompute() -> None:
@@ -581,9 +602,7 @@ def test_start_shift_matches_full_recompute() -> None:
     at_start = drafter.draft(block, drafter.new_cache(), feats)
     shifted = drafter.draft(block, drafter.new_cache(), feats, start=13)
     assert not torch.allclose(at_start, shifted)  # RoPE sees the positions
-    torch.testing.assert_close(
-        shifted, _dense_logits(drafter, block, feats, start=13), rtol=1e-5, atol=1e-5
-    )
+    _dense_logits(drafter, block, feats, start=13).check(shifted)
     with pytest.raises(ValueError, match="inside the committed context"):
         drafter.draft(block, drafter.new_cache(), feats, start=9)
 
@@ -595,13 +614,14 @@ def test_rope_is_relative() -> None:
     block = _block(drafter, 4)
     with torch.no_grad():
         base = drafter(block, feats, torch.arange(7, 15)[None])
+        exact = _fp64(drafter)(block, feats.double(), torch.arange(7, 15)[None])
         moved = drafter(
             block,
             feats,
             torch.arange(107, 115)[None],
             context_positions=torch.arange(100, 107)[None],
         )
-    torch.testing.assert_close(base, moved, rtol=1e-4, atol=1e-4)
+    Ref(base, exact).check(moved)
 
 
 def test_batch_matches_single_requests() -> None:
@@ -610,11 +630,12 @@ def test_batch_matches_single_requests() -> None:
     bonus = torch.tensor([3, 40])
     cache = drafter.new_cache(batch_size=2)
     got = drafter.draft(drafter.make_block(bonus), cache, feats)
+    fp64 = _fp64(drafter)
     for b in range(2):
-        single = drafter.draft(
-            drafter.make_block(bonus[b : b + 1]), drafter.new_cache(), feats[b : b + 1]
-        )
-        torch.testing.assert_close(got[b : b + 1], single, rtol=1e-5, atol=1e-5)
+        block = drafter.make_block(bonus[b : b + 1])
+        single = drafter.draft(block, drafter.new_cache(), feats[b : b + 1])
+        exact = fp64.draft(block, fp64.new_cache(), feats[b : b + 1].double())
+        Ref(single, exact).check(got[b : b + 1])
 
 
 def test_ragged_batch_matches_single_requests() -> None:
@@ -631,7 +652,7 @@ def test_ragged_batch_matches_single_requests() -> None:
     for b, (n, m) in enumerate([(10, 3), (6, 2)]):
         ctx = torch.cat([feats[b : b + 1, :n], more[b : b + 1, :m]], dim=1)
         expected = _dense_logits(drafter, drafter.make_block(bonus[b : b + 1]), ctx, n + m)
-        torch.testing.assert_close(got[b : b + 1], expected, rtol=1e-5, atol=1e-5)
+        expected.check(got[b : b + 1])
     cache.crop(torch.tensor([12, 8]))
     cache.sync()
     assert cache.span == 12 and cache.lengths.tolist() == [12, 8]

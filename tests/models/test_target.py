@@ -6,10 +6,13 @@ equivalent flat sequence.
 
 from __future__ import annotations
 
+import copy
 import math
+import weakref
 
 import pytest
 import torch
+from tests.tolerance import Ref
 from torch import Tensor
 from transformers import (
     LlamaConfig,
@@ -32,8 +35,6 @@ from difftree_rt.models.tree_attention import (
     tree_attention_reference,
 )
 
-ATOL = 2e-5
-RTOL = 1e-4
 VOCAB = 256
 ARCHS = ["qwen3", "llama", "qwen2", "mistral"]
 
@@ -78,16 +79,29 @@ def model(request: pytest.FixtureRequest) -> PreTrainedModel:
 # ------------------------------------------------------------------------------------------------
 # Helpers
 # ------------------------------------------------------------------------------------------------
-@torch.no_grad()
-def plain_logits(model: PreTrainedModel, seq: list[int]) -> Tensor:
-    """``[T, V]`` logits of the model run plainly on one sequence."""
-    return model(torch.tensor([seq])).logits[0]
+_FP64: weakref.WeakKeyDictionary[PreTrainedModel, PreTrainedModel] = weakref.WeakKeyDictionary()
+
+
+def _fp64(model: PreTrainedModel) -> PreTrainedModel:
+    """An fp64 copy of ``model`` (the exact side of the FA-style tolerance rule)."""
+    if model not in _FP64:
+        _FP64[model] = copy.deepcopy(model).double()
+    return _FP64[model]
 
 
 @torch.no_grad()
-def plain_hidden(model: PreTrainedModel, seq: list[int]) -> tuple[Tensor, ...]:
-    out = model(torch.tensor([seq]), output_hidden_states=True)
-    return tuple(h[0] for h in out.hidden_states)
+def plain_logits(model: PreTrainedModel, seq: list[int]) -> Ref:
+    """``[T, V]`` logits of the model run plainly on one sequence, in fp32 and in fp64."""
+    ids = torch.tensor([seq])
+    return Ref(model(ids).logits[0], _fp64(model)(ids).logits[0])
+
+
+@torch.no_grad()
+def plain_hidden(model: PreTrainedModel, seq: list[int]) -> tuple[Ref, ...]:
+    ids = torch.tensor([seq])
+    low = model(ids, output_hidden_states=True).hidden_states
+    exact = _fp64(model)(ids, output_hidden_states=True).hidden_states
+    return tuple(Ref(a[0], b[0]) for a, b in zip(low, exact, strict=True))
 
 
 def random_parents(n: int, gen: torch.Generator) -> list[int]:
@@ -148,7 +162,7 @@ def test_prefill_and_decode_match_hf(model: PreTrainedModel) -> None:
     adapter = TargetAdapter(model, max_length=64)
     out = adapter.prefill(prompt)
     seq = prompt[0].tolist()
-    torch.testing.assert_close(out.logits[0], plain_logits(model, seq), atol=ATOL, rtol=RTOL)
+    plain_logits(model, seq).check(out.logits[0])
     assert out.features is None
     logits = out.logits[:, -1]
     for _ in range(new):
@@ -156,7 +170,7 @@ def test_prefill_and_decode_match_hf(model: PreTrainedModel) -> None:
         seq.append(tok)
         out = adapter.decode(torch.tensor([[tok]]))
         logits = out.logits[:, -1]
-        torch.testing.assert_close(logits[0], plain_logits(model, seq)[-1], atol=ATOL, rtol=RTOL)
+        plain_logits(model, seq)[-1].check(logits[0])
     assert seq == ref_seq
     assert adapter.base_len.tolist() == [len(seq)]
     # The wrapped model is left a plain HF model.
@@ -170,12 +184,12 @@ def test_chunked_prefill_and_reset(model: PreTrainedModel) -> None:
     a = adapter.prefill(seq[:, :5]).logits
     b = adapter.prefill(seq[:, 5:]).logits
     ref = plain_logits(model, seq[0].tolist())
-    torch.testing.assert_close(torch.cat([a, b], 1)[0], ref, atol=ATOL, rtol=RTOL)
+    ref.check(torch.cat([a, b], 1)[0])
     adapter.reset()
     assert adapter.base_len.tolist() == [0]
     last = adapter.prefill(seq, last_logits_only=True).logits
     assert last.shape == (1, 1, VOCAB)
-    torch.testing.assert_close(last[0, 0], ref[-1], atol=ATOL, rtol=RTOL)
+    ref[-1].check(last[0, 0])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -199,11 +213,9 @@ def test_verify_tree_matches_paths(model: PreTrainedModel, num_nodes: int, n_cap
     for i in range(num_nodes):
         seq = base + [tokens[j] for j in paths[i]]
         hidden = plain_hidden(model, seq)
-        torch.testing.assert_close(
-            out.logits[0, i], plain_logits(model, seq)[-1], atol=ATOL, rtol=RTOL
-        )
-        feat = torch.cat([hidden[2][-1], hidden[1][-1]])
-        torch.testing.assert_close(out.features[0, i], feat, atol=ATOL, rtol=RTOL)
+        plain_logits(model, seq)[-1].check(out.logits[0, i])
+        feat = Ref.cat([hidden[2][-1], hidden[1][-1]])
+        feat.check(out.features[0, i])
 
     # Padding rows never affect valid rows: other padding tokens, bit-identical valid rows.
     tokens2 = tokens[:num_nodes] + [(t + 1) % VOCAB for t in tokens[num_nodes:]]
@@ -224,10 +236,10 @@ def test_verify_chain_without_anc_and_uint32_anc(model: PreTrainedModel) -> None
     tree = adapter.verify(ids, dep, anc[None]).logits
     chain = adapter.verify(ids, dep, None).logits
     unsigned = adapter.verify(ids, dep, anc[None].view(torch.uint32)).logits
-    torch.testing.assert_close(chain, tree, atol=ATOL, rtol=RTOL)
     assert torch.equal(unsigned, tree)
     ref = plain_logits(model, prompt[0].tolist() + tokens)[-n:]
-    torch.testing.assert_close(tree[0], ref, atol=ATOL, rtol=RTOL)
+    ref.check(tree[0])
+    ref.check(chain[0])  # the causal fast path, as close to the exact logits
 
 
 # ------------------------------------------------------------------------------------------------
@@ -256,7 +268,7 @@ def _commit_then_decode(model: PreTrainedModel, path_nodes: list[int], validate:
         tok = int(logits.argmax(-1))
         seq.append(tok)
         logits = adapter.decode(torch.tensor([[tok]])).logits[:, -1]
-        torch.testing.assert_close(logits[0], plain_logits(model, seq)[-1], atol=ATOL, rtol=RTOL)
+        plain_logits(model, seq)[-1].check(logits[0])
 
 
 @pytest.mark.parametrize(
@@ -289,9 +301,7 @@ def test_batch_of_two_requests() -> None:
     for b in range(2):
         for i in range(6):
             seq = prompts[b].tolist() + [trees[b][0][j] for j in trees[b][3][i]]
-            torch.testing.assert_close(
-                out.logits[b, i], plain_logits(model, seq)[-1], atol=ATOL, rtol=RTOL
-            )
+            plain_logits(model, seq)[-1].check(out.logits[b, i])
     path = torch.tensor([[0, 2, 5, 0], [0, 1, 3, 4]])
     accepted = torch.tensor([2, 3])
     assert out.features is not None
@@ -308,7 +318,7 @@ def test_batch_of_two_requests() -> None:
         logits = adapter.decode(tok[:, None]).logits[:, -1]
         for b in range(2):
             ref = plain_logits(model, seqs[b])[-1]
-            torch.testing.assert_close(logits[b], ref, atol=ATOL, rtol=RTOL)
+            ref.check(logits[b])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -321,15 +331,15 @@ def test_prefill_features_match_hidden_states(model: PreTrainedModel, layers: li
     adapter = TargetAdapter(model, max_length=16, feature_layers=layers)
     out = adapter.prefill(seq)
     hidden = plain_hidden(model, seq[0].tolist())
-    ref = torch.cat([hidden[j + 1] for j in layers], dim=-1)
+    ref = Ref.cat([hidden[j + 1] for j in layers], dim=-1)
     assert out.features is not None and out.features.shape == (1, 10, 64 * len(layers))
     assert adapter.feature_dim == 64 * len(layers)
-    torch.testing.assert_close(out.features[0], ref, atol=ATOL, rtol=RTOL)
+    ref.check(out.features[0])
     dec = adapter.decode(torch.tensor([[3]]))
     hidden = plain_hidden(model, [*seq[0].tolist(), 3])
-    ref = torch.cat([hidden[j + 1][-1] for j in layers], dim=-1)
+    ref = Ref.cat([hidden[j + 1][-1] for j in layers], dim=-1)
     assert dec.features is not None
-    torch.testing.assert_close(dec.features[0, 0], ref, atol=ATOL, rtol=RTOL)
+    ref.check(dec.features[0, 0])
 
 
 # ------------------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from tests.tolerance import assert_fa_close
 from torch import Tensor
 
 from difftree_rt import ops
@@ -110,7 +111,16 @@ def assert_within_torch_error(
     """The FA-style rule: |got - exact| <= k * |PyTorch's own low-precision result - exact| +
     floor, with 'exact' the fp32 reference on the same (already rounded) low-precision inputs."""
     exact = reference(c_low.to(c_low.q.device, torch.float32))
-    torch_low = reference(c_low)
-    ours = max_err(got, exact)
-    torch_err = max_err(torch_low, exact)
-    assert ours <= k * torch_err + floor, (ours, torch_err)
+    assert_fa_close(got, reference(c_low), exact, k=k, floor=floor, what="tree_attention")
+
+
+def assert_fp32_close(got: Tensor, c: Case, *, causal: bool = False) -> None:
+    """fp32 ``got`` against the fp64 reference within k x PyTorch's own fp32 error
+    (tests/tolerance.py); ``causal``: the reference without a tree (``anc=None``)."""
+
+    def ref(d: Case) -> Tensor:
+        anc, nodes = (None, None) if causal else (d.anc, d.num_nodes)
+        return tree_attention_reference(d.q, d.k, d.v, d.prefix_len, anc, nodes, d.scale)
+
+    exact = ref(c.to(c.q.device, torch.float64))
+    assert_fa_close(got, ref(c), exact.to(got.device), what="tree_attention fp32")
