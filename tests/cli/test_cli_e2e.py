@@ -116,9 +116,11 @@ def test_demo_runs_pair(tiny_pair: Path, capsys: pytest.CaptureFixture[str]) -> 
 def test_demo_falls_back_without_pair(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    import difftree_rt.cli.demo as demo
     import difftree_rt.cli.demo_select as sel
 
     called = {}
     monkeypatch.setattr(sel, "run_demo", lambda **kw: called.update(kw) or 0)
-    assert main(["demo", "--pair", str(tmp_path / "none")]) == 0
+    monkeypatch.setattr(demo, "find_pair_dir", lambda: None)
+    assert main(["demo"]) == 0
     assert "No trained reference pair" in capsys.readouterr().out and called

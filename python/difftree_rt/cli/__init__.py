@@ -5,7 +5,49 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
 from collections.abc import Sequence
+from types import ModuleType
+from typing import Any
+
+from .args import UsageError, device_name, nonneg_int, positive_int
+
+#: Set to 1 to see the traceback of an error the CLI reports as one line.
+TRACEBACK_ENV = "DIFFTREE_RT_TRACEBACK"
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends "(default: ...)" to every option whose help does not state its default yet;
+    flags (off unless given) and required options have none to state."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if (
+            "default" in text
+            or action.required
+            or action.default is argparse.SUPPRESS
+            or isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction))
+            or not action.option_strings
+        ):
+            return text
+        return super()._get_help_string(action)
+
+
+class Parser(argparse.ArgumentParser):
+    """An argparse parser whose errors are one line: ``difftree-rt CMD: error: ...``."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> Any:  # argparse's own prints the usage block first
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def describe(mod: ModuleType) -> str:
+    """A module docstring as help text (no reStructuredText markup)."""
+    return (mod.__doc__ or "").replace("``", "")
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -23,7 +65,9 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from difftree_rt.cli.demo_select import run_demo
+    from difftree_rt.cli.runtime import resolve_device
 
+    args.device = resolve_device(args.device)
     return run_demo(
         vocab=args.vocab,
         depth=args.depth,
@@ -35,7 +79,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="difftree-rt", description="difftree_rt: speculative decoding with draft trees"
     )
     sub = parser.add_subparsers(dest="command", required=True)
@@ -47,12 +91,14 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser(
         "demo-select", help="tree selection on realistic shapes: prints a tree and timings"
     )
-    demo.add_argument("--vocab", type=int, default=151936, help="V (default: Qwen3's)")
-    demo.add_argument("--depth", type=int, default=15, help="L = block size - 1")
-    demo.add_argument("--budgets", type=int, nargs="+", default=[16, 64, 256, 1024])
-    demo.add_argument("--device", default="cpu")
-    demo.add_argument("--repeats", type=int, default=20)
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--vocab", type=positive_int, default=151936, help="V (Qwen3's)")
+    demo.add_argument("--depth", type=positive_int, default=15, help="L = block size - 1")
+    demo.add_argument(
+        "--budgets", type=positive_int, nargs="+", default=[16, 64, 256, 1024], help="tree sizes"
+    )
+    demo.add_argument("--device", type=device_name, default="cpu", help="cpu | cuda | cuda:N")
+    demo.add_argument("--repeats", type=positive_int, default=20, help="timed runs per budget")
+    demo.add_argument("--seed", type=nonneg_int, default=0, help="seed of the random logits")
     demo.set_defaults(func=_cmd_demo)
     _add_e2e_commands(sub)
     _add_policy_commands(sub)
@@ -71,7 +117,7 @@ def _add_e2e_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[
     }
     for name, (module, help_text) in commands.items():
         mod = importlib.import_module(f"difftree_rt.cli.{module}")
-        p = sub.add_parser(name, help=help_text, description=mod.__doc__)
+        p = sub.add_parser(name, help=help_text, description=describe(mod))
         mod.add_arguments(p)
         p.set_defaults(func=mod.run)
 
@@ -87,11 +133,23 @@ def _add_policy_commands(sub: argparse._SubParsersAction) -> None:  # type: igno
         "train-scorer": (train_scorer, "fit the TAPS edge scorer on recorded traces"),
     }
     for name, (mod, help_text) in commands.items():
-        p = sub.add_parser(name, help=help_text, description=mod.__doc__)
+        p = sub.add_parser(name, help=help_text, description=describe(mod))
         mod.add_arguments(p)
         p.set_defaults(func=mod.run)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; a user mistake (:class:`UsageError`, or a ``ValueError`` from the
+    library's input checks) is one line on stderr and exit code 2."""
     args = build_parser().parse_args(argv)
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except (UsageError, ValueError, OSError) as exc:
+        if os.environ.get(TRACEBACK_ENV) == "1":
+            raise
+        message = str(exc).strip().replace("\n", " ") or type(exc).__name__
+        print(f"difftree-rt {args.command}: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"difftree-rt {args.command}: interrupted", file=sys.stderr)
+        return 130

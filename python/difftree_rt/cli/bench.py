@@ -1,6 +1,9 @@
 """``difftree-rt bench``: end-to-end τ, tokens/s and speedup over AR for several policies and
 budgets on any local HF target + DFlash drafter, measured in one run (JSON + PNG plots).
 
+Every setting runs once untimed (warm-up) and then ``--repeats`` timed times, the settings
+interleaved so that drift in the machine's speed hits all of them alike; tokens/s and speedup
+are reported as the median with the 10th and 90th percentiles over the repeats.
 Without ``--target``/``--drafter`` it uses the shipped reference pair and its held-out prompts.
 """
 
@@ -11,41 +14,63 @@ import json
 from pathlib import Path
 from typing import Any
 
+from .args import (
+    POLICY_NAMES,
+    add_device_options,
+    add_pair_options,
+    check_budgets,
+    existing_file,
+    out_dir,
+    positive_int,
+)
 from .pair import (
-    default_pair_dir,
+    RunResult,
     default_vp_drafter,
     encode,
     load_pair,
     load_prompts,
     machine_line,
-    pair_available,
     plot_results,
+    require_pair_dir,
     run_config,
     stop_ids,
     timestamp,
 )
+from .runtime import resolve_device, setup_threads
 
 DEFAULT_BUDGETS = [16, 32, 64, 128, 256, 512]
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--target", help="local HF causal LM directory (default: the shipped pair)")
-    p.add_argument("--drafter", help="local DFlash drafter directory (default: the shipped pair)")
+    add_pair_options(p)
     p.add_argument(
-        "--vp-drafter",
-        default=None,
-        help="d2sd's second (variable-prefix) drafter (default: the shipped pair's, if any)",
+        "--prompts",
+        type=existing_file,
+        help="JSON list or text file, one prompt per line (default: the shipped pair's)",
     )
-    p.add_argument("--prompts", help="JSON list or text file, one prompt per line")
-    p.add_argument("--num-prompts", type=int, default=None, help="use the first N prompts")
-    p.add_argument("--max-new-tokens", type=int, default=96)
-    p.add_argument("--policies", nargs="+", default=None, help="default: ar + every registered")
-    p.add_argument("--budgets", nargs="+", type=int, default=DEFAULT_BUDGETS)
-    p.add_argument("--device", default="auto", help="auto (cuda when available) | cpu | cuda")
-    p.add_argument("--dtype", default=None, help="float32 (CPU default) | bfloat16 | float16")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.add_argument("--out", default="build/cli_bench", help="JSON + PNG directory")
-    p.add_argument("--no-plots", action="store_true")
+    p.add_argument(
+        "--num-prompts", type=positive_int, default=None, help="use the first N (default: all)"
+    )
+    p.add_argument("--max-new-tokens", type=positive_int, default=96, help="tokens per prompt")
+    p.add_argument(
+        "--policies",
+        nargs="+",
+        choices=POLICY_NAMES,
+        default=None,
+        help="default: ar + every registered policy",
+    )
+    p.add_argument(
+        "--budgets", nargs="+", type=positive_int, default=DEFAULT_BUDGETS, help="draft nodes"
+    )
+    p.add_argument(
+        "--repeats",
+        type=positive_int,
+        default=3,
+        help="timed runs of every setting after its warm-up (median and p10/p90 reported)",
+    )
+    add_device_options(p)
+    p.add_argument("--out", type=out_dir, default="build/cli_bench", help="JSON + PNG directory")
+    p.add_argument("--no-plots", action="store_true", help="write the JSON only")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument(
         "--cuda-graphs",
@@ -58,102 +83,163 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def configs_for(policies: list[str], budgets: list[int], depth: int) -> list[tuple[str, int]]:
     """(policy, budget) pairs: "ar" once, "chain" once at budget L, the others per budget."""
     out: list[tuple[str, int]] = [("ar", 0)] if "ar" in policies else []
-    for pol in policies:
+    for pol in dict.fromkeys(policies):
         if pol == "ar":
             continue
         if pol == "chain":
             out.append(("chain", depth))
         else:
-            out += [(pol, b) for b in budgets]
+            out += [(pol, b) for b in dict.fromkeys(budgets)]
+    return out
+
+
+def spread(values: list[float]) -> tuple[float, float, float]:
+    """(median, 10th percentile, 90th percentile), linearly interpolated."""
+    import numpy as np
+
+    p10, med, p90 = np.percentile(np.asarray(values, dtype=np.float64), [10, 50, 90])
+    return float(med), float(p10), float(p90)
+
+
+def summarize(runs: list[RunResult], ar_runs: list[RunResult] | None) -> dict[str, Any]:
+    """One setting's row: the first repeat's counts (greedy: every repeat decodes the same
+    tokens) and tokens/s and speedup over AR (repeat i against AR's repeat i) as median,
+    p10, p90."""
+    row = runs[0].as_dict()
+    tps = [r.tokens_per_s for r in runs]
+    row["repeats"] = len(runs)
+    row["tokens_per_s"], row["tokens_per_s_p10"], row["tokens_per_s_p90"] = spread(tps)
+    row["tokens_per_s_runs"] = tps
+    row["total_s"] = spread([r.total_s for r in runs])[0]
+    row["same_tokens_every_repeat"] = all(r.texts == runs[0].texts for r in runs)
+    if ar_runs:
+        ratios = [
+            r.tokens_per_s / a.tokens_per_s if a.tokens_per_s else 0.0
+            for r, a in zip(runs, ar_runs)
+        ]
+        row["speedup_vs_ar"], row["speedup_p10"], row["speedup_p90"] = spread(ratios)
+        row["identical_to_ar"] = all(r.texts == ar_runs[0].texts for r in runs)
+    else:
+        row["speedup_vs_ar"] = row["speedup_p10"] = row["speedup_p90"] = None
+    return row
+
+
+def _describe_model(path: str, module: Any) -> str:
+    """``reference_pair/target (qwen3, 25.0M params)``."""
+    p = Path(path).resolve()
+    n = sum(t.numel() for t in module.parameters()) / 1e6
+    kind = getattr(getattr(module, "config", None), "model_type", None) or type(module).__name__
+    return f"{p.parent.name}/{p.name} ({kind}, {n:.1f}M params)"
+
+
+def versions() -> dict[str, Any]:
+    """difftree_rt (version, git sha, CUDA build), torch, transformers, python."""
+    import transformers
+
+    from difftree_rt.info import build_info
+
+    info = build_info()
+    keep = ("version", "git_sha", "cuda_compiled", "torch", "torch_cuda_available", "python")
+    out = {k: info.get(k) for k in keep}
+    out["transformers"] = transformers.__version__
     return out
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
-    from .pair import resolve_device
-
-    args.device = resolve_device(args.device)
-    from difftree_rt.engine import POLICIES
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    pair_dir = default_pair_dir()
+    need_pair = not (args.target and args.drafter and args.prompts)
+    pair_dir = require_pair_dir() if need_pair else None
     target = args.target or str(pair_dir / "target")
     drafter = args.drafter or str(pair_dir / "drafter")
-    if not args.target and not pair_available(pair_dir):
-        print(f"no --target given and no shipped pair at {pair_dir}")
-        return 2
-    vp = default_vp_drafter(args.drafter, args.vp_drafter, pair_dir)
-    pair = load_pair(target, drafter, args.device, args.dtype, vp)
-    prompts_path = args.prompts or (pair_dir / "prompts.json")
-    texts = load_prompts(prompts_path)[: args.num_prompts]
-    prompts = [encode(pair, t, args.device) for t in texts]
+    prompts_path = args.prompts or str(pair_dir / "prompts.json")
+    texts = load_prompts(prompts_path, "--prompts")[: args.num_prompts]
+    device = resolve_device(args.device)
+    check_budgets(args.budgets, "--budgets")
+    threads = setup_threads(args.threads, device, [target, drafter])
+    vp = default_vp_drafter(args.drafter, args.vp_drafter, pair_dir) if pair_dir else None
+    vp = vp or args.vp_drafter
+    pair = load_pair(target, drafter, device, args.dtype, vp)
+    prompts = [encode(pair, t, device) for t in texts]
+    from difftree_rt.engine import POLICIES
+
     policies = args.policies or ["ar", *sorted(POLICIES)]
     configs = configs_for(policies, args.budgets, pair.drafter.block_size - 1)
     stop = stop_ids(pair)
+    dtype = str(pair.target.dtype).removeprefix("torch.")
+    target_desc = _describe_model(target, pair.target)
+    drafter_desc = _describe_model(drafter, pair.drafter)
+    print(
+        f"target {target_desc}, drafter {drafter_desc}; {len(prompts)} prompts x <= "
+        f"{args.max_new_tokens} new tokens, greedy; {device} {dtype}, {threads}; "
+        f"{args.repeats} timed repeats after a warm-up",
+        flush=True,
+    )
     bar = None
     if not args.quiet:
         from tqdm import tqdm
 
-        bar = tqdm(total=len(configs), desc="bench", dynamic_ncols=True)
-    results: list[dict[str, Any]] = []
-    ar_texts: list[str] | None = None
+        bar = tqdm(total=len(configs) * args.repeats, desc="bench", dynamic_ncols=True)
+    runs: dict[tuple[str, int], list[RunResult]] = {c: [] for c in configs}
     graphs = False if args.cuda_graphs == "off" else None
-    for pol, budget in configs:
-        if bar is not None:
-            bar.set_postfix_str(f"{pol} {budget or ''}")
-        r = run_config(
-            pair, pol, budget, prompts, args.max_new_tokens, stop=stop, cuda_graphs=graphs
-        )
-        row = r.as_dict()
-        if pol == "ar":
-            ar_texts = r.texts
-        if ar_texts is not None:
-            row["identical_to_ar"] = r.texts == ar_texts
-        results.append(row)
-        if bar is not None:
-            bar.update(1)
+    for rep in range(args.repeats):
+        for pol, budget in configs:
+            if bar is not None:
+                bar.set_postfix_str(f"{pol} {budget or ''} (repeat {rep + 1})")
+            runs[(pol, budget)].append(
+                run_config(
+                    pair, pol, budget, prompts, args.max_new_tokens, stop=stop, cuda_graphs=graphs
+                )
+            )
+            if bar is not None:
+                bar.update(1)
     if bar is not None:
         bar.close()
-    base = next((r["tokens_per_s"] for r in results if r["policy"] == "ar"), None)
-    for r in results:
-        r["speedup_vs_ar"] = r["tokens_per_s"] / base if base else None
-    machine = machine_line(args.device)
-    print(
-        f"target {target}, drafter {drafter}; {len(prompts)} prompts x <= "
-        f"{args.max_new_tokens} new tokens, greedy; {args.device} {pair.target.dtype}; {machine}"
-    )
+    ar_runs = runs.get(("ar", 0))
+    results = [summarize(runs[c], ar_runs) for c in configs]
+    machine = machine_line(device)
     print(format_table(results))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    ar_tps = results[0]["tokens_per_s"] if ar_runs else None
     payload = {
         "when": timestamp(),
         "machine": machine,
-        "device": args.device,
-        "dtype": str(pair.target.dtype),
+        "device": device,
+        "dtype": dtype,
+        "threads": threads,
+        "versions": versions(),
         "target": target,
         "drafter": drafter,
         "prompts": len(prompts),
         "max_new_tokens": args.max_new_tokens,
+        "repeats": args.repeats,
+        "statistic": "median (p10, p90) over repeats, after one untimed warm-up per setting",
         "cuda_graphs": args.cuda_graphs,
         "results": results,
     }
     (out / "bench.json").write_text(json.dumps(payload, indent=2))
     written = [out / "bench.json"]
     if not args.no_plots:
-        written += plot_results(results, out, f"{Path(target).name}: {machine}")
+        ar_text = f"AR {ar_tps:.1f} tokens/s" if ar_tps else "no AR run"
+        title = (
+            f"target {target_desc}, drafter {drafter_desc}\n"
+            f"{device} {dtype}, {threads.split(' (')[0]}; {len(prompts)} prompts x "
+            f"{args.max_new_tokens} tokens; {ar_text}; median, p10-p90 of {args.repeats}\n"
+            f"{machine}"
+        )
+        written += plot_results(results, out, title)
     print("wrote", ", ".join(str(p) for p in written))
     return 0
 
 
 def format_table(results: list[dict[str, Any]]) -> str:
-    """A Markdown table: policy, budget, τ, tokens/s, speedup."""
-    lines = ["| policy | budget | τ | tokens/s | speedup |", "|---|---:|---:|---:|---:|"]
+    """A Markdown table: policy, budget, τ, tokens/s and speedup (median [p10, p90])."""
+    lines = [
+        "| policy | budget | τ | tokens/s [p10, p90] | speedup [p10, p90] |",
+        "|---|---:|---:|---:|---:|",
+    ]
     for r in results:
         sp = r.get("speedup_vs_ar")
-        lines.append(
-            f"| {r['policy']} | {r['budget'] or '-'} | {r['tau']:.2f} | "
-            f"{r['tokens_per_s']:.1f} | {f'{sp:.2f}x' if sp else '-'} |"
-        )
+        tps = f"{r['tokens_per_s']:.1f} [{r['tokens_per_s_p10']:.1f}, {r['tokens_per_s_p90']:.1f}]"
+        spt = f"{sp:.2f}x [{r['speedup_p10']:.2f}, {r['speedup_p90']:.2f}]" if sp else "-"
+        lines.append(f"| {r['policy']} | {r['budget'] or '-'} | {r['tau']:.2f} | {tps} | {spt} |")
     return "\n".join(lines)

@@ -12,11 +12,19 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
+from .args import (
+    POLICY_NAMES,
+    add_device_options,
+    check_budgets,
+    nonneg_int,
+    positive_int,
+)
 from .pair import (
-    default_pair_dir,
     encode,
+    find_pair_dir,
     incremental_decoder,
     load_pair,
     load_prompts,
@@ -25,26 +33,46 @@ from .pair import (
     run_config,
     stop_ids,
 )
+from .runtime import resolve_device, setup_threads
 
 DIM, BOLD, GREEN, RESET = "\033[2m", "\033[1m", "\033[32m", "\033[0m"
 
 
+def pair_dir_arg(text: str) -> str:
+    """``--pair``: a directory holding ``target/`` and ``drafter/`` model directories."""
+    if not pair_available(Path(text)):
+        raise argparse.ArgumentTypeError(
+            f"{text} holds no target/ and drafter/ model directories (not a pair)"
+        )
+    return text
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--pair", default=None, help="pair directory (default: the shipped one)")
-    p.add_argument("--policy", default=None, help="default: the best one in the pair's card")
-    p.add_argument("--budget", type=int, default=None)
-    p.add_argument("--num-prompts", type=int, default=3)
-    p.add_argument("--max-new-tokens", type=int, default=128)
-    p.add_argument("--device", default="auto", help="auto (cuda when available) | cpu | cuda")
-    p.add_argument("--dtype", default=None)
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--no-color", action="store_true")
-    p.add_argument("--prompt-lines", type=int, default=6, help="prompt lines shown")
+    p.add_argument("--pair", type=pair_dir_arg, default=None,
+                   help="pair directory (default: the shipped one)")  # fmt: skip
+    p.add_argument(
+        "--policy",
+        choices=POLICY_NAMES[1:],
+        default=None,
+        help="draft policy (default: the best one in the pair's bench.json)",
+    )
+    p.add_argument(
+        "--budget",
+        type=positive_int,
+        default=None,
+        help="draft nodes per round (default: the best one in the pair's bench.json, else 64)",
+    )
+    p.add_argument("--num-prompts", type=positive_int, default=3, help="prompts to decode")
+    p.add_argument("--max-new-tokens", type=positive_int, default=128, help="tokens per prompt")
+    add_device_options(p)
+    p.add_argument("--no-color", action="store_true", help="no ANSI colours")
+    p.add_argument("--prompt-lines", type=nonneg_int, default=6, help="prompt lines shown")
     # The options of the former selection demo (now ``demo-select``): passing any of them runs
     # that demo, so existing command lines keep working.
-    for flag, kind in (("--vocab", int), ("--depth", int), ("--repeats", int), ("--seed", int)):
-        p.add_argument(flag, type=kind, default=None, help=argparse.SUPPRESS)
-    p.add_argument("--budgets", type=int, nargs="+", default=None, help=argparse.SUPPRESS)
+    for flag in ("--vocab", "--depth", "--repeats"):
+        p.add_argument(flag, type=positive_int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--seed", type=nonneg_int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--budgets", type=positive_int, nargs="+", default=None, help=argparse.SUPPRESS)
 
 
 def _selection_demo(args: argparse.Namespace, device: str) -> int:
@@ -74,34 +102,30 @@ def _best(pair_dir: Any) -> tuple[str, int]:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
-    from .pair import resolve_device
-
-    args.device = resolve_device(args.device)
-    from pathlib import Path
-
     legacy = (args.vocab, args.depth, args.repeats, args.seed, args.budgets)
     if any(v is not None for v in legacy):
-        return _selection_demo(args, args.device)
-    pair_dir = Path(args.pair) if args.pair else default_pair_dir()
-    if not pair_available(pair_dir):
+        return _selection_demo(args, resolve_device(args.device))
+    pair_dir = Path(args.pair) if args.pair else find_pair_dir()
+    if pair_dir is None:
         print(
-            f"No trained reference pair at {pair_dir} (expected target/ and drafter/ there).\n"
+            "No trained reference pair found (expected target/ and drafter/ in the installed "
+            "package or the source tree).\n"
             "Falling back to the tree-selection demo (difftree-rt demo-select).\n"
             "Train a pair with: python scripts/train_reference_pair.py (see its --help).\n"
         )
         return _selection_demo(args, "cpu")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    color = sys.stdout.isatty() and not args.no_color
-    dim, bold, green, reset = (DIM, BOLD, GREEN, RESET) if color else ("", "", "", "")
+    texts = load_prompts(pair_dir / "prompts.json", "--pair")[: args.num_prompts]
     best_policy, best_budget = _best(pair_dir)
     policy = args.policy or best_policy
     budget = args.budget or (best_budget if args.policy in (None, best_policy) else 64)
+    device = resolve_device(args.device)
+    check_budgets([budget], "--budget")
+    threads = setup_threads(args.threads, device, [pair_dir / "target", pair_dir / "drafter"])
+    color = sys.stdout.isatty() and not args.no_color
+    dim, bold, green, reset = (DIM, BOLD, GREEN, RESET) if color else ("", "", "", "")
 
-    print(f"{bold}difftree_rt demo{reset}: loading {pair_dir} on {args.device} ...", flush=True)
-    pair = load_pair(pair_dir / "target", pair_dir / "drafter", args.device, args.dtype)
+    print(f"{bold}difftree_rt demo{reset}: loading {pair_dir} on {device} ...", flush=True)
+    pair = load_pair(pair_dir / "target", pair_dir / "drafter", device, args.dtype)
     n_t = sum(p.numel() for p in pair.target.parameters()) / 1e6
     n_d = sum(p.numel() for p in pair.drafter.parameters()) / 1e6
     print(
@@ -109,9 +133,8 @@ def run(args: argparse.Namespace) -> int:
         f"drafter: DFlash {n_d:.1f}M params, block {pair.drafter.block_size}; "
         f"policy {policy}, budget {budget}; greedy (lossless: same text as the target alone)"
     )
-    print(f"machine: {machine_line(args.device)}\n")
-    texts = load_prompts(pair_dir / "prompts.json")[: args.num_prompts]
-    prompts = [encode(pair, t, args.device) for t in texts]
+    print(f"machine: {machine_line(device)}; {threads}\n")
+    prompts = [encode(pair, t, device) for t in texts]
     stop = stop_ids(pair)
 
     decoders: list[Any] = []

@@ -7,38 +7,44 @@ import argparse
 import json
 import sys
 
+from .args import (
+    POLICY_NAMES,
+    UsageError,
+    add_device_options,
+    add_pair_options,
+    check_budgets,
+    existing_file,
+    nonempty_text,
+    nonneg_float,
+    nonneg_int,
+    positive_int,
+    probability,
+)
 from .pair import (
-    default_pair_dir,
     default_vp_drafter,
     encode,
     incremental_decoder,
     load_pair,
     make_policy_for,
+    require_pair_dir,
     stop_ids,
 )
+from .runtime import resolve_device, setup_threads
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--target", help="local HF causal LM directory (default: the shipped pair)")
-    p.add_argument("--drafter", help="local DFlash drafter directory (default: the shipped pair)")
-    p.add_argument(
-        "--vp-drafter",
-        default=None,
-        help="d2sd's second (variable-prefix) drafter (default: the shipped pair's, if any)",
-    )
+    add_pair_options(p)
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--prompt", default="def fibonacci(n):")
-    src.add_argument("--prompt-file")
-    p.add_argument("--max-new-tokens", type=int, default=128)
-    p.add_argument("--policy", default="ddtree", help="ar | chain | ddtree | ...")
-    p.add_argument("--budget", type=int, default=64)
-    p.add_argument("--temperature", type=float, default=0.0)
-    p.add_argument("--top-k", type=int, default=None)
-    p.add_argument("--top-p", type=float, default=None)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", help="auto (cuda when available) | cpu | cuda")
-    p.add_argument("--dtype", default=None)
-    p.add_argument("--threads", type=int, default=None)
+    src.add_argument("--prompt", type=nonempty_text, default="def fibonacci(n):", help="prompt")
+    src.add_argument("--prompt-file", type=existing_file, help="read the prompt from this file")
+    p.add_argument("--max-new-tokens", type=positive_int, default=128, help="tokens to generate")
+    p.add_argument("--policy", choices=POLICY_NAMES, default="ddtree", help="draft policy")
+    p.add_argument("--budget", type=positive_int, default=64, help="draft nodes per round")
+    p.add_argument("--temperature", type=nonneg_float, default=0.0, help="0: greedy")
+    p.add_argument("--top-k", type=positive_int, default=None, help="(default: no top-k)")
+    p.add_argument("--top-p", type=probability, default=None, help="(default: no top-p)")
+    p.add_argument("--seed", type=nonneg_int, default=0, help="sampling seed")
+    add_device_options(p)
     p.add_argument("--json", action="store_true", help="print text + statistics as JSON only")
     p.add_argument(
         "--cuda-graphs",
@@ -49,26 +55,28 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
-    from .pair import resolve_device
-
-    args.device = resolve_device(args.device)
-    from difftree_rt import SpeculativeDecoder
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    pair_dir = default_pair_dir()
-    target = args.target or str(pair_dir / "target")
-    drafter = None if args.policy == "ar" else (args.drafter or str(pair_dir / "drafter"))
-    vp = default_vp_drafter(args.drafter, args.vp_drafter, pair_dir) if drafter else None
-    pair = load_pair(target, drafter, args.device, args.dtype, vp)
     if args.prompt_file:
         with open(args.prompt_file, encoding="utf-8") as f:
             text = f.read()
+        if not text.strip():
+            raise UsageError(f"--prompt-file {args.prompt_file}: the file is empty")
     else:
         text = args.prompt
-    ids = encode(pair, text, args.device)
+    pair_dir = None if args.target and (args.drafter or args.policy == "ar") else require_pair_dir()
+    target = args.target or str(pair_dir / "target")
+    drafter = None if args.policy == "ar" else (args.drafter or str(pair_dir / "drafter"))
+    vp = None
+    if args.policy == "d2sd":  # the only policy that uses a second drafter
+        vp = default_vp_drafter(args.drafter, args.vp_drafter, pair_dir) if pair_dir else None
+        vp = vp or args.vp_drafter
+    device = resolve_device(args.device)
+    check_budgets([args.budget], "--budget")
+    threads = setup_threads(args.threads, device, [target, drafter])
+    print(f"device {device}, {threads}", file=sys.stderr)
+    pair = load_pair(target, drafter, device, args.dtype, vp)
+    ids = encode(pair, text, device)
+    from difftree_rt import SpeculativeDecoder
+
     policy = make_policy_for(pair, args.policy, args.budget)
     graphs = False if args.cuda_graphs == "off" else None
     dec = SpeculativeDecoder(

@@ -16,6 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .args import DTYPE_HELP, DTYPES, UsageError
+from .runtime import resolve_device
+
 if TYPE_CHECKING:
     import torch
 
@@ -24,37 +27,84 @@ __all__ = [
     "Pair",
     "RunResult",
     "default_pair_dir",
+    "find_pair_dir",
     "incremental_decoder",
     "load_pair",
     "load_prompts",
     "machine_line",
     "plot_results",
+    "require_pair_dir",
+    "resolve_device",
     "run_config",
 ]
 
 PAIR_ENV = "DIFFTREE_RT_PAIR"
 
 
-def default_pair_dir() -> Path:
-    """The shipped reference pair: ``$DIFFTREE_RT_PAIR`` or ``<repo>/assets/reference_pair``."""
+def _installed_pair_dir() -> Path | None:
+    """The pair shipped inside the installed package (``difftree_rt/assets/reference_pair``)."""
+    from importlib.resources import files
+
+    try:
+        root = files("difftree_rt")
+    except (ModuleNotFoundError, TypeError):  # pragma: no cover
+        return None
+    return Path(str(root)) / "assets" / "reference_pair"
+
+
+def _source_pair_dir() -> Path:
+    """``<repository>/assets/reference_pair`` of a source checkout (editable installs)."""
+    return Path(__file__).resolve().parents[3] / "assets" / "reference_pair"
+
+
+def pair_search_path() -> list[Path]:
+    """Where the shipped pair is looked for, in order: ``$DIFFTREE_RT_PAIR``, the installed
+    package data, the source tree."""
     env = os.environ.get(PAIR_ENV)
     if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[3] / "assets" / "reference_pair"
+        return [Path(env)]
+    installed = _installed_pair_dir()
+    return [p for p in (installed, _source_pair_dir()) if p is not None]
+
+
+def find_pair_dir() -> Path | None:
+    """The first directory of :func:`pair_search_path` that holds a pair, else None.
+
+    Raises:
+        UsageError: ``$DIFFTREE_RT_PAIR`` is set but holds no pair.
+    """
+    env = os.environ.get(PAIR_ENV)
+    if env and not pair_available(Path(env)):
+        raise UsageError(f"{PAIR_ENV}={env} holds no target/ and drafter/ model directories")
+    return next((p for p in pair_search_path() if pair_available(p)), None)
+
+
+def default_pair_dir() -> Path:
+    """The shipped reference pair (see :func:`find_pair_dir`); when none is found, the first
+    place looked (for messages)."""
+    found = find_pair_dir()
+    return found if found is not None else pair_search_path()[0]
+
+
+def require_pair_dir() -> Path:
+    """The shipped pair, for a command given no ``--target``.
+
+    Raises:
+        UsageError: no pair was found.
+    """
+    found = find_pair_dir()
+    if found is None:
+        looked = ", ".join(str(p) for p in pair_search_path())
+        raise UsageError(
+            f"no --target given and no shipped reference pair found (looked in {looked}); "
+            f"pass --target/--drafter or set {PAIR_ENV}"
+        )
+    return found
 
 
 def pair_available(path: Path) -> bool:
     """Whether ``path`` holds ``target/`` and ``drafter/`` model directories."""
     return all((path / d / "config.json").exists() for d in ("target", "drafter"))
-
-
-def resolve_device(device: str) -> str:
-    """``auto`` -> ``cuda`` when available, else ``cpu``."""
-    if device == "auto":
-        import torch
-
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
 
 
 @dataclass
@@ -67,11 +117,15 @@ class Pair:
 
 
 def _dtype(name: str | None, device: str) -> torch.dtype:
+    """``--dtype`` (any spelling of :data:`~difftree_rt.cli.args.DTYPES`) or the device's
+    default: bfloat16 on CUDA, float32 on CPU."""
     import torch
 
     if name is None:
         name = "bfloat16" if device.startswith("cuda") else "float32"
-    return getattr(torch, name)
+    if name.lower() not in DTYPES:
+        raise UsageError(f"--dtype must be one of {DTYPE_HELP}, got {name!r}")
+    return getattr(torch, DTYPES[name.lower()])
 
 
 def load_pair(
@@ -88,10 +142,12 @@ def load_pair(
     from difftree_rt.models import DFlashDrafter
 
     dt = _dtype(dtype, device)
-    target = AutoModelForCausalLM.from_pretrained(str(target_path), dtype=dt, use_safetensors=True)
+    target = AutoModelForCausalLM.from_pretrained(
+        str(target_path), dtype=dt, local_files_only=True, use_safetensors=True
+    )
     target = target.to(device).eval()
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(target_path))
+        tokenizer = AutoTokenizer.from_pretrained(str(target_path), local_files_only=True)
     except (OSError, ValueError):
         tokenizer = None
     drafter = None
@@ -123,17 +179,40 @@ def make_policy_for(pair: Pair, policy: str, budget: int) -> Any:
     return policy
 
 
-def load_prompts(path: str | Path) -> list[str]:
-    """Prompts from a JSON list (of strings or ``{"prompt": ...}``) or a text file with one
-    prompt per line (``\\n`` escapes allowed)."""
+def load_prompts(path: str | Path, flag: str = "--prompts") -> list[str]:
+    """Prompts from a JSON list (of strings or ``{"prompt": ...}``, or ``{"prompts": [...]}``)
+    or a text file with one prompt per line (``\\n`` escapes allowed).
+
+    Raises:
+        UsageError: the file is unreadable, not valid JSON of that shape, or has no prompt
+            (the message names ``flag`` and the path).
+    """
     p = Path(path)
-    text = p.read_text(encoding="utf-8")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{flag} {path}: cannot read ({exc})") from None
     if p.suffix == ".json":
-        data = json.loads(text)
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            raise UsageError(f"{flag} {path}: invalid JSON ({exc})") from None
         if isinstance(data, dict):
-            data = data["prompts"]
-        return [d["prompt"] if isinstance(d, dict) else str(d) for d in data]
-    return [ln.replace("\\n", "\n") for ln in text.splitlines() if ln.strip()]
+            data = data.get("prompts")
+        items = data if isinstance(data, list) else None
+        if items is None or not all(
+            isinstance(d, str) or (isinstance(d, dict) and isinstance(d.get("prompt"), str))
+            for d in items
+        ):
+            raise UsageError(
+                f'{flag} {path}: expected a JSON list of strings or {{"prompt": str}} objects'
+            )
+        prompts = [d["prompt"] if isinstance(d, dict) else d for d in items]
+    else:
+        prompts = [ln.replace("\\n", "\n") for ln in text.splitlines() if ln.strip()]
+    if not any(t.strip() for t in prompts):
+        raise UsageError(f"{flag} {path}: no prompts in the file")
+    return prompts
 
 
 def encode(pair: Pair, text: str, device: str) -> torch.Tensor:
@@ -285,30 +364,60 @@ def machine_line(device: str) -> str:
     return f"{hw}; torch {torch.__version__}; python {sys.version.split()[0]}"
 
 
+#: Row fields of a bench setting: (median, p10, p90) of tokens/s and of the speedup over AR.
+SPREAD_KEYS = {
+    "tokens_per_s": ("tokens_per_s", "tokens_per_s_p10", "tokens_per_s_p90"),
+    "speedup": ("speedup_vs_ar", "speedup_p10", "speedup_p90"),
+}
+
+
+def _errors(rows: Sequence[dict[str, Any]], what: str) -> tuple[list[float], list[list[float]]]:
+    """Medians and matplotlib's ``[below, above]`` error extents (from p10/p90) of ``what``."""
+    k_med, k_lo, k_hi = SPREAD_KEYS[what]
+    med = [float(r.get(k_med) or 0.0) for r in rows]
+    lo = [max(0.0, m - float(r.get(k_lo) or m)) for m, r in zip(med, rows)]
+    hi = [max(0.0, float(r.get(k_hi) or m) - m) for m, r in zip(med, rows)]
+    return med, [lo, hi]
+
+
 def plot_results(results: Sequence[dict[str, Any]], out_dir: Path, title: str) -> list[Path]:
-    """τ and speedup vs budget per policy, and the acceptance-length histograms (PNG)."""
+    """τ, tokens/s and speedup vs budget per policy (median, p10-p90 error bars), and the
+    acceptance-length histograms (PNG). Budgets are labelled as plain numbers."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FixedLocator, NullLocator
 
     out_dir.mkdir(parents=True, exist_ok=True)
     paths: list[Path] = []
     spec = [r for r in results if r["policy"] != "ar"]
+    ar = next((r for r in results if r["policy"] == "ar"), None)
     policies = sorted({r["policy"] for r in spec})
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    budgets = sorted({r["budget"] for r in spec})
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.8))
     for pol in policies:
         rows = sorted((r for r in spec if r["policy"] == pol), key=lambda r: r["budget"])
         xs = [r["budget"] for r in rows]
         axes[0].plot(xs, [r["tau"] for r in rows], marker="o", label=pol)
-        axes[1].plot(xs, [r.get("speedup_vs_ar") or 0.0 for r in rows], marker="o", label=pol)
-    for ax, name in zip(axes, ("τ (tokens per round)", "speedup over AR"), strict=True):
+        for ax, what in ((axes[1], "tokens_per_s"), (axes[2], "speedup")):
+            med, err = _errors(rows, what)
+            ax.errorbar(xs, med, yerr=err, marker="o", capsize=3, label=pol)
+    if ar is not None:
+        med, err = _errors([ar], "tokens_per_s")
+        axes[1].axhline(med[0], color="gray", lw=0.8, ls="--", label="ar")
+        axes[1].axhspan(med[0] - err[0][0], med[0] + err[1][0], color="gray", alpha=0.15)
+    axes[2].axhline(1.0, color="gray", lw=0.8, ls="--")
+    names = ("τ (tokens per round)", "tokens/s (median, p10-p90)", "speedup over AR")
+    for ax, name in zip(axes, names, strict=True):
         ax.set_xscale("log", base=2)
+        ax.xaxis.set_major_locator(FixedLocator(budgets or [1]))
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.set_xticklabels([str(b) for b in (budgets or [1])])
         ax.set_xlabel("budget (draft nodes per round)")
         ax.set_ylabel(name)
         ax.grid(True, alpha=0.3)
-        ax.legend()
-    axes[1].axhline(1.0, color="gray", lw=0.8, ls="--")
+        ax.legend(fontsize=8)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     p = out_dir / "tau_speedup_vs_budget.png"
@@ -316,7 +425,7 @@ def plot_results(results: Sequence[dict[str, Any]], out_dir: Path, title: str) -
     plt.close(fig)
     paths.append(p)
 
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = plt.subplots(figsize=(9, 4.8))
     n = len(spec)
     width = 0.8 / max(1, n)
     for j, r in enumerate(spec):
@@ -326,7 +435,7 @@ def plot_results(results: Sequence[dict[str, Any]], out_dir: Path, title: str) -
         ax.bar(xs, [h / total for h in hist], width=width, label=f"{r['policy']} {r['budget']}")
     ax.set_xlabel("accepted draft tokens per round")
     ax.set_ylabel("fraction of rounds")
-    ax.set_title(title, fontsize=9)
+    ax.set_title(title, fontsize=8)
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     p = out_dir / "acceptance_histogram.png"

@@ -14,7 +14,18 @@ import datetime as _dt
 import os
 import statistics
 import time
+from pathlib import Path
 from typing import Any
+
+from .args import (
+    add_device_options,
+    check_budgets,
+    int_at_least,
+    model_dir,
+    nonneg_int,
+    out_file,
+    positive_int,
+)
 
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
@@ -32,18 +43,42 @@ PRESETS: dict[str, dict[str, Any]] = {
 DEFAULT_NODES = [0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024]
 
 
+def target_spec(text: str) -> str:
+    """``--target``: a preset name, a model directory or a ``config.json``."""
+    if text in PRESETS:
+        return text
+    path = Path(text)
+    if path.is_file() or (path.is_dir() and (path / "config.json").is_file()):
+        return text
+    raise argparse.ArgumentTypeError(
+        f"{text!r} is neither a preset ({', '.join(PRESETS)}) nor a model directory or config.json"
+    )
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--target", required=True, help="HF model dir, config.json, or preset name")
-    p.add_argument("--drafter", default=None, help="DFlash drafter dir (default: random)")
-    p.add_argument("--drafter-layers", type=int, default=1)
-    p.add_argument("--block-size", type=int, default=16, help="random drafter's block size")
-    p.add_argument("--nodes", type=int, nargs="+", default=DEFAULT_NODES)
-    p.add_argument("--contexts", type=int, nargs="+", default=[128, 1024, 4096])
-    p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
-    p.add_argument("--dtype", default=None, help="float32/bfloat16/float16 (default by device)")
-    p.add_argument("--repeats", type=int, default=10)
-    p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--out", default="cost_table.json")
+    p.add_argument(
+        "--target",
+        type=target_spec,
+        required=True,
+        help=f"HF model dir, config.json, or preset name ({', '.join(PRESETS)})",
+    )
+    p.add_argument(
+        "--drafter", type=model_dir, default=None, help="DFlash drafter dir (default: random)"
+    )
+    p.add_argument("--drafter-layers", type=positive_int, default=1, help="random drafter's")
+    p.add_argument(
+        "--block-size", type=int_at_least(2), default=16, help="random drafter's block size"
+    )
+    p.add_argument(
+        "--nodes", type=nonneg_int, nargs="+", default=DEFAULT_NODES, help="tree sizes timed"
+    )
+    p.add_argument(
+        "--contexts", type=positive_int, nargs="+", default=[128, 1024, 4096], help="KV lengths"
+    )
+    add_device_options(p, threads=False)
+    p.add_argument("--repeats", type=positive_int, default=10, help="timed runs (median)")
+    p.add_argument("--warmup", type=nonneg_int, default=3, help="untimed runs first")
+    p.add_argument("--out", type=out_file, default="cost_table.json", help="cost table JSON")
 
 
 def _load_target(spec: str, dtype: Any, device: str) -> tuple[Any, str]:
@@ -61,9 +96,11 @@ def _load_target(spec: str, dtype: Any, device: str) -> tuple[Any, str]:
         f.endswith((".safetensors", ".bin")) for f in os.listdir(spec)
     )
     if has_weights:
-        model = AutoModelForCausalLM.from_pretrained(spec, torch_dtype=dtype, use_safetensors=True)
+        model = AutoModelForCausalLM.from_pretrained(
+            spec, dtype=dtype, local_files_only=True, use_safetensors=True
+        )
         return model.to(device).eval(), os.path.abspath(spec)
-    cfg = AutoConfig.from_pretrained(spec)
+    cfg = AutoConfig.from_pretrained(spec, local_files_only=True)
     with torch.device(device):
         model = AutoModelForCausalLM.from_config(cfg)
     return model.to(dtype).eval(), f"{os.path.abspath(spec)} (config only: random weights)"
@@ -91,11 +128,14 @@ def _median_ms(fn: Any, device: Any, repeats: int, warmup: int) -> float:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from .runtime import resolve_device
+
+    check_budgets([n for n in args.nodes if n > 0], "--nodes")
+    device = torch.device(resolve_device(args.device))
     from difftree_rt import ops
     from difftree_rt.models import DFlashDrafter, TargetAdapter
     from difftree_rt.policies import CostTable
 
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = getattr(torch, args.dtype) if args.dtype else (
         torch.bfloat16 if device.type == "cuda" else torch.float32)  # fmt: skip
     target, target_desc = _load_target(args.target, dtype, str(device))

@@ -6,20 +6,33 @@ from __future__ import annotations
 
 import argparse
 
+from .args import (
+    add_device_options,
+    add_pair_options,
+    existing_file,
+    model_dir,
+    nonempty_text,
+    nonneg_float,
+    nonneg_int,
+    out_file,
+    positive_float,
+    positive_int,
+    token_ids,
+)
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--target", help="local HF causal LM directory (default: the shipped pair)")
-    p.add_argument("--drafter", help="local DFlash drafter directory (default: the shipped pair)")
+    add_pair_options(p, vp=False)
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--prompt", default="def fibonacci(n):\n")
-    src.add_argument("--prompt-file", help="JSON list or one prompt per line")
-    src.add_argument("--prompt-ids", help="one prompt as space-separated token ids")
-    p.add_argument("--max-new-tokens", type=int, default=128)
-    p.add_argument("--budget", type=int, default=512, help="recorded DDTree size")
-    p.add_argument("--temperature", type=float, default=0.0, help="generation (0: greedy)")
+    src.add_argument("--prompt", type=nonempty_text, default="def fibonacci(n):\n", help="prompt")
+    src.add_argument("--prompt-file", type=existing_file, help="JSON list or one prompt per line")
+    src.add_argument("--prompt-ids", type=token_ids, help="one prompt as space-separated token ids")
+    p.add_argument("--max-new-tokens", type=positive_int, default=128, help="tokens per prompt")
+    p.add_argument("--budget", type=positive_int, default=512, help="recorded DDTree size")
+    p.add_argument("--temperature", type=nonneg_float, default=0.0, help="generation (0: greedy)")
     p.add_argument(
         "--prob-temperature",
-        type=float,
+        type=positive_float,
         default=1.0,
         help="temperature of the recorded edge probabilities (the sampling estimate)",
     )
@@ -28,34 +41,39 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="also verify D²SD's second pass at every boundary (so eval-policies scores d2sd)",
     )
-    p.add_argument("--vp-drafter", default=None, help="D²SD's second drafter (default: --drafter)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--dtype", default=None)
-    p.add_argument("--out", default="trace.safetensors", help="the trace (safetensors)")
+    p.add_argument(
+        "--vp-drafter",
+        type=model_dir,
+        default=None,
+        help="D²SD's second drafter (default: --drafter)",
+    )
+    p.add_argument("--seed", type=nonneg_int, default=0, help="seed of prompt i is seed + i")
+    add_device_options(p)
+    p.add_argument("--out", type=out_file, default="trace.pt")
 
 
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from .args import check_budgets
+    from .pair import encode, load_pair, load_prompts, require_pair_dir, stop_ids
+    from .runtime import resolve_device, setup_threads
+
+    pair_dir = None if args.target and args.drafter else require_pair_dir()
+    target = args.target or str(pair_dir / "target")
+    drafter = args.drafter or str(pair_dir / "drafter")
+    prompts = load_prompts(args.prompt_file, "--prompt-file") if args.prompt_file else None
+    device = resolve_device(args.device)
+    check_budgets([args.budget], "--budget")
+    print(f"device {device}, {setup_threads(args.threads, device, [target, drafter])}")
+    pair = load_pair(target, drafter, device, args.dtype)
     from difftree_rt.engine.sampling import SamplingParams
     from difftree_rt.eval import TraceRecorder
 
-    from .pair import default_pair_dir, encode, load_pair, load_prompts, resolve_device, stop_ids
-
-    device = resolve_device(args.device)
-    pair_dir = default_pair_dir()
-    pair = load_pair(
-        args.target or str(pair_dir / "target"),
-        args.drafter or str(pair_dir / "drafter"),
-        device,
-        args.dtype,
-    )
-    if args.prompt_ids:
-        ids = [torch.tensor([[int(t) for t in args.prompt_ids.split()]], device=device)]
+    if args.prompt_ids is not None:
+        ids = [torch.tensor([args.prompt_ids], device=device)]
     else:
-        prompts = load_prompts(args.prompt_file) if args.prompt_file else [args.prompt]
-        ids = [encode(pair, t, device) for t in prompts]
+        ids = [encode(pair, t, device) for t in (prompts or [args.prompt])]
     longest = max(int(x.shape[1]) for x in ids)
     vp = None
     if args.vp_drafter:

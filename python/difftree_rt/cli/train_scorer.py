@@ -6,20 +6,25 @@ from __future__ import annotations
 
 import argparse
 
+from .args import existing_file, model_dir, nonneg_int, out_file, positive_float, positive_int
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("traces", nargs="+", help="trace .safetensors files (difftree-rt record-trace)")
-    p.add_argument("--width", type=int, default=64, help="pool beam width W")
-    p.add_argument("--pool-size", type=int, default=128, help="pool nodes P")
-    p.add_argument("--epochs", type=int, default=5)
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "traces", nargs="+", type=existing_file, help="trace files (difftree-rt record-trace)"
+    )
+    p.add_argument("--width", type=positive_int, default=64, help="pool beam width W")
+    p.add_argument("--pool-size", type=positive_int, default=128, help="pool nodes P")
+    p.add_argument("--epochs", type=positive_int, default=5, help="passes over the rounds")
+    p.add_argument("--lr", type=positive_float, default=2e-3, help="learning rate")
+    p.add_argument("--seed", type=nonneg_int, default=0, help="initialisation seed")
     p.add_argument(
         "--target",
+        type=model_dir,
         help="local HF target directory: token features from a projection of its input "
         "embedding (default: a learned hashed token table)",
     )
-    p.add_argument("--out", default="taps_scorer.safetensors", help="the scorer (safetensors)")
+    p.add_argument("--out", type=out_file, default="taps_scorer.pt")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -31,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     if args.target:
         from transformers import AutoModelForCausalLM
 
-        model = AutoModelForCausalLM.from_pretrained(args.target, use_safetensors=True)
+        model = AutoModelForCausalLM.from_pretrained(args.target, local_files_only=True)
         embedding = model.get_input_embeddings().weight.detach().float()
     model = train_scorer(
         traces,
