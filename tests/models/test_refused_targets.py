@@ -13,8 +13,12 @@ import torch
 from transformers import (
     DeepseekV3Config,
     DeepseekV3ForCausalLM,
+    Gemma2Config,
+    Gemma2ForCausalLM,
     Gemma3ForCausalLM,
     Gemma3TextConfig,
+    GptOssConfig,
+    GptOssForCausalLM,
     LlamaConfig,
     LlamaForCausalLM,
     Phi3Config,
@@ -93,6 +97,22 @@ def _deepseek_v3() -> PreTrainedModel:
     return DeepseekV3ForCausalLM(cfg).eval()
 
 
+def _gemma2() -> PreTrainedModel:
+    return Gemma2ForCausalLM(Gemma2Config(head_dim=16, sliding_window=512, **SMALL)).eval()
+
+
+def _gpt_oss() -> PreTrainedModel:
+    cfg = GptOssConfig(
+        head_dim=16,
+        sliding_window=512,
+        num_local_experts=4,
+        num_experts_per_tok=2,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+        **SMALL,
+    )
+    return GptOssForCausalLM(cfg).eval()
+
+
 REFUSED = {
     "phi3-longrope": (_phi3_longrope, r"phi3.*rope_type='longrope'"),
     "llama-dynamic": (lambda: _llama({"rope_type": "dynamic", "factor": 2.0}), r"llama.*'dynamic'"),
@@ -102,6 +122,8 @@ REFUSED = {
     ),
     "gemma3-dynamic-full-layers": (_gemma3_dynamic_full_layers, r"gemma3_text.*'dynamic'"),
     "deepseek-v3-mla": (_deepseek_v3, r"deepseek_v3.*latent attention.*kv_lora_rank"),
+    "gemma2-softcap": (_gemma2, r"gemma2.*soft-capping"),
+    "gpt-oss-sinks": (_gpt_oss, r"gpt_oss.*attention sinks"),
 }
 
 

@@ -12,6 +12,8 @@ tokens under speculative verification would differ from its own ``generate``:
   switches at ``original_max_position_embeddings``), so the same token gets other rotations.
 - Multi-head latent attention (DeepSeek-V2/V3 style ``kv_lora_rank``): the cache would have to hold
   the compressed latent, not per-head K/V of one head dim.
+- Attention logit soft-capping (Gemma-2 ``attn_logit_softcapping``) and attention sinks (gpt-oss
+  ``sinks``): tree attention computes plain softmax attention.
 """
 
 from __future__ import annotations
@@ -159,6 +161,13 @@ def check_target_model(model: nn.Module) -> TargetGeometry:
             "multi-head latent attention (q_lora_rank/kv_lora_rank, DeepSeek-V2/V3 style) is not "
             "supported: the static KV cache holds per-head keys and values of one head dim",
         )
+    softcap = getattr(config, "attn_logit_softcapping", None)
+    if softcap is not None:
+        raise _unsupported(
+            model,
+            f"attention logit soft-capping (attn_logit_softcapping={softcap}) is not supported: "
+            "tree attention computes plain softmax attention",
+        )
     if not getattr(model, "_supports_attention_backend", False):
         raise _unsupported(
             model,
@@ -200,6 +209,15 @@ def check_target_model(model: nn.Module) -> TargetGeometry:
             model,
             f"decoder layers {attn_missing} have no `self_attn` module with a `layer_idx` (not a "
             "standard decoder layer)",
+        )
+    sinks = [
+        i for i, layer in enumerate(layers) if getattr(layer.self_attn, "sinks", None) is not None
+    ]
+    if sinks:
+        raise _unsupported(
+            model,
+            f"attention sinks (`self_attn.sinks` on layers {sinks}) are not supported: tree "
+            "attention computes plain softmax attention",
         )
     if next(model.parameters(), None) is None:
         raise ValueError(f"model: {type(model).__name__} has no parameters")
