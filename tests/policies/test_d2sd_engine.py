@@ -181,7 +181,7 @@ def test_errors_name_the_argument() -> None:
     target, drafter = random_pair("qwen3")
     with pytest.raises(ValueError, match="k must be"):
         D2SDPolicy(16, k=0)
-    with pytest.raises(ValueError, match="vp_drafter must be"):
+    with pytest.raises(TypeError, match="vp_drafter must be"):
         D2SDPolicy(16, vp_drafter=target)
     gen = torch.Generator().manual_seed(1)
     other_layers = [0] if list(drafter.config.target_layer_ids) != [0] else [1]

@@ -123,9 +123,10 @@ class DraftPolicy(ABC):
     tracks_stream: bool = False
 
     def __init__(self, budget: int) -> None:
-        if not isinstance(budget, int) or isinstance(budget, bool) or not 1 <= budget <= MAX_BUDGET:
-            raise ValueError(f"budget must be an int in [1, {MAX_BUDGET}], got {budget!r}")
-        self.budget = budget
+        # Imported here: difftree_rt.policies imports this module (its policies subclass ours).
+        from ..policies._validate import check_budget
+
+        self.budget = check_budget(budget)
 
     def capacity(self, max_depth: int) -> int:
         """N, the tree rows this policy produces for draft depth ``max_depth`` (root included)."""
@@ -225,7 +226,10 @@ def register_policy(name: str, factory: Callable[[int], DraftPolicy]) -> None:
 
 
 def make_policy(name: str, budget: int) -> DraftPolicy:
-    """The registered policy ``name`` with ``budget`` draft nodes."""
+    """The registered policy ``name`` with ``budget`` draft nodes (``TypeError`` /
+    ``ValueError`` naming the argument for a non-str name, an unknown name or a bad budget)."""
+    if not isinstance(name, str):
+        raise TypeError(f"policy must be a str name or a DraftPolicy, got {type(name).__name__}")
     factory = POLICIES.get(name)
     if factory is None:
         known = ", ".join(sorted(["ar", *POLICIES]))

@@ -18,13 +18,15 @@ import bisect
 import json
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from ._validate import check_path
 
 __all__ = [
     "CostTable",
@@ -145,13 +147,13 @@ class CostTable:
         if self.nodes[0] < 0:
             raise ValueError(f"nodes must be >= 0, got {self.nodes}")
         nb, nc, nn = len(self.batches), len(self.contexts), len(self.nodes)
-        v = np.asarray(self.verify, dtype=np.float64)
-        d = np.asarray(self.draft, dtype=np.float64)
-        if v.shape != (nb, nc, nn) or d.shape != (nb, nc):
+        v, d = _array("verify", self.verify), _array("draft", self.draft)
+        if v.shape != (nb, nc, nn):
             raise ValueError(
-                f"verify must be [batches={nb}][contexts={nc}][nodes={nn}] and draft "
-                f"[batches][contexts], got {list(v.shape)} and {list(d.shape)}"
+                f"verify must be [batches={nb}][contexts={nc}][nodes={nn}], got {list(v.shape)}"
             )
+        if d.shape != (nb, nc):
+            raise ValueError(f"draft must be [batches={nb}][contexts={nc}], got {list(d.shape)}")
         if not (np.isfinite(v).all() and np.isfinite(d).all()) or (v < 0).any() or (d < 0).any():
             raise ValueError("costs must be finite and >= 0")
         # The fit, once: [Bt, C, nodes] nondecreasing convex in n.
@@ -238,17 +240,30 @@ class CostTable:
         }
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> CostTable:
+    def from_dict(cls, d: Mapping[str, Any]) -> CostTable:
+        """A table from its parsed JSON (:meth:`to_dict`'s layout); ``ValueError`` naming the
+        first field that is missing or of the wrong type or shape."""
+        if not isinstance(d, Mapping):
+            raise ValueError(f"a cost table must be a JSON object, got {type(d).__name__}")
         if d.get("format") != _FORMAT:
             raise ValueError(f"not a cost table (format {d.get('format')!r}, want {_FORMAT!r})")
+        for name in ("nodes", "contexts", "verify", "draft"):
+            if name not in d:
+                raise ValueError(f"cost table field {name!r} is missing")
+        unit = d.get("unit", "ms")
+        if not isinstance(unit, str):
+            raise ValueError(f"cost table field 'unit' must be a string, got {unit!r}")
+        meta = d.get("meta", {})
+        if not isinstance(meta, Mapping):
+            raise ValueError(f"cost table field 'meta' must be an object, got {meta!r}")
         return cls(
-            nodes=[int(x) for x in d["nodes"]],
-            contexts=[int(x) for x in d["contexts"]],
-            verify=d["verify"],
-            draft=d["draft"],
-            batches=[int(x) for x in d.get("batches", [1])],
-            unit=str(d.get("unit", "ms")),
-            meta=dict(d.get("meta", {})),
+            nodes=_ints("nodes", d["nodes"]),
+            contexts=_ints("contexts", d["contexts"]),
+            verify=_numbers("verify", d["verify"], 3),
+            draft=_numbers("draft", d["draft"], 2),
+            batches=_ints("batches", d.get("batches", [1])),
+            unit=unit,
+            meta=dict(meta),
         )
 
     def save(self, path: str | os.PathLike[str]) -> None:
@@ -258,17 +273,72 @@ class CostTable:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> CostTable:
-        with open(path) as f:
-            return cls.from_dict(json.load(f))
+        """The table in the JSON file at ``path`` (``ValueError`` naming the path and the
+        field when it is not valid JSON or not a cost table)."""
+        path = check_path("path", path)
+        with open(path, encoding="utf-8") as f:
+            try:
+                raw = json.load(f)
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                raise ValueError(f"cost table {path!r} is not valid JSON: {e}") from None
+        try:
+            return cls.from_dict(raw)
+        except ValueError as e:
+            raise ValueError(f"cost table {path!r}: {e}") from None
 
 
-def load_cost_table(table: CostTable | str | os.PathLike[str] | None) -> CostTable:
-    """A table object, a JSON path, or None (the conservative default)."""
+def _array(name: str, value: Any) -> np.ndarray:
+    """Field ``name`` (nested lists of numbers) as a float64 array; ``ValueError`` naming it
+    when it is ragged or holds a non-number."""
+    try:
+        return np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be rectangular nested lists of numbers") from None
+
+
+def _ints(name: str, value: Any) -> list[int]:
+    """A JSON list of integers (no bools, no floats) of field ``name``."""
+    if not isinstance(value, list) or any(
+        isinstance(x, bool) or not isinstance(x, int) for x in value
+    ):
+        raise ValueError(f"cost table field {name!r} must be a list of integers, got {value!r}")
+    return list(value)
+
+
+def _numbers(name: str, value: Any, depth: int) -> list[Any]:
+    """Nested JSON lists, ``depth`` deep, of numbers (no bools) of field ``name``, as floats."""
+    if depth == 0:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"cost table field {name!r} holds a non-number {value!r}")
+        return float(value)  # type: ignore[return-value]
+    if not isinstance(value, list):
+        raise ValueError(
+            f"cost table field {name!r} must be {depth}-deep nested lists of numbers, got {value!r}"
+        )
+    return [_numbers(name, x, depth - 1) for x in value]
+
+
+def load_cost_table(
+    table: CostTable | Mapping[str, Any] | str | os.PathLike[str] | None,
+    name: str = "cost_table",
+) -> CostTable:
+    """A table object, its parsed JSON (a dict), a JSON path, or None (the conservative
+    default). Anything else (an int would be a file descriptor to ``open``) is a
+    ``TypeError`` naming ``name``; a bad file or dict a ``ValueError`` naming the field."""
     if table is None:
         return default_cost_table()
     if isinstance(table, CostTable):
         return table
-    return CostTable.load(table)
+    if isinstance(table, Mapping):
+        try:
+            return CostTable.from_dict(table)
+        except ValueError as e:
+            raise ValueError(f"{name}: {e}") from None
+    if not isinstance(table, (str, os.PathLike)):
+        raise TypeError(
+            f"{name} must be a CostTable, a dict or a JSON path, got {type(table).__name__}"
+        )
+    return CostTable.load(check_path(name, table))
 
 
 def default_cost_table() -> CostTable:

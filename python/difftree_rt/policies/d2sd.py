@@ -24,6 +24,7 @@ from torch import Tensor
 
 from ..engine.policies import DraftPolicy, PolicyInput
 from ..tree import DraftTree
+from ._validate import check_bool, check_int
 
 __all__ = ["D2SDPolicy", "branch_blocks", "branch_rows"]
 
@@ -115,18 +116,16 @@ class D2SDPolicy(DraftPolicy):
         self, budget: int = 64, *, k: int = 4, vp_drafter: Any = None, alternative: bool = True
     ) -> None:
         super().__init__(budget)
-        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
-            raise ValueError(f"k must be an int >= 1 (branches per round), got {k!r}")
+        self.k = check_int("k", k, 1)
         if vp_drafter is not None:
             from ..models.dflash import DFlashDrafter
 
             if not isinstance(vp_drafter, DFlashDrafter):
-                raise ValueError(
+                raise TypeError(
                     f"vp_drafter must be a DFlashDrafter or None, got {type(vp_drafter).__name__}"
                 )
-        self.k = k
         self.vp_drafter = vp_drafter
-        self.alternative = bool(alternative)
+        self.alternative = check_bool("alternative", alternative)
 
     def redraft_rows(self) -> int:
         return self.k

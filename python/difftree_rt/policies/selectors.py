@@ -21,6 +21,7 @@ import torch
 
 from ..engine.policies import DraftPolicy, PolicyInput
 from ..tree import DraftTree
+from ._validate import check_bool, check_float, check_int
 from .cost import CostTable, DeviceCosts, load_cost_table
 
 __all__ = ["CaDDTreePolicy", "PrestoPolicy", "PrestoStream", "presto_table_size"]
@@ -43,9 +44,9 @@ class CaDDTreePolicy(DraftPolicy):
 
     Args:
         budget: the maximum tree (draft nodes).
-        cost_table: a :class:`CostTable`, a JSON path (``difftree-rt profile-cost``), or None
-            for the conservative analytic default.
-        batch: the batch size whose costs apply.
+        cost_table: a :class:`CostTable`, its parsed JSON (a dict), the path of a JSON file
+            (``difftree-rt profile-cost``), or None for the conservative analytic default.
+        batch: the batch size whose costs apply, >= 1.
         truncate: return the tree cut to ``max(n + 1, min(L, budget) + 1)`` rows, so the eager
             verify pays for the chosen tree, not the capacity (the cut rows are padding
             anyway; the floor keeps the engine's fixed walk-path width). This reads
@@ -76,9 +77,9 @@ class CaDDTreePolicy(DraftPolicy):
         truncate: bool = True,
     ) -> None:
         super().__init__(budget)
-        self.table = load_cost_table(cost_table)
-        self.batch = batch
-        self.truncate = truncate
+        self.batch = check_int("batch", batch, 1)
+        self.truncate = check_bool("truncate", truncate)
+        self.table = load_cost_table(cost_table, name="cost_table")
         self.sizes: list[int] = []
         self._costs: dict[str, DeviceCosts] = {}
 
@@ -179,10 +180,11 @@ class PrestoPolicy(DraftPolicy):
 
     Args:
         budget: draft nodes per round.
-        lam: λ (0 gives DDTree exactly).
-        order: n of the n-gram prior.
-        alpha: additive smoothing mass α (interpolation toward the lower order).
-        k: candidates per depth (default ``min(budget, V)``, as DDTree).
+        lam: λ, finite and >= 0 (0 gives DDTree exactly).
+        order: n of the n-gram prior, in [1, 8].
+        alpha: additive smoothing mass α, finite and > 0 (interpolation toward the lower order).
+        k: candidates per depth, >= 1 (capped at ``min(budget, V)``; None: that cap, as
+            DDTree).
 
     The prior is per request and on the draft logits' device: the engine opens a
     :class:`PrestoStream` per call (:meth:`start_stream` counts the prompts and the first
@@ -205,13 +207,10 @@ class PrestoPolicy(DraftPolicy):
         k: int | None = None,
     ) -> None:
         super().__init__(budget)
-        if not lam >= 0.0:
-            raise ValueError(f"lam must be >= 0, got {lam!r}")
-        if not alpha > 0.0:
-            raise ValueError(f"alpha must be > 0, got {alpha!r}")
-        if not isinstance(order, int) or not 1 <= order <= 8:
-            raise ValueError(f"order must be an int in [1, 8], got {order!r}")
-        self.lam, self.order, self.alpha, self.k = float(lam), order, float(alpha), k
+        self.lam = check_float("lam", lam, lo=0.0)
+        self.alpha = check_float("alpha", alpha, lo=0.0, lo_open=True)
+        self.order = check_int("order", order, 1, 8)
+        self.k = None if k is None else check_int("k", k, 1)
 
     # ---- the stream (engine hooks, see DraftPolicy) ------------------------------------------
     def new_stream(

@@ -21,13 +21,16 @@ Three steps per round (request b):
 from __future__ import annotations
 
 import functools
+import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from ..engine.policies import DraftPolicy, PolicyInput
 from ..tree import DraftTree
+from ._validate import check_int, check_path
 
 __all__ = ["TapsPolicy", "TapsPool", "fallback_log_qc", "marginal_log_qc", "taps_pool"]
 
@@ -241,17 +244,38 @@ def fallback_log_qc(pool: TapsPool, cand_logprob: Tensor) -> Tensor:
     return torch.where(rows, out, 0.0)
 
 
+#: The largest candidate pool (the core's tree limit: the pool is a tree of P + 1 rows).
+MAX_POOL = 4096
+
+
+def _scorer(scorer: Any) -> Any:
+    """:class:`TapsPolicy`'s ``scorer`` argument, checked (a path is loaded)."""
+    if scorer is None or (isinstance(scorer, str) and scorer == "marginal"):
+        return scorer
+    if isinstance(scorer, (str, os.PathLike)):
+        from .taps_scorer import EdgeScorer
+
+        return EdgeScorer.load(check_path("scorer", scorer))
+    if not callable(getattr(scorer, "log_qc", None)):
+        raise TypeError(
+            "scorer must be None, 'marginal', a scorer file path or an object with "
+            f"log_qc(pool, cand_token, cand_logprob, inputs), got {type(scorer).__name__}"
+        )
+    return scorer
+
+
 class TapsPolicy(DraftPolicy):
     """TAPS (ALGORITHMS.md §6): the top-``budget`` pool nodes by estimated reach.
 
     Args:
         budget: draft nodes per round.
-        width: beam width W of the pool (default ``budget``); also K, the candidates per depth.
-        pool_size: P, pool nodes (default ``2 * budget``, at most 4096).
+        width: beam width W of the pool, >= 1 (None: ``budget``); also K, the candidates per
+            depth.
+        pool_size: P, pool nodes in [1, 4096] (None: ``min(2 * budget, 4096)``).
         scorer: None for the training-free :func:`fallback_log_qc`, ``"marginal"`` for the
-            draft marginals (= DDTree on the pool), a path saved by ``difftree-rt
-            train-scorer``, or an object with ``log_qc(pool, cand_token, cand_logprob,
-            inputs) -> [B, P1] float32``.
+            draft marginals (= DDTree on the pool), the path (str or ``os.PathLike``) of a
+            file saved by ``difftree-rt train-scorer``, or an object with ``log_qc(pool,
+            cand_token, cand_logprob, inputs) -> [B, P1] float32``.
     """
 
     name = "taps"
@@ -265,15 +289,13 @@ class TapsPolicy(DraftPolicy):
         scorer=None,
     ) -> None:
         super().__init__(budget)
-        self.width = int(width or budget)
-        self.pool_size = int(pool_size or min(2 * budget, 4096))
-        if self.width < 1 or not 1 <= self.pool_size <= 4096:
-            raise ValueError(f"width >= 1 and pool_size in [1, 4096], got {width}, {pool_size}")
-        if isinstance(scorer, str) and scorer != "marginal":
-            from .taps_scorer import EdgeScorer
-
-            scorer = EdgeScorer.load(scorer)
-        self.scorer = scorer
+        self.width = self.budget if width is None else check_int("width", width, 1)
+        self.pool_size = (
+            min(2 * self.budget, MAX_POOL)
+            if pool_size is None
+            else check_int("pool_size", pool_size, 1, MAX_POOL)
+        )
+        self.scorer = _scorer(scorer)
 
     @property  # type: ignore[override]
     def graph_safe(self) -> bool:
