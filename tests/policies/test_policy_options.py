@@ -101,6 +101,22 @@ def test_unknown_policy_name_lists_the_known_ones() -> None:
         make_policy(3, 8)  # type: ignore[arg-type]
 
 
+def test_decoder_string_form() -> None:
+    """``SpeculativeDecoder(policy=NAME, budget=...)``: an unknown name lists the known ones,
+    a registered name gets the budget checked by the policy."""
+    from engine_helpers import random_pair
+
+    from difftree_rt import SpeculativeDecoder
+
+    target, drafter = random_pair("qwen3")
+    with pytest.raises(ValueError, match="policy") as info:
+        SpeculativeDecoder(target, drafter, policy="ddtre", budget=8)
+    assert all(name in str(info.value) for name in ["ar", *POLICIES])
+    with pytest.raises((TypeError, ValueError), match="budget"):
+        SpeculativeDecoder(target, drafter, policy="taps", budget=2.5)
+    assert SpeculativeDecoder(target, drafter, policy="presto", budget=5).policy.budget == 5
+
+
 # ---- per-policy options --------------------------------------------------------------------
 _BAD_OPTIONS: list[tuple[Callable[..., DraftPolicy], dict[str, Any], type, str]] = [
     (CaDDTreePolicy, {"batch": "x"}, TypeError, "batch"),
