@@ -98,6 +98,16 @@ def test_huge_max_new_tokens_names_the_argument(policy: str, caps: Any) -> None:
         _decoder(policy).generate(ids, caps)
 
 
+def test_max_new_tokens_past_int32_positions_names_the_argument(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import difftree_rt.engine.decoder as decoder_module
+
+    monkeypatch.setattr(decoder_module, "device_memory_bytes", lambda device: None)  # unknown
+    with pytest.raises(ValueError, match=r"max_new_tokens=2199023255552 .*int32"):
+        _decoder().generate(IDS, 2**41)
+
+
 @pytest.mark.parametrize("caps", [True, 0, -3, 2.0, "8", None, [4, True]])
 def test_max_new_tokens_must_be_positive_ints(caps: Any) -> None:
     ids: Any = PROMPTS if isinstance(caps, list) else IDS

@@ -412,23 +412,24 @@ class SpeculativeDecoder(BatchGenerationMixin):
         num_t, num_b = req.ids.shape[1], req.num_b
         per_row = self._geometry.kv_bytes_per_row(num_b, self.model_dtype)
         memory = device_memory_bytes(self.device)
-        limit_rows = _MAX_POSITIONS if memory is None else min(_MAX_POSITIONS, memory // per_row)
+        by_memory = memory is not None and memory // per_row < _MAX_POSITIONS
+        limit_rows = memory // per_row if memory is not None and by_memory else _MAX_POSITIONS
         # Rows are rounded up to CACHE_ROUND when allocated.
-        limit_rows = limit_rows // CACHE_ROUND * CACHE_ROUND
-        most = limit_rows - num_t - self.capacity
+        most = limit_rows // CACHE_ROUND * CACHE_ROUND - num_t - self.capacity
         if req.max_new <= most:
             return
         rows = num_t + req.max_new + self.capacity
-        where = (
-            f"{memory / 2**30:.1f} GiB of memory on {self.device}"
-            if memory is not None and limit_rows < _MAX_POSITIONS
-            else f"{_MAX_POSITIONS} positions"
-        )
+        gib = rows * per_row / 2**30
+        need = f"{rows} cache rows x B={num_b} ({gib:.3g} GiB of target KV cache)"
+        if by_memory:
+            assert memory is not None
+            limit = f"more than the {memory / 2**30:.1f} GiB of memory on {self.device}"
+        else:
+            limit = f"more than the {_MAX_POSITIONS} positions of the cache (int32)"
         raise ValueError(
             f"max_new_tokens={req.max_new} is too large: prompt ({num_t}) + max_new_tokens + one "
-            f"tree (N={self.capacity}) = {rows} cache rows x B={num_b} need "
-            f"{rows * per_row / 2**30:.3g} GiB of target KV cache, more than the {where}; at "
-            f"most max_new_tokens={max(most, 0)} fits this prompt"
+            f"tree (N={self.capacity}) needs {need}, {limit}; at most about "
+            f"max_new_tokens={max(most, 0)} fits this prompt"
         )
 
     def _generate_one(self, req: GenerateRequest) -> GenerationOutput:
