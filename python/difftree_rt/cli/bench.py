@@ -127,9 +127,10 @@ def summarize(runs: list[RunResult], ar_runs: list[RunResult] | None) -> dict[st
 def _describe_model(path: str, module: Any) -> str:
     """``reference_pair/target (qwen3, 25.0M params)``."""
     p = Path(path).resolve()
-    n = sum(t.numel() for t in module.parameters()) / 1e6
+    n = sum(t.numel() for t in module.parameters())
+    size = f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n / 1e3:.1f}K"
     kind = getattr(getattr(module, "config", None), "model_type", None) or type(module).__name__
-    return f"{p.parent.name}/{p.name} ({kind}, {n:.1f}M params)"
+    return f"{p.parent.name}/{p.name} ({kind}, {size} params)"
 
 
 def versions() -> dict[str, Any]:

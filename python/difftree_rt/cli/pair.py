@@ -116,6 +116,10 @@ class Pair:
     vp_drafter: Any | None = None  # D²SD's second drafter (DFlashDrafter), when one is given
 
 
+#: Files of which at least one marks a directory as holding a tokenizer.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
+
+
 def _dtype(name: str | None, device: str) -> torch.dtype:
     """``--dtype`` (any spelling of :data:`~difftree_rt.cli.args.DTYPES`) or the device's
     default: bfloat16 on CUDA, float32 on CPU."""
@@ -146,10 +150,13 @@ def load_pair(
         str(target_path), dtype=dt, local_files_only=True, use_safetensors=True
     )
     target = target.to(device).eval()
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(target_path), local_files_only=True)
-    except (OSError, ValueError):
-        tokenizer = None
+    tokenizer = None
+    # Without tokenizer files transformers may build an empty tokenizer (every text -> no ids).
+    if any((Path(target_path) / f).is_file() for f in TOKENIZER_FILES):
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(target_path), local_files_only=True)
+        except (OSError, ValueError):
+            tokenizer = None
     drafter = None
     if drafter_path is not None:
         drafter = DFlashDrafter.from_pretrained(str(drafter_path)).to(device=device, dtype=dt)
@@ -224,6 +231,8 @@ def encode(pair: Pair, text: str, device: str) -> torch.Tensor:
     else:
         vocab = int(pair.target.config.vocab_size)
         ids = torch.tensor([[b % vocab for b in text.encode("utf-8")]])
+    if ids.shape[1] == 0:
+        raise UsageError(f"the prompt {text[:40]!r} encodes to no tokens")
     return ids.to(device)
 
 
