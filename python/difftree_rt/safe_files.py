@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -98,13 +97,13 @@ def write_tensor_file(path: str | os.PathLike[str], fmt: str, obj: Any) -> None:
     structure, tensors = pack(obj)
     meta = {"format": fmt, "json": json.dumps(structure, allow_nan=True)}
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    # Same directory (os.replace is atomic there); the pid keeps concurrent writers apart.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        save_file(tensors, tmp, metadata=meta)
+        save_file(tensors, str(tmp), metadata=meta)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
