@@ -18,19 +18,17 @@ recompute's, maxima over the run; a missing context row moves them by ~1). Small
 
 from __future__ import annotations
 
-import copy
-import functools
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
 import torch
+from draft_reference import scratch_ref
 from engine_helpers import trained_pair
 from tests.tolerance import Ref
 
 from difftree_rt import SpeculativeDecoder
 from difftree_rt.models import DFlashDrafter
-from difftree_rt.models.dflash import extract_features
 
 SPAN_MIN = 8  # rows: spans 16, 32, 64, 128 within one request of ~70 rows
 NEW = 48
@@ -71,26 +69,6 @@ def spy_drafts(drafter: DFlashDrafter, monkeypatch: pytest.MonkeyPatch) -> list[
     return calls
 
 
-@functools.cache
-def _fp64_pair() -> tuple[torch.nn.Module, DFlashDrafter]:
-    target, drafter = trained_pair()
-    t64, d64 = copy.deepcopy(target).double(), copy.deepcopy(drafter).double()
-    return t64, d64.bind(t64)
-
-
-@torch.no_grad()
-def recompute(
-    target: torch.nn.Module, drafter: DFlashDrafter, seq: torch.Tensor, start: int,
-    block: torch.Tensor,
-) -> torch.Tensor:  # fmt: skip
-    """Draft logits ``[1, L, V]`` from scratch: target features of ``seq[:start]`` (``seq
-    [T_total]``), block ``[1, S]`` at positions ``start ..``, no cache and no span."""
-    hidden = target(seq[None, :start], output_hidden_states=True).hidden_states
-    feats = extract_features(hidden, drafter.config.target_layer_ids)
-    positions = start + torch.arange(block.shape[1])[None]
-    return drafter.compute_logits(drafter(block, feats, positions))[:, 1:]
-
-
 def check_drafts(
     calls: list[DraftCall],
     seqs: list[torch.Tensor],
@@ -107,7 +85,6 @@ def check_drafts(
         accepted: B lists of accepted lengths per round (request b runs that many rounds).
     """
     target, drafter = trained_pair()
-    t64, d64 = _fp64_pair()
     rounds = max(len(a) for a in accepted)
     # Graph mode launches one (no-op) round past the end; eager loops none.
     assert rounds <= len(calls) <= rounds + 1, (len(calls), rounds)
@@ -127,8 +104,7 @@ def check_drafts(
             assert int(block[0, 0]) == int(seq[start]), (b, r)
             assert bool((block[0, 1:] == drafter.mask_token_id).all())
             got.append(call.logits[b : b + 1])
-            low = recompute(target, drafter, seq, start, block)
-            refs.append(Ref(low, recompute(t64, d64, seq, start, block)))
+            refs.append(scratch_ref(target, drafter, seq, start, block))
             start += a + 1
     Ref.cat(refs).check(torch.cat(got), what="draft logits")
     return spans
