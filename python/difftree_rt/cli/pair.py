@@ -46,10 +46,11 @@ def _installed_pair_dir() -> Path | None:
     from importlib.resources import files
 
     try:
-        root = files("difftree_rt")
+        # Joined before converting: an editable install's root is a multiplexed Traversable.
+        found = files("difftree_rt").joinpath("assets").joinpath("reference_pair")
     except (ModuleNotFoundError, TypeError):  # pragma: no cover
         return None
-    return Path(str(root)) / "assets" / "reference_pair"
+    return Path(os.fspath(found)) if isinstance(found, os.PathLike) else None
 
 
 def _source_pair_dir() -> Path:
