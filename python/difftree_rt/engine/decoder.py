@@ -116,7 +116,7 @@ class SpeculativeDecoder(BatchGenerationMixin):
             )
         self._geometry = check_target_model(model)
         self.model = model
-        self.model_dtype = next(model.parameters()).dtype
+        self._target_dtype = next(model.parameters()).dtype
 
         if self.policy is not None and drafter is None:
             raise ValueError(
@@ -410,7 +410,7 @@ class SpeculativeDecoder(BatchGenerationMixin):
         if self._fixed_adapter or self.max_length is not None:
             return  # a fixed cache: _adapter_for names max_length and what the request needs
         num_t, num_b = req.ids.shape[1], req.num_b
-        per_row = self._geometry.kv_bytes_per_row(num_b, self.model_dtype)
+        per_row = self._geometry.kv_bytes_per_row(num_b, self._target_dtype)
         memory = device_memory_bytes(self.device)
         by_memory = memory is not None and memory // per_row < _MAX_POSITIONS
         limit_rows = memory // per_row if memory is not None and by_memory else _MAX_POSITIONS
