@@ -50,7 +50,7 @@ def test_greedy_trained_pair_marginal_scorer_is_ddtree() -> None:
             stats.setdefault(name, []).append(list(out.stats.accepted_lengths))
     assert stats["taps-marginal"] == stats["ddtree"]  # same trees every round
     taus = {k: sum(map(sum, v)) / sum(map(len, v)) + 1 for k, v in stats.items()}
-    assert taus["taps"] > 2.0, taus
+    assert taus["taps"] >= 0.9 * 3.6, taus  # 0.9 x the τ measured (fp32, CPU)
 
 
 def test_sampling_distribution_equals_target() -> None:
