@@ -13,13 +13,20 @@ TensorView make_view(void* data, DType dtype, std::initializer_list<int64_t> sha
   t.device_id = device_id;
   t.ndim = static_cast<int>(shape.size());
   int i = 0;
-  for (int64_t s : shape) t.shape[i++] = s;
-  int64_t stride = 1;
-  for (int d = t.ndim - 1; d >= 0; --d) {
-    t.strides[d] = stride;
-    stride *= t.shape[d];
+  for (int64_t s : shape) {
+    if (i == kMaxDims) break;
+    t.shape[i++] = s;
   }
+  if (t.ndim <= kMaxDims) set_contiguous_strides(&t);
   return t;
+}
+
+void set_contiguous_strides(TensorView* t) {
+  uint64_t stride = 1;  // unsigned: wraps instead of overflowing
+  for (int d = t->ndim - 1; d >= 0; --d) {
+    t->strides[d] = static_cast<int64_t>(stride);
+    stride *= static_cast<uint64_t>(t->shape[d]);
+  }
 }
 
 int dtype_size(DType dtype) {
@@ -64,7 +71,8 @@ const char* device_name(DeviceType device) {
 std::string shape_string(const TensorView& t) {
   std::ostringstream os;
   os << "[";
-  for (int i = 0; i < t.ndim; ++i) os << (i ? ", " : "") << t.shape[i];
+  for (int i = 0; i < t.ndim && i < kMaxDims; ++i) os << (i ? ", " : "") << t.shape[i];
+  if (t.ndim > kMaxDims) os << ", ...";
   os << "]";
   return os.str();
 }

@@ -2,6 +2,7 @@
 // expected, because it reaches the user verbatim as a ValueError / TypeError.
 #pragma once
 
+#include <cstdint>
 #include <initializer_list>
 #include <string>
 
@@ -10,7 +11,15 @@
 
 namespace difftree::checks {
 
-// ndim, then each dim (negative expected dims are free); `layout` names the dims, e.g. "[B, L, V]".
+// The descriptor itself, before anything reads its shape: ndim in [0, kMaxDims], no negative
+// extent, an element and byte count (every extent counted as at least 1) and a strided byte span
+// that fit in int64. ndim, shape and tensor (so every op's first look at an argument) run it.
+Status descriptor(const TensorView& t, const char* name);
+
+// An expected extent of `shape` that matches any extent (every other value must match exactly).
+constexpr int64_t kAnyDim = INT64_MIN;
+
+// ndim, then each dim; `layout` names the dims, e.g. "[B, L, V]".
 Status shape(const TensorView& t, const char* name, std::initializer_list<int64_t> expected,
              const char* layout);
 Status ndim(const TensorView& t, const char* name, int expected, const char* layout);
@@ -22,7 +31,7 @@ Status same_device(const TensorView& t, const char* name, const TensorView& ref,
                    const char* ref_name);
 Status in_range(int64_t value, const char* name, int64_t lo, int64_t hi);
 
-// The common case: dtype, contiguity, non-null data, device.
+// The common case: the descriptor, dtype, device, contiguity, non-null data.
 Status tensor(const TensorView& t, const char* name, std::initializer_list<DType> allowed,
               const TensorView& device_ref, const char* device_ref_name);
 

@@ -1,5 +1,7 @@
 // Dispatch: validate every argument once, then route to the CPU implementation or a CUDA
-// launcher. Nothing below this layer re-checks shapes, dtypes or devices.
+// launcher. Nothing below this layer re-checks shapes, dtypes or devices. An empty batch returns
+// before the CPU implementation: there is nothing to write, and its scratch is sized by extents
+// that no memory backs (e.g. [0, 2^31] log-probs), which must not become a 16 GiB allocation.
 #include "difftree/ops.h"
 
 #include <cmath>
@@ -18,6 +20,8 @@ namespace cpu {
 Status node_select(const TensorView& logits, const SamplingViews& params, const TensorView& out);
 }  // namespace cpu
 namespace {
+
+using checks::kAnyDim;
 
 Status index_tensor(const TensorView& t, const char* name, const TensorView& ref,
                     const char* ref_name) {
@@ -156,6 +160,7 @@ Status topk_logprobs(const TensorView& logits, int64_t k, const TensorView& toke
   }
   (void)workspace;
   (void)stream;
+  if (B * L == 0) return Status::Ok();
   DIFFTREE_RETURN_IF_ERROR(cpu::topk_logprobs(logits, k, token, logprob));
   if (row_error != nullptr) {
     int32_t* e = row_error->ptr<int32_t>();
@@ -237,6 +242,7 @@ Status ddtree_select(const TensorView& cand_token, const TensorView& cand_logpro
   }
   (void)workspace;
   (void)stream;
+  if (B == 0) return Status::Ok();
   return cpu::ddtree_select(cand_token, cand_logprob, budget, root_token, tree);
 }
 
@@ -263,7 +269,7 @@ Status tree_walk(const TreeView& tree, const TensorView& node_choice, const Tens
                  const TensorView* remaining, const WalkOutputs& out, Stream stream) {
   DIFFTREE_RETURN_IF_ERROR(check_tree_walk(tree, node_choice, stop_tokens, remaining));
   const int64_t B = tree.token.shape[0];
-  DIFFTREE_RETURN_IF_ERROR(checks::shape(out.path, "path", {B, -1}, "[B, P]"));
+  DIFFTREE_RETURN_IF_ERROR(checks::shape(out.path, "path", {B, kAnyDim}, "[B, P]"));
   if (out.path.shape[1] < 1) return InvalidValue("path: expected at least one column (the root)");
   DIFFTREE_RETURN_IF_ERROR(
       checks::tensor(out.path, "path", {DType::kInt32}, tree.token, "tree.token"));
@@ -284,6 +290,7 @@ Status tree_walk(const TreeView& tree, const TensorView& node_choice, const Tens
 #endif
   }
   (void)stream;
+  if (B == 0) return Status::Ok();
   return cpu::tree_walk(tree, node_choice, stop_tokens, remaining, out);
 }
 
@@ -301,7 +308,8 @@ Status check_kv_commit(const TensorView* caches, int num_caches, const TensorVie
   DIFFTREE_RETURN_IF_ERROR(index_tensor(accepted, "accepted", path, "path"));
   if (num_caches < 1) return InvalidValue("caches: expected at least one cache tensor");
   // Every layer's K and V share one shape and dtype, so one launch can move them all.
-  DIFFTREE_RETURN_IF_ERROR(checks::shape(caches[0], "caches[0]", {B, -1, -1, -1}, "[B, H, S, D]"));
+  DIFFTREE_RETURN_IF_ERROR(
+      checks::shape(caches[0], "caches[0]", {B, kAnyDim, kAnyDim, kAnyDim}, "[B, H, S, D]"));
   const TensorView& c0 = caches[0];
   for (int c = 0; c < num_caches; ++c) {
     const std::string name = "caches[" + std::to_string(c) + "]";
@@ -331,6 +339,7 @@ Status kv_commit(const TensorView* caches, int num_caches, const TensorView& bas
 #endif
   }
   (void)stream;
+  if (path.shape[0] == 0) return Status::Ok();
   return cpu::kv_commit(caches, num_caches, base_len, path, accepted);
 }
 
@@ -380,6 +389,7 @@ Status node_select(const TensorView& logits, const SamplingViews& params, const 
 #endif
   }
   (void)stream;
+  if (B * N == 0) return Status::Ok();
   return cpu::node_select(logits, params, out);
 }
 
@@ -498,6 +508,7 @@ Status caddtree_select(const TensorView& cand_token, const TensorView& cand_logp
   }
   (void)workspace;
   (void)stream;
+  if (cand_logprob.shape[0] == 0) return Status::Ok();
   return cpu::caddtree_select(cand_token, cand_logprob, max_budget, root_token, verify_cost,
                               draft_cost, tree);
 }
@@ -572,6 +583,7 @@ Status presto_select(const TensorView& cand_token, const TensorView& cand_logpro
   }
   (void)workspace;
   (void)stream;
+  if (cand_logprob.shape[0] == 0) return Status::Ok();
   return cpu::presto_select(cand_token, cand_logprob, budget, root_token, context, keys, counts,
                             params, tree);
 }
@@ -618,6 +630,7 @@ Status ngram_extend(const TensorView& keys, const TensorView& counts, const Tens
 #endif
   }
   (void)stream;
+  if (tokens.shape[0] == 0) return Status::Ok();
   return cpu::ngram_extend(keys, counts, history, tokens, num_tokens, order);
 }
 
@@ -679,6 +692,7 @@ Status taps_select(const TensorView& pool_token, const TensorView& pool_parent,
   }
   (void)workspace;
   (void)stream;
+  if (log_qc.shape[0] == 0) return Status::Ok();
   return cpu::taps_select(pool_token, pool_parent, pool_size, log_qc, budget, tree);
 }
 
@@ -690,7 +704,7 @@ Status check_d2sd_boundaries(const TensorView& trunk_logprob, const TensorView& 
                                           trunk_logprob, "trunk_logprob"));
   const int64_t B = trunk_logprob.shape[0], L = trunk_logprob.shape[1];
   if (L < 1) return InvalidValue("trunk_logprob: expected L >= 1 draft depths");
-  DIFFTREE_RETURN_IF_ERROR(checks::shape(boundary, "boundary", {B, -1}, "[B, K]"));
+  DIFFTREE_RETURN_IF_ERROR(checks::shape(boundary, "boundary", {B, kAnyDim}, "[B, K]"));
   DIFFTREE_RETURN_IF_ERROR(
       checks::tensor(boundary, "boundary", {DType::kInt32}, trunk_logprob, "trunk_logprob"));
   if (boundary.shape[1] < 1 || boundary.shape[1] > L) {
@@ -715,6 +729,7 @@ Status d2sd_boundaries(const TensorView& trunk_logprob, const TensorView& bounda
 #endif
   }
   (void)stream;
+  if (trunk_logprob.shape[0] == 0) return Status::Ok();
   return cpu::d2sd_boundaries(trunk_logprob, boundary);
 }
 
@@ -731,11 +746,11 @@ Status check_d2sd_select(const TensorView& trunk_token, const TensorView& trunk_
   DIFFTREE_RETURN_IF_ERROR(checks::shape(trunk_token, "trunk_token", {B, L1}, "[B, L1]"));
   DIFFTREE_RETURN_IF_ERROR(
       index_tensor(trunk_token, "trunk_token", trunk_logprob, "trunk_logprob"));
-  DIFFTREE_RETURN_IF_ERROR(checks::shape(boundary, "boundary", {B, -1}, "[B, K]"));
+  DIFFTREE_RETURN_IF_ERROR(checks::shape(boundary, "boundary", {B, kAnyDim}, "[B, K]"));
   DIFFTREE_RETURN_IF_ERROR(index_tensor(boundary, "boundary", trunk_logprob, "trunk_logprob"));
   const int64_t K = boundary.shape[1];
-  DIFFTREE_RETURN_IF_ERROR(
-      checks::shape(branch_logprob, "branch_logprob", {B, K, -1}, "[B, K, L2] (K as boundary)"));
+  DIFFTREE_RETURN_IF_ERROR(checks::shape(branch_logprob, "branch_logprob", {B, K, kAnyDim},
+                                         "[B, K, L2] (K as boundary)"));
   DIFFTREE_RETURN_IF_ERROR(checks::tensor(branch_logprob, "branch_logprob", {DType::kFloat32},
                                           trunk_logprob, "trunk_logprob"));
   const int64_t L2 = branch_logprob.shape[2];
@@ -804,6 +819,7 @@ Status d2sd_select(const TensorView& trunk_token, const TensorView& trunk_logpro
   }
   (void)workspace;
   (void)stream;
+  if (trunk_logprob.shape[0] == 0) return Status::Ok();
   return cpu::d2sd_select(trunk_token, trunk_logprob, boundary, branch_token, branch_logprob,
                           root_token, tree);
 }
@@ -845,8 +861,8 @@ Status check_tree_attention(const TensorView& q, const TensorView& k_cache,
   if (N < 1) return InvalidValue("q: expected N >= 1 query rows, got N = 0");
   if (D < 1) return InvalidValue("q: expected head_dim D >= 1, got D = 0");
   if (Hq < 1) return InvalidValue("q: expected H_q >= 1 heads, got H_q = 0");
-  DIFFTREE_RETURN_IF_ERROR(
-      checks::shape(k_cache, "k_cache", {B, -1, -1, D}, "[B, H_kv, S_max, D] (B, D as q)"));
+  DIFFTREE_RETURN_IF_ERROR(checks::shape(k_cache, "k_cache", {B, kAnyDim, kAnyDim, D},
+                                         "[B, H_kv, S_max, D] (B, D as q)"));
   DIFFTREE_RETURN_IF_ERROR(attn_tensor(k_cache, "k_cache", {q.dtype}, q, "q"));
   const int64_t Hkv = k_cache.shape[1], S = k_cache.shape[2];
   DIFFTREE_RETURN_IF_ERROR(checks::shape(v_cache, "v_cache", {B, Hkv, S, D}, "as k_cache"));
@@ -936,6 +952,7 @@ Status tree_attention(const TensorView& q, const TensorView& k_cache, const Tens
   }
   (void)workspace;
   (void)stream;
+  if (B == 0) return Status::Ok();
   return cpu::tree_attention(q, k_cache, v_cache, prefix_len, chain ? nullptr : tree_anc, num_nodes,
                              scale, chain, out);
 }
