@@ -1,13 +1,16 @@
-// libFuzzer target over the public C++ API: random shapes, dtypes, raw bit patterns (NaN, Inf,
-// garbage indices), budgets and corrupted trees. Every call must return a Status; a non-ok one must
-// name an argument. Memory errors are caught by AddressSanitizer / UBSan (build with
-// -DDIFFTREE_FUZZ=ON, clang). Run: build/fuzz/fuzz_core -max_total_time=60 fuzz/corpus
+// libFuzzer target over the public C++ API and the C ABI: random shapes, dtypes, raw bit patterns
+// (NaN, Inf, garbage indices), budgets and corrupted trees, and descriptors no caller should send
+// (negative or overflowing extents, bad ndim, NULL data, odd strides; through the C ABI also NULL
+// shapes and tensors, vector dtypes, wrapping byte offsets). Every call must return a Status; a
+// non-ok one must name an argument. Memory errors are caught by AddressSanitizer / UBSan (build
+// with -DDIFFTREE_FUZZ=ON, clang). Run: build/fuzz/fuzz_core -max_total_time=60 fuzz/corpus
 #include <algorithm>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
 #include <vector>
 
+#include "difftree/difftree.h"
 #include "difftree/difftree.hpp"
 
 using namespace difftree;
@@ -35,6 +38,8 @@ class Input {
     auto* out = static_cast<uint8_t*>(dst);
     for (size_t i = 0; i < bytes; ++i) out[i] = byte();
   }
+  // One in `bad_every` tensors gets a bad descriptor (0: none); set once per input.
+  int bad_every = 0;
 
  private:
   const uint8_t* data_;
@@ -43,14 +48,55 @@ class Input {
 
 struct Buffer {
   std::vector<uint8_t> bytes;
+  int64_t n = 0;  // elements the bytes hold (the view's shape may have been made bad)
   TensorView view;
 };
 
+// Turns a view into one no op may accept or one that still describes memory inside the buffer
+// (a NULL pointer, a stride-0 broadcast or an empty shape), so any crash is the library's fault.
+void make_bad(Input& in, TensorView& v) {
+  static const int64_t kNegative[] = {-1, -2, INT64_MIN, -(int64_t{1} << 32)};
+  static const int64_t kHuge[] = {int64_t{1} << 31, int64_t{1} << 32, int64_t{1} << 62, INT64_MAX};
+  static const int64_t kStrides[] = {INT64_MIN, INT64_MAX, int64_t{1} << 62, -1, -2};
+  static const int kNdims[] = {-1, -1000, kMaxDims + 1, 1 << 20, INT32_MIN};
+  const int d = v.ndim > 0 ? static_cast<int>(in.range(0, v.ndim - 1)) : -1;
+  switch (in.range(0, 8)) {
+    case 0:
+      v.ndim = kNdims[in.range(0, 4)];
+      break;
+    case 1:  // a negative extent
+      if (d >= 0) v.shape[d] = kNegative[in.range(0, 3)];
+      break;
+    case 2:  // a huge extent over no memory (an empty tensor when another extent is 0)
+      if (d >= 0) v.shape[d] = kHuge[in.range(0, 3)];
+      v.data = nullptr;
+      break;
+    case 3:  // element count 2^64: wraps to 0 in a naive product
+      if (v.ndim >= 2) v.shape[0] = v.shape[v.ndim - 1] = int64_t{1} << 32;
+      break;
+    case 4:
+      v.data = nullptr;
+      break;
+    case 5:  // a stride no memory can back (or negative: before the data)
+      if (d >= 0 && v.shape[d] > 1) v.strides[d] = kStrides[in.range(0, 4)];
+      break;
+    case 6:  // a broadcast: stays inside the buffer
+      if (d >= 0) v.strides[d] = 0;
+      break;
+    case 7:
+      v.dtype = DType::kOther;
+      break;
+    default:
+      v.device = DeviceType::kOther;
+      break;
+  }
+}
+
 Buffer make(Input& in, DType dtype, std::vector<int64_t> shape, bool random_fill) {
   Buffer b;
-  int64_t n = 1;
-  for (int64_t s : shape) n *= s;
-  b.bytes.resize(static_cast<size_t>(n) * dtype_size(dtype) + 16);
+  b.n = 1;
+  for (int64_t s : shape) b.n *= s;
+  b.bytes.resize(static_cast<size_t>(b.n) * dtype_size(dtype) + 16);
   if (random_fill) in.fill(b.bytes.data(), b.bytes.size());
   b.view.data = b.bytes.data();
   b.view.dtype = dtype;
@@ -61,7 +107,82 @@ Buffer make(Input& in, DType dtype, std::vector<int64_t> shape, bool random_fill
     b.view.strides[d] = stride;
     stride *= shape[d];
   }
+  if (in.bad_every > 0 && in.range(0, in.bad_every - 1) == 0) make_bad(in, b.view);
   return b;
+}
+
+// ---- the C ABI: the same views as raw DLTensor descriptors, with DLPack's own hazards ----------
+
+struct Dl {
+  int64_t shape[kMaxDims] = {};
+  int64_t strides[kMaxDims] = {};
+  DLTensor t{};
+  Dl() = default;
+  Dl(const Dl&) = delete;
+  Dl& operator=(const Dl&) = delete;
+};
+
+DLDataType dl_dtype(DType d) {
+  switch (d) {
+    case DType::kInt32: return {kDLInt, 32, 1};
+    case DType::kInt64: return {kDLInt, 64, 1};
+    case DType::kUInt8: return {kDLUInt, 8, 1};
+    case DType::kBool: return {kDLBool, 8, 1};
+    case DType::kFloat32: return {kDLFloat, 32, 1};
+    case DType::kFloat16: return {kDLFloat, 16, 1};
+    case DType::kBFloat16: return {kDLBfloat, 16, 1};
+    default: return {kDLComplex, 64, 1};
+  }
+}
+
+// v as a DLTensor (strides given or NULL = compact), sometimes with a NULL shape, vector lanes, a
+// byte_offset that wraps the address space or an unknown device.
+void to_dl(Input& in, const TensorView& v, Dl* d) {
+  const int n = std::clamp(v.ndim, 0, kMaxDims);
+  for (int i = 0; i < n; ++i) {
+    d->shape[i] = v.shape[i];
+    d->strides[i] = v.strides[i];
+  }
+  d->t.data = v.data;
+  d->t.device = {v.device == DeviceType::kOther ? 7 : kDLCPU, 0};
+  d->t.ndim = v.ndim;
+  d->t.dtype = dl_dtype(v.dtype);
+  d->t.shape = d->shape;
+  d->t.strides = v.is_contiguous() && in.coin() ? nullptr : d->strides;
+  d->t.byte_offset = 0;
+  if (in.bad_every > 0 && in.range(0, in.bad_every - 1) == 0) {
+    switch (in.range(0, 4)) {
+      case 0:
+        d->t.shape = nullptr;
+        break;
+      case 1:
+        d->t.dtype.lanes = static_cast<uint16_t>(in.range(0, 4));
+        break;
+      case 2:
+        d->t.dtype.bits = static_cast<uint8_t>(in.range(0, 9));
+        break;
+      case 3:
+        d->t.byte_offset = ~uint64_t{0} - static_cast<uint64_t>(in.range(0, 64));
+        break;
+      default:
+        d->t.device.device_type = static_cast<int32_t>(in.range(-1, 20));
+        break;
+    }
+  }
+}
+
+// The descriptor or, now and then, NULL.
+const DLTensor* dl_or_null(Input& in, const Dl& d) {
+  return in.bad_every > 0 && in.range(0, 4 * in.bad_every) == 0 ? nullptr : &d.t;
+}
+
+void expect_named_c(difftree_status s) {
+  if (s == DIFFTREE_OK) return;
+  if (std::strstr(difftree_last_error(), ": ") == nullptr) {
+    std::fprintf(stderr, "C ABI status %s without an argument name: %s\n",
+                 difftree_status_string(s), difftree_last_error());
+    __builtin_trap();
+  }
 }
 
 DType pick_dtype(Input& in, DType usual) {
@@ -82,6 +203,7 @@ void expect_named(const Status& s) {
 }
 
 struct TreeBufs {
+  int64_t B = 0, N = 0;  // what the buffers hold (the views' shapes may have been made bad)
   Buffer token, parent, depth, score, first_child, next_sibling, anc, num_nodes;
   TreeView view() const {
     return {token.view,       parent.view,       depth.view, score.view,
@@ -91,6 +213,8 @@ struct TreeBufs {
 
 TreeBufs make_tree(Input& in, int64_t B, int64_t N) {
   TreeBufs t;
+  t.B = B;
+  t.N = N;
   t.token = make(in, DType::kInt32, {B, N}, false);
   t.parent = make(in, DType::kInt32, {B, N}, false);
   t.depth = make(in, DType::kInt32, {B, N}, false);
@@ -100,6 +224,24 @@ TreeBufs make_tree(Input& in, int64_t B, int64_t N) {
   t.anc = make(in, DType::kInt32, {B, N, anc_words(N)}, false);
   t.num_nodes = make(in, DType::kInt32, {B}, false);
   return t;
+}
+
+// A tree's eight views as one difftree_tree.
+struct DlTree {
+  Dl f[8];
+  difftree_tree tree{};
+};
+
+void to_dl_tree(Input& in, const TreeView& v, DlTree* d) {
+  const TensorView* views[] = {&v.token,       &v.parent,       &v.depth, &v.score,
+                               &v.first_child, &v.next_sibling, &v.anc,   &v.num_nodes};
+  for (int i = 0; i < 8; ++i) to_dl(in, *views[i], &d->f[i]);
+  d->tree = {d->f[0].t, d->f[1].t, d->f[2].t, d->f[3].t,
+             d->f[4].t, d->f[5].t, d->f[6].t, d->f[7].t};
+}
+
+const difftree_tree* tree_or_null(Input& in, const DlTree& d) {
+  return in.bad_every > 0 && in.range(0, 4 * in.bad_every) == 0 ? nullptr : &d.tree;
 }
 
 // Candidates that usually pass validation (sorted, <= 0, distinct) so selection itself runs.
@@ -124,6 +266,14 @@ void fuzz_topk(Input& in) {
   Buffer lp = make(in, pick_dtype(in, DType::kFloat32), {B, maybe_off(in, L), K}, false);
   expect_named(check_topk_logprobs(logits.view, k));
   expect_named(topk_logprobs(logits.view, k, tok.view, lp.view, nullptr));
+  if (in.coin()) {
+    Dl l, t, p;
+    to_dl(in, logits.view, &l);
+    to_dl(in, tok.view, &t);
+    to_dl(in, lp.view, &p);
+    expect_named_c(difftree_topk_logprobs(dl_or_null(in, l), k, dl_or_null(in, t),
+                                          dl_or_null(in, p), nullptr));
+  }
 }
 
 Status select_into(Input& in, int64_t B, int64_t L, int64_t K, int64_t budget, bool sane,
@@ -136,8 +286,22 @@ Status select_into(Input& in, int64_t B, int64_t L, int64_t K, int64_t budget, b
   const int64_t N = std::clamp<int64_t>(budget, 0, kMaxBudget) + 1;
   *tree = make_tree(in, B, maybe_off(in, N));
   expect_named(check_ddtree_select(tok.view, lp.view, budget, in.coin() ? &root.view : nullptr));
-  return ddtree_select(tok.view, lp.view, budget, in.coin() ? &root.view : nullptr, tree->view(),
-                       nullptr);
+  const Status got = ddtree_select(tok.view, lp.view, budget, in.coin() ? &root.view : nullptr,
+                                   tree->view(), nullptr);
+  if (in.coin()) {  // the same through the C ABI (the same tree when both succeed)
+    Dl t, l, r;
+    DlTree dt;
+    to_dl(in, tok.view, &t);
+    to_dl(in, lp.view, &l);
+    to_dl(in, root.view, &r);
+    to_dl_tree(in, tree->view(), &dt);
+    const difftree_ddtree_params params{budget};
+    expect_named_c(difftree_ddtree_select(dl_or_null(in, t), dl_or_null(in, l),
+                                          in.coin() ? dl_or_null(in, r) : nullptr,
+                                          in.coin() ? &params : nullptr, tree_or_null(in, dt),
+                                          nullptr));
+  }
+  return got;
 }
 
 void fuzz_select(Input& in) {
@@ -158,12 +322,12 @@ void fuzz_walk(Input& in) {
                       &tree.next_sibling, &tree.anc,    &tree.num_nodes};
   for (int c = 0; c < corruptions; ++c) {
     Buffer* a = arrays[in.range(0, 6)];
-    const int64_t n = a->view.numel();
+    const int64_t n = a->n;
     if (n == 0) continue;
     reinterpret_cast<int32_t*>(a->bytes.data())[in.u64() % n] =
         static_cast<int32_t>(in.range(-3, static_cast<int>(budget) + 3));
   }
-  const int64_t N = tree.token.view.shape[1];
+  const int64_t N = tree.N;
   Buffer choice = make(in, pick_dtype(in, DType::kInt64), {B, N}, true);
   if (in.coin()) {  // mostly small tokens so walks go deep
     for (int64_t i = 0; i < B * N && choice.view.dtype == DType::kInt64; ++i)
@@ -181,6 +345,24 @@ void fuzz_walk(Input& in) {
   expect_named(check_tree_walk(tree.view(), choice.view, s, r));
   expect_named(tree_walk(tree.view(), choice.view, s, r,
                          {path.view, acc.view, next.view, done.view}, nullptr));
+  if (in.coin()) {
+    DlTree dt;
+    Dl c, st, rem, pa, ac, ne, dn;
+    to_dl_tree(in, tree.view(), &dt);
+    to_dl(in, choice.view, &c);
+    to_dl(in, stops.view, &st);
+    to_dl(in, remaining.view, &rem);
+    to_dl(in, path.view, &pa);
+    to_dl(in, acc.view, &ac);
+    to_dl(in, next.view, &ne);
+    to_dl(in, done.view, &dn);
+    const difftree_walk_params params{s ? dl_or_null(in, st) : nullptr,
+                                      r ? dl_or_null(in, rem) : nullptr};
+    expect_named_c(difftree_tree_walk(tree_or_null(in, dt), dl_or_null(in, c),
+                                      in.coin() ? &params : nullptr, dl_or_null(in, pa),
+                                      dl_or_null(in, ac), dl_or_null(in, ne), dl_or_null(in, dn),
+                                      nullptr));
+  }
 }
 
 void fuzz_commit(Input& in) {
@@ -206,6 +388,24 @@ void fuzz_commit(Input& in) {
   }
   expect_named(check_kv_commit(views.data(), n, base.view, path.view, acc.view));
   expect_named(kv_commit(views.data(), n, base.view, path.view, acc.view, nullptr));
+  if (in.coin()) {
+    std::vector<Dl> dl_caches(static_cast<size_t>(n));
+    std::vector<const DLTensor*> ptrs;
+    for (int c = 0; c < n; ++c) {
+      to_dl(in, views[c], &dl_caches[c]);
+      ptrs.push_back(dl_or_null(in, dl_caches[c]));
+    }
+    Dl b, p, a;
+    to_dl(in, base.view, &b);
+    to_dl(in, path.view, &p);
+    to_dl(in, acc.view, &a);
+    // A count below the array's length (never above: that is the caller's memory error).
+    const int32_t count = in.bad_every > 0 && in.coin() ? static_cast<int32_t>(in.range(-3, n)) : n;
+    const bool no_array = in.bad_every > 0 && in.range(0, 4 * in.bad_every) == 0;
+    expect_named_c(difftree_kv_commit(no_array ? nullptr : ptrs.data(), count,
+                                      dl_or_null(in, b), dl_or_null(in, p), dl_or_null(in, a),
+                                      nullptr));
+  }
 }
 
 // D²SD: boundaries over raw log-probs, then the joint tree over plausible or raw rows.
@@ -228,13 +428,13 @@ void fuzz_d2sd(Input& in) {
       for (int64_t i = 0; i < B * L1; ++i)
         reinterpret_cast<int64_t*>(trunk.bytes.data())[i] = in.range(0, 3);
     if (branch.view.dtype == DType::kInt64)
-      for (int64_t i = 0; i < branch.view.numel(); ++i)
+      for (int64_t i = 0; i < branch.n; ++i)
         reinterpret_cast<int64_t*>(branch.bytes.data())[i] = in.range(0, 3);
     if (blp.view.dtype == DType::kFloat32)
       for (int64_t i = 0; i < B * K * L2; ++i)
         reinterpret_cast<float*>(blp.bytes.data())[i] = -static_cast<float>(in.range(0, 40)) / 8.0f;
     if (boundary.view.dtype == DType::kInt32)
-      for (int64_t i = 0; i < boundary.view.numel(); ++i)
+      for (int64_t i = 0; i < boundary.n; ++i)
         reinterpret_cast<int32_t*>(boundary.bytes.data())[i] =
             static_cast<int32_t>(in.range(-1, std::max<int64_t>(std::min(L1, L2) - 1, -1)));
   }
@@ -261,13 +461,13 @@ void fuzz_presto(Input& in) {
   Buffer num = make(in, pick_dtype(in, DType::kInt64), {maybe_off(in, B)}, true);
   if (in.coin()) {  // plausible values reach the inserts
     if (history.view.dtype == DType::kInt64)
-      for (int64_t i = 0; i < history.view.numel(); ++i)
+      for (int64_t i = 0; i < history.n; ++i)
         reinterpret_cast<int64_t*>(history.bytes.data())[i] = in.range(-1, 3);
     if (tokens.view.dtype == DType::kInt64)
-      for (int64_t i = 0; i < tokens.view.numel(); ++i)
+      for (int64_t i = 0; i < tokens.n; ++i)
         reinterpret_cast<int64_t*>(tokens.bytes.data())[i] = in.range(0, 4);
     if (num.view.dtype == DType::kInt64)
-      for (int64_t i = 0; i < num.view.numel(); ++i)
+      for (int64_t i = 0; i < num.n; ++i)
         reinterpret_cast<int64_t*>(num.bytes.data())[i] = in.range(0, static_cast<int>(T));
   }
   expect_named(
@@ -310,6 +510,8 @@ void fuzz_presto(Input& in) {
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   Input in(data, size);
+  static const int kBadEvery[] = {0, 0, 32, 12, 4};
+  in.bad_every = kBadEvery[in.range(0, 4)];
   switch (in.range(0, 5)) {
     case 0:
       fuzz_topk(in);
