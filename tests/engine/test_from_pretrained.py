@@ -65,7 +65,7 @@ def test_shipped_pair_with_tokenizer() -> None:
     ids = dec.tokenizer("def add(a, b):\n", return_tensors="pt").input_ids
     out = dec.generate(ids, 16)
     assert torch.equal(out.sequences, greedy_reference(dec.model, ids, 16))
-    assert out.stats.tau > 1.0  # the trained pair accepts drafts
+    assert out.stats.tau >= 0.9 * 1.667  # 0.9 x the τ measured (fp32, CPU)
     assert isinstance(dec.tokenizer.decode(out.sequences[0]), str)
 
 

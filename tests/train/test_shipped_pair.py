@@ -37,7 +37,7 @@ def test_loads_binds_and_decodes_losslessly() -> None:
     ar = SpeculativeDecoder(target, None, "ar").generate(ids, 48)
     spec = SpeculativeDecoder(target, drafter, "ddtree", budget=64).generate(ids, 48)
     assert torch.equal(ar.sequences, spec.sequences)
-    assert spec.stats.tau > 1.5
+    assert spec.stats.tau >= 0.9 * 3.13  # 0.9 x the τ measured (fp32 compute, CPU)
 
 
 @pytest.mark.skipif(not (PAIR / "vp_drafter" / "config.json").exists(), reason="no VP drafter")
