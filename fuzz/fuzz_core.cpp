@@ -446,6 +446,24 @@ void fuzz_d2sd(Input& in) {
       check_d2sd_select(trunk.view, lp.view, boundary.view, branch.view, blp.view, budget, r));
   expect_named(d2sd_select(trunk.view, lp.view, boundary.view, branch.view, blp.view, budget, r,
                            tree.view(), nullptr));
+  if (in.coin()) {  // the same through the C ABI
+    Dl dl, db, dt, dbt, dbl, dr;
+    DlTree tr;
+    to_dl(in, lp.view, &dl);
+    to_dl(in, boundary.view, &db);
+    to_dl(in, trunk.view, &dt);
+    to_dl(in, branch.view, &dbt);
+    to_dl(in, blp.view, &dbl);
+    to_dl(in, root.view, &dr);
+    to_dl_tree(in, tree.view(), &tr);
+    const difftree_d2sd_params params{budget};
+    expect_named_c(difftree_d2sd_boundaries(dl_or_null(in, dl), dl_or_null(in, db), nullptr));
+    expect_named_c(difftree_d2sd_select(dl_or_null(in, dt), dl_or_null(in, dl), dl_or_null(in, db),
+                                        dl_or_null(in, dbt), dl_or_null(in, dbl),
+                                        r ? dl_or_null(in, dr) : nullptr,
+                                        in.coin() ? &params : nullptr, tree_or_null(in, tr),
+                                        nullptr, nullptr));
+  }
 }
 
 // PRESTO: per-request n-gram tables extended from raw or plausible tokens (tiny tables fill up),
@@ -504,6 +522,172 @@ void fuzz_presto(Input& in) {
   expect_named(check_presto_select(tok.view, lp.view, budget, r, context.view, k, c, params));
   expect_named(presto_select(tok.view, lp.view, budget, r, context.view, k, c, params, tree.view(),
                              nullptr));
+  if (in.coin()) {  // the same through the C ABI
+    Dl dk, dc, dh, dtk, dn, dt, dl, dctx, dr;
+    DlTree tr;
+    to_dl(in, keys.view, &dk);
+    to_dl(in, counts.view, &dc);
+    to_dl(in, history.view, &dh);
+    to_dl(in, tokens.view, &dtk);
+    to_dl(in, num.view, &dn);
+    expect_named_c(difftree_ngram_extend(dl_or_null(in, dk), dl_or_null(in, dc),
+                                         dl_or_null(in, dh), dl_or_null(in, dtk),
+                                         dl_or_null(in, dn), order, nullptr, nullptr));
+    to_dl(in, k, &dk);
+    to_dl(in, c, &dc);
+    to_dl(in, tok.view, &dt);
+    to_dl(in, lp.view, &dl);
+    to_dl(in, context.view, &dctx);
+    to_dl(in, root.view, &dr);
+    to_dl_tree(in, tree.view(), &tr);
+    const difftree_presto_params p{budget, params.order, params.alpha, params.lam, params.vocab};
+    expect_named_c(difftree_presto_select(dl_or_null(in, dt), dl_or_null(in, dl),
+                                          r ? dl_or_null(in, dr) : nullptr, dl_or_null(in, dctx),
+                                          dl_or_null(in, dk), dl_or_null(in, dc),
+                                          in.coin() ? &p : nullptr, tree_or_null(in, tr), nullptr,
+                                          nullptr));
+  }
+}
+
+// The rest of a round through the C++ API and the C ABI: tree attention over a small cache,
+// node selection with optional sampling settings, and the CaDDTree and TAPS selectors.
+void fuzz_round(Input& in) {
+  const int64_t B = in.range(0, 2), N = in.range(0, 5), D = in.range(0, 4), S = in.range(0, 12);
+  const int64_t Hkv = in.range(0, 2), Hq = maybe_off(in, Hkv * in.range(1, 2));
+  Buffer q = make(in, pick_dtype(in, DType::kFloat32), {B, Hq, N, D}, true);
+  Buffer kc = make(in, pick_dtype(in, DType::kFloat32), {B, Hkv, S, D}, true);
+  Buffer vc = make(in, pick_dtype(in, DType::kFloat32), {B, Hkv, maybe_off(in, S), D}, true);
+  Buffer out = make(in, pick_dtype(in, DType::kFloat32), {B, Hq, maybe_off(in, N), D}, false);
+  Buffer plen = make(in, pick_dtype(in, DType::kInt64), {B}, true);
+  Buffer anc = make(in, pick_dtype(in, DType::kInt32), {B, N, (N + 31) / 32}, true);
+  Buffer nodes = make(in, pick_dtype(in, DType::kInt64), {B}, true);
+  if (in.coin() && plen.view.dtype == DType::kInt64 && nodes.view.dtype == DType::kInt64)
+    for (int64_t b = 0; b < plen.n && b < nodes.n; ++b) {  // in range, so the kernel runs
+      reinterpret_cast<int64_t*>(plen.bytes.data())[b] = in.range(0, std::max<int64_t>(S - N, 0));
+      reinterpret_cast<int64_t*>(nodes.bytes.data())[b] = in.range(0, static_cast<int>(N));
+    }
+  const float scale = in.coin() ? 0.5f : static_cast<float>(static_cast<int32_t>(in.u64()));
+  const bool chain = in.coin();
+  const int64_t splits = in.range(-1, 3);
+  const TensorView* a = in.coin() ? &anc.view : nullptr;
+  const TensorView* nn = in.coin() ? &nodes.view : nullptr;
+  expect_named(check_tree_attention(q.view, kc.view, vc.view, plen.view, a, nn, scale, chain));
+  expect_named(tree_attention(q.view, kc.view, vc.view, plen.view, a, nn, scale, chain, splits,
+                              out.view, nullptr, nullptr));
+  {
+    Dl dq, dk, dv, dp, da, dn, dout;
+    to_dl(in, q.view, &dq);
+    to_dl(in, kc.view, &dk);
+    to_dl(in, vc.view, &dv);
+    to_dl(in, plen.view, &dp);
+    to_dl(in, anc.view, &da);
+    to_dl(in, nodes.view, &dn);
+    to_dl(in, out.view, &dout);
+    const difftree_attention_params params{scale, chain ? 1 : 0, splits};
+    expect_named_c(difftree_tree_attention(
+        dl_or_null(in, dq), dl_or_null(in, dk), dl_or_null(in, dv), dl_or_null(in, dp),
+        a ? dl_or_null(in, da) : nullptr, nn ? dl_or_null(in, dn) : nullptr,
+        in.coin() ? &params : nullptr, dl_or_null(in, dout), nullptr, nullptr));
+  }
+
+  const int64_t V = in.range(0, 20);
+  Buffer logits = make(in, pick_dtype(in, DType::kFloat32), {B, N, V}, true);
+  Buffer choice = make(in, pick_dtype(in, DType::kInt32), {B, maybe_off(in, N)}, false);
+  Buffer temp = make(in, pick_dtype(in, DType::kFloat32), {maybe_off(in, B)}, true);
+  Buffer top_k = make(in, pick_dtype(in, DType::kInt64), {B}, true);
+  Buffer top_p = make(in, pick_dtype(in, DType::kFloat32), {B}, true);
+  Buffer seed = make(in, pick_dtype(in, DType::kInt64), {B}, true);
+  const SamplingViews sv{in.coin() ? &temp.view : nullptr, in.coin() ? &top_k.view : nullptr,
+                         in.coin() ? &top_p.view : nullptr, in.coin() ? &seed.view : nullptr,
+                         in.coin() ? &seed.view : nullptr};
+  expect_named(check_node_select(logits.view, sv));
+  expect_named(node_select(logits.view, sv, choice.view, nullptr));
+  {
+    Dl dl, dc, dt, dk, dp, ds;
+    to_dl(in, logits.view, &dl);
+    to_dl(in, choice.view, &dc);
+    to_dl(in, temp.view, &dt);
+    to_dl(in, top_k.view, &dk);
+    to_dl(in, top_p.view, &dp);
+    to_dl(in, seed.view, &ds);
+    const difftree_sampling_params params{
+        sv.temperature ? dl_or_null(in, dt) : nullptr, sv.top_k ? dl_or_null(in, dk) : nullptr,
+        sv.top_p ? dl_or_null(in, dp) : nullptr, sv.seed ? dl_or_null(in, ds) : nullptr,
+        sv.round_idx ? dl_or_null(in, ds) : nullptr};
+    expect_named_c(difftree_node_select(dl_or_null(in, dl), in.coin() ? &params : nullptr,
+                                        dl_or_null(in, dc), nullptr));
+  }
+
+  // CaDDTree over raw or plausible candidates and costs.
+  const int64_t L = in.range(0, 4), K = in.range(0, 4);
+  const int64_t budget = in.coin() ? in.range(-1, 20) : static_cast<int64_t>(in.u64() % 5000);
+  const int64_t N1 = std::clamp<int64_t>(budget, 0, kMaxBudget) + 1;
+  Buffer tok = make(in, pick_dtype(in, DType::kInt32), {B, L, K}, true);
+  Buffer lp = make(in, pick_dtype(in, DType::kFloat32), {B, L, K}, true);
+  if (in.coin() && lp.view.dtype == DType::kFloat32) sane_candidates(in, tok, lp, B * L, K);
+  Buffer root = make(in, pick_dtype(in, DType::kInt64), {B}, true);
+  Buffer vcost = make(in, pick_dtype(in, DType::kFloat32), {B, maybe_off(in, N1)}, true);
+  Buffer dcost = make(in, pick_dtype(in, DType::kFloat32), {B}, true);
+  if (in.coin() && vcost.view.dtype == DType::kFloat32 && dcost.view.dtype == DType::kFloat32) {
+    for (int64_t i = 0; i < vcost.n; ++i)
+      reinterpret_cast<float*>(vcost.bytes.data())[i] = 1.0f + 0.1f * static_cast<float>(i % N1);
+    for (int64_t i = 0; i < dcost.n; ++i) reinterpret_cast<float*>(dcost.bytes.data())[i] = 0.5f;
+  }
+  TreeBufs ctree = make_tree(in, B, maybe_off(in, N1));
+  const TensorView* r = in.coin() ? &root.view : nullptr;
+  expect_named(caddtree_select(tok.view, lp.view, budget, r, vcost.view, dcost.view,
+                               ctree.view(), nullptr));
+  {
+    Dl dt, dl, dr, dv, dd;
+    DlTree tr;
+    to_dl(in, tok.view, &dt);
+    to_dl(in, lp.view, &dl);
+    to_dl(in, root.view, &dr);
+    to_dl(in, vcost.view, &dv);
+    to_dl(in, dcost.view, &dd);
+    to_dl_tree(in, ctree.view(), &tr);
+    const difftree_caddtree_params params{budget};
+    expect_named_c(difftree_caddtree_select(
+        dl_or_null(in, dt), dl_or_null(in, dl), r ? dl_or_null(in, dr) : nullptr,
+        dl_or_null(in, dv), dl_or_null(in, dd), in.coin() ? &params : nullptr,
+        tree_or_null(in, tr), nullptr, nullptr));
+  }
+
+  // TAPS over a raw or plausible pool.
+  const int64_t P1 = in.range(0, 8);
+  Buffer ptok = make(in, pick_dtype(in, DType::kInt64), {B, P1}, true);
+  Buffer ppar = make(in, pick_dtype(in, DType::kInt64), {B, maybe_off(in, P1)}, true);
+  Buffer psize = make(in, pick_dtype(in, DType::kInt64), {B}, true);
+  Buffer lqc = make(in, pick_dtype(in, DType::kFloat32), {B, P1}, true);
+  if (in.coin() && P1 > 0 && ptok.view.dtype == DType::kInt64 &&
+      ppar.view.dtype == DType::kInt64 && psize.view.dtype == DType::kInt64 &&
+      lqc.view.dtype == DType::kFloat32) {
+    for (int64_t i = 0; i < ptok.n; ++i) reinterpret_cast<int64_t*>(ptok.bytes.data())[i] = i;
+    for (int64_t i = 0; i < ppar.n; ++i)
+      reinterpret_cast<int64_t*>(ppar.bytes.data())[i] =
+          i % P1 == 0 ? -1 : in.range(0, static_cast<int>(i % P1) - 1);
+    for (int64_t i = 0; i < psize.n; ++i)
+      reinterpret_cast<int64_t*>(psize.bytes.data())[i] = in.range(1, static_cast<int>(P1));
+    for (int64_t i = 0; i < lqc.n; ++i)
+      reinterpret_cast<float*>(lqc.bytes.data())[i] = -static_cast<float>(in.range(0, 40)) / 8.0f;
+  }
+  TreeBufs ttree = make_tree(in, B, maybe_off(in, N1));
+  expect_named(taps_select(ptok.view, ppar.view, psize.view, lqc.view, budget, ttree.view(),
+                           nullptr));
+  {
+    Dl dt, dp, ds, dq;
+    DlTree tr;
+    to_dl(in, ptok.view, &dt);
+    to_dl(in, ppar.view, &dp);
+    to_dl(in, psize.view, &ds);
+    to_dl(in, lqc.view, &dq);
+    to_dl_tree(in, ttree.view(), &tr);
+    const difftree_taps_params params{budget};
+    expect_named_c(difftree_taps_select(dl_or_null(in, dt), dl_or_null(in, dp),
+                                        dl_or_null(in, ds), dl_or_null(in, dq),
+                                        in.coin() ? &params : nullptr, tree_or_null(in, tr),
+                                        nullptr, nullptr));
+  }
 }
 
 }  // namespace
@@ -512,7 +696,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   Input in(data, size);
   static const int kBadEvery[] = {0, 0, 32, 12, 4};
   in.bad_every = kBadEvery[in.range(0, 4)];
-  switch (in.range(0, 5)) {
+  switch (in.range(0, 6)) {
     case 0:
       fuzz_topk(in);
       break;
@@ -527,6 +711,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       break;
     case 4:
       fuzz_presto(in);
+      break;
+    case 5:
+      fuzz_round(in);
       break;
     default:
       fuzz_commit(in);
