@@ -353,6 +353,9 @@ def test_span_buckets_switch_losslessly() -> None:
     out = dec.generate(prompt, 60)
     assert torch.equal(out.sequences, greedy_reference(target, prompt, 60))
     assert len(set(spans)) >= 3 and spans == sorted(spans)
+    # The drafter sees the same context as the eager loop's across the bucket switches.
+    eager = SpeculativeDecoder(target, drafter, "ddtree", budget=16).generate(prompt, 60)
+    assert out.stats.accepted_lengths == eager.stats.accepted_lengths
 
 
 def test_span_bucket() -> None:
