@@ -13,14 +13,24 @@ Discrete results (tokens, trees, accepted lengths) are never compared with a tol
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 K = 4.0
 FLOOR_ULPS = 16.0
+
+
+def fp64_copy(module: nn.Module) -> nn.Module:
+    """An fp64 deep copy of ``module`` (the exact side of the rule); for a DFlash drafter, the
+    target embedding and LM head it is bound to as well."""
+    fp64 = copy.deepcopy(module).double()
+    for bound in getattr(fp64, "_target_modules", None) or ():
+        bound.double()
+    return fp64
 
 
 def max_abs_diff(a: Tensor, b: Tensor) -> float:

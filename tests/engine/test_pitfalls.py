@@ -12,6 +12,7 @@ from __future__ import annotations
 import pytest
 import torch
 from engine_helpers import greedy_reference, make_target, random_pair, trained_pair
+from tests.tolerance import Ref, fp64_copy
 
 from difftree_rt import SpeculativeDecoder
 from difftree_rt.models import DFlashDrafter
@@ -34,6 +35,7 @@ def _shadow_check(target, drafter, policy: str, budget: int, monkeypatch, **gen_
     monkeypatch.undo()
     seq = out.sequences
     assert len(calls) == out.stats.rounds
+    target64, drafter64 = fp64_copy(target), fp64_copy(drafter)
     expected_start = prompt.shape[1]
     for r, (block, start, span, logits) in enumerate(calls):
         # Row bookkeeping: start advances by accepted + 1 per round.
@@ -42,12 +44,14 @@ def _shadow_check(target, drafter, policy: str, budget: int, monkeypatch, **gen_
         # Slot 0 = bonus = the first token not yet committed; then mask tokens.
         assert block[0, 0].item() == seq[0, start].item()
         assert bool((block[0, 1:] == drafter.mask_token_id).all())
-        with torch.no_grad():
-            hs = target(seq[:, :start], output_hidden_states=True).hidden_states
-            feats = extract_features(hs, drafter.config.target_layer_ids)
-            positions = start + torch.arange(block.shape[1])[None]
-            ref = drafter.compute_logits(drafter(block, feats, positions))[:, 1:]
-        torch.testing.assert_close(logits, ref, atol=1e-4, rtol=1e-4)
+        refs = []
+        for t, d in ((target, drafter), (target64, drafter64)):  # fp32, then the exact fp64
+            with torch.no_grad():
+                hs = t(seq[:, :start], output_hidden_states=True).hidden_states
+                feats = extract_features(hs, d.config.target_layer_ids)
+                positions = start + torch.arange(block.shape[1])[None]
+                refs.append(d.compute_logits(d(block, feats, positions))[:, 1:])
+        Ref(*refs).check(logits)
     return len(calls)
 
 

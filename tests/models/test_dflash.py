@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 from pathlib import Path
@@ -11,7 +10,7 @@ import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
-from tests.tolerance import Ref
+from tests.tolerance import Ref, fp64_copy
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen3Config, Qwen3ForCausalLM
 from transformers.models.qwen3 import modeling_qwen3 as hf_qwen3
 
@@ -90,21 +89,13 @@ def _block(drafter: DFlashDrafter, bonus: int, size: int | None = None) -> torch
     return drafter.make_block(torch.tensor([bonus]), size)
 
 
-def _fp64(drafter: DFlashDrafter) -> DFlashDrafter:
-    """An fp64 copy of ``drafter`` and of the target embedding and head it is bound to."""
-    fp64 = copy.deepcopy(drafter).double()
-    for module in fp64._bound():
-        module.double()
-    return fp64
-
-
 def _dense_logits(
     drafter: DFlashDrafter, block: torch.Tensor, feats: torch.Tensor, start: int
 ) -> Ref:
     """Full recompute from all features at once; context row t at position t; in the
     drafter's dtype and in fp64 (the FA-style tolerance, tests/tolerance.py)."""
     positions = torch.arange(start, start + block.shape[1])[None].expand(block.shape[0], -1)
-    fp64 = _fp64(drafter)
+    fp64 = fp64_copy(drafter)
     with torch.no_grad():
         low = drafter.compute_logits(drafter(block, feats, positions)[:, 1:])
         exact = fp64.compute_logits(fp64(block, feats.double(), positions)[:, 1:])
@@ -496,7 +487,7 @@ def test_matches_oracle_built_from_transformers(arch: str) -> None:
         default = torch.get_default_dtype()
         torch.set_default_dtype(torch.float64)
         try:
-            exact = _oracle_hidden(_fp64(drafter), block, feats.double(), start)
+            exact = _oracle_hidden(fp64_copy(drafter), block, feats.double(), start)
         finally:
             torch.set_default_dtype(default)
         got = drafter.draft_hidden(block, drafter.new_cache(), feats)
@@ -527,7 +518,7 @@ def test_context_rows_ignore_block_rows_and_mlps() -> None:
     with torch.no_grad():
         ctx = drafter.fuse(feats)
         cos, sin = drafter.rotary_emb(torch.arange(9)[None], drafter.dtype)
-        fp64 = _fp64(drafter)
+        fp64 = fp64_copy(drafter)
         ctx64 = fp64.fuse(feats.double())
         cos64, sin64 = fp64.rotary_emb(torch.arange(9)[None], torch.float64)
         for i, layer in enumerate(drafter.layers):
@@ -614,7 +605,7 @@ def test_rope_is_relative() -> None:
     block = _block(drafter, 4)
     with torch.no_grad():
         base = drafter(block, feats, torch.arange(7, 15)[None])
-        exact = _fp64(drafter)(block, feats.double(), torch.arange(7, 15)[None])
+        exact = fp64_copy(drafter)(block, feats.double(), torch.arange(7, 15)[None])
         moved = drafter(
             block,
             feats,
@@ -630,7 +621,7 @@ def test_batch_matches_single_requests() -> None:
     bonus = torch.tensor([3, 40])
     cache = drafter.new_cache(batch_size=2)
     got = drafter.draft(drafter.make_block(bonus), cache, feats)
-    fp64 = _fp64(drafter)
+    fp64 = fp64_copy(drafter)
     for b in range(2):
         block = drafter.make_block(bonus[b : b + 1])
         single = drafter.draft(block, drafter.new_cache(), feats[b : b + 1])

@@ -6,13 +6,12 @@ equivalent flat sequence.
 
 from __future__ import annotations
 
-import copy
 import math
 import weakref
 
 import pytest
 import torch
-from tests.tolerance import Ref
+from tests.tolerance import Ref, fp64_copy
 from torch import Tensor
 from transformers import (
     LlamaConfig,
@@ -85,7 +84,7 @@ _FP64: weakref.WeakKeyDictionary[PreTrainedModel, PreTrainedModel] = weakref.Wea
 def _fp64(model: PreTrainedModel) -> PreTrainedModel:
     """An fp64 copy of ``model`` (the exact side of the FA-style tolerance rule)."""
     if model not in _FP64:
-        _FP64[model] = copy.deepcopy(model).double()
+        _FP64[model] = fp64_copy(model)
     return _FP64[model]
 
 
@@ -488,10 +487,12 @@ def test_tree_attention_reference_vs_dense_mask(causal: bool) -> None:
         vis = anc_to_mask(anc, n)
         assert int(vis[:, 30:, :].sum()) == num_b * (n - 30)  # padding rows: self bit only
     scale = d**-0.5
-    ref = _dense_reference(q, k, v, prefix_len, vis, scale)
+    ref = Ref(
+        _dense_reference(q, k, v, prefix_len, vis, scale),
+        _dense_reference(q.double(), k.double(), v.double(), prefix_len, vis, scale),
+    )
     for bound in (None, 50, 60):
-        out = tree_attention(q, k, v, prefix_len, anc, None, scale, kv_bound=bound)
-        torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+        ref.check(tree_attention(q, k, v, prefix_len, anc, None, scale, kv_bound=bound))
 
 
 def test_anc_to_mask_bit31() -> None:
@@ -563,8 +564,12 @@ def test_prefill_right_padded_lengths(hf_slicing: str, monkeypatch: pytest.Monke
     for b, n in enumerate(lens):
         solo = TargetAdapter(model, max_length=16, feature_layers=[0])
         ref = solo.prefill(ids[b : b + 1, :n], last_logits_only=True)
-        torch.testing.assert_close(out.logits[b], ref.logits[0], rtol=1e-5, atol=1e-5)
+        exact = TargetAdapter(_fp64(model), max_length=16, feature_layers=[0]).prefill(
+            ids[b : b + 1, :n], last_logits_only=True
+        )
+        Ref(ref.logits[0], exact.logits[0]).check(out.logits[b])
         assert out.features is not None and ref.features is not None
-        torch.testing.assert_close(out.features[b, :n], ref.features[0], rtol=1e-5, atol=1e-5)
+        assert exact.features is not None
+        Ref(ref.features[0], exact.features[0]).check(out.features[b, :n])
     with pytest.raises(ValueError, match="lengths"):
         batch.prefill(ids, lengths=[3, 8, 1])

@@ -9,6 +9,7 @@ import torch
 from engine_helpers import greedy_reference, make_drafter, make_target, random_pair, trained_pair
 from sampling_check import assert_sampling_lossless
 from test_greedy import assert_greedy_equal
+from tests.tolerance import Ref, fp64_copy
 
 from difftree_rt import SpeculativeDecoder
 from difftree_rt.models import DFlashDrafter
@@ -40,14 +41,18 @@ def test_draft_branches_equals_stateless_forward_per_row() -> None:
     assert blocks[0, 1].tolist() == [7, *trunk[0, :3].tolist()] + [drafter.mask_token_id] * (S - 4)
     got = drafter.draft_branches(blocks, cache, start=T)
     assert got.shape == (1, R, S - 1, target.config.vocab_size)
+    fp64 = fp64_copy(drafter)
+    wants = []
     for r in range(R):
-        hidden = drafter(blocks[:, r], features, torch.arange(T, T + S)[None])
-        want = drafter.compute_logits(hidden[:, 1:])
-        torch.testing.assert_close(got[:, r], want, rtol=1e-5, atol=1e-5)
+        positions = torch.arange(T, T + S)[None]
+        hidden = drafter(blocks[:, r], features, positions)
+        exact = fp64.compute_logits(fp64(blocks[:, r], features.double(), positions)[:, 1:])
+        wants.append(Ref(drafter.compute_logits(hidden[:, 1:]), exact))
+        wants[r].check(got[:, r])
     # The context is untouched (the rows used scratch only): a plain draft afterwards equals
     # the row without a visible prefix.
     plain = drafter.draft(drafter.make_block(torch.tensor([7])), cache, start=T)
-    torch.testing.assert_close(plain, got[:, 0], rtol=1e-5, atol=1e-5)
+    wants[0].check(plain)
 
 
 @torch.no_grad()
@@ -64,14 +69,18 @@ def test_draft_branches_ragged_batch() -> None:
     cache.crop(lengths)  # request 1 keeps 7 context rows: a ragged (non-uniform) cache
     blocks = torch.randint(0, 128, (2, 3, S), generator=gen)
     got = drafter.draft_branches(blocks, cache, start=lengths)
+    fp64 = fp64_copy(drafter)
     for b in range(2):
         n = int(lengths[b])
         for r in range(3):
-            hidden = drafter(
-                blocks[b : b + 1, r], features[b : b + 1, :n], torch.arange(n, n + S)[None]
+            block, feats, positions = (
+                blocks[b : b + 1, r],
+                features[b : b + 1, :n],
+                torch.arange(n, n + S)[None],
             )
-            want = drafter.compute_logits(hidden[:, 1:])
-            torch.testing.assert_close(got[b : b + 1, r], want, rtol=1e-5, atol=1e-5)
+            want = drafter.compute_logits(drafter(block, feats, positions)[:, 1:])
+            exact = fp64.compute_logits(fp64(block, feats.double(), positions)[:, 1:])
+            Ref(want, exact).check(got[b : b + 1, r])
 
 
 # ---- greedy losslessness -----------------------------------------------------------------------
