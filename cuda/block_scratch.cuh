@@ -1,7 +1,8 @@
 // Host side of the selectors launched one CTA per request with per-request scratch
 // (ddtree_select, taps_select, d2sd_select): the scratch lives in dynamic shared memory when it
 // fits, else in B slices of a caller-provided global workspace (sized by the ops'
-// *_workspace_bytes functions, pure arithmetic so graph capture can size it ahead).
+// *_workspace_bytes functions of scratch_layouts.h, pure arithmetic so graph capture can size it
+// ahead).
 #pragma once
 
 #include <cuda_runtime.h>
@@ -10,16 +11,9 @@
 #include <string>
 
 #include "difftree/status.h"
+#include "scratch_layouts.h"
 
 namespace difftree::cuda {
-
-// Dynamic shared memory a request's scratch may use before it moves to the workspace.
-constexpr size_t kMaxScratchSmemBytes = 96 * 1024;
-
-// Workspace bytes B requests need for `per_request` bytes of scratch each (0: shared memory).
-inline size_t block_scratch_workspace_bytes(int64_t B, size_t per_request) {
-  return per_request <= kMaxScratchSmemBytes ? 0 : static_cast<size_t>(B) * per_request;
-}
 
 // Chooses where the scratch goes: *smem = per_request (and *global untouched) when it fits in
 // shared memory, else *smem = 0 and *global = the workspace after checking its size; opts

@@ -63,26 +63,6 @@ __global__ void __launch_bounds__(kBoundaryThreads)
   }
 }
 
-struct SelectLayout {
-  PoolLayout pool;
-  size_t tok, edge, fc, ns;  // the trie: token, edge score, first child, next sibling ([P1])
-  size_t total;
-};
-
-SelectLayout make_layout(int64_t P1, int64_t N) {
-  ScratchAlloc a;
-  SelectLayout l{};
-  l.pool = pool_layout(P1, N, a);
-  l.tok = a.take(P1, 4);
-  l.edge = a.take(P1, 4);
-  l.fc = a.take(P1, 4);
-  l.ns = a.take(P1, 4);
-  l.total = a.total();
-  return l;
-}
-
-int64_t pool_rows(int64_t L1, int64_t K, int64_t L2) { return 1 + L1 + K * L2; }
-
 struct SelectParams {
   const void* trunk_token;
   const float* trunk_logprob;
@@ -93,7 +73,7 @@ struct SelectParams {
   bool ttok64, bnd64, btok64, root64;
   TreeOut out;               // the output tree
   unsigned char* workspace;  // nullptr: everything lives in dynamic shared memory
-  SelectLayout lay;
+  D2sdLayout lay;
   int L1, K, L2, N, W;
 };
 
@@ -180,12 +160,6 @@ Status d2sd_boundaries(const TensorView& trunk_logprob, const TensorView& bounda
   return launch_status("d2sd_boundaries");
 }
 
-size_t d2sd_select_workspace_bytes(int64_t B, int64_t L1, int64_t K, int64_t L2, int64_t budget) {
-  if (B <= 0 || L1 < 1 || K < 0 || L2 < 1 || budget < 1) return 0;
-  const SelectLayout lay = make_layout(pool_rows(L1, K, L2), budget + 1);
-  return block_scratch_workspace_bytes(B, lay.total);
-}
-
 Status d2sd_select(const TensorView& trunk_token, const TensorView& trunk_logprob,
                    const TensorView& boundary, const TensorView& branch_token,
                    const TensorView& branch_logprob, int64_t budget, const TensorView* root_token,
@@ -205,7 +179,7 @@ Status d2sd_select(const TensorView& trunk_token, const TensorView& trunk_logpro
   p.root_token = root_token != nullptr ? root_token->data : nullptr;
   p.root64 = root_token != nullptr && root_token->dtype == DType::kInt64;
   p.out = tree_out(tree);
-  p.lay = make_layout(pool_rows(L1, K, L2), budget + 1);
+  p.lay = d2sd_layout(d2sd_pool_rows(L1, K, L2), budget + 1);
   p.L1 = static_cast<int>(L1);
   p.K = static_cast<int>(K);
   p.L2 = static_cast<int>(L2);

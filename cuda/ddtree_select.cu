@@ -39,56 +39,6 @@ namespace {
 
 constexpr int kThreads = 512;
 
-struct Layout {
-  size_t sel, sorted, cand;                       // u64
-  size_t rscore[2];                               // f32
-  size_t rdepth[2], rpos[2], rppos[2], rrank[2];  // i32
-  size_t lpd;                                     // f32
-  size_t pcount, poff;                            // i32
-  size_t dcnt, map, par, ccount, coff, ctab;      // i32
-  size_t total;
-};
-
-int64_t max_candidates(int64_t budget, int64_t keff) {
-  int64_t m = 0;
-  for (int64_t q = 0; q < budget; ++q) m += std::min(keff, budget / (q + 1));
-  return std::max<int64_t>(m, 1);
-}
-
-Layout make_layout(int64_t L, int64_t K, int64_t budget) {
-  const int64_t N = budget + 1, keff = std::max<int64_t>(1, std::min(K, budget));
-  const int64_t leff = std::min(L, budget);
-  Layout l{};
-  size_t off = 0;
-  auto take = [&](int64_t count, size_t elem) {
-    off = (off + 15) / 16 * 16;
-    const size_t at = off;
-    off += static_cast<size_t>(count) * elem;
-    return at;
-  };
-  l.sel = take(budget, 8);
-  l.sorted = take(budget, 8);
-  l.cand = take(max_candidates(budget, keff), 8);
-  for (int i = 0; i < 2; ++i) {
-    l.rscore[i] = take(N, 4);
-    l.rdepth[i] = take(N, 4);
-    l.rpos[i] = take(N, 4);
-    l.rppos[i] = take(N, 4);
-    l.rrank[i] = take(N, 4);
-  }
-  l.lpd = take(keff, 4);
-  l.pcount = take(budget + 1, 4);
-  l.poff = take(budget + 1, 4);
-  l.dcnt = take(leff + 2, 4);
-  l.map = take(N, 4);
-  l.par = take(N, 4);
-  l.ccount = take(N, 4);
-  l.coff = take(N + 1, 4);
-  l.ctab = take(N, 4);
-  l.total = (off + 255) / 256 * 256;
-  return l;
-}
-
 struct Params {
   const void* cand_token;
   bool tok64;
@@ -97,7 +47,7 @@ struct Params {
   bool root64;
   TreeOut out;               // the output tree
   unsigned char* workspace;  // nullptr: everything lives in dynamic shared memory
-  Layout lay;
+  DdtreeLayout lay;
   int L, K, budget, keff, leff, W;
 };
 
@@ -123,7 +73,7 @@ __global__ void __launch_bounds__(kThreads) ddtree_select_kernel(Params p) {
   __shared__ Scratch sc;
   const int b = blockIdx.x, tid = threadIdx.x, T = blockDim.x;
   unsigned char* base = p.workspace ? p.workspace + static_cast<size_t>(b) * p.lay.total : dsmem;
-  const Layout& lay = p.lay;
+  const DdtreeLayout& lay = p.lay;
   uint64_t* sel = reinterpret_cast<uint64_t*>(base + lay.sel);
   uint64_t* sorted = reinterpret_cast<uint64_t*>(base + lay.sorted);
   uint64_t* cand = reinterpret_cast<uint64_t*>(base + lay.cand);
@@ -370,12 +320,6 @@ __global__ void __launch_bounds__(kThreads) ddtree_select_kernel(Params p) {
 
 }  // namespace
 
-size_t ddtree_select_workspace_bytes(int64_t B, int64_t L, int64_t K, int64_t budget) {
-  if (B <= 0 || budget < 1) return 0;
-  const Layout lay = make_layout(L, K, budget);
-  return block_scratch_workspace_bytes(B, lay.total);
-}
-
 Status ddtree_select(const TensorView& cand_token, const TensorView& cand_logprob, int64_t budget,
                      const TensorView* root_token, const TreeView& tree, void* workspace,
                      size_t workspace_bytes, Stream stream) {
@@ -388,7 +332,7 @@ Status ddtree_select(const TensorView& cand_token, const TensorView& cand_logpro
   p.root = root_token ? root_token->data : nullptr;
   p.root64 = root_token && root_token->dtype == DType::kInt64;
   p.out = tree_out(tree);
-  p.lay = make_layout(L, K, budget);
+  p.lay = ddtree_layout(L, K, budget);
   p.L = static_cast<int>(L);
   p.K = static_cast<int>(K);
   p.budget = static_cast<int>(budget);

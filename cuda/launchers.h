@@ -5,6 +5,7 @@
 #pragma once
 
 #include "difftree/ops.h"
+#include "scratch_layouts.h"  // the selectors' *_workspace_bytes
 
 namespace difftree::cuda {
 
@@ -20,7 +21,6 @@ Status topk_logprobs(const TensorView& logits, int64_t k, const TensorView& toke
 Status topk_logprobs(const TensorView& logits, int64_t k, const TensorView& token,
                      const TensorView& logprob, const TensorView* row_error, int num_splits,
                      void* workspace, Stream stream);
-size_t ddtree_select_workspace_bytes(int64_t B, int64_t L, int64_t K, int64_t budget);
 Status ddtree_select(const TensorView& cand_token, const TensorView& cand_logprob, int64_t budget,
                      const TensorView* root_token, const TreeView& tree, void* workspace,
                      size_t workspace_bytes, Stream stream);
@@ -34,14 +34,12 @@ Status caddtree_select(const TensorView& cand_token, const TensorView& cand_logp
                        const TensorView& verify_cost, const TensorView& draft_cost,
                        const TreeView& tree, void* workspace, size_t workspace_bytes,
                        Stream stream);
-size_t taps_select_workspace_bytes(int64_t B, int64_t P1, int64_t budget);
 Status taps_select(const TensorView& pool_token, const TensorView& pool_parent,
                    const TensorView& pool_size, const TensorView& log_qc, int64_t budget,
                    const TreeView& tree, void* workspace, size_t workspace_bytes, Stream stream);
 // D²SD (cpu/d2sd.cpp on the device): boundaries need L <= 4096, select a pool of at most 65536
 // trie rows (1 + L1 + K * L2) and a workspace of d2sd_select_workspace_bytes when that is > 0.
 Status d2sd_boundaries(const TensorView& trunk_logprob, const TensorView& boundary, Stream stream);
-size_t d2sd_select_workspace_bytes(int64_t B, int64_t L1, int64_t K, int64_t L2, int64_t budget);
 Status d2sd_select(const TensorView& trunk_token, const TensorView& trunk_logprob,
                    const TensorView& boundary, const TensorView& branch_token,
                    const TensorView& branch_logprob, int64_t budget, const TensorView* root_token,
@@ -54,8 +52,6 @@ Status d2sd_select(const TensorView& trunk_token, const TensorView& trunk_logpro
 Status ngram_extend(const TensorView& keys, const TensorView& counts, const TensorView& history,
                     const TensorView& tokens, const TensorView& num_tokens, int64_t order,
                     const TensorView* overflow, Stream stream);
-size_t presto_select_workspace_bytes(int64_t B, int64_t L, int64_t K, int64_t budget,
-                                     int64_t order);
 Status presto_select(const TensorView& cand_token, const TensorView& cand_logprob, int64_t budget,
                      const TensorView* root_token, const TensorView& context,
                      const TensorView& keys, const TensorView& counts, const PrestoParams& params,

@@ -25,54 +25,13 @@
 
 #include "block_select.cuh"
 #include "sampling_math.h"
+#include "scratch_layouts.h"
 #include "tree_build.cuh"
 
 namespace difftree::cuda {
 
 constexpr int kPoolThreads = 512;
 constexpr int64_t kMaxPoolRows = 65536;
-
-// Byte offsets into one request's scratch (dynamic shared memory, or a global workspace slice).
-struct ScratchAlloc {
-  size_t off = 0;
-  size_t take(int64_t count, size_t elem) {
-    off = (off + 15) / 16 * 16;
-    const size_t at = off;
-    off += static_cast<size_t>(count) * elem;
-    return at;
-  }
-  size_t total() const { return (off + 255) / 256 * 256; }
-};
-
-struct PoolLayout {
-  size_t key, sel_key;                         // u64
-  size_t par, dep, reach, drank, lvl, outpos;  // [P1] i32 / f32
-  size_t dcnt, dfill;                          // [P1 + 1] i32
-  size_t sel_node, opar;                       // [N] i32
-  size_t ccount, coff, cfill, ctab, sidx;      // link scratch
-};
-
-inline PoolLayout pool_layout(int64_t P1, int64_t N, ScratchAlloc& a) {
-  PoolLayout l{};
-  l.key = a.take(P1, 8);
-  l.sel_key = a.take(N, 8);
-  l.par = a.take(P1, 4);
-  l.dep = a.take(P1, 4);
-  l.reach = a.take(P1, 4);
-  l.drank = a.take(P1, 4);
-  l.lvl = a.take(P1, 4);
-  l.outpos = a.take(P1, 4);
-  l.dcnt = a.take(P1 + 1, 4);
-  l.dfill = a.take(P1 + 1, 4);
-  l.sel_node = a.take(N, 4);
-  l.opar = a.take(N, 4);
-  l.ccount = a.take(N, 4);
-  l.coff = a.take(N + 1, 4);
-  l.cfill = a.take(N, 4);
-  l.ctab = a.take(N, 4);
-  l.sidx = a.take(N, 4);
-  return l;
-}
 
 // Static shared memory of the selection (the kernel declares one and passes it).
 struct PoolSmem {

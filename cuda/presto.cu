@@ -59,7 +59,6 @@ static_assert(ngram::kSumLanes == 32, "the normaliser's lane order is one warp's
 
 constexpr int kExtendThreads = 256;
 constexpr int kSelectThreads = 256;
-constexpr int kMaxOrder = 8;  // PrestoParams::order <= 8 (checked by the dispatch layer)
 constexpr uint64_t kNone = ~0ull;
 constexpr unsigned kFullMask = 0xffffffffu;
 
@@ -138,46 +137,6 @@ __global__ void __launch_bounds__(kExtendThreads, 1) ngram_extend_kernel(ExtendP
 
 // ---- presto_select ---------------------------------------------------------------------------
 
-struct Layout {
-  size_t fkey, ekey, sfirst;               // u64: [N], [N], [leff]
-  size_t logz, p1, wbuf, qbuf, tlbuf;      // f64: [N], [leff K], [K] x 3
-  size_t sedge, score, pscore;             // f32: [leff K], [N], [N]
-  size_t dep, par, tok, top, ctx, hist;    // i32: [N] x 4, [N * 8], [N * C]
-  size_t ccount, coff, cfill, ctab, sidx;  // i32: block_finalize_tree's scratch
-  size_t total;
-};
-
-Layout make_layout(int64_t L, int64_t K, int64_t budget, int64_t order) {
-  const int64_t N = budget + 1, leff = std::min(L, budget), C = std::max<int64_t>(order - 1, 0);
-  const int64_t lk = leff * K;
-  ScratchAlloc a;
-  Layout l{};
-  l.fkey = a.take(N, 8);
-  l.ekey = a.take(N, 8);
-  l.sfirst = a.take(leff, 8);
-  l.logz = a.take(N, 8);
-  l.p1 = a.take(lk, 8);
-  l.wbuf = a.take(K, 8);
-  l.qbuf = a.take(K, 8);
-  l.tlbuf = a.take(K, 8);
-  l.sedge = a.take(lk, 4);
-  l.score = a.take(N, 4);
-  l.pscore = a.take(N, 4);
-  l.dep = a.take(N, 4);
-  l.par = a.take(N, 4);
-  l.tok = a.take(N, 4);
-  l.top = a.take(N, 4);
-  l.ctx = a.take(N * kMaxOrder, 4);
-  l.hist = a.take(N * C, 4);
-  l.ccount = a.take(N, 4);
-  l.coff = a.take(N + 1, 4);
-  l.cfill = a.take(N, 4);
-  l.ctab = a.take(N, 4);
-  l.sidx = a.take(N, 4);
-  l.total = a.total();
-  return l;
-}
-
 struct SelectParams {
   const void* cand_token;
   bool tok64;
@@ -193,7 +152,7 @@ struct SelectParams {
   double alpha, lam, uniform;
   TreeOut out;               // the output tree
   unsigned char* workspace;  // nullptr: everything lives in dynamic shared memory
-  Layout lay;
+  PrestoLayout lay;
   int L, K, N, W, C, order, leff;
 };
 
@@ -276,7 +235,7 @@ __global__ void __launch_bounds__(kSelectThreads, 1) presto_select_kernel(Select
   const int b = blockIdx.x, tid = threadIdx.x, T = blockDim.x;
   const int warp = tid / 32, lane = tid % 32, nwarps = T / 32;
   unsigned char* base = p.workspace ? p.workspace + static_cast<size_t>(b) * p.lay.total : dsmem;
-  const Layout& lay = p.lay;
+  const PrestoLayout& lay = p.lay;
   uint64_t* fkey = at_offset<uint64_t>(base, lay.fkey);
   uint64_t* ekey = at_offset<uint64_t>(base, lay.ekey);
   uint64_t* sfirst = at_offset<uint64_t>(base, lay.sfirst);
@@ -583,13 +542,6 @@ Status ngram_extend(const TensorView& keys, const TensorView& counts, const Tens
   return launch_status("ngram_extend");
 }
 
-size_t presto_select_workspace_bytes(int64_t B, int64_t L, int64_t K, int64_t budget,
-                                     int64_t order) {
-  if (B <= 0 || budget < 1 || L < 0 || K < 0) return 0;
-  const Layout lay = make_layout(L, K, budget, order);
-  return block_scratch_workspace_bytes(B, lay.total);
-}
-
 Status presto_select(const TensorView& cand_token, const TensorView& cand_logprob, int64_t budget,
                      const TensorView* root_token, const TensorView& context,
                      const TensorView& keys, const TensorView& counts, const PrestoParams& params,
@@ -612,7 +564,7 @@ Status presto_select(const TensorView& cand_token, const TensorView& cand_logpro
   p.lam = params.lam;
   p.uniform = 1.0 / static_cast<double>(params.vocab);
   p.out = tree_out(tree);
-  p.lay = make_layout(L, K, budget, params.order);
+  p.lay = presto_layout(L, K, budget, params.order);
   p.L = static_cast<int>(L);
   p.K = static_cast<int>(K);
   p.N = static_cast<int>(budget + 1);

@@ -17,19 +17,6 @@
 namespace difftree::cuda {
 namespace {
 
-struct Layout {
-  PoolLayout pool;
-  size_t total;
-};
-
-Layout make_layout(int64_t P1, int64_t N) {
-  ScratchAlloc a;
-  Layout l{};
-  l.pool = pool_layout(P1, N, a);
-  l.total = a.total();
-  return l;
-}
-
 struct Params {
   const void* pool_token;
   bool tok64;
@@ -40,7 +27,7 @@ struct Params {
   const float* log_qc;
   TreeOut out;               // the output tree
   unsigned char* workspace;  // nullptr: everything lives in dynamic shared memory
-  Layout lay;
+  TapsLayout lay;
   int P1, N, W;
 };
 
@@ -72,12 +59,6 @@ __global__ void __launch_bounds__(kPoolThreads) taps_select_kernel(Params p) {
 
 }  // namespace
 
-size_t taps_select_workspace_bytes(int64_t B, int64_t P1, int64_t budget) {
-  if (B <= 0 || P1 < 1 || budget < 1) return 0;
-  const Layout lay = make_layout(P1, budget + 1);
-  return block_scratch_workspace_bytes(B, lay.total);
-}
-
 Status taps_select(const TensorView& pool_token, const TensorView& pool_parent,
                    const TensorView& pool_size, const TensorView& log_qc, int64_t budget,
                    const TreeView& tree, void* workspace, size_t workspace_bytes, Stream stream) {
@@ -92,7 +73,7 @@ Status taps_select(const TensorView& pool_token, const TensorView& pool_parent,
   p.size64 = pool_size.dtype == DType::kInt64;
   p.log_qc = log_qc.ptr<const float>();
   p.out = tree_out(tree);
-  p.lay = make_layout(P1, budget + 1);
+  p.lay = taps_layout(P1, budget + 1);
   p.P1 = static_cast<int>(P1);
   p.N = static_cast<int>(budget + 1);
   p.W = static_cast<int>(anc_words(budget + 1));

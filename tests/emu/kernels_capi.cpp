@@ -87,13 +87,13 @@ void emu_config(int threads, int schedule) {
 }
 
 size_t emu_ddtree_workspace(int64_t B, int64_t L, int64_t K, int64_t budget) {
-  return cuda_emu::ddtree_select_workspace_bytes(B, L, K, budget);
+  return cuda::ddtree_select_workspace_bytes(B, L, K, budget);
 }
 size_t emu_taps_workspace(int64_t B, int64_t P1, int64_t budget) {
-  return cuda_emu::taps_select_workspace_bytes(B, P1, budget);
+  return cuda::taps_select_workspace_bytes(B, P1, budget);
 }
 size_t emu_d2sd_workspace(int64_t B, int64_t L1, int64_t K, int64_t L2, int64_t budget) {
-  return cuda_emu::d2sd_select_workspace_bytes(B, L1, K, L2, budget);
+  return cuda::d2sd_select_workspace_bytes(B, L1, K, L2, budget);
 }
 
 int emu_ddtree_select(const EmuTensor* tok, const EmuTensor* lp, int64_t budget,
@@ -195,7 +195,7 @@ int emu_node_select(const EmuTensor* logits, const EmuTensor* temperature, const
 // --------------------------------------------------------------------------------------
 extern "C" {
 size_t emu_presto_workspace(int64_t B, int64_t L, int64_t K, int64_t budget, int64_t order) {
-  return cuda_emu::presto_select_workspace_bytes(B, L, K, budget, order);
+  return cuda::presto_select_workspace_bytes(B, L, K, budget, order);
 }
 
 int emu_presto_select(const EmuTensor* tok, const EmuTensor* lp, int64_t budget,

@@ -3,7 +3,9 @@
 //
 // Every op comes as a pair: check_<op>(inputs) validates the inputs and parameters only (so a
 // caller can size its outputs), <op>(inputs, outputs, stream) validates everything and runs.
-// Outputs are caller-allocated; ops never allocate device memory and never synchronise.
+// Outputs are caller-allocated; ops never allocate device memory and never synchronise. The
+// *_workspace_bytes functions are shape arithmetic giving the CUDA path's scratch size in every
+// build, CUDA compiled or not (the CPU path ignores workspaces).
 // Vocabulary: B batch, L depth, K candidates per depth, V vocabulary, N tree capacity.
 #pragma once
 

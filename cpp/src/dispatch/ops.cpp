@@ -11,6 +11,7 @@
 #include "cpu/cpu_ops.h"
 #include "cpu/policy_ops.h"
 #include "dispatch/checks.h"
+#include "scratch_layouts.h"  // the CUDA selectors' workspace sizes, in every build
 #ifdef DIFFTREE_WITH_CUDA
 #include "launchers.h"
 #endif
@@ -195,12 +196,7 @@ Status ddtree_select(const TensorView& cand_token, const TensorView& cand_logpro
 }
 
 size_t ddtree_select_workspace_bytes(int64_t B, int64_t L, int64_t K, int64_t budget) {
-#ifdef DIFFTREE_WITH_CUDA
   return cuda::ddtree_select_workspace_bytes(B, L, K, budget);
-#else
-  (void)B, (void)L, (void)K, (void)budget;
-  return 0;
-#endif
 }
 
 Status ddtree_select(const TensorView& cand_token, const TensorView& cand_logprob, int64_t budget,
@@ -590,12 +586,7 @@ Status presto_select(const TensorView& cand_token, const TensorView& cand_logpro
 
 size_t presto_select_workspace_bytes(int64_t B, int64_t L, int64_t K, int64_t budget,
                                      int64_t order) {
-#ifdef DIFFTREE_WITH_CUDA
   return cuda::presto_select_workspace_bytes(B, L, K, budget, order);
-#else
-  (void)B, (void)L, (void)K, (void)budget, (void)order;
-  return 0;
-#endif
 }
 
 Status check_ngram_extend(const TensorView& keys, const TensorView& counts,
@@ -658,12 +649,7 @@ Status check_taps_select(const TensorView& pool_token, const TensorView& pool_pa
 }
 
 size_t taps_select_workspace_bytes(int64_t B, int64_t P1, int64_t budget) {
-#ifdef DIFFTREE_WITH_CUDA
   return cuda::taps_select_workspace_bytes(B, P1, budget);
-#else
-  (void)B, (void)P1, (void)budget;
-  return 0;
-#endif
 }
 
 Status taps_select(const TensorView& pool_token, const TensorView& pool_parent,
@@ -777,12 +763,7 @@ Status check_d2sd_select(const TensorView& trunk_token, const TensorView& trunk_
 }
 
 size_t d2sd_select_workspace_bytes(int64_t B, int64_t L1, int64_t K, int64_t L2, int64_t budget) {
-#ifdef DIFFTREE_WITH_CUDA
   return cuda::d2sd_select_workspace_bytes(B, L1, K, L2, budget);
-#else
-  (void)B, (void)L1, (void)K, (void)L2, (void)budget;
-  return 0;
-#endif
 }
 
 Status d2sd_select(const TensorView& trunk_token, const TensorView& trunk_logprob,
