@@ -144,8 +144,12 @@ def test_dtype_aliases(alias: str, name: str) -> None:
 
 
 def test_policy_choices_match_the_registry() -> None:
-    from difftree_rt.engine.policies import POLICIES
     from difftree_rt.eval.offline import POLICY_NAMES as OFFLINE
+
+    try:
+        from difftree_rt.policies import POLICIES
+    except ImportError:  # the registry's former home
+        from difftree_rt.engine.policies import POLICIES  # type: ignore[no-redef]
 
     assert set(POLICY_NAMES) == {"ar", *POLICIES}
     parser = build_parser()
@@ -182,3 +186,21 @@ def test_device_cuda_without_cuda_policy_commands(tmp_path: Path) -> None:
                 str(_model_dir(tmp_path / "t")), "--out", str(tmp_path / "d")]):  # fmt: skip
         run = run_cli([*cmd, "--device", "cuda"], tmp_path)
         assert_usage_error(run, "--device", torch_ok=True)
+
+
+def test_closed_stdout_is_not_an_error() -> None:
+    """``difftree-rt info | head -0``: the reader is gone before anything is written."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "difftree_rt", "info"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 141, err
+    assert err == "", err

@@ -42,7 +42,7 @@ class UsageError(ValueError):
     """A mistake in the command line or the files it names: printed as one line, exit code 2."""
 
 
-#: The policy names ``SpeculativeDecoder`` accepts (``ar`` + ``engine.POLICIES``), spelled out
+#: The policy names ``SpeculativeDecoder`` accepts (``ar`` + ``policies.POLICIES``), spelled out
 #: so that a typo is reported before torch is imported (a test keeps the two equal).
 POLICY_NAMES = ("ar", "chain", "ddtree", "caddtree", "presto", "taps", "d2sd")
 

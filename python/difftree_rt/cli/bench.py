@@ -57,7 +57,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         nargs="+",
         choices=POLICY_NAMES,
         default=None,
-        help="default: ar + every registered policy",
+        help="default: all of them",
     )
     p.add_argument(
         "--budgets", nargs="+", type=positive_int, default=DEFAULT_BUDGETS, help="draft nodes"
@@ -160,9 +160,7 @@ def run(args: argparse.Namespace) -> int:
     vp = vp or args.vp_drafter
     pair = load_pair(target, drafter, device, args.dtype, vp)
     prompts = [encode(pair, t, device) for t in texts]
-    from difftree_rt.engine import POLICIES
-
-    policies = args.policies or ["ar", *sorted(POLICIES)]
+    policies = args.policies or ["ar", *sorted(POLICY_NAMES[1:])]
     configs = configs_for(policies, args.budgets, pair.drafter.block_size - 1)
     stop = stop_ids(pair)
     dtype = str(pair.target.dtype).removeprefix("torch.")
