@@ -152,3 +152,21 @@ def test_cpu_thread_default(tmp_path: Path, restore_threads: Any) -> None:
     torch.set_num_threads(2)
     line = setup_threads(None, "cpu", [big])
     assert torch.get_num_threads() == 2 and "torch's default" in line
+
+
+def test_demo_and_generate_print_the_threads_used(
+    random_pair_dir: Path, capfd: pytest.CaptureFixture[str], restore_threads: Any
+) -> None:
+    torch.set_num_threads(2)
+    rc = main(["demo", "--pair", str(random_pair_dir), "--max-new-tokens", "4",
+               "--num-prompts", "1", "--device", "cpu", "--no-color"])  # fmt: skip
+    assert rc == 0
+    assert "threads: 1 torch thread (default" in capfd.readouterr().out
+    assert torch.get_num_threads() == 1
+    rc = main(["generate", "--target", str(random_pair_dir / "target"), "--drafter",
+               str(random_pair_dir / "drafter"), "--max-new-tokens", "4", "--json",
+               "--threads", "2", "--device", "cpu"])  # fmt: skip
+    assert rc == 0
+    out, err = capfd.readouterr()
+    assert json.loads(out)["new_tokens"] >= 1  # stdout stays pure JSON
+    assert "device cpu, 2 torch thread(s) (--threads)" in err

@@ -133,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
         f"drafter: DFlash {n_d:.1f}M params, block {pair.drafter.block_size}; "
         f"policy {policy}, budget {budget}; greedy (lossless: same text as the target alone)"
     )
-    print(f"machine: {machine_line(device)}; {threads}\n")
+    print(f"machine: {machine_line(device)}\nthreads: {threads}\n")
     prompts = [encode(pair, t, device) for t in texts]
     stop = stop_ids(pair)
 
