@@ -14,7 +14,7 @@ OFFLINE_POLICIES = ("chain", "ddtree", "caddtree", "presto", "taps", "d2sd")
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "trace", type=existing_file, help="a trace file (difftree_rt.eval.TraceRecorder)"
+        "trace", type=existing_file, help="a trace .safetensors file (difftree-rt record-trace)"
     )
     p.add_argument(
         "--policies",
@@ -36,7 +36,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--taps-scorer",
         type=existing_file,
         default=None,
-        help="taps edge scorer (train-scorer output; default: the training-free fallback)",
+        help="taps edge scorer .safetensors (train-scorer; default: the training-free fallback)",
     )
     p.add_argument("--d2sd-k", type=positive_int, default=4, help="d2sd branches per round")
     p.add_argument(

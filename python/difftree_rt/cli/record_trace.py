@@ -49,7 +49,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--seed", type=nonneg_int, default=0, help="seed of prompt i is seed + i")
     add_device_options(p)
-    p.add_argument("--out", type=out_file, default="trace.pt")
+    p.add_argument(
+        "--out", type=out_file, default="trace.safetensors", help="the trace (safetensors)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:

@@ -51,7 +51,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--generated", type=nonneg_int, default=0, help="train on N target continuations"
     )
     p.add_argument(
-        "--ckpt", type=out_path, default=None, help="checkpoint path (default: <out>.ckpt)"
+        "--ckpt", type=out_path, default=None, help="safetensors checkpoint (default: <out>.ckpt)"
     )
     p.add_argument("--steps", type=positive_int, default=2000, help="optimizer steps")
     p.add_argument("--batch-size", type=positive_int, default=8, help="sequences per step")
@@ -133,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     target = AutoModelForCausalLM.from_pretrained(
-        args.target, dtype=torch.float32, local_files_only=True
+        args.target, dtype=torch.float32, local_files_only=True, use_safetensors=True
     )
     target = target.to(args.device).eval()
     tok = AutoTokenizer.from_pretrained(args.tokenizer or args.target, local_files_only=True)

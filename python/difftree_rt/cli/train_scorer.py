@@ -11,7 +11,10 @@ from .args import existing_file, model_dir, nonneg_int, out_file, positive_float
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "traces", nargs="+", type=existing_file, help="trace files (difftree-rt record-trace)"
+        "traces",
+        nargs="+",
+        type=existing_file,
+        help="trace .safetensors files (difftree-rt record-trace)",
     )
     p.add_argument("--width", type=positive_int, default=64, help="pool beam width W")
     p.add_argument("--pool-size", type=positive_int, default=128, help="pool nodes P")
@@ -24,7 +27,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="local HF target directory: token features from a projection of its input "
         "embedding (default: a learned hashed token table)",
     )
-    p.add_argument("--out", type=out_file, default="taps_scorer.pt")
+    p.add_argument(
+        "--out", type=out_file, default="taps_scorer.safetensors", help="the scorer (safetensors)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -36,7 +41,9 @@ def run(args: argparse.Namespace) -> int:
     if args.target:
         from transformers import AutoModelForCausalLM
 
-        model = AutoModelForCausalLM.from_pretrained(args.target, local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(
+            args.target, local_files_only=True, use_safetensors=True
+        )
         embedding = model.get_input_embeddings().weight.detach().float()
     model = train_scorer(
         traces,
