@@ -485,6 +485,27 @@ void test_empty_batch() {
   });
 }
 
+// ---- sizing functions: any int64 arguments return promptly, without overflow ----------------
+
+void test_sizing_arguments() {
+  static const int64_t kOdd[] = {-1, INT64_MIN, INT64_MAX, int64_t{1} << 40};
+  for (int64_t x : kOdd) {
+    CASE("workspace sizing with " + std::to_string(x), [x] {
+      // Sizes of requests no op accepts are 0 (1 split); the calls must not loop for long.
+      return ddtree_select_workspace_bytes(1, 15, 64, x) == 0 &&
+             presto_select_workspace_bytes(1, 15, 64, x, 3) == 0 &&
+             presto_select_workspace_bytes(2, 15, x, 1024, 3) == 0 &&
+             taps_select_workspace_bytes(3, x, 4096) == 0 &&
+             d2sd_select_workspace_bytes(2, 100, x, 300, 4096) == 0 &&
+             topk_logprobs_num_splits(x, x, 151936, 64) == 1 &&
+             topk_logprobs_workspace_bytes(x, x, 151936, 64, 8) == 0 &&
+             tree_attention_num_splits(x, 32, 8, x, 1 << 20) == 1 &&
+             tree_attention_workspace_bytes(1, 32, 8, 64, x, 1 << 20, 4) == 0 &&
+             difftree_ddtree_select_workspace_bytes(1, 15, 64, x) == 0;
+    });
+  }
+}
+
 }  // namespace
 
 int main() {
@@ -494,5 +515,6 @@ int main() {
   test_topk_descriptors();
   test_attention_strides();
   test_empty_batch();
+  test_sizing_arguments();
   return dt_test::report("descriptors");
 }

@@ -37,6 +37,15 @@ Status cuda_not_compiled(const char* op) {
 }
 #endif
 
+// The sizing functions answer for requests a CUDA launch can take; anything else (a negative
+// or beyond-int32 extent, a budget or order the op rejects) gets no workspace and one split, so
+// their arithmetic neither overflows nor loops for long. The op rejects such requests itself.
+bool launchable(std::initializer_list<int64_t> dims) {
+  for (int64_t d : dims)
+    if (d < 0 || d > INT32_MAX) return false;
+  return true;
+}
+
 Status check_tree(const TreeView& tree) {
   DIFFTREE_RETURN_IF_ERROR(checks::ndim(tree.token, "tree.token", 2, "[B, N]"));
   const int64_t B = tree.token.shape[0], N = tree.token.shape[1];
@@ -90,8 +99,8 @@ Status topk_logprobs(const TensorView& logits, int64_t k, const TensorView& toke
 }
 
 int64_t topk_logprobs_num_splits(int64_t B, int64_t L, int64_t V, int64_t k) {
+  if (!launchable({B, L, V, k}) || B < 1 || L < 1 || V < 1 || k < 1) return 1;
   const int64_t rows = B * L;
-  if (B < 1 || L < 1 || V < 1 || k < 1) return 1;
   // ~2 waves of a 132-SM GPU, each chunk keeping >= 4096 logits and >= 4 K of them, and at
   // least enough chunks that one fits the kernel's shared-memory stage (12288 fp32 logits).
   const int64_t want = (264 + rows - 1) / rows;
@@ -106,11 +115,13 @@ int64_t topk_logprobs_num_splits(int64_t B, int64_t L, int64_t V, int64_t k) {
 
 size_t topk_logprobs_workspace_bytes(int64_t B, int64_t L, int64_t V, int64_t k,
                                      int64_t num_splits) {
+  if (!launchable({B, L, V, k, num_splits})) return 0;
   const int64_t splits = num_splits > 0 ? num_splits : topk_logprobs_num_splits(B, L, V, k);
   if (splits <= 1 || B < 1 || L < 1 || V < 1 || k < 1) return 0;
   // Per row and chunk: k uint64 candidate keys, then an f64 sum, an f32 max and an int32 flag
   // (the layout of cuda/topk_logprobs.cu's split_ws).
-  return static_cast<size_t>(B * L * splits) * (8 * static_cast<size_t>(k) + 8 + 4 + 4);
+  return static_cast<size_t>(B) * static_cast<size_t>(L) * static_cast<size_t>(splits) *
+         (8 * static_cast<size_t>(k) + 8 + 4 + 4);
 }
 
 Status topk_logprobs(const TensorView& logits, int64_t k, const TensorView& token,
@@ -196,6 +207,7 @@ Status ddtree_select(const TensorView& cand_token, const TensorView& cand_logpro
 }
 
 size_t ddtree_select_workspace_bytes(int64_t B, int64_t L, int64_t K, int64_t budget) {
+  if (!launchable({B, L, K}) || budget > kMaxBudget) return 0;
   return cuda::ddtree_select_workspace_bytes(B, L, K, budget);
 }
 
@@ -586,6 +598,7 @@ Status presto_select(const TensorView& cand_token, const TensorView& cand_logpro
 
 size_t presto_select_workspace_bytes(int64_t B, int64_t L, int64_t K, int64_t budget,
                                      int64_t order) {
+  if (!launchable({B, L, K}) || budget > kMaxBudget || order < 1 || order > 8) return 0;
   return cuda::presto_select_workspace_bytes(B, L, K, budget, order);
 }
 
@@ -649,6 +662,7 @@ Status check_taps_select(const TensorView& pool_token, const TensorView& pool_pa
 }
 
 size_t taps_select_workspace_bytes(int64_t B, int64_t P1, int64_t budget) {
+  if (!launchable({B, P1}) || budget > kMaxBudget) return 0;
   return cuda::taps_select_workspace_bytes(B, P1, budget);
 }
 
@@ -763,6 +777,7 @@ Status check_d2sd_select(const TensorView& trunk_token, const TensorView& trunk_
 }
 
 size_t d2sd_select_workspace_bytes(int64_t B, int64_t L1, int64_t K, int64_t L2, int64_t budget) {
+  if (!launchable({B, L1, K, L2}) || budget > kMaxBudget) return 0;
   return cuda::d2sd_select_workspace_bytes(B, L1, K, L2, budget);
 }
 
@@ -873,10 +888,11 @@ Status check_tree_attention(const TensorView& q, const TensorView& k_cache,
 }
 
 int64_t tree_attention_num_splits(int64_t B, int64_t H_q, int64_t H_kv, int64_t N, int64_t S_max) {
-  if (B < 1 || H_kv < 1 || H_q < H_kv || N < 1) return 1;
+  if (!launchable({B, H_q, H_kv, N, S_max}) || B < 1 || H_kv < 1 || H_q < H_kv || N < 1) return 1;
   // Enough CTAs for ~2 waves of a 132-SM GPU, each split keeping >= 512 prefix keys.
   const int64_t m_tiles = (H_q / H_kv * N + 63) / 64;
-  const int64_t base = B * H_kv * m_tiles;
+  int64_t base = 0;
+  if (__builtin_mul_overflow(B * H_kv, m_tiles, &base)) return 1;
   const int64_t want = (264 + base - 1) / base;
   const int64_t by_len = (S_max - N) / 512;
   int64_t splits = want < by_len ? want : by_len;
@@ -886,6 +902,7 @@ int64_t tree_attention_num_splits(int64_t B, int64_t H_q, int64_t H_kv, int64_t 
 
 size_t tree_attention_workspace_bytes(int64_t B, int64_t H_q, int64_t H_kv, int64_t N, int64_t D,
                                       int64_t S_max, int64_t num_splits) {
+  if (!launchable({B, H_q, H_kv, N, D, S_max, num_splits})) return 0;
   const int64_t splits =
       num_splits > 0 ? num_splits : tree_attention_num_splits(B, H_q, H_kv, N, S_max);
   if (splits <= 1 || B < 1 || H_q < 1 || N < 1 || D < 1) return 0;
