@@ -30,7 +30,7 @@ def build_info() -> dict[str, Any]:
         info["torch"] = None
         info["torch_cuda_available"] = False
     info["python"] = platform.python_version()
-    from .engine.policies import POLICIES, make_policy
+    from .policies import POLICIES, make_policy
 
     info["policies"] = ", ".join(["ar", *sorted(POLICIES)])
     # Policies whose rounds graph mode captures on CUDA (by default); the others run eagerly.

@@ -329,7 +329,7 @@ def test_presto_batch_tables_are_per_request() -> None:
 
 
 def test_needs_context_policy_without_batch_context_refuses_a_batch() -> None:
-    from difftree_rt.engine import DDTreePolicy
+    from difftree_rt.policies import DDTreePolicy
 
     class StreamPolicy(DDTreePolicy):
         name = "stream"

@@ -8,8 +8,9 @@ from engine_helpers import make_drafter, make_target, random_pair
 
 import difftree_rt
 from difftree_rt import SpeculativeDecoder
-from difftree_rt.engine import DDTreePolicy, GenerationStats, register_policy
+from difftree_rt.engine import GenerationStats
 from difftree_rt.models import TargetAdapter
+from difftree_rt.policies import DDTreePolicy, register_policy
 
 
 def test_lazy_export() -> None:

@@ -28,9 +28,8 @@ from difftree_rt.engine.graph import (
     forbid_host_sync,
     span_bucket,
 )
-from difftree_rt.engine.policies import DDTreePolicy, PolicyInput
 from difftree_rt.engine.stats import GenerationStats, PhaseTimer
-from difftree_rt.policies import TapsPolicy
+from difftree_rt.policies import DDTreePolicy, PolicyInput, TapsPolicy
 from difftree_rt.tree import DraftTree
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root: bench/

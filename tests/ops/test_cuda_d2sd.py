@@ -197,7 +197,7 @@ def test_taps_pool_cuda_matches_cpu(seed: int) -> None:
 
 def _d2sd_round(policy, logits, root, branch_logits, device, *, check_sync: bool = False):
     from difftree_rt.engine.graph import forbid_host_sync
-    from difftree_rt.engine.policies import PolicyInput
+    from difftree_rt.policies import PolicyInput
 
     inputs = PolicyInput(draft_logits=logits.to(device), root_token=root.to(device))
     guard = forbid_host_sync if check_sync else __import__("contextlib").nullcontext
@@ -229,8 +229,7 @@ def test_d2sd_policy_on_cuda_matches_cpu_without_sync(seed: int) -> None:
 @pytest.mark.parametrize("seed", range(6))
 def test_taps_policy_on_cuda_reads_nothing_on_the_host(seed: int) -> None:
     from difftree_rt.engine.graph import forbid_host_sync
-    from difftree_rt.engine.policies import PolicyInput
-    from difftree_rt.policies import TapsPolicy
+    from difftree_rt.policies import PolicyInput, TapsPolicy
 
     gen = torch.Generator().manual_seed(seed)
     logits = random_logits(gen, 1, 15, [50, 3000][seed % 2])

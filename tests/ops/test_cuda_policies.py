@@ -199,7 +199,7 @@ def test_taps_select_workspace_query() -> None:
 
 
 def _policy_input(seed: int, L: int, V: int, ctx: int = 40):
-    from difftree_rt.engine.policies import PolicyInput
+    from difftree_rt.policies import PolicyInput
 
     gen = torch.Generator().manual_seed(seed)
     logits = random_logits(gen, 1, L, V)

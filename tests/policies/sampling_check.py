@@ -11,7 +11,7 @@ from engine_helpers import make_drafter, make_target
 from test_sampling import chi_square, exact_joint
 
 from difftree_rt import SpeculativeDecoder
-from difftree_rt.engine.policies import DraftPolicy
+from difftree_rt.policies import DraftPolicy
 
 
 def assert_sampling_lossless(

@@ -203,6 +203,6 @@ def test_errors_name_the_argument() -> None:
     with pytest.raises(ValueError, match="vp_drafter does not fit"):
         SpeculativeDecoder(target, drafter, D2SDPolicy(16, vp_drafter=make_drafter(small)))
     with pytest.raises(ValueError, match=r"d2sd: PolicyInput\.branch_logits"):
-        from difftree_rt.engine.policies import PolicyInput
+        from difftree_rt.policies import PolicyInput
 
         D2SDPolicy(16).select(PolicyInput(torch.zeros(1, 3, 8), torch.tensor([1])))

@@ -241,7 +241,7 @@ def test_policy_reads_no_host_value() -> None:
     from tests.conftest import random_logits
 
     from difftree_rt.engine.graph import forbid_host_sync
-    from difftree_rt.engine.policies import PolicyInput
+    from difftree_rt.policies import PolicyInput
     from difftree_rt.policies.d2sd import D2SDPolicy
 
     gen = torch.Generator().manual_seed(0)

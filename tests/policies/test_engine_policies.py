@@ -10,8 +10,7 @@ from sampling_check import assert_sampling_lossless
 from test_greedy import assert_greedy_equal
 
 from difftree_rt import SpeculativeDecoder
-from difftree_rt.engine.policies import make_policy
-from difftree_rt.policies import CaDDTreePolicy, CostTable, PrestoPolicy
+from difftree_rt.policies import CaDDTreePolicy, CostTable, PrestoPolicy, make_policy
 
 
 def _steep_table() -> CostTable:
@@ -87,7 +86,7 @@ def test_presto_batch_select_equals_solo_selects_and_reference(budget: int) -> N
     # A batch's streams (ragged, extended by different counts each round) get exactly the trees
     # of B = 1 policies on their own streams, and of the reference over exact n-gram counts.
     from difftree_rt import ops
-    from difftree_rt.engine.policies import PolicyInput
+    from difftree_rt.policies import PolicyInput
     from difftree_rt.policies import reference as pref
 
     gen = torch.Generator().manual_seed(budget)
@@ -133,7 +132,7 @@ def test_presto_batch_select_equals_solo_selects_and_reference(budget: int) -> N
 
 
 def test_presto_select_needs_its_stream() -> None:
-    from difftree_rt.engine.policies import PolicyInput
+    from difftree_rt.policies import PolicyInput
 
     policy = PrestoPolicy(8)
     logits = torch.randn(2, 4, 30)

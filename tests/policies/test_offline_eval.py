@@ -89,9 +89,8 @@ def test_taps_with_marginal_scorer_scores_like_ddtree() -> None:
 
 
 def test_d2sd_trace_scores_the_live_policy_tree_exactly(monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    from difftree_rt.engine.policies import PolicyInput
     from difftree_rt.eval import trace as trace_mod
-    from difftree_rt.policies import D2SDPolicy
+    from difftree_rt.policies import D2SDPolicy, PolicyInput
 
     target, drafter = trained_pair()
     live: list = []

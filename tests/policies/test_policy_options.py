@@ -15,21 +15,19 @@ from typing import Any
 import numpy as np
 import pytest
 
-from difftree_rt.engine.policies import (
-    POLICIES,
-    ChainPolicy,
-    DDTreePolicy,
-    DraftPolicy,
-    make_policy,
-)
 from difftree_rt.policies import (
+    POLICIES,
     CaDDTreePolicy,
+    ChainPolicy,
     CostTable,
     D2SDPolicy,
+    DDTreePolicy,
+    DraftPolicy,
     PrestoPolicy,
     TapsPolicy,
     default_cost_table,
     load_cost_table,
+    make_policy,
 )
 
 _ALL: list[Callable[..., DraftPolicy]] = [

@@ -207,8 +207,7 @@ def test_device_form_pool_matches_numpy_reference(seed: int) -> None:
 
 def test_device_form_pool_builds_no_host_value() -> None:
     from difftree_rt.engine.graph import forbid_host_sync
-    from difftree_rt.engine.policies import PolicyInput
-    from difftree_rt.policies import TapsPolicy
+    from difftree_rt.policies import PolicyInput, TapsPolicy
 
     token, logprob, root, _ = _candidates(5, 2, 15, 300, 40)
     with forbid_host_sync():

@@ -10,8 +10,7 @@ from sampling_check import assert_sampling_lossless
 from test_greedy import assert_greedy_equal
 
 from difftree_rt import SpeculativeDecoder
-from difftree_rt.engine.policies import make_policy
-from difftree_rt.policies import TapsPolicy
+from difftree_rt.policies import TapsPolicy, make_policy
 
 
 @pytest.mark.parametrize("budget", [1, 7, 64])

@@ -1,17 +1,9 @@
-"""The speculative decoding engine: decoder, selection policies, sampling and statistics."""
+"""The speculative decoding engine: decoder, sampling and statistics (policies live in
+``difftree_rt.policies``, below the engine)."""
 
 from __future__ import annotations
 
 from .decoder import GenerationOutput, SpeculativeDecoder
-from .policies import (
-    POLICIES,
-    ChainPolicy,
-    DDTreePolicy,
-    DraftPolicy,
-    PolicyInput,
-    make_policy,
-    register_policy,
-)
 from .sampling import (
     SamplingParams,
     choose_tokens,
@@ -24,20 +16,13 @@ from .stats import PHASES, GenerationStats
 
 __all__ = [
     "PHASES",
-    "POLICIES",
-    "ChainPolicy",
-    "DDTreePolicy",
-    "DraftPolicy",
     "GenerationOutput",
     "GenerationStats",
-    "PolicyInput",
     "SamplingParams",
     "SpeculativeDecoder",
     "choose_tokens",
     "counter_uniform",
-    "make_policy",
     "process_logits",
-    "register_policy",
     "request_seeds",
     "target_probs",
 ]

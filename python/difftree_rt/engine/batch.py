@@ -19,8 +19,8 @@ from torch import Tensor
 
 from ..models.dflash import DFlashCache, DFlashDrafter
 from ..models.target import TargetAdapter
+from ..policies import PolicyInput
 from .output import CACHE_ROUND, GenerationOutput
-from .policies import PolicyInput
 from .request import CallStreamer, GenerateRequest
 from .round_ops import emitted_tokens, start_stream, verify_tree, write_emitted
 from .sampling import RequestSettings, SamplingParams, choose_tokens, sampling_kwargs

@@ -36,9 +36,9 @@ from torch import Tensor, nn
 from ..models.dflash import DFlashCache, DFlashDrafter
 from ..models.target import TargetAdapter
 from ..models.target_support import check_target_model
+from ..policies import MAX_BUDGET, DraftPolicy, PolicyInput, make_policy
 from .batch import BatchGenerationMixin
 from .output import CACHE_ROUND, GenerationOutput, is_int
-from .policies import MAX_BUDGET, DraftPolicy, PolicyInput, make_policy
 from .request import GenerateRequest, build_request, device_memory_bytes
 from .round_ops import emitted_tokens, start_stream, verify_tree, write_emitted
 from .sampling import SamplingParams, choose_tokens

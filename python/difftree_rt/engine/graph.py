@@ -53,9 +53,9 @@ from torch import Tensor
 
 from ..models.dflash import DFlashCache
 from ..models.target import TargetAdapter
+from ..policies import DraftPolicy, PolicyInput
 from ..tree import DraftTree, anc_words
 from .host_sync import HostSyncError, forbid_host_sync
-from .policies import DraftPolicy, PolicyInput
 from .request import CallStreamer, GenerateRequest
 from .round_ops import emitted_tokens, start_stream, verify_tree, write_emitted
 from .sampling import (

@@ -12,8 +12,8 @@ import torch
 from torch import Tensor
 
 from ..models.target import TargetAdapter, TargetOutput
+from ..policies import DraftPolicy
 from ..tree import DraftTree
-from .policies import DraftPolicy
 
 __all__ = ["emitted_tokens", "start_stream", "verify_tree", "write_emitted"]
 

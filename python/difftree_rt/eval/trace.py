@@ -22,9 +22,9 @@ import torch
 from torch import Tensor, nn
 
 from ..engine.decoder import GenerationOutput, SpeculativeDecoder
-from ..engine.policies import DraftPolicy, PolicyInput
 from ..engine.sampling import SamplingParams, choose_tokens, target_probs
 from ..models.target import TargetAdapter, TargetOutput
+from ..policies import DraftPolicy, PolicyInput
 from ..safe_files import read_tensor_file, write_tensor_file
 from ..tree import DraftTree
 

@@ -11,7 +11,11 @@ import numbers
 import os
 from typing import Any
 
-__all__ = ["check_bool", "check_budget", "check_float", "check_int", "check_path"]
+__all__ = ["MAX_BUDGET", "check_bool", "check_budget", "check_float", "check_int", "check_path"]
+
+#: The core's budget limit (``difftree_rt.ops.MAX_BUDGET``), repeated here so validation does
+#: not need the compiled extension.
+MAX_BUDGET = 4096
 
 
 def check_int(name: str, value: Any, lo: int, hi: int | None = None) -> int:
@@ -30,10 +34,6 @@ def check_int(name: str, value: Any, lo: int, hi: int | None = None) -> int:
 
 def check_budget(value: Any, name: str = "budget") -> int:
     """A tree budget: draft nodes per round, an int in ``[1, MAX_BUDGET]``."""
-    # Imported here: the engine's policies module imports this one (and the engine package
-    # is not needed by the cost tables' checks).
-    from ..engine.policies import MAX_BUDGET
-
     return check_int(name, value, 1, MAX_BUDGET)
 
 

@@ -22,9 +22,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..engine.policies import DraftPolicy, PolicyInput
 from ..tree import DraftTree
 from ._validate import check_bool, check_int
+from .base import DraftPolicy, PolicyInput
 
 __all__ = ["D2SDPolicy", "branch_blocks", "branch_rows"]
 

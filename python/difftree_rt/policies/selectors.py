@@ -19,9 +19,9 @@ from dataclasses import dataclass
 
 import torch
 
-from ..engine.policies import DraftPolicy, PolicyInput
 from ..tree import DraftTree
 from ._validate import check_bool, check_float, check_int
+from .base import DraftPolicy, PolicyInput
 from .cost import CostTable, DeviceCosts, load_cost_table
 
 __all__ = ["CaDDTreePolicy", "PrestoPolicy", "PrestoStream", "presto_table_size"]

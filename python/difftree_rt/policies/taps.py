@@ -28,9 +28,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..engine.policies import DraftPolicy, PolicyInput
 from ..tree import DraftTree
 from ._validate import check_int, check_path
+from .base import DraftPolicy, PolicyInput
 
 __all__ = ["TapsPolicy", "TapsPool", "fallback_log_qc", "marginal_log_qc", "taps_pool"]
 

@@ -1,38 +1,26 @@
-"""Selection policies: draft logits (+ context) -> a :class:`DraftTree` (DESIGN.md §4).
+"""The policy interface: draft logits (+ context) -> a :class:`DraftTree` (DESIGN.md §4).
 
 Vocabulary: B batch, L draft depth (block size - 1), K candidates per depth, V vocabulary,
 N tree capacity (budget + 1, root included).
 
 Every policy sits behind one interface, :class:`DraftPolicy`: ``select(inputs) -> DraftTree``
-with the root (node 0) holding the bonus token. The decoder never looks inside a policy; later
-policies (caddtree, taps, presto, d2sd) plug in by subclassing and registering a name.
+with the root (node 0) holding the bonus token. The engine never looks inside a policy; a policy
+plugs in by subclassing :class:`DraftPolicy` and registering a name (``registry.py``). This
+package sits below the engine: nothing here imports ``difftree_rt.engine``.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from torch import Tensor
 
 from ..tree import DraftTree
+from ._validate import MAX_BUDGET, check_budget
 
-__all__ = [
-    "MAX_BUDGET",
-    "POLICIES",
-    "ChainPolicy",
-    "DDTreePolicy",
-    "DraftPolicy",
-    "PolicyInput",
-    "make_policy",
-    "register_policy",
-]
-
-#: The core's budget limit (``difftree_rt.ops.MAX_BUDGET``), repeated here so validation does
-#: not need the compiled extension.
-MAX_BUDGET = 4096
+__all__ = ["MAX_BUDGET", "DraftPolicy", "PolicyInput"]
 
 
 @dataclass
@@ -123,9 +111,6 @@ class DraftPolicy(ABC):
     tracks_stream: bool = False
 
     def __init__(self, budget: int) -> None:
-        # Imported here: difftree_rt.policies imports this module (its policies subclass ours).
-        from ..policies._validate import check_budget
-
         self.budget = check_budget(budget)
 
     def capacity(self, max_depth: int) -> int:
@@ -171,98 +156,3 @@ class DraftPolicy(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(budget={self.budget})"
-
-
-class ChainPolicy(DraftPolicy):
-    """DFlash: the argmax of each depth, ``min(budget, L)`` deep (a degenerate tree).
-
-    Argmax ties go to the lowest token id (``topk_logprobs``' rule). Built with the DDTree
-    selector on K = 1 candidate per depth: the best prefixes of a single chain are its first
-    ``budget`` depths, so the arrays (``anc`` included) come from the one tested selector.
-    """
-
-    name = "chain"
-    is_chain = True
-    graph_safe = True
-
-    def capacity(self, max_depth: int) -> int:
-        return min(self.budget, max_depth) + 1
-
-    def select(self, inputs: PolicyInput) -> DraftTree:
-        from .. import ops
-
-        logits = inputs.draft_logits
-        token, logprob = ops.topk_logprobs(logits, 1)
-        depth = min(self.budget, logits.shape[1])
-        # contiguous(): a depth slice of a B > 1 batch is strided (a no-op for B = 1).
-        return ops.ddtree_select_from_candidates(
-            token[:, :depth].contiguous(), logprob[:, :depth].contiguous(), depth, inputs.root_token
-        )
-
-
-class DDTreePolicy(DraftPolicy):
-    """DDTree (ALGORITHMS.md §2): exact top-``budget`` prefixes by product of draft marginals."""
-
-    name = "ddtree"
-    graph_safe = True
-
-    def select(self, inputs: PolicyInput) -> DraftTree:
-        from .. import ops
-
-        return ops.ddtree_select(inputs.draft_logits, self.budget, inputs.root_token)
-
-
-POLICIES: dict[str, Callable[[int], DraftPolicy]] = {
-    ChainPolicy.name: ChainPolicy,
-    DDTreePolicy.name: DDTreePolicy,
-}
-
-
-def register_policy(name: str, factory: Callable[[int], DraftPolicy]) -> None:
-    """Make ``factory(budget)`` available as ``SpeculativeDecoder(policy=name)``."""
-    if name == "ar" or name in POLICIES:
-        raise ValueError(f"policy name {name!r} is already taken")
-    POLICIES[name] = factory
-
-
-def make_policy(name: str, budget: int) -> DraftPolicy:
-    """The registered policy ``name`` with ``budget`` draft nodes (``TypeError`` /
-    ``ValueError`` naming the argument for a non-str name, an unknown name or a bad budget)."""
-    if not isinstance(name, str):
-        raise TypeError(f"policy must be a str name or a DraftPolicy, got {type(name).__name__}")
-    factory = POLICIES.get(name)
-    if factory is None:
-        known = ", ".join(sorted(["ar", *POLICIES]))
-        raise ValueError(f"policy must be one of {known} or a DraftPolicy, got {name!r}")
-    return factory(budget)
-
-
-# ---- policies defined in difftree_rt.policies, registered by name (imported on first use) ----
-def _caddtree_factory(budget: int) -> DraftPolicy:
-    from ..policies import CaDDTreePolicy
-
-    return CaDDTreePolicy(budget)
-
-
-def _presto_factory(budget: int) -> DraftPolicy:
-    from ..policies import PrestoPolicy
-
-    return PrestoPolicy(budget)
-
-
-def _taps_factory(budget: int) -> DraftPolicy:
-    from ..policies import TapsPolicy
-
-    return TapsPolicy(budget)
-
-
-def _d2sd_factory(budget: int) -> DraftPolicy:
-    from ..policies import D2SDPolicy
-
-    return D2SDPolicy(budget)
-
-
-POLICIES.setdefault("caddtree", _caddtree_factory)
-POLICIES.setdefault("presto", _presto_factory)
-POLICIES.setdefault("taps", _taps_factory)
-POLICIES.setdefault("d2sd", _d2sd_factory)
