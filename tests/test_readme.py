@@ -14,6 +14,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -58,13 +59,18 @@ def test_python_blocks_run_as_written() -> None:
     """All blocks in order, in one test: a "continuing" block needs its predecessor's names."""
     assert all(p.is_dir() for p in PLACEHOLDERS.values())
     namespace: dict[str, object] = {}
-    for i, (intro, code) in enumerate(PYTHON_BLOCKS):
-        if "continuing" not in intro.lower():
-            namespace = {"__name__": f"readme_block_{i}"}
-        try:
-            exec(compile(_substitute(code), f"README.md python block {i}", "exec"), namespace)
-        except Exception as e:
-            raise AssertionError(f"README python block {i} failed: {e!r}\n{code}") from e
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the shipped pair is tiny: more threads only contend on a shared CPU
+    try:
+        for i, (intro, code) in enumerate(PYTHON_BLOCKS):
+            if "continuing" not in intro.lower():
+                namespace = {"__name__": f"readme_block_{i}"}
+            try:
+                exec(compile(_substitute(code), f"README.md python block {i}", "exec"), namespace)
+            except Exception as e:
+                raise AssertionError(f"README python block {i} failed: {e!r}\n{code}") from e
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _named_commands(code: str) -> list[list[str]]:
