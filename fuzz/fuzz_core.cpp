@@ -692,11 +692,35 @@ void fuzz_round(Input& in) {
 
 }  // namespace
 
+// The sizing functions (C ABI and C++ API) on raw int64 arguments: they must return promptly
+// (a loop bounded by the budget, no overflow), whatever a caller passes.
+void fuzz_sizing(Input& in) {
+  int64_t a[7];
+  for (int64_t& x : a) {
+    switch (in.range(0, 3)) {
+      case 0: x = static_cast<int64_t>(in.u64()); break;
+      case 1: x = in.range(-2, 70); break;
+      case 2: x = int64_t{1} << in.range(0, 63); break;
+      default: x = INT64_MAX - in.range(0, 2); break;
+    }
+  }
+  volatile size_t sink = 0;
+  sink += difftree_topk_logprobs_workspace_bytes(a[0], a[1], a[2], a[3], a[4]);
+  sink += static_cast<size_t>(difftree_topk_logprobs_num_splits(a[0], a[1], a[2], a[3]));
+  sink += difftree_ddtree_select_workspace_bytes(a[0], a[1], a[2], a[3]);
+  sink += difftree_presto_select_workspace_bytes(a[0], a[1], a[2], a[3], a[4]);
+  sink += difftree_taps_select_workspace_bytes(a[0], a[1], a[2]);
+  sink += difftree_d2sd_select_workspace_bytes(a[0], a[1], a[2], a[3], a[4]);
+  sink += static_cast<size_t>(difftree_tree_attention_num_splits(a[0], a[1], a[2], a[3], a[4]));
+  sink += difftree_tree_attention_workspace_bytes(a[0], a[1], a[2], a[3], a[4], a[5], a[6]);
+  (void)sink;
+}
+
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   Input in(data, size);
   static const int kBadEvery[] = {0, 0, 32, 12, 4};
   in.bad_every = kBadEvery[in.range(0, 4)];
-  switch (in.range(0, 6)) {
+  switch (in.range(0, 7)) {
     case 0:
       fuzz_topk(in);
       break;
@@ -714,6 +738,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       break;
     case 5:
       fuzz_round(in);
+      break;
+    case 6:
+      fuzz_sizing(in);
       break;
     default:
       fuzz_commit(in);
