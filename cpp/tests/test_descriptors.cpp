@@ -1,8 +1,9 @@
 // Descriptors no caller can be trusted with, through the C ABI (DLTensor) and the C++ API
 // (TensorView): NULL shape or tensor pointers, bad ndim, negative extents, extents whose element
 // or byte count overflows, NULL data, odd strides and byte offsets, vector dtypes. Each must come
-// back as a non-OK status whose message starts with the argument's name; every case runs in a
-// child process so a crash or a hang is a reported failure, not a dead test binary.
+// back as a non-OK status whose message starts with the argument's name. Also: empty batches with
+// huge unbacked extents run (as no-ops), and the sizing functions take any int64 arguments. Every
+// case runs in a child process so a crash or a hang is a reported failure, not a dead binary.
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
