@@ -6,10 +6,10 @@
 # from the source tree against the installed package. scripts/check_installed.sh checks the
 # install itself (package data, info, the CLI).
 #
-# The venv sees the machine's packages (torch, transformers, pytest) through a .pth line naming
-# the system site-packages, not through --system-site-packages: that flag would also run the
-# editable install's own .pth, which puts python/ on sys.path and an import hook in front of the
-# installed wheel.
+# The venv sees the packages of $PYTHON's environment (torch, transformers, pytest) through a .pth
+# naming its site-packages directories, not through --system-site-packages: that flag would also
+# run the editable install's own .pth, which puts python/ on sys.path and an import hook in front
+# of the installed wheel.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -28,8 +28,13 @@ WHEEL=$(ls "$OUT"/dist/difftree_rt-*.whl)
 echo "[nocuda] installing $(basename "$WHEEL") into $VENV"
 "$PY" -m venv --clear --without-pip "$VENV"
 VPY=$VENV/bin/python
-"$PY" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])" \
-  >"$("$VPY" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")/system-site.pth"
+"$PY" - "$ROOT" >"$("$VPY" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")/system-site.pth" <<'EOF'
+import os, sys
+root = os.path.realpath(sys.argv[1])
+for p in sys.path:  # site directories only, none inside the source tree
+    if p.endswith(("site-packages", "dist-packages")) and not os.path.realpath(p).startswith(root):
+        print(p)
+EOF
 "$VPY" -m pip install -q --no-deps --ignore-installed "$WHEEL"
 
 bash "$ROOT/scripts/check_installed.sh" "$VPY"
