@@ -10,13 +10,14 @@ name in :data:`POLICIES`. The engine imports this package; nothing here imports 
 from __future__ import annotations
 
 from .base import MAX_BUDGET, DraftPolicy, PolicyInput
+from .caddtree import CaDDTreePolicy
 from .chain import ChainPolicy
 from .cost import CostTable, default_cost_table, fit_monotone_convex, load_cost_table
 from .d2sd import D2SDPolicy
 from .ddtree import DDTreePolicy
 from .ngram import NGramPrior
+from .presto import PrestoPolicy, PrestoStream, presto_table_size
 from .registry import POLICIES, make_policy, register_policy
-from .selectors import CaDDTreePolicy, PrestoPolicy, PrestoStream, presto_table_size
 from .taps import TapsPolicy
 
 __all__ = [

@@ -9,10 +9,11 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from .base import DraftPolicy
+from .caddtree import CaDDTreePolicy
 from .chain import ChainPolicy
 from .d2sd import D2SDPolicy
 from .ddtree import DDTreePolicy
-from .selectors import CaDDTreePolicy, PrestoPolicy
+from .presto import PrestoPolicy
 from .taps import TapsPolicy
 
 __all__ = ["POLICIES", "make_policy", "register_policy"]
