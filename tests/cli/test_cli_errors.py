@@ -146,10 +146,7 @@ def test_dtype_aliases(alias: str, name: str) -> None:
 def test_policy_choices_match_the_registry() -> None:
     from difftree_rt.eval.offline import POLICY_NAMES as OFFLINE
 
-    try:
-        from difftree_rt.policies import POLICIES
-    except ImportError:  # the registry's former home
-        from difftree_rt.engine.policies import POLICIES  # type: ignore[no-redef]
+    from difftree_rt.policies import POLICIES
 
     assert set(POLICY_NAMES) == {"ar", *POLICIES}
     parser = build_parser()
