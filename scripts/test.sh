@@ -24,7 +24,7 @@ summary() {
   [ ${#STAGE_NAMES[@]} -gt 0 ] || return 0
   echo "[test] summary ($(( SECONDS - T_START )) s in all):"
   for i in "${!STAGE_NAMES[@]}"; do
-    printf '[test]   %-44s %6s s  %s\n' "${STAGE_NAMES[$i]}" "${STAGE_TIMES[$i]}" "${STAGE_RESULTS[$i]}"
+    printf '[test]   %-52s %6s s  %s\n' "${STAGE_NAMES[$i]}" "${STAGE_TIMES[$i]}" "${STAGE_RESULTS[$i]}"
   done
 }
 trap summary EXIT
