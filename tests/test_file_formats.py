@@ -126,3 +126,27 @@ def test_malformed_structure_is_a_value_error(tmp_path: Path) -> None:
         save_file({}, str(path), metadata={"format": "fmt/1", "json": header})
         with pytest.raises(ValueError, match=re.escape(str(path))):
             read_tensor_file(path, "fmt/1", "")
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [("hidden", 60_000), ("tok_dim", 10**6), ("max_depth", 10**8), ("hidden", 2.5), ("vocab", -1)],
+)
+def test_scorer_config_that_disagrees_with_its_tensors_is_refused_unbuilt(
+    tmp_path: Path, field: str, value: object
+) -> None:
+    """A tampered scorer config is refused against the file's own tensors before any module is
+    built: hidden = 60,000 alone would allocate and initialise ~14 GB."""
+    import time
+
+    from difftree_rt.policies.taps_scorer import _FORMAT, EdgeScorer
+
+    path = tmp_path / "scorer.safetensors"
+    EdgeScorer(vocab=32, hidden=16, tok_dim=4, max_depth=8, buckets=64).save(path)
+    blob = read_tensor_file(path, _FORMAT, "")
+    blob["config"][field] = value
+    write_tensor_file(path, _FORMAT, blob)
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match=rf"{re.escape(str(path))}: malformed TAPS scorer.*"):
+        EdgeScorer.load(path)
+    assert time.perf_counter() - start < 5.0

@@ -194,12 +194,45 @@ class EdgeScorer(nn.Module):
         (a pickle file is refused unread)."""
         blob = read_tensor_file(path, _FORMAT, _REMEDY)
         try:
+            _check_config(blob["config"], blob["state"])
             m = cls(**blob["config"])
             m.load_state_dict(blob["state"])
         except (KeyError, TypeError, RuntimeError) as e:
             raise ValueError(f"{path}: malformed TAPS scorer ({e}). {_REMEDY}") from None
         m.table = blob["table"]
         return m.eval()
+
+
+def _param_shapes(config: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+    """The weight shapes :class:`EdgeScorer` builds from ``config`` (biases follow them)."""
+    tok_dim, hidden = config["tok_dim"], config["hidden"]
+    return {
+        "tok.weight": (min(config["vocab"], config["buckets"]) + 1, tok_dim),
+        "dep.weight": (config["max_depth"] + 1, 8),
+        "mlp.0.weight": (hidden, 2 * tok_dim + 8 + NUM_SCALARS),
+        "mlp.2.weight": (hidden, hidden),
+        "mlp.4.weight": (1, hidden),
+    }
+
+
+def _check_config(config: Any, state: Any) -> None:
+    """Refuse a scorer file whose config disagrees with its own tensors, before any module is
+    built: the config alone would size the allocation (a tampered ``hidden`` of 1e9 asks for
+    exabytes)."""
+    keys = ("vocab", "tok_dim", "hidden", "max_depth", "buckets")
+    if not isinstance(config, dict) or set(config) != set(keys):
+        raise TypeError(f"config must have exactly the fields {keys}")
+    for k in keys:
+        v = config[k]
+        if isinstance(v, bool) or not isinstance(v, int) or v < (0 if k == "max_depth" else 1):
+            raise TypeError(f"config field {k!r} must be a positive int, got {v!r}")
+    if not isinstance(state, dict):
+        raise TypeError("state must be a tensor dict")
+    for name, shape in _param_shapes(config).items():
+        got = state.get(name)
+        if not isinstance(got, Tensor) or tuple(got.shape) != shape:
+            have = None if not isinstance(got, Tensor) else tuple(got.shape)
+            raise TypeError(f"{name} has shape {have}, the config implies {shape}")
 
 
 def _targets(pool: TapsPool, r: Any, f: dict[str, Tensor]) -> tuple[Tensor, Tensor] | None:
