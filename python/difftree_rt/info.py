@@ -34,6 +34,6 @@ def build_info() -> dict[str, Any]:
 
     info["policies"] = ", ".join(["ar", *sorted(POLICIES)])
     # Policies whose rounds graph mode captures on CUDA (by default); the others run eagerly.
-    graph = [name for name in sorted(POLICIES) if make_policy(name, 8).graph_safe]
+    graph = [name for name in sorted(POLICIES) if make_policy(name, 8).needs.graph_safe]
     info["graph_mode_policies"] = ", ".join(["ar", *graph])
     return info

@@ -329,11 +329,11 @@ def test_presto_batch_tables_are_per_request() -> None:
 
 
 def test_needs_context_policy_without_batch_context_refuses_a_batch() -> None:
-    from difftree_rt.policies import DDTreePolicy
+    from difftree_rt.policies import DDTreePolicy, PolicyNeeds
 
     class StreamPolicy(DDTreePolicy):
         name = "stream"
-        needs_context = True  # reads context_ids, no batch_context
+        needs = PolicyNeeds(graph_safe=True, needs_context=True)  # no batch_context
 
     target, drafter = random_pair("qwen3")
     dec = SpeculativeDecoder(target, drafter, StreamPolicy(8))

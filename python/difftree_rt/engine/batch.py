@@ -65,7 +65,7 @@ class BatchGenerationMixin:
         params, req, stop = request.params, request.settings, request.stop
         streamer = request.streamer
         policy = self.policy
-        if policy is not None and policy.needs_context and not policy.batch_context:
+        if policy is not None and policy.needs.needs_context and not policy.needs.batch_context:
             raise NotImplementedError(
                 f"policy {self.policy_name!r} reads each request's token stream "
                 "(needs_context) and runs one request at a time: batched generation (B > 1) is "
@@ -235,7 +235,7 @@ class BatchGenerationMixin:
         dev = self.device
         dcache = self._batch_drafter_cache(drafter, num_b, num_t + max_new + drafter.block_size)
         second, vcache = drafter, dcache
-        if policy.redraft and self.vp_drafter is not None:
+        if policy.needs.redraft and self.vp_drafter is not None:
             second = self.vp_drafter
             vcache = second.new_cache(batch_size=num_b, capacity=num_t + max_new + 1)
         out_buf = torch.full((num_b, max_new + 1), -1, dtype=torch.long, device=dev)
@@ -250,7 +250,7 @@ class BatchGenerationMixin:
         new_features = features.to(drafter.dtype)
         num_new = torch.tensor(lengths, dtype=torch.long, device=dev)
         stream = None
-        if policy.needs_context:
+        if policy.needs.needs_context:
             # Request b's token stream (prompt, then its generated tokens ending with the bonus)
             # from column 0, -1 after it; the last column is scratch. Extended on the device as
             # tokens are emitted; the policy reads [:, :T + max(generated)].
@@ -261,7 +261,7 @@ class BatchGenerationMixin:
             stream.scatter_(1, prompt_t[:, None], bonus[:, None].to(torch.long))
             stream_trash = num_t + max_new
         pstream = None
-        if policy.tracks_stream:
+        if policy.needs.tracks_stream:
             pstream = policy.new_stream(num_b, num_t + max_new + 1, dev)
             start_stream(policy, pstream, right, num_new, bonus)
         generated_t = torch.ones(num_b, dtype=torch.long, device=dev)
@@ -285,7 +285,7 @@ class BatchGenerationMixin:
                 if stream is not None:
                     inputs.context_lengths = list(starts)
                     inputs.context_ids = stream[:, : num_t + max(gen)]
-                if policy.redraft:
+                if policy.needs.redraft:
                     if vcache is not dcache:
                         second.append_context(vcache, new_features.to(second.dtype), num_new)
                     blocks = policy.redraft_blocks(inputs, second.block_size, second.mask_token_id)
@@ -293,7 +293,7 @@ class BatchGenerationMixin:
             with timer.phase("select"):
                 tree = policy.select(inputs)
             with timer.phase("verify"):
-                verified = verify_tree(adapter, tree, policy.is_chain)
+                verified = verify_tree(adapter, tree, policy.needs.chain)
             with timer.phase("accept"):
                 choice = choose_tokens(verified.logits, params, round_idx, **sampling_kwargs(req))
                 # Finished requests: nothing left to emit (their walk is discarded anyway).

@@ -146,7 +146,7 @@ class SpeculativeDecoder(BatchGenerationMixin):
             else []
         )
         self.max_depth = drafter.block_size - 1 if drafter is not None else 0
-        if self.policy is not None and self.policy.redraft:
+        if self.policy is not None and self.policy.needs.redraft:
             second = self.vp_drafter if self.vp_drafter is not None else drafter
             assert second is not None
             self.max_depth = max(self.max_depth, second.block_size - 1)
@@ -236,7 +236,7 @@ class SpeculativeDecoder(BatchGenerationMixin):
         """Graph mode on or off (see ``cuda_graphs`` in the class docstring)."""
         if cuda_graphs is not None and not isinstance(cuda_graphs, bool):
             raise ValueError(f"cuda_graphs must be None, True or False, got {cuda_graphs!r}")
-        safe = self.policy is None or self.policy.graph_safe  # "ar" (None): one target step
+        safe = self.policy is None or self.policy.needs.graph_safe  # "ar" (None): one target step
         if cuda_graphs is None:
             return safe and self.device.type == "cuda" and not self.validate
         if cuda_graphs and not safe:
@@ -560,7 +560,7 @@ class SpeculativeDecoder(BatchGenerationMixin):
         # Second drafting pass (redraft policies): the policy's VP drafter keeps its own context
         # cache (its own K/V projections); without one the first drafter's cache is shared.
         second, vcache = drafter, dcache
-        if policy.redraft and self.vp_drafter is not None:
+        if policy.needs.redraft and self.vp_drafter is not None:
             second = self.vp_drafter
             vcache = second.new_cache(batch_size=1, capacity=prompt_len + max_new + 1)
         # Emitted tokens land at columns `generated + j`; invalid entries of a round go to the
@@ -574,7 +574,7 @@ class SpeculativeDecoder(BatchGenerationMixin):
         new_features = features.to(drafter.dtype)
         generated_t = torch.ones(1, dtype=torch.long, device=self.device)
         stream = None
-        if policy.tracks_stream:
+        if policy.needs.tracks_stream:
             stream = policy.new_stream(1, prompt_len + max_new + 1, self.device)
             lens = torch.full((1,), prompt_len, dtype=torch.long, device=self.device)
             start_stream(policy, stream, ids, lens, bonus)
@@ -593,13 +593,13 @@ class SpeculativeDecoder(BatchGenerationMixin):
                 # rows makes it exactly [0, start): the bonus is seen only as slot 0.
                 draft_logits = drafter.draft(block, dcache, new_features, start=start)
                 context = None
-                if policy.needs_context:
+                if policy.needs.needs_context:
                     context = torch.cat([ids, out_buf[:, :generated]], dim=1)
                 inputs = PolicyInput(
                     draft_logits, bonus, round_idx, context, stream=stream,
                     committed=adapter.cache.base_len,
                 )  # fmt: skip
-                if policy.redraft:
+                if policy.needs.redraft:
                     if vcache is not dcache:
                         second.append_context(vcache, new_features.to(second.dtype))
                     blocks = policy.redraft_blocks(inputs, second.block_size, second.mask_token_id)
@@ -607,7 +607,7 @@ class SpeculativeDecoder(BatchGenerationMixin):
             with timer.phase("select"):
                 tree = policy.select(inputs)
             with timer.phase("verify"):
-                verified = verify_tree(adapter, tree, policy.is_chain)
+                verified = verify_tree(adapter, tree, policy.needs.chain)
             with timer.phase("accept"):
                 choice = choose_tokens(verified.logits, params, round_idx)
                 remaining = max_new - generated_t

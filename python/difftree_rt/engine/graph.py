@@ -53,7 +53,7 @@ from torch import Tensor
 
 from ..models.dflash import DFlashCache
 from ..models.target import TargetAdapter
-from ..policies import DraftPolicy, PolicyInput
+from ..policies import DraftPolicy, PolicyInput, PolicyNeeds
 from ..tree import DraftTree, anc_words
 from .host_sync import HostSyncError, forbid_host_sync
 from .request import CallStreamer, GenerateRequest
@@ -147,8 +147,7 @@ class _TargetStep(DraftPolicy):
     one target step through the same verify / walk / commit path."""
 
     name = "ar"
-    is_chain = True
-    graph_safe = True
+    needs = PolicyNeeds(chain=True, graph_safe=True)
 
     def __init__(self) -> None:
         super().__init__(1)
@@ -170,7 +169,7 @@ class _Slot:
     dcache: DFlashCache | None  # None for "ar" (no drafter)
     vcache: DFlashCache | None  # the second-pass drafter's cache (redraft with a VP drafter)
     span_cap: int  # largest key span (scratch rows past it hold the second pass's blocks)
-    stream: Any  # a tracks_stream policy's device state (presto's n-gram tables), else None
+    stream: Any  # a needs.tracks_stream policy's device state (presto's n-gram tables), else None
     pinned: list[Tensor]
     events: list[Any]
 
@@ -211,7 +210,7 @@ class GraphRoundRunner:
             policy, drafter = _TargetStep(), None
         elif drafter is None:
             raise ValueError("graph mode with a drafting policy needs a drafter")
-        if not policy.graph_safe:
+        if not policy.needs.graph_safe:
             raise ValueError(
                 f"policy {decoder.policy_name!r} is not graph-safe (its select reads host values "
                 "or has data-dependent shapes); use cuda_graphs=False"
@@ -225,7 +224,7 @@ class GraphRoundRunner:
         # and the scratch rows its R blocks take past the key span.
         self.second = drafter
         self.redraft_rows = 0
-        if policy.redraft:
+        if policy.needs.redraft:
             assert drafter is not None
             if decoder.vp_drafter is not None:
                 self.second = decoder.vp_drafter
@@ -358,7 +357,7 @@ class GraphRoundRunner:
         )
         # The policy's stream state covers every token the target's cache can commit + the bonus.
         pstream = None
-        if self.policy.tracks_stream:
+        if self.policy.needs.tracks_stream:
             pstream = self.policy.new_stream(num_b, adapter.max_length + 1, dev)
         pin = self.device.type == "cuda"
         pinned = [torch.zeros(num_b, _EMIT + p, dtype=torch.long, pin_memory=pin) for _ in range(2)]
@@ -421,7 +420,7 @@ class GraphRoundRunner:
             logits, st.bonus, 0, None, committed=self._adapter.cache.base_len, fixed_shape=True,
             stream=self._pstream, max_nodes=nb - 1 if nb < self.capacity else None,
         )  # fmt: skip
-        if self.policy.redraft:
+        if self.policy.needs.redraft:
             # The second pass (d2sd): R blocks over the same context, at scratch rows past the
             # key span; its cache holds exactly the same context rows as the first one.
             second = self.second
@@ -442,7 +441,7 @@ class GraphRoundRunner:
         assert st is not None and adapter is not None
         params = self._params
         tree = DraftTree.from_arrays(st.trees[nb], max_depth=self.path_cols - 1)
-        verified = verify_tree(adapter, tree, self.policy.is_chain)
+        verified = verify_tree(adapter, tree, self.policy.needs.chain)
         choice = choose_tokens(
             verified.logits, params, st.round_idx, seed=st.seed, values=st.sampling,
             greedy=st.greedy if self._mixed else None,

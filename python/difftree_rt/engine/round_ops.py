@@ -66,7 +66,7 @@ def write_emitted(
 def start_stream(
     policy: DraftPolicy, stream: Any, prompts: Tensor, lengths: Tensor, first: Tensor
 ) -> None:
-    """Open a ``tracks_stream`` policy's state on a request's stream before its first round:
+    """Open a ``needs.tracks_stream`` policy's state on a request's stream before its first round:
     the prompts (``[B, T]`` left-aligned, ``lengths [B]``), then the first generated token
     ``[B]`` (the first round's root). Later rounds append their emitted tokens."""
     policy.start_stream(stream, prompts, lengths)

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from ..engine.decoder import GenerationOutput, SpeculativeDecoder
 from ..engine.sampling import SamplingParams, choose_tokens, target_probs
 from ..models.target import TargetAdapter, TargetOutput
-from ..policies import DraftPolicy, PolicyInput
+from ..policies import DraftPolicy, PolicyInput, PolicyNeeds
 from ..safe_files import read_tensor_file, write_tensor_file
 from ..tree import DraftTree
 
@@ -108,13 +108,13 @@ class _RecordingPolicy(DraftPolicy):
     def __init__(self, budget: int, recorder: TraceRecorder, d2sd: bool, vp: Any) -> None:
         super().__init__(budget)
         self.recorder = recorder
-        self.redraft = d2sd
+        self.needs = PolicyNeeds(redraft=d2sd)
         self.vp_drafter = vp
 
     def capacity(self, max_depth: int) -> int:
         # The first draft, then two rows (both D²SD token rules) per boundary, each at most
         # max_depth deep.
-        extra = (2 * max_depth + 1) * max_depth if self.redraft else 0
+        extra = (2 * max_depth + 1) * max_depth if self.needs.redraft else 0
         return self.budget + 1 + extra
 
     def redraft_blocks(self, inputs: PolicyInput, block_size: int, mask_token_id: int) -> Tensor:
@@ -134,7 +134,7 @@ class _RecordingPolicy(DraftPolicy):
         token, logprob = ops.topk_logprobs(inputs.draft_logits, max(1, min(self.budget, V)))
         tree = ops.ddtree_select_from_candidates(token, logprob, self.budget, inputs.root_token)
         branches = None
-        if self.redraft:
+        if self.needs.redraft:
             assert inputs.branch_logits is not None
             B, R, L2, _ = inputs.branch_logits.shape
             top = ops.topk_logprobs(inputs.branch_logits.reshape(B * R, L2, V), min(2, V))

@@ -9,7 +9,7 @@ name in :data:`POLICIES`. The engine imports this package; nothing here imports 
 
 from __future__ import annotations
 
-from .base import MAX_BUDGET, DraftPolicy, PolicyInput
+from .base import MAX_BUDGET, DraftPolicy, PolicyInput, PolicyNeeds
 from .caddtree import CaDDTreePolicy
 from .chain import ChainPolicy
 from .cost import CostTable, default_cost_table, fit_monotone_convex, load_cost_table
@@ -31,6 +31,7 @@ __all__ = [
     "DraftPolicy",
     "NGramPrior",
     "PolicyInput",
+    "PolicyNeeds",
     "PrestoPolicy",
     "PrestoStream",
     "TapsPolicy",

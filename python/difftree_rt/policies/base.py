@@ -20,7 +20,47 @@ from torch import Tensor
 from ..tree import DraftTree
 from ._validate import MAX_BUDGET, check_budget
 
-__all__ = ["MAX_BUDGET", "DraftPolicy", "PolicyInput"]
+__all__ = ["MAX_BUDGET", "DraftPolicy", "PolicyInput", "PolicyNeeds"]
+
+
+@dataclass(frozen=True)
+class PolicyNeeds:
+    """What a policy needs from the engine: one object per policy instead of scattered flags.
+
+    The engine reads ``policy.needs.<field>``; every field defaults to False (a plain policy:
+    any tree shape, no context, one draft, eager only).
+
+    Attributes:
+        chain: the trees are always chains (``parent[i] = i - 1``), so verification can use
+            plain causal attention (no ancestor mask).
+        graph_safe: ``select`` runs entirely in device ops with fixed output shapes, reads no
+            host value and ignores ``round_idx``, so graph mode may capture it in a CUDA graph
+            (engine/graph.py); other policies run on the eager path.
+        needs_context: the decoder must fill :attr:`PolicyInput.context_ids`.
+        batch_context: a ``needs_context`` policy that also runs on a batch (B > 1) from
+            :attr:`PolicyInput.context_lengths` and the -1-padded ``context_ids`` rows (see
+            :class:`PolicyInput`). Batched generation refuses ``needs_context`` policies
+            without it (NotImplementedError).
+        tracks_stream: the policy keeps device state over each request's committed token
+            stream (prefix-conditioned priors: presto). The engine calls
+            :meth:`DraftPolicy.new_stream` once per call (graph mode: once per batch bucket, so
+            the addresses stay fixed), :meth:`DraftPolicy.start_stream` with the prompts and
+            then the first token, and :meth:`DraftPolicy.extend_stream` with every round's
+            emitted tokens, and passes the state as :attr:`PolicyInput.stream`. Unlike
+            ``needs_context`` this costs no host read and no growing tensor, so such a policy
+            can be ``graph_safe``.
+        redraft: the policy drafts twice per round: the decoder calls
+            :meth:`DraftPolicy.redraft_blocks` after the first draft, runs the blocks through
+            ``vp_drafter`` (or the decoder's own drafter when None) and hands the logits to
+            ``select`` as :attr:`PolicyInput.branch_logits`. Model calls stay in the decoder.
+    """
+
+    chain: bool = False
+    graph_safe: bool = False
+    needs_context: bool = False
+    batch_context: bool = False
+    tracks_stream: bool = False
+    redraft: bool = False
 
 
 @dataclass
@@ -32,14 +72,14 @@ class PolicyInput:
         root_token: ``[B]`` int64 bonus tokens (node 0 of the tree).
         round_idx: 1-based round counter (int on this eager path).
         context_ids: ``[B, T]`` committed tokens when the policy asks for them
-            (``needs_context``), else None. Prefix-conditioned policies (presto) read it.
+            (``needs.needs_context``), else None. Prefix-conditioned policies (presto) read it.
         branch_logits: ``[B, R, S2 - 1, V]`` the second drafting pass over the blocks the policy
-            asked for in :meth:`DraftPolicy.redraft_blocks` (``redraft`` policies: d2sd), else
-            None.
+            asked for in :meth:`DraftPolicy.redraft_blocks` (``needs.redraft`` policies: d2sd),
+            else None.
         state: scratch a policy may keep between ``redraft_blocks`` and ``select`` of one round.
-        context_lengths: batched generation (B > 1) of a ``needs_context`` policy that declares
-            ``batch_context``: per request, the committed length (target KV rows = the
-            ``context_ids.shape[1] - 1`` of a solo run), host ints; ``context_ids`` is then
+        context_lengths: batched generation (B > 1) of a ``needs.needs_context`` policy that
+            declares ``needs.batch_context``: per request, the committed length (target KV rows =
+            the ``context_ids.shape[1] - 1`` of a solo run), host ints; ``context_ids`` is then
             ``[B, T']`` with the ragged streams left-aligned: row b holds request b's prompt and
             generated tokens (the bonus last; ``context_lengths[b] + 1`` tokens while it is
             active) from column 0, then -1. None otherwise.
@@ -49,7 +89,7 @@ class PolicyInput:
             cache's ``base_len``); None only when a policy is called directly.
         fixed_shape: graph mode: the tree must keep the policy's full capacity (``budget + 1``
             rows, padding past ``num_nodes``) and ``select`` must read no host value.
-        stream: ``tracks_stream`` policies: the device state the engine opened with
+        stream: ``needs.tracks_stream`` policies: the device state the engine opened with
             :meth:`DraftPolicy.new_stream` and keeps up to date (the committed stream so far,
             ending with this round's root), else None.
         max_nodes: graph mode's tree-size bucket for this round: the tree must have capacity
@@ -76,39 +116,16 @@ class DraftPolicy(ABC):
     Attributes:
         name: registry name.
         budget: draft nodes per round (root excluded), 1..4096.
-        is_chain: the trees are always chains (``parent[i] = i - 1``), so verification can
-            use plain causal attention (no ancestor mask).
-        needs_context: the decoder must fill :attr:`PolicyInput.context_ids`.
-        redraft: the policy drafts twice per round: the decoder calls :meth:`redraft_blocks`
-            after the first draft, runs the blocks through ``vp_drafter`` (or the decoder's own
-            drafter when None) and hands the logits to ``select`` as
-            :attr:`PolicyInput.branch_logits`. Model calls stay in the decoder.
-        vp_drafter: the second-pass drafter of ``redraft`` policies (a ``DFlashDrafter``), or
-            None for the decoder's drafter.
-        graph_safe: ``select`` runs entirely in device ops with fixed output shapes, reads no
-            host value and ignores ``round_idx``, so graph mode may capture it in a CUDA graph
-            (engine/graph.py); other policies run on the eager path.
-        batch_context: a ``needs_context`` policy that also runs on a batch (B > 1) from
-            :attr:`PolicyInput.context_lengths` and the -1-padded ``context_ids`` rows (see
-            :class:`PolicyInput`). Batched generation refuses ``needs_context`` policies
-            without it (NotImplementedError).
-        tracks_stream: the policy keeps device state over each request's committed token
-            stream (prefix-conditioned priors: presto). The engine calls :meth:`new_stream`
-            once per call (graph mode: once per batch bucket, so the addresses stay fixed),
-            :meth:`start_stream` with the prompts and then the first token, and
-            :meth:`extend_stream` with every round's emitted tokens, and passes the state as
-            :attr:`PolicyInput.stream`. Unlike ``needs_context`` this costs no host read and
-            no growing tensor, so such a policy can be ``graph_safe``.
+        needs: the policy's :class:`PolicyNeeds` (what the engine must do for it). A class
+            attribute on most policies; a property where it depends on construction (TAPS:
+            ``graph_safe`` follows the scorer).
+        vp_drafter: the second-pass drafter of ``needs.redraft`` policies (a
+            ``DFlashDrafter``), or None for the decoder's drafter.
     """
 
     name: str = ""
-    is_chain: bool = False
-    needs_context: bool = False
-    batch_context: bool = False
-    redraft: bool = False
+    needs: PolicyNeeds = PolicyNeeds()
     vp_drafter: Any = None
-    graph_safe: bool = False
-    tracks_stream: bool = False
 
     def __init__(self, budget: int) -> None:
         self.budget = check_budget(budget)
@@ -126,7 +143,7 @@ class DraftPolicy(ABC):
         return [self.capacity(max_depth)]
 
     def new_stream(self, batch_size: int, max_tokens: int, device: Any) -> Any:
-        """``tracks_stream`` policies: fresh state for ``batch_size`` streams of at most
+        """``needs.tracks_stream`` policies: fresh state for ``batch_size`` streams of at most
         ``max_tokens`` tokens each on ``device``. The state object has ``tensors()``: every
         tensor a round may change (graph mode restores them after its warm-up rounds)."""
         raise NotImplementedError(f"{type(self).__name__} does not track the stream")
@@ -142,12 +159,12 @@ class DraftPolicy(ABC):
         raise NotImplementedError(f"{type(self).__name__} does not track the stream")
 
     def redraft_blocks(self, inputs: PolicyInput, block_size: int, mask_token_id: int) -> Tensor:
-        """``redraft`` policies: the second pass's blocks ``[B, R, block_size]`` (int64)."""
+        """``needs.redraft`` policies: the second pass's blocks ``[B, R, block_size]`` (int64)."""
         raise NotImplementedError(f"{type(self).__name__} does not draft twice")
 
     def redraft_rows(self) -> int:
-        """``redraft`` policies: an upper bound on R, the blocks of the second pass (graph mode
-        reserves their scratch rows in the drafter cache)."""
+        """``needs.redraft`` policies: an upper bound on R, the blocks of the second pass
+        (graph mode reserves their scratch rows in the drafter cache)."""
         return 0
 
     @abstractmethod

@@ -18,7 +18,7 @@ import torch
 
 from ..tree import DraftTree
 from ._validate import check_bool, check_int
-from .base import DraftPolicy, PolicyInput
+from .base import DraftPolicy, PolicyInput, PolicyNeeds
 from .cost import CostTable, DeviceCosts, load_cost_table
 
 __all__ = ["CaDDTreePolicy"]
@@ -54,7 +54,7 @@ class CaDDTreePolicy(DraftPolicy):
         sizes: the chosen n of every round since construction (diagnostics; on CUDA logits
             recorded only with ``truncate``, which reads ``num_nodes`` anyway).
 
-    ``graph_safe``: the cost rows come from the committed lengths on the device
+    ``needs.graph_safe``: the cost rows come from the committed lengths on the device
     (:attr:`PolicyInput.committed`, the target cache's lengths, on every engine path),
     through the same :class:`~difftree_rt.policies.cost.DeviceCosts` arithmetic either way, so
     graph and eager rounds pick the same cut; graph mode never truncates (fixed shapes) but
@@ -63,7 +63,7 @@ class CaDDTreePolicy(DraftPolicy):
     """
 
     name = "caddtree"
-    graph_safe = True
+    needs = PolicyNeeds(graph_safe=True)
 
     def __init__(
         self,

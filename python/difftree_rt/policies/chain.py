@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..tree import DraftTree
-from .base import DraftPolicy, PolicyInput
+from .base import DraftPolicy, PolicyInput, PolicyNeeds
 
 __all__ = ["ChainPolicy"]
 
@@ -17,8 +17,7 @@ class ChainPolicy(DraftPolicy):
     """
 
     name = "chain"
-    is_chain = True
-    graph_safe = True
+    needs = PolicyNeeds(chain=True, graph_safe=True)
 
     def capacity(self, max_depth: int) -> int:
         return min(self.budget, max_depth) + 1

@@ -24,7 +24,7 @@ from torch import Tensor
 
 from ..tree import DraftTree
 from ._validate import check_bool, check_int
-from .base import DraftPolicy, PolicyInput
+from .base import DraftPolicy, PolicyInput, PolicyNeeds
 
 __all__ = ["D2SDPolicy", "branch_blocks", "branch_rows"]
 
@@ -109,8 +109,8 @@ class D2SDPolicy(DraftPolicy):
     """
 
     name = "d2sd"
-    redraft = True
-    graph_safe = True  # both passes, the boundaries and the joint tree are device-only
+    # both passes, the boundaries and the joint tree are device-only
+    needs = PolicyNeeds(graph_safe=True, redraft=True)
 
     def __init__(
         self, budget: int = 64, *, k: int = 4, vp_drafter: Any = None, alternative: bool = True

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..tree import DraftTree
-from .base import DraftPolicy, PolicyInput
+from .base import DraftPolicy, PolicyInput, PolicyNeeds
 
 __all__ = ["DDTreePolicy"]
 
@@ -12,7 +12,7 @@ class DDTreePolicy(DraftPolicy):
     """DDTree (ALGORITHMS.md §2): exact top-``budget`` prefixes by product of draft marginals."""
 
     name = "ddtree"
-    graph_safe = True
+    needs = PolicyNeeds(graph_safe=True)
 
     def select(self, inputs: PolicyInput) -> DraftTree:
         from .. import ops

@@ -17,7 +17,7 @@ import torch
 
 from ..tree import DraftTree
 from ._validate import check_float, check_int
-from .base import DraftPolicy, PolicyInput
+from .base import DraftPolicy, PolicyInput, PolicyNeeds
 
 __all__ = ["PrestoPolicy", "PrestoStream", "presto_table_size"]
 
@@ -67,12 +67,11 @@ class PrestoPolicy(DraftPolicy):
     :class:`PrestoStream` per call (:meth:`start_stream` counts the prompts and the first
     token) and extends it with each round's emitted tokens (:meth:`extend_stream`), so a
     request in a batch gets exactly its solo tree, and a round reads no host value
-    (``graph_safe``).
+    (``needs.graph_safe``).
     """
 
     name = "presto"
-    tracks_stream = True
-    graph_safe = True
+    needs = PolicyNeeds(graph_safe=True, tracks_stream=True)
 
     def __init__(
         self,

@@ -30,7 +30,7 @@ from torch import Tensor
 
 from ..tree import DraftTree
 from ._validate import check_int, check_path
-from .base import DraftPolicy, PolicyInput
+from .base import DraftPolicy, PolicyInput, PolicyNeeds
 
 __all__ = ["TapsPolicy", "TapsPool", "fallback_log_qc", "marginal_log_qc", "taps_pool"]
 
@@ -298,10 +298,14 @@ class TapsPolicy(DraftPolicy):
         self.scorer = _scorer(scorer)
 
     @property  # type: ignore[override]
-    def graph_safe(self) -> bool:
-        """Built-in estimates (fallback, marginal) run on the device with fixed shapes, so
-        graph mode can capture the round; a trained scorer reads pool sizes on the host."""
-        return self.scorer is None or (isinstance(self.scorer, str) and self.scorer == "marginal")
+    def needs(self) -> PolicyNeeds:
+        """``graph_safe`` follows the scorer: the built-in estimates (fallback, marginal) run
+        on the device with fixed shapes, so graph mode can capture the round; a trained scorer
+        reads pool sizes on the host."""
+        builtin = self.scorer is None or (
+            isinstance(self.scorer, str) and self.scorer == "marginal"
+        )
+        return PolicyNeeds(graph_safe=builtin)
 
     def log_qc(self, pool: TapsPool, token: Tensor, logprob: Tensor, inputs: PolicyInput):
         """``[B, P1]`` float32 on the pool's device. The built-in estimates run there; a
