@@ -145,7 +145,6 @@ def test_dtype_aliases(alias: str, name: str) -> None:
 
 def test_policy_choices_match_the_registry() -> None:
     from difftree_rt.eval.offline import POLICY_NAMES as OFFLINE
-
     from difftree_rt.policies import POLICIES
 
     assert set(POLICY_NAMES) == {"ar", *POLICIES}
