@@ -15,9 +15,10 @@ import torch
 from torch import Tensor
 
 from ._ext import dl, dl_opt, ext, require_tensor, require_tensors, stream_of
-from .tree import DraftTree, anc_words
+from .tree import MAX_BUDGET, DraftTree, anc_words
 
 __all__ = [
+    "MAX_BUDGET",
     "WalkResult",
     "d2sd_boundaries",
     "d2sd_select",
@@ -32,7 +33,6 @@ __all__ = [
     "tree_walk",
 ]
 
-MAX_BUDGET = 4096
 MIN_LOGPROB = -1e4
 
 _TREE_FIELDS = (

@@ -7,7 +7,10 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor
 
-__all__ = ["DraftTree", "anc_words"]
+__all__ = ["MAX_BUDGET", "DraftTree", "anc_words"]
+
+#: The core's limit on draft nodes per tree (capacity N = budget + 1).
+MAX_BUDGET = 4096
 
 
 def anc_words(capacity: int) -> int:

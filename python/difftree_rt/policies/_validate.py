@@ -11,11 +11,9 @@ import numbers
 import os
 from typing import Any
 
-__all__ = ["MAX_BUDGET", "check_bool", "check_budget", "check_float", "check_int", "check_path"]
+from ..tree import MAX_BUDGET
 
-#: The core's budget limit (``difftree_rt.ops.MAX_BUDGET``), repeated here so validation does
-#: not need the compiled extension.
-MAX_BUDGET = 4096
+__all__ = ["MAX_BUDGET", "check_bool", "check_budget", "check_float", "check_int", "check_path"]
 
 
 def check_int(name: str, value: Any, lo: int, hi: int | None = None) -> int:
