@@ -1,20 +1,32 @@
 """``difftree-rt bench``: repeats with median and p10/p90, a JSON stamped with what ran where,
-plots with error bars, plain budget ticks and a title naming the run; the CPU thread default."""
+plots with error bars, plain budget ticks and a title naming the run; the CPU thread default;
+``--baseline`` (another checkout side by side: usage errors, a run against this checkout, the
+worker importing the other checkout's package and extension)."""
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from cli_helpers import assert_usage_error, run_cli
 from transformers import Qwen3Config, Qwen3ForCausalLM
 
+import difftree_rt
 from difftree_rt.cli import main
+from difftree_rt.cli.bench_worker import find_extension
 from difftree_rt.cli.pair import plot_results
 from difftree_rt.cli.runtime import SMALL_MODEL_BYTES, setup_threads
 from difftree_rt.models import DFlashDrafter
+
+#: The source checkout this package is imported from (a baseline for itself, when it is built).
+CHECKOUT = Path(difftree_rt.__file__).resolve().parents[2]
+needs_built_checkout = pytest.mark.skipif(
+    find_extension(CHECKOUT) is None, reason=f"{CHECKOUT} holds no built extension"
+)
 
 
 @pytest.fixture(scope="module")
@@ -170,3 +182,85 @@ def test_demo_and_generate_print_the_threads_used(
     out, err = capfd.readouterr()
     assert json.loads(out)["new_tokens"] >= 1  # stdout stays pure JSON
     assert "device cpu, 2 torch thread(s) (--threads)" in err
+
+
+def test_baseline_usage_errors(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    for path in (tmp_path / "nonexistent", tmp_path / "empty"):
+        run = run_cli(["bench", "--baseline", str(path)], tmp_path)
+        assert_usage_error(run, "--baseline")
+    assert "python/difftree_rt" in run.stderr
+
+
+@needs_built_checkout
+def test_baseline_side_by_side(
+    random_pair_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    restore_threads: Any,
+) -> None:
+    import difftree_rt.cli.bench_baseline as side_by_side
+
+    monkeypatch.setattr(side_by_side, "plot_results", lambda res, out, title: [])
+    out = tmp_path / "bench"
+    rc = main(
+        ["bench", "--target", str(random_pair_dir / "target"),
+         "--drafter", str(random_pair_dir / "drafter"),
+         "--prompts", str(random_pair_dir / "prompts.json"), "--num-prompts", "1",
+         "--max-new-tokens", "5", "--policies", "ar", "chain", "--repeats", "1",
+         "--baseline", str(CHECKOUT), "--out", str(out), "--quiet", "--device", "cpu"]
+    )  # fmt: skip
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "| τ cur | τ base | tokens/s cur [p10, p90] | tokens/s base [p10, p90] |" in printed
+    assert "| cur/base [p10, p90] | same tokens |" in printed
+    rows = [ln for ln in printed.splitlines() if ln.startswith(("| ar ", "| chain "))]
+    assert len(rows) == 2 and all(ln.endswith("| yes |") for ln in rows), rows
+    payload = json.loads((out / "bench.json").read_text())
+    base = payload["baseline"]
+    for results in (payload["results"], base["results"]):
+        assert [(r["policy"], r["budget"]) for r in results] == [("ar", 0), ("chain", 3)]
+        assert all(r["tokens_per_s"] > 0 and r["repeats"] == 1 for r in results)
+    ratios = base["current_over_baseline"]
+    assert [(r["policy"], r["budget"]) for r in ratios] == [("ar", 0), ("chain", 3)]
+    assert all(r["ratio"] > 0 and r["same_tokens"] for r in ratios)
+    assert base["path"] == str(CHECKOUT) and not base["errors"]
+    assert base["versions"]["package"] == str(CHECKOUT / "python" / "difftree_rt")
+    assert Path(base["versions"]["extension"]).resolve().is_relative_to(CHECKOUT)
+    assert base["versions"]["torch"] == torch.__version__
+    if (CHECKOUT / ".git").exists():  # both checkouts' git shas are stamped
+        assert payload["versions"]["checkout_git_sha"] and base["versions"]["checkout_git_sha"]
+    assert (out / "baseline_comparison.png").stat().st_size > 0
+
+
+@needs_built_checkout
+def test_baseline_worker_imports_the_other_checkout(random_pair_dir: Path, tmp_path: Path) -> None:
+    """A copy of the package with its extension: the baseline worker imports the copy (the
+    editable install's redirecting finder does not win), the current worker what we import."""
+    from difftree_rt.cli.bench_baseline import Side
+
+    other = tmp_path / "other"
+    pkg = other / "python" / "difftree_rt"
+    shutil.copytree(
+        CHECKOUT / "python" / "difftree_rt", pkg,
+        ignore=shutil.ignore_patterns("__pycache__", "assets", "_C*"),
+    )  # fmt: skip
+    so = find_extension(CHECKOUT)
+    assert so is not None
+    shutil.copy2(so, pkg / so.name)
+    load = {"cmd": "load", "target": str(random_pair_dir / "target"),
+            "drafter": str(random_pair_dir / "drafter"), "device": "cpu", "dtype": "float32",
+            "threads": 1}  # fmt: skip
+    for checkout, package in ((str(other), pkg), (None, CHECKOUT / "python" / "difftree_rt")):
+        side = Side("baseline" if checkout else "current", checkout)
+        try:
+            reply = side.ask(load)
+        finally:
+            side.close()
+        assert reply["ok"], reply
+        info = reply["info"]
+        assert Path(info["package"]) == package.resolve()
+        assert info["threads"] == 1 and info["block_size"] == 4
+        if checkout:
+            assert Path(info["extension"]) == (pkg / so.name).resolve()

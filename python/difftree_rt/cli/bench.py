@@ -5,12 +5,15 @@ Every setting runs once untimed (warm-up) and then ``--repeats`` timed times, th
 interleaved so that drift in the machine's speed hits all of them alike; tokens/s and speedup
 are reported as the median with the 10th and 90th percentiles over the repeats.
 Without ``--target``/``--drafter`` it uses the shipped reference pair and its held-out prompts.
+``--baseline CHECKOUT`` runs every setting on another checkout of difftree_rt too, interleaved
+with this one, and reports both side by side (``scripts/bench_baseline.sh REV`` makes one).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -73,11 +76,40 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-plots", action="store_true", help="write the JSON only")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument(
+        "--baseline",
+        type=baseline_checkout,
+        default=None,
+        metavar="CHECKOUT",
+        help="also bench another source checkout of difftree_rt (its extension built inside it, "
+        "e.g. by scripts/bench_baseline.sh REV), interleaved with this one: both tables side by "
+        "side and the ratio current/baseline per setting (default: none)",
+    )
+    p.add_argument(
         "--cuda-graphs",
         choices=("auto", "off"),
         default="auto",
         help="auto: graph mode on CUDA for the policies it captures (see `info`); off: eager",
     )
+
+
+def baseline_checkout(text: str) -> str:
+    """``--baseline``: a directory holding ``python/difftree_rt`` and its built extension."""
+    from .bench_worker import find_extension
+
+    path = Path(text)
+    if not path.is_dir():
+        what = "not a directory" if path.exists() else "no such directory"
+        raise argparse.ArgumentTypeError(f"{what}: {text} (expected a difftree_rt checkout)")
+    if not (path / "python" / "difftree_rt" / "__init__.py").is_file():
+        raise argparse.ArgumentTypeError(
+            f"{text} has no python/difftree_rt (not a source checkout of difftree_rt)"
+        )
+    if find_extension(path) is None:
+        raise argparse.ArgumentTypeError(
+            f"{text} has no built extension for this Python (python/difftree_rt/_C*.so); "
+            "scripts/bench_baseline.sh REV makes and builds such a checkout"
+        )
+    return str(path.resolve())
 
 
 def configs_for(policies: list[str], budgets: list[int], depth: int) -> list[tuple[str, int]]:
@@ -146,7 +178,19 @@ def versions() -> dict[str, Any]:
     return out
 
 
-def run(args: argparse.Namespace) -> int:
+@dataclass
+class Inputs:
+    """What a bench run measures: model directories, prompt texts, device, threads line."""
+
+    target: str
+    drafter: str
+    vp_drafter: str | None
+    texts: list[str]
+    device: str
+    threads: str
+
+
+def _inputs(args: argparse.Namespace) -> Inputs:
     need_pair = not (args.target and args.drafter and args.prompts)
     pair_dir = require_pair_dir() if need_pair else None
     target = args.target or str(pair_dir / "target")
@@ -157,8 +201,19 @@ def run(args: argparse.Namespace) -> int:
     check_budgets(args.budgets, "--budgets")
     threads = setup_threads(args.threads, device, [target, drafter])
     vp = default_vp_drafter(args.drafter, args.vp_drafter, pair_dir) if pair_dir else None
-    vp = vp or args.vp_drafter
-    pair = load_pair(target, drafter, device, args.dtype, vp)
+    return Inputs(target, drafter, vp or args.vp_drafter, texts, device, threads)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.baseline is not None:
+        from .bench_baseline import run_side_by_side
+
+        return run_side_by_side(args, _inputs(args))
+    inp = _inputs(args)
+    target, drafter, texts, device, threads = (
+        inp.target, inp.drafter, inp.texts, inp.device, inp.threads
+    )  # fmt: skip
+    pair = load_pair(target, drafter, device, args.dtype, inp.vp_drafter)
     prompts = [encode(pair, t, device) for t in texts]
     policies = args.policies or ["ar", *sorted(POLICY_NAMES[1:])]
     configs = configs_for(policies, args.budgets, pair.drafter.block_size - 1)
