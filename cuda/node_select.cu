@@ -1,9 +1,10 @@
 // node_select on the device: one CTA per (request, node) row. The procedure is the one of
 // sampling_math.h, evaluated with sets and integer sums so it matches the CPU bit for bit:
 //   greedy: block max of rank_key(x, id);
-//   sampled: z = x / T; top-k = exact radix select of the top_k keys; top-p = weighted radix
-//   select of the first key whose cumulative integer mass reaches top_p * Q; then the Gumbel-max
-//   over the kept keys (Philox uniforms, one Philox block per 4 consecutive tokens).
+//   sampled: z = x / T; top-k = radix select of the top_k-th value (its ties kept); top-p =
+//   weighted radix select of the first key whose cumulative integer mass reaches top_p * Q;
+//   then the Gumbel-max over the kept keys (Philox uniforms, one Philox block per 4
+//   consecutive tokens).
 // Per-request parameters are read from device memory (graph-replayable).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -90,8 +91,13 @@ __global__ void __launch_bounds__(kRowThreads) node_select_kernel(NodeParams p) 
   const float m = sm::unordered(static_cast<uint32_t>(mk >> 32));
 
   uint64_t threshold = 0;
-  if (top_k > 0 && top_k < V)  // key = value << 32 | ~v: a tied k-th value resolved in v order
-    threshold = block_radix_select_ordered(V, key, all, static_cast<uint32_t>(top_k), s);
+  // Top-k keeps every value tied with the k-th: only the value half of the key (its top 32
+  // bits) needs resolving, and {key >= value << 32} is that set. When the select stops early
+  // (the boundary bin taken whole, shift >= 32) its threshold has no id bits and the selected
+  // bin already holds all the ties, so value_floor changes nothing.
+  if (top_k > 0 && top_k < V)
+    threshold = sm::value_floor(
+        block_radix_select<false>(V, key, all, none, static_cast<uint32_t>(top_k), 0.0, s, 32));
   if (top_p < 1.0f) {
     const uint64_t t0 = threshold;
     auto kept = [&](int64_t v) { return key(v) >= t0; };

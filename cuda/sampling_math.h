@@ -8,10 +8,16 @@
 // Procedure (normative for node_select, "exact by construction"):
 //   z_v   = fp32(x_v / T)                                  (T > 0; T <= 0 means greedy on x)
 //   order = (z desc, id asc); key_v = ord(z_v) << 32 | (0xffffffff - v), larger ranks first
-//   top-k : keep the top_k first keys (top_k <= 0 or >= V: off)
+//   top-k : keep v iff ord(z_v) >= ord(z_k), z_k the z of the top_k-th key (top_k <= 0 or >= V:
+//           off): ties with the k-th value are kept, so more than top_k tokens may stay
+//           (transformers' TopKLogitsWarper: scores < topk(scores, k).values[..., -1] removed);
+//           ord() makes -0 == +0. A k-th value of -inf keeps the whole row: the -inf tokens have
+//           no top-p mass (q = 0) and fp32(-inf + g) = -inf loses to every finite score, so
+//           they are drawn only in an all -inf row (then the lowest id)
 //   top-p : w_v = det_exp(z_v - m) (m = max z), q_v = u64(w_v * 2^32) (exact truncation),
-//           Q = Σ_kept q (integer, order-free); keep v iff Σ_{kept u before v} q_u < top_p * Q
-//           (double product); top_p >= 1: off. The first token is always kept.
+//           Q = Σ_kept q over the top-k kept set (integer, order-free); walking that set in
+//           key order, keep v iff Σ_{kept u before v} q_u < top_p * Q (double product);
+//           top_p >= 1: off. The first token is always kept.
 //   draw  : u_v = Philox4x32-10(key = seed, counter = (v / 4, node, round_lo, round_hi))[v % 4],
 //           mapped to the odd multiples of 2^-24 in (0, 1); g_v = -det_log(-det_log(u_v));
 //           the sample is argmax over kept v of fp32(z_v + g_v), ties to the lower id
@@ -108,6 +114,10 @@ DT_HD float unordered(uint32_t o) { return bits_float((o & 0x80000000u) ? (o & 0
 DT_HD uint64_t rank_key(float f, uint32_t id) {
   return (static_cast<uint64_t>(ordered(f)) << 32) | (0xffffffffu - id);
 }
+
+// The smallest key of f's value: {key >= value_floor(rank_key(f, id))} holds every token whose
+// value ties with f (the top-k threshold, ties with the k-th value kept).
+DT_HD uint64_t value_floor(uint64_t key) { return key & 0xffffffff00000000ull; }
 
 // 2^n for -126 <= n <= 127, exactly.
 DT_HD float pow2i(int n) { return bits_float(static_cast<uint32_t>(n + 127) << 23); }

@@ -332,7 +332,9 @@ def node_select(
                 continue
             z = x / temp
             order = torch.sort(z + 0.0, descending=True, stable=True).indices
-            keep = k if 0 < k < V else V
+            keep = V
+            if 0 < k < V:  # every value tied with the k-th stays (-0 == +0; a -inf k-th keeps all)
+                keep = int((z >= z[order[k - 1]]).sum())
             if bool(p < 1.0):
                 m = z[order[0]]
                 w = _det_exp(z[order[:keep]] - m)

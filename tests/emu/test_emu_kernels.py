@@ -10,9 +10,14 @@ import pytest
 import torch
 from emu_kernels import EmuKernels
 from tests.conftest import random_logits
-from tests.ops.kernel_cases import kv_commit_case, node_select_case, tree_walk_case
+from tests.ops.kernel_cases import (
+    kv_commit_case,
+    node_select_case,
+    node_select_tie_case,
+    tree_walk_case,
+)
 
-from difftree_rt import ops
+from difftree_rt import ops, reference
 
 
 @pytest.fixture(scope="module")
@@ -116,6 +121,18 @@ NODE_CASES = [(1, 1, 1), (2, 3, 31), (1, 17, 1000), (3, 9, 4099), (1, 3, 20000)]
     [(0.0, 0, 1.0), (1.0, 0, 1.0), (0.7, 50, 1.0), (1.0, 0, 0.9), (1.3, 20, 0.8), (0.5, 1, 0.0)],
 )
 def test_node_select(emu: EmuKernels, dtype, B, N, V, t, k, p) -> None:  # type: ignore[no-untyped-def]
-    # Philox draws, temperature, top-k (its tied k-th value resolved in id order), top-p.
+    # Philox draws, temperature, top-k (every tie with the k-th value kept), top-p.
     args = node_select_case(dtype, B, N, V, t, k, p)
     assert torch.equal(ops.node_select(*args), emu.node_select(*args))
+
+
+@pytest.mark.parametrize("kind", ["levels", "zeros", "neg_inf"])
+@pytest.mark.parametrize(("B", "N", "V"), [(2, 3, 31), (1, 5, 1000), (2, 2, 4099)])
+@pytest.mark.parametrize(("t", "k", "p"), [(1.0, 7, 1.0), (0.7, 300, 1.0), (1.3, 20, 0.8)])
+def test_node_select_ties(emu: EmuKernels, kind, B, N, V, t, k, p) -> None:  # type: ignore[no-untyped-def]
+    # The k-th value shared by many tokens: the kernel's value-only radix select keeps them all,
+    # as the CPU op and the reference.
+    args = node_select_tie_case(kind, B, N, V, t, k, p)
+    cpu = ops.node_select(*args)
+    assert torch.equal(cpu, reference.node_select(*args))
+    assert torch.equal(cpu, emu.node_select(*args))

@@ -98,6 +98,28 @@ def node_select_case(dtype: torch.dtype, B: int, N: int, V: int, t: float, k: in
     return x, temp, top_k, top_p, seed, rnd
 
 
+def node_select_tie_case(kind: str, B: int, N: int, V: int, t: float, k: int, p: float):  # type: ignore[no-untyped-def]
+    """node_select_case whose k-th value is shared by many tokens (top-k keeps its ties):
+    ``levels``: a few distinct values; ``zeros``: -1, +0.0, -0.0 and 1 (-0 ties +0);
+    ``neg_inf``: fewer finite tokens than k (the k-th value is -inf). float32 logits."""
+    gen = torch.Generator().manual_seed(V + k)
+    if kind == "levels":
+        x = torch.randint(0, 5, (B, N, V), generator=gen).float() * 0.75
+    elif kind == "zeros":
+        x = torch.randint(-1, 2, (B, N, V), generator=gen).float()
+        x = torch.where((x == 0) & (torch.rand(x.shape, generator=gen) < 0.5), -0.0, x)
+    else:
+        x = torch.full((B, N, V), float("-inf"))
+        finite = torch.rand((B, N, V), generator=gen) < (k / 2) / V
+        x = torch.where(finite, torch.randn((B, N, V), generator=gen), x)
+    seed = torch.randint(0, 2**62, (B,), generator=gen)
+    rnd = torch.randint(0, 2**40, (B,), generator=gen)
+    temp = torch.full((B,), t)
+    top_k = torch.full((B,), k, dtype=torch.int32)
+    top_p = torch.full((B,), p)
+    return x, temp, top_k, top_p, seed, rnd
+
+
 def tree_walk_case(seed: int):  # type: ignore[no-untyped-def]
     """(tree, node_choice, stop tokens or None, remaining or None) for ops.tree_walk."""
     gen = torch.Generator().manual_seed(seed)

@@ -54,21 +54,27 @@ int32_t select_row(const std::vector<float>& x, const RowParams& rp, uint32_t no
     z[v] = sm::fdiv(x[v], rp.temperature);
     keys[v] = sm::rank_key(z[v], static_cast<uint32_t>(v));
   }
-  // The kept set is always {key >= threshold}: the best keys in (z desc, id asc) order.
+  // The kept set is always {key >= threshold}: the best keys in (z desc, id asc) order. Top-k
+  // keeps every value tied with the k-th (value_floor), so `kept` may exceed top_k.
   uint64_t threshold = 0;
   int64_t kept = V;
-  if (rp.top_k > 0 && rp.top_k < V) kept = rp.top_k;
+  const bool use_top_k = rp.top_k > 0 && rp.top_k < V;
   const bool use_top_p = rp.top_p < 1.0f;
   std::vector<uint64_t> order;
   if (use_top_p) {
     order = keys;
     std::sort(order.begin(), order.end(), std::greater<uint64_t>());
+    if (use_top_k) {
+      threshold = sm::value_floor(order[rp.top_k - 1]);
+      kept = rp.top_k;
+      while (kept < V && order[kept] >= threshold) ++kept;
+    }
     order.resize(kept);
-  } else if (kept < V) {
+  } else if (use_top_k) {
     order = keys;
-    std::nth_element(order.begin(), order.begin() + (kept - 1), order.end(),
+    std::nth_element(order.begin(), order.begin() + (rp.top_k - 1), order.end(),
                      std::greater<uint64_t>());
-    threshold = order[kept - 1];
+    threshold = sm::value_floor(order[rp.top_k - 1]);
   }
   if (use_top_p) {
     const uint32_t best_id = 0xffffffffu - static_cast<uint32_t>(order[0]);
