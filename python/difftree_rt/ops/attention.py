@@ -1,0 +1,120 @@
+"""Tree-verification attention over a static KV cache (cpu/tree_attention.cpp: an fp32 oracle;
+cuda/tree_attention.cu: the fused kernel)."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from .._ext import dl, dl_opt, ext, require_tensor, require_tensors, stream_of
+from ._custom import cuda_workspace, custom_op
+
+
+def _tree_attention_out(q: Tensor) -> Tensor:
+    # [B, H_q, N, D] as a transposed view of [B, N, H_q, D]: the layout the model's o_proj wants,
+    # so the HF attention path's ``transpose(1, 2).contiguous()`` is free.
+    B, H, N, D = q.shape
+    return q.new_empty((B, N, H, D)).transpose(1, 2)
+
+
+def _tree_attention_fake(
+    q: Tensor, k_cache: Tensor, v_cache: Tensor, prefix_len: Tensor, tree_anc: Optional[Tensor],
+    num_nodes: Optional[Tensor], scale: float, is_chain: bool, num_splits: int,
+) -> Tensor:  # fmt: skip
+    return _tree_attention_out(q)
+
+
+@custom_op("tree_attention", fake=_tree_attention_fake)
+def _tree_attention(
+    q: Tensor,
+    k_cache: Tensor,
+    v_cache: Tensor,
+    prefix_len: Tensor,
+    tree_anc: Optional[Tensor],
+    num_nodes: Optional[Tensor],
+    scale: float,
+    is_chain: bool,
+    num_splits: int,
+) -> Tensor:
+    C = ext()
+    inputs = (
+        dl(q),
+        dl(k_cache),
+        dl(v_cache),
+        dl(prefix_len),
+        dl_opt(tree_anc),
+        dl_opt(num_nodes),
+        scale,
+        is_chain,
+    )
+    C.check_tree_attention(*inputs)
+    out = _tree_attention_out(q)
+    B, H_q, N, D = q.shape
+    workspace = cuda_workspace(  # split-KV
+        q,
+        lambda: C.tree_attention_workspace_bytes(
+            B, H_q, k_cache.shape[1], N, D, k_cache.shape[2], num_splits
+        ),
+    )
+    C.tree_attention(*inputs, num_splits, dl(out), dl_opt(workspace), stream_of(q))
+    return out
+
+
+def tree_attention(
+    q: Tensor,
+    k_cache: Tensor,
+    v_cache: Tensor,
+    prefix_len: Tensor,
+    tree_anc: Tensor | None,
+    num_nodes: Tensor | None,
+    scale: float,
+    is_chain: bool = False,
+    num_splits: int = 0,
+) -> Tensor:
+    """Tree-verification attention over a static KV cache (CPU: fp32 oracle; CUDA: fused kernel).
+
+    Query row i of request b sees every committed key ``[0, prefix_len[b])`` and tree key j (cache
+    row ``prefix_len[b] + j``) iff j is i or an ancestor of i (bit j of ``tree_anc[b, i]``), or,
+    for a chain (``is_chain`` or ``tree_anc=None``), iff ``j <= i``. Rows and keys at or past
+    ``num_nodes[b]`` are padding: they see / are seen by only themselves in the tree part. One
+    softmax over all visible keys, fp32 accumulation. Same semantics as
+    :func:`difftree_rt.reference.attention.tree_attention_reference` for well-formed trees.
+
+    Args:
+        q: ``[B, H_q, N, D]`` float32/float16/bfloat16 (last dim contiguous; CUDA: f16/bf16,
+            D in {64, 128}).
+        k_cache, v_cache: ``[B, H_kv, S_max, D]`` in q's dtype, the tree's K/V already written at
+            rows ``prefix_len + i``; ``H_q`` a multiple of ``H_kv`` (GQA).
+        prefix_len: ``[B]`` int32/int64 committed rows, ``0 <= prefix_len <= S_max - N``.
+        tree_anc: ``[B, N, ceil(N/32)]`` int32 ancestor bitmask (uint32 is viewed), or None.
+        num_nodes: ``[B]`` int32/int64 valid nodes, or None (all N).
+        scale: softmax scale (usually ``D ** -0.5``).
+        is_chain: causal inside the tree; ``tree_anc`` is not read.
+        num_splits: CUDA split-KV count (0: automatic); ignored on the CPU.
+
+    Returns:
+        ``[B, H_q, N, D]`` in q's dtype (a transposed view of a ``[B, N, H_q, D]`` buffer).
+    """
+    require_tensors(q=q, k_cache=k_cache, v_cache=v_cache, prefix_len=prefix_len)
+    if tree_anc is not None:
+        require_tensor(tree_anc, "tree_anc")
+        if tree_anc.dtype == torch.uint32:
+            tree_anc = tree_anc.view(torch.int32)
+    if num_nodes is not None:
+        require_tensor(num_nodes, "num_nodes")
+    return _tree_attention(
+        q, k_cache, v_cache, prefix_len, tree_anc, num_nodes,
+        float(scale), bool(is_chain), int(num_splits),
+    )  # fmt: skip
+
+
+def tree_attention_workspace_bytes(q: Tensor, k_cache: Tensor, num_splits: int = 0) -> int:
+    """Bytes of split-KV scratch the CUDA :func:`tree_attention` allocates for these shapes."""
+    B, H_q, N, D = q.shape
+    return int(
+        ext().tree_attention_workspace_bytes(
+            B, H_q, k_cache.shape[1], N, D, k_cache.shape[2], int(num_splits)
+        )
+    )
