@@ -229,6 +229,7 @@ def test_baseline_side_by_side(
     assert base["versions"]["package"] == str(CHECKOUT / "python" / "difftree_rt")
     assert Path(base["versions"]["extension"]).resolve().is_relative_to(CHECKOUT)
     assert base["versions"]["torch"] == torch.__version__
+    assert payload["versions"]["extension"] and payload["versions"]["package"]
     if (CHECKOUT / ".git").exists():  # both checkouts' git shas are stamped
         assert payload["versions"]["checkout_git_sha"] and base["versions"]["checkout_git_sha"]
     assert (out / "baseline_comparison.png").stat().st_size > 0

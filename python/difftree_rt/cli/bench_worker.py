@@ -5,9 +5,10 @@ Run as a script, never imported by the package: ``python bench_worker.py [CHECKO
 CHECKOUT (a source checkout: ``CHECKOUT/python/difftree_rt`` and its built extension) it imports
 that checkout's package and compiled core instead of the installed ones; without, whatever the
 interpreter imports. Because the script is run against *other* versions of the package, it is
-stand-alone (standard library, torch and difftree_rt's public API only:
-``SpeculativeDecoder.from_pretrained``, ``generate`` and the ``stats`` fields) and tolerant of
-what a version lacks.
+stand-alone (standard library, torch, transformers and difftree_rt's public API only: the
+``SpeculativeDecoder`` constructor, ``generate``, the ``stats`` fields, ``DFlashDrafter``) and
+tolerant of what a version lacks. Models load and decoders are built as the plain bench does
+(``load_pair``, ``run_config``), so the numbers compare with it.
 
 Protocol: one JSON object per line on stdin, one JSON reply per line on stdout (nothing is
 unpickled or evaluated). Requests:
@@ -25,6 +26,7 @@ A failed request is ``{"ok": false, "error": "..."}``.
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import json
 import os
@@ -86,26 +88,37 @@ def import_checkout(checkout: Path) -> None:
 
 
 class Worker:
-    """Holds the loaded target and drafter between requests."""
+    """Holds the loaded target and drafters between requests."""
 
     def __init__(self) -> None:
-        self.conf: dict[str, Any] = {}
-        self.target: Any = None  # the loaded model after the first decoder, else its directory
+        self.target: Any = None
         self.drafter: Any = None
+        self.vp_drafter: Any = None
 
     def load(self, req: dict[str, Any]) -> dict[str, Any]:
+        """Load the models as ``cli/pair.py``'s ``load_pair`` does (safetensors only)."""
         import torch
+        from transformers import AutoModelForCausalLM
 
         import difftree_rt
+        from difftree_rt.models import DFlashDrafter
 
-        self.conf = req
-        self.target, self.drafter = req["target"], req["drafter"]
         if req.get("threads"):
             torch.set_num_threads(int(req["threads"]))
-        # Load both models now (a chain decoder needs them), so the first timed setting does
-        # not pay for it; the decoders of later requests reuse them.
-        dec = self.decoder("chain", 1, None)
-        ext = sys.modules.get("difftree_rt._C")
+        device = req["device"]
+        dtype = getattr(torch, req["dtype"])
+        target = AutoModelForCausalLM.from_pretrained(
+            req["target"], dtype=dtype, local_files_only=True, use_safetensors=True
+        )
+        self.target = target.to(device).eval()
+        self.drafter = DFlashDrafter.from_pretrained(req["drafter"]).to(device=device, dtype=dtype)
+        if req.get("vp_drafter"):
+            vp = DFlashDrafter.from_pretrained(req["vp_drafter"])
+            self.vp_drafter = vp.to(device=device, dtype=dtype)
+        try:  # which compiled core this side runs (some versions import it lazily)
+            ext: Any = importlib.import_module("difftree_rt._C")
+        except ImportError:
+            ext = None
         info: dict[str, Any] = {
             "package": str(Path(difftree_rt.__file__).resolve().parent),
             "extension": getattr(ext, "__file__", None),
@@ -113,7 +126,7 @@ class Worker:
             "torch": torch.__version__,
             "python": sys.version.split()[0],
             "threads": torch.get_num_threads(),
-            "target": _describe(dec.model),
+            "target": _describe(self.target),
             "drafter": _describe(self.drafter),
             "block_size": getattr(self.drafter, "block_size", None),
         }
@@ -135,31 +148,21 @@ class Worker:
         return {"info": info}
 
     def decoder(self, policy: str, budget: int, cuda_graphs: bool | None) -> Any:
-        import torch
-
+        """A decoder as ``cli/pair.py``'s ``run_config`` builds one (d2sd with the second
+        drafter when one was loaded)."""
         from difftree_rt import SpeculativeDecoder
 
-        conf = self.conf
         kwargs: dict[str, Any] = {}
         params = inspect.signature(SpeculativeDecoder.__init__).parameters
         if cuda_graphs is not None and "cuda_graphs" in params:
             kwargs["cuda_graphs"] = cuda_graphs
-        if policy == "d2sd" and conf.get("vp_drafter"):
-            kwargs["vp_drafter"] = conf["vp_drafter"]
-        dtype = getattr(torch, conf["dtype"]) if conf.get("dtype") else None
-        dec = SpeculativeDecoder.from_pretrained(
-            self.target,
-            self.drafter if policy != "ar" else None,
-            policy,
-            max(1, budget),
-            dtype=dtype,
-            device=conf.get("device"),
-            **kwargs,
-        )
-        self.target = dec.model
-        if policy != "ar" and getattr(dec, "drafter", None) is not None:
-            self.drafter = dec.drafter
-        return dec
+        chosen: Any = policy
+        if policy == "d2sd" and self.vp_drafter is not None:
+            from difftree_rt.policies import D2SDPolicy
+
+            chosen = D2SDPolicy(max(1, budget), vp_drafter=self.vp_drafter)
+        drafter = self.drafter if policy != "ar" else None
+        return SpeculativeDecoder(self.target, drafter, chosen, budget=max(1, budget), **kwargs)
 
     def run(self, req: dict[str, Any]) -> dict[str, Any]:
         import torch
@@ -167,7 +170,7 @@ class Worker:
         policy, budget = str(req["policy"]), int(req["budget"])
         max_new = int(req["max_new_tokens"])
         dec = self.decoder(policy, budget, req.get("cuda_graphs"))
-        device = next(dec.model.parameters()).device
+        device = next(self.target.parameters()).device
         prompts = [torch.tensor([ids], dtype=torch.long, device=device) for ids in req["prompts"]]
         stop = req.get("stop") or None
         depth = int(self.drafter.block_size) - 1 if hasattr(self.drafter, "block_size") else 0
