@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import RESULTS, graph_time, print_table, stamp, summarize, time_fn, write_json
 from difftree_rt import SpeculativeDecoder, ops
-from difftree_rt.engine.graph import span_bucket
+from difftree_rt.engine.runner import span_bucket
 from difftree_rt.models import DFlashDrafter
 from difftree_rt.models.target import TargetAdapter
 from difftree_rt.policies.cost import CostTable

@@ -91,7 +91,7 @@ from bench.bench_graph_round import (
 )
 from bench.common import RESULTS, print_table, stamp, summarize, write_json
 from difftree_rt import SpeculativeDecoder
-from difftree_rt.engine.graph import span_bucket
+from difftree_rt.engine.runner import span_bucket
 from difftree_rt.models import DFlashDrafter
 from difftree_rt.models.target import TargetAdapter
 

@@ -18,7 +18,7 @@ from engine_helpers import greedy_reference, random_pair, trained_pair
 from test_greedy import assert_greedy_equal
 
 from difftree_rt import SpeculativeDecoder
-from difftree_rt.engine.graph import GraphRoundRunner, forbid_host_sync
+from difftree_rt.engine.runner import GraphRunner, forbid_host_sync
 
 PROMPT_LENS = (1, 23, 6, 14)
 NEW = 20
@@ -34,8 +34,8 @@ def _new_tokens(out: Any, b: int) -> torch.Tensor:
     return out.sequences[b, t : t + int(out.new_lengths[b])]
 
 
-def _runner(dec: SpeculativeDecoder) -> GraphRoundRunner:
-    runner: GraphRoundRunner = dec._runner()
+def _runner(dec: SpeculativeDecoder) -> GraphRunner:
+    runner: GraphRunner = dec._runner()
     return runner
 
 
@@ -152,7 +152,7 @@ def test_solo_and_batch_buffers_coexist_at_fixed_addresses() -> None:
         _assert_same_batch(dec.generate(prompts, 24), batch_ref)
         solo = dec.generate(prompts[1][None], 24)
         assert torch.equal(solo.sequences[0, 10:], _new_tokens(batch_ref, 1))
-    assert sorted(runner._slots) == [1, 3]
+    assert sorted(runner.pool.rounds) == [1, 3]
     for b in (1, 3):
         assert len(seen[b]) > 4 and all(s == seen[b][0] for s in seen[b])
     assert set(seen[1][0].values()).isdisjoint(seen[3][0].values())
@@ -160,7 +160,7 @@ def test_solo_and_batch_buffers_coexist_at_fixed_addresses() -> None:
 
 def test_batch_outside_the_buckets_runs_eagerly() -> None:
     # More stop tokens than the static stop buffer holds: the eager batch path runs it.
-    from difftree_rt.engine.graph import MAX_STOPS
+    from difftree_rt.engine.runner import MAX_STOPS
 
     target, drafter = trained_pair()
     graph = SpeculativeDecoder(target, drafter, "chain", budget=7, cuda_graphs=True)
@@ -185,10 +185,10 @@ def test_replaced_adapters_are_released() -> None:
     runner = _runner(dec)
     prompts = _prompts(32, (3, 6, 4), seed=1)
     dec.generate(prompts[:2], 8)
-    old = weakref.ref(runner._slots[2].adapter)
+    old = weakref.ref(runner.pool.rounds[2].adapter)
     dec.generate(prompts, 8)  # B = 3: a new batch adapter replaces the B = 2 one
     dec.generate(prompts[0][None], 8)  # B = 1 (the solo adapter) keeps B = 3 alive
-    assert sorted(runner._slots) == [1, 3]
+    assert sorted(runner.pool.rounds) == [1, 3]
     assert all(k[0] in (1, 3) for k in runner.graphs)
     gc.collect()
     assert old() is None, "the replaced B = 2 adapter is still referenced"

@@ -16,12 +16,12 @@ from engine_helpers import greedy_reference, random_pair, trained_pair
 from test_greedy import assert_greedy_equal
 
 from difftree_rt import SpeculativeDecoder
-from difftree_rt.engine.graph import GraphRoundRunner, forbid_host_sync
+from difftree_rt.engine.runner import GraphRunner, forbid_host_sync
 from difftree_rt.policies import TapsPolicy
 
 
-def _runner(dec: SpeculativeDecoder) -> GraphRoundRunner:
-    runner: GraphRoundRunner = dec._runner()
+def _runner(dec: SpeculativeDecoder) -> GraphRunner:
+    runner: GraphRunner = dec._runner()
     return runner
 
 

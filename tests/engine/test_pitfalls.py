@@ -108,8 +108,8 @@ def test_root_position_and_commit_rows(monkeypatch) -> None:
     lengths = []
     real_commit = type(dec._adapter_for(64)).commit
 
-    def spy(self, path, accepted):
-        real_commit(self, path, accepted)
+    def spy(self, path, accepted, active=None):
+        real_commit(self, path, accepted, active)
         lengths.append(int(self.base_len[0]))
 
     monkeypatch.setattr(type(dec.adapter), "commit", spy)

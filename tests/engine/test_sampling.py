@@ -23,9 +23,9 @@ from transformers.generation.logits_process import (
 from difftree_rt import SpeculativeDecoder
 from difftree_rt.engine.sampling import (
     SamplingParams,
-    choose_tokens,
-    counter_uniform,
+    choose,
     process_logits,
+    sampling_spec,
     target_probs,
 )
 
@@ -78,36 +78,71 @@ def test_process_logits_matches_transformers(temperature, top_k, top_p) -> None:
     assert torch.equal(process_logits(logits, params).isinf(), want == 0)
 
 
-def test_counter_uniform_is_a_pure_uniform_function() -> None:
-    node = torch.arange(100_000)
-    u = counter_uniform(123, 7, node)
-    assert u.dtype == torch.float64 and bool(((u >= 0) & (u < 1)).all())
-    assert torch.equal(u, counter_uniform(123, 7, node))  # pure
-    assert len(set(u.tolist())) == node.numel()  # no collisions
-    counts = torch.histc(u.float(), bins=50, min=0, max=1)
-    assert chi_square(counts, torch.full((50,), 1 / 50)) > P_MIN
-    # Every key component matters; neighbouring streams are uncorrelated.
-    for other in (counter_uniform(124, 7, node), counter_uniform(123, 8, node), u.roll(1)):
-        assert not torch.equal(u, other)
-        assert abs(torch.corrcoef(torch.stack([u, other]))[0, 1].item()) < 0.02
-    big_seed = counter_uniform(2**40 + 123, 7, node)  # the high seed word is mixed in
-    assert not torch.equal(u, big_seed)
+def _choose(logits: torch.Tensor, params: SamplingParams, r: int) -> torch.Tensor:
+    """The engine's sampler on ``[B, N, V]`` logits, every request with ``params``, round r."""
+    num_b = logits.shape[0]
+    spec = sampling_spec([params] * num_b, logits.device)
+    return choose(logits, spec, torch.full((num_b,), r, dtype=torch.long))
+
+
+def test_choose_is_a_pure_function_of_seed_round_node() -> None:
+    gen = torch.Generator().manual_seed(5)
+    logits = torch.randn(1, 64, 40, generator=gen)
+    params = SamplingParams(temperature=1.0, seed=123)
+    a = _choose(logits, params, 7)
+    assert a.dtype == torch.int64 and a.shape == (1, 64)
+    assert torch.equal(a, _choose(logits, params, 7))  # pure
+    # Every key component matters.
+    assert not torch.equal(a, _choose(logits, SamplingParams(temperature=1.0, seed=124), 7))
+    assert not torch.equal(a, _choose(logits, params, 8))
+    big = SamplingParams(temperature=1.0, seed=2**40 + 123)  # the high seed word is mixed in
+    assert not torch.equal(a, _choose(logits, big, 7))
 
 
 def test_greedy_ties_go_to_the_lowest_id() -> None:
     logits = torch.tensor([[[0.0, 2.0, 1.0, 2.0], [5.0, 5.0, 5.0, 5.0]]])
-    assert choose_tokens(logits, SamplingParams(), 0).tolist() == [[1, 0]]
+    assert _choose(logits, SamplingParams(), 0).tolist() == [[1, 0]]
 
 
-def test_choose_tokens_draws_from_the_processed_distribution() -> None:
+def test_choose_draws_from_the_processed_distribution() -> None:
     gen = torch.Generator().manual_seed(1)
     logits = torch.randn(1, 1, 12, generator=gen) * 2
-    params = SamplingParams(temperature=0.8, top_p=0.95, seed=99)
-    probs = target_probs(logits, params)[0, 0]
-    draws = torch.stack([choose_tokens(logits, params, r)[0, 0] for r in range(6000)])
-    assert chi_square(torch.bincount(draws, minlength=12).double(), probs.double()) > P_MIN
-    two = choose_tokens(logits.expand(1, 2, 12), params, 3)
-    assert two[0, 0] == choose_tokens(logits, params, 3)[0, 0]  # node 0 ignores tree size
+    for params in (
+        SamplingParams(temperature=0.8, top_p=0.95, seed=99),
+        SamplingParams(temperature=1.2, top_k=5, seed=98),
+    ):
+        probs = target_probs(logits, params)[0, 0]
+        draws = torch.stack([_choose(logits, params, r)[0, 0] for r in range(6000)])
+        assert chi_square(torch.bincount(draws, minlength=12).double(), probs.double()) > P_MIN
+        assert bool((probs[draws] > 0).all())  # never a removed token
+        two = _choose(logits.expand(1, 2, 12), params, 3)
+        assert two[0, 0] == _choose(logits, params, 3)[0, 0]  # node 0 ignores tree size
+
+
+def test_top_k_keeps_ties_like_transformers() -> None:
+    # transformers' TopKLogitsWarper keeps every token tied with the k-th value.
+    logits = torch.tensor([[[3.0, 1.0, 2.0, 2.0, 2.0, 0.5]]])
+    params = SamplingParams(temperature=1.0, top_k=2, seed=4)
+    want = hf_probs(logits[0], 1.0, top_k=2)[0]
+    assert int((want > 0).sum()) == 4
+    draws = torch.stack([_choose(logits, params, r)[0, 0] for r in range(4000)])
+    assert set(draws.tolist()) == {0, 2, 3, 4}
+    assert chi_square(torch.bincount(draws, minlength=6).double(), want.double()) > P_MIN
+
+
+def test_requests_draw_as_alone() -> None:
+    # Request b of a batch draws exactly as a solo call with its own parameters and seed.
+    gen = torch.Generator().manual_seed(3)
+    logits = torch.randn(3, 9, 30, generator=gen)
+    rows = [
+        SamplingParams(temperature=0.9, top_p=0.8, seed=11),
+        SamplingParams(),  # greedy inside a sampled batch
+        SamplingParams(temperature=1.5, top_k=4, seed=12),
+    ]
+    rounds = torch.tensor([2, 5, 7])
+    batch = choose(logits, sampling_spec(rows, logits.device), rounds)
+    for b, row in enumerate(rows):
+        assert torch.equal(batch[b], _choose(logits[b : b + 1], row, int(rounds[b]))[0]), b
 
 
 def test_every_node_draws_its_own_distribution_independently() -> None:
@@ -120,16 +155,16 @@ def test_every_node_draws_its_own_distribution_independently() -> None:
     logits[0, 1] = logits[0, 0]
     params = SamplingParams(temperature=0.9, seed=17)
     probs = target_probs(logits, params)[0].double()  # [N, V]
-    draws = torch.cat([choose_tokens(logits, params, r) for r in range(rounds)])  # [R, N]
+    draws = torch.cat([_choose(logits, params, r) for r in range(rounds)])  # [R, N]
     for n in range(num_n):
         counts = torch.bincount(draws[:, n], minlength=vocab).double()
         assert chi_square(counts, probs[n]) > P_MIN, n
     for i, j in itertools.combinations(range(num_n), 2):
         joint = torch.bincount(draws[:, i] * vocab + draws[:, j], minlength=vocab**2).double()
         assert chi_square(joint, torch.outer(probs[i], probs[j]).reshape(-1)) > P_MIN, (i, j)
-    # A node's draw is keyed by its index: a tree verified from node 2 on draws the same.
-    tail = torch.cat([choose_tokens(logits[:, 2:], params, r, node_offset=2) for r in range(50)])
-    assert torch.equal(tail, draws[:50, 2:])
+    # A node's draw is keyed by its index: a smaller tree draws the same at its nodes.
+    head = torch.cat([_choose(logits[:, :3], params, r) for r in range(50)])
+    assert torch.equal(head, draws[:50, :3])
 
 
 def test_sampling_params_validation() -> None:

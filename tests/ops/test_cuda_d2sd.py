@@ -196,7 +196,7 @@ def test_taps_pool_cuda_matches_cpu(seed: int) -> None:
 
 
 def _d2sd_round(policy, logits, root, branch_logits, device, *, check_sync: bool = False):
-    from difftree_rt.engine.graph import forbid_host_sync
+    from difftree_rt.engine.runner import forbid_host_sync
     from difftree_rt.policies import PolicyInput
 
     inputs = PolicyInput(draft_logits=logits.to(device), root_token=root.to(device))
@@ -228,7 +228,7 @@ def test_d2sd_policy_on_cuda_matches_cpu_without_sync(seed: int) -> None:
 
 @pytest.mark.parametrize("seed", range(6))
 def test_taps_policy_on_cuda_reads_nothing_on_the_host(seed: int) -> None:
-    from difftree_rt.engine.graph import forbid_host_sync
+    from difftree_rt.engine.runner import forbid_host_sync
     from difftree_rt.policies import PolicyInput, TapsPolicy
 
     gen = torch.Generator().manual_seed(seed)

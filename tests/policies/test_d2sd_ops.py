@@ -11,7 +11,7 @@ from tests.ops.test_ddtree_select import assert_same_tree
 from tests.ops.tree_checks import assert_tree_invariants
 
 from difftree_rt import ops
-from difftree_rt.policies import d2sd_reference as ref
+from difftree_rt.reference import d2sd as ref
 
 
 def _trunk_logprob(gen: torch.Generator, B: int, L: int, ties: bool) -> torch.Tensor:
@@ -240,7 +240,7 @@ def test_policy_reads_no_host_value() -> None:
     CUDA tests/ops/test_cuda_d2sd.py also sets the CUDA sync debug mode to "error")."""
     from tests.conftest import random_logits
 
-    from difftree_rt.engine.graph import forbid_host_sync
+    from difftree_rt.engine.runner import forbid_host_sync
     from difftree_rt.policies import PolicyInput
     from difftree_rt.policies.d2sd import D2SDPolicy
 

@@ -12,7 +12,7 @@ from tests.ops.tree_checks import assert_tree_invariants
 
 from difftree_rt import ops
 from difftree_rt.policies.taps import fallback_log_qc, marginal_log_qc, taps_pool
-from difftree_rt.policies.taps_reference import taps_select as ref_taps_select
+from difftree_rt.reference.taps import taps_select as ref_taps_select
 
 
 def _candidates(seed: int, B: int, L: int, V: int, k: int, ties: bool = False):
@@ -182,7 +182,7 @@ def _pool_case(seed: int):
 
 @pytest.mark.parametrize("seed", range(150))
 def test_device_form_pool_matches_numpy_reference(seed: int) -> None:
-    from difftree_rt.policies import taps_reference as ref
+    from difftree_rt.reference import taps as ref
 
     token, logprob, width, P, root = _pool_case(seed)
     got = taps_pool(token, logprob, width, P, root)
@@ -206,7 +206,7 @@ def test_device_form_pool_matches_numpy_reference(seed: int) -> None:
 
 
 def test_device_form_pool_builds_no_host_value() -> None:
-    from difftree_rt.engine.graph import forbid_host_sync
+    from difftree_rt.engine.runner import forbid_host_sync
     from difftree_rt.policies import PolicyInput, TapsPolicy
 
     token, logprob, root, _ = _candidates(5, 2, 15, 300, 40)

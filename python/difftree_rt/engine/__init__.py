@@ -1,17 +1,10 @@
-"""The speculative decoding engine: decoder, sampling and statistics (policies live in
-``difftree_rt.policies``, below the engine)."""
+"""The speculative decoding engine: the public decoder, the one round and its two launchers,
+the sampler and statistics (policies live in ``difftree_rt.policies``, below the engine)."""
 
 from __future__ import annotations
 
 from .decoder import GenerationOutput, SpeculativeDecoder
-from .sampling import (
-    SamplingParams,
-    choose_tokens,
-    counter_uniform,
-    process_logits,
-    request_seeds,
-    target_probs,
-)
+from .sampling import SamplingParams, choose, process_logits, request_seeds, target_probs
 from .stats import PHASES, GenerationStats
 
 __all__ = [
@@ -20,8 +13,7 @@ __all__ = [
     "GenerationStats",
     "SamplingParams",
     "SpeculativeDecoder",
-    "choose_tokens",
-    "counter_uniform",
+    "choose",
     "process_logits",
     "request_seeds",
     "target_probs",

@@ -1,24 +1,13 @@
-"""The speculative decoder: draft -> select -> verify -> accept -> commit, lossless by construction.
+"""The public decoder: construct (checks), ``from_pretrained``, ``generate``.
 
 Vocabulary: B batch, T prompt length, S drafter block size, L = S - 1 draft depth, N tree
-capacity (budget + 1, root included), P = path columns (<= L + 1), V vocabulary,
-F feature width (drafter feature layers x hidden).
+capacity (budget + 1, root included), P = path columns (<= L + 1), V vocabulary.
 
-One round (DESIGN.md §3) for a request with committed length ``start`` (= target KV rows =
-drafter context rows) and bonus token ``b`` (chosen by the target, no KV row yet):
-
-1. draft: block ``[b, MASK x (S-1)]`` at positions ``start .. start+S-1``, conditioned on the
-   drafter cache holding the features of rows ``[0, start)`` -> logits ``[B, L, V]``;
-2. select: the policy turns them into a tree, root = ``b``;
-3. verify: target forward on the tree at positions ``start + depth`` (ancestor-only attention);
-4. accept: the target's choice at every node (greedy argmax / an independent keyed draw), then
-   ``tree_walk`` (stop tokens and the remaining-token cap applied there);
-5. commit: ``kv_commit`` moves the accepted rows into place; the drafter's next context is the
-   verify features of the path rows (root + accepted nodes), in path order.
-
-All per-round values stay in tensors; the host reads the round's (accepted, next token, done,
-generated) once, in :meth:`SpeculativeDecoder._host_read`, which is the seam graph mode
-replaces with a one-round-late read from a pinned buffer.
+The decoding round exists once (``engine/round.py``: ``[B, ...]`` device state and one step,
+DESIGN.md §3); two launchers drive it (``engine/runner.py``: eager, and graph mode with CUDA
+graphs); a call's arguments become a validated request (``engine/request.py``) that lives for
+that call. The decoder holds only what outlives a call: the models, the policy, the target
+adapters (one solo, one per batch size in use) and the rounds' buffers.
 """
 
 from __future__ import annotations
@@ -33,16 +22,15 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..models.dflash import DFlashCache, DFlashDrafter
+from ..models.dflash import DFlashDrafter
 from ..models.target import TargetAdapter
 from ..models.target_support import check_target_model
-from ..policies import MAX_BUDGET, DraftPolicy, PolicyInput, make_policy
-from .batch import BatchGenerationMixin
+from ..policies import MAX_BUDGET, DraftPolicy, make_policy
 from .output import CACHE_ROUND, GenerationOutput, is_int
 from .request import GenerateRequest, build_request, device_memory_bytes
-from .round_ops import emitted_tokens, start_stream, verify_tree, write_emitted
-from .sampling import SamplingParams, choose_tokens
-from .stats import GenerationStats, PhaseTimer
+from .round import RoundConfig, TargetStep
+from .runner import EagerRunner, GraphRunner, RoundPool
+from .stats import GenerationStats
 
 __all__ = ["GenerationOutput", "SpeculativeDecoder"]
 
@@ -50,7 +38,7 @@ __all__ = ["GenerationOutput", "SpeculativeDecoder"]
 _MAX_POSITIONS = 2**31 - 1
 
 
-class SpeculativeDecoder(BatchGenerationMixin):
+class SpeculativeDecoder:
     """Lossless speculative decoding of an HF causal LM with a DFlash drafter.
 
     Args:
@@ -71,7 +59,7 @@ class SpeculativeDecoder(BatchGenerationMixin):
             for debugging: the decoder's own tensors are well-formed by construction).
         profile: on CUDA, synchronise at phase boundaries so per-phase times are exact
             (eager path only: graph mode never synchronises inside its loop).
-        cuda_graphs: graph mode (``engine/graph.py``): rounds on static buffers with no host
+        cuda_graphs: graph mode (``engine/runner.py``): rounds on static buffers with no host
             sync, captured in CUDA graphs. None: on for a CUDA target with a graph-safe
             policy (chain, ddtree, caddtree, taps with a built-in scorer, d2sd; and "ar", one
             target step per captured round: the fair baseline) and ``validate=False``, off
@@ -181,13 +169,13 @@ class SpeculativeDecoder(BatchGenerationMixin):
             self.adapter = self._make_adapter(max_length)
         self.vocab_size = int(model.config.vocab_size)
         self.device = next(model.parameters()).device
-        self._dcache: DFlashCache | None = None
-        # Batched generation (B > 1): its own target adapter and (eager) drafter cache.
+        # Batched generation (B > 1): its own target adapter, kept for the next call of that B.
         self._batch_adapter: TargetAdapter | None = None
-        self._batch_dcache: DFlashCache | None = None
         self.cuda_graphs = self._resolve_cuda_graphs(cuda_graphs)
         self.graph_capture = bool(graph_capture)
-        self._graph_runner: Any = None
+        self._pool = RoundPool(self._round_config(), lambda: (self.adapter, self._batch_adapter))
+        self._eager = EagerRunner(self._pool, profile=profile)
+        self._graph_runner: GraphRunner | None = None
         self.tokenizer: Any = None  # set by from_pretrained when the target directory has one
         # generate runs one call at a time (see _serialised).
         self._lock = threading.Lock()
@@ -284,6 +272,22 @@ class SpeculativeDecoder(BatchGenerationMixin):
             self.adapter = self._make_adapter(rows)
         return self.adapter
 
+    def _batch_adapter_for(self, needed: int, batch_size: int) -> TargetAdapter:
+        """The decoder-owned adapter of a batch (B > 1), kept for the next call of that B."""
+        ad = self._batch_adapter
+        if self.max_length is not None:
+            if needed > self.max_length:
+                raise ValueError(
+                    f"max_length={self.max_length} is too small for this request: "
+                    f"prompt + max_new_tokens + one tree of N={self.capacity} rows needs {needed}"
+                )
+            if ad is None or ad.batch_size != batch_size:
+                ad = self._make_adapter(self.max_length, batch_size)
+        elif ad is None or ad.batch_size != batch_size or ad.max_length < needed:
+            ad = self._make_adapter(-(-needed // CACHE_ROUND) * CACHE_ROUND, batch_size)
+        self._batch_adapter = ad
+        return ad
+
     def _check_vp_drafter(
         self, model: nn.Module, drafter: DFlashDrafter | None
     ) -> DFlashDrafter | None:
@@ -311,13 +315,25 @@ class SpeculativeDecoder(BatchGenerationMixin):
         vp.bind(model)
         return vp
 
-    def _drafter_cache(self, rows: int) -> DFlashCache:
-        assert self.drafter is not None
-        if self._dcache is None:
-            self._dcache = self.drafter.new_cache(batch_size=1, capacity=rows)
-        self._dcache.reset()
-        self._dcache.reserve(rows)
-        return self._dcache
+    def _round_config(self) -> RoundConfig:
+        """The host constants every round of this decoder shares."""
+        policy = self.policy if self.policy is not None else TargetStep()
+        drafter = self.drafter if self.policy is not None else None
+        second, redraft_rows = drafter, 0
+        if policy.needs.redraft:
+            assert drafter is not None
+            second = self.vp_drafter if self.vp_drafter is not None else drafter
+            redraft_rows = policy.redraft_rows() * second.block_size
+        buckets = sorted(set(policy.size_buckets(self.max_depth)) | {self.capacity})
+        if buckets[-1] != self.capacity:
+            raise ValueError(
+                f"policy {self.policy_name!r}: size_buckets {buckets} exceed its capacity "
+                f"{self.capacity}"
+            )
+        return RoundConfig(
+            policy, drafter, second, self.capacity, tuple(buckets), self.path_cols,
+            redraft_rows, self.device,
+        )  # fmt: skip
 
     # ------------------------------------------------------------------------------------------
     # Generate
@@ -381,9 +397,7 @@ class SpeculativeDecoder(BatchGenerationMixin):
         )  # fmt: skip
         self._check_cache_size(req)
         with self._serialised():
-            if req.num_b > 1:
-                return self._generate_batch(req)
-            return self._generate_one(req)
+            return self._run(req)
 
     @contextlib.contextmanager
     def _serialised(self) -> Iterator[None]:
@@ -432,232 +446,84 @@ class SpeculativeDecoder(BatchGenerationMixin):
             f"max_new_tokens={max(most, 0)} fits this prompt"
         )
 
-    def _generate_one(self, req: GenerateRequest) -> GenerationOutput:
-        """B = 1 (graph mode included); left padding of a single row is dropped."""
-        ids, (length,) = req.ids, req.lengths
-        num_t = ids.shape[1]
-        out = self._generate_solo(ids[:, num_t - length :], req)
-        if length != num_t:
-            out.sequences = torch.cat([ids, out.sequences[:, length:]], dim=1)
-        out.prompt_lengths = torch.tensor(req.lengths, dtype=torch.long)
-        out.new_lengths = torch.tensor([out.stats.new_tokens], dtype=torch.long)
-        out.request_stats = [out.stats]
-        return out
-
-    def _generate_solo(self, ids: Tensor, req: GenerateRequest) -> GenerationOutput:
-        """One request ``[1, T]`` (no padding): the B = 1 path."""
-        prompt_len = ids.shape[1]
-        adapter = self._adapter_for(prompt_len + req.max_new + self.capacity)
-        adapter.reset()
-        stats = GenerationStats(policy=self.policy_name, budget=self.budget, prompt_len=prompt_len)
-        timer = PhaseTimer(stats, self.device, self.profile)
-        t_start = time.perf_counter()
-        out = None
-        if self.cuda_graphs:
-            out = self._runner().generate(adapter, ids, req, stats, timer)
-        if out is None and self.policy is None:
-            out = self._generate_ar(adapter, ids, req, stats, timer)
-        elif out is None:
-            out = self._generate_spec(adapter, ids, req, stats, timer)
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        stats.total_time = time.perf_counter() - t_start
-        stats.new_tokens = out.shape[1]
-        return GenerationOutput(sequences=torch.cat([ids, out], dim=1), stats=stats)
-
-    # ------------------------------------------------------------------------------------------
-    # Shared pieces
-    # ------------------------------------------------------------------------------------------
-    @staticmethod
-    def _host_read(*values: Tensor) -> list[int]:
-        """The one device->host read per round: small integer tensors ([B] each) -> ints.
-
-        Batch 1 only: entry i is ``values[i][0]``. Graph mode replaces this with a read of the
-        previous round's pinned buffer.
-        """
-        return torch.stack([v.reshape(-1)[:1].to(torch.int64) for v in values]).reshape(-1).tolist()
-
-    @staticmethod
-    def _is_stop(token: Tensor, stop: Tensor | None) -> Tensor:
-        """bool ``[B]``: ``token`` ``[B]`` is a stop token."""
-        if stop is None:
-            return torch.zeros(token.shape, dtype=torch.bool, device=token.device)
-        return torch.isin(token, stop)
-
-    def _prefill(
-        self,
-        adapter: TargetAdapter,
-        ids: Tensor,
-        params: SamplingParams,
-        stop: Tensor | None,
-        out_buf: Tensor,
-        timer: PhaseTimer,
-    ) -> tuple[Tensor, Tensor | None, Tensor]:
-        """Prefill the prompt and choose the first token (round 0, node 0).
-
-        Returns (first token ``[B]`` int64, prompt features ``[B, T, F]`` or None, is-stop ``[B]``).
-        """
-        with timer.phase("prefill"):
-            out = adapter.prefill(ids, last_logits_only=True)
-            first = choose_tokens(out.logits, params, round_idx=0)[:, 0]
-            out_buf[:, 0] = first
-        return first, out.features, self._is_stop(first, stop)
-
-    # ------------------------------------------------------------------------------------------
-    # "ar": the target alone (baseline)
-    # ------------------------------------------------------------------------------------------
-    def _generate_ar(
-        self,
-        adapter: TargetAdapter,
-        ids: Tensor,
-        req: GenerateRequest,
-        stats: GenerationStats,
-        timer: PhaseTimer,
-    ) -> Tensor:
-        max_new, params, stop = req.max_new, req.params, req.stop
-        out_buf = torch.full((1, max_new), -1, dtype=torch.long, device=self.device)
-        token, _, is_stop = self._prefill(adapter, ids, params, stop, out_buf, timer)
-        with timer.phase("host"):
-            (stopped,) = self._host_read(is_stop)
-        generated = 1
-        req.streamer.span(out_buf, 0, 1)
-        step = 0
-        while not stopped and generated < max_new:
-            step += 1
-            with timer.phase("verify"):
-                logits = adapter.decode(token[:, None]).logits
-            with timer.phase("accept"):
-                token = choose_tokens(logits, params, round_idx=step)[:, 0]
-                out_buf[:, generated] = token
-                is_stop = self._is_stop(token, stop)
-            with timer.phase("host"):
-                (stopped,) = self._host_read(is_stop)
-                generated += 1
-                req.streamer.span(out_buf, generated - 1, generated)
-                stats.accepted_lengths.append(0)
-                stats.emitted_per_round.append(1)
-        stats.stopped = bool(stopped)
-        return out_buf[:, :generated]
-
-    # ------------------------------------------------------------------------------------------
-    # Speculative rounds
-    # ------------------------------------------------------------------------------------------
-    def _generate_spec(
-        self,
-        adapter: TargetAdapter,
-        ids: Tensor,
-        req: GenerateRequest,
-        stats: GenerationStats,
-        timer: PhaseTimer,
-    ) -> Tensor:
-        from .. import ops
-
-        max_new, params, stop = req.max_new, req.params, req.stop
-        drafter, policy = self.drafter, self.policy
-        assert drafter is not None and policy is not None
-        prompt_len = ids.shape[1]
-        dcache = self._drafter_cache(prompt_len + max_new + drafter.block_size)
-        # Second drafting pass (redraft policies): the policy's VP drafter keeps its own context
-        # cache (its own K/V projections); without one the first drafter's cache is shared.
-        second, vcache = drafter, dcache
-        if policy.needs.redraft and self.vp_drafter is not None:
-            second = self.vp_drafter
-            vcache = second.new_cache(batch_size=1, capacity=prompt_len + max_new + 1)
-        # Emitted tokens land at columns `generated + j`; invalid entries of a round go to the
-        # last column (scratch), so the write needs no host-side length.
-        out_buf = torch.full((1, max_new + 1), -1, dtype=torch.long, device=self.device)
-        trash = max_new
-        cols = torch.arange(self.path_cols, device=self.device)
-
-        bonus, features, is_stop = self._prefill(adapter, ids, params, stop, out_buf, timer)
-        assert features is not None
-        new_features = features.to(drafter.dtype)
-        generated_t = torch.ones(1, dtype=torch.long, device=self.device)
-        stream = None
-        if policy.needs.tracks_stream:
-            stream = policy.new_stream(1, prompt_len + max_new + 1, self.device)
-            lens = torch.full((1,), prompt_len, dtype=torch.long, device=self.device)
-            start_stream(policy, stream, ids, lens, bonus)
-        with timer.phase("host"):
-            (stopped,) = self._host_read(is_stop)
-        generated = 1
-        req.streamer.span(out_buf, 0, 1)
-        start = prompt_len  # committed rows = drafter context rows
-        round_idx = 0
-        done = bool(stopped) or generated >= max_new
-        while not done:
-            round_idx += 1
-            with timer.phase("draft"):
-                block = drafter.make_block(bonus)
-                # The cache holds features of rows [0, start - new rows); appending the new
-                # rows makes it exactly [0, start): the bonus is seen only as slot 0.
-                draft_logits = drafter.draft(block, dcache, new_features, start=start)
-                context = None
-                if policy.needs.needs_context:
-                    context = torch.cat([ids, out_buf[:, :generated]], dim=1)
-                inputs = PolicyInput(
-                    draft_logits, bonus, round_idx, context, stream=stream,
-                    committed=adapter.cache.base_len,
-                )  # fmt: skip
-                if policy.needs.redraft:
-                    if vcache is not dcache:
-                        second.append_context(vcache, new_features.to(second.dtype))
-                    blocks = policy.redraft_blocks(inputs, second.block_size, second.mask_token_id)
-                    inputs.branch_logits = second.draft_branches(blocks, vcache, start=start)
-            with timer.phase("select"):
-                tree = policy.select(inputs)
-            with timer.phase("verify"):
-                verified = verify_tree(adapter, tree, policy.needs.chain)
-            with timer.phase("accept"):
-                choice = choose_tokens(verified.logits, params, round_idx)
-                remaining = max_new - generated_t
-                walk = ops.tree_walk(tree, choice, stop, remaining)
-            with timer.phase("commit"):
-                adapter.commit(walk.path, walk.accepted)
-                assert verified.features is not None
-                path_features = adapter.gather_path(verified.features, walk.path)
-                accepted = walk.accepted.to(torch.long)
-                next_token = walk.next_token.to(torch.long)
-                emit, num_emit = emitted_tokens(tree, walk.path, accepted, next_token, cols)
-                write_emitted(out_buf, generated_t, emit, num_emit, cols, trash)
-                generated_t = generated_t + num_emit
-                if stream is not None:
-                    policy.extend_stream(stream, emit, num_emit)
-            with timer.phase("host"):
-                before = generated
-                acc, nxt, ended, generated = self._host_read(
-                    walk.accepted, walk.next_token, walk.done, generated_t
-                )
-                req.streamer.span(out_buf, before, generated)
-                # Keep the target's host-side length bound exact (attention key span).
-                adapter.cache.sync_len_bound()
-                new_features = path_features[:, : acc + 1].to(drafter.dtype)
-                start += acc + 1
-                bonus = next_token
-                stats.accepted_lengths.append(acc)
-                stats.emitted_per_round.append(acc + (1 if nxt >= 0 else 0))
-                done = bool(ended) or nxt < 0 or generated >= max_new
-        stats.stopped = self._ended_on_stop(out_buf[:, :generated], stop)
-        return out_buf[:, :generated]
-
-    def _runner(self) -> Any:
-        """The decoder's :class:`~difftree_rt.engine.graph.GraphRoundRunner` (built once)."""
-        from .graph import GraphRoundRunner
-
+    def _runner(self) -> GraphRunner:
+        """The decoder's graph-mode launcher (built once, on first use)."""
         if self._graph_runner is None:
-            self._graph_runner = GraphRoundRunner(self, capture=self.graph_capture)
+            self._graph_runner = GraphRunner(self._pool, capture=self.graph_capture)
         return self._graph_runner
 
-    # ------------------------------------------------------------------------------------------
-    # Batched generation (B > 1): engine/batch.py
-    # ------------------------------------------------------------------------------------------
+    def _launcher(self, adapter: TargetAdapter, req: GenerateRequest) -> EagerRunner:
+        """This call's launcher: graph mode when on and the request fits its buckets."""
+        if self.cuda_graphs and self._runner().supports(adapter, req.stop, req.num_b):
+            return self._runner()
+        return self._eager
 
-    @staticmethod
-    def _ended_on_stop(out: Tensor, stop: Tensor | None) -> bool:
-        """Whether the last emitted token is a stop token (end-of-generation bookkeeping)."""
-        if stop is None or out.shape[1] == 0:
-            return False
-        return bool(torch.isin(out[:, -1], stop).item())
+    def _run(self, req: GenerateRequest) -> GenerationOutput:
+        """One validated call: B requests, left-padded ``req.ids [B, T]`` with real lengths
+        ``req.lengths``, each run exactly as alone (its own positions from 0, its own rounds;
+        a finished request's rounds are no-ops until the whole batch is done)."""
+        ids, lengths, stop, num_b = req.ids, req.lengths, req.stop, req.num_b
+        policy = self.policy
+        if num_b > 1 and policy is not None and policy.needs.needs_context:
+            if not policy.needs.batch_context:
+                raise NotImplementedError(
+                    f"policy {self.policy_name!r} reads each request's token stream "
+                    "(needs_context) and runs one request at a time: batched generation (B > 1) "
+                    "is not supported for it; call generate per request (input_ids [1, T])"
+                )
+        num_t = ids.shape[1]
+        adapter = self._adapter_for(num_t + req.max_new + self.capacity, num_b)
+        adapter.reset()
+        stats = GenerationStats(
+            policy=self.policy_name, budget=self.budget, prompt_len=sum(lengths), batch_size=num_b
+        )
+        per = [stats] if num_b == 1 else [
+            GenerationStats(policy=self.policy_name, budget=self.budget, prompt_len=n)
+            for n in lengths
+        ]  # fmt: skip
+        t_start = time.perf_counter()
+        # Left -> right padding: request b's tokens at columns 0..T_b-1, so its positions start
+        # at 0 exactly as alone (the padding columns are computed, never committed).
+        dev = self.device
+        lens_t = torch.tensor(lengths, dtype=torch.long, device=dev)
+        right = ids
+        if min(lengths) < num_t:
+            cols = torch.arange(num_t, device=dev)[None, :]
+            src = (cols + (num_t - lens_t)[:, None]).clamp(max=num_t - 1)
+            right = torch.where(cols < lens_t[:, None], torch.gather(ids, 1, src), 0)
+        out, gen = self._launcher(adapter, req).generate(adapter, right, req, per, stats)
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        stats.total_time = time.perf_counter() - t_start
+        # Outputs: row b's generated tokens, then pad_token_id up to the longest request.
+        new_len = max(gen)
+        gen_t = torch.tensor(gen, dtype=torch.long, device=dev)
+        new = out[:, :new_len]
+        new = torch.where(torch.arange(new_len, device=dev)[None, :] < gen_t[:, None], new, req.pad)
+        ended = (
+            torch.isin(out[torch.arange(num_b, device=dev), gen_t - 1], stop).tolist()
+            if (stop is not None)
+            else [False] * num_b
+        )
+        for b, s in enumerate(per):
+            s.new_tokens = gen[b]
+            s.stopped = bool(ended[b])
+            if s is not stats:
+                s.phase_time = dict(stats.phase_time)
+                s.total_time = stats.total_time
+                stats.accepted_lengths += s.accepted_lengths
+                stats.emitted_per_round += s.emitted_per_round
+        stats.new_tokens = sum(gen)
+        stats.stopped = all(s.stopped for s in per)
+        if num_b > 1:
+            stats.batch_rounds = max(s.rounds for s in per)
+        return GenerationOutput(
+            sequences=torch.cat([ids, new], dim=1),
+            stats=stats,
+            prompt_lengths=lens_t.cpu(),
+            new_lengths=gen_t.cpu(),
+            request_stats=per,
+        )
 
 
 def _check_same_placement(name: str, drafter: DFlashDrafter, model: nn.Module) -> None:

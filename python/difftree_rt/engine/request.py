@@ -3,9 +3,9 @@
 Vocabulary: B batch, T longest prompt, V vocabulary.
 
 Everything a call brings (prompts, per-request limits and sampling values, stop and pad tokens,
-the streamer) is checked here before any work is done and travels down the solo, batch and
-graph paths in a :class:`GenerateRequest`; nothing of a call is kept on the decoder, so each
-call's streamer sees only its own tokens.
+the streamer) is checked here before any work is done and handed to the runner in a
+:class:`GenerateRequest` that lives for that one call; nothing of a call is kept on the decoder,
+so each call's streamer sees only its own tokens.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from .output import is_int, per_request
-from .sampling import RequestSettings, SamplingParams, request_seeds, request_settings
+from .sampling import SamplingParams, SamplingSpec, request_seeds, sampling_spec
 
 __all__ = ["CallStreamer", "GenerateRequest", "build_request", "device_memory_bytes"]
 
@@ -79,9 +79,8 @@ class GenerateRequest:
         ids: ``[B, T]`` int64 prompts on the decoder's device, left-padded with ``pad``.
         lengths: real prompt length per request.
         caps: ``max_new_tokens`` per request.
-        params: the sampling parameters (B = 1: the request's; B > 1: the batch's shared
-            structure, with each request's values in ``settings``).
-        settings: per-request seeds, sampling values and caps on the device.
+        caps_t: the same as an int64 ``[B]`` device tensor.
+        sampling: each request's sampling parameters as ``[B]`` device tensors.
         stop: ``[S]`` int64 stop token ids on the device, or None.
         pad: the token id written after a request's last token.
         streamer: the call's :class:`CallStreamer`.
@@ -90,8 +89,8 @@ class GenerateRequest:
     ids: Tensor
     lengths: list[int]
     caps: list[int]
-    params: SamplingParams
-    settings: RequestSettings
+    caps_t: Tensor
+    sampling: SamplingSpec
     stop: Tensor | None
     pad: int
     streamer: CallStreamer
@@ -326,9 +325,10 @@ def build_request(
     caps = _caps(max_new_tokens, num_b)
     seeds = _seeds(seed, num_b)
     temps = per_request(temperature, "temperature", num_b)
+    top_ks = per_request(top_k, "top_k", num_b)
     top_ps = per_request(top_p, "top_p", num_b)
-    params, settings = request_settings(temps, top_k, top_ps, seeds, device, caps)
-    if num_b == 1:
-        params = SamplingParams(temps[0], top_k, top_ps[0], seeds[0])
+    rows = [SamplingParams(*row) for row in zip(temps, top_ks, top_ps, seeds, strict=True)]
+    sampling = sampling_spec(rows, device)
+    caps_t = torch.tensor(caps, dtype=torch.int64, device=device)
     call_streamer = check_streamer(streamer, batch=num_b > 1)
-    return GenerateRequest(ids, lengths, caps, params, settings, stop, pad, call_streamer)
+    return GenerateRequest(ids, lengths, caps, caps_t, sampling, stop, pad, call_streamer)

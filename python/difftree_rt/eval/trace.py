@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from ..engine.decoder import GenerationOutput, SpeculativeDecoder
-from ..engine.sampling import SamplingParams, choose_tokens, target_probs
+from ..engine.sampling import SamplingParams, target_probs
 from ..models.target import TargetAdapter, TargetOutput
 from ..policies import DraftPolicy, PolicyInput, PolicyNeeds
 from ..safe_files import read_tensor_file, write_tensor_file
@@ -305,7 +305,7 @@ class TraceRecorder:
         tree: DraftTree = p["tree"]
         n = int(tree.num_nodes[0])
         lg = logits[:, :n].float()  # [1, n, V]
-        choice = choose_tokens(lg, SamplingParams(), 0)[0].cpu()
+        choice = lg.argmax(dim=-1)[0].cpu()  # greedy: ties to the lowest id
         probs = target_probs(lg, self.prob_params)[0]  # [n, V]
         parent = tree.parent[0, :n].long()
         tok = tree.token[0, :n].long()

@@ -35,7 +35,7 @@ class PolicyNeeds:
             plain causal attention (no ancestor mask).
         graph_safe: ``select`` runs entirely in device ops with fixed output shapes, reads no
             host value and ignores ``round_idx``, so graph mode may capture it in a CUDA graph
-            (engine/graph.py); other policies run on the eager path.
+            (engine/runner.py); other policies run on the eager launcher.
         needs_context: the decoder must fill :attr:`PolicyInput.context_ids`.
         batch_context: a ``needs_context`` policy that also runs on a batch (B > 1) from
             :attr:`PolicyInput.context_lengths` and the -1-padded ``context_ids`` rows (see
