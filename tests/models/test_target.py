@@ -27,12 +27,11 @@ from transformers import (
 
 from difftree_rt.models.target import TargetAdapter
 from difftree_rt.models.tree_attention import (
-    anc_to_mask,
     get_tree_attention_backend,
     set_tree_attention_backend,
     tree_attention,
-    tree_attention_reference,
 )
+from difftree_rt.reference.attention import anc_to_mask, tree_attention_reference
 
 VOCAB = 256
 ARCHS = ["qwen3", "llama", "qwen2", "mistral"]

@@ -9,7 +9,7 @@ from tests.tolerance import assert_fa_close
 from torch import Tensor
 
 from difftree_rt import ops
-from difftree_rt.models.tree_attention import tree_attention_reference
+from difftree_rt.reference.attention import tree_attention_reference
 from difftree_rt.tree import anc_words
 
 

@@ -87,7 +87,7 @@ def test_presto_batch_select_equals_solo_selects_and_reference(budget: int) -> N
     # of B = 1 policies on their own streams, and of the reference over exact n-gram counts.
     from difftree_rt import ops
     from difftree_rt.policies import PolicyInput
-    from difftree_rt.policies import reference as pref
+    from difftree_rt.reference import policies as pref
 
     gen = torch.Generator().manual_seed(budget)
     B, L, V = 3, 6, 40

@@ -9,7 +9,7 @@ import torch
 
 from difftree_rt import ops
 from difftree_rt.policies import NGramPrior, presto_table_size
-from difftree_rt.policies import reference as pref
+from difftree_rt.reference import policies as pref
 
 
 def _pairs(keys: torch.Tensor, counts: torch.Tensor) -> list[tuple[int, int]]:

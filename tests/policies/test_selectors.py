@@ -13,7 +13,7 @@ from tests.ops.tree_checks import assert_tree_invariants
 from difftree_rt import ops
 from difftree_rt import reference as ref
 from difftree_rt.policies import NGramPrior
-from difftree_rt.policies import reference as pref
+from difftree_rt.reference import policies as pref
 
 
 def _candidates(seed: int, B: int, L: int, V: int, k: int, ties: bool = False):

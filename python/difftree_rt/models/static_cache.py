@@ -22,45 +22,9 @@ import torch
 from torch import Tensor
 from transformers.cache_utils import Cache, CacheLayerMixin
 
-__all__ = ["StaticKVCache", "kv_commit_reference"]
+from ..reference.kv_commit import kv_commit_reference
 
-
-def kv_commit_reference(
-    caches: list[Tensor], base_len: Tensor, path: Tensor, accepted: Tensor
-) -> None:
-    """Move the accepted path's rows into place, in every cache tensor (plain PyTorch).
-
-    For each request b and j = 0..accepted[b], row ``base_len[b] + path[b, j]`` moves to row
-    ``base_len[b] + j``, in every tensor of ``caches`` (all layers' K and V). ``base_len`` itself is
-    not changed. Same contract as the future ``difftree_rt.ops.kv_commit``.
-
-    Args:
-        caches: tensors ``[B, H_kv, S_max, D]`` (same B, S_max; H_kv and D may differ per tensor).
-        base_len: ``[B]`` int, committed length before this round.
-        path: ``[B, L+1]`` int, node index of the j-th path node (``path[:, 0] == 0``, strictly
-            increasing up to ``accepted``); entries past ``accepted`` are ignored.
-        accepted: ``[B]`` int, number of accepted draft nodes (the path has ``accepted + 1`` nodes).
-    """
-    if not caches:
-        return
-    device = caches[0].device
-    num_b, path_len = path.shape
-    j = torch.arange(path_len, device=device)
-    # Entries past `accepted` repeat the last valid move: duplicate writes then carry identical
-    # values (deterministic) and never reach past the rows verify actually wrote.
-    jj = torch.minimum(j[None, :], accepted.to(device=device, dtype=torch.long)[:, None])
-    src_rel = torch.gather(path.to(device=device, dtype=torch.long), 1, jj)
-    base = base_len.to(device=device, dtype=torch.long)[:, None]
-    src = base + src_rel  # [B, L+1]
-    dst = base + jj
-    for cache in caches:
-        _, heads, _, dim = cache.shape
-        src_idx = src[:, None, :, None].expand(num_b, heads, path_len, dim)
-        dst_idx = dst[:, None, :, None].expand(num_b, heads, path_len, dim)
-        # Stage: gather copies every source row before any destination is written, so
-        # overlapping source/destination rows (a_j >= j) are safe.
-        staged = torch.gather(cache, 2, src_idx)
-        cache.scatter_(2, dst_idx, staged)
+__all__ = ["StaticKVCache"]
 
 
 def _kv_commit(caches: list[Tensor], base_len: Tensor, path: Tensor, accepted: Tensor) -> None:

@@ -1,7 +1,7 @@
 """Selection policies: the interface (:class:`DraftPolicy`, :class:`PolicyInput`), the name
 registry, and every policy — chain, DDTree, CaDDTree (cost-aware budget), PRESTO (prefix
 prior), TAPS (reach over a candidate pool) and D²SD (re-anchored second draft) — with their cost
-tables, n-gram prior, edge scorer and plain-Python references (``*reference``).
+tables, n-gram prior and edge scorer (their plain-Python references: ``difftree_rt.reference``).
 
 Each policy is a :class:`DraftPolicy` subclass here, a core selector in ``cpp/src/cpu``, and a
 name in :data:`POLICIES`. The engine imports this package; nothing here imports the engine.

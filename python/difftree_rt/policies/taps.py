@@ -102,7 +102,7 @@ def taps_pool(
     """The TAPS candidate pool (module docstring, step 1) of ``[B, L, K]`` candidates, on their
     device with torch ops of fixed shapes (no host read): the pool has ``min(pool_size, beam
     nodes) + 1`` rows for every request, a number that depends on the shapes only.
-    Bit-identical to the numpy form ``difftree_rt.policies.taps_reference.taps_pool``: the same
+    Bit-identical to the numpy form ``difftree_rt.reference.taps.taps_pool``: the same
     fp32 sums, and both orders (per-depth beam, pool) are exact top-k selections over unique
     integer keys (score desc, then candidate index) instead of stable sorts."""
     if width < 1 or pool_size < 1:
@@ -203,7 +203,7 @@ def fallback_log_qc(pool: TapsPool, cand_logprob: Tensor) -> Tensor:
     (a child outranks its later siblings in the beam and the pool), so the max of the
     logsumexp is the depth's ``max(lp[d, 0], log tail_d)`` and the sum over ``C(u)`` is a prefix
     sum over ranks, accumulated in rank order as the numpy reference
-    (``taps_reference.fallback_log_qc``) does. The rank-0 child (the only one whose q_cond can
+    (``reference.taps.fallback_log_qc``) does. The rank-0 child (the only one whose q_cond can
     approach 1) is evaluated as ``-log1p((Σ_{1<=r<n_u} q_r + tail_d) / q_0)``, accurate to a
     few f64 ulps relative where ``lp - lse`` cancels, so the f32 result does not depend on the
     implementation's exp/log and summation order (CPU and CUDA agree bit for bit but for values

@@ -1,5 +1,5 @@
-"""Plain-Python/PyTorch references of the policy selectors: readable, slow, and the definition
-the C++ core matches bit for bit (``tests/policies``).
+"""Plain-Python/PyTorch references of the policy selectors (CaDDTree, PRESTO, the n-gram counts):
+readable, slow, and the definition the C++ core matches bit for bit (``tests/policies``).
 
 Vocabulary: B batch, L draft depth, K candidates per depth, N tree capacity (budget + 1).
 
@@ -18,8 +18,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..reference import ddtree_select_from_candidates, tree_from_parents
 from ..tree import DraftTree
+from .ddtree import ddtree_select_from_candidates, tree_from_parents
+from .topk import MIN_LOGPROB
 
 __all__ = [
     "NGramCounts",
@@ -28,7 +29,7 @@ __all__ = [
     "presto_select_from_candidates",
 ]
 
-_MIN_LOGPROB = np.float32(-1e4)
+_MIN_LOGPROB = np.float32(MIN_LOGPROB)
 
 
 # ---- CaDDTree --------------------------------------------------------------------------------

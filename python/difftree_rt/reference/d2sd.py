@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from ..tree import DraftTree
-from .taps_reference import taps_select
+from .taps import taps_select
 
 __all__ = ["d2sd_boundaries", "d2sd_pool", "d2sd_select"]
 

@@ -10,15 +10,39 @@ parent's output index, pool index). O(budget x frontier).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 from torch import Tensor
 
-from ..reference import tree_from_parents
 from ..tree import DraftTree
-from .taps import TapsPool
+from .ddtree import tree_from_parents
 
-__all__ = ["fallback_log_qc", "marginal_log_qc", "taps_pool", "taps_select"]
+__all__ = ["TapsPool", "fallback_log_qc", "marginal_log_qc", "taps_pool", "taps_select"]
+
+
+@dataclass
+class TapsPool:
+    """The candidate pool as :func:`taps_pool` builds it: the fields of
+    ``difftree_rt.policies.taps.TapsPool`` (defined again because the oracle never imports the
+    policies; tests/test_reference_layering.py checks the fields agree). The q_cond functions here
+    read either kind.
+
+    Attributes:
+        token, parent, depth, rank: ``[B, P1]`` int64 (padding rows -1, -1, 0, -1).
+        score: ``[B, P1]`` float32 cumulative draft log-prob (root 0, padding -inf).
+        size: ``[B]`` int64 valid rows (root included).
+        max_depth: L.
+    """
+
+    token: Tensor
+    parent: Tensor
+    depth: Tensor
+    rank: Tensor
+    score: Tensor
+    size: Tensor
+    max_depth: int
 
 
 def taps_select(
@@ -121,8 +145,9 @@ def taps_pool(
     pool_size: int,
     root_token: Tensor | None = None,
 ) -> TapsPool:
-    """The TAPS candidate pool (``taps.taps_pool``'s docstring) of ``[B, L, K]`` candidates,
-    built on the host with numpy: per request a beam with stable argsorts."""
+    """The TAPS candidate pool (``difftree_rt.policies.taps.taps_pool``'s docstring) of
+    ``[B, L, K]`` candidates, built on the host with numpy: per request a beam with stable
+    argsorts."""
     if width < 1 or pool_size < 1:
         raise ValueError(f"width and pool_size must be >= 1, got {width}, {pool_size}")
     B, L, _ = cand_logprob.shape
