@@ -11,10 +11,11 @@
 #include "cpu/cpu_ops.h"
 #include "cpu/policy_ops.h"
 #include "dispatch/checks.h"
-#include "scratch_layouts.h"  // the CUDA selectors' workspace sizes, in every build
-#ifdef DIFFTREE_WITH_CUDA
+#include "dispatch/route.h"
+// The CUDA launchers are declared in every build: the CUDA paths compile everywhere and are only
+// instantiated (so only linked) when the kernels are (dispatch::route).
 #include "launchers.h"
-#endif
+#include "scratch_layouts.h"  // the CUDA selectors' workspace sizes, in every build
 
 namespace difftree {
 namespace cpu {
@@ -23,19 +24,13 @@ Status node_select(const TensorView& logits, const SamplingViews& params, const 
 namespace {
 
 using checks::kAnyDim;
+using dispatch::checked_workspace;
+using dispatch::route;
 
 Status index_tensor(const TensorView& t, const char* name, const TensorView& ref,
                     const char* ref_name) {
   return checks::tensor(t, name, {DType::kInt32, DType::kInt64}, ref, ref_name);
 }
-
-#ifndef DIFFTREE_WITH_CUDA
-Status cuda_not_compiled(const char* op) {
-  return Unsupported(std::string(op) +
-                     ": got CUDA tensors but this build of difftree_rt has no CUDA kernels "
-                     "(rebuild with DIFFTREE_CUDA=ON, see difftree_rt.build_info())");
-}
-#endif
 
 // The sizing functions answer for requests a CUDA launch can take; anything else (a negative
 // or beyond-int32 extent, a budget or order the op rejects) gets no workspace and one split, so
@@ -139,46 +134,30 @@ Status topk_logprobs(const TensorView& logits, int64_t k, const TensorView& toke
     DIFFTREE_RETURN_IF_ERROR(
         checks::tensor(*row_error, "row_error", {DType::kInt32}, logits, "logits"));
   }
-  if (logits.device == DeviceType::kCUDA) {
-#ifdef DIFFTREE_WITH_CUDA
-    if (k > kMaxCudaTopK)
-      return Unsupported("topk_logprobs: the CUDA kernel supports k <= 4096, got k = " +
-                         std::to_string(k));
-    const int64_t V = logits.shape[2];
-    const int64_t splits = num_splits > 0 ? num_splits : topk_logprobs_num_splits(B, L, V, k);
-    const size_t need = topk_logprobs_workspace_bytes(B, L, V, k, splits);
-    if (need > 0) {
-      if (workspace == nullptr)
-        return InvalidValue("workspace: the CUDA topk_logprobs with " + std::to_string(splits) +
-                            " splits needs a workspace of " + std::to_string(need) +
-                            " bytes (see topk_logprobs_workspace_bytes)");
-      DIFFTREE_RETURN_IF_ERROR(checks::ndim(*workspace, "workspace", 1, "[bytes]"));
-      DIFFTREE_RETURN_IF_ERROR(
-          checks::tensor(*workspace, "workspace", {DType::kUInt8}, logits, "logits"));
-      if (static_cast<size_t>(workspace->shape[0]) < need)
-        return InvalidValue("workspace: expected at least " + std::to_string(need) +
-                            " bytes, got " + std::to_string(workspace->shape[0]));
-      if (reinterpret_cast<uintptr_t>(workspace->data) % 16 != 0)
-        return InvalidValue("workspace: expected a 16-byte aligned buffer");
-    }
-    return cuda::topk_logprobs(logits, k, token, logprob, row_error,
-                               need > 0 ? static_cast<int>(splits) : 1,
-                               need > 0 ? workspace->data : nullptr, stream);
-#else
-    (void)workspace;
-    (void)stream;
-    return cuda_not_compiled("topk_logprobs");
-#endif
-  }
-  (void)workspace;
-  (void)stream;
-  if (B * L == 0) return Status::Ok();
-  DIFFTREE_RETURN_IF_ERROR(cpu::topk_logprobs(logits, k, token, logprob));
-  if (row_error != nullptr) {
-    int32_t* e = row_error->ptr<int32_t>();
-    for (int64_t i = 0; i < B * L; ++i) e[i] = 0;
-  }
-  return Status::Ok();
+  return route(
+      "topk_logprobs", logits, B * L == 0,
+      [&]() -> Status {
+        if (k > kMaxCudaTopK)
+          return Unsupported("topk_logprobs: the CUDA kernel supports k <= 4096, got k = " +
+                             std::to_string(k));
+        const int64_t V = logits.shape[2];
+        const int64_t splits = num_splits > 0 ? num_splits : topk_logprobs_num_splits(B, L, V, k);
+        const size_t need = topk_logprobs_workspace_bytes(B, L, V, k, splits);
+        void* ws = nullptr;
+        DIFFTREE_RETURN_IF_ERROR(checked_workspace(
+            workspace, need, logits, "logits",
+            {"topk_logprobs", "topk_logprobs_workspace_bytes", splits, /*aligned16=*/true}, &ws));
+        return cuda::topk_logprobs(logits, k, token, logprob, row_error,
+                                   need > 0 ? static_cast<int>(splits) : 1, ws, stream);
+      },
+      [&]() -> Status {
+        DIFFTREE_RETURN_IF_ERROR(cpu::topk_logprobs(logits, k, token, logprob));
+        if (row_error != nullptr) {
+          int32_t* e = row_error->ptr<int32_t>();
+          for (int64_t i = 0; i < B * L; ++i) e[i] = 0;
+        }
+        return Status::Ok();
+      });
 }
 
 // ---- ddtree_select --------------------------------------------------------------------------
@@ -225,33 +204,19 @@ Status ddtree_select(const TensorView& cand_token, const TensorView& cand_logpro
   }
   DIFFTREE_RETURN_IF_ERROR(
       checks::same_device(tree.token, "tree.token", cand_logprob, "cand_logprob"));
-  if (cand_logprob.device == DeviceType::kCUDA) {
-#ifdef DIFFTREE_WITH_CUDA
-    const int64_t L = cand_logprob.shape[1], K = cand_logprob.shape[2];
-    const size_t need = cuda::ddtree_select_workspace_bytes(B, L, K, budget);
-    if (need > 0) {
-      if (workspace == nullptr)
-        return InvalidValue("workspace: the CUDA ddtree_select needs a workspace of " +
-                            std::to_string(need) + " bytes (see ddtree_select_workspace_bytes)");
-      DIFFTREE_RETURN_IF_ERROR(checks::ndim(*workspace, "workspace", 1, "[bytes]"));
-      DIFFTREE_RETURN_IF_ERROR(
-          checks::tensor(*workspace, "workspace", {DType::kUInt8}, cand_logprob, "cand_logprob"));
-      if (static_cast<size_t>(workspace->shape[0]) < need)
-        return InvalidValue("workspace: expected at least " + std::to_string(need) +
-                            " bytes, got " + std::to_string(workspace->shape[0]));
-    }
-    return cuda::ddtree_select(cand_token, cand_logprob, budget, root_token, tree,
-                               need > 0 ? workspace->data : nullptr, need, stream);
-#else
-    (void)workspace;
-    (void)stream;
-    return cuda_not_compiled("ddtree_select");
-#endif
-  }
-  (void)workspace;
-  (void)stream;
-  if (B == 0) return Status::Ok();
-  return cpu::ddtree_select(cand_token, cand_logprob, budget, root_token, tree);
+  return route(
+      "ddtree_select", cand_logprob, B == 0,
+      [&]() -> Status {
+        const int64_t L = cand_logprob.shape[1], K = cand_logprob.shape[2];
+        const size_t need = cuda::ddtree_select_workspace_bytes(B, L, K, budget);
+        void* ws = nullptr;
+        DIFFTREE_RETURN_IF_ERROR(
+            checked_workspace(workspace, need, cand_logprob, "cand_logprob",
+                              {"ddtree_select", "ddtree_select_workspace_bytes"}, &ws));
+        return cuda::ddtree_select(cand_token, cand_logprob, budget, root_token, tree, ws, need,
+                                   stream);
+      },
+      [&] { return cpu::ddtree_select(cand_token, cand_logprob, budget, root_token, tree); });
 }
 
 // ---- tree_walk ------------------------------------------------------------------------------
@@ -290,16 +255,10 @@ Status tree_walk(const TreeView& tree, const TensorView& node_choice, const Tens
   DIFFTREE_RETURN_IF_ERROR(checks::shape(out.done, "done", {B}, "[B]"));
   DIFFTREE_RETURN_IF_ERROR(
       checks::tensor(out.done, "done", {DType::kBool, DType::kUInt8}, tree.token, "tree.token"));
-  if (tree.token.device == DeviceType::kCUDA) {
-#ifdef DIFFTREE_WITH_CUDA
-    return cuda::tree_walk(tree, node_choice, stop_tokens, remaining, out, stream);
-#else
-    return cuda_not_compiled("tree_walk");
-#endif
-  }
-  (void)stream;
-  if (B == 0) return Status::Ok();
-  return cpu::tree_walk(tree, node_choice, stop_tokens, remaining, out);
+  return route(
+      "tree_walk", tree.token, B == 0,
+      [&] { return cuda::tree_walk(tree, node_choice, stop_tokens, remaining, out, stream); },
+      [&] { return cpu::tree_walk(tree, node_choice, stop_tokens, remaining, out); });
 }
 
 // ---- kv_commit ------------------------------------------------------------------------------
@@ -339,16 +298,10 @@ Status check_kv_commit(const TensorView* caches, int num_caches, const TensorVie
 Status kv_commit(const TensorView* caches, int num_caches, const TensorView& base_len,
                  const TensorView& path, const TensorView& accepted, Stream stream) {
   DIFFTREE_RETURN_IF_ERROR(check_kv_commit(caches, num_caches, base_len, path, accepted));
-  if (path.device == DeviceType::kCUDA) {
-#ifdef DIFFTREE_WITH_CUDA
-    return cuda::kv_commit(caches, num_caches, base_len, path, accepted, stream);
-#else
-    return cuda_not_compiled("kv_commit");
-#endif
-  }
-  (void)stream;
-  if (path.shape[0] == 0) return Status::Ok();
-  return cpu::kv_commit(caches, num_caches, base_len, path, accepted);
+  return route(
+      "kv_commit", path, path.shape[0] == 0,
+      [&] { return cuda::kv_commit(caches, num_caches, base_len, path, accepted, stream); },
+      [&] { return cpu::kv_commit(caches, num_caches, base_len, path, accepted); });
 }
 
 // ---- node_select ----------------------------------------------------------------------------
@@ -388,17 +341,10 @@ Status node_select(const TensorView& logits, const SamplingViews& params, const 
   const int64_t B = logits.shape[0], N = logits.shape[1];
   DIFFTREE_RETURN_IF_ERROR(checks::shape(out, "out", {B, N}, "[B, N]"));
   DIFFTREE_RETURN_IF_ERROR(checks::tensor(out, "out", {DType::kInt32}, logits, "logits"));
-  if (logits.device == DeviceType::kCUDA) {
-#ifdef DIFFTREE_WITH_CUDA
-    return cuda::node_select(logits, params, out, stream);
-#else
-    (void)stream;
-    return cuda_not_compiled("node_select");
-#endif
-  }
-  (void)stream;
-  if (B * N == 0) return Status::Ok();
-  return cpu::node_select(logits, params, out);
+  return route(
+      "node_select", logits, B * N == 0,
+      [&] { return cuda::node_select(logits, params, out, stream); },
+      [&] { return cpu::node_select(logits, params, out); });
 }
 
 // ---- caddtree_select / ngram_update / ngram_extend / presto_select ------------------------
@@ -414,22 +360,6 @@ Status tree_for_budget(const TreeView& tree, const TensorView& cand_logprob, int
     return InvalidValue(os.str());
   }
   return checks::same_device(tree.token, "tree.token", cand_logprob, "cand_logprob");
-}
-
-// A caller-provided CUDA scratch buffer of at least `need` bytes (none needed when need == 0).
-[[maybe_unused]] Status checked_workspace(const TensorView* workspace, size_t need,
-                                          const TensorView& ref, const char* ref_name,
-                                          const char* op, const char* size_fn) {
-  if (need == 0) return Status::Ok();
-  if (workspace == nullptr)
-    return InvalidValue(std::string("workspace: the CUDA ") + op + " needs a workspace of " +
-                        std::to_string(need) + " bytes (see " + size_fn + ")");
-  DIFFTREE_RETURN_IF_ERROR(checks::ndim(*workspace, "workspace", 1, "[bytes]"));
-  DIFFTREE_RETURN_IF_ERROR(checks::tensor(*workspace, "workspace", {DType::kUInt8}, ref, ref_name));
-  if (static_cast<size_t>(workspace->shape[0]) < need)
-    return InvalidValue("workspace: expected at least " + std::to_string(need) + " bytes, got " +
-                        std::to_string(workspace->shape[0]));
-  return Status::Ok();
 }
 
 Status cpu_only(const TensorView& t, const char* op) {
@@ -498,27 +428,22 @@ Status caddtree_select(const TensorView& cand_token, const TensorView& cand_logp
   DIFFTREE_RETURN_IF_ERROR(check_caddtree_select(cand_token, cand_logprob, max_budget, root_token,
                                                  verify_cost, draft_cost));
   DIFFTREE_RETURN_IF_ERROR(tree_for_budget(tree, cand_logprob, max_budget));
-  if (cand_logprob.device == DeviceType::kCUDA) {
-#ifdef DIFFTREE_WITH_CUDA
-    const int64_t B = cand_logprob.shape[0], L = cand_logprob.shape[1], K = cand_logprob.shape[2];
-    const size_t need = cuda::ddtree_select_workspace_bytes(B, L, K, max_budget);
-    DIFFTREE_RETURN_IF_ERROR(
-        checked_workspace(workspace, need, cand_logprob, "cand_logprob", "caddtree_select",
-                          "ddtree_select_workspace_bytes(B, L, K, max_budget)"));
-    return cuda::caddtree_select(cand_token, cand_logprob, max_budget, root_token, verify_cost,
-                                 draft_cost, tree, need > 0 ? workspace->data : nullptr, need,
-                                 stream);
-#else
-    (void)workspace;
-    (void)stream;
-    return cuda_not_compiled("caddtree_select");
-#endif
-  }
-  (void)workspace;
-  (void)stream;
-  if (cand_logprob.shape[0] == 0) return Status::Ok();
-  return cpu::caddtree_select(cand_token, cand_logprob, max_budget, root_token, verify_cost,
-                              draft_cost, tree);
+  const int64_t B = cand_logprob.shape[0], L = cand_logprob.shape[1], K = cand_logprob.shape[2];
+  return route(
+      "caddtree_select", cand_logprob, B == 0,
+      [&]() -> Status {
+        const size_t need = cuda::ddtree_select_workspace_bytes(B, L, K, max_budget);
+        void* ws = nullptr;
+        DIFFTREE_RETURN_IF_ERROR(checked_workspace(
+            workspace, need, cand_logprob, "cand_logprob",
+            {"caddtree_select", "ddtree_select_workspace_bytes(B, L, K, max_budget)"}, &ws));
+        return cuda::caddtree_select(cand_token, cand_logprob, max_budget, root_token, verify_cost,
+                                     draft_cost, tree, ws, need, stream);
+      },
+      [&] {
+        return cpu::caddtree_select(cand_token, cand_logprob, max_budget, root_token, verify_cost,
+                                    draft_cost, tree);
+      });
 }
 
 Status check_ngram_update(const TensorView& keys, const TensorView& counts,
@@ -574,26 +499,22 @@ Status presto_select(const TensorView& cand_token, const TensorView& cand_logpro
   DIFFTREE_RETURN_IF_ERROR(check_presto_select(cand_token, cand_logprob, budget, root_token,
                                                context, keys, counts, params));
   DIFFTREE_RETURN_IF_ERROR(tree_for_budget(tree, cand_logprob, budget));
-  if (cand_logprob.device == DeviceType::kCUDA) {
-#ifdef DIFFTREE_WITH_CUDA
-    const int64_t B = cand_logprob.shape[0], L = cand_logprob.shape[1], K = cand_logprob.shape[2];
-    const size_t need = cuda::presto_select_workspace_bytes(B, L, K, budget, params.order);
-    DIFFTREE_RETURN_IF_ERROR(
-        checked_workspace(workspace, need, cand_logprob, "cand_logprob", "presto_select",
-                          "presto_select_workspace_bytes(B, L, K, budget, order)"));
-    return cuda::presto_select(cand_token, cand_logprob, budget, root_token, context, keys, counts,
-                               params, tree, need > 0 ? workspace->data : nullptr, need, stream);
-#else
-    (void)workspace;
-    (void)stream;
-    return cuda_not_compiled("presto_select");
-#endif
-  }
-  (void)workspace;
-  (void)stream;
-  if (cand_logprob.shape[0] == 0) return Status::Ok();
-  return cpu::presto_select(cand_token, cand_logprob, budget, root_token, context, keys, counts,
-                            params, tree);
+  const int64_t B = cand_logprob.shape[0], L = cand_logprob.shape[1], K = cand_logprob.shape[2];
+  return route(
+      "presto_select", cand_logprob, B == 0,
+      [&]() -> Status {
+        const size_t need = cuda::presto_select_workspace_bytes(B, L, K, budget, params.order);
+        void* ws = nullptr;
+        DIFFTREE_RETURN_IF_ERROR(checked_workspace(
+            workspace, need, cand_logprob, "cand_logprob",
+            {"presto_select", "presto_select_workspace_bytes(B, L, K, budget, order)"}, &ws));
+        return cuda::presto_select(cand_token, cand_logprob, budget, root_token, context, keys,
+                                   counts, params, tree, ws, need, stream);
+      },
+      [&] {
+        return cpu::presto_select(cand_token, cand_logprob, budget, root_token, context, keys,
+                                  counts, params, tree);
+      });
 }
 
 size_t presto_select_workspace_bytes(int64_t B, int64_t L, int64_t K, int64_t budget,
@@ -625,17 +546,13 @@ Status ngram_extend(const TensorView& keys, const TensorView& counts, const Tens
     DIFFTREE_RETURN_IF_ERROR(
         checks::tensor(*overflow, "overflow", {DType::kInt32}, tokens, "tokens"));
   }
-  if (tokens.device == DeviceType::kCUDA) {
-#ifdef DIFFTREE_WITH_CUDA
-    return cuda::ngram_extend(keys, counts, history, tokens, num_tokens, order, overflow, stream);
-#else
-    (void)stream;
-    return cuda_not_compiled("ngram_extend");
-#endif
-  }
-  (void)stream;
-  if (tokens.shape[0] == 0) return Status::Ok();
-  return cpu::ngram_extend(keys, counts, history, tokens, num_tokens, order);
+  return route(
+      "ngram_extend", tokens, tokens.shape[0] == 0,
+      [&] {
+        return cuda::ngram_extend(keys, counts, history, tokens, num_tokens, order, overflow,
+                                  stream);
+      },
+      [&] { return cpu::ngram_extend(keys, counts, history, tokens, num_tokens, order); });
 }
 
 // ---- taps_select (CPU only for now) ---------------------------------------------------------
@@ -677,23 +594,19 @@ Status taps_select(const TensorView& pool_token, const TensorView& pool_parent,
                    const TreeView& tree, const TensorView* workspace, Stream stream) {
   DIFFTREE_RETURN_IF_ERROR(check_taps_select(pool_token, pool_parent, pool_size, log_qc, budget));
   DIFFTREE_RETURN_IF_ERROR(tree_for_budget(tree, log_qc, budget));
-  if (log_qc.device == DeviceType::kCUDA) {
-#ifdef DIFFTREE_WITH_CUDA
-    const size_t need = cuda::taps_select_workspace_bytes(log_qc.shape[0], log_qc.shape[1], budget);
-    DIFFTREE_RETURN_IF_ERROR(checked_workspace(workspace, need, log_qc, "log_qc", "taps_select",
-                                               "taps_select_workspace_bytes(B, P1, budget)"));
-    return cuda::taps_select(pool_token, pool_parent, pool_size, log_qc, budget, tree,
-                             need > 0 ? workspace->data : nullptr, need, stream);
-#else
-    (void)workspace;
-    (void)stream;
-    return cuda_not_compiled("taps_select");
-#endif
-  }
-  (void)workspace;
-  (void)stream;
-  if (log_qc.shape[0] == 0) return Status::Ok();
-  return cpu::taps_select(pool_token, pool_parent, pool_size, log_qc, budget, tree);
+  return route(
+      "taps_select", log_qc, log_qc.shape[0] == 0,
+      [&]() -> Status {
+        const size_t need =
+            cuda::taps_select_workspace_bytes(log_qc.shape[0], log_qc.shape[1], budget);
+        void* ws = nullptr;
+        DIFFTREE_RETURN_IF_ERROR(
+            checked_workspace(workspace, need, log_qc, "log_qc",
+                              {"taps_select", "taps_select_workspace_bytes(B, P1, budget)"}, &ws));
+        return cuda::taps_select(pool_token, pool_parent, pool_size, log_qc, budget, tree, ws, need,
+                                 stream);
+      },
+      [&] { return cpu::taps_select(pool_token, pool_parent, pool_size, log_qc, budget, tree); });
 }
 
 // ---- d2sd -----------------------------------------------------------------------------------
@@ -720,17 +633,10 @@ Status check_d2sd_boundaries(const TensorView& trunk_logprob, const TensorView& 
 
 Status d2sd_boundaries(const TensorView& trunk_logprob, const TensorView& boundary, Stream stream) {
   DIFFTREE_RETURN_IF_ERROR(check_d2sd_boundaries(trunk_logprob, boundary));
-  if (trunk_logprob.device == DeviceType::kCUDA) {
-#ifdef DIFFTREE_WITH_CUDA
-    return cuda::d2sd_boundaries(trunk_logprob, boundary, stream);
-#else
-    (void)stream;
-    return cuda_not_compiled("d2sd_boundaries");
-#endif
-  }
-  (void)stream;
-  if (trunk_logprob.shape[0] == 0) return Status::Ok();
-  return cpu::d2sd_boundaries(trunk_logprob, boundary);
+  return route(
+      "d2sd_boundaries", trunk_logprob, trunk_logprob.shape[0] == 0,
+      [&] { return cuda::d2sd_boundaries(trunk_logprob, boundary, stream); },
+      [&] { return cpu::d2sd_boundaries(trunk_logprob, boundary); });
 }
 
 Status check_d2sd_select(const TensorView& trunk_token, const TensorView& trunk_logprob,
@@ -796,28 +702,23 @@ Status d2sd_select(const TensorView& trunk_token, const TensorView& trunk_logpro
   DIFFTREE_RETURN_IF_ERROR(check_d2sd_select(trunk_token, trunk_logprob, boundary, branch_token,
                                              branch_logprob, budget, root_token));
   DIFFTREE_RETURN_IF_ERROR(tree_for_budget(tree, trunk_logprob, budget));
-  if (trunk_logprob.device == DeviceType::kCUDA) {
-#ifdef DIFFTREE_WITH_CUDA
-    const size_t need =
-        cuda::d2sd_select_workspace_bytes(trunk_logprob.shape[0], trunk_logprob.shape[1],
-                                          boundary.shape[1], branch_logprob.shape[2], budget);
-    DIFFTREE_RETURN_IF_ERROR(
-        checked_workspace(workspace, need, trunk_logprob, "trunk_logprob", "d2sd_select",
-                          "d2sd_select_workspace_bytes(B, L1, K, L2, budget)"));
-    return cuda::d2sd_select(trunk_token, trunk_logprob, boundary, branch_token, branch_logprob,
-                             budget, root_token, tree, need > 0 ? workspace->data : nullptr, need,
-                             stream);
-#else
-    (void)workspace;
-    (void)stream;
-    return cuda_not_compiled("d2sd_select");
-#endif
-  }
-  (void)workspace;
-  (void)stream;
-  if (trunk_logprob.shape[0] == 0) return Status::Ok();
-  return cpu::d2sd_select(trunk_token, trunk_logprob, boundary, branch_token, branch_logprob,
-                          root_token, tree);
+  return route(
+      "d2sd_select", trunk_logprob, trunk_logprob.shape[0] == 0,
+      [&]() -> Status {
+        const size_t need =
+            cuda::d2sd_select_workspace_bytes(trunk_logprob.shape[0], trunk_logprob.shape[1],
+                                              boundary.shape[1], branch_logprob.shape[2], budget);
+        void* ws = nullptr;
+        DIFFTREE_RETURN_IF_ERROR(checked_workspace(
+            workspace, need, trunk_logprob, "trunk_logprob",
+            {"d2sd_select", "d2sd_select_workspace_bytes(B, L1, K, L2, budget)"}, &ws));
+        return cuda::d2sd_select(trunk_token, trunk_logprob, boundary, branch_token, branch_logprob,
+                                 budget, root_token, tree, ws, need, stream);
+      },
+      [&] {
+        return cpu::d2sd_select(trunk_token, trunk_logprob, boundary, branch_token, branch_logprob,
+                                root_token, tree);
+      });
 }
 
 // ---- tree_attention -------------------------------------------------------------------------
@@ -920,39 +821,25 @@ Status tree_attention(const TensorView& q, const TensorView& k_cache, const Tens
   DIFFTREE_RETURN_IF_ERROR(attn_tensor(out, "out", {q.dtype}, q, "q"));
   DIFFTREE_RETURN_IF_ERROR(checks::in_range(num_splits, "num_splits", 0, 256));
   const bool chain = is_chain || tree_anc == nullptr;
-  if (q.device == DeviceType::kCUDA) {
-#ifdef DIFFTREE_WITH_CUDA
-    const int64_t Hkv = k_cache.shape[1], S = k_cache.shape[2];
-    const int64_t splits =
-        num_splits > 0 ? num_splits : tree_attention_num_splits(B, Hq, Hkv, N, S);
-    const size_t need = tree_attention_workspace_bytes(B, Hq, Hkv, N, D, S, splits);
-    if (need > 0) {
-      if (workspace == nullptr)
-        return InvalidValue("workspace: the CUDA tree_attention with " + std::to_string(splits) +
-                            " splits needs a workspace of " + std::to_string(need) +
-                            " bytes (see tree_attention_workspace_bytes)");
-      DIFFTREE_RETURN_IF_ERROR(checks::ndim(*workspace, "workspace", 1, "[bytes]"));
-      DIFFTREE_RETURN_IF_ERROR(checks::tensor(*workspace, "workspace", {DType::kUInt8}, q, "q"));
-      if (static_cast<size_t>(workspace->shape[0]) < need)
-        return InvalidValue("workspace: expected at least " + std::to_string(need) +
-                            " bytes, got " + std::to_string(workspace->shape[0]));
-      if (reinterpret_cast<uintptr_t>(workspace->data) % 16 != 0)
-        return InvalidValue("workspace: expected a 16-byte aligned buffer");
-    }
-    return cuda::tree_attention(q, k_cache, v_cache, prefix_len, chain ? nullptr : tree_anc,
-                                num_nodes, scale, chain, static_cast<int>(splits), out,
-                                need > 0 ? workspace->data : nullptr, stream);
-#else
-    (void)workspace;
-    (void)stream;
-    return cuda_not_compiled("tree_attention");
-#endif
-  }
-  (void)workspace;
-  (void)stream;
-  if (B == 0) return Status::Ok();
-  return cpu::tree_attention(q, k_cache, v_cache, prefix_len, chain ? nullptr : tree_anc, num_nodes,
-                             scale, chain, out);
+  return route(
+      "tree_attention", q, B == 0,
+      [&]() -> Status {
+        const int64_t Hkv = k_cache.shape[1], S = k_cache.shape[2];
+        const int64_t splits =
+            num_splits > 0 ? num_splits : tree_attention_num_splits(B, Hq, Hkv, N, S);
+        const size_t need = tree_attention_workspace_bytes(B, Hq, Hkv, N, D, S, splits);
+        void* ws = nullptr;
+        DIFFTREE_RETURN_IF_ERROR(checked_workspace(
+            workspace, need, q, "q",
+            {"tree_attention", "tree_attention_workspace_bytes", splits, /*aligned16=*/true}, &ws));
+        return cuda::tree_attention(q, k_cache, v_cache, prefix_len, chain ? nullptr : tree_anc,
+                                    num_nodes, scale, chain, static_cast<int>(splits), out, ws,
+                                    stream);
+      },
+      [&] {
+        return cpu::tree_attention(q, k_cache, v_cache, prefix_len, chain ? nullptr : tree_anc,
+                                   num_nodes, scale, chain, out);
+      });
 }
 
 }  // namespace difftree
