@@ -202,7 +202,7 @@ def draft_fn(drafter: DFlashDrafter, ctx: int) -> Any:
     cache = drafter.new_cache(batch_size=1, capacity=span)
     cache.lengths.fill_(ctx)
     block = drafter.make_block(torch.zeros(1, dtype=torch.long, device=drafter.device))
-    return lambda: drafter.draft_fixed(block, cache, span)
+    return lambda: drafter.draft(block, cache, span)
 
 
 @torch.inference_mode()

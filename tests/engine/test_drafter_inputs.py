@@ -2,18 +2,19 @@
 
 Lossless tests cannot see the draft side: a drafter fed a wrong context (a key span that stops
 short of the context, a stale or missing row) only drafts worse, and the target still emits HF
-greedy's tokens. So a spy records every draft call of the eager solo and batch loops
-(``DFlashDrafter.draft``) and of graph mode (``draft_fixed``, run uncaptured on CPU): the block,
-each request's context length, the key span and the logits. Each active request's draft is then
+greedy's tokens. So a spy records every draft call (``DFlashDrafter.draft``) of the eager
+solo and batch loops and of graph mode (run uncaptured on CPU): the block, each request's
+context length, the key span and the logits. Each active request's draft is then
 recomputed from scratch: the drafter's stateless forward on the target features of exactly
 that request's committed rows ``[0, start)``, the block at positions ``start .. start + S - 1``.
 
 Checked per round and request: the context advances by accepted + 1; the block is
-``[bonus, MASK...]`` with the bonus the first uncommitted token; in graph mode the key span
-covers the context and the block (``span >= start + S``); the logits equal the recompute up to
-fp32 error (tests/tolerance.py: exact = the fp64 recompute, the framework's own error = the fp32
-recompute's, maxima over the run; a missing context row moves them by ~1). Small span buckets
-(``span_min`` 8) make every run cross several bucket boundaries.
+``[bonus, MASK...]`` with the bonus the first uncommitted token; the key span (eager: exact;
+graph mode: bucketed) covers the context and the block (``span >= start + S``); the logits
+equal the recompute up to fp32 error (tests/tolerance.py: exact = the fp64 recompute, the
+framework's own error = the fp32 recompute's, maxima over the run; a missing context row moves
+them by ~1). Small span buckets (``span_min`` 8) make every run cross several bucket
+boundaries.
 """
 
 from __future__ import annotations
@@ -38,8 +39,7 @@ SEEDS = (0, 1, 2, 3)
 @dataclass
 class DraftCall:
     """One draft call: ``block [B, S]``, ``starts [B]`` context rows per request, key ``span``
-    (graph mode; None for the eager loops, whose span is the context itself), ``logits
-    [B, L, V]``."""
+    (None: the whole cache capacity), ``logits [B, L, V]``."""
 
     block: torch.Tensor
     starts: list[int]
@@ -48,24 +48,18 @@ class DraftCall:
 
 
 def spy_drafts(drafter: DFlashDrafter, monkeypatch: pytest.MonkeyPatch) -> list[DraftCall]:
-    """Record every draft call of ``drafter`` (eager ``draft`` and graph-mode ``draft_fixed``)."""
+    """Record every draft call of ``drafter`` (``DFlashDrafter.draft``, eager and graph mode)."""
     calls: list[DraftCall] = []
-    real_draft, real_fixed = drafter.draft, drafter.draft_fixed
+    real_draft = drafter.draft
 
-    def draft(block_ids: torch.Tensor, cache: Any, *args: Any, **kwargs: Any) -> torch.Tensor:
-        logits = real_draft(block_ids, cache, *args, **kwargs)
-        # After the append, every request's context is rows [0, lengths[b]).
-        calls.append(DraftCall(block_ids.clone(), cache.lengths.tolist(), None, logits.clone()))
-        return logits
-
-    def draft_fixed(block_ids: torch.Tensor, cache: Any, span: int) -> torch.Tensor:
-        starts = cache.lengths.tolist()  # before: the block's K/V rows do not count
-        logits = real_fixed(block_ids, cache, span)
+    def draft(block_ids: torch.Tensor, cache: Any, span: int | None = None) -> torch.Tensor:
+        # After the round's append, every request's context is rows [0, lengths[b]).
+        starts = cache.lengths.tolist()
+        logits = real_draft(block_ids, cache, span)
         calls.append(DraftCall(block_ids.clone(), starts, span, logits.clone()))
         return logits
 
     monkeypatch.setattr(drafter, "draft", draft)
-    monkeypatch.setattr(drafter, "draft_fixed", draft_fixed)
     return calls
 
 

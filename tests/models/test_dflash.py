@@ -89,6 +89,15 @@ def _block(drafter: DFlashDrafter, bonus: int, size: int | None = None) -> torch
     return drafter.make_block(torch.tensor([bonus]), size)
 
 
+def _fresh_draft(
+    drafter: DFlashDrafter, block: torch.Tensor, feats: torch.Tensor, span: int | None = None
+) -> torch.Tensor:
+    """Draft ``block`` [B, S] over a new cache holding exactly ``feats`` [B, T, F]."""
+    cache = drafter.new_cache(batch_size=block.shape[0])
+    drafter.append_context(cache, feats)
+    return drafter.draft(block, cache, span)
+
+
 def _dense_logits(
     drafter: DFlashDrafter, block: torch.Tensor, feats: torch.Tensor, start: int
 ) -> Ref:
@@ -171,7 +180,8 @@ def test_for_target_fits_and_drafts(arch: str) -> None:
     with torch.no_grad():
         out = target(ids, output_hidden_states=True)
     cache = drafter.new_cache()
-    logits = drafter.draft(_block(drafter, 3), cache, drafter.extract_features(out))
+    drafter.append_context(cache, drafter.extract_features(out))
+    logits = drafter.draft(_block(drafter, 3), cache)
     assert logits.shape == (1, 7, tc.vocab_size)
     assert torch.isfinite(logits).all()
     assert cache.lengths.tolist() == [9]
@@ -237,9 +247,11 @@ def test_bind_reports_all_mismatches_at_once() -> None:
 
 def test_unbound_drafter_refuses_to_draft() -> None:
     drafter = _drafter(_qwen3())
+    cache = drafter.new_cache()
+    drafter.append_context(cache, _features(drafter, 3))
     drafter.unbind()
     with pytest.raises(RuntimeError, match="bind"):
-        drafter.draft(_block(drafter, 1), drafter.new_cache(), _features(drafter, 3))
+        drafter.draft(_block(drafter, 1), cache)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -280,8 +292,8 @@ def test_save_load_roundtrip_exact(tmp_path: Path) -> None:
     loaded = DFlashDrafter.from_pretrained(tmp_path).bind(target).eval()
     assert loaded.config == drafter.config
     feats = _features(drafter, 11)
-    a = drafter.draft(_block(drafter, 4), drafter.new_cache(), feats)
-    b = loaded.draft(_block(loaded, 4), loaded.new_cache(), feats)
+    a = _fresh_draft(drafter, _block(drafter, 4), feats)
+    b = _fresh_draft(loaded, _block(loaded, 4), feats)
     assert torch.equal(a, b)
     sa, sb = drafter.state_dict(), loaded.state_dict()
     assert list(sa) == list(sb)
@@ -482,16 +494,19 @@ def test_matches_oracle_built_from_transformers(arch: str) -> None:
     feats = _features(drafter, 10)
     block = _block(drafter, 7)
     start = 10
+    fp64 = fp64_copy(drafter)
     with torch.no_grad():
         low = _oracle_hidden(drafter, block, feats, start)[:, 1:]
         default = torch.get_default_dtype()
         torch.set_default_dtype(torch.float64)
         try:
-            exact = _oracle_hidden(fp64_copy(drafter), block, feats.double(), start)
+            exact = _oracle_hidden(fp64, block, feats.double(), start)[:, 1:]
         finally:
             torch.set_default_dtype(default)
-        got = drafter.draft_hidden(block, drafter.new_cache(), feats)
-    Ref(low, exact[:, 1:]).check(got)
+        # The cached path against the oracle's hidden states through the same LM head.
+        want = Ref(drafter.compute_logits(low), fp64.compute_logits(exact))
+    want.check(_fresh_draft(drafter, block, feats))
+    want.check(_fresh_draft(drafter, block, feats, span=start + block.shape[1]))
 
 
 def test_block_attention_is_non_causal() -> None:
@@ -500,8 +515,8 @@ def test_block_attention_is_non_causal() -> None:
     block = _block(drafter, 3)
     changed = block.clone()
     changed[0, 5] = 11  # a later slot
-    a = drafter.draft_hidden(block, drafter.new_cache(), feats)
-    b = drafter.draft_hidden(changed, drafter.new_cache(), feats)
+    a = _fresh_draft(drafter, block, feats)
+    b = _fresh_draft(drafter, changed, feats)
     # Row 0 of the output is slot 1 (depth 1), earlier than slot 5: it must see the change.
     assert not torch.allclose(a[:, 0], b[:, 0])
     assert not torch.allclose(a[:, 3], b[:, 3])
@@ -511,10 +526,12 @@ def test_context_rows_ignore_block_rows_and_mlps() -> None:
     drafter = _drafter(_qwen3(), num_layers=3)
     feats = _features(drafter, 9)
     cache_a, cache_b = drafter.new_cache(), drafter.new_cache()
-    drafter.draft(_block(drafter, 3), cache_a, feats)
+    drafter.append_context(cache_a, feats)
+    drafter.draft(_block(drafter, 3), cache_a)
     changed = _block(drafter, 50)
     changed[0, 2:] = 7
-    drafter.draft(changed, cache_b, feats)
+    drafter.append_context(cache_b, feats)
+    drafter.draft(changed, cache_b)
     with torch.no_grad():
         ctx = drafter.fuse(feats)
         cos, sin = drafter.rotary_emb(torch.arange(9)[None], drafter.dtype)
@@ -537,8 +554,8 @@ def test_context_rows_are_position_tagged() -> None:
     # Context rows are position-tagged: permuting them changes the draft.
     drafter = _drafter(_qwen3())
     feats = _features(drafter, 5)
-    a = drafter.draft(_block(drafter, 2), drafter.new_cache(), feats)
-    b = drafter.draft(_block(drafter, 2), drafter.new_cache(), feats.flip(1))
+    a = _fresh_draft(drafter, _block(drafter, 2), feats)
+    b = _fresh_draft(drafter, _block(drafter, 2), feats.flip(1))
     assert not torch.allclose(a, b)
 
 
@@ -549,17 +566,21 @@ def test_incremental_cache_matches_full_recompute() -> None:
     target = _qwen3()
     drafter = _drafter(target, num_layers=2, block_size=8)
     total = _features(drafter, 40, seed=3)
-    cache = drafter.new_cache(capacity=4)  # forces several reallocations
+    s_len = drafter.block_size
+    cache = drafter.new_cache(capacity=29 + s_len)  # exactly the last round's context + block
     seen = 0
     for n_new, bonus in [(13, 5), (1, 9), (4, 2), (8, 60), (3, 1)]:
-        new = total[:, seen : seen + n_new]
+        drafter.append_context(cache, total[:, seen : seen + n_new])
         seen += n_new
         block = _block(drafter, bonus)
-        got = drafter.draft(block, cache, new)
         expected = _dense_logits(drafter, block, total[:, :seen], start=seen)
-        expected.check(got)
-        assert cache.lengths.tolist() == [seen] and cache.get_seq_length() == seen
-    assert cache.capacity >= seen + drafter.block_size
+        expected.check(drafter.draft(block, cache, span=seen + s_len))  # the exact span
+        expected.check(drafter.draft(block, cache))  # the whole capacity
+        assert cache.lengths.tolist() == [seen] and cache.length_floor == seen
+    # The capacity is fixed: appending past it is an error, not a silent out-of-bounds write.
+    with pytest.raises(ValueError, match="capacity"):
+        drafter.append_context(cache, total[:, seen : seen + s_len + 1])
+    assert cache.capacity == seen + s_len and cache.lengths.tolist() == [seen]
 
 
 def test_crop_rolls_back_context() -> None:
@@ -570,7 +591,8 @@ def test_crop_rolls_back_context() -> None:
     drafter.append_context(cache, _features(drafter, 5, seed=9))  # rows to be rolled back
     cache.crop(9)
     assert cache.lengths.tolist() == [9]
-    got = drafter.draft(_block(drafter, 4), cache, feats[:, 9:])
+    drafter.append_context(cache, feats[:, 9:])
+    got = drafter.draft(_block(drafter, 4), cache)
     expected = _dense_logits(drafter, _block(drafter, 4), feats, start=12)
     expected.check(got)
 
@@ -581,21 +603,27 @@ def test_short_block_and_empty_new_features() -> None:
     cache = drafter.new_cache()
     drafter.append_context(cache, feats)
     short = _block(drafter, 4, size=3)
-    got = drafter.draft(short, cache)  # nothing new committed
+    drafter.append_context(cache, feats[:, :0])  # nothing new committed
+    got = drafter.draft(short, cache)
     assert got.shape == (1, 2, VOCAB)
     _dense_logits(drafter, short, feats, start=6).check(got)
 
 
-def test_start_shift_matches_full_recompute() -> None:
+def test_block_positions_follow_the_cache_length() -> None:
     drafter = _drafter(_qwen3())
-    feats = _features(drafter, 10)
+    feats = _features(drafter, 13)
     block = _block(drafter, 4)
-    at_start = drafter.draft(block, drafter.new_cache(), feats)
-    shifted = drafter.draft(block, drafter.new_cache(), feats, start=13)
-    assert not torch.allclose(at_start, shifted)  # RoPE sees the positions
-    _dense_logits(drafter, block, feats, start=13).check(shifted)
-    with pytest.raises(ValueError, match="inside the committed context"):
-        drafter.draft(block, drafter.new_cache(), feats, start=9)
+    got = _fresh_draft(drafter, block, feats[:, :10])
+    expected = _dense_logits(drafter, block, feats[:, :10], start=10)
+    expected.check(got)
+    # RoPE sees the positions: the same rows with the block at 13 draft differently.
+    shifted = _dense_logits(drafter, block, feats[:, :10], start=13)
+    assert not torch.allclose(got, shifted.low)
+    # Padding rows (written, not counted) move neither the block nor the context.
+    cache = drafter.new_cache()
+    drafter.append_context(cache, feats, num_new=torch.tensor([10]))
+    assert cache.lengths.tolist() == [10]
+    expected.check(drafter.draft(block, cache))
 
 
 def test_rope_is_relative() -> None:
@@ -619,13 +647,12 @@ def test_batch_matches_single_requests() -> None:
     drafter = _drafter(_qwen3())
     feats = _features(drafter, 9, batch=2, seed=5)
     bonus = torch.tensor([3, 40])
-    cache = drafter.new_cache(batch_size=2)
-    got = drafter.draft(drafter.make_block(bonus), cache, feats)
+    got = _fresh_draft(drafter, drafter.make_block(bonus), feats)
     fp64 = fp64_copy(drafter)
     for b in range(2):
         block = drafter.make_block(bonus[b : b + 1])
-        single = drafter.draft(block, drafter.new_cache(), feats[b : b + 1])
-        exact = fp64.draft(block, fp64.new_cache(), feats[b : b + 1].double())
+        single = _fresh_draft(drafter, block, feats[b : b + 1])
+        exact = _fresh_draft(fp64, block, feats[b : b + 1].double())
         Ref(single, exact).check(got[b : b + 1])
 
 
@@ -635,21 +662,28 @@ def test_ragged_batch_matches_single_requests() -> None:
     lengths = [10, 6]  # request 1's last 4 rows are padding
     cache = drafter.new_cache(batch_size=2)
     drafter.append_context(cache, feats, num_new=torch.tensor(lengths))
-    assert cache.lengths.tolist() == lengths and not cache.uniform
+    assert cache.lengths.tolist() == lengths
+    assert cache.length_floor == 0  # the host never learns a counted append's lengths
     more = _features(drafter, 3, batch=2, seed=8)
     bonus = torch.tensor([3, 40])
-    got = drafter.draft(drafter.make_block(bonus), cache, more, num_new=torch.tensor([3, 2]))
-    assert cache.lengths.tolist() == [13, 8] and cache.span == 13  # padding not counted
+    drafter.append_context(cache, more, num_new=torch.tensor([3, 2]))
+    assert cache.lengths.tolist() == [13, 8]  # padding not counted
+    s_len = drafter.block_size
+    got = drafter.draft(drafter.make_block(bonus), cache, span=13 + s_len)  # the exact span
+    torch.testing.assert_close(drafter.draft(drafter.make_block(bonus), cache), got)
+    ctxs = []
     for b, (n, m) in enumerate([(10, 3), (6, 2)]):
-        ctx = torch.cat([feats[b : b + 1, :n], more[b : b + 1, :m]], dim=1)
-        expected = _dense_logits(drafter, drafter.make_block(bonus[b : b + 1]), ctx, n + m)
+        ctxs.append(torch.cat([feats[b : b + 1, :n], more[b : b + 1, :m]], dim=1))
+        expected = _dense_logits(drafter, drafter.make_block(bonus[b : b + 1]), ctxs[b], n + m)
         expected.check(got[b : b + 1])
     cache.crop(torch.tensor([12, 8]))
-    cache.sync()
-    assert cache.span == 12 and cache.lengths.tolist() == [12, 8]
+    assert cache.lengths.tolist() == [12, 8]
     cache.crop(8)
-    cache.sync()
-    assert cache.uniform and cache.span == 8
+    assert cache.lengths.tolist() == [8, 8]
+    got = drafter.draft(drafter.make_block(bonus), cache, span=8 + s_len)
+    for b in range(2):
+        block = drafter.make_block(bonus[b : b + 1])
+        _dense_logits(drafter, block, ctxs[b][:, :8], 8).check(got[b : b + 1])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -660,24 +694,39 @@ def test_bad_inputs_raise_clear_errors() -> None:
     feats = _features(drafter, 4)
     block = _block(drafter, 1)
     with pytest.raises(ValueError, match=r"F=128"):
-        drafter.draft(block, drafter.new_cache(), feats[..., :-1])
+        drafter.append_context(drafter.new_cache(), feats[..., :-1])
     with pytest.raises(ValueError, match="dtype"):
-        drafter.draft(block, drafter.new_cache(), feats.double())
+        drafter.append_context(drafter.new_cache(), feats.double())
+    with pytest.raises(ValueError, match=r"B=2"):
+        drafter.append_context(drafter.new_cache(batch_size=2), feats)
+    cache = drafter.new_cache(capacity=16)
+    drafter.append_context(cache, feats)
     with pytest.raises(ValueError, match="block_size=8"):
-        drafter.draft(_block(drafter, 1, size=9), drafter.new_cache(), feats)
+        drafter.draft(_block(drafter, 1, size=9), cache)
     with pytest.raises(ValueError, match="integer"):
-        drafter.draft(block.float(), drafter.new_cache(), feats)
+        drafter.draft(block.float(), cache)
     with pytest.raises(ValueError, match="cache batch"):
-        drafter.draft(block, drafter.new_cache(batch_size=2), feats)
+        drafter.draft(block, drafter.new_cache(batch_size=2))
     with pytest.raises(ValueError, match=r"\[B, S\]"):
-        drafter.draft(block[0], drafter.new_cache(), feats)
+        drafter.draft(block[0], cache)
+    with pytest.raises(ValueError, match="capacity=16"):
+        drafter.draft(block, cache, span=17)
+    with pytest.raises(ValueError, match="block rows"):  # 4 context rows + 8 block rows > 11
+        drafter.draft(block, cache, span=11)
+    with pytest.raises(ValueError, match="capacity"):
+        drafter.append_context(cache, _features(drafter, 13))
 
 
 def test_cache_object_api() -> None:
     cache = DFlashCache(2, 1, 2, 4, capacity=3, dtype=torch.float32)
-    assert cache.capacity == 3 and cache.batch_size == 1 and cache.get_seq_length() == 0
-    cache.reserve(5)
-    assert cache.capacity == 6  # doubles
+    assert cache.capacity == 3 and cache.batch_size == 1 and cache.length_floor == 0
+    cache.lengths.fill_(2)
+    cache.length_floor = 2
+    cache.crop(1)
+    assert cache.lengths.tolist() == [1] and cache.length_floor == 1
+    cache.reset()
+    assert cache.lengths.tolist() == [0] and cache.length_floor == 0
+    assert cache.capacity == 3  # fixed
     with pytest.raises(ValueError):
         cache.crop(-1)
 
@@ -690,7 +739,7 @@ def test_bf16_target_gives_bf16_drafter() -> None:
     ids = torch.randint(0, VOCAB, (1, 6))
     with torch.no_grad():
         out = target(ids, output_hidden_states=True)
-    logits = drafter.draft(_block(drafter, 2), drafter.new_cache(), drafter.extract_features(out))
+    logits = _fresh_draft(drafter, _block(drafter, 2), drafter.extract_features(out))
     assert logits.dtype == torch.bfloat16 and logits.shape == (1, 7, VOCAB)
     with pytest.raises(ValueError, match="output_hidden_states"):
         drafter.extract_features(target(ids))

@@ -39,7 +39,7 @@ def test_draft_branches_equals_stateless_forward_per_row() -> None:
     blocks = branch_blocks(torch.tensor([7]), trunk, boundary, S, drafter.mask_token_id)
     # Hand-checked layout: [root, trunk[:i], MASK...].
     assert blocks[0, 1].tolist() == [7, *trunk[0, :3].tolist()] + [drafter.mask_token_id] * (S - 4)
-    got = drafter.draft_branches(blocks, cache, start=T)
+    got = drafter.draft_branches(blocks, cache, span=T)
     assert got.shape == (1, R, S - 1, target.config.vocab_size)
     fp64 = fp64_copy(drafter)
     wants = []
@@ -51,7 +51,7 @@ def test_draft_branches_equals_stateless_forward_per_row() -> None:
         wants[r].check(got[:, r])
     # The context is untouched (the rows used scratch only): a plain draft afterwards equals
     # the row without a visible prefix.
-    plain = drafter.draft(drafter.make_block(torch.tensor([7])), cache, start=T)
+    plain = drafter.draft(drafter.make_block(torch.tensor([7])), cache, span=T + S)
     wants[0].check(plain)
 
 
@@ -68,7 +68,7 @@ def test_draft_branches_ragged_batch() -> None:
     lengths = torch.tensor([T, 7])
     cache.crop(lengths)  # request 1 keeps 7 context rows: a ragged (non-uniform) cache
     blocks = torch.randint(0, 128, (2, 3, S), generator=gen)
-    got = drafter.draft_branches(blocks, cache, start=lengths)
+    got = drafter.draft_branches(blocks, cache, span=T)
     fp64 = fp64_copy(drafter)
     for b in range(2):
         n = int(lengths[b])
@@ -141,13 +141,13 @@ class _OracleVP(DFlashDrafter):
 
     truth: torch.Tensor  # [T_total] the greedy sequence (prompt + continuation)
 
-    def draft_branches(self, block_ids, cache, start=None):  # type: ignore[override]
+    def draft_branches(self, block_ids, cache, *, span):  # type: ignore[override]
         B, R, S = block_ids.shape
         V = self.config.vocab_size
-        pos = int(start) + 1 + torch.arange(S - 1)
+        pos = cache.lengths[:, None] + 1 + torch.arange(S - 1)  # [B, S - 1]
         tokens = self.truth[pos.clamp(max=self.truth.shape[0] - 1)]
         logits = torch.full((B, R, S - 1, V), -30.0)
-        logits.scatter_(3, tokens.expand(B, R, S - 1)[..., None], 30.0)
+        logits.scatter_(3, tokens[:, None].expand(B, R, S - 1)[..., None], 30.0)
         return logits
 
 

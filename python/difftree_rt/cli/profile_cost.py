@@ -194,7 +194,7 @@ def run(args: argparse.Namespace) -> int:
             block = drafter.make_block(prompt[:, -1])
             draft_costs.append(
                 _median_ms(
-                    lambda: drafter.draft(block, dcache, None, start=ctx),
+                    lambda: drafter.draft(block, dcache, ctx + drafter.block_size),
                     device,
                     args.repeats,
                     args.warmup,

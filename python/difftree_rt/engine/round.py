@@ -243,7 +243,7 @@ class Round:
             if drafter is not None and cache is not None:
                 assert features is not None
                 cache.reset()
-                drafter.append_context_fixed(cache, features.to(drafter.dtype), counts)
+                drafter.append_context(cache, features.to(drafter.dtype), counts)
         if self.stream is not None:
             cfg.policy.start_stream(self.stream, prompts, counts)
             ones = torch.ones_like(counts)
@@ -305,13 +305,13 @@ class Round:
         drafter, policy = cfg.drafter, cfg.policy
         assert drafter is not None and dc is not None
         # The pending rows (the last path's features) make the context exactly [0, start).
-        drafter.append_context_fixed(dc, st.new_feat, st.num_new)
+        drafter.append_context(dc, st.new_feat, st.num_new)
         vc = self.vcache
         if vc is not None:
             assert cfg.second is not None
-            cfg.second.append_context_fixed(vc, st.new_feat.to(cfg.second.dtype), st.num_new)
+            cfg.second.append_context(vc, st.new_feat.to(cfg.second.dtype), st.num_new)
         st.block[:, 0].copy_(st.bonus)
-        logits = drafter.draft_fixed(st.block, dc, span)
+        logits = drafter.draft(st.block, dc, span)
         context = None
         if st.context is not None and context_cols is not None:
             context = st.context[:, :context_cols]

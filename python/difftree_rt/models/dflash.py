@@ -222,15 +222,22 @@ class _DecoderLayer(nn.Module):
 # Cache
 # ---------------------------------------------------------------------------------------------
 class DFlashCache:
-    """Per-layer K/V of the drafter's context rows, preallocated with spare capacity.
+    """Per-layer K/V of the drafter's context rows, in fixed preallocated storage.
 
     ``keys[l]`` / ``values[l]`` are [B, Hkv, capacity, D]; row t of request b holds the rotated
-    key of context row t (position t) for ``t < lengths[b]``. Slots past a request's length
-    are scratch (block rows of the current round), never part of the context.
+    key of context row t (position t) for ``t < lengths[b]``. Rows past a request's length are
+    scratch (padding rows of an append, block rows of the current round), never part of the
+    context.
 
-    ``lengths`` is a LongTensor [B] on the cache's device, so requests may differ in length.
-    A host-side bound ``span >= max(lengths)`` sizes slices without a device sync; while every
-    request has exactly ``span`` rows (``uniform``), attention needs no mask.
+    ``lengths`` is a LongTensor [B] on the cache's device, so requests may differ in length;
+    drafting never reads it on the host. The capacity is fixed at construction (nothing grows):
+    size it for the longest context plus the appended and block rows (plus ``R * S`` scratch
+    rows for :meth:`DFlashDrafter.draft_branches`). Writes past it are errors, never silent:
+    a ``ValueError`` where the host-side ``length_floor`` proves the overflow, otherwise the
+    row scatter's own index check.
+
+    ``length_floor`` is a host-side lower bound on ``max(lengths)``: the rows appended without
+    a ``num_new`` count since the last :meth:`reset` (crops lower it). It costs no device read.
     """
 
     def __init__(
@@ -247,8 +254,7 @@ class DFlashCache:
         self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
         self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
         self.lengths = torch.zeros(batch_size, dtype=torch.long, device=device)
-        self.span = 0
-        self.uniform = True
+        self.length_floor = 0
 
     @property
     def batch_size(self) -> int:
@@ -266,41 +272,20 @@ class DFlashCache:
     def dtype(self) -> torch.dtype:
         return self.keys[0].dtype
 
-    def get_seq_length(self) -> int:
-        """Committed length when all requests agree (batch 1); the bound ``span`` otherwise."""
-        return self.span
-
-    def reserve(self, capacity: int) -> None:
-        """Grow storage to at least ``capacity`` rows (doubling), keeping the contents."""
-        if capacity <= self.capacity:
-            return
-        new_cap = max(capacity, 2 * self.capacity)
-        for store in (self.keys, self.values):
-            for i, old in enumerate(store):
-                grown = old.new_zeros(old.shape[0], old.shape[1], new_cap, old.shape[3])
-                grown[:, :, : old.shape[2]] = old
-                store[i] = grown
-
     def crop(self, length: int | torch.Tensor) -> None:
         """Truncate every request to at most ``length`` rows (int, or LongTensor [B])."""
         if isinstance(length, torch.Tensor):
             self.lengths = torch.minimum(self.lengths, length.to(self.lengths))
-            self.uniform = False
+            self.length_floor = 0  # the new maximum would need a device read
         else:
             if length < 0:
                 raise ValueError(f"crop length must be >= 0, got {length}")
             self.lengths.clamp_(max=length)
-            self.span = min(self.span, int(length))
+            self.length_floor = min(self.length_floor, int(length))
 
     def reset(self) -> None:
         self.lengths.zero_()
-        self.span = 0
-        self.uniform = True
-
-    def sync(self) -> None:
-        """Re-derive ``span``/``uniform`` from ``lengths`` (one device sync)."""
-        self.span = int(self.lengths.max().item()) if self.batch_size else 0
-        self.uniform = bool((self.lengths == self.span).all().item())
+        self.length_floor = 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -604,8 +589,12 @@ class DFlashDrafter(nn.Module):
         return self.norm(h)
 
     # ------------------------------------------------------------------ cached drafting
+    # Every per-round value stays on the device and every shape is fixed by host constants
+    # (the appended row count n, the block size S, the key span), so the engine's round
+    # (engine/round.py) runs with no host read, eagerly or captured in a CUDA graph and replayed
+    # (engine/runner.py).
     def new_cache(self, batch_size: int = 1, capacity: int = 256) -> DFlashCache:
-        """An empty context cache; it grows on demand, preallocate ``capacity`` to avoid that."""
+        """An empty context cache of ``capacity`` rows per request (fixed: it never grows)."""
         c = self.config
         return DFlashCache(
             c.num_hidden_layers,
@@ -624,38 +613,40 @@ class DFlashDrafter(nn.Module):
         features: torch.Tensor,
         num_new: torch.Tensor | None = None,
     ) -> None:
-        """Append newly committed rows' features [B, n, F] to ``cache``.
+        """Append newly committed rows' features [B, n, F] to ``cache``; no host read.
 
-        Row t of request b lands at position ``lengths[b] + t``. ``num_new`` [B] (optional)
-        says how many of the n rows are real per request; the rest are padding that is
-        written to scratch and not counted. Passing ``num_new`` costs one device sync.
+        Row t of request b lands at position ``lengths[b] + t``. All n rows are written; rows
+        past ``num_new[b]`` are padding that lands in scratch past the new length (overwritten
+        by the block or the next append), and ``lengths += clamp(num_new, 0, n)`` in place.
+
+        Args:
+            cache: the request's :class:`DFlashCache`; needs ``max(lengths) + n <= capacity``.
+            features: [B, n, F] in the drafter's dtype (e.g. the verify features along the
+                accepted path, padded to L + 1 rows), in position order.
+            num_new: [B] integer, real rows per request; None: all n rows are real.
         """
-        batch = cache.batch_size
-        self._check_features(features, batch)
+        self._check_features(features, cache.batch_size)
         n = features.shape[1]
         if n == 0:
             return
-        cache.reserve(cache.span + n + self.block_size)
+        if cache.length_floor + n > cache.capacity:
+            raise ValueError(
+                f"appending {n} rows to a context of at least {cache.length_floor} rows "
+                f"overflows the cache capacity {cache.capacity} (fixed: size new_cache for "
+                "the longest context plus the block)"
+            )
         ctx = self.fuse(features)
-        offsets = torch.arange(n, device=features.device)
-        if cache.uniform:
-            positions = (cache.span + offsets).expand(batch, n)
-        else:
-            positions = cache.lengths[:, None] + offsets
-        first = cache.span if cache.uniform else None
+        positions = cache.lengths[:, None] + torch.arange(n, device=features.device)
         cos, sin = self.rotary_emb(positions, self.dtype)
         for i, layer in enumerate(self.layers):
             k, v = layer.self_attn.key_value(ctx, cos, sin)
-            _write_rows(cache.keys[i], k, positions, first)
-            _write_rows(cache.values[i], v, positions, first)
-        cache.span += n
+            _write_rows(cache.keys[i], k, positions)
+            _write_rows(cache.values[i], v, positions)
         if num_new is None:
             cache.lengths += n
+            cache.length_floor += n
         else:
             cache.lengths += num_new.to(cache.lengths).clamp(0, n)
-            # Padding rows would otherwise inflate the host-side bound every round (slices and
-            # capacity growing with n instead of the accepted count): re-derive it once here.
-            cache.sync()
 
     def _cached_layers(
         self,
@@ -663,20 +654,19 @@ class DFlashDrafter(nn.Module):
         cos: torch.Tensor,
         sin: torch.Tensor,
         cache: DFlashCache,
-        slots: torch.Tensor | None,
-        first: int | None,
+        slots: torch.Tensor,
         span: int,
-        mask: torch.Tensor | None,
+        mask: torch.Tensor,
     ) -> torch.Tensor:
         """The drafter layers over query rows h [B, Q, hidden]: each layer writes the rows' K/V
-        into ``cache`` (at ``slots`` [B, Q], or rows ``first..first+Q-1`` for every request)
-        and attends to cache rows ``[0, span)`` under ``mask``. Returns h (not final-normed)."""
+        into ``cache`` at ``slots`` [B, Q] and attends to cache rows ``[0, span)`` under
+        ``mask`` [B, 1, Q, span]. Returns h (not final-normed)."""
         for i, layer in enumerate(self.layers):
             attn = layer.self_attn
             x = layer.input_layernorm(h)
             k_blk, v_blk = attn.key_value(x, cos, sin)
-            _write_rows(cache.keys[i], k_blk, slots, first)
-            _write_rows(cache.values[i], v_blk, slots, first)
+            _write_rows(cache.keys[i], k_blk, slots)
+            _write_rows(cache.values[i], v_blk, slots)
             q = attn.query(x, cos, sin)
             k = cache.keys[i][:, :, :span]
             v = cache.values[i][:, :, :span]
@@ -685,83 +675,74 @@ class DFlashDrafter(nn.Module):
         return h
 
     @torch.no_grad()
-    def draft_hidden(
-        self,
-        block_ids: torch.Tensor,
-        cache: DFlashCache,
-        new_features: torch.Tensor | None = None,
-        start: int | torch.Tensor | None = None,
-        num_new: torch.Tensor | None = None,
+    def draft(
+        self, block_ids: torch.Tensor, cache: DFlashCache, span: int | None = None
     ) -> torch.Tensor:
-        """Like :meth:`draft` but returns final-normed hidden states [B, L, hidden]."""
+        """One drafting round over the cache's context: the block at positions
+        ``lengths[b] + j``, logits out. Append the round's new rows first (:meth:`append_context`).
+
+        The block's K/V go to scratch rows ``lengths[b] .. lengths[b] + S - 1`` (never counted
+        in the context). Keys are cache rows ``[0, span)`` masked to ``[0, lengths[b] + S)``, so
+        the shapes depend only on ``span``, never on device values.
+
+        Args:
+            block_ids: [B, S] with slot 0 = bonus token, slots 1.. = ``mask_token_id``
+                (S <= ``block_size``; see :meth:`make_block`).
+            cache: the requests' context rows (``lengths`` = committed length per request).
+            span: key rows scanned; requires ``max(lengths) + S <= span <= capacity`` (a block
+                row past ``span`` would be invisible; only what host values prove is checked).
+                None: the whole capacity, always correct but every round pays for it; the
+                engine passes exact (eager) or bucketed (CUDA graphs) spans.
+
+        Returns:
+            logits [B, L, V], L = S - 1; row j is the draft distribution at depth j + 1,
+            position ``lengths[b] + j + 1``.
+        """
         self._check_block(block_ids)
         batch, s_len = block_ids.shape
         if batch != cache.batch_size:
             raise ValueError(f"block batch {batch} != cache batch {cache.batch_size}")
-        if new_features is not None:
-            self.append_context(cache, new_features, num_new)
-        elif num_new is not None:
-            raise ValueError("num_new given without new_features")
-        cache.reserve(cache.span + s_len)
-        offsets = torch.arange(s_len, device=block_ids.device)
-        if start is None:
-            start = cache.span if cache.uniform else cache.lengths
-        elif isinstance(start, int) and cache.uniform and start < cache.span:
+        if span is None:
+            span = cache.capacity
+        if not 0 < span <= cache.capacity:
+            raise ValueError(f"span must be in [1, capacity={cache.capacity}], got {span}")
+        if cache.length_floor + s_len > span:
             raise ValueError(
-                f"start={start} is inside the committed context (cache length {cache.span}); "
-                "block rows must come after the context rows"
+                f"span {span} cannot hold a context of at least {cache.length_floor} rows plus "
+                f"the {s_len} block rows (capacity {cache.capacity})"
             )
-        if isinstance(start, torch.Tensor):
-            positions = start.to(block_ids.device).reshape(-1, 1) + offsets
-            positions = positions.expand(batch, s_len)
-        else:
-            positions = (int(start) + offsets).expand(batch, s_len)
-        # Scratch slots for the block's K/V: right after each request's committed rows.
-        first = cache.span if cache.uniform else None
-        if cache.uniform:
-            slots = (cache.span + offsets).expand(batch, s_len)
-            mask = None
-        else:
-            slots = cache.lengths[:, None] + offsets
-            keys = torch.arange(cache.span + s_len, device=block_ids.device)
-            visible = keys[None, :] < (cache.lengths[:, None] + s_len)
-            mask = visible[:, None, None, :].expand(batch, 1, s_len, cache.span + s_len)
-        span = cache.span + s_len
+        device = block_ids.device
+        positions = cache.lengths[:, None] + torch.arange(s_len, device=device)
+        visible = torch.arange(span, device=device)[None, :] < (cache.lengths[:, None] + s_len)
+        mask = visible[:, None, None, :].expand(batch, 1, s_len, span)
         cos, sin = self.rotary_emb(positions, self.dtype)
-        h = self._cached_layers(self.embed(block_ids), cos, sin, cache, slots, first, span, mask)
+        h = self._cached_layers(self.embed(block_ids), cos, sin, cache, positions, span, mask)
         # Slot 0 (the bonus token) predicts nothing new: drop it.
-        return self.norm(h[:, 1:])
+        return self.compute_logits(self.norm(h[:, 1:]))
 
     @torch.no_grad()
     def draft_branches(
-        self,
-        block_ids: torch.Tensor,
-        cache: DFlashCache,
-        start: int | torch.Tensor | None = None,
-        *,
-        span: int | None = None,
+        self, block_ids: torch.Tensor, cache: DFlashCache, *, span: int
     ) -> torch.Tensor:
         """Draft R blocks per request over the same committed context, in one batched forward
         (D²SD's second pass: each row re-drafts after its own visible prefix).
 
-        The rows' block K/V go to the cache's scratch rows (past the context; never part of
-        it) and one attention over ``[context ; R blocks]`` lets row r see the context and its
-        own block only, so the context K/V is read once, not copied per row. Call after the
-        round's context was appended (:meth:`draft` / :meth:`append_context`).
+        The rows' block K/V go to scratch rows ``span .. span + R * S - 1`` (past the context;
+        never part of it) and one attention over ``[context ; R blocks]`` lets row r see the
+        context and its own block only, so the context K/V is read once, not copied per row.
+        Call after the round's context was appended (:meth:`append_context`).
 
         Args:
             block_ids: [B, R, S] (S <= ``block_size``); row r = ``[bonus, p_r visible tokens,
-                mask, ..., mask]``.
-            cache: the request's :class:`DFlashCache` holding context rows ``[0, start)``.
-            start: position of slot 0 (int or LongTensor [B]); default the cache length.
-            span: graph mode (fixed shapes, no host value): key rows ``[0, span)`` masked to
-                each request's ``lengths``, blocks at scratch rows ``span ..``; requires
-                ``max(lengths) <= span`` and ``span + R * S <= capacity`` (only the latter is
-                checked: it is a host value). None: the cache's host-tracked span.
+                mask, ..., mask]``; slot 0 sits at position ``lengths[b]``.
+            cache: the requests' :class:`DFlashCache` holding context rows ``[0, lengths[b])``.
+            span: key rows of the context, ``[0, span)`` masked to each request's ``lengths``;
+                requires ``max(lengths) <= span`` and ``span + R * S <= capacity`` (only what
+                host values prove is checked).
 
         Returns:
             logits [B, R, S - 1, V]; entry j of row r is depth j + 1 at position
-            ``start + j + 1`` (entries inside a row's visible prefix are meaningless).
+            ``lengths[b] + j + 1`` (entries inside a row's visible prefix are meaningless).
         """
         if block_ids.dim() != 3:
             raise ValueError(f"block_ids must be [B, R, S], got shape {tuple(block_ids.shape)}")
@@ -773,135 +754,29 @@ class DFlashDrafter(nn.Module):
         self._check_block(block_ids.reshape(batch * rows, s_len))
         device = block_ids.device
         q_len = rows * s_len
-        fixed = span is not None
-        if span is None:
-            span = cache.span
-            cache.reserve(span + q_len)
-        elif not 0 < span <= cache.capacity - q_len:
+        if not 0 < span <= cache.capacity - q_len:
             raise ValueError(
                 f"span must be in [1, capacity - R*S = {cache.capacity - q_len}], got {span}"
             )
-        uniform = cache.uniform and not fixed
-        offsets = torch.arange(s_len, device=device)
-        if start is None:
-            start = cache.span if uniform else cache.lengths
-        if isinstance(start, torch.Tensor):
-            positions = start.to(device).reshape(-1, 1) + offsets
-        else:
-            positions = (int(start) + offsets)[None]
-        positions = positions.expand(batch, s_len).repeat(1, rows)  # [B, R*S], row-major
+        if cache.length_floor > span:
+            raise ValueError(f"span {span} < the context of at least {cache.length_floor} rows")
+        positions = cache.lengths[:, None] + torch.arange(s_len, device=device)
+        positions = positions.repeat(1, rows)  # [B, R*S], row-major
         # Keys: context rows [0, span) (a request sees its first lengths[b]), then the R blocks
         # at scratch rows span + r*S + j; a block row sees its own block only.
         row_of = torch.arange(q_len, device=device) // s_len
         own = row_of[:, None] == row_of[None, :]  # [R*S, R*S]
-        if uniform:
-            ctx = torch.ones(q_len, span, dtype=torch.bool, device=device)
-            mask = torch.cat([ctx, own], dim=1)[None, None].expand(batch, 1, q_len, span + q_len)
-            slots, first = None, span
-        else:
-            ctx = torch.arange(span, device=device)[None] < cache.lengths[:, None]  # [B, span]
-            mask = torch.cat(
-                [ctx[:, None, :].expand(batch, q_len, span), own[None].expand(batch, -1, -1)],
-                dim=2,
-            )[:, None]
-            slots = (span + torch.arange(q_len, device=device))[None].expand(batch, q_len)
-            first = None
+        ctx = torch.arange(span, device=device)[None] < cache.lengths[:, None]  # [B, span]
+        mask = torch.cat(
+            [ctx[:, None, :].expand(batch, q_len, span), own[None].expand(batch, -1, -1)], dim=2
+        )[:, None]
+        slots = (span + torch.arange(q_len, device=device))[None].expand(batch, q_len)
         cos, sin = self.rotary_emb(positions, self.dtype)
         h = self.embed(block_ids.reshape(batch, q_len))
-        h = self._cached_layers(h, cos, sin, cache, slots, first, span + q_len, mask)
+        h = self._cached_layers(h, cos, sin, cache, slots, span + q_len, mask)
         hidden = self.norm(h.reshape(batch, rows, s_len, -1)[:, :, 1:])
         logits = self.compute_logits(hidden.reshape(batch, rows * (s_len - 1), -1))
         return logits.reshape(batch, rows, s_len - 1, -1)
-
-    def draft(
-        self,
-        block_ids: torch.Tensor,
-        cache: DFlashCache,
-        new_features: torch.Tensor | None = None,
-        start: int | torch.Tensor | None = None,
-        num_new: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """One drafting round: append ``new_features``, run the block, return logits.
-
-        Args:
-            block_ids: [B, S] with slot 0 = bonus token, slots 1.. = ``mask_token_id``
-                (S <= ``block_size``; see :meth:`make_block`).
-            cache: the request's :class:`DFlashCache` (context rows only).
-            new_features: [B, n_new, F] features of rows committed since the last round
-                (the whole prompt at the first round), in position order; or None.
-            start: position of slot 0 (int or LongTensor [B]); default = the cache length
-                after appending, which is what the chain round uses. Must not fall inside the
-                committed context.
-            num_new: optional [B] count of real rows in ``new_features`` per request.
-
-        Returns:
-            logits [B, L, V], L = S - 1; row j is the draft distribution at depth j + 1,
-            position ``start + j + 1``.
-        """
-        hidden = self.draft_hidden(block_ids, cache, new_features, start, num_new)
-        with torch.no_grad():
-            return self.compute_logits(hidden)
-
-    # ------------------------------------------------------------------ fixed-shape drafting
-    # Graph mode (engine/graph.py): every per-round value stays on the device and every shape is
-    # fixed, so a round can be captured in a CUDA graph and replayed. The cache's host-side
-    # ``span``/``uniform`` are not used (nor updated) here; storage must already be large enough.
-    @torch.no_grad()
-    def append_context_fixed(
-        self, cache: DFlashCache, features: torch.Tensor, num_new: torch.Tensor
-    ) -> None:
-        """Append ``features`` [B, n, F] at rows ``lengths[b] + t``; count ``num_new[b]`` of them.
-
-        All n rows are written (rows past ``num_new`` land in scratch past the new length and
-        are overwritten by the block or the next append); ``lengths += clamp(num_new, 0, n)``
-        in place. No host read; requires ``max(lengths) + n <= capacity`` (not checked: it
-        would need one).
-
-        Args:
-            cache: the request's :class:`DFlashCache`.
-            features: [B, n, F] in the drafter's dtype (e.g. the verify features along the
-                accepted path, padded to L + 1 rows).
-            num_new: [B] integer, real rows per request.
-        """
-        self._check_features(features, cache.batch_size)
-        n = features.shape[1]
-        ctx = self.fuse(features)
-        positions = cache.lengths[:, None] + torch.arange(n, device=features.device)
-        cos, sin = self.rotary_emb(positions, self.dtype)
-        for i, layer in enumerate(self.layers):
-            k, v = layer.self_attn.key_value(ctx, cos, sin)
-            _write_rows(cache.keys[i], k, positions, None)
-            _write_rows(cache.values[i], v, positions, None)
-        cache.lengths.add_(num_new.to(cache.lengths).clamp(0, n))
-
-    @torch.no_grad()
-    def draft_fixed(self, block_ids: torch.Tensor, cache: DFlashCache, span: int) -> torch.Tensor:
-        """:meth:`draft` over a fixed key span: block at positions ``lengths[b] + j``.
-
-        Keys are cache rows ``[0, span)`` masked to ``[0, lengths[b] + S)`` (context + block),
-        so the shapes depend only on ``span`` (a host constant per captured graph), never on
-        device values. Requires ``max(lengths) + S <= span <= capacity`` (not checked).
-
-        Args:
-            block_ids: [B, S] ``[bonus, mask, ...]`` (see :meth:`make_block`).
-            cache: context rows (``lengths`` = committed length per request).
-            span: key rows scanned.
-
-        Returns:
-            logits [B, L, V], row j = depth j + 1.
-        """
-        self._check_block(block_ids)
-        batch, s_len = block_ids.shape
-        if not 0 < span <= cache.capacity:
-            raise ValueError(f"span must be in [1, capacity={cache.capacity}], got {span}")
-        positions = cache.lengths[:, None] + torch.arange(s_len, device=block_ids.device)
-        keys = torch.arange(span, device=block_ids.device)
-        visible = keys[None, :] < (cache.lengths[:, None] + s_len)
-        mask = visible[:, None, None, :].expand(batch, 1, s_len, span)
-        cos, sin = self.rotary_emb(positions, self.dtype)
-        h = self._cached_layers(self.embed(block_ids), cos, sin, cache, positions, None, span, mask)
-        # Slot 0 (the bonus token) predicts nothing new: drop it.
-        return self.compute_logits(self.norm(h[:, 1:]))
 
     # ------------------------------------------------------------------ checkpoints
     def save_pretrained(self, path: str | os.PathLike[str]) -> None:
@@ -929,15 +804,9 @@ class DFlashDrafter(nn.Module):
         return load_drafter(cls, path, torch_dtype, device)
 
 
-def _write_rows(
-    store: torch.Tensor, rows: torch.Tensor, slots: torch.Tensor | None, first: int | None
-) -> None:
+def _write_rows(store: torch.Tensor, rows: torch.Tensor, slots: torch.Tensor) -> None:
     """Write rows [B, Hkv, n, D] into store [B, Hkv, C, D] at per-request slots [B, n].
 
-    ``first`` is set when every request writes the same contiguous slots ``first..first+n-1``:
-    then a slice copy replaces the scatter.
+    A scatter: an index past C is an error (on the device: an assert), never a silent write.
     """
-    if first is not None:
-        store[:, :, first : first + rows.shape[2]] = rows
-    else:
-        store.scatter_(2, slots[:, None, :, None].expand(rows.shape), rows)
+    store.scatter_(2, slots[:, None, :, None].expand(rows.shape), rows)
