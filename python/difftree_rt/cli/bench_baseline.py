@@ -363,8 +363,16 @@ def _measure(
                     "max_new_tokens": args.max_new_tokens, "stop": stop, "cuda_graphs": graphs,
                 })  # fmt: skip
                 if not reply["ok"]:
-                    if name == "current":
-                        raise RuntimeError(f"{pol} {budget}: {reply['error']}")
+                    if name == "current":  # a bug of this version: its traceback, then stop
+                        if bar is not None:
+                            bar.close()
+                        print(reply.get("traceback", ""), file=sys.stderr, end="")
+                        print(
+                            f"difftree-rt bench: error: the current side failed on {pol} "
+                            f"{budget or ''}: {reply['error']}",
+                            file=sys.stderr,
+                        )
+                        return 1
                     # E.g. a policy the older version does not have: reported, not fatal.
                     errors[(pol, budget)] = reply["error"]
                     continue

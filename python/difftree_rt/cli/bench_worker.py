@@ -21,7 +21,7 @@ unpickled or evaluated). Requests:
   first prompt (at most 8 tokens), then every prompt greedily; totals over the prompts.
 - ``{"cmd": "quit"}``.
 
-A failed request is ``{"ok": false, "error": "..."}``.
+A failed request is ``{"ok": false, "error": "...", "traceback": "..."}``.
 """
 
 from __future__ import annotations
@@ -224,7 +224,13 @@ def serve(inp: TextIO, out: TextIO) -> None:
                 raise ValueError(f"unknown request {cmd!r}")
             reply["ok"] = True
         except Exception as exc:
-            reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+            import traceback
+
+            reply = {
+                "ok": False,
+                "error": f"{type(exc).__name__}: {exc}",
+                "traceback": traceback.format_exc(),
+            }
         out.write(json.dumps(reply) + "\n")
         out.flush()
 
