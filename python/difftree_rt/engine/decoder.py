@@ -344,7 +344,7 @@ class SpeculativeDecoder:
         input_ids: Tensor | Sequence[Tensor],
         max_new_tokens: int | Sequence[int],
         temperature: float | Sequence[float] = 0.0,
-        top_k: int | None = None,
+        top_k: int | Sequence[int | None] | None = None,
         top_p: float | Sequence[float | None] | None = None,
         seed: int | Sequence[int] | None = None,
         stop_token_ids: int | Sequence[int] | Tensor | None = None,
@@ -371,9 +371,9 @@ class SpeculativeDecoder:
         would alone (its own positions from 0, its own rounds; finished requests stop
         changing): greedy tokens are the solo run's. Sampling: request b draws as a solo run
         with seed ``request_seeds(seed, B)[b]`` (request 0 keeps ``seed``), or ``seed[b]`` when
-        ``seed`` is a sequence of B ints. ``max_new_tokens``, ``temperature`` and ``top_p`` may
-        be sequences of B values (per request; temperature 0 = greedy, top-p ``None`` = off);
-        ``top_k`` is shared. Each request still equals its solo run with its own values.
+        ``seed`` is a sequence of B ints. ``max_new_tokens``, ``temperature``, ``top_k`` and
+        ``top_p`` may be sequences of B values (per request; temperature 0 = greedy, top-k /
+        top-p ``None`` = off). Each request still equals its solo run with its own values.
         ``pad_token_id`` fills rows after their last token (and the list form's left
         padding); None: the model's ``config.pad_token_id`` (when it is a token id), else the
         first stop token, else 0.
