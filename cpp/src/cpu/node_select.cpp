@@ -118,6 +118,41 @@ int32_t select_row(const std::vector<float>& x, const RowParams& rp, uint32_t no
   return arg;
 }
 
+// Logit v of row r as fp32.
+float load_logit(const TensorView& logits, int64_t i) {
+  switch (logits.dtype) {
+    case DType::kFloat32:
+      return logits.ptr<const float>()[i];
+    case DType::kBFloat16:
+      return bf16_to_float(logits.ptr<const uint16_t>()[i]);
+    default:
+      return fp16_to_float(logits.ptr<const uint16_t>()[i]);
+  }
+}
+
+Status bad_logit(float x, int64_t r, int64_t N, int64_t v) {
+  std::ostringstream os;
+  os << "logits: expected finite values or -inf, found " << (std::isnan(x) ? "NaN" : "+inf")
+     << " at [" << r / N << ", " << r % N << ", " << v << "]";
+  return InvalidValue(os.str());
+}
+
+bool is_bad(float x) { return std::isnan(x) || x == std::numeric_limits<float>::infinity(); }
+
+// Greedy rows read the logits in place (no fp32 copy): the argmax by rank key, ties to the
+// lowest id — the same keys select_row uses.
+Status greedy_row(const TensorView& logits, int64_t r, int64_t N, int64_t V, int32_t& arg) {
+  uint64_t best = 0;
+  arg = 0;
+  for (int64_t v = 0; v < V; ++v) {
+    const float x = load_logit(logits, r * V + v);
+    if (is_bad(x)) return bad_logit(x, r, N, v);
+    const uint64_t k = sm::rank_key(x, static_cast<uint32_t>(v));
+    if (k > best) best = k, arg = static_cast<int32_t>(v);
+  }
+  return Status::Ok();
+}
+
 }  // namespace
 
 Status node_select(const TensorView& logits, const SamplingViews& params, const TensorView& out) {
@@ -125,30 +160,23 @@ Status node_select(const TensorView& logits, const SamplingViews& params, const 
   int32_t* dst = out.ptr<int32_t>();
   std::vector<Status> errors(static_cast<size_t>(B * N));
   parallel_rows(B * N, B * N * V * 4, [&](int64_t begin, int64_t end) {
-    std::vector<float> x(V), z;
+    std::vector<float> x, z;
     std::vector<uint64_t> keys;
     for (int64_t r = begin; r < end; ++r) {
+      const RowParams rp = row_params(params, r / N);
+      if (!(rp.temperature > 0.0f)) {
+        errors[r] = greedy_row(logits, r, N, V, dst[r]);
+        if (!errors[r].ok()) return;
+        continue;
+      }
+      x.resize(V);
       for (int64_t v = 0; v < V; ++v) {
-        switch (logits.dtype) {
-          case DType::kFloat32:
-            x[v] = logits.ptr<const float>()[r * V + v];
-            break;
-          case DType::kBFloat16:
-            x[v] = bf16_to_float(logits.ptr<const uint16_t>()[r * V + v]);
-            break;
-          default:
-            x[v] = fp16_to_float(logits.ptr<const uint16_t>()[r * V + v]);
-        }
-        if (std::isnan(x[v]) || x[v] == std::numeric_limits<float>::infinity()) {
-          std::ostringstream os;
-          os << "logits: expected finite values or -inf, found "
-             << (std::isnan(x[v]) ? "NaN" : "+inf") << " at [" << r / N << ", " << r % N << ", "
-             << v << "]";
-          errors[r] = InvalidValue(os.str());
+        x[v] = load_logit(logits, r * V + v);
+        if (is_bad(x[v])) {
+          errors[r] = bad_logit(x[v], r, N, v);
           return;
         }
       }
-      const RowParams rp = row_params(params, r / N);
       dst[r] = select_row(x, rp, static_cast<uint32_t>(r % N), keys, z);
     }
   });

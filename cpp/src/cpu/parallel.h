@@ -14,7 +14,12 @@ namespace difftree::cpu {
 template <typename Fn>
 void parallel_rows(int64_t rows, int64_t work, Fn&& fn) {
   constexpr int64_t kMinWorkPerThread = 1 << 19;
-  const int64_t hw = std::max<int64_t>(1, std::thread::hardware_concurrency());
+  if (rows <= 1 || work < 2 * kMinWorkPerThread) {  // the common small call: no thread query
+    fn(int64_t{0}, rows);
+    return;
+  }
+  // hardware_concurrency() reads /sys on glibc (tens of µs): ask once per process.
+  static const int64_t hw = std::max<int64_t>(1, std::thread::hardware_concurrency());
   const int64_t threads = std::min({hw, rows, std::max<int64_t>(1, work / kMinWorkPerThread)});
   if (threads <= 1) {
     fn(int64_t{0}, rows);

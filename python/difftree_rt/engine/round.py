@@ -389,7 +389,8 @@ class Round:
         emit = torch.gather(tree.token, 1, path_nodes).to(torch.long)
         emit = torch.cat([emit, next_token[:, None]], dim=1)[:, : cols.numel()]
         emit = torch.where(cols[None] == accepted[:, None], next_token[:, None], emit)
-        num_emit = (accepted + (next_token >= 0).to(torch.long)) * active
+        # A finished request walked with a zero cap: nothing accepted, no next token.
+        num_emit = accepted + (next_token >= 0).to(torch.long)
         keep = cols[None] < num_emit[:, None]
         trash = st.out.shape[1] - 1
         dest = torch.where(keep, st.generated[:, None] + cols[None], trash)
@@ -400,15 +401,9 @@ class Round:
         if self.stream is not None:
             cfg.policy.extend_stream(self.stream, emit, num_emit)
         st.generated.add_(num_emit)
-        ended = walk.done | (next_token < 0) | (st.generated >= st.max_new)
-        st.done.logical_or_(ended & active)
+        st.done.logical_or_(walk.done)  # a stop token emitted or the cap reached
         st.bonus.copy_(torch.where(next_token >= 0, next_token, st.bonus))
         st.round_idx.add_(1)
-        status = st.status
-        status[:, STATUS.ACC].copy_(accepted * active)
-        status[:, STATUS.NEXT].copy_(torch.where(active, next_token, -1))
-        status[:, STATUS.DONE].copy_(st.done)
-        status[:, STATUS.GEN].copy_(st.generated)
-        status[:, STATUS.NEMIT].copy_(num_emit)
-        status[:, STATUS.NODES].copy_(tree.num_nodes)
-        status[:, STATUS.EMIT :].copy_(torch.where(keep, emit, -1))
+        head = (accepted, next_token, st.done.to(torch.long), st.generated, num_emit,
+                tree.num_nodes.to(torch.long))  # fmt: skip
+        st.status.copy_(torch.cat([torch.stack(head, dim=1), torch.where(keep, emit, -1)], dim=1))

@@ -275,8 +275,10 @@ class StaticKVCache(Cache):
             act = active.to(device=self.device, dtype=self.base_len.dtype)
             acc = acc * act
             step = step * act
-        # The single call site of the commit kernel (one call for every layer's K and V).
-        _kv_commit(self.key_cache + self.value_cache, self.base_len, path, acc)
+        # The single call site of the commit kernel (one call for every layer's K and V); a
+        # one-column path (the root alone: "ar") moves no row.
+        if path.shape[1] > 1:
+            _kv_commit(self.key_cache + self.value_cache, self.base_len, path, acc)
         self.base_len.add_(step)
         # accepted <= L, so the bound grows by at most L + 1 (no sync needed).
         self.len_bound = min(self.len_bound + path.shape[1], self.max_length)
