@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from ..models.dflash import DFlashDrafter
+from ..models.pairing import check_drafter, check_vp_drafter
 from ..models.target import TargetAdapter
 from ..models.target_support import check_target_model
 from ..policies import MAX_BUDGET, DraftPolicy, make_policy
@@ -111,22 +112,10 @@ class SpeculativeDecoder:
                 f"drafter is required for policy {self.policy_name!r} (only 'ar' runs without one)"
             )
         if drafter is not None:
-            if not isinstance(drafter, DFlashDrafter):
-                raise ValueError(f"drafter must be a DFlashDrafter, got {type(drafter).__name__}")
-            errors = drafter.check_target(model)
-            if errors:
-                raise ValueError(
-                    "drafter does not fit the target model:\n  - " + "\n  - ".join(errors)
-                )
-            drafter.bind(model)
-            if drafter.block_size < 2:
-                raise ValueError(
-                    f"drafter: block_size must be >= 2 (one bonus slot + draft slots), "
-                    f"got {drafter.block_size}"
-                )
-            _check_same_placement("drafter", drafter, model)
+            check_drafter("drafter", drafter, model)
         self.drafter = drafter
-        self.vp_drafter = self._check_vp_drafter(model, drafter)
+        vp = self.policy.vp_drafter if self.policy is not None else None
+        self.vp_drafter = None if vp is None else check_vp_drafter(vp, drafter, model)
         # Feature layers only matter when drafting; the "ar" baseline captures nothing.
         self.feature_layers: list[int] = (
             list(drafter.config.target_layer_ids)
@@ -287,33 +276,6 @@ class SpeculativeDecoder:
             ad = self._make_adapter(-(-needed // CACHE_ROUND) * CACHE_ROUND, batch_size)
         self._batch_adapter = ad
         return ad
-
-    def _check_vp_drafter(
-        self, model: nn.Module, drafter: DFlashDrafter | None
-    ) -> DFlashDrafter | None:
-        """The policy's second-pass drafter (``redraft`` policies), checked and bound."""
-        vp = self.policy.vp_drafter if self.policy is not None else None
-        if vp is None:
-            return None
-        assert drafter is not None
-        if not isinstance(vp, DFlashDrafter):
-            raise ValueError(f"vp_drafter must be a DFlashDrafter, got {type(vp).__name__}")
-        errors = vp.check_target(model)
-        if errors:
-            raise ValueError(
-                "vp_drafter does not fit the target model:\n  - " + "\n  - ".join(errors)
-            )
-        if list(vp.config.target_layer_ids) != list(drafter.config.target_layer_ids):
-            raise ValueError(
-                f"vp_drafter reads target layers {list(vp.config.target_layer_ids)} but the "
-                f"drafter reads {list(drafter.config.target_layer_ids)}: both must read the same "
-                "features (the target captures one set per round)"
-            )
-        if vp.block_size < 2:
-            raise ValueError(f"vp_drafter: block_size must be >= 2, got {vp.block_size}")
-        _check_same_placement("vp_drafter", vp, model)
-        vp.bind(model)
-        return vp
 
     def _round_config(self) -> RoundConfig:
         """The host constants every round of this decoder shares."""
@@ -523,17 +485,4 @@ class SpeculativeDecoder:
             prompt_lengths=lens_t.cpu(),
             new_lengths=gen_t.cpu(),
             request_stats=per,
-        )
-
-
-def _check_same_placement(name: str, drafter: DFlashDrafter, model: nn.Module) -> None:
-    """The drafter runs the target's embedding and LM head on its own activations and reads
-    the target's features: it must have the target's dtype and device."""
-    param = next(model.parameters())
-    if drafter.dtype != param.dtype or drafter.device != param.device:
-        raise ValueError(
-            f"{name} is {drafter.dtype} on {drafter.device} but the target is {param.dtype} on "
-            f"{param.device}: they must match (the drafter runs the target's embedding and LM "
-            f"head); move it with {name}.to(device={str(param.device)!r}, dtype={param.dtype}) "
-            "(SpeculativeDecoder.from_pretrained does this for you)"
         )
