@@ -139,18 +139,41 @@ Status bad_logit(float x, int64_t r, int64_t N, int64_t v) {
 
 bool is_bad(float x) { return std::isnan(x) || x == std::numeric_limits<float>::infinity(); }
 
-// Greedy rows read the logits in place (no fp32 copy): the argmax by rank key, ties to the
-// lowest id — the same keys select_row uses.
-Status greedy_row(const TensorView& logits, int64_t r, int64_t N, int64_t V, int32_t& arg) {
-  uint64_t best = 0;
-  arg = 0;
+// Greedy rows read the logits in place (no fp32 copy), one dtype-specialised pass: the first
+// maximum (ties to the lowest id; -0 ties +0, as in the rank keys), the first NaN / +inf an
+// error. Plain float comparisons: the same argmax select_row's keys give.
+template <typename Load>
+Status greedy_row(Load load, int64_t r, int64_t N, int64_t V, int32_t& arg) {
+  float best = -std::numeric_limits<float>::infinity();
+  int64_t at = 0;
   for (int64_t v = 0; v < V; ++v) {
-    const float x = load_logit(logits, r * V + v);
-    if (is_bad(x)) return bad_logit(x, r, N, v);
-    const uint64_t k = sm::rank_key(x, static_cast<uint32_t>(v));
-    if (k > best) best = k, arg = static_cast<int32_t>(v);
+    const float x = load(v);
+    if (x > best) {
+      if (x == std::numeric_limits<float>::infinity()) return bad_logit(x, r, N, v);
+      best = x, at = v;
+    } else if (x != x) {
+      return bad_logit(x, r, N, v);
+    }
   }
+  arg = static_cast<int32_t>(at);
   return Status::Ok();
+}
+
+Status greedy_row(const TensorView& logits, int64_t r, int64_t N, int64_t V, int32_t& arg) {
+  switch (logits.dtype) {
+    case DType::kFloat32: {
+      const float* p = logits.ptr<const float>() + r * V;
+      return greedy_row([p](int64_t v) { return p[v]; }, r, N, V, arg);
+    }
+    case DType::kBFloat16: {
+      const uint16_t* p = logits.ptr<const uint16_t>() + r * V;
+      return greedy_row([p](int64_t v) { return bf16_to_float(p[v]); }, r, N, V, arg);
+    }
+    default: {
+      const uint16_t* p = logits.ptr<const uint16_t>() + r * V;
+      return greedy_row([p](int64_t v) { return fp16_to_float(p[v]); }, r, N, V, arg);
+    }
+  }
 }
 
 }  // namespace
