@@ -271,9 +271,10 @@ class GraphRunner(EagerRunner):
     ) -> None:
         super().__init__(pool, profile=False)
         if not self.policy.needs.graph_safe:
+            name = self.policy.name or type(self.policy).__name__
             raise ValueError(
-                f"policy {self.policy.name!r} is not graph-safe (its select reads host values "
-                "or has data-dependent shapes); use cuda_graphs=False"
+                f"policy {name!r} is not graph-safe (its select reads host values or has "
+                "data-dependent shapes); use cuda_graphs=False"
             )
         if not isinstance(span_min, int) or span_min < 1:
             raise ValueError(f"span_min must be a positive int, got {span_min!r}")
