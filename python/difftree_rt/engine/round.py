@@ -43,7 +43,7 @@ from ..policies import DraftPolicy, PolicyInput, PolicyNeeds
 from ..tree import DraftTree, anc_words
 from .sampling import SamplingSpec, choose
 
-__all__ = ["MAX_STOPS", "STATUS", "Round", "RoundConfig", "RoundState", "TargetStep"]
+__all__ = ["MAX_STOPS", "STATUS", "HostView", "Round", "RoundConfig", "RoundState", "TargetStep"]
 
 #: Stop-token slots of the static stop buffer (unused slots hold -1, which no token equals).
 #: Graph mode runs requests with at most this many stop tokens; eager grows the buffer.
@@ -101,6 +101,24 @@ class RoundConfig:
     @property
     def block_size(self) -> int:
         return self.drafter.block_size if self.drafter is not None else 1
+
+
+@dataclass(frozen=True)
+class HostView:
+    """What the eager launcher knows exactly on the host before a round (graph mode: none).
+
+    Attributes:
+        round_idx: the 1-based round counter (policies that are not graph-safe may read it).
+        pending_rows: how many of the P pending drafter rows are real for some request
+            (``max(num_new)``, >= 1): the rest need not be appended.
+        context_cols: ``needs_context`` policies: the columns of ``context`` to hand over.
+        context_lengths: ``needs_context`` policies on a batch: each request's committed length.
+    """
+
+    round_idx: int
+    pending_rows: int
+    context_cols: int | None = None
+    context_lengths: list[int] | None = None
 
 
 @dataclass
@@ -281,44 +299,37 @@ class Round:
     # ------------------------------------------------------------------------------------------
     # The step: no host reads, shapes fixed by host constants (N bucket, key span)
     # ------------------------------------------------------------------------------------------
-    def draft(
-        self,
-        span: int,
-        max_nodes: int | None,
-        fixed_shape: bool,
-        round_idx: int = 0,
-        context_cols: int | None = None,
-        context_lengths: list[int] | None = None,
-    ) -> PolicyInput:
+    def draft(self, span: int, max_nodes: int | None, host: HostView | None = None) -> PolicyInput:
         """Append the pending rows, draft ``[bonus, MASK...]`` over key rows ``[0, span)``,
         run a redraft policy's second pass; returns the policy's input.
 
         Args:
             span: drafter key rows (``>= max(start) + S``).
             max_nodes: the round's tree-size bucket minus the root (None: full capacity).
-            fixed_shape: the tree must keep the bucket's full shape (graph mode).
-            round_idx: host round counter (eager; graph-safe policies ignore it).
-            context_cols, context_lengths: eager ``needs_context`` policies: the columns of
-                ``context`` to hand over and (B > 1) each request's committed length.
+            host: what the eager launcher knows exactly on the host (exact shapes, the round
+                counter, the context of ``needs_context`` policies); None in graph mode, whose
+                trees keep the bucket's full shape (``PolicyInput.fixed_shape``).
         """
         st, cfg, dc = self.state, self.cfg, self.dcache
         drafter, policy = cfg.drafter, cfg.policy
         assert drafter is not None and dc is not None
-        # The pending rows (the last path's features) make the context exactly [0, start).
-        drafter.append_context(dc, st.new_feat, st.num_new)
+        # The pending rows (the last path's features) make the context exactly [0, start); the
+        # eager launcher appends only as many of the P rows as the last round accepted.
+        feats = st.new_feat if host is None else st.new_feat[:, : host.pending_rows]
+        drafter.append_context(dc, feats, st.num_new)
         vc = self.vcache
         if vc is not None:
             assert cfg.second is not None
-            cfg.second.append_context(vc, st.new_feat.to(cfg.second.dtype), st.num_new)
+            cfg.second.append_context(vc, feats.to(cfg.second.dtype), st.num_new)
         st.block[:, 0].copy_(st.bonus)
         logits = drafter.draft(st.block, dc, span)
         context = None
-        if st.context is not None and context_cols is not None:
-            context = st.context[:, :context_cols]
+        if st.context is not None and host is not None and host.context_cols is not None:
+            context = st.context[:, : host.context_cols]
         inputs = PolicyInput(
-            logits, st.bonus, round_idx, context, committed=self.adapter.cache.base_len,
-            fixed_shape=fixed_shape, stream=self.stream, max_nodes=max_nodes,
-            context_lengths=context_lengths,
+            logits, st.bonus, host.round_idx if host is not None else 0, context,
+            committed=self.adapter.cache.base_len, fixed_shape=host is None, stream=self.stream,
+            max_nodes=max_nodes, context_lengths=host.context_lengths if host else None,
         )  # fmt: skip
         if policy.needs.redraft:
             # The second pass (d2sd): R blocks over the same context, at scratch rows past the

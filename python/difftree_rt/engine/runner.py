@@ -40,7 +40,7 @@ from torch import Tensor
 from ..models.target import TargetAdapter
 from .host_sync import HostSyncError, forbid_host_sync
 from .request import CallStreamer, GenerateRequest
-from .round import MAX_STOPS, STATUS, Round, RoundConfig, RoundState
+from .round import MAX_STOPS, STATUS, HostView, Round, RoundConfig, RoundState
 from .sampling import choose
 from .stats import GenerationStats, PhaseTimer
 
@@ -196,38 +196,34 @@ class EagerRunner:
         gen = [1] * len(act)
         batch = len(act) > 1
         adapter.cache.set_fixed_span(None)
+        pending = 1  # the prompt's rows were appended at setup
         r = 0
         while any(act):
             r += 1
-            # Exact spans: the committed length is known after every round's read.
+            # Exact spans and row counts: the committed lengths are known after every read.
             span = min(adapter.cache.sync_len_bound() + self.block_size, rnd.span_cap)
             cols = lens = None
             if st.context is not None:
                 cols = max(t + g for t, g in zip(request.lengths, gen, strict=True))
                 lens = [t + g - 1 for t, g in zip(request.lengths, gen, strict=True)]
-            self._step(rnd, span, r, timer, cols, lens if batch else None)
+            host = HostView(r, pending, cols, lens if batch else None)
+            self._step(rnd, span, host, timer)
             with timer.phase("host"):
+                pending = 1
                 for b, row in enumerate(st.status.tolist()):
                     if act[b]:
+                        pending = max(pending, row[STATUS.ACC] + 1)  # this round's num_new
                         act[b] = not self._book(row, per[b], b, request.streamer)
                     gen[b] = row[STATUS.GEN]
         return gen
 
-    def _step(
-        self,
-        rnd: Round,
-        span: int,
-        round_idx: int,
-        timer: PhaseTimer,
-        context_cols: int | None,
-        context_lengths: list[int] | None,
-    ) -> None:
+    def _step(self, rnd: Round, span: int, host: HostView, timer: PhaseTimer) -> None:
         """One round, phase by phase (the full tree capacity; the policy's own tree shape)."""
         if self.cfg.drafter is None:
             tree = rnd.root_tree()
         else:
             with timer.phase("draft"):
-                inputs = rnd.draft(span, None, False, round_idx, context_cols, context_lengths)
+                inputs = rnd.draft(span, None, host)
             with timer.phase("select"):
                 tree = rnd.select(inputs)
         with timer.phase("verify"):
@@ -391,7 +387,7 @@ class GraphRunner(EagerRunner):
         if self.cfg.drafter is None:
             rnd.root_tree()
             return
-        inputs = rnd.draft(span, nb - 1 if nb < self.capacity else None, True)
+        inputs = rnd.draft(span, nb - 1 if nb < self.capacity else None)
         rnd.store_tree(rnd.select(inputs), nb)
 
     def _verify_commit(self, nb: int) -> None:
