@@ -10,11 +10,12 @@ ones the ops and policies use."""
 
 from __future__ import annotations
 
-import ast
 import dataclasses
 import pathlib
 import subprocess
 import sys
+
+from tests.layering import imported, module_name
 
 import difftree_rt.reference
 
@@ -31,24 +32,11 @@ _FORBIDDEN = (
 
 
 def _module_name(path: pathlib.Path) -> str:
-    rel = path.relative_to(_ROOT).with_suffix("")
-    parts = [p for p in rel.parts if p != "__init__"]
-    return ".".join(["difftree_rt", "reference", *parts])
+    return module_name(_ROOT, "difftree_rt.reference", path)
 
 
 def _imported(path: pathlib.Path) -> list[str]:
-    """The absolute module names every import statement in ``path`` refers to."""
-    package = _module_name(path).split(".")
-    if path.name != "__init__.py":
-        package = package[:-1]
-    names: list[str] = []
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        if isinstance(node, ast.Import):
-            names.extend(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            base = package[: len(package) - node.level + 1] if node.level else []
-            names.append(".".join([*base, node.module] if node.module else base))
-    return names
+    return imported(_ROOT, "difftree_rt.reference", path)
 
 
 def test_reference_imports_only_torch_numpy_and_the_tree() -> None:

@@ -1,4 +1,4 @@
-"""Graph mode (GraphRunner, engine/runner.py): the static-buffer round runner is lossless and sync-free.
+"""Graph mode (GraphRunner, engine/runner.py): the static-buffer round is lossless, sync-free.
 
 On CPU the runner runs its round functions eagerly (``cuda_graphs=True`` on a CPU target): the
 same code a CUDA graph captures. Checked here: greedy output identical to HF ``generate`` and to

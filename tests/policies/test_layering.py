@@ -6,10 +6,11 @@ and builds every registered policy, then finds no ``difftree_rt.engine`` module 
 
 from __future__ import annotations
 
-import ast
 import pathlib
 import subprocess
 import sys
+
+from tests.layering import imported, module_name
 
 import difftree_rt.policies
 
@@ -17,26 +18,11 @@ _ROOT = pathlib.Path(difftree_rt.policies.__file__).parent
 
 
 def _module_name(path: pathlib.Path) -> str:
-    rel = path.relative_to(_ROOT).with_suffix("")
-    parts = [p for p in rel.parts if p != "__init__"]
-    return ".".join(["difftree_rt", "policies", *parts])
+    return module_name(_ROOT, "difftree_rt.policies", path)
 
 
 def _imported(path: pathlib.Path) -> list[str]:
-    """The absolute names every import statement in ``path`` refers to."""
-    package = _module_name(path).split(".")
-    if path.name != "__init__.py":
-        package = package[:-1]
-    names: list[str] = []
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        if isinstance(node, ast.Import):
-            names.extend(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            base = package[: len(package) - node.level + 1] if node.level else []
-            head = ".".join([*base, node.module] if node.module else base)
-            names.append(head)
-            names.extend(f"{head}.{alias.name}" for alias in node.names)
-    return names
+    return imported(_ROOT, "difftree_rt.policies", path, members=True)
 
 
 def test_no_policies_module_imports_the_engine() -> None:
