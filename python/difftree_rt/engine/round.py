@@ -153,7 +153,7 @@ class RoundState:
         return [self.bonus, self.generated, self.done, self.round_idx, self.new_feat, self.num_new]
 
     def spec(self) -> SamplingSpec:
-        return SamplingSpec(self.temperature, self.top_k, self.top_p, self.seed, False)
+        return SamplingSpec(self.temperature, self.top_k, self.top_p, self.seed)
 
 
 class Round:

@@ -147,7 +147,7 @@ class EagerRunner:
         """
         lengths = request.lengths
         self._check_fits(adapter, right.shape[1], request.max_new)
-        rnd = self.pool.get(adapter)
+        rnd = self._round_for(adapter)
         st = rnd.state
         timer = PhaseTimer(stats, self.device, self.profile)
         with timer.phase("prefill"):
@@ -161,6 +161,10 @@ class EagerRunner:
         request.streamer.rows(st.out, [0] * len(lengths), [1] * len(lengths))
         gen = self._rounds(rnd, request, per, stats, timer)
         return st.out[:, : max(gen)].clone(), gen
+
+    def _round_for(self, adapter: TargetAdapter) -> Round:
+        """The round serving ``adapter`` (graph mode also makes it current)."""
+        return self.pool.get(adapter)
 
     def _check_fits(self, adapter: TargetAdapter, prompt_len: int, max_new: int) -> None:
         """Once per call (the rounds skip host capacity checks): prompt + new tokens + one tree
@@ -321,16 +325,10 @@ class GraphRunner(EagerRunner):
             return False
         return stop is None or stop.numel() <= MAX_STOPS
 
-    def generate(
-        self,
-        adapter: TargetAdapter,
-        right: Tensor,
-        request: GenerateRequest,
-        per: list[GenerationStats],
-        stats: GenerationStats,
-    ) -> tuple[Tensor, list[int]]:
-        self._bind(self.pool.get(adapter))
-        return super().generate(adapter, right, request, per, stats)
+    def _round_for(self, adapter: TargetAdapter) -> Round:
+        rnd = self.pool.get(adapter)
+        self._bind(rnd)
+        return rnd
 
     def _bind(self, rnd: Round) -> None:
         """Make ``rnd`` current; a new round for a batch size drops that size's graphs."""

@@ -100,14 +100,12 @@ class SamplingSpec:
         top_k: int64; ``0`` = off.
         top_p: float32; ``1`` = off.
         seed: int64 keys of the draws.
-        greedy: host flag: every request is greedy (diagnostics; the draw itself needs none).
     """
 
     temperature: Tensor
     top_k: Tensor
     top_p: Tensor
     seed: Tensor
-    greedy: bool
 
     def tensors(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         return self.temperature, self.top_k, self.top_p, self.seed
@@ -125,7 +123,6 @@ def sampling_spec(rows: Sequence[SamplingParams], device: torch.device) -> Sampl
         torch.tensor(top_k, dtype=torch.int64, device=device),
         torch.tensor(top_p, dtype=torch.float32, device=device),
         torch.tensor([r.seed for r in rows], dtype=torch.int64, device=device),
-        all(r.greedy for r in rows),
     )
 
 
