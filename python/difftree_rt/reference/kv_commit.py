@@ -17,9 +17,14 @@ __all__ = ["kv_commit", "kv_commit_reference"]
 
 
 def kv_commit(
-    caches: Sequence[Tensor], base_len: Tensor | int, path: Tensor, accepted: Tensor
+    caches: Sequence[Tensor],
+    base_len: Tensor | int,
+    path: Tensor,
+    accepted: Tensor,
+    ring: bool = False,
 ) -> None:
-    """Reference of :func:`difftree_rt.ops.kv_commit` (gather all rows first, then write)."""
+    """Reference of :func:`difftree_rt.ops.kv_commit` (gather all rows first, then write); with
+    ``ring`` row r lives in slot ``r % S``."""
     B = path.shape[0]
     for b in range(B):
         base = int(base_len[b]) if isinstance(base_len, Tensor) else int(base_len)
@@ -27,12 +32,14 @@ def kv_commit(
         src = base + path[b, : acc + 1].long()
         dst = base + torch.arange(acc + 1)
         for cache in caches:
-            rows = cache[b, :, src].clone()
-            cache[b, :, dst] = rows
+            s_rows = cache.shape[2]
+            src_s, dst_s = (src % s_rows, dst % s_rows) if ring else (src, dst)
+            rows = cache[b, :, src_s].clone()
+            cache[b, :, dst_s] = rows
 
 
 def kv_commit_reference(
-    caches: list[Tensor], base_len: Tensor, path: Tensor, accepted: Tensor
+    caches: list[Tensor], base_len: Tensor, path: Tensor, accepted: Tensor, ring: bool = False
 ) -> None:
     """Move the accepted path's rows into place, in every cache tensor (plain PyTorch).
 
@@ -47,6 +54,8 @@ def kv_commit_reference(
         path: ``[B, L+1]`` int, node index of the j-th path node (``path[:, 0] == 0``, strictly
             increasing up to ``accepted``); entries past ``accepted`` are ignored.
         accepted: ``[B]`` int, number of accepted draft nodes (the path has ``accepted + 1`` nodes).
+        ring: the caches are rings: row r lives in slot ``r % S`` (a sliding-window layer's
+            ring of ``S >= N`` slots, S per tensor).
     """
     if not caches:
         return
@@ -61,9 +70,10 @@ def kv_commit_reference(
     src = base + src_rel  # [B, L+1]
     dst = base + jj
     for cache in caches:
-        _, heads, _, dim = cache.shape
-        src_idx = src[:, None, :, None].expand(num_b, heads, path_len, dim)
-        dst_idx = dst[:, None, :, None].expand(num_b, heads, path_len, dim)
+        _, heads, s_rows, dim = cache.shape
+        src_c, dst_c = (src % s_rows, dst % s_rows) if ring else (src, dst)
+        src_idx = src_c[:, None, :, None].expand(num_b, heads, path_len, dim)
+        dst_idx = dst_c[:, None, :, None].expand(num_b, heads, path_len, dim)
         # Stage: gather copies every source row before any destination is written, so
         # overlapping source/destination rows (a_j >= j) are safe.
         staged = torch.gather(cache, 2, src_idx)
