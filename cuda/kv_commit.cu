@@ -1,7 +1,8 @@
 // kv_commit on the device, all layers in one launch: block (b*H + h, cache chunk) moves the
 // accepted rows of one head of one request. Rows are staged through shared memory in chunks of
 // kStageRows: a chunk's destinations j can only alias sources path[i] with i <= j (path[i] >= i),
-// which are already read, so read-all-then-write per chunk is safe with parallel threads.
+// which are already read, so read-all-then-write per chunk is safe with parallel threads. A ring
+// (row r in slot r % S) keeps this: path entries are < S, so rows share a slot only if equal.
 #include <cuda_runtime.h>
 
 #include "index.cuh"
@@ -25,6 +26,7 @@ struct CommitParams {
   bool acc64;
   int64_t H, S, P;
   int64_t row_bytes;
+  bool ring;
 };
 
 template <typename Vec>
@@ -36,7 +38,9 @@ __global__ void kv_commit_kernel(CommitParams p) {
   const int c = blockIdx.y;
   if (c >= p.num_caches) return;
   const int64_t acc = load_index(p.accepted, p.acc64, b);
-  const int64_t base = load_index(p.base_len, p.base64, b);
+  // A ring's rows are slots (base % S + r) % S; base % S first so nothing overflows.
+  const int64_t base = p.ring ? load_index(p.base_len, p.base64, b) % p.S
+                              : load_index(p.base_len, p.base64, b);
   bool contiguous = true;
   for (int64_t j = 1; j <= acc; ++j) contiguous &= load_index(p.path, p.path64, b * p.P + j) == j;
   if (contiguous) return;  // fast path: the accepted rows are already in place
@@ -47,13 +51,15 @@ __global__ void kv_commit_kernel(CommitParams p) {
     const int64_t rows = min(static_cast<int64_t>(kStageRows), acc - j0 + 1);
     for (int64_t e = threadIdx.x; e < rows * vecs; e += blockDim.x) {
       const int64_t r = e / vecs, v = e % vecs;
-      const int64_t src = base + load_index(p.path, p.path64, b * p.P + j0 + r);
+      int64_t src = base + load_index(p.path, p.path64, b * p.P + j0 + r);
+      if (p.ring) src %= p.S;
       stage[e] = head[src * vecs + v];
     }
     __syncthreads();
     for (int64_t e = threadIdx.x; e < rows * vecs; e += blockDim.x) {
       const int64_t r = e / vecs, v = e % vecs;
-      head[(base + j0 + r) * vecs + v] = stage[e];
+      const int64_t dst = p.ring ? (base + j0 + r) % p.S : base + j0 + r;
+      head[dst * vecs + v] = stage[e];
     }
     __syncthreads();
   }
@@ -62,9 +68,10 @@ __global__ void kv_commit_kernel(CommitParams p) {
 }  // namespace
 
 Status kv_commit(const TensorView* caches, int num_caches, const TensorView& base_len,
-                 const TensorView& path, const TensorView& accepted, Stream stream) {
+                 const TensorView& path, const TensorView& accepted, bool ring, Stream stream) {
   const TensorView& t0 = caches[0];
   CommitParams p{};
+  p.ring = ring;
   p.base_len = base_len.data;
   p.base64 = base_len.dtype == DType::kInt64;
   p.path = path.data;

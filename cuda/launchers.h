@@ -11,8 +11,9 @@ namespace difftree::cuda {
 
 Status tree_walk(const TreeView& tree, const TensorView& node_choice, const TensorView* stop_tokens,
                  const TensorView* remaining, const WalkOutputs& out, Stream stream);
+// ring: row r of every cache lives in slot r % S.
 Status kv_commit(const TensorView* caches, int num_caches, const TensorView& base_len,
-                 const TensorView& path, const TensorView& accepted, Stream stream);
+                 const TensorView& path, const TensorView& accepted, bool ring, Stream stream);
 
 Status topk_logprobs(const TensorView& logits, int64_t k, const TensorView& token,
                      const TensorView& logprob, const TensorView* row_error, Stream stream);
@@ -58,10 +59,11 @@ Status presto_select(const TensorView& cand_token, const TensorView& cand_logpro
                      const TreeView& tree, void* workspace, size_t workspace_bytes, Stream stream);
 
 // tree_attention: bf16/fp16, head_dim 64/128; num_splits >= 1 resolved by the dispatch, with a
-// workspace of tree_attention_workspace_bytes(...) when num_splits > 1.
+// workspace of tree_attention_workspace_bytes(...) (D = D_v) when num_splits > 1.
 Status tree_attention(const TensorView& q, const TensorView& k_cache, const TensorView& v_cache,
                       const TensorView& prefix_len, const TensorView* tree_anc,
-                      const TensorView* num_nodes, float scale, bool is_chain, int num_splits,
+                      const TensorView* num_nodes, float scale, bool is_chain,
+                      const AttentionVariant& variant, int num_splits,
                       const TensorView& out, void* workspace, Stream stream);
 
 }  // namespace difftree::cuda

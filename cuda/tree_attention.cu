@@ -486,9 +486,15 @@ bool aligned16(const TensorView& t) {
 
 Status tree_attention(const TensorView& q, const TensorView& k_cache, const TensorView& v_cache,
                       const TensorView& prefix_len, const TensorView* tree_anc,
-                      const TensorView* num_nodes, float scale, bool is_chain, int num_splits,
-                      const TensorView& out, void* workspace, Stream stream) {
+                      const TensorView* num_nodes, float scale, bool is_chain,
+                      const AttentionVariant& variant, int num_splits, const TensorView& out,
+                      void* workspace, Stream stream) {
   const int64_t B = q.shape[0], Hq = q.shape[1], N = q.shape[2], D = q.shape[3];
+  if (variant.window != 0 || variant.sinks != nullptr || variant.ring ||
+      v_cache.shape[3] != D)
+    return Unsupported(
+        "tree_attention: the CUDA kernel does not support sliding windows, sinks, ring caches or "
+        "D_v != D_k yet");
   const int64_t Hkv = k_cache.shape[1];
   if (q.dtype != DType::kBFloat16 && q.dtype != DType::kFloat16)
     return Unsupported("tree_attention: the CUDA kernel supports bfloat16 and float16, got " +

@@ -154,10 +154,11 @@ class EmuKernels:
         ))  # fmt: skip
         return outs
 
-    def kv_commit(self, caches, base_len, path, accepted) -> None:  # type: ignore[no-untyped-def]
+    def kv_commit(self, caches, base_len, path, accepted, ring=False) -> None:  # type: ignore[no-untyped-def]
         arr = (EmuTensor * len(caches))(*[_t(c).contents for c in caches])  # type: ignore[union-attr]
         self._check(self.lib.emu_kv_commit(
-            arr, ctypes.c_int(len(caches)), _t(base_len), _t(path), _t(accepted)
+            arr, ctypes.c_int(len(caches)), _t(base_len), _t(path), _t(accepted),
+            ctypes.c_int(int(ring)),
         ))  # fmt: skip
 
     def node_select(self, logits, temperature, top_k, top_p, seed, round_idx):  # type: ignore[no-untyped-def]

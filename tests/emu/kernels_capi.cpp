@@ -161,11 +161,11 @@ int emu_tree_walk(const EmuTensor* tree, const EmuTensor* node_choice, const Emu
 }
 
 int emu_kv_commit(const EmuTensor* caches, int num_caches, const EmuTensor* base_len,
-                  const EmuTensor* path, const EmuTensor* accepted) {
+                  const EmuTensor* path, const EmuTensor* accepted, int ring) {
   std::vector<TensorView> views;
   for (int i = 0; i < num_caches; ++i) views.push_back(view(caches[i]));
   return report(cuda_emu::kv_commit(views.data(), num_caches, view(*base_len), view(*path),
-                                    view(*accepted), nullptr));
+                                    view(*accepted), ring != 0, nullptr));
 }
 }
 

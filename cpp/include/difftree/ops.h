@@ -100,10 +100,14 @@ Status tree_walk(const TreeView& tree, const TensorView& node_choice, const Tens
 // For each request b and j = 1..accepted[b]: row base_len[b] + path[b, j] moves to
 // base_len[b] + j in every cache. path must start at 0 and increase strictly; a path that is
 // already 0, 1, ..., accepted is a no-op. Overlapping source/destination rows are safe.
+// ring: the caches are rings (a sliding-window layer, DESIGN.md §7): row r lives in slot r % S,
+// any base_len >= 0 is valid and the path's entries must be < S (the tree fits in the ring)
+// instead of base_len + path < S. All caches of one call share one shape (group by shape).
 Status check_kv_commit(const TensorView* caches, int num_caches, const TensorView& base_len,
-                       const TensorView& path, const TensorView& accepted);
+                       const TensorView& path, const TensorView& accepted, bool ring = false);
 Status kv_commit(const TensorView* caches, int num_caches, const TensorView& base_len,
-                 const TensorView& path, const TensorView& accepted, Stream stream);
+                 const TensorView& path, const TensorView& accepted, Stream stream,
+                 bool ring = false);
 
 // ---- node_select ----------------------------------------------------------------------------
 // One target token per tree node (ALGORITHMS.md §3). logits [B, N, V] (f32/f16/bf16) -> out
@@ -269,31 +273,47 @@ Status d2sd_select(const TensorView& trunk_token, const TensorView& trunk_logpro
 
 // ---- tree_attention -------------------------------------------------------------------------
 // Attention of a draft tree's N query rows over the committed prefix + the tree (DESIGN.md §3.4).
-// q [B, H_q, N, D]; k_cache, v_cache [B, H_kv, S_max, D] (H_q a multiple of H_kv), the tree's K/V
-// already written at rows prefix_len[b] + i; q, caches and out may be strided but their last dim
-// must be contiguous. prefix_len [B] int32/int64 (0 <= prefix_len <= S_max - N). Query row i of
+// q [B, H_q, N, D_k]; k_cache [B, H_kv, S, D_k], v_cache [B, H_kv, S, D_v] (H_q a multiple of
+// H_kv; D_v may differ from D_k), the tree's K/V already written at rows prefix_len[b] + i; q,
+// caches and out may be strided but their last dim must be contiguous. prefix_len [B]
+// int32/int64 (full cache: 0 <= prefix_len <= S - N; ring: any prefix_len >= 0). Query row i of
 // request b sees every key in [0, prefix_len[b]) and tree key j iff
 //   chain (is_chain, or tree_anc absent): j <= i;
 //   tree: i, j < n: j <= i and bit j of tree_anc[b, i] (int32 [B, N, ceil(N/32)]); otherwise
 //         (padding rows/keys, i or j >= n): j == i;
-// with n = num_nodes[b] ([B] int32/int64, optional: N). One softmax over all visible keys, fp32
-// accumulation; out [B, H_q, N, D] in q's dtype (f32/f16/bf16; the CUDA kernel: f16/bf16 with
-// D in {64, 128}, 16-byte aligned rows). The CPU path reports out-of-range prefix_len/num_nodes;
-// the CUDA path clamps them (no host sync).
+// with n = num_nodes[b] ([B] int32/int64, optional: N), narrowed by the variant below. One
+// softmax over all visible keys, fp32 accumulation; out [B, H_q, N, D_v] in q's dtype
+// (f32/f16/bf16; the CUDA kernel: f16/bf16 with D in {64, 128}, 16-byte aligned rows). The CPU
+// path reports out-of-range prefix_len/num_nodes/depth; the CUDA path clamps them (no host sync).
+//
+// Attention variant of one layer (DESIGN.md §7); the defaults are plain tree attention.
+// Row i sits at position qp = prefix_len[b] + pos(i), pos(i) = depth[b, i] (i without depth).
+// window W > 0: committed position p is visible iff qp - p < W (transformers' sliding rule
+// kv_idx > q_idx - W), tree key j iff also pos(i) - pos(j) < W; depth is required for a window
+// over a tree (tree_anc given, not is_chain). sinks: one extra logit sinks[h] in head h's softmax
+// denominator (gpt-oss). ring: row r lives in slot r % S (needs W >= 1 and S >= W - 1 + N).
+struct AttentionVariant {
+  const TensorView* depth = nullptr;  // [B, N] int32/int64 row depths (a window over a tree)
+  const TensorView* sinks = nullptr;  // [H_q] float32 per-head sink logits (gpt-oss)
+  int64_t window = 0;                 // W >= 0: keys at positions less than W before the row's
+  bool ring = false;                  // the caches are rings: row r in slot r % S
+};
 Status check_tree_attention(const TensorView& q, const TensorView& k_cache,
                             const TensorView& v_cache, const TensorView& prefix_len,
                             const TensorView* tree_anc, const TensorView* num_nodes, float scale,
-                            bool is_chain);
+                            bool is_chain, const AttentionVariant& variant = {});
 // Split-KV: the CUDA kernel splits the prefix into num_splits chunks (0 = automatic, see
 // tree_attention_num_splits) and, when that is > 1, needs a caller-provided uint8 workspace on the
-// device of at least tree_attention_workspace_bytes(...) bytes (partial outputs + LSE, fp32).
-// The CPU path ignores both. Both functions are pure shape arithmetic (graph-safe sizing).
+// device of at least tree_attention_workspace_bytes(...) bytes (partial outputs + LSE, fp32; pass
+// D_v as D: the partial outputs are D_v wide). The CPU path ignores both. Both functions are pure
+// shape arithmetic (graph-safe sizing).
 int64_t tree_attention_num_splits(int64_t B, int64_t H_q, int64_t H_kv, int64_t N, int64_t S_max);
 size_t tree_attention_workspace_bytes(int64_t B, int64_t H_q, int64_t H_kv, int64_t N, int64_t D,
                                       int64_t S_max, int64_t num_splits);
 Status tree_attention(const TensorView& q, const TensorView& k_cache, const TensorView& v_cache,
                       const TensorView& prefix_len, const TensorView* tree_anc,
                       const TensorView* num_nodes, float scale, bool is_chain, int64_t num_splits,
-                      const TensorView& out, const TensorView* workspace, Stream stream);
+                      const TensorView& out, const TensorView* workspace, Stream stream,
+                      const AttentionVariant& variant = {});
 
 }  // namespace difftree

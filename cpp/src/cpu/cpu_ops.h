@@ -14,8 +14,13 @@ Status ddtree_select(const TensorView& cand_token, const TensorView& cand_logpro
 Status tree_walk(const TreeView& tree, const TensorView& node_choice,
                  const TensorView* stop_tokens, const TensorView* remaining,
                  const WalkOutputs& out);
+// ring: row r of every cache lives in slot r % S.
 Status kv_commit(const TensorView* caches, int num_caches, const TensorView& base_len,
-                 const TensorView& path, const TensorView& accepted);
+                 const TensorView& path, const TensorView& accepted, bool ring);
+Status tree_attention(const TensorView& q, const TensorView& k_cache, const TensorView& v_cache,
+                      const TensorView& prefix_len, const TensorView* tree_anc,
+                      const TensorView* num_nodes, float scale, bool is_chain,
+                      const AttentionVariant& variant, const TensorView& out);
 
 // Fills first_child, next_sibling and anc of request b from parent[b, :num_nodes[b]], and the
 // padding rows of every array. Shared by all selectors so the derived arrays have one definition.

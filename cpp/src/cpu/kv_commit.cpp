@@ -2,7 +2,8 @@
 //
 // Copying in increasing j is safe in place on one thread: path is strictly increasing with
 // path[j] >= j, so destination j can only equal a source path[i] with i < j, already copied.
-// (The CUDA kernel copies rows in parallel and therefore stages them first.)
+// (The CUDA kernel copies rows in parallel and therefore stages them first.) In a ring (row r in
+// slot r % S) the same holds: path entries are < S, so two rows share a slot only if equal.
 #include <cstring>
 #include <sstream>
 
@@ -12,7 +13,7 @@
 namespace difftree::cpu {
 
 Status kv_commit(const TensorView* caches, int num_caches, const TensorView& base_len,
-                 const TensorView& path, const TensorView& accepted) {
+                 const TensorView& path, const TensorView& accepted, bool ring) {
   (void)num_caches;
   const int64_t B = path.shape[0], P = path.shape[1];
   // Validate every request's indices before moving anything, so an error leaves caches intact.
@@ -40,7 +41,12 @@ Status kv_commit(const TensorView* caches, int num_caches, const TensorView& bas
            << "to accepted, got " << a << " at column " << j;
         return InvalidValue(os.str());
       }
-      if (a >= S - base) {
+      if (ring && a >= S) {
+        os << "path: path[" << b << ", " << j << "] = " << a << " does not fit in the ring of S = "
+           << S << " slots (ring caches need path entries < S)";
+        return InvalidValue(os.str());
+      }
+      if (!ring && a >= S - base) {
         os << "path: row base_len + path[" << b << ", " << j << "] = " << base << " + " << a
            << " is outside the caches (S = " << S << ")";
         return InvalidValue(os.str());
@@ -60,10 +66,13 @@ Status kv_commit(const TensorView* caches, int num_caches, const TensorView& bas
       const int64_t H = t.shape[1], S = t.shape[2];
       const size_t row_bytes = static_cast<size_t>(t.shape[3]) * dtype_size(t.dtype);
       char* data = static_cast<char*>(t.data);
+      // base % S first: base + path cannot overflow, and a ring row's slot is (base + r) % S.
+      const int64_t origin = ring ? base % S : base;
       for (int64_t h = 0; h < H; ++h) {
         char* head = data + ((b * H + h) * S) * row_bytes;
         for (int64_t j = 1; j <= acc; ++j) {
-          const int64_t src = base + checks::load_index(path, b * P + j), dst = base + j;
+          int64_t src = origin + checks::load_index(path, b * P + j), dst = origin + j;
+          if (ring) src %= S, dst %= S;
           if (src != dst) std::memcpy(head + dst * row_bytes, head + src * row_bytes, row_bytes);
         }
       }

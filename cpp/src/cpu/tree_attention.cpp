@@ -85,7 +85,10 @@ inline int64_t index_at(const TensorView& t, int64_t i) {
 Status tree_attention(const TensorView& q, const TensorView& k_cache, const TensorView& v_cache,
                       const TensorView& prefix_len, const TensorView* tree_anc,
                       const TensorView* num_nodes, float scale, bool is_chain,
-                      const TensorView& out) {
+                      const AttentionVariant& variant, const TensorView& out) {
+  if (variant.window != 0 || variant.sinks != nullptr || variant.ring ||
+      v_cache.shape[3] != q.shape[3])
+    return Unsupported("tree_attention: the CPU op does not support attention variants yet");
   const int64_t B = q.shape[0], Hq = q.shape[1], N = q.shape[2], D = q.shape[3];
   const int64_t Hkv = k_cache.shape[1], S = k_cache.shape[2];
   const int64_t G = Hq / Hkv, W = (N + 31) / 32;

@@ -264,7 +264,7 @@ Status tree_walk(const TreeView& tree, const TensorView& node_choice, const Tens
 // ---- kv_commit ------------------------------------------------------------------------------
 
 Status check_kv_commit(const TensorView* caches, int num_caches, const TensorView& base_len,
-                       const TensorView& path, const TensorView& accepted) {
+                       const TensorView& path, const TensorView& accepted, bool ring) {
   DIFFTREE_RETURN_IF_ERROR(checks::ndim(path, "path", 2, "[B, P]"));
   const int64_t B = path.shape[0];
   if (path.shape[1] < 1) return InvalidValue("path: expected at least one column (the root)");
@@ -296,12 +296,12 @@ Status check_kv_commit(const TensorView* caches, int num_caches, const TensorVie
 }
 
 Status kv_commit(const TensorView* caches, int num_caches, const TensorView& base_len,
-                 const TensorView& path, const TensorView& accepted, Stream stream) {
-  DIFFTREE_RETURN_IF_ERROR(check_kv_commit(caches, num_caches, base_len, path, accepted));
+                 const TensorView& path, const TensorView& accepted, Stream stream, bool ring) {
+  DIFFTREE_RETURN_IF_ERROR(check_kv_commit(caches, num_caches, base_len, path, accepted, ring));
   return route(
       "kv_commit", path, path.shape[0] == 0,
-      [&] { return cuda::kv_commit(caches, num_caches, base_len, path, accepted, stream); },
-      [&] { return cpu::kv_commit(caches, num_caches, base_len, path, accepted); });
+      [&] { return cuda::kv_commit(caches, num_caches, base_len, path, accepted, ring, stream); },
+      [&] { return cpu::kv_commit(caches, num_caches, base_len, path, accepted, ring); });
 }
 
 // ---- node_select ----------------------------------------------------------------------------
@@ -723,13 +723,6 @@ Status d2sd_select(const TensorView& trunk_token, const TensorView& trunk_logpro
 
 // ---- tree_attention -------------------------------------------------------------------------
 
-namespace cpu {
-Status tree_attention(const TensorView& q, const TensorView& k_cache, const TensorView& v_cache,
-                      const TensorView& prefix_len, const TensorView* tree_anc,
-                      const TensorView* num_nodes, float scale, bool is_chain,
-                      const TensorView& out);
-}  // namespace cpu
-
 namespace {
 // dtype, device and data like checks::tensor, but only the last dim must be contiguous.
 Status attn_tensor(const TensorView& t, const char* name, std::initializer_list<DType> allowed,
@@ -750,31 +743,34 @@ Status attn_tensor(const TensorView& t, const char* name, std::initializer_list<
 Status check_tree_attention(const TensorView& q, const TensorView& k_cache,
                             const TensorView& v_cache, const TensorView& prefix_len,
                             const TensorView* tree_anc, const TensorView* num_nodes, float scale,
-                            bool is_chain) {
-  DIFFTREE_RETURN_IF_ERROR(checks::ndim(q, "q", 4, "[B, H_q, N, D]"));
+                            bool is_chain, const AttentionVariant& variant) {
+  DIFFTREE_RETURN_IF_ERROR(checks::ndim(q, "q", 4, "[B, H_q, N, D_k]"));
   DIFFTREE_RETURN_IF_ERROR(
       attn_tensor(q, "q", {DType::kFloat32, DType::kFloat16, DType::kBFloat16}, q, "q"));
   const int64_t B = q.shape[0], Hq = q.shape[1], N = q.shape[2], D = q.shape[3];
   if (N < 1) return InvalidValue("q: expected N >= 1 query rows, got N = 0");
-  if (D < 1) return InvalidValue("q: expected head_dim D >= 1, got D = 0");
+  if (D < 1) return InvalidValue("q: expected head_dim D_k >= 1, got D_k = 0");
   if (Hq < 1) return InvalidValue("q: expected H_q >= 1 heads, got H_q = 0");
   DIFFTREE_RETURN_IF_ERROR(checks::shape(k_cache, "k_cache", {B, kAnyDim, kAnyDim, D},
-                                         "[B, H_kv, S_max, D] (B, D as q)"));
+                                         "[B, H_kv, S, D_k] (B, D_k as q)"));
   DIFFTREE_RETURN_IF_ERROR(attn_tensor(k_cache, "k_cache", {q.dtype}, q, "q"));
   const int64_t Hkv = k_cache.shape[1], S = k_cache.shape[2];
-  DIFFTREE_RETURN_IF_ERROR(checks::shape(v_cache, "v_cache", {B, Hkv, S, D}, "as k_cache"));
+  DIFFTREE_RETURN_IF_ERROR(checks::shape(v_cache, "v_cache", {B, Hkv, S, kAnyDim},
+                                         "[B, H_kv, S, D_v] (B, H_kv, S as k_cache)"));
   DIFFTREE_RETURN_IF_ERROR(attn_tensor(v_cache, "v_cache", {q.dtype}, q, "q"));
+  if (v_cache.shape[3] < 1) return InvalidValue("v_cache: expected head_dim D_v >= 1, got 0");
   if (Hkv < 1 || Hq % Hkv != 0)
     return InvalidValue("k_cache: expected H_kv >= 1 dividing H_q = " + std::to_string(Hq) +
                         ", got H_kv = " + std::to_string(Hkv));
   if (S < N)
-    return InvalidValue("k_cache: S_max = " + std::to_string(S) +
-                        " rows cannot hold the N = " + std::to_string(N) + " tree rows");
+    return InvalidValue("k_cache: S = " + std::to_string(S) + " rows cannot hold the N = " +
+                        std::to_string(N) + " tree rows");
   if (Hkv > 65535 || Hq / Hkv * N > INT32_MAX / 2 || S > INT32_MAX)
     return InvalidValue("q: shape too large for tree_attention");
   DIFFTREE_RETURN_IF_ERROR(checks::shape(prefix_len, "prefix_len", {B}, "[B]"));
   DIFFTREE_RETURN_IF_ERROR(index_tensor(prefix_len, "prefix_len", q, "q"));
-  if (tree_anc != nullptr && !is_chain) {
+  const bool tree = tree_anc != nullptr && !is_chain;
+  if (tree) {
     DIFFTREE_RETURN_IF_ERROR(
         checks::shape(*tree_anc, "tree_anc", {B, N, anc_words(N)}, "[B, N, ceil(N / 32)]"));
     DIFFTREE_RETURN_IF_ERROR(checks::tensor(*tree_anc, "tree_anc", {DType::kInt32}, q, "q"));
@@ -785,6 +781,32 @@ Status check_tree_attention(const TensorView& q, const TensorView& k_cache,
   }
   // x - x is NaN for NaN and +-inf.
   if (!(scale - scale == 0.0f)) return InvalidValue("scale: expected a finite softmax scale");
+  // The variant (DESIGN.md §7).
+  const int64_t W = variant.window;
+  if (W < 0 || W > INT32_MAX)
+    return InvalidValue("window: expected 0 (no sliding window) or a window W in [1, 2^31 - 1], "
+                        "got " + std::to_string(W));
+  if (variant.depth != nullptr) {
+    DIFFTREE_RETURN_IF_ERROR(checks::shape(*variant.depth, "depth", {B, N}, "[B, N]"));
+    DIFFTREE_RETURN_IF_ERROR(index_tensor(*variant.depth, "depth", q, "q"));
+  } else if (W > 0 && tree) {
+    return InvalidValue(
+        "depth: a sliding window over a tree (tree_anc given, is_chain false) needs the rows' "
+        "depth [B, N], got none");
+  }
+  if (variant.sinks != nullptr) {
+    DIFFTREE_RETURN_IF_ERROR(checks::shape(*variant.sinks, "sinks", {Hq}, "[H_q]"));
+    DIFFTREE_RETURN_IF_ERROR(checks::tensor(*variant.sinks, "sinks", {DType::kFloat32}, q, "q"));
+  }
+  if (variant.ring) {
+    if (W < 1)
+      return InvalidValue("ring: a ring cache needs a sliding window (window >= 1), got window = " +
+                          std::to_string(W));
+    if (S < W - 1 + N)
+      return InvalidValue("ring: a ring of S = " + std::to_string(S) +
+                          " slots cannot hold the window and the tree: expected S >= window - 1 "
+                          "+ N = " + std::to_string(W - 1 + N));
+  }
   return Status::Ok();
 }
 
@@ -813,11 +835,13 @@ size_t tree_attention_workspace_bytes(int64_t B, int64_t H_q, int64_t H_kv, int6
 Status tree_attention(const TensorView& q, const TensorView& k_cache, const TensorView& v_cache,
                       const TensorView& prefix_len, const TensorView* tree_anc,
                       const TensorView* num_nodes, float scale, bool is_chain, int64_t num_splits,
-                      const TensorView& out, const TensorView* workspace, Stream stream) {
+                      const TensorView& out, const TensorView* workspace, Stream stream,
+                      const AttentionVariant& variant) {
+  DIFFTREE_RETURN_IF_ERROR(check_tree_attention(q, k_cache, v_cache, prefix_len, tree_anc,
+                                                num_nodes, scale, is_chain, variant));
+  const int64_t B = q.shape[0], Hq = q.shape[1], N = q.shape[2], Dv = v_cache.shape[3];
   DIFFTREE_RETURN_IF_ERROR(
-      check_tree_attention(q, k_cache, v_cache, prefix_len, tree_anc, num_nodes, scale, is_chain));
-  const int64_t B = q.shape[0], Hq = q.shape[1], N = q.shape[2], D = q.shape[3];
-  DIFFTREE_RETURN_IF_ERROR(checks::shape(out, "out", {B, Hq, N, D}, "[B, H_q, N, D] (as q)"));
+      checks::shape(out, "out", {B, Hq, N, Dv}, "[B, H_q, N, D_v] (D_v as v_cache)"));
   DIFFTREE_RETURN_IF_ERROR(attn_tensor(out, "out", {q.dtype}, q, "q"));
   DIFFTREE_RETURN_IF_ERROR(checks::in_range(num_splits, "num_splits", 0, 256));
   const bool chain = is_chain || tree_anc == nullptr;
@@ -827,18 +851,18 @@ Status tree_attention(const TensorView& q, const TensorView& k_cache, const Tens
         const int64_t Hkv = k_cache.shape[1], S = k_cache.shape[2];
         const int64_t splits =
             num_splits > 0 ? num_splits : tree_attention_num_splits(B, Hq, Hkv, N, S);
-        const size_t need = tree_attention_workspace_bytes(B, Hq, Hkv, N, D, S, splits);
+        const size_t need = tree_attention_workspace_bytes(B, Hq, Hkv, N, Dv, S, splits);
         void* ws = nullptr;
         DIFFTREE_RETURN_IF_ERROR(checked_workspace(
             workspace, need, q, "q",
             {"tree_attention", "tree_attention_workspace_bytes", splits, /*aligned16=*/true}, &ws));
         return cuda::tree_attention(q, k_cache, v_cache, prefix_len, chain ? nullptr : tree_anc,
-                                    num_nodes, scale, chain, static_cast<int>(splits), out, ws,
-                                    stream);
+                                    num_nodes, scale, chain, variant, static_cast<int>(splits),
+                                    out, ws, stream);
       },
       [&] {
         return cpu::tree_attention(q, k_cache, v_cache, prefix_len, chain ? nullptr : tree_anc,
-                                   num_nodes, scale, chain, out);
+                                   num_nodes, scale, chain, variant, out);
       });
 }
 
