@@ -127,7 +127,8 @@ difftree_walk_params difftree_walk_default_params(void) {
 }
 
 difftree_attention_params difftree_attention_default_params(void) {
-  return difftree_attention_params{std::numeric_limits<float>::quiet_NaN(), 0, 0};
+  return difftree_attention_params{std::numeric_limits<float>::quiet_NaN(), 0, 0, 0, 0, nullptr,
+                                   nullptr};
 }
 
 difftree_sampling_params difftree_sampling_default_params(void) {
@@ -264,6 +265,12 @@ difftree_status difftree_tree_walk(const difftree_tree* tree, const DLTensor* no
 difftree_status difftree_kv_commit(const DLTensor* const* caches, int32_t num_caches,
                                    const DLTensor* base_len, const DLTensor* path,
                                    const DLTensor* accepted, void* stream) {
+  return difftree_kv_commit_ring(caches, num_caches, base_len, path, accepted, 0, stream);
+}
+
+difftree_status difftree_kv_commit_ring(const DLTensor* const* caches, int32_t num_caches,
+                                        const DLTensor* base_len, const DLTensor* path,
+                                        const DLTensor* accepted, int32_t ring, void* stream) {
   return guarded([&]() -> Status {
     if (num_caches < 0 || (num_caches > 0 && caches == nullptr))
       return difftree::InvalidValue("caches: expected num_caches >= 0 descriptors, got NULL");
@@ -275,7 +282,7 @@ difftree_status difftree_kv_commit(const DLTensor* const* caches, int32_t num_ca
     TensorView b, p, a;
     DIFFTREE_RETURN_IF_ERROR(
         views({{base_len, "base_len", &b}, {path, "path", &p}, {accepted, "accepted", &a}}));
-    return difftree::kv_commit(cache_views.data(), num_caches, b, p, a, stream);
+    return difftree::kv_commit(cache_views.data(), num_caches, b, p, a, stream, ring != 0);
   });
 }
 
@@ -290,7 +297,7 @@ difftree_status difftree_tree_attention(const DLTensor* q, const DLTensor* k_cac
       return difftree::InvalidValue(
           "params: expected difftree_attention_params (the scale has no default), got NULL");
     TensorView qv, kv, vv, plen, o;
-    OptionalView anc, nodes, ws;
+    OptionalView anc, nodes, ws, depth, sinks;
     DIFFTREE_RETURN_IF_ERROR(views({{q, "q", &qv},
                                     {k_cache, "k_cache", &kv},
                                     {v_cache, "v_cache", &vv},
@@ -298,10 +305,17 @@ difftree_status difftree_tree_attention(const DLTensor* q, const DLTensor* k_cac
                                     {out, "out", &o}},
                                    {{tree_anc, "tree_anc", &anc},
                                     {num_nodes, "num_nodes", &nodes},
-                                    {workspace, "workspace", &ws}}));
+                                    {workspace, "workspace", &ws},
+                                    {params->depth, "depth", &depth},
+                                    {params->sinks, "sinks", &sinks}}));
+    difftree::AttentionVariant variant;
+    variant.depth = depth.get();
+    variant.sinks = sinks.get();
+    variant.window = params->window;
+    variant.ring = params->ring != 0;
     return difftree::tree_attention(qv, kv, vv, plen, anc.get(), nodes.get(), params->scale,
                                     params->is_chain != 0, params->num_splits, o, ws.get(),
-                                    stream);
+                                    stream, variant);
   });
 }
 

@@ -281,6 +281,75 @@ void test_tree_attention() {
   CHECK_C_STATUS(difftree_tree_attention(q.c(), nullptr, vc.c(), prefix.c(), anc.c(), nodes.c(),
                                          &p, out.c(), nullptr, nullptr),
                  DIFFTREE_INVALID_VALUE, "k_cache");
+
+  // The attention variant (ABI 2): off by default; the C ABI equals the C++ API with a window
+  // over the tree (depth), sinks and D_v != D_k, on a full cache and on a ring, and changes the
+  // output; bad variant arguments are named.
+  CHECK_EQ(unset.window, 0);
+  CHECK_EQ(unset.ring, 0);
+  CHECK(unset.depth == nullptr && unset.sinks == nullptr);
+  const int64_t Dv = 5, W = 3;
+  Arr<float> vc5({B, Hkv, S, Dv}), sinks({Hq});
+  fill_uniform(vc5.data, rng, -1, 1);
+  fill_uniform(sinks.data, rng, -1, 1);
+  Arr<int32_t> depth({B, N});
+  depth.data = tree.depth;
+  const TensorView anc_v = anc.v(), nodes_v = nodes.v(), depth_v = depth.v(), sinks_v = sinks.v();
+  for (int ring = 0; ring < 2; ++ring) {
+    dt_test::Context v(ring ? "variant on a ring" : "variant");
+    Arr<int64_t> plen({B});
+    plen.data = ring ? std::vector<int64_t>{70, 3} : prefix.data;  // a ring takes any prefix
+    AttentionVariant var;
+    var.depth = &depth_v;
+    var.sinks = &sinks_v;
+    var.window = W;
+    var.ring = ring != 0;
+    difftree_attention_params pv = difftree_attention_default_params();
+    pv.scale = scale;
+    pv.window = W;
+    pv.ring = ring;
+    pv.depth = depth.c();
+    pv.sinks = sinks.c();
+    Arr<float> out_cpp({B, Hq, N, Dv}), out_c({B, Hq, N, Dv}, 7.0f), plain({B, Hq, N, Dv});
+    CHECK_OK(tree_attention(q.v(), kc.v(), vc5.v(), plen.v(), &anc_v, &nodes_v, scale, false, 0,
+                            out_cpp.v(), nullptr, nullptr, var));
+    CHECK_C_OK(difftree_tree_attention(q.c(), kc.c(), vc5.c(), plen.c(), anc.c(), nodes.c(), &pv,
+                                       out_c.c(), nullptr, nullptr));
+    CHECK(same_bytes(out_cpp.data, out_c.data));
+    if (!ring) {
+      CHECK_OK(tree_attention(q.v(), kc.v(), vc5.v(), plen.v(), &anc_v, &nodes_v, scale, false, 0,
+                              plain.v(), nullptr, nullptr));
+      CHECK(!same_bytes(out_cpp.data, plain.data));
+    }
+  }
+  Arr<float> out5({B, Hq, N, Dv}), short_sinks({Hq - 1});
+  Arr<int64_t> int64_sinks({Hq});
+  difftree_attention_params bad = difftree_attention_default_params();
+  auto expect_bad = [&](const char* needle, difftree_status code = DIFFTREE_INVALID_VALUE) {
+    CHECK_C_STATUS(difftree_tree_attention(q.c(), kc.c(), vc5.c(), prefix.c(), anc.c(),
+                                           nodes.c(), &bad, out5.c(), nullptr, nullptr),
+                   code, needle);
+    bad = difftree_attention_default_params();
+    bad.scale = scale;
+  };
+  bad.scale = scale;
+  bad.window = -1;
+  expect_bad("window");
+  bad.ring = 1;  // a ring without a window
+  expect_bad("ring");
+  bad.window = 40;  // S = 40 < W - 1 + N
+  bad.ring = 1;
+  bad.depth = depth.c();
+  expect_bad("ring");
+  bad.window = W;  // a window over a tree without depth
+  expect_bad("depth");
+  bad.sinks = short_sinks.c();
+  expect_bad("sinks");
+  bad.sinks = int64_sinks.c();
+  expect_bad("sinks", DIFFTREE_INVALID_TYPE);
+  CHECK_C_STATUS(difftree_tree_attention(q.c(), kc.c(), vc5.c(), prefix.c(), anc.c(), nodes.c(),
+                                         &p, out.c(), nullptr, nullptr),
+                 DIFFTREE_INVALID_VALUE, "out");  // out must be D_v wide
 }
 
 void test_node_select() {

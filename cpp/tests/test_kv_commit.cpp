@@ -1,6 +1,7 @@
 // kv_commit through the public API, against a naive staged copy written here: overlapping
 // source/destination rows, the contiguous fast path, several caches and requests with different
-// base_len, every cache dtype, random paths; invalid paths leave every cache unchanged.
+// base_len, every cache dtype, random paths; invalid paths leave every cache unchanged. Ring caches
+// (row r in slot r % S): random wrap-around commits against the naive copy, the C ABI entry.
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
@@ -10,6 +11,7 @@
 #include <vector>
 
 #include "check.h"
+#include "difftree/difftree.h"
 #include "difftree/difftree.hpp"
 #include "test_util.h"
 
@@ -39,23 +41,25 @@ struct Caches {
 };
 
 // The naive staged copy: read every accepted row of a head into a scratch buffer, then write.
+// ring: row r is slot r % S.
 void naive_commit(Caches& c, const std::vector<int64_t>& base, const std::vector<int64_t>& path,
-                  int64_t P, const std::vector<int64_t>& accepted) {
+                  int64_t P, const std::vector<int64_t>& accepted, bool ring = false) {
   const size_t rb = c.row_bytes();
+  auto slot = [&](int64_t b, int64_t r) { return ring ? (base[b] % c.S + r) % c.S : base[b] + r; };
   for (auto& buf : c.data)
     for (int64_t b = 0; b < c.B; ++b)
       for (int64_t h = 0; h < c.H; ++h) {
         uint8_t* head = buf.data() + (b * c.H + h) * c.S * rb;
         std::vector<uint8_t> stage((accepted[b] + 1) * rb);
         for (int64_t j = 0; j <= accepted[b]; ++j)
-          std::memcpy(stage.data() + j * rb, head + (base[b] + path[b * P + j]) * rb, rb);
+          std::memcpy(stage.data() + j * rb, head + slot(b, path[b * P + j]) * rb, rb);
         for (int64_t j = 0; j <= accepted[b]; ++j)
-          std::memcpy(head + (base[b] + j) * rb, stage.data() + j * rb, rb);
+          std::memcpy(head + slot(b, j) * rb, stage.data() + j * rb, rb);
       }
 }
 
 Status commit(Caches& c, const std::vector<int64_t>& base, const std::vector<int64_t>& path,
-              int64_t P, const std::vector<int64_t>& accepted, bool int64_idx) {
+              int64_t P, const std::vector<int64_t>& accepted, bool int64_idx, bool ring = false) {
   std::vector<TensorView> v = c.views();
   std::vector<int32_t> b32(base.begin(), base.end()), p32(path.begin(), path.end()),
       a32(accepted.begin(), accepted.end());
@@ -66,17 +70,18 @@ Status commit(Caches& c, const std::vector<int64_t>& base, const std::vector<int
   };
   return kv_commit(v.data(), static_cast<int>(v.size()), make_view(ptr(b32, b64), dt, {c.B}),
                    make_view(ptr(p32, p64), dt, {c.B, P}), make_view(ptr(a32, a64), dt, {c.B}),
-                   nullptr);
+                   nullptr, ring);
 }
 
 // Runs kv_commit and the naive copy on identical caches and compares every byte.
 void expect_same_as_naive(Caches c, const std::vector<int64_t>& base,
                           const std::vector<int64_t>& path, int64_t P,
-                          const std::vector<int64_t>& accepted, bool int64_idx, const char* what) {
+                          const std::vector<int64_t>& accepted, bool int64_idx, const char* what,
+                          bool ring = false) {
   dt_test::Context ctx(what);
   Caches want = c;
-  naive_commit(want, base, path, P, accepted);
-  if (!CHECK_OK(commit(c, base, path, P, accepted, int64_idx))) return;
+  naive_commit(want, base, path, P, accepted, ring);
+  if (!CHECK_OK(commit(c, base, path, P, accepted, int64_idx, ring))) return;
   for (size_t i = 0; i < c.data.size(); ++i) {
     dt_test::Context ci("cache " + std::to_string(i));
     CHECK(c.data[i] == want.data[i]);
@@ -167,11 +172,11 @@ void test_random() {
 // An invalid call returns `code` naming `needle` and leaves every cache byte unchanged.
 void expect_rejected(Caches c, const std::vector<int64_t>& base, const std::vector<int64_t>& path,
                      int64_t P, const std::vector<int64_t>& accepted, bool int64_idx,
-                     const char* needle, const char* what) {
+                     const char* needle, const char* what, bool ring = false) {
   dt_test::Context ctx(what);
   const Caches before = c;
   auto fn = [&]() {
-    const Status s = commit(c, base, path, P, accepted, int64_idx);
+    const Status s = commit(c, base, path, P, accepted, int64_idx, ring);
     bool ok =
         s.code() == StatusCode::kInvalidValue && s.message().find(needle) != std::string::npos;
     if (!ok) std::fprintf(stderr, "    got %s\n", dt_test::describe(s).c_str());
@@ -212,6 +217,80 @@ void test_invalid_paths() {
                   "base_len near INT64_MAX (int64)");
   expect_rejected(c, {0, 2}, {0, 2, 3, 0, 1, big}, 3, {2, 2}, true, "",
                   "path entry near INT64_MAX (int64)");
+}
+
+void test_ring() {
+  dt_test::Context ctx("ring");
+  {  // ring of 6 slots, base 10 (= 4 mod 6): rows 12, 14 (slots 0, 2) -> rows 11, 12 (slots 5, 0)
+    Caches c(1, 1, 1, 6, 1, DType::kFloat32, 0);
+    float* rows = reinterpret_cast<float*>(c.data[0].data());
+    for (int64_t s = 0; s < 6; ++s) rows[s] = static_cast<float>(s);
+    CHECK_OK(commit(c, {10}, {0, 2, 4}, 3, {2}, false, /*ring=*/true));
+    const float want[6] = {2, 1, 2, 3, 4, 0};
+    for (int64_t s = 0; s < 6; ++s) CHECK_EQ(rows[s], want[s]);
+  }
+  std::mt19937 rng(4242);
+  for (int c = 0; c < 300; ++c) {
+    const int64_t B = 1 + rng() % 4, H = 1 + rng() % 3, D = 1 + rng() % 9, S = 2 + rng() % 30;
+    const int64_t P = 1 + rng() % 8;
+    const bool int64_idx = c % 2 == 0;
+    std::vector<int64_t> base(B), path(B * P, -1), acc(B);
+    for (int64_t b = 0; b < B; ++b) {
+      // Near INT64_MAX (int64 indices): base % S first, so the slot arithmetic cannot overflow.
+      base[b] = int64_idx && c % 7 == 0 ? std::numeric_limits<int64_t>::max() - rng() % 100
+                                        : rng() % (40 * S);
+      acc[b] = rng() % std::min(P, S);
+      std::vector<int64_t> nodes;  // acc distinct node indices in [1, S)
+      for (int64_t i = 1; i < S; ++i) nodes.push_back(i);
+      std::shuffle(nodes.begin(), nodes.end(), rng);
+      nodes.resize(acc[b]);
+      std::sort(nodes.begin(), nodes.end());
+      path[b * P] = 0;
+      for (int64_t j = 0; j < acc[b]; ++j) path[b * P + j + 1] = nodes[j];
+    }
+    const std::string what = "random ring commit case " + std::to_string(c);
+    expect_same_as_naive(Caches(1 + rng() % 4, B, H, S, D, DType::kBFloat16, c), base, path, P,
+                         acc, int64_idx, what.c_str(), /*ring=*/true);
+  }
+  Caches c(2, 2, 2, 10, 4, DType::kFloat32, 7);
+  expect_rejected(c, {0, 3}, {0, 2, 3, 0, 2, 10}, 3, {2, 2}, false, "does not fit in the ring",
+                  "ring: path entry = S", /*ring=*/true);
+  expect_rejected(c, {0, -1}, {0, 2, 3, 0, 1, 2}, 3, {2, 2}, true, "base_len",
+                  "ring: negative base_len", /*ring=*/true);
+  expect_rejected(c, {0, 0}, {0, 2, 3, 0, 3, 2}, 3, {2, 2}, false, "path",
+                  "ring: path not increasing", /*ring=*/true);
+  // A full cache rejects what a ring accepts: base_len far past S.
+  expect_rejected(c, {0, 100}, {0, 2, 3, 0, 1, 2}, 3, {2, 2}, false, "outside the caches",
+                  "full cache: base_len past S");
+  expect_same_as_naive(c, {0, 100}, {0, 2, 3, 0, 1, 2}, 3, {2, 2}, false, "ring: base past S",
+                       /*ring=*/true);
+  // The C ABI: difftree_kv_commit_ring, and difftree_kv_commit is the full-cache form.
+  {
+    Caches a = c, want = c;
+    naive_commit(want, {13, 7}, {0, 4, 9, 0, 1, 2}, 3, {2, 2}, true);
+    std::vector<int64_t> base = {13, 7}, path = {0, 4, 9, 0, 1, 2}, acc = {2, 2};
+    int64_t shape_b[1] = {2}, shape_p[2] = {2, 3}, shape_c[4] = {2, 2, 10, 4};
+    auto dl = [](void* data, DLDataType t, int32_t nd, int64_t* shape) {
+      DLTensor x{};
+      x.data = data;
+      x.device = {kDLCPU, 0};
+      x.ndim = nd;
+      x.dtype = t;
+      x.shape = shape;
+      return x;
+    };
+    const DLDataType i64{kDLInt, 64, 1}, f32{kDLFloat, 32, 1};
+    DLTensor tb = dl(base.data(), i64, 1, shape_b), tp = dl(path.data(), i64, 2, shape_p),
+             ta = dl(acc.data(), i64, 1, shape_b);
+    std::vector<DLTensor> tc;
+    for (auto& d : a.data) tc.push_back(dl(d.data(), f32, 4, shape_c));
+    std::vector<const DLTensor*> ptrs;
+    for (auto& t : tc) ptrs.push_back(&t);
+    CHECK_EQ(difftree_kv_commit(ptrs.data(), 2, &tb, &tp, &ta, nullptr), DIFFTREE_INVALID_VALUE);
+    CHECK(std::string(difftree_last_error()).find("outside the caches") != std::string::npos);
+    CHECK_EQ(difftree_kv_commit_ring(ptrs.data(), 2, &tb, &tp, &ta, 1, nullptr), DIFFTREE_OK);
+    for (size_t i = 0; i < a.data.size(); ++i) CHECK(a.data[i] == want.data[i]);
+  }
 }
 
 void test_validation() {
@@ -277,6 +356,7 @@ int main() {
   test_hand_checked();
   test_random();
   test_invalid_paths();
+  test_ring();
   test_validation();
   return dt_test::report("kv_commit");
 }

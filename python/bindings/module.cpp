@@ -184,20 +184,28 @@ PYBIND11_MODULE(_C, m) {
                                                stream_ptr(stream)));
         });
 
-  m.def("check_kv_commit",
-        [](py::sequence caches, py::handle base_len, py::handle path, py::handle accepted) {
-          auto c = views(caches, "caches");
-          raise_if_error(difftree::check_kv_commit(c.data(), static_cast<int>(c.size()),
-                                                   view(base_len, "base_len"), view(path, "path"),
-                                                   view(accepted, "accepted")));
-        });
-  m.def("kv_commit", [](py::sequence caches, py::handle base_len, py::handle path,
-                        py::handle accepted, uintptr_t stream) {
-    auto c = views(caches, "caches");
-    raise_if_error(difftree::kv_commit(c.data(), static_cast<int>(c.size()),
-                                       view(base_len, "base_len"), view(path, "path"),
-                                       view(accepted, "accepted"), stream_ptr(stream)));
-  });
+  m.def(
+      "check_kv_commit",
+      [](py::sequence caches, py::handle base_len, py::handle path, py::handle accepted,
+         bool ring) {
+        auto c = views(caches, "caches");
+        raise_if_error(difftree::check_kv_commit(c.data(), static_cast<int>(c.size()),
+                                                 view(base_len, "base_len"), view(path, "path"),
+                                                 view(accepted, "accepted"), ring));
+      },
+      py::arg("caches"), py::arg("base_len"), py::arg("path"), py::arg("accepted"),
+      py::arg("ring") = false);
+  m.def(
+      "kv_commit",
+      [](py::sequence caches, py::handle base_len, py::handle path, py::handle accepted,
+         uintptr_t stream, bool ring) {
+        auto c = views(caches, "caches");
+        raise_if_error(difftree::kv_commit(c.data(), static_cast<int>(c.size()),
+                                           view(base_len, "base_len"), view(path, "path"),
+                                           view(accepted, "accepted"), stream_ptr(stream), ring));
+      },
+      py::arg("caches"), py::arg("base_len"), py::arg("path"), py::arg("accepted"),
+      py::arg("stream"), py::arg("ring") = false);
 
   // ---- caddtree_select / ngram_update / ngram_extend / presto_select (policies) ----
   m.def("check_caddtree_select",
@@ -350,27 +358,47 @@ PYBIND11_MODULE(_C, m) {
           return difftree::d2sd_select_workspace_bytes(B, L1, K, L2, budget);
         });
 
-  m.def("check_tree_attention", [](py::handle q, py::handle k_cache, py::handle v_cache,
-                                   py::handle prefix_len, py::object tree_anc, py::object num_nodes,
-                                   double scale, bool is_chain) {
-    auto anc = maybe_view(tree_anc, "tree_anc");
-    auto nodes = maybe_view(num_nodes, "num_nodes");
-    raise_if_error(difftree::check_tree_attention(
-        view(q, "q"), view(k_cache, "k_cache"), view(v_cache, "v_cache"),
-        view(prefix_len, "prefix_len"), ptr(anc), ptr(nodes), static_cast<float>(scale), is_chain));
-  });
-  m.def("tree_attention",
-        [](py::handle q, py::handle k_cache, py::handle v_cache, py::handle prefix_len,
-           py::object tree_anc, py::object num_nodes, double scale, bool is_chain,
-           int64_t num_splits, py::handle out, py::object workspace, uintptr_t stream) {
-          auto anc = maybe_view(tree_anc, "tree_anc");
-          auto nodes = maybe_view(num_nodes, "num_nodes");
-          auto ws = maybe_view(workspace, "workspace");
-          raise_if_error(difftree::tree_attention(
-              view(q, "q"), view(k_cache, "k_cache"), view(v_cache, "v_cache"),
-              view(prefix_len, "prefix_len"), ptr(anc), ptr(nodes), static_cast<float>(scale),
-              is_chain, num_splits, view(out, "out"), ptr(ws), stream_ptr(stream)));
-        });
+  m.def(
+      "check_tree_attention",
+      [](py::handle q, py::handle k_cache, py::handle v_cache, py::handle prefix_len,
+         py::object tree_anc, py::object num_nodes, double scale, bool is_chain, py::object depth,
+         int64_t window, py::object sinks, bool ring) {
+        auto anc = maybe_view(tree_anc, "tree_anc");
+        auto nodes = maybe_view(num_nodes, "num_nodes");
+        auto dep = maybe_view(depth, "depth");
+        auto snk = maybe_view(sinks, "sinks");
+        const difftree::AttentionVariant variant{ptr(dep), ptr(snk), window, ring};
+        raise_if_error(difftree::check_tree_attention(
+            view(q, "q"), view(k_cache, "k_cache"), view(v_cache, "v_cache"),
+            view(prefix_len, "prefix_len"), ptr(anc), ptr(nodes), static_cast<float>(scale),
+            is_chain, variant));
+      },
+      py::arg("q"), py::arg("k_cache"), py::arg("v_cache"), py::arg("prefix_len"),
+      py::arg("tree_anc"), py::arg("num_nodes"), py::arg("scale"), py::arg("is_chain"),
+      py::arg("depth") = py::none(), py::arg("window") = 0, py::arg("sinks") = py::none(),
+      py::arg("ring") = false);
+  m.def(
+      "tree_attention",
+      [](py::handle q, py::handle k_cache, py::handle v_cache, py::handle prefix_len,
+         py::object tree_anc, py::object num_nodes, double scale, bool is_chain,
+         int64_t num_splits, py::handle out, py::object workspace, uintptr_t stream,
+         py::object depth, int64_t window, py::object sinks, bool ring) {
+        auto anc = maybe_view(tree_anc, "tree_anc");
+        auto nodes = maybe_view(num_nodes, "num_nodes");
+        auto ws = maybe_view(workspace, "workspace");
+        auto dep = maybe_view(depth, "depth");
+        auto snk = maybe_view(sinks, "sinks");
+        const difftree::AttentionVariant variant{ptr(dep), ptr(snk), window, ring};
+        raise_if_error(difftree::tree_attention(
+            view(q, "q"), view(k_cache, "k_cache"), view(v_cache, "v_cache"),
+            view(prefix_len, "prefix_len"), ptr(anc), ptr(nodes), static_cast<float>(scale),
+            is_chain, num_splits, view(out, "out"), ptr(ws), stream_ptr(stream), variant));
+      },
+      py::arg("q"), py::arg("k_cache"), py::arg("v_cache"), py::arg("prefix_len"),
+      py::arg("tree_anc"), py::arg("num_nodes"), py::arg("scale"), py::arg("is_chain"),
+      py::arg("num_splits"), py::arg("out"), py::arg("workspace"), py::arg("stream"),
+      py::arg("depth") = py::none(), py::arg("window") = 0, py::arg("sinks") = py::none(),
+      py::arg("ring") = false);
   m.def("tree_attention_num_splits",
         [](int64_t B, int64_t H_q, int64_t H_kv, int64_t N, int64_t S_max) {
           return difftree::tree_attention_num_splits(B, H_q, H_kv, N, S_max);

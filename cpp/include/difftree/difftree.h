@@ -36,7 +36,7 @@ extern "C" {
 
 /* Bumped on any incompatible change of a declaration in this file. Adding functions and types is
  * compatible and keeps the version. */
-#define DIFFTREE_ABI_VERSION 1
+#define DIFFTREE_ABI_VERSION 2
 
 typedef enum difftree_status {
   DIFFTREE_OK = 0,
@@ -107,6 +107,12 @@ difftree_status difftree_tree_walk(const difftree_tree* tree, const DLTensor* no
 difftree_status difftree_kv_commit(const DLTensor* const* caches, int32_t num_caches,
                                    const DLTensor* base_len, const DLTensor* path,
                                    const DLTensor* accepted, void* stream);
+/* The same over ring caches when ring != 0 (a sliding-window layer, DESIGN.md §7): row r lives in
+ * slot r % S, any base_len >= 0 is valid and path entries must be < S. ring == 0 is
+ * difftree_kv_commit. */
+difftree_status difftree_kv_commit_ring(const DLTensor* const* caches, int32_t num_caches,
+                                        const DLTensor* base_len, const DLTensor* path,
+                                        const DLTensor* accepted, int32_t ring, void* stream);
 
 /* ---- workspace-aware forms of the ops above ------------------------------------------------ */
 
@@ -135,24 +141,31 @@ difftree_status difftree_ddtree_select_with_workspace(const DLTensor* cand_token
 
 /* ---- tree attention ------------------------------------------------------------------------ */
 
-/* Options of difftree_tree_attention. params is required: the scale has no default. */
+/* Options of difftree_tree_attention. params is required: the scale has no default. The last four
+ * fields are the layer's attention variant (DESIGN.md §7; ABI version 2). */
 typedef struct difftree_attention_params {
-  float scale;        /* softmax scale, finite, usually 1/sqrt(D) (default NaN: must be set) */
+  float scale;        /* softmax scale, finite, usually 1/sqrt(D_k) (default NaN: must be set) */
   int32_t is_chain;   /* 1: causal over the N rows, tree_anc ignored (default 0) */
   int64_t num_splits; /* CUDA split-KV chunks of the prefix; 0 = automatic (default 0) */
+  int64_t window;     /* sliding window W >= 0: keys less than W positions before the row's (0) */
+  int32_t ring;       /* 1: the caches are rings, row r in slot r % S (needs window >= 1) (0) */
+  const DLTensor* depth; /* int32/int64 [B, N] row depths; needed for a window over a tree (NULL) */
+  const DLTensor* sinks; /* float32 [H_q] per-head sink logits (gpt-oss) (NULL) */
 } difftree_attention_params;
 difftree_attention_params difftree_attention_default_params(void);
 
-/* Attention of a tree's N query rows over the committed prefix + the tree. q [B, H_q, N, D];
- * k_cache, v_cache [B, H_kv, S, D] (H_q a multiple of H_kv) with the tree's K/V already written at
- * rows prefix_len[b] + i; q, caches and out may be strided but their last dim is contiguous.
- * prefix_len int32/int64 [B] (0 <= prefix_len <= S - N). Row i sees keys [0, prefix_len) and
- * tree key j iff j is i or an ancestor of i (bit j of tree_anc, int32 [B, N, ceil(N/32)]; NULL
- * = chain j <= i); a padding row i >= num_nodes[b] (num_nodes int32/int64 [B], NULL = N) sees
- * the prefix and itself.
- * out [B, H_q, N, D] in q's dtype (f32/f16/bf16; CUDA: f16/bf16, D in {64, 128}). Pass a tree's
+/* Attention of a tree's N query rows over the committed prefix + the tree. q [B, H_q, N, D_k];
+ * k_cache [B, H_kv, S, D_k], v_cache [B, H_kv, S, D_v] (H_q a multiple of H_kv) with the tree's
+ * K/V already written at rows prefix_len[b] + i; q, caches and out may be strided but their last
+ * dim is contiguous. prefix_len int32/int64 [B] (0 <= prefix_len <= S - N; a ring: any >= 0).
+ * Row i sees keys [0, prefix_len) and tree key j iff j is i or an ancestor of i (bit j of
+ * tree_anc, int32 [B, N, ceil(N/32)]; NULL = chain j <= i); a padding row i >= num_nodes[b]
+ * (num_nodes int32/int64 [B], NULL = N) sees the prefix and itself. With a window W > 0 only
+ * keys whose positions are less than W before the row's (position prefix_len + depth[b, i], or
+ * prefix_len + i without depth); sinks add exp(sinks[h]) to head h's softmax denominator.
+ * out [B, H_q, N, D_v] in q's dtype (f32/f16/bf16; CUDA: f16/bf16, D in {64, 128}). Pass a tree's
  * `anc` and `num_nodes`. The CUDA path needs difftree_tree_attention_workspace_bytes(B, H_q,
- * H_kv, N, D, S, num_splits) bytes when that is > 0. */
+ * H_kv, N, D_v, S, num_splits) bytes when that is > 0. */
 int64_t difftree_tree_attention_num_splits(int64_t B, int64_t H_q, int64_t H_kv, int64_t N,
                                            int64_t S);
 size_t difftree_tree_attention_workspace_bytes(int64_t B, int64_t H_q, int64_t H_kv, int64_t N,

@@ -10,6 +10,11 @@
 //                                            otherwise (padding): j == i.
 // For a well-formed tree (ancestors precede their descendants; padding rows hold only their own
 // bit) this is exactly "bit j of anc[b, i]", the reference's rule.
+//
+// The attention variant (ops.h, DESIGN.md §7): row i sits at position qp = prefix_len + pos(i)
+// (pos = depth, or i); a window W > 0 keeps committed p with qp - p < W and tree keys with
+// pos(i) - pos(j) < W; a ring stores row r at slot r % S; a sink adds exp(sinks[h] - m) to the
+// denominator. K and V may have different head dims (D_k, D_v).
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -86,48 +91,60 @@ Status tree_attention(const TensorView& q, const TensorView& k_cache, const Tens
                       const TensorView& prefix_len, const TensorView* tree_anc,
                       const TensorView* num_nodes, float scale, bool is_chain,
                       const AttentionVariant& variant, const TensorView& out) {
-  if (variant.window != 0 || variant.sinks != nullptr || variant.ring ||
-      v_cache.shape[3] != q.shape[3])
-    return Unsupported("tree_attention: the CPU op does not support attention variants yet");
   const int64_t B = q.shape[0], Hq = q.shape[1], N = q.shape[2], D = q.shape[3];
-  const int64_t Hkv = k_cache.shape[1], S = k_cache.shape[2];
-  const int64_t G = Hq / Hkv, W = (N + 31) / 32;
-  const bool chain = is_chain || tree_anc == nullptr;
-  std::vector<int64_t> plen(B), nval(B);
+  const int64_t Hkv = k_cache.shape[1], S = k_cache.shape[2], Dv = v_cache.shape[3];
+  const int64_t G = Hq / Hkv, words = (N + 31) / 32;
+  const int64_t W = variant.window;
+  const bool chain = is_chain || tree_anc == nullptr, ring = variant.ring;
+  std::vector<int64_t> plen(B), nval(B), pos(static_cast<size_t>(B * N));
   for (int64_t b = 0; b < B; ++b) {
     plen[b] = index_at(prefix_len, b);
-    if (plen[b] < 0 || plen[b] > S - N)
+    if (ring ? plen[b] < 0 : (plen[b] < 0 || plen[b] > S - N))
       return InvalidValue("prefix_len: request " + std::to_string(b) +
                           " has prefix_len = " + std::to_string(plen[b]) +
-                          ", expected 0 <= prefix_len <= S_max - N = " + std::to_string(S - N) +
-                          " (the N tree rows must fit in the cache)");
+                          (ring ? std::string(", expected prefix_len >= 0")
+                                : ", expected 0 <= prefix_len <= S - N = " + std::to_string(S - N) +
+                                      " (the N tree rows must fit in the cache)"));
     nval[b] = num_nodes != nullptr ? index_at(*num_nodes, b) : N;
     if (nval[b] < 0 || nval[b] > N)
       return InvalidValue("num_nodes: request " + std::to_string(b) +
                           " has num_nodes = " + std::to_string(nval[b]) +
                           ", expected 0 <= num_nodes <= N = " + std::to_string(N));
+    for (int64_t i = 0; i < N; ++i) {
+      const int64_t d = variant.depth != nullptr ? index_at(*variant.depth, b * N + i) : i;
+      if (d < 0 || d >= N)
+        return InvalidValue("depth: depth[" + std::to_string(b) + ", " + std::to_string(i) +
+                            "] = " + std::to_string(d) + ", expected 0 <= depth < N = " +
+                            std::to_string(N));
+      pos[b * N + i] = d;
+    }
   }
   const int32_t* anc = chain ? nullptr : tree_anc->ptr<const int32_t>();
+  const float* sinks = variant.sinks != nullptr ? variant.sinks->ptr<const float>() : nullptr;
+  // Committed positions some row can see: [lo, P) with lo = P - W + 1 under a window (the row
+  // nearest the prefix sits at position >= P). In a ring these slots are never the tree's: the
+  // tree's slots are P + j (mod S) and S >= W - 1 + N keeps the two ranges apart.
+  auto first_visible = [&](int64_t P) { return W > 0 ? std::max<int64_t>(0, P - W + 1) : 0; };
+  auto slot = [&](int64_t row) { return ring ? row % S : row; };
 
   int64_t work = 0;
-  for (int64_t b = 0; b < B; ++b) work += Hq * N * (plen[b] + N) * D;
+  for (int64_t b = 0; b < B; ++b) work += Hq * N * (plen[b] - first_visible(plen[b]) + N) * (D + Dv);
   parallel_rows(B * Hkv, work, [&](int64_t begin, int64_t end) {
-    std::vector<float> kf, vf, qf(D), score, acc(D);
+    std::vector<float> kf, vf, qf(D), score, acc(Dv);
     for (int64_t bh = begin; bh < end; ++bh) {
       const int64_t b = bh / Hkv, kvh = bh % Hkv;
-      const int64_t P = plen[b], n = nval[b], keys = P + N;
-      // Widen this head's K/V rows [0, P + N) once.
+      const int64_t P = plen[b], lo = first_visible(P), C = P - lo, n = nval[b], keys = C + N;
+      const int64_t* rpos = &pos[b * N];
+      // Widen this head's visible K/V rows once: committed positions lo..P-1, then the N tree
+      // rows (positions P..P+N-1 as cache rows), each at its slot.
       kf.resize(static_cast<size_t>(keys * D));
-      vf.resize(static_cast<size_t>(keys * D));
+      vf.resize(static_cast<size_t>(keys * Dv));
       for (int64_t r = 0; r < keys; ++r) {
-        const int64_t ko =
-            b * k_cache.strides[0] + kvh * k_cache.strides[1] + r * k_cache.strides[2];
-        const int64_t vo =
-            b * v_cache.strides[0] + kvh * v_cache.strides[1] + r * v_cache.strides[2];
-        for (int64_t d = 0; d < D; ++d) {
-          kf[r * D + d] = load(k_cache, ko + d);
-          vf[r * D + d] = load(v_cache, vo + d);
-        }
+        const int64_t s = slot(r < C ? lo + r : P + (r - C));
+        const int64_t ko = b * k_cache.strides[0] + kvh * k_cache.strides[1] + s * k_cache.strides[2];
+        const int64_t vo = b * v_cache.strides[0] + kvh * v_cache.strides[1] + s * v_cache.strides[2];
+        for (int64_t d = 0; d < D; ++d) kf[r * D + d] = load(k_cache, ko + d);
+        for (int64_t d = 0; d < Dv; ++d) vf[r * Dv + d] = load(v_cache, vo + d);
       }
       score.resize(static_cast<size_t>(keys));
       for (int64_t g = 0; g < G; ++g) {
@@ -135,12 +152,15 @@ Status tree_attention(const TensorView& q, const TensorView& k_cache, const Tens
         for (int64_t i = 0; i < N; ++i) {
           const int64_t qo = b * q.strides[0] + h * q.strides[1] + i * q.strides[2];
           for (int64_t d = 0; d < D; ++d) qf[d] = load(q, qo + d);
-          const int32_t* row = anc != nullptr ? anc + (b * N + i) * W : nullptr;
+          const int32_t* row = anc != nullptr ? anc + (b * N + i) * words : nullptr;
+          const int64_t qp = P + rpos[i];
           float mx = -INFINITY;
           for (int64_t r = 0; r < keys; ++r) {
-            bool vis = true;
-            if (r >= P) {
-              const int64_t j = r - P;
+            bool vis;
+            if (r < C) {
+              vis = W == 0 || qp - (lo + r) < W;  // transformers' kv_idx > q_idx - W
+            } else {
+              const int64_t j = r - C;
               if (chain) {
                 vis = j <= i;
               } else if (i < n && j < n) {
@@ -148,6 +168,7 @@ Status tree_attention(const TensorView& q, const TensorView& k_cache, const Tens
               } else {
                 vis = j == i;
               }
+              vis = vis && (W == 0 || rpos[i] - rpos[j] < W);
             }
             if (!vis) {
               score[r] = -INFINITY;
@@ -159,19 +180,22 @@ Status tree_attention(const TensorView& q, const TensorView& k_cache, const Tens
             score[r] = s * scale;
             mx = std::max(mx, score[r]);
           }
-          // The self key is always visible, so mx is finite for finite inputs.
+          // The self key is always visible (also under a window), so mx is finite for finite
+          // inputs. A sink joins the max and the denominator only (gpt-oss s_aux).
+          const float sink = sinks != nullptr ? sinks[h] : -INFINITY;
+          mx = std::max(mx, sink);
           std::fill(acc.begin(), acc.end(), 0.f);
-          float l = 0.f;
+          float l = sinks != nullptr ? std::exp(sink - mx) : 0.f;
           for (int64_t r = 0; r < keys; ++r) {
             if (score[r] == -INFINITY) continue;
             const float p = std::exp(score[r] - mx);
             l += p;
-            const float* vr = &vf[r * D];
-            for (int64_t d = 0; d < D; ++d) acc[d] += p * vr[d];
+            const float* vr = &vf[r * Dv];
+            for (int64_t d = 0; d < Dv; ++d) acc[d] += p * vr[d];
           }
           const float inv = l > 0.f ? 1.f / l : 0.f;
           const int64_t oo = b * out.strides[0] + h * out.strides[1] + i * out.strides[2];
-          for (int64_t d = 0; d < D; ++d) store(out, oo + d, acc[d] * inv);
+          for (int64_t d = 0; d < Dv; ++d) store(out, oo + d, acc[d] * inv);
         }
       }
     }

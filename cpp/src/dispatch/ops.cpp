@@ -265,6 +265,7 @@ Status tree_walk(const TreeView& tree, const TensorView& node_choice, const Tens
 
 Status check_kv_commit(const TensorView* caches, int num_caches, const TensorView& base_len,
                        const TensorView& path, const TensorView& accepted, bool ring) {
+  (void)ring;  // a ring changes only the data-dependent row checks (cpu/kv_commit.cpp)
   DIFFTREE_RETURN_IF_ERROR(checks::ndim(path, "path", 2, "[B, P]"));
   const int64_t B = path.shape[0];
   if (path.shape[1] < 1) return InvalidValue("path: expected at least one column (the root)");
