@@ -19,6 +19,12 @@ One drafting round for a request whose committed length is ``start``:
 Block rows are written to scratch space after the committed rows and never counted in the
 cache length, so nothing needs truncating between rounds.
 
+Drafter variants (:class:`DFlashConfig` ``layer_types`` / ``sliding_window`` / ``is_causal``,
+the reference drafter's rule, docs/NOTES.md "Drafter variants (issue 16)"): in a layer with a
+window W a query at position q sees keys with ``q - k < W`` (and ``k - q < W`` when not
+causal); a causal layer sees keys with ``k <= q``. A windowed layer keeps only a ring of
+``W + 2S`` rows of context in the cache (:mod:`.dflash_cache`).
+
 Reading and writing checkpoint directories lives in :mod:`.dflash_checkpoint`.
 """
 
@@ -32,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .dflash_cache import DFlashCache, write_rows
+from .dflash_cache import DFlashCache, ring_positions, write_rows
 from .dflash_checkpoint import load_drafter, save_drafter
 from .dflash_config import DFlashConfig, default_target_layer_ids
 
@@ -135,7 +141,10 @@ def _rope_inv_freq(config: DFlashConfig) -> tuple[torch.Tensor, float]:
         max_position_embeddings=config.max_position_embeddings,
         rope_parameters=dict(config.rope_parameters),
     )
-    inv_freq, scaling = ROPE_INIT_FUNCTIONS[config.rope_type](hf, torch.device("cpu"))
+    # Tables on the CPU even while modules are built on the meta device (checkpoint loading):
+    # some initialisers (yarn) create tensors without a device.
+    with torch.device("cpu"):
+        inv_freq, scaling = ROPE_INIT_FUNCTIONS[config.rope_type](hf, torch.device("cpu"))
     return inv_freq.to(torch.float32), float(scaling)
 
 
@@ -189,6 +198,28 @@ class _Attention(nn.Module):
         )
         b, _, t, _ = out.shape
         return self.o_proj(out.transpose(1, 2).reshape(b, t, self.num_heads * self.head_dim))
+
+
+def _attend_rule(
+    q_pos: torch.Tensor, k_pos: torch.Tensor, window: int | None, causal: bool
+) -> torch.Tensor | None:
+    """The layer's own visibility rule by position: q_pos [B, Q], k_pos [B, K] -> bool
+    [B, Q, K] (None: every key visible). Causal: ``k <= q``; window W: ``q - k < W`` and, when
+    not causal, ``k - q < W`` (the reference drafter's mask)."""
+    rule = None
+    if causal:
+        rule = k_pos[:, None, :] <= q_pos[:, :, None]
+    if window is not None:
+        dist = q_pos[:, :, None] - k_pos[:, None, :]
+        near = dist < window
+        if not causal:
+            near = near & (dist > -window)
+        rule = near if rule is None else rule & near
+    return rule
+
+
+def _and(mask: torch.Tensor, rule: torch.Tensor | None) -> torch.Tensor:
+    return mask if rule is None else mask & rule
 
 
 class _MLP(nn.Module):
@@ -300,6 +331,9 @@ class DFlashDrafter(nn.Module):
         target_layer_ids: list[int] | None = None,
         num_feature_layers: int | None = None,
         intermediate_size: int | None = None,
+        layer_types: list[str] | None = None,
+        sliding_window: int | None = None,
+        is_causal: bool | None = None,
         generator: torch.Generator | None = None,
     ) -> DFlashDrafter:
         """A randomly initialised drafter fitting HF causal LM ``target``, already bound.
@@ -308,6 +342,7 @@ class DFlashDrafter(nn.Module):
         config; ``target_layer_ids`` default to :func:`default_target_layer_ids` with
         ``num_feature_layers`` (default ``num_layers``) layers; ``mask_token_id`` defaults to
         ``vocab_size - 1`` (tokenizer-free fallback, see :meth:`DFlashConfig.for_target_config`).
+        ``layer_types`` / ``sliding_window`` / ``is_causal`` make a windowed or causal drafter.
         The drafter takes the target's dtype and device.
         """
         config = DFlashConfig.for_target_config(
@@ -318,6 +353,9 @@ class DFlashDrafter(nn.Module):
             target_layer_ids=target_layer_ids,
             num_feature_layers=num_feature_layers,
             intermediate_size=intermediate_size,
+            layer_types=layer_types,
+            sliding_window=sliding_window,
+            is_causal=is_causal,
         )
         drafter = cls(config)
         drafter.reset_parameters(generator)
@@ -483,6 +521,7 @@ class DFlashDrafter(nn.Module):
             context_positions: [B, T]; default ``0..T-1``.
             attention_mask: bool, True = may attend; [B, Q, T + Q] or [Q, T + Q] over
                 ``[context rows ; query rows]``. Default: everything visible (one block).
+                Each layer's own window / causal rule (by position) applies on top.
 
         Returns:
             Final-normed hidden states [B, Q, hidden] for every query row (nothing dropped).
@@ -504,10 +543,12 @@ class DFlashDrafter(nn.Module):
             mask = attention_mask.to(torch.bool)
             mask = mask[:, None] if mask.dim() == 3 else mask[None, None]
         ctx = self.fuse(features)
+        q_pos = block_positions.expand(batch, q_len)
+        k_pos = torch.cat([context_positions.expand(batch, t_len), q_pos], dim=1)
         cos_c, sin_c = self.rotary_emb(context_positions, self.dtype)
-        cos_b, sin_b = self.rotary_emb(block_positions.expand(batch, q_len), self.dtype)
+        cos_b, sin_b = self.rotary_emb(q_pos, self.dtype)
         h = self.embed(block_ids)
-        for layer in self.layers:
+        for i, layer in enumerate(self.layers):
             attn = layer.self_attn
             k_ctx, v_ctx = attn.key_value(ctx, cos_c, sin_c)
             x = layer.input_layernorm(h)
@@ -515,18 +556,50 @@ class DFlashDrafter(nn.Module):
             q = attn.query(x, cos_b, sin_b)
             k = torch.cat([k_ctx, k_blk], dim=2)
             v = torch.cat([v_ctx, v_blk], dim=2)
-            h = h + attn.attend(q, k, v, mask)
+            rule = _attend_rule(q_pos, k_pos, self.config.layer_window(i), self.layer_causal(i))
+            layer_mask = mask
+            if rule is not None:
+                layer_mask = rule[:, None] if mask is None else mask & rule[:, None]
+            h = h + attn.attend(q, k, v, layer_mask)
             h = h + layer.mlp(layer.post_attention_layernorm(h))
         return self.norm(h)
 
     # ------------------------------------------------------------------ cached drafting
     # Every per-round value stays on the device and every shape is fixed by host constants
-    # (the appended row count n, the block size S, the key span), so the engine's round
-    # (engine/round.py) runs with no host read, eagerly or captured in a CUDA graph and replayed
-    # (engine/runner.py).
-    def new_cache(self, batch_size: int = 1, capacity: int = 256) -> DFlashCache:
-        """An empty context cache of ``capacity`` rows per request (fixed: it never grows)."""
+    # (the appended row count n, the block size S, the key span, the ring sizes), so the
+    # engine's round (engine/round.py) runs with no host read, eagerly or captured in a CUDA
+    # graph and replayed (engine/runner.py).
+    def layer_causal(self, layer: int) -> bool:
+        """Whether drafter layer ``layer`` attends causally (:meth:`DFlashConfig.layer_causal`)."""
+        return self.config.layer_causal(layer)
+
+    def ring_size(self, layer: int) -> int | None:
+        """The ring a windowed layer keeps its context in: ``W + 2S`` rows (the window, the
+        block written in place, and S rows a crop may roll back); None for a full layer."""
+        window = self.config.layer_window(layer)
+        return None if window is None else window + 2 * self.block_size
+
+    def cache_rows(self, capacity: int, ring: bool = True) -> list[int]:
+        """Rows per request and KV head that :meth:`new_cache` stores for each layer: the
+        capacity for a full layer, ``ring_size + 1`` for a windowed one (when smaller)."""
+        return [capacity if r is None else r + 1 for r in self._rings(capacity, ring)]
+
+    def _rings(self, capacity: int, ring: bool) -> list[int | None]:
+        rings: list[int | None] = []
+        for i in range(self.config.num_hidden_layers):
+            size = self.ring_size(i) if ring else None
+            # A ring no smaller than the full cache saves nothing: store in full (masked).
+            rings.append(size if size is not None and size + 1 < capacity else None)
+        return rings
+
+    def new_cache(self, batch_size: int = 1, capacity: int = 256, ring: bool = True) -> DFlashCache:
+        """An empty context cache of ``capacity`` rows per request (fixed: it never grows).
+
+        Windowed layers keep a ring of :meth:`ring_size` rows instead (whatever the capacity),
+        unless ``ring`` is False (full storage under the window mask: same drafts).
+        """
         c = self.config
+        rings = self._rings(capacity, ring)
         return DFlashCache(
             c.num_hidden_layers,
             batch_size,
@@ -535,6 +608,8 @@ class DFlashDrafter(nn.Module):
             capacity,
             self.dtype,
             self.device,
+            rings=rings,
+            crop_slack=self.block_size + 1 if any(r is not None for r in rings) else None,
         )
 
     @torch.no_grad()
@@ -549,6 +624,7 @@ class DFlashDrafter(nn.Module):
         Row t of request b lands at position ``lengths[b] + t``. All n rows are written; rows
         past ``num_new[b]`` are padding that lands in scratch past the new length (overwritten
         by the block or the next append), and ``lengths += clamp(num_new, 0, n)`` in place.
+        A ring layer keeps only the last ``R`` real rows (the rest go to its trash row).
 
         Args:
             cache: the request's :class:`DFlashCache`; needs ``max(lengths) + n <= capacity``.
@@ -568,39 +644,47 @@ class DFlashDrafter(nn.Module):
             )
         ctx = self.fuse(features)
         positions = cache.lengths[:, None] + torch.arange(n, device=features.device)
+        count = None if num_new is None else num_new.to(cache.lengths).clamp(0, n)
+        new_len = cache.lengths + (n if count is None else count)
+        ring_slots: dict[int, torch.Tensor] = {}
         cos, sin = self.rotary_emb(positions, self.dtype)
         for i, layer in enumerate(self.layers):
             k, v = layer.self_attn.key_value(ctx, cos, sin)
-            write_rows(cache.keys[i], k, positions)
-            write_rows(cache.values[i], v, positions)
-        if num_new is None:
+            ring = cache.rings[i]
+            slots = positions
+            if ring is not None:
+                if ring not in ring_slots:
+                    # Keep the last R real rows: distinct slots; padding and older rows -> trash.
+                    keep = positions >= new_len[:, None] - ring
+                    if count is not None:
+                        keep = keep & (positions < new_len[:, None])
+                    ring_slots[ring] = torch.where(keep, positions % ring, ring)
+                slots = ring_slots[ring]
+            write_rows(cache.keys[i], k, slots)
+            write_rows(cache.values[i], v, slots)
+        if count is None:
             cache.lengths += n
             cache.length_floor += n
         else:
-            cache.lengths += num_new.to(cache.lengths).clamp(0, n)
+            cache.lengths += count
 
     def _cached_layers(
         self,
         h: torch.Tensor,
         cos: torch.Tensor,
         sin: torch.Tensor,
-        cache: DFlashCache,
-        slots: torch.Tensor,
-        span: int,
-        mask: torch.Tensor,
+        keys_for: Any,
     ) -> torch.Tensor:
-        """The drafter layers over query rows h [B, Q, hidden]: each layer writes the rows' K/V
-        into ``cache`` at ``slots`` [B, Q] and attends to cache rows ``[0, span)`` under
-        ``mask`` [B, 1, Q, span]. Returns h (not final-normed)."""
+        """The drafter layers over query rows h [B, Q, hidden]. ``keys_for(i, k, v)`` takes
+        layer i's query-row K/V [B, Hkv, Q, D], stores them where the layer reads them and
+        returns that layer's keys, values [B, Hkv, K, D] and mask [B, 1, Q, K]. Returns h
+        (not final-normed)."""
         for i, layer in enumerate(self.layers):
             attn = layer.self_attn
             x = layer.input_layernorm(h)
             k_blk, v_blk = attn.key_value(x, cos, sin)
-            write_rows(cache.keys[i], k_blk, slots)
-            write_rows(cache.values[i], v_blk, slots)
+            k, v, mask = keys_for(i, k_blk, v_blk)
             q = attn.query(x, cos, sin)
-            k = cache.keys[i][:, :, :span]
-            v = cache.values[i][:, :, :span]
             h = h + attn.attend(q, k, v, mask)
             h = h + layer.mlp(layer.post_attention_layernorm(h))
         return h
@@ -613,7 +697,8 @@ class DFlashDrafter(nn.Module):
         ``lengths[b] + j``, logits out. Append the round's new rows first (:meth:`append_context`).
 
         The block's K/V go to scratch rows ``lengths[b] .. lengths[b] + S - 1`` (never counted
-        in the context). Keys are cache rows ``[0, span)`` masked to ``[0, lengths[b] + S)``, so
+        in the context; in a ring layer, ring rows ``(lengths[b] + j) mod R``). Keys are cache
+        rows ``[0, span)`` masked to ``[0, lengths[b] + S)`` (a ring layer: its whole ring), so
         the shapes depend only on ``span``, never on device values.
 
         Args:
@@ -644,10 +729,31 @@ class DFlashDrafter(nn.Module):
             )
         device = block_ids.device
         positions = cache.lengths[:, None] + torch.arange(s_len, device=device)
-        visible = torch.arange(span, device=device)[None, :] < (cache.lengths[:, None] + s_len)
-        mask = visible[:, None, None, :].expand(batch, 1, s_len, span)
+        newest = cache.lengths + s_len
+        masks: dict[tuple[int | None, int | None, bool], torch.Tensor] = {}
+
+        def keys_for(
+            i: int, k_blk: torch.Tensor, v_blk: torch.Tensor
+        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            ring, window, causal = cache.rings[i], self.config.layer_window(i), self.layer_causal(i)
+            rows = span if ring is None else ring
+            slots = positions if ring is None else positions % ring
+            write_rows(cache.keys[i], k_blk, slots)
+            write_rows(cache.values[i], v_blk, slots)
+            key = (ring, window, causal)
+            if key not in masks:
+                if ring is None:  # row t holds position t
+                    k_pos = torch.arange(span, device=device)[None].expand(batch, span)
+                    valid = k_pos < newest[:, None]
+                else:  # the ring after the block's write: positions [newest - R, newest)
+                    k_pos = ring_positions(newest, ring)
+                    valid = k_pos >= 0
+                mask = valid[:, None, :].expand(batch, s_len, rows)
+                masks[key] = _and(mask, _attend_rule(positions, k_pos, window, causal))[:, None]
+            return cache.keys[i][:, :, :rows], cache.values[i][:, :, :rows], masks[key]
+
         cos, sin = self.rotary_emb(positions, self.dtype)
-        h = self._cached_layers(self.embed(block_ids), cos, sin, cache, positions, span, mask)
+        h = self._cached_layers(self.embed(block_ids), cos, sin, keys_for)
         # Slot 0 (the bonus token) predicts nothing new: drop it.
         return self.compute_logits(self.norm(h[:, 1:]))
 
@@ -661,7 +767,8 @@ class DFlashDrafter(nn.Module):
         The rows' block K/V go to scratch rows ``span .. span + R * S - 1`` (past the context;
         never part of it) and one attention over ``[context ; R blocks]`` lets row r see the
         context and its own block only, so the context K/V is read once, not copied per row.
-        Call after the round's context was appended (:meth:`append_context`).
+        A ring layer attends ``[its ring ; R blocks]`` and writes nothing. Call after the
+        round's context was appended (:meth:`append_context`).
 
         Args:
             block_ids: [B, R, S] (S <= ``block_size``); row r = ``[bonus, p_r visible tokens,
@@ -693,18 +800,41 @@ class DFlashDrafter(nn.Module):
             raise ValueError(f"span {span} < the context of at least {cache.length_floor} rows")
         positions = cache.lengths[:, None] + torch.arange(s_len, device=device)
         positions = positions.repeat(1, rows)  # [B, R*S], row-major
-        # Keys: context rows [0, span) (a request sees its first lengths[b]), then the R blocks
-        # at scratch rows span + r*S + j; a block row sees its own block only.
+        # Keys: the context (rows [0, span), a request sees its first lengths[b]; or a ring),
+        # then the R blocks (at scratch rows span + r*S + j); a block row sees its own block.
         row_of = torch.arange(q_len, device=device) // s_len
-        own = row_of[:, None] == row_of[None, :]  # [R*S, R*S]
-        ctx = torch.arange(span, device=device)[None] < cache.lengths[:, None]  # [B, span]
-        mask = torch.cat(
-            [ctx[:, None, :].expand(batch, q_len, span), own[None].expand(batch, -1, -1)], dim=2
-        )[:, None]
+        own = (row_of[:, None] == row_of[None, :])[None].expand(batch, -1, -1)  # [B, R*S, R*S]
         slots = (span + torch.arange(q_len, device=device))[None].expand(batch, q_len)
+        masks: dict[tuple[int | None, int | None, bool], torch.Tensor] = {}
+
+        def keys_for(
+            i: int, k_blk: torch.Tensor, v_blk: torch.Tensor
+        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            ring, window, causal = cache.rings[i], self.config.layer_window(i), self.layer_causal(i)
+            key = (ring, window, causal)
+            if key not in masks:
+                if ring is None:
+                    ctx_pos = torch.arange(span, device=device)[None].expand(batch, span)
+                    valid = ctx_pos < cache.lengths[:, None]
+                else:  # the context part of the ring: positions [lengths - R, lengths)
+                    ctx_pos = ring_positions(cache.lengths, ring)
+                    valid = ctx_pos >= 0
+                ctx_mask = valid[:, None, :].expand(batch, q_len, valid.shape[1])
+                ctx_mask = _and(ctx_mask, _attend_rule(positions, ctx_pos, window, causal))
+                blk_mask = _and(own, _attend_rule(positions, positions, window, causal))
+                masks[key] = torch.cat([ctx_mask, blk_mask], dim=2)[:, None]
+            if ring is None:
+                write_rows(cache.keys[i], k_blk, slots)
+                write_rows(cache.values[i], v_blk, slots)
+                end = span + q_len
+                return cache.keys[i][:, :, :end], cache.values[i][:, :, :end], masks[key]
+            k = torch.cat([cache.keys[i][:, :, :ring], k_blk], dim=2)
+            v = torch.cat([cache.values[i][:, :, :ring], v_blk], dim=2)
+            return k, v, masks[key]
+
         cos, sin = self.rotary_emb(positions, self.dtype)
         h = self.embed(block_ids.reshape(batch, q_len))
-        h = self._cached_layers(h, cos, sin, cache, slots, span + q_len, mask)
+        h = self._cached_layers(h, cos, sin, keys_for)
         hidden = self.norm(h.reshape(batch, rows, s_len, -1)[:, :, 1:])
         logits = self.compute_logits(hidden.reshape(batch, rows * (s_len - 1), -1))
         return logits.reshape(batch, rows, s_len - 1, -1)

@@ -8,13 +8,27 @@ plus the drafter fields:
 - ``num_target_layers`` (top level; some variants put it inside ``dflash_config``),
 - ``dflash_config``: ``{"mask_token_id": int, "target_layer_ids": [int, ...]}`` and, in
   later variants, optional scalars (``input_embedding_scale``, ``output_multiplier``,
-  ``final_logit_softcapping``).
+  ``final_logit_softcapping``, ``causal``).
+
+Drafters for windowed targets (gpt-oss, Gemma-4, Qwen3.5/3.6, ...) add the Qwen3 attention
+fields ``layer_types`` (``full_attention`` / ``sliding_attention`` per drafter layer),
+``sliding_window``, ``use_sliding_window``, ``max_window_layers`` and a top-level
+``is_causal``; they are read exactly as transformers' ``Qwen3Config`` reads them (the
+reference drafter is built on it; docs/NOTES.md "Drafter variants (issue 16)"):
+
+- the window is ``sliding_window`` only when ``use_sliding_window`` is true (Qwen3Config drops
+  it otherwise); without ``layer_types``, layers ``>= max_window_layers`` slide;
+- a ``sliding_attention`` layer attends keys with ``q - k < window`` (and ``k - q < window``
+  when not causal); a sliding layer whose window was dropped attends unwindowed;
+- a layer is causal (``k <= q``) when ``is_causal`` says so, else when
+  ``dflash_config.causal`` says so, else when it is a ``sliding_attention`` layer.
 
 Readers look a drafter field up in ``dflash_config`` first and fall back to the top level, so
 both placements load. Fields this runtime does not model are kept verbatim in
 :attr:`DFlashConfig.extra` / :attr:`DFlashConfig.dflash_extra` and written back on save;
-fields that would change the architecture (sliding windows, causal drafting, DFlash2 convs
-and selectors, MLA, partial rotary) are rejected instead of silently ignored.
+fields that would change the architecture (DFlash2 convs and selectors, MiMo-style
+``use_swa``, sinks, MLA, partial rotary, other layer types) are rejected instead of silently
+ignored.
 """
 
 from __future__ import annotations
@@ -91,6 +105,11 @@ _UNSUPPORTED_FIELDS = (
 # RoPE types whose frequencies depend on the sequence length at run time; the drafter caches
 # rotated keys, so only static frequency tables are supported.
 _DYNAMIC_ROPE_TYPES = frozenset({"dynamic", "longrope"})
+FULL_ATTENTION = "full_attention"
+SLIDING_ATTENTION = "sliding_attention"
+_LAYER_TYPES = (FULL_ATTENTION, SLIDING_ATTENTION)
+# transformers' Qwen3Config default: without layer_types, layers >= 28 slide (if windowed).
+_QWEN3_MAX_WINDOW_LAYERS = 28
 
 
 def read_json(path: str | os.PathLike[str], what: str) -> Any:
@@ -137,9 +156,11 @@ def _rope_from_dict(raw: Mapping[str, Any]) -> dict[str, Any]:
     for name, value in (("rope_parameters", params), ("rope_scaling", scaling)):
         if value is not None and not isinstance(value, Mapping):
             raise ValueError(f"{name} must be an object or null, got {value!r}")
-    if isinstance(params, Mapping) and isinstance(params.get("full_attention"), Mapping):
-        # Per-layer-type tables (e.g. Gemma 3): the drafter's layers are full attention.
-        params = params["full_attention"]
+    if isinstance(params, Mapping) and isinstance(params.get(FULL_ATTENTION), Mapping):
+        # Per-layer-type tables (e.g. Gemma 3): the reference drafter builds one rotary table
+        # for every layer (Qwen3RotaryEmbedding), the full-attention one; _parse refuses a
+        # different sliding table when the drafter has sliding layers.
+        params = params[FULL_ATTENTION]
     if params:
         out = dict(params)
         where = "rope_parameters"
@@ -181,6 +202,43 @@ def _check_number(label: str, value: Any, lo: float | None, lo_open: bool) -> st
         return f"{label} must be finite, got {value}"
     if lo is not None and (value <= lo if lo_open else value < lo):
         return f"{label} must be {'>' if lo_open else '>='} {lo}, got {value}"
+    return None
+
+
+def _parse_window(raw: Mapping[str, Any]) -> tuple[int | None, list[str]]:
+    """The effective window of the sliding layers, as transformers' Qwen3Config computes it
+    (``sliding_window`` if ``use_sliding_window`` else None), and the errors in those fields."""
+    use = raw.get("use_sliding_window", False)
+    window = raw.get("sliding_window")
+    errors: list[str] = []
+    if use is None:
+        use = False
+    if not isinstance(use, bool):
+        errors.append(f"use_sliding_window must be true or false, got {use!r}")
+    if window is not None:
+        error = _check_int("sliding_window", window, 1)
+        if error:
+            errors.append(error)
+    if errors:
+        return None, errors
+    return (window if use else None), errors
+
+
+def _sliding_rope_error(raw: Mapping[str, Any], rope: Mapping[str, Any]) -> str | None:
+    """The refusal of a per-layer-type RoPE table whose sliding entry differs from the one
+    table the reference drafter builds for every layer, or None."""
+    params = raw.get("rope_parameters")
+    if not isinstance(params, Mapping) or not isinstance(params.get(SLIDING_ATTENTION), Mapping):
+        return None
+    try:
+        sliding = _rope_from_dict({"rope_parameters": params[SLIDING_ATTENTION]})
+    except ValueError as e:
+        return f"rope_parameters.{SLIDING_ATTENTION}: {e}"
+    if sliding != dict(rope):
+        return (
+            f"rope_parameters.{SLIDING_ATTENTION} ({sliding}) differs from the full-attention "
+            f"table ({dict(rope)}); the reference drafter rotates every layer with one table"
+        )
     return None
 
 
@@ -276,6 +334,14 @@ class DFlashConfig:
     input_embedding_scale: float = 1.0
     output_multiplier: float = 1.0
     final_logit_softcapping: float | None = None
+    # Per drafter layer: "full_attention" or "sliding_attention" (None: all full).
+    layer_types: list[str] | None = None
+    # The window of the sliding layers (keys with q - k < window); None: they attend unwindowed
+    # (what the reference does when the config's use_sliding_window is false).
+    sliding_window: int | None = None
+    # Causal attention in every layer (k <= q); None: dflash_config.causal, else the sliding
+    # layers only.
+    is_causal: bool | None = None
     # Unmodelled fields, preserved across a load / save round trip.
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
     dflash_extra: dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -283,6 +349,10 @@ class DFlashConfig:
     def __post_init__(self) -> None:
         if isinstance(self.target_layer_ids, tuple):
             self.target_layer_ids = list(self.target_layer_ids)
+        if self.layer_types is None and isinstance(self.num_hidden_layers, int):
+            self.layer_types = [FULL_ATTENTION] * self.num_hidden_layers
+        elif isinstance(self.layer_types, tuple):
+            self.layer_types = list(self.layer_types)
         try:
             self.rope_parameters = _rope_from_dict({"rope_parameters": self.rope_parameters})
         except ValueError as e:
@@ -307,6 +377,29 @@ class DFlashConfig:
     @property
     def rope_type(self) -> str:
         return str(self.rope_parameters.get("rope_type", "default"))
+
+    def layer_window(self, layer: int) -> int | None:
+        """The attention window of drafter layer ``layer`` (keys with ``q - k < window``), or
+        None when it attends every key."""
+        assert self.layer_types is not None  # set in __post_init__
+        return self.sliding_window if self.layer_types[layer] == SLIDING_ATTENTION else None
+
+    def layer_causal(self, layer: int) -> bool:
+        """Whether drafter layer ``layer`` is causal (block rows see keys at positions
+        ``<= q`` only): ``is_causal``, else ``dflash_config.causal``, else whether it is a
+        sliding layer (the reference drafter's rule)."""
+        assert self.layer_types is not None
+        if self.is_causal is not None:
+            return self.is_causal
+        causal = self.dflash_extra.get("causal")
+        if isinstance(causal, bool):
+            return causal
+        return self.layer_types[layer] == SLIDING_ATTENTION
+
+    @property
+    def windowed_layers(self) -> list[int]:
+        """The drafter layers that attend through a window."""
+        return [i for i in range(self.num_hidden_layers) if self.layer_window(i) is not None]
 
     # ------------------------------------------------------------------ checks
     def validate(self) -> None:
@@ -339,8 +432,39 @@ class DFlashConfig:
                 f"rope_type {self.rope_type!r} is not supported (frequencies depend on the "
                 "sequence length, but drafter keys are cached already rotated)"
             )
+        errors.extend(self._attention_errors())
         if errors:
             raise ValueError("invalid DFlash config: " + "; ".join(errors))
+
+    def _attention_errors(self) -> list[str]:
+        """The errors in ``layer_types``, ``sliding_window``, ``is_causal`` and
+        ``dflash_config.causal``."""
+        errors: list[str] = []
+        types = self.layer_types
+        if not isinstance(types, list) or not all(isinstance(t, str) for t in types):
+            errors.append(f"layer_types must be a list of strings, got {types!r}")
+        else:
+            if len(types) != self.num_hidden_layers:
+                errors.append(
+                    f"layer_types has {len(types)} entries for num_hidden_layers="
+                    f"{self.num_hidden_layers} (one per drafter layer)"
+                )
+            bad = sorted({t for t in types if t not in _LAYER_TYPES})
+            if bad:
+                errors.append(
+                    f"unsupported drafter layer type(s) {', '.join(map(repr, bad))} in "
+                    f"layer_types (supported: {', '.join(_LAYER_TYPES)})"
+                )
+        if self.sliding_window is not None:
+            error = _check_int("sliding_window", self.sliding_window, 1)
+            if error:
+                errors.append(error)
+        if self.is_causal is not None and not isinstance(self.is_causal, bool):
+            errors.append(f"is_causal must be true, false or null, got {self.is_causal!r}")
+        causal = self.dflash_extra.get("causal")
+        if causal is not None and not isinstance(causal, bool):
+            errors.append(f"dflash_config.causal must be true, false or null, got {causal!r}")
+        return errors
 
     # ------------------------------------------------------------------ (de)serialisation
     @classmethod
@@ -396,17 +520,14 @@ class DFlashConfig:
             unsupported.append(f"attention_mode={dflash['attention_mode']!r}")
         if rotary != 1.0:
             unsupported.append(f"partial_rotary_factor={rotary}")
-        if raw.get("is_causal") is True:
-            unsupported.append("is_causal=true")
-        window = raw.get("sliding_window")
-        if (any(t != "full_attention" for t in layer_types) and window is not None) or dflash.get(
-            "use_swa"
-        ):
-            unsupported.append("sliding-window layers")
+        if dflash.get("use_swa"):
+            unsupported.append(
+                "dflash_config.use_swa (MiMo-style windows; use layer_types and sliding_window)"
+            )
         if unsupported:
             raise ValueError(
                 "unsupported DFlash variant (this runtime implements the DFlash drafter of "
-                "ALGORITHMS.md §1 only): " + ", ".join(unsupported)
+                "ALGORITHMS.md §1 with windowed / causal layers only): " + ", ".join(unsupported)
             )
 
         missing = [
@@ -449,8 +570,31 @@ class DFlashConfig:
             rope = _rope_from_dict(raw)
         except ValueError as e:
             errors.append(str(e))
+        window, errors_window = _parse_window(raw)
+        errors.extend(errors_window)
+        is_causal = raw.get("is_causal")
+        if is_causal is not None and not isinstance(is_causal, bool):
+            errors.append(f"is_causal must be true, false or null, got {is_causal!r}")
         if errors:
             raise ValueError("invalid DFlash config: " + "; ".join(errors))
+        n_layers = raw["num_hidden_layers"]
+        if layer_types:
+            types = list(layer_types)
+        else:
+            # Qwen3Config's derivation: layers from max_window_layers on slide, if windowed.
+            first = raw.get("max_window_layers")
+            first = _QWEN3_MAX_WINDOW_LAYERS if first is None else first
+            error = _check_int("max_window_layers", first, 0)
+            if error:
+                raise ValueError(f"invalid DFlash config: {error}")
+            types = [
+                SLIDING_ATTENTION if window is not None and i >= first else FULL_ATTENTION
+                for i in range(n_layers)
+            ]
+        if SLIDING_ATTENTION in types:
+            error = _sliding_rope_error(raw, rope)
+            if error:
+                raise ValueError(f"unsupported DFlash variant: {error}")
 
         values = {k: v for k, (_, v) in fields.items()}
         for name in _FLOAT_FIELDS:
@@ -468,6 +612,9 @@ class DFlashConfig:
         return cls(
             **values,
             rope_parameters=rope,
+            layer_types=types,
+            sliding_window=window,
+            is_causal=is_causal,
             extra={k: v for k, v in raw.items() if k not in _MODELED_KEYS},
             dflash_extra={k: v for k, v in dflash.items() if k not in _MODELED_DFLASH_KEYS},
         )
@@ -506,7 +653,7 @@ class DFlashConfig:
                 "hidden_size": self.hidden_size,
                 "initializer_range": self.initializer_range,
                 "intermediate_size": self.intermediate_size,
-                "layer_types": ["full_attention"] * self.num_hidden_layers,
+                "layer_types": list(self.layer_types or []),
                 "max_position_embeddings": self.max_position_embeddings,
                 "max_window_layers": self.num_hidden_layers,
                 "num_attention_heads": self.num_attention_heads,
@@ -516,11 +663,14 @@ class DFlashConfig:
                 "rope_parameters": rope,
                 "rope_scaling": None if self.rope_type == "default" else scaling,
                 "rope_theta": self.rope_theta,
-                "sliding_window": None,
-                "use_sliding_window": False,
+                # Qwen3Config keeps the window only with use_sliding_window = true.
+                "sliding_window": self.sliding_window,
+                "use_sliding_window": self.sliding_window is not None,
                 "vocab_size": self.vocab_size,
             }
         )
+        if self.is_causal is not None:
+            out["is_causal"] = self.is_causal
         if self.num_target_layers is not None:
             out["num_target_layers"] = self.num_target_layers
         if dtype is not None:
@@ -549,8 +699,14 @@ class DFlashConfig:
         target_layer_ids: list[int] | None = None,
         num_feature_layers: int | None = None,
         intermediate_size: int | None = None,
+        layer_types: list[str] | None = None,
+        sliding_window: int | None = None,
+        is_causal: bool | None = None,
     ) -> DFlashConfig:
         """A drafter config fitting an HF causal-LM config (``PretrainedConfig`` or dict).
+
+        ``layer_types`` / ``sliding_window`` / ``is_causal`` make a windowed or causal drafter
+        (default: every layer full attention, non-causal).
 
         Copies hidden size, heads, head dim, vocabulary, norm eps and RoPE settings from the
         target. ``num_feature_layers`` defaults to ``num_layers`` (as published drafters do);
@@ -590,4 +746,7 @@ class DFlashConfig:
             max_position_embeddings=int(raw.get("max_position_embeddings") or 32768),
             initializer_range=float(raw.get("initializer_range") or 0.02),
             rope_parameters=_rope_from_dict(raw),
+            layer_types=None if layer_types is None else list(layer_types),
+            sliding_window=sliding_window,
+            is_causal=is_causal,
         )
