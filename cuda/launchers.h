@@ -58,8 +58,9 @@ Status presto_select(const TensorView& cand_token, const TensorView& cand_logpro
                      const TensorView& keys, const TensorView& counts, const PrestoParams& params,
                      const TreeView& tree, void* workspace, size_t workspace_bytes, Stream stream);
 
-// tree_attention: bf16/fp16, head_dim 64/128; num_splits >= 1 resolved by the dispatch, with a
-// workspace of tree_attention_workspace_bytes(...) (D = D_v) when num_splits > 1.
+// tree_attention: bf16/fp16, head dims (D_k, D_v) in {(64, 64), (128, 128), (192, 128)}, every
+// AttentionVariant (window by position, sinks, ring caches); num_splits >= 1 resolved by the
+// dispatch, with a workspace of tree_attention_workspace_bytes(...) (D = D_v) when num_splits > 1.
 Status tree_attention(const TensorView& q, const TensorView& k_cache, const TensorView& v_cache,
                       const TensorView& prefix_len, const TensorView* tree_anc,
                       const TensorView* num_nodes, float scale, bool is_chain,
