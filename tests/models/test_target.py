@@ -437,11 +437,13 @@ def test_unsupported_models_and_config_raise() -> None:
         TargetAdapter(model, max_length=8, batch_size=0)
     torch.manual_seed(0)
     windowed = MistralForCausalLM(MistralConfig(sliding_window=16, **_COMMON))
-    with pytest.raises(
-        ValueError, match=r"max_length=64 exceeds the model's sliding window \(16\)"
-    ):
-        TargetAdapter(windowed, max_length=64)
-    TargetAdapter(windowed, max_length=16)  # within the window: exact, allowed
+    # A context longer than the window is allowed: the window is honoured per layer, and with a
+    # bound on one forward's rows its layers keep rings of W - 1 + T_max rows.
+    assert not TargetAdapter(windowed, max_length=64).cache.has_rings
+    ringed = TargetAdapter(windowed, max_length=64, max_forward_rows=4, prefill_chunk=4)
+    assert ringed.cache.has_rings and ringed.cache.key_cache[0].shape[2] == 16 - 1 + 4
+    with pytest.raises(ValueError, match="max_forward_rows must be a positive int"):
+        TargetAdapter(windowed, max_length=64, max_forward_rows=0)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -511,11 +513,11 @@ def test_backend_seam_is_tried_first() -> None:
     prefix_len = torch.tensor([4])
     calls: list[tuple[int, ...]] = []
 
-    def declining(q: Tensor, *args: object) -> Tensor | None:
+    def declining(q: Tensor, *args: object, **kwargs: object) -> Tensor | None:
         calls.append(tuple(q.shape))
         return None
 
-    def replacing(q: Tensor, *args: object) -> Tensor | None:
+    def replacing(q: Tensor, *args: object, **kwargs: object) -> Tensor | None:
         return torch.zeros_like(q)
 
     assert get_tree_attention_backend() is None

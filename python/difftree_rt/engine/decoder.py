@@ -236,6 +236,7 @@ class SpeculativeDecoder:
             batch_size=batch_size,
             feature_layers=self.feature_layers or None,
             validate=self.validate,
+            max_forward_rows=self.capacity,
         )
 
     def _adapter_for(self, needed: int, batch_size: int = 1) -> TargetAdapter:

@@ -1,13 +1,17 @@
 """Preallocated static KV cache for the target model, behind the transformers ``Cache`` interface.
 
-Shapes use the project vocabulary: B batch, H_kv key/value heads, S_max cache capacity (rows),
-D head dim, T query rows of one forward, L tree depth.
+Shapes use the project vocabulary: B batch, H_k / H_v heads and D_k / D_v widths of a layer's
+cached K / V rows, S_max cache capacity (rows), W sliding window, T query rows of one forward,
+L tree depth.
 
-Every layer owns one contiguous K and one contiguous V tensor ``[B, H_kv, S_max, D]``, allocated
-once. A forward never appends by growing: before each forward the owner (``TargetAdapter``) sets the
-rows that query row i is written to (``base_len + i``), and ``update`` scatters there. The committed
-length of each request lives on the device (``base_len``, ``[B]`` int32) so a captured CUDA graph
-replays with new lengths.
+Every layer that caches (:class:`~.target_layers.LayerSpec`) owns one contiguous K tensor
+``[B, H_k, S_l, D_k]`` and one V tensor ``[B, H_v, S_l, D_v]``, allocated once: ``S_l = S_max``
+for full attention, a ring of ``S_l = W - 1 + T_max`` slots for a sliding-window layer when that
+is smaller (row r in slot ``r % S_l``; every forward has at most T_max rows). A forward never
+appends by growing: before each forward the owner (``TargetAdapter``) sets the rows that query row
+i is written to (``base_len + i``), and ``update`` scatters there. The committed length of each
+request lives on the device (``base_len``, ``[B]`` int32) so a captured CUDA graph replays with
+new lengths.
 
 Two ways to bound the attention key span: eager mode keeps a host-side ``len_bound`` (exact
 after prefill/decode, re-synced once per round after a commit); graph mode sets a fixed span
@@ -23,13 +27,19 @@ from torch import Tensor
 from transformers.cache_utils import Cache, CacheLayerMixin
 
 from ..reference.kv_commit import kv_commit_reference
+from .target_layers import LayerSpec
 
 __all__ = ["StaticKVCache"]
 
 
-def _kv_commit(caches: list[Tensor], base_len: Tensor, path: Tensor, accepted: Tensor) -> None:
-    """``difftree_rt.ops.kv_commit`` (C++/CUDA core); the plain-PyTorch reference only when the
-    compiled extension is unavailable (same semantics)."""
+def _kv_commit(
+    caches: list[Tensor], base_len: Tensor, path: Tensor, accepted: Tensor, ring: bool
+) -> None:
+    """``difftree_rt.ops.kv_commit`` (C++/CUDA core) over caches of one shape; the plain-PyTorch
+    reference only when the compiled extension is unavailable (same semantics)."""
+    if ring:
+        kv_commit_reference(caches, base_len, path, accepted, ring=True)
+        return
     try:
         from .. import ops
         from .._ext import ext
@@ -49,19 +59,27 @@ class _StaticTreeLayer(CacheLayerMixin):
     """
 
     is_compileable = False
-    is_sliding = False
     is_croppable = False
 
-    def __init__(self, owner: StaticKVCache, layer_idx: int, keys: Tensor, values: Tensor) -> None:
+    def __init__(
+        self,
+        owner: StaticKVCache,
+        layer_idx: int,
+        keys: Tensor | None,
+        values: Tensor | None,
+        spec: LayerSpec,
+    ) -> None:
         super().__init__()
         self._owner = owner
         self._layer_idx = layer_idx
         self.keys = keys
         self.values = values
         self.is_initialized = True
-        self.dtype, self.device = keys.dtype, keys.device
-        self.batch_size, self.num_heads = keys.shape[0], keys.shape[1]
-        self.max_cache_len = keys.shape[2]
+        self.is_sliding = spec.window > 0
+        self.dtype, self.device = owner.dtype, owner.device
+        self.batch_size = owner.batch_size
+        self.num_heads = spec.key[0]
+        self.max_cache_len = keys.shape[2] if keys is not None else 0
 
     def lazy_initialization(self, key_states: Tensor, value_states: Tensor) -> None:
         # Preallocated in the owner's constructor; nothing to do.
@@ -73,13 +91,13 @@ class _StaticTreeLayer(CacheLayerMixin):
         return self._owner._write(self._layer_idx, key_states, value_states)
 
     def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
-        return self.max_cache_len, 0
+        return self._owner.max_length, 0
 
     def get_seq_length(self) -> int:
         return self._owner.get_seq_length()
 
     def get_max_length(self) -> int:
-        return self.max_cache_len
+        return self._owner.max_length
 
     def reset(self) -> None:
         # Rows past `base_len` are never read, so resetting lengths (done by the owner) suffices.
@@ -90,13 +108,17 @@ class _StaticTreeLayer(CacheLayerMixin):
 
 
 class StaticKVCache(Cache):
-    """Preallocated per-layer K/V ``[B, H_kv, S_max, D]`` with explicit write rows.
+    """Preallocated per-layer K/V with explicit write rows.
 
     Attributes:
-        key_cache: one K tensor per layer, ``[B, H_kv, S_max, D]``, contiguous, fixed address.
-        value_cache: one V tensor per layer, same shape.
+        specs: one :class:`~.target_layers.LayerSpec` per decoder layer.
+        key_cache: the K tensor of every layer that caches, ``[B, H_k, S_l, D_k]``, contiguous,
+            fixed address (in layer order; layers that reuse another's K/V have none).
+        value_cache: the matching V tensors ``[B, H_v, S_l, D_v]``.
         base_len: ``[B]`` int32 on the device: committed rows per request.
         max_length: S_max.
+        max_forward_rows: T_max, the most rows one forward may write (None: unbounded, and no
+            layer is a ring).
         len_bound: host-side upper bound on ``max(base_len)``, kept without device syncs (exact
             after prefill/decode; loose after a commit until :meth:`sync_len_bound`).
         len_exact: whether ``len_bound`` is known to equal ``max(base_len)``.
@@ -104,56 +126,85 @@ class StaticKVCache(Cache):
             row of every forward until it is cleared), or None (eager: ``len_bound``).
 
     ``update`` (called by every HF attention layer) writes query row i of request b to row
-    ``rows[b, i]`` set by :meth:`begin_write` and returns the whole layer buffers; the attention
-    function decides what is visible (see ``tree_attention``).
+    ``rows[b, i]`` set by :meth:`begin_write` (slot ``rows % S_l`` of a ring) and returns the
+    whole layer buffers; the attention function decides what is visible (see
+    ``tree_attention``).
     """
 
     def __init__(
         self,
-        num_layers: int,
+        specs: list[LayerSpec],
         batch_size: int,
-        num_kv_heads: int,
-        head_dim: int,
         max_length: int,
         dtype: torch.dtype,
         device: torch.device | str,
+        max_forward_rows: int | None = None,
     ) -> None:
-        for name, value in (
-            ("num_layers", num_layers),
-            ("batch_size", batch_size),
-            ("num_kv_heads", num_kv_heads),
-            ("head_dim", head_dim),
-            ("max_length", max_length),
-        ):
+        for name, value in (("batch_size", batch_size), ("max_length", max_length)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
-        shape = (batch_size, num_kv_heads, max_length, head_dim)
-        self.key_cache: list[Tensor] = [
-            torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)
-        ]
-        self.value_cache: list[Tensor] = [
-            torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)
-        ]
-        layers: list[Any] = [
-            _StaticTreeLayer(self, i, k, v)
-            for i, (k, v) in enumerate(zip(self.key_cache, self.value_cache, strict=True))
-        ]
-        super().__init__(layers=layers)
+        if max_forward_rows is not None and (
+            not isinstance(max_forward_rows, int)
+            or isinstance(max_forward_rows, bool)
+            or not 1 <= max_forward_rows <= max_length
+        ):
+            raise ValueError(
+                f"max_forward_rows must be None or an int in [1, {max_length}], got "
+                f"{max_forward_rows!r}"
+            )
+        if not specs:
+            raise ValueError("specs: expected at least one layer")
+        self.specs = list(specs)
         self.max_length = max_length
-        self.num_kv_heads = num_kv_heads
-        self.head_dim = head_dim
+        self.max_forward_rows = max_forward_rows
         self.dtype = dtype
         self.device = torch.device(device)
         self.base_len: Tensor = torch.zeros(batch_size, dtype=torch.int32, device=device)
+        self.key_cache: list[Tensor] = []
+        self.value_cache: list[Tensor] = []
+        # Per layer: its (K, V) buffers, or None when it reuses another layer's.
+        self._buffers: list[tuple[Tensor, Tensor] | None] = []
+        self._ring: list[bool] = []
+        layers: list[Any] = []
+        for spec in self.specs:
+            slots = spec.slots(max_length, max_forward_rows)
+            pair = None
+            if spec.owns_cache:
+                (h_k, d_k), (h_v, d_v) = spec.key, spec.value
+                k = torch.zeros((batch_size, h_k, slots, d_k), dtype=dtype, device=device)
+                v = torch.zeros((batch_size, h_v, slots, d_v), dtype=dtype, device=device)
+                self.key_cache.append(k)
+                self.value_cache.append(v)
+                pair = (k, v)
+            self._buffers.append(pair)
+            self._ring.append(slots < max_length)
+            keys, values = pair if pair is not None else (None, None)
+            layers.append(_StaticTreeLayer(self, spec.index, keys, values, spec))
+        super().__init__(layers=layers)
+        # kv_commit groups: tensors of one shape and ring-ness go in one call.
+        groups: dict[tuple[Any, ...], list[Tensor]] = {}
+        for pair, ring in zip(self._buffers, self._ring, strict=True):
+            for t in pair or ():
+                groups.setdefault((tuple(t.shape), ring), []).append(t)
+        self._commit_groups = [(ts, key[1]) for key, ts in groups.items()]
         self.len_bound = 0
         self.len_exact = True
         self.fixed_span: int | None = None
         self._write_rows: Tensor | None = None
-        self._write_index: Tensor | None = None
+        self._write_index: dict[tuple[int, int, int], Tensor] = {}
+
+    @property
+    def has_rings(self) -> bool:
+        """Whether some layer keeps a ring (its forwards are bounded by ``max_forward_rows``)."""
+        return any(self._ring)
+
+    def is_ring(self, layer_idx: int) -> bool:
+        """Whether layer ``layer_idx``'s buffers are a ring (row r in slot ``r % S_l``)."""
+        return self._ring[layer_idx]
 
     @property
     def num_layers(self) -> int:
-        return len(self.key_cache)
+        return len(self.specs)
 
     @property
     def batch_size(self) -> int:  # type: ignore[override]
@@ -167,42 +218,61 @@ class StaticKVCache(Cache):
 
         Args:
             rows: ``[B, T]`` int64 on the cache device, all ``< S_max`` (the caller checks
-                capacity).
+                capacity); ``T <= max_forward_rows``.
         """
         if rows.dim() != 2 or rows.shape[0] != self.batch_size:
             raise ValueError(f"rows must be [B={self.batch_size}, T], got {tuple(rows.shape)}")
-        rows = rows.to(device=self.device, dtype=torch.long)
-        num_b, num_t = rows.shape
-        self._write_rows = rows
-        # One expanded view reused by every layer (no copy): index for scatter_ along dim 2.
-        self._write_index = rows[:, None, :, None].expand(
-            num_b, self.num_kv_heads, num_t, self.head_dim
-        )
+        cap = self.max_forward_rows
+        if cap is not None and rows.shape[1] > cap:
+            raise ValueError(
+                f"a forward of {rows.shape[1]} rows exceeds max_forward_rows={cap} (the "
+                "sliding-window layers' rings hold the window plus that many rows)"
+            )
+        self._write_rows = rows.to(device=self.device, dtype=torch.long)
+        self._write_index = {}
 
     def end_write(self) -> None:
         """Forget the write rows, so a stray ``update`` outside a forward fails loudly."""
         self._write_rows = None
-        self._write_index = None
+        self._write_index = {}
+
+    def _index(self, heads: int, dim: int, slots: int) -> Tensor:
+        # One expanded view per (H, D, slots), shared by the layers of that shape (no copy).
+        key = (heads, dim, slots)
+        index = self._write_index.get(key)
+        if index is None:
+            rows = self._write_rows
+            assert rows is not None
+            if slots < self.max_length:
+                rows = rows % slots
+            index = rows[:, None, :, None].expand(rows.shape[0], heads, rows.shape[1], dim)
+            self._write_index[key] = index
+        return index
 
     def _write(
         self, layer_idx: int, key_states: Tensor, value_states: Tensor
     ) -> tuple[Tensor, Tensor]:
-        index = self._write_index
-        if index is None:
+        if self._write_rows is None:
             raise RuntimeError(
                 "StaticKVCache.update was called outside a TargetAdapter forward: no write rows "
                 "set (call begin_write(rows) first)"
             )
-        if key_states.shape != index.shape or value_states.shape != index.shape:
+        pair = self._buffers[layer_idx]
+        if pair is None:
+            raise RuntimeError(f"layer {layer_idx} reuses another layer's K/V but called update")
+        k_buf, v_buf = pair
+        num_b, num_t = self._write_rows.shape
+        want_k = (num_b, k_buf.shape[1], num_t, k_buf.shape[3])
+        want_v = (num_b, v_buf.shape[1], num_t, v_buf.shape[3])
+        if tuple(key_states.shape) != want_k or tuple(value_states.shape) != want_v:
             raise ValueError(
                 f"layer {layer_idx}: key/value states {tuple(key_states.shape)} / "
-                f"{tuple(value_states.shape)} do not match the write rows "
-                f"[B, H_kv, T, D]={tuple(index.shape)}"
+                f"{tuple(value_states.shape)} do not match the cache rows [B, H, T, D] = "
+                f"{want_k} / {want_v}"
             )
-        k_buf = self.key_cache[layer_idx]
-        v_buf = self.value_cache[layer_idx]
-        k_buf.scatter_(2, index, key_states.to(k_buf.dtype))
-        v_buf.scatter_(2, index, value_states.to(v_buf.dtype))
+        slots = k_buf.shape[2]
+        k_buf.scatter_(2, self._index(want_k[1], want_k[3], slots), key_states.to(k_buf.dtype))
+        v_buf.scatter_(2, self._index(want_v[1], want_v[3], slots), value_states.to(v_buf.dtype))
         return k_buf, v_buf
 
     def update(
@@ -275,10 +345,11 @@ class StaticKVCache(Cache):
             act = active.to(device=self.device, dtype=self.base_len.dtype)
             acc = acc * act
             step = step * act
-        # The single call site of the commit kernel (one call for every layer's K and V); a
-        # one-column path (the root alone: "ar") moves no row.
+        # The single call site of the commit kernel (one call per group of same-shaped K/V
+        # tensors); a one-column path (the root alone: "ar") moves no row.
         if path.shape[1] > 1:
-            _kv_commit(self.key_cache + self.value_cache, self.base_len, path, acc)
+            for tensors, ring in self._commit_groups:
+                _kv_commit(tensors, self.base_len, path, acc, ring)
         self.base_len.add_(step)
         # accepted <= L, so the bound grows by at most L + 1 (no sync needed).
         self.len_bound = min(self.len_bound + path.shape[1], self.max_length)
@@ -314,8 +385,9 @@ class StaticKVCache(Cache):
         raise NotImplementedError("StaticKVCache does not support beam search reordering")
 
     def __repr__(self) -> str:
+        rings = sum(self._ring)
         return (
             f"StaticKVCache(layers={self.num_layers}, B={self.batch_size}, "
-            f"H_kv={self.num_kv_heads}, S_max={self.max_length}, D={self.head_dim}, "
-            f"dtype={self.dtype}, device={self.device})"
+            f"S_max={self.max_length}, ring layers={rings}, dtype={self.dtype}, "
+            f"device={self.device})"
         )

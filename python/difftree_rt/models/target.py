@@ -1,7 +1,8 @@
 """Target adapter: any HF causal LM with standard decoder layers, on a static KV cache.
 
 Vocabulary: B batch, T new tokens, N tree nodes (root included), L tree depth, V vocab,
-H heads, D head dim, S_max cache capacity, F = k * hidden (k captured feature layers).
+H heads, D head dim, S_max cache capacity, W sliding window, T_max rows of one forward,
+F = k * hidden (k captured feature layers).
 
 One adapter owns one :class:`StaticKVCache`. Every forward (prefill, AR decode, tree verify)
 writes its T (or N) new rows at ``base_len + i`` and runs attention through the registered
@@ -21,10 +22,15 @@ import torch
 from torch import Tensor, nn
 
 from .static_cache import StaticKVCache
+from .target_layers import ring_slots
 from .target_support import check_target_model
 from .tree_attention import CONTEXT_KWARG, TreeAttentionContext, register_hf_attention
 
-__all__ = ["TargetAdapter", "TargetOutput"]
+__all__ = ["PREFILL_CHUNK", "TargetAdapter", "TargetOutput"]
+
+#: Rows per prefill chunk on a target whose sliding-window layers keep rings (at least the
+#: tree capacity): bounds the rings at ``W - 1 + max(T_max, PREFILL_CHUNK)`` rows.
+PREFILL_CHUNK = 512
 
 _INT_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
 
@@ -67,6 +73,13 @@ class TargetAdapter:
             (for the last layer that is after the final norm, as HF reports it).
         validate: run value checks that need a device->host sync (index ranges in verify/commit).
             Shape checks always run. Turn off for graph capture.
+        max_forward_rows: T_max, the most rows one verify / decode forward writes (the tree
+            capacity). When given and the model has sliding-window layers, each of them keeps a
+            ring of ``W - 1 + T_max`` rows instead of S_max (when smaller), and prefill runs in
+            chunks of at most ``max(T_max, prefill_chunk)`` rows. None: every layer keeps S_max
+            rows.
+        prefill_chunk: rows per prefill chunk on a target with rings (see above; None:
+            :data:`PREFILL_CHUNK`).
     """
 
     def __init__(
@@ -77,6 +90,8 @@ class TargetAdapter:
         feature_layers: Sequence[int] | None = None,
         *,
         validate: bool = True,
+        max_forward_rows: int | None = None,
+        prefill_chunk: int | None = None,
     ) -> None:
         geometry = check_target_model(model)
         config = model.config
@@ -84,17 +99,20 @@ class TargetAdapter:
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
         num_layers = geometry.num_layers
-        layer_types = getattr(config, "layer_types", None)
-        window = getattr(config, "sliding_window", None)
-        uses_window = window is not None and (
-            layer_types is None or "sliding_attention" in layer_types
-        )
-        if uses_window and window < max_length:
-            raise ValueError(
-                f"max_length={max_length} exceeds the model's sliding window ({window}); "
-                "sliding-window attention is not implemented by tree attention, so contexts must "
-                f"stay within the window (use max_length <= {window})"
-            )
+        prefill_chunk = PREFILL_CHUNK if prefill_chunk is None else prefill_chunk
+        for name, value in (("max_forward_rows", max_forward_rows), ("prefill_chunk", prefill_chunk)):
+            if value is not None and (
+                not isinstance(value, int) or isinstance(value, bool) or value < 1
+            ):
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        rows_cap = None
+        if max_forward_rows is not None:
+            rows_cap = min(max(max_forward_rows, prefill_chunk), max_length)
+            if not any(
+                ring_slots(spec.window, max_length, rows_cap) < max_length
+                for spec in geometry.specs
+            ):
+                rows_cap = None  # no layer would keep a ring: nothing to bound
         layers = geometry.layers
 
         feats = [] if feature_layers is None else list(feature_layers)
@@ -133,13 +151,12 @@ class TargetAdapter:
 
             tree_attention_cuda.enable()
         self.cache = StaticKVCache(
-            num_layers=num_layers,
+            list(geometry.specs),
             batch_size=batch_size,
-            num_kv_heads=geometry.num_kv_heads,
-            head_dim=geometry.head_dim,
             max_length=max_length,
             dtype=self.dtype,
             device=self.device,
+            max_forward_rows=rows_cap,
         )
         # Tree size N of the last verify (commit needs one), None when no tree is pending.
         self._pending_nodes: int | None = None
@@ -201,16 +218,22 @@ class TargetAdapter:
             ``base_len += T`` (``+= T_b`` with ``lengths``).
         """
         ids = self._check_ids(input_ids, "input_ids")
-        if lengths is None:
-            return self._append(ids, "input_ids", last_logits_only)
         num_b, num_t = ids.shape
-        lens = list(lengths)
-        if len(lens) != num_b or not all(
-            isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= num_t for n in lens
+        lens = None if lengths is None else list(lengths)
+        if lens is not None and (
+            len(lens) != num_b
+            or not all(
+                isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= num_t for n in lens
+            )
         ):
             raise ValueError(
                 f"lengths must be {num_b} ints in [1, T={num_t}] (one per request), got {lens!r}"
             )
+        cap = self.cache.max_forward_rows
+        if cap is not None and num_t > cap:
+            return self._prefill_chunks(ids, last_logits_only, lens, cap)
+        if lens is None:
+            return self._append(ids, "input_ids", last_logits_only)
         self._ensure_capacity(num_t, "input_ids")
         lens_t = torch.tensor(lens, dtype=torch.long, device=self.device)
         offsets = torch.arange(num_t, device=self.device)[None, :]
@@ -222,6 +245,39 @@ class TargetAdapter:
         self.cache.len_exact = self.cache.len_exact and min(lens) == max(lens)
         self._pending_nodes = None
         return out
+
+    def _prefill_chunks(
+        self, ids: Tensor, last_logits_only: bool, lens: list[int] | None, cap: int
+    ) -> TargetOutput:
+        # A prompt longer than one forward may write (the rings hold W - 1 + T_max rows): causal
+        # chunks of at most `cap` rows, each committed before the next, as HF's own chunked
+        # prefill does. Request b's chunk c holds its real tokens [c0, min(c1, T_b)).
+        num_b, num_t = ids.shape
+        self._ensure_capacity(num_t, "input_ids")
+        full = [num_t] * num_b if lens is None else lens
+        logits: list[Tensor] = []
+        feats: list[Tensor] = []
+        for c0 in range(0, num_t, cap):
+            c1 = min(num_t, c0 + cap)
+            real = [max(0, min(n, c1) - c0) for n in full]
+            offsets = torch.arange(c1 - c0, device=self.device)[None, :]
+            out = self._forward(ids[:, c0:c1], offsets, None, None)
+            self.cache.base_len.add_(
+                torch.tensor(real, dtype=self.cache.base_len.dtype, device=self.device)
+            )
+            self.cache.len_bound += max(real)
+            logits.append(out.logits)
+            if out.features is not None:
+                feats.append(out.features)
+        self.cache.len_exact = self.cache.len_exact and min(full) == max(full)
+        self._pending_nodes = None
+        all_logits = torch.cat(logits, dim=1)
+        if last_logits_only:
+            last = torch.tensor([n - 1 for n in full], device=self.device)
+            all_logits = all_logits[torch.arange(num_b, device=self.device), last][:, None]
+        return TargetOutput(
+            logits=all_logits, features=torch.cat(feats, dim=1) if feats else None
+        )
 
     @torch.no_grad()
     def decode(self, token: Tensor) -> TargetOutput:
@@ -370,7 +426,10 @@ class TargetAdapter:
             prefix_len=base,
             tree_anc=anc,
             num_nodes=num_nodes,
+            depth=pos_offsets if anc is not None else None,
             kv_bound=self.cache.key_span(),
+            full_rows=self.cache.max_length,
+            num_rows=num_t,
         )
         captured: dict[int, Tensor] = {}
         kwargs: dict[str, Any] = {CONTEXT_KWARG: ctx}

@@ -1,6 +1,6 @@
 """Which HF causal LMs the target adapter reproduces exactly, checked before anything is built.
 
-Vocabulary: H attention heads, H_kv key/value heads, D head dim.
+Vocabulary: H attention heads, H_kv key/value heads, D head dim, W sliding window.
 
 A target is refused (``ValueError`` naming the model class, its ``model_type`` and what is
 unsupported) when its structure does not fit the static cache and tree attention, or when its
@@ -10,10 +10,12 @@ tokens under speculative verification would differ from its own ``generate``:
   ``"dynamic"``/``"*dynamic*"`` and ``"longrope"``): HF recomputes them from the largest position
   of each forward, and verify forwards run ahead of the committed length (and HF's own loop
   switches at ``original_max_position_embeddings``), so the same token gets other rotations.
-- Multi-head latent attention (DeepSeek-V2/V3 style ``kv_lora_rank``): the cache would have to hold
-  the compressed latent, not per-head K/V of one head dim.
-- Attention logit soft-capping (Gemma-2 ``attn_logit_softcapping``) and attention sinks (gpt-oss
-  ``sinks``): tree attention computes plain softmax attention.
+- Attention logit soft-capping (Gemma-2 ``attn_logit_softcapping``): tree attention computes
+  softmax attention without it.
+- Layer types other than full and sliding-window attention.
+
+Supported per layer (:mod:`.target_layers`): full attention, sliding windows, attention sinks
+(gpt-oss), per-layer head sizes and KV heads (Gemma-4), latent attention (DeepSeek-V3 / Kimi).
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .target_layers import LayerSpec, layer_specs
+
 __all__ = ["TargetGeometry", "check_target_model"]
 
 _SUPPORTED_LAYER_TYPES = ("full_attention", "sliding_attention")
@@ -32,26 +36,26 @@ _SUPPORTED_LAYER_TYPES = ("full_attention", "sliding_attention")
 
 @dataclass(frozen=True)
 class TargetGeometry:
-    """The attention geometry of a supported target.
+    """The attention layers of a supported target.
 
     Attributes:
         layers: the decoder layer stack.
-        num_heads: H; num_kv_heads: H_kv; head_dim: D.
+        specs: one :class:`~.target_layers.LayerSpec` per layer (what it caches and how).
     """
 
     layers: nn.ModuleList
-    num_heads: int
-    num_kv_heads: int
-    head_dim: int
+    specs: tuple[LayerSpec, ...]
 
     @property
     def num_layers(self) -> int:
         return len(self.layers)
 
     def kv_bytes_per_row(self, batch_size: int, dtype: torch.dtype) -> int:
-        """Bytes of one static-cache row (K and V of every layer) for ``batch_size`` requests."""
+        """Bytes one more cache row costs for ``batch_size`` requests: every full-length layer's
+        K and V (a sliding layer's ring has a fixed size; counted as full-length here, an upper
+        bound, when it is not a ring)."""
         item = torch.empty((), dtype=dtype).element_size()
-        return 2 * self.num_layers * batch_size * self.num_kv_heads * self.head_dim * item
+        return batch_size * sum(spec.row_bytes(item) for spec in self.specs)
 
 
 def _unsupported(model: nn.Module, what: str) -> ValueError:
@@ -155,12 +159,6 @@ def check_target_model(model: nn.Module) -> TargetGeometry:
     ]
     if missing:
         raise _unsupported(model, f"config lacks {', '.join(missing)}")
-    if getattr(config, "kv_lora_rank", None) is not None:
-        raise _unsupported(
-            model,
-            "multi-head latent attention (q_lora_rank/kv_lora_rank, DeepSeek-V2/V3 style) is not "
-            "supported: the static KV cache holds per-head keys and values of one head dim",
-        )
     softcap = getattr(config, "attn_logit_softcapping", None)
     if softcap is not None:
         raise _unsupported(
@@ -177,14 +175,6 @@ def check_target_model(model: nn.Module) -> TargetGeometry:
     _check_rope(model)
 
     num_layers: int = config.num_hidden_layers
-    num_heads: int = config.num_attention_heads
-    num_kv_heads = getattr(config, "num_key_value_heads", None) or num_heads
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // num_heads
-    if num_heads % num_kv_heads != 0:
-        raise ValueError(
-            f"model: num_attention_heads={num_heads} is not a multiple of "
-            f"num_key_value_heads={num_kv_heads}"
-        )
     layer_types = getattr(config, "layer_types", None)
     if layer_types is not None:
         bad = sorted({t for t in layer_types if t not in _SUPPORTED_LAYER_TYPES})
@@ -210,15 +200,10 @@ def check_target_model(model: nn.Module) -> TargetGeometry:
             f"decoder layers {attn_missing} have no `self_attn` module with a `layer_idx` (not a "
             "standard decoder layer)",
         )
-    sinks = [
-        i for i, layer in enumerate(layers) if getattr(layer.self_attn, "sinks", None) is not None
-    ]
-    if sinks:
-        raise _unsupported(
-            model,
-            f"attention sinks (`self_attn.sinks` on layers {sinks}) are not supported: tree "
-            "attention computes plain softmax attention",
-        )
+    try:
+        specs = layer_specs(model, layers)
+    except ValueError as e:
+        raise _unsupported(model, str(e)) from None
     if next(model.parameters(), None) is None:
         raise ValueError(f"model: {type(model).__name__} has no parameters")
-    return TargetGeometry(layers, num_heads, num_kv_heads, head_dim)
+    return TargetGeometry(layers, tuple(specs))
