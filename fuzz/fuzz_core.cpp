@@ -386,8 +386,9 @@ void fuzz_commit(Input& in) {
       reinterpret_cast<int64_t*>(acc.bytes.data())[b] = in.range(0, static_cast<int>(P));
     }
   }
-  expect_named(check_kv_commit(views.data(), n, base.view, path.view, acc.view));
-  expect_named(kv_commit(views.data(), n, base.view, path.view, acc.view, nullptr));
+  const bool ring = in.coin();  // ring caches: row r in slot r % S, any base_len
+  expect_named(check_kv_commit(views.data(), n, base.view, path.view, acc.view, ring));
+  expect_named(kv_commit(views.data(), n, base.view, path.view, acc.view, nullptr, ring));
   if (in.coin()) {
     std::vector<Dl> dl_caches(static_cast<size_t>(n));
     std::vector<const DLTensor*> ptrs;
@@ -402,9 +403,14 @@ void fuzz_commit(Input& in) {
     // A count below the array's length (never above: that is the caller's memory error).
     const int32_t count = in.bad_every > 0 && in.coin() ? static_cast<int32_t>(in.range(-3, n)) : n;
     const bool no_array = in.bad_every > 0 && in.range(0, 4 * in.bad_every) == 0;
-    expect_named_c(difftree_kv_commit(no_array ? nullptr : ptrs.data(), count,
-                                      dl_or_null(in, b), dl_or_null(in, p), dl_or_null(in, a),
-                                      nullptr));
+    if (ring)
+      expect_named_c(difftree_kv_commit_ring(no_array ? nullptr : ptrs.data(), count,
+                                             dl_or_null(in, b), dl_or_null(in, p),
+                                             dl_or_null(in, a), 1, nullptr));
+    else
+      expect_named_c(difftree_kv_commit(no_array ? nullptr : ptrs.data(), count,
+                                        dl_or_null(in, b), dl_or_null(in, p), dl_or_null(in, a),
+                                        nullptr));
   }
 }
 
@@ -556,8 +562,9 @@ void fuzz_round(Input& in) {
   const int64_t Hkv = in.range(0, 2), Hq = maybe_off(in, Hkv * in.range(1, 2));
   Buffer q = make(in, pick_dtype(in, DType::kFloat32), {B, Hq, N, D}, true);
   Buffer kc = make(in, pick_dtype(in, DType::kFloat32), {B, Hkv, S, D}, true);
-  Buffer vc = make(in, pick_dtype(in, DType::kFloat32), {B, Hkv, maybe_off(in, S), D}, true);
-  Buffer out = make(in, pick_dtype(in, DType::kFloat32), {B, Hq, maybe_off(in, N), D}, false);
+  const int64_t Dv = in.coin() ? D : in.range(0, 4);  // D_v may differ from D_k
+  Buffer vc = make(in, pick_dtype(in, DType::kFloat32), {B, Hkv, maybe_off(in, S), Dv}, true);
+  Buffer out = make(in, pick_dtype(in, DType::kFloat32), {B, Hq, maybe_off(in, N), Dv}, false);
   Buffer plen = make(in, pick_dtype(in, DType::kInt64), {B}, true);
   Buffer anc = make(in, pick_dtype(in, DType::kInt32), {B, N, (N + 31) / 32}, true);
   Buffer nodes = make(in, pick_dtype(in, DType::kInt64), {B}, true);
@@ -571,11 +578,26 @@ void fuzz_round(Input& in) {
   const int64_t splits = in.range(-1, 3);
   const TensorView* a = in.coin() ? &anc.view : nullptr;
   const TensorView* nn = in.coin() ? &nodes.view : nullptr;
-  expect_named(check_tree_attention(q.view, kc.view, vc.view, plen.view, a, nn, scale, chain));
+  // The attention variant: a window (sometimes negative or huge), depth (sometimes in range),
+  // sinks, a ring.
+  Buffer depth = make(in, pick_dtype(in, DType::kInt64), {B, maybe_off(in, N)}, true);
+  if (in.coin() && depth.view.dtype == DType::kInt64)
+    for (int64_t i = 0; i < depth.n; ++i)
+      reinterpret_cast<int64_t*>(depth.bytes.data())[i] = in.range(0, std::max<int64_t>(N - 1, 0));
+  Buffer sinks = make(in, pick_dtype(in, DType::kFloat32), {maybe_off(in, Hq)}, true);
+  AttentionVariant variant;
+  variant.depth = in.coin() ? &depth.view : nullptr;
+  variant.sinks = in.coin() ? &sinks.view : nullptr;
+  variant.window = in.coin() ? in.range(-1, 8) : static_cast<int64_t>(in.u64());
+  variant.ring = in.coin();
+  expect_named(
+      check_tree_attention(q.view, kc.view, vc.view, plen.view, a, nn, scale, chain, variant));
   expect_named(tree_attention(q.view, kc.view, vc.view, plen.view, a, nn, scale, chain, splits,
-                              out.view, nullptr, nullptr));
+                              out.view, nullptr, nullptr, variant));
   {
-    Dl dq, dk, dv, dp, da, dn, dout;
+    Dl dq, dk, dv, dp, da, dn, dout, ddepth, dsinks;
+    to_dl(in, depth.view, &ddepth);
+    to_dl(in, sinks.view, &dsinks);
     to_dl(in, q.view, &dq);
     to_dl(in, kc.view, &dk);
     to_dl(in, vc.view, &dv);
@@ -583,7 +605,13 @@ void fuzz_round(Input& in) {
     to_dl(in, anc.view, &da);
     to_dl(in, nodes.view, &dn);
     to_dl(in, out.view, &dout);
-    const difftree_attention_params params{scale, chain ? 1 : 0, splits};
+    const difftree_attention_params params{scale,
+                                           chain ? 1 : 0,
+                                           splits,
+                                           variant.window,
+                                           variant.ring ? 1 : 0,
+                                           variant.depth ? dl_or_null(in, ddepth) : nullptr,
+                                           variant.sinks ? dl_or_null(in, dsinks) : nullptr};
     expect_named_c(difftree_tree_attention(
         dl_or_null(in, dq), dl_or_null(in, dk), dl_or_null(in, dv), dl_or_null(in, dp),
         a ? dl_or_null(in, da) : nullptr, nn ? dl_or_null(in, dn) : nullptr,

@@ -126,3 +126,74 @@ def test_kv_commit_index_fuzz(B: int, P: int, data) -> None:  # type: ignore[no-
     base = torch.tensor(data.draw(st.lists(ints, min_size=B, max_size=B)))
     acc = torch.tensor(data.draw(st.lists(ints, min_size=B, max_size=B)))
     _expect_clear(lambda: ops.kv_commit(caches, base, path, acc))
+
+
+@FUZZ
+@given(
+    tensors(),
+    tensors(),
+    tensors(),
+    tensors(max_dims=2),
+    st.one_of(st.none(), tensors(max_dims=3)),
+    st.one_of(st.none(), tensors(max_dims=2)),
+    st.one_of(st.none(), tensors(max_dims=2)),
+    st.integers(-3, 2**40),
+    st.one_of(st.none(), tensors(max_dims=2)),
+    st.booleans(),
+)
+def test_tree_attention_fuzz(q, k, v, plen, anc, nodes, depth, window, sinks, ring) -> None:  # type: ignore[no-untyped-def]
+    _expect_clear(
+        lambda: ops.tree_attention(
+            q, k, v, plen, anc, nodes, 0.5, depth=depth, window=window, sinks=sinks, ring=ring
+        )
+    )
+
+
+@FUZZ
+@given(st.integers(1, 3), st.integers(1, 9), st.integers(1, 20), st.data())
+def test_tree_attention_variant_index_fuzz(B: int, N: int, S: int, data) -> None:  # type: ignore[no-untyped-def]
+    """Well-typed inputs with arbitrary prefix lengths, depths, windows and ring flags: a result
+    (finite for finite inputs) or a clear error, never a read outside the caches."""
+    H_kv, D_v = data.draw(st.integers(1, 2)), data.draw(st.integers(1, 5))
+    H_q = H_kv * data.draw(st.integers(1, 2))
+    q, k = torch.randn(B, H_q, N, 4), torch.randn(B, H_kv, S, 4)
+    v = torch.randn(B, H_kv, S, D_v)
+    ints = st.integers(-3, 2**62)
+    plen = torch.tensor(data.draw(st.lists(ints, min_size=B, max_size=B)))
+    depth = torch.tensor(
+        data.draw(
+            st.lists(
+                st.lists(st.integers(-2, N + 1), min_size=N, max_size=N), min_size=B, max_size=B
+            )
+        )
+    )
+    sinks = data.draw(st.one_of(st.none(), st.just(torch.randn(H_q) * 5)))
+    window, ring = data.draw(st.integers(-1, S + 3)), data.draw(st.booleans())
+    tree = data.draw(st.booleans())
+    anc = ops.ddtree_select(torch.randn(B, 3, 4), N - 1).anc if tree and N > 1 else None
+    out = []
+    _expect_clear(
+        lambda: out.append(
+            ops.tree_attention(
+                q, k, v, plen, anc, None, 0.5, depth=depth, window=window, sinks=sinks, ring=ring
+            )
+        )
+    )
+    if out:
+        assert out[0].shape == (B, H_q, N, D_v) and bool(torch.isfinite(out[0]).all())
+
+
+@FUZZ
+@given(st.integers(1, 3), st.integers(1, 12), st.integers(1, 16), st.data())
+def test_kv_commit_ring_index_fuzz(B: int, P: int, S: int, data) -> None:  # type: ignore[no-untyped-def]
+    """Ring caches with arbitrary index values (base_len far past S included)."""
+    caches = [torch.zeros(B, 2, S, 4) for _ in range(2)]
+    ints = st.integers(-5, 2**62)
+    path = torch.tensor(
+        data.draw(
+            st.lists(st.lists(st.integers(-2, 20), min_size=P, max_size=P), min_size=B, max_size=B)
+        )
+    )
+    base = torch.tensor(data.draw(st.lists(ints, min_size=B, max_size=B)))
+    acc = torch.tensor(data.draw(st.lists(st.integers(-2, 14), min_size=B, max_size=B)))
+    _expect_clear(lambda: ops.kv_commit(caches, base, path, acc, ring=True))

@@ -48,7 +48,9 @@ def test_ring_commit_wraps_around() -> None:
     S = 8
     cache = torch.arange(S, dtype=torch.float32).view(1, 1, S, 1).repeat(1, 1, 1, 2)
     before = cache.clone()
-    ops.kv_commit([cache], torch.tensor([6]), torch.tensor([[0, 2, 3]]), torch.tensor([2]), ring=True)
+    ops.kv_commit(
+        [cache], torch.tensor([6]), torch.tensor([[0, 2, 3]]), torch.tensor([2]), ring=True
+    )
     assert cache[0, 0, 7, 0].item() == before[0, 0, 0, 0].item()  # row 8 -> row 7
     assert cache[0, 0, 0, 0].item() == before[0, 0, 1, 0].item()  # row 9 -> row 8
     untouched = [s for s in range(S) if s not in (0, 7)]
@@ -65,8 +67,13 @@ def test_ring_commit_accepts_any_base_and_checks_the_path() -> None:
     with pytest.raises(ValueError, match=r"path\[1, 1\] = 6 does not fit in the ring of S = 6"):
         ops.kv_commit(caches, base, torch.tensor([[0, 1], [0, 6]]), torch.tensor([1, 1]), ring=True)
     with pytest.raises(ValueError, match="base_len: expected values >= 0"):
-        ops.kv_commit(caches, torch.tensor([-1, 0]), torch.tensor([[0, 1], [0, 1]]),
-                      torch.tensor([1, 1]), ring=True)  # fmt: skip
+        ops.kv_commit(
+            caches,
+            torch.tensor([-1, 0]),
+            torch.tensor([[0, 1], [0, 1]]),
+            torch.tensor([1, 1]),
+            ring=True,
+        )
     for c, c0 in zip(caches, before, strict=True):
         assert torch.equal(c, c0)
     ops.kv_commit(caches, base, torch.tensor([[0, 5], [0, 5]]), torch.tensor([1, 1]), ring=True)
@@ -78,6 +85,11 @@ def test_ring_commit_accepts_any_base_and_checks_the_path() -> None:
 
 def test_ring_commit_opcheck() -> None:
     caches = [torch.randn(2, 2, 8, 8) for _ in range(3)]
-    args = (caches, torch.tensor([13, 4]), torch.tensor([[0, 2, 7], [0, 1, -1]]),
-            torch.tensor([2, 1]), True)  # fmt: skip
+    args = (
+        caches,
+        torch.tensor([13, 4]),
+        torch.tensor([[0, 2, 7], [0, 1, -1]]),
+        torch.tensor([2, 1]),
+        True,
+    )
     torch.library.opcheck(torch.ops.difftree.kv_commit, args)

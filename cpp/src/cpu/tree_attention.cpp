@@ -124,8 +124,9 @@ Status tree_attention(const TensorView& q, const TensorView& k_cache, const Tens
   // Committed positions some row can see: [lo, P) with lo = P - W + 1 under a window (the row
   // nearest the prefix sits at position >= P). In a ring these slots are never the tree's: the
   // tree's slots are P + j (mod S) and S >= W - 1 + N keeps the two ranges apart.
+  // A ring's prefix_len may be any int64 >= 0: slots and distances are computed without ever
+  // forming prefix_len + i (which could overflow).
   auto first_visible = [&](int64_t P) { return W > 0 ? std::max<int64_t>(0, P - W + 1) : 0; };
-  auto slot = [&](int64_t row) { return ring ? row % S : row; };
 
   int64_t work = 0;
   for (int64_t b = 0; b < B; ++b) work += Hq * N * (plen[b] - first_visible(plen[b]) + N) * (D + Dv);
@@ -139,8 +140,10 @@ Status tree_attention(const TensorView& q, const TensorView& k_cache, const Tens
       // rows (positions P..P+N-1 as cache rows), each at its slot.
       kf.resize(static_cast<size_t>(keys * D));
       vf.resize(static_cast<size_t>(keys * Dv));
+      const int64_t tree_slot0 = ring ? P % S : P;  // slot of tree row 0
       for (int64_t r = 0; r < keys; ++r) {
-        const int64_t s = slot(r < C ? lo + r : P + (r - C));
+        int64_t s = r < C ? lo + r : tree_slot0 + (r - C);
+        if (ring) s %= S;
         const int64_t ko = b * k_cache.strides[0] + kvh * k_cache.strides[1] + s * k_cache.strides[2];
         const int64_t vo = b * v_cache.strides[0] + kvh * v_cache.strides[1] + s * v_cache.strides[2];
         for (int64_t d = 0; d < D; ++d) kf[r * D + d] = load(k_cache, ko + d);
@@ -153,12 +156,12 @@ Status tree_attention(const TensorView& q, const TensorView& k_cache, const Tens
           const int64_t qo = b * q.strides[0] + h * q.strides[1] + i * q.strides[2];
           for (int64_t d = 0; d < D; ++d) qf[d] = load(q, qo + d);
           const int32_t* row = anc != nullptr ? anc + (b * N + i) * words : nullptr;
-          const int64_t qp = P + rpos[i];
+          const int64_t dist0 = C + rpos[i];  // qp - p for committed key r is dist0 - r
           float mx = -INFINITY;
           for (int64_t r = 0; r < keys; ++r) {
             bool vis;
             if (r < C) {
-              vis = W == 0 || qp - (lo + r) < W;  // transformers' kv_idx > q_idx - W
+              vis = W == 0 || dist0 - r < W;  // transformers' kv_idx > q_idx - W
             } else {
               const int64_t j = r - C;
               if (chain) {
