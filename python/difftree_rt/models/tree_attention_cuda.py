@@ -4,9 +4,12 @@
 :func:`difftree_rt.models.tree_attention.set_tree_attention_backend`; from then on every layer's
 :func:`~difftree_rt.models.tree_attention.tree_attention` runs the kernel when its tensors are on a
 CUDA device. Importing this module has no side effect (the default backend stays ``None``); the
-engine / target adapter calls :func:`enable` when the target lives on CUDA. The backend declines
-(returns ``None``, so the PyTorch reference runs) for CPU tensors, float32, head dims other than
-64/128, mixed dtypes or devices, or a build without CUDA kernels. :func:`disable` removes it.
+engine / target adapter calls :func:`enable` when the target lives on CUDA. The layer's attention
+variant (sliding window by position, attention sinks, ring caches) runs in the kernel too. The
+backend declines (returns ``None``, so the PyTorch reference runs) for CPU tensors, float32, head
+dims (D_k, D_v) other than (64, 64), (128, 128) and (192, 128) (DeepSeek-V3 / Kimi latent
+attention as transformers expands it), mixed dtypes or devices, or a build without CUDA kernels.
+:func:`disable` removes it.
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ from .tree_attention import get_tree_attention_backend, set_tree_attention_backe
 __all__ = ["cuda_tree_attention_backend", "disable", "enable"]
 
 _SUPPORTED_DTYPES = (torch.bfloat16, torch.float16)
-_SUPPORTED_DIMS = (64, 128)
+#: (D_k, D_v) pairs the kernel is compiled for.
+_SUPPORTED_DIMS = ((64, 64), (128, 128), (192, 128))
 
 
 def _cuda_kernels_built() -> bool:
@@ -50,14 +54,23 @@ def cuda_tree_attention_backend(
     tree_anc: Tensor | None,
     num_nodes: Tensor | None,
     scale: float,
+    *,
+    depth: Tensor | None = None,
+    window: int = 0,
+    sinks: Tensor | None = None,
+    ring: bool = False,
 ) -> Tensor | None:
     """:class:`~difftree_rt.models.tree_attention.TreeAttentionBackend` running the CUDA kernel.
 
     Same arguments and result as :func:`~difftree_rt.models.tree_attention.tree_attention`;
-    ``tree_anc=None`` means causal (chain) rows, served by the kernel's chain path.
+    ``tree_anc=None`` means causal (chain) rows, served by the kernel's chain path. The variant
+    goes to :func:`difftree_rt.ops.tree_attention` as is (``depth [B, N]`` only with a window;
+    ``sinks [H_q]`` as float32: a model's bf16 ``s_aux`` is cast, a 64-element copy).
     """
     global _HAS_KERNELS
-    if not q.is_cuda or q.dtype not in _SUPPORTED_DTYPES or q.shape[-1] not in _SUPPORTED_DIMS:
+    if not q.is_cuda or q.dtype not in _SUPPORTED_DTYPES:
+        return None
+    if (q.shape[-1], v_cache.shape[-1]) not in _SUPPORTED_DIMS or k_cache.shape[-1] != q.shape[-1]:
         return None
     if k_cache.dtype != q.dtype or v_cache.dtype != q.dtype:
         return None
@@ -71,9 +84,14 @@ def cuda_tree_attention_backend(
         k_cache = k_cache.contiguous()
     if not _aligned(v_cache):
         v_cache = v_cache.contiguous()
-    for t in (prefix_len, tree_anc, num_nodes):
+    window = int(window or 0)
+    if window <= 0:
+        depth = None  # positions matter only to a window
+    for t in (prefix_len, tree_anc, num_nodes, depth, sinks):
         if t is not None and t.device != q.device:
             return None  # host tensors would need a copy per layer: let the reference run
+    if sinks is not None and sinks.dtype != torch.float32:
+        sinks = sinks.float()
     return ops.tree_attention(
         q,
         k_cache,
@@ -83,6 +101,10 @@ def cuda_tree_attention_backend(
         num_nodes,
         float(scale),
         is_chain=tree_anc is None,
+        depth=depth,
+        window=window,
+        sinks=sinks,
+        ring=bool(ring),
     )
 
 
