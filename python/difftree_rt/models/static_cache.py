@@ -37,18 +37,15 @@ def _kv_commit(
 ) -> None:
     """``difftree_rt.ops.kv_commit`` (C++/CUDA core) over caches of one shape; the plain-PyTorch
     reference only when the compiled extension is unavailable (same semantics)."""
-    if ring:
-        kv_commit_reference(caches, base_len, path, accepted, ring=True)
-        return
     try:
         from .. import ops
         from .._ext import ext
 
         ext()
     except ImportError:
-        kv_commit_reference(caches, base_len, path, accepted)
+        kv_commit_reference(caches, base_len, path, accepted, ring=ring)
         return
-    ops.kv_commit(caches, base_len, path, accepted)
+    ops.kv_commit(caches, base_len, path, accepted, ring=ring)
 
 
 class _StaticTreeLayer(CacheLayerMixin):
