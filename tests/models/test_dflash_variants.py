@@ -461,3 +461,67 @@ def test_per_layer_type_rope_tables_that_agree_load() -> None:
     raw.pop("rope_theta"), raw.pop("rope_scaling")
     config = DFlashConfig.from_dict(raw)
     assert config.rope_theta == 1e6 and config.layer_window(0) == 4
+
+
+# ---------------------------------------------------------------------------------------------
+# Through the engine: ring caches in the eager, batch and graph-mode (uncaptured) rounds
+# ---------------------------------------------------------------------------------------------
+@torch.no_grad()
+def _scratch(
+    target: torch.nn.Module, drafter: DFlashDrafter, seq: torch.Tensor, start: int, block: Any
+) -> torch.Tensor:
+    """Draft logits [1, L, V] from the target features of exactly ``seq[:start]``."""
+    feats = drafter.extract_features(target(seq[None, :start], output_hidden_states=True))
+    positions = start + torch.arange(block.shape[1])[None]
+    return drafter.compute_logits(drafter(block, feats, positions))[:, 1:]
+
+
+@pytest.mark.parametrize(
+    ("policy", "graph"),
+    [("chain", False), ("ddtree", True), ("d2sd", False), ("d2sd", True)],
+    ids=["chain-eager", "ddtree-graph", "d2sd-eager", "d2sd-graph"],
+)
+def test_engine_drafts_with_ring_caches(
+    policy: str, graph: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from difftree_rt import SpeculativeDecoder
+
+    target = _target()
+    drafter = _drafter([SLIDE, FULL, SLIDE], window=6, block_size=4).bind(target)
+    t64 = fp64_copy(target)
+    d64 = fp64_copy(drafter).bind(t64)
+    dec = SpeculativeDecoder(target, drafter, policy, budget=8, cuda_graphs=graph)
+    calls: list[tuple[torch.Tensor, list[int], torch.Tensor]] = []
+    real = drafter.draft
+
+    def spy(block: torch.Tensor, cache: Any, span: int | None = None) -> torch.Tensor:
+        assert cache.rings[0] is not None and cache.rings[1] is None  # windowed layers: rings
+        starts = cache.lengths.tolist()
+        logits = real(block, cache, span)
+        calls.append((block.clone(), starts, logits.clone()))
+        return logits
+
+    monkeypatch.setattr(drafter, "draft", spy)
+    gen = torch.Generator().manual_seed(3)
+    prompts = [torch.randint(0, VOCAB, (n,), generator=gen) for n in (9, 30, 12)]
+    out = dec.generate(prompts, 20)
+    t = out.sequences.shape[1] - int(out.new_lengths.max())
+    got, refs = [], []
+    for b, prompt in enumerate(prompts):
+        new = out.sequences[b, t : t + int(out.new_lengths[b])]
+        want = target.generate(
+            prompt[None], max_new_tokens=20, do_sample=False, attention_mask=None
+        )[0, prompt.numel() :]
+        assert torch.equal(new, want), b  # lossless
+        seq = torch.cat([prompt, new])
+        start = prompt.numel()
+        for r, acc in enumerate(out.request_stats[b].accepted_lengths):
+            block, starts, logits = calls[r]
+            assert starts[b] == start
+            got.append(logits[b : b + 1])
+            low = _scratch(target, drafter, seq, start, block[b : b + 1])
+            refs.append(Ref(low, _scratch(t64, d64, seq, start, block[b : b + 1])))
+            start += acc + 1
+    ring = drafter.ring_size(0)
+    assert ring is not None and min(p.numel() for p in prompts) + 20 > 2 * ring  # rings wrap
+    Ref.cat(refs).check(torch.cat(got), what="draft logits")
