@@ -82,11 +82,6 @@ __device__ __forceinline__ int64_t row_pos(const AttnParams& p, int b, int i) {
   return d < -kPosLimit ? -kPosLimit : (d > kPosLimit ? kPosLimit : d);
 }
 
-// The cache slot of row r (r >= 0).
-__device__ __forceinline__ int64_t slot_of(const AttnParams& p, int64_t r) {
-  return p.ring ? r % p.S : r;
-}
-
 // ---- the attention kernel -----------------------------------------------------------------------
 
 template <typename T, int DK, int DV, bool kChain, bool kWindow>
@@ -132,18 +127,21 @@ __global__ void __launch_bounds__(kThreads) tree_attention_kernel(const AttnPara
         min_pos = d < min_pos ? d : min_pos;
       }
     }
-    pre_lo = P + min_pos - p.window + 1;
-    if (pre_lo < 0) pre_lo = 0;
-    if (pre_lo > P) pre_lo = P;
+    // At most W - 1 - min_pos positions before P (computed without forming P + x: a ring's
+    // prefix_len may be any int64).
+    int64_t back = p.window - 1 - min_pos;
+    back = back < 0 ? 0 : (back > P ? P : back);
+    if (p.ring && back > p.S) back = p.S;
+    pre_lo = P - back;
   }
-  if (kWindow && p.ring && pre_lo < P - p.S) pre_lo = P - p.S;
 
   // This split's chunk [lo, hi) of them, tile-aligned and balanced on the actual length.
   const int64_t pre_len = P - pre_lo;
   int64_t chunk = (pre_len + p.num_splits - 1) / p.num_splits;
   chunk = (chunk + kTileN - 1) / kTileN * kTileN;
-  const int64_t lo = pre_lo + static_cast<int64_t>(split) * chunk;
-  const int64_t hi = lo + chunk < P ? lo + chunk : P;
+  const int64_t off = static_cast<int64_t>(split) * chunk;  // offsets into [pre_lo, P)
+  const int64_t off_hi = off + chunk < pre_len ? off + chunk : pre_len;
+  const int64_t lo = pre_lo + (off < pre_len ? off : pre_len), hi = pre_lo + off_hi;
   const int n_pre = hi > lo ? static_cast<int>((hi - lo + kTileN - 1) / kTileN) : 0;
   // Tree keys [tree_lo, tree_keys): only the last split; a node only sees itself and earlier
   // nodes, and causal rows without depth only the W - 1 rows before them.
@@ -190,19 +188,19 @@ __global__ void __launch_bounds__(kThreads) tree_attention_kernel(const AttnPara
 
   // K/V tile t -> stage. Keys of a tile are consecutive rows (wrapping in a ring).
   auto load_tile = [&](int t, int stage) {
-    int64_t row0;
+    int64_t slot0;  // the slot of the tile's first key
     int valid;
     if (t < n_pre) {
-      row0 = lo + static_cast<int64_t>(t) * kTileN;
+      const int64_t row0 = lo + static_cast<int64_t>(t) * kTileN;
       valid = static_cast<int>(min(static_cast<int64_t>(kTileN), hi - row0));
+      slot0 = kWindow && p.ring ? row0 % p.S : row0;
     } else {
       const int j0 = tree_lo + (t - n_pre) * kTileN;
-      row0 = P + j0;
       valid = min(kTileN, tree_keys - j0);
+      slot0 = kWindow && p.ring ? (P % p.S + j0) % p.S : P + j0;
       if (kWindow && tid < kTileN)
         sPos[stage * kTileN + tid] = j0 + tid < p.N ? row_pos(p, b, j0 + tid) : 0;
     }
-    const int64_t slot0 = kWindow ? slot_of(p, row0) : row0;
     T* dk = sK + stage * kTileN * kStrideK;
     T* dv = sV + stage * kTileN * kStrideV;
     for (int c = tid; c < kTileN * kChunksK; c += kThreads) {
@@ -240,7 +238,9 @@ __global__ void __launch_bounds__(kThreads) tree_attention_kernel(const AttnPara
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       qpos[h] = is[h] < p.N ? row_pos(p, b, is[h]) : 0;
-      first_key[h] = P + qpos[h] - p.window + 1;
+      int64_t back = p.window - 1 - qpos[h];  // P + qpos - W + 1 without forming P + qpos
+      back = back < 0 ? 0 : (back > P ? P : back);
+      first_key[h] = P - back;
     }
   }
 

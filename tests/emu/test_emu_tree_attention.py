@@ -277,6 +277,21 @@ def test_ring(emu, splits, window, N, slots, prefixes) -> None:  # type: ignore[
     assert_variant_close(got, c)
 
 
+@pytest.mark.parametrize("splits", [1, 3])
+def test_ring_prefix_near_int64_max(emu, splits) -> None:  # type: ignore[no-untyped-def]
+    # A ring's prefix_len may be any int64, 2^63 - 1 included: the result depends on it only
+    # through its slot (prefix_len % S) once prefix_len >= W.
+    c = make_variant_case(51, 2, 8, 2, 16, 64, 64, [0, 0], window=100, ring=True, sinks=True)
+    c = c.to("cpu", torch.bfloat16)
+    S = c.k.shape[2]
+    huge = torch.tensor([2**63 - 1, 2**63 - 1 - 77 * S - 5])
+    c.prefix_len = huge
+    got = emu.case(c, splits)
+    c.prefix_len = huge % S + 2 * S
+    torch.testing.assert_close(got, emu.case(c, splits), atol=0, rtol=0)
+    assert_variant_close(got, c)
+
+
 def test_ring_equals_full_cache(emu) -> None:  # type: ignore[no-untyped-def]
     # The same rows in a full cache and in a ring (row r at slot r % S): the same attention.
     full = make_variant_case(47, 2, 8, 1, 16, 64, 64, [700, 300], window=128, reach=2)
