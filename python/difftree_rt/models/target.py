@@ -100,7 +100,8 @@ class TargetAdapter:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
         num_layers = geometry.num_layers
         prefill_chunk = PREFILL_CHUNK if prefill_chunk is None else prefill_chunk
-        for name, value in (("max_forward_rows", max_forward_rows), ("prefill_chunk", prefill_chunk)):
+        bounds = (("max_forward_rows", max_forward_rows), ("prefill_chunk", prefill_chunk))
+        for name, value in bounds:
             if value is not None and (
                 not isinstance(value, int) or isinstance(value, bool) or value < 1
             ):
@@ -275,9 +276,7 @@ class TargetAdapter:
         if last_logits_only:
             last = torch.tensor([n - 1 for n in full], device=self.device)
             all_logits = all_logits[torch.arange(num_b, device=self.device), last][:, None]
-        return TargetOutput(
-            logits=all_logits, features=torch.cat(feats, dim=1) if feats else None
-        )
+        return TargetOutput(logits=all_logits, features=torch.cat(feats, dim=1) if feats else None)
 
     @torch.no_grad()
     def decode(self, token: Tensor) -> TargetOutput:
