@@ -425,6 +425,8 @@ def test_config_round_trip(name: str, tmp_path: Path) -> None:
          "rope_type 'dynamic' is not supported"),
         ({"rope_parameters": {"rope_type": "longrope", "rope_theta": 1e4}},
          "rope_type 'longrope' is not supported"),
+        ({"rope_parameters": {"rope_type": "spiral", "rope_theta": 1e4}},
+         "unsupported rope_type 'spiral' (static types: "),
         ({"layer_types": [SLIDE, FULL], "use_sliding_window": True, "sliding_window": 4,
           "rope_parameters": {FULL: {"rope_type": "default", "rope_theta": 1e6},
                               SLIDE: {"rope_type": "default", "rope_theta": 1e4}}},

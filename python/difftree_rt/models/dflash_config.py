@@ -432,6 +432,14 @@ class DFlashConfig:
                 f"rope_type {self.rope_type!r} is not supported (frequencies depend on the "
                 "sequence length, but drafter keys are cached already rotated)"
             )
+        elif self.rope_type != "default":
+            from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+            if self.rope_type not in ROPE_INIT_FUNCTIONS:
+                static = sorted(set(ROPE_INIT_FUNCTIONS) - _DYNAMIC_ROPE_TYPES)
+                errors.append(
+                    f"unsupported rope_type {self.rope_type!r} (static types: {', '.join(static)})"
+                )
         errors.extend(self._attention_errors())
         if errors:
             raise ValueError("invalid DFlash config: " + "; ".join(errors))
