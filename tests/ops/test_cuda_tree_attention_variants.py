@@ -76,7 +76,7 @@ def test_variants(dtype, num_splits, B, H_q, H_kv, N, D_k, D_v, prefixes, W, sin
         assert discriminates(c, got, window=0)
 
 
-@pytest.mark.parametrize(("N", "W"), [(1, 1), (64, 16), (1024, 128)])
+@pytest.mark.parametrize(("N", "W"), [(1, 1), (64, 16), (256, 64)])
 def test_window_causal_rows(N, W) -> None:  # type: ignore[no-untyped-def]
     # Prefill / chains: positions are row indices; the later query tiles skip tree tiles.
     c = make_variant_case(N, 1, 64, 8, N, 64, 64, [5000], window=W, sinks=True, causal=True)
