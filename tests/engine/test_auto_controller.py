@@ -27,20 +27,36 @@ class World:
 
 
 def run(
-    ctrl: AutoController, world: World, rounds: int, start: int = 0, ctx: int = CTX
+    ctrl: AutoController,
+    world: World,
+    rounds: int,
+    start: int = 0,
+    ctx: int = CTX,
+    late: bool = False,
 ) -> list[int]:
-    """Run ``rounds`` rounds the way the engine does; the mode of each (1 = target step)."""
+    """Run ``rounds`` rounds the way the engine does; the mode of each (1 = target step).
+    ``late``: each round is observed after the next round's choices (graph mode)."""
     modes = []
+    pending: tuple | None = None
     for i in range(start, start + rounds):
+        pred = None
         if ctrl.choose_draft(ctx):
             preds = [world.predicted(n, i) for n in ctrl.buckets]
             n = ctrl.choose_nodes(ctx, preds)
             pred = preds[ctrl.buckets.index(n)]
-            ctrl.observe(n, ctx, world.tree(n), world.accepted(n, i), pred)
+            seen = (n, ctx, world.tree(n), world.accepted(n, i), pred)
         else:
             n = 1
-            ctrl.observe(1, ctx, world.step, 0)
+            seen = (1, ctx, world.step, 0, None)
+        if pending is not None:
+            ctrl.observe(*pending)
+        pending = seen
+        if not late:
+            ctrl.observe(*pending)
+            pending = None
         modes.append(n)
+    if pending is not None:
+        ctrl.observe(*pending)
     return modes
 
 
@@ -136,6 +152,28 @@ def test_drafting_switches_off_and_probes_back_off() -> None:
     ctrl = AutoController((16, 64), AutoSettings(probe_every=4, backoff=1.5, max_probe_every=30))
     gaps = probe_gaps(run(ctrl, PAYS_NOT, 200)[6:])
     assert gaps[:6] == [6, 9, 14, 21, 30, 30]
+
+
+def test_probes_keep_their_spacing_when_observed_a_round_late() -> None:
+    ctrl = AutoController((16, 64))
+    modes = run(ctrl, PAYS_NOT, 500, late=True)
+    # The warm-up sees its counts a round late (a mode may run once more), then the same
+    # schedule as in eager mode: single probes, spaced 8, 16, 32, ...
+    first = next(i for i in range(6, 20) if modes[i : i + 8] == [1] * 8)
+    assert first <= 8
+    assert probe_gaps(modes[first:]) == [16, 32, 64, 128, 256][: len(probe_gaps(modes[first:]))]
+    assert len(probe_gaps(modes[first:])) == 4
+    assert ctrl.drafting is False
+
+
+def test_restart_probes() -> None:
+    ctrl = AutoController((16, 64))
+    run(ctrl, PAYS_NOT, 300)
+    assert ctrl.probe_interval(True) == 256
+    ctrl.restart_probes()
+    assert ctrl.probe_interval(True) == 8
+    modes = run(ctrl, PAYS_NOT, 9)
+    assert modes == [1] * 8 + [16] and ctrl.counts[64] == 2  # nothing else forgotten
 
 
 def test_drafting_switches_back_on_after_a_regime_change() -> None:

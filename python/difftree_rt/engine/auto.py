@@ -320,15 +320,17 @@ class AutoController:
        rounds) of ``(1 + observed EWMA acceptance) / cost``, so a bucket the surrogate stopped
        picking does not keep drafting on with a stale acceptance. Ties: drafting. Entering a
        regime resets both probe intervals to ``probe_every``.
-    4. After ``interval`` rounds of the regime, the other mode runs once (a probe). If its rate
+    4. After ``interval`` rounds of the regime (as scheduled here), the other mode runs once
+       (a probe). If its rate
        then beats the regime's, the regime switches (and the interval resets); else the
        interval is multiplied by ``backoff``, capped at ``max_probe_every``.
 
     :meth:`choose_nodes` is the argmax over buckets of ``(1 + E[accepted]) / cost`` (see
     :meth:`choose_nodes`), except that a pending warm-up bucket is returned first.
 
-    Deterministic: the choices are a function of the observations only (no clock, no random),
-    so a replayed sequence of rounds makes the same choices in graph and eager mode.
+    Deterministic: the choices are a function of the sequence of calls only (no clock, no
+    random), so a replayed sequence of rounds makes the same choices in graph and eager mode.
+    One controller serves one batch size (costs differ with B).
 
     Args:
         buckets: the tree sizes N available (ascending, each >= 2).
@@ -364,7 +366,7 @@ class AutoController:
         # Warm-up order: the two ends of the tree sizes (for the cost line), then the step.
         self._warmup_modes: tuple[int, ...] = tuple(dict.fromkeys((sizes[-1], sizes[0], 1)))
         self._drafting: bool | None = None  # the regime; None until the first decision
-        self._since_probe = 0  # rounds of the regime since it was entered or last probed
+        self._since_probe = 0  # rounds of the regime scheduled since it was entered or probed
         self._interval = {True: float(settings.probe_every), False: float(settings.probe_every)}
         self._drafted_rounds = 0
         self._last_run: dict[int, int] = {}  # bucket -> index of its last drafted round
@@ -455,19 +457,26 @@ class AutoController:
                 best = mode
         return best
 
+    def restart_probes(self) -> None:
+        """Probe intervals back to ``probe_every`` (costs, acceptance and calibration kept):
+        for a caller that keeps the controller across requests and expects a new request may
+        be a new regime."""
+        self._since_probe = 0
+        self._interval = dict.fromkeys((True, False), float(self.settings.probe_every))
+
     def _enter(self, drafting: bool) -> None:
         """Switch the regime; both probe intervals restart at ``probe_every``."""
         self._drafting = drafting
-        self._since_probe = 0
-        self._interval = dict.fromkeys((True, False), float(self.settings.probe_every))
+        self.restart_probes()
 
     # -- choices ------------------------------------------------------------------------------
 
     def choose_draft(self, context_len: int) -> bool:
         """Whether the next round drafts (True) or is a plain target step (False).
 
-        Call it once before each round (calling it again before :meth:`observe` gives the same
-        answer).
+        Call it once per round: it counts the rounds it schedules, so the probes keep their
+        spacing when :meth:`observe` comes a round late (graph mode reads a round's status
+        during the next one).
         """
         context_len = _int("context_len", context_len, 0)
         warm = self._warmup(context_len, drafted_only=False)
@@ -479,7 +488,9 @@ class AutoController:
         if prefer != self._drafting:
             self._enter(prefer)
         if self._since_probe >= self._interval[not prefer]:
+            self._since_probe = 0
             return not prefer  # a scheduled re-probe of the other mode
+        self._since_probe += 1
         return prefer
 
     def choose_nodes(self, context_len: int, predicted: Sequence[float | None]) -> int:
@@ -558,10 +569,8 @@ class AutoController:
             return  # warm-up or still measuring: no regime yet
         drafted = nodes > 1
         if drafted == self._drafting:
-            self._since_probe += 1
             return
         # A round of the mode not in use: a probe. Did it win?
-        self._since_probe = 0
         if self._prefer_draft(context_len) == drafted:
             self._enter(drafted)
         else:
