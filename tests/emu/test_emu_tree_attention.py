@@ -257,6 +257,20 @@ def test_sinks(emu, dtype, splits, window) -> None:  # type: ignore[no-untyped-d
         torch.testing.assert_close(got.float(), one.float(), atol=2e-2, rtol=1e-2)
 
 
+@pytest.mark.parametrize("ring", [False, True])
+@pytest.mark.parametrize("splits", [1, 0])
+def test_gpt_oss_sliding_layer(emu, ring, splits) -> None:  # type: ignore[no-untyped-def]
+    # gpt-oss-20b's sliding layers, scaled down in heads only: G = 8 query heads per KV head,
+    # D = 64, W = 128, sinks; a 64-node tree spans 8 query tiles, each with its own committed
+    # range; contexts past and below the window.
+    c = make_variant_case(52, 2, 16, 2, 64, 64, 64, [1000, 50], window=128, sinks=True,
+                          ring=ring, reach=4).to("cpu", torch.bfloat16)  # fmt: skip
+    got = emu.case(c, splits)
+    assert_variant_close(got, c)
+    if not ring:
+        assert discriminates(c, got, window=0)
+
+
 # ---- ring caches --------------------------------------------------------------------------------
 
 
