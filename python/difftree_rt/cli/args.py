@@ -44,7 +44,7 @@ class UsageError(ValueError):
 
 #: The policy names ``SpeculativeDecoder`` accepts (``ar`` + ``policies.POLICIES``), spelled out
 #: so that a typo is reported before torch is imported (a test keeps the two equal).
-POLICY_NAMES = ("ar", "chain", "ddtree", "caddtree", "presto", "taps", "d2sd")
+POLICY_NAMES = ("ar", "chain", "ddtree", "caddtree", "presto", "taps", "d2sd", "auto")
 
 #: ``--dtype`` spellings -> the torch attribute.
 DTYPES = {

@@ -10,7 +10,6 @@ demo (``difftree-rt demo-select``) instead.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -54,13 +53,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--policy",
         choices=POLICY_NAMES[1:],
         default=None,
-        help="draft policy (default: the best one in the pair's bench.json)",
+        help="draft policy (default: auto, which measures every round whether drafting pays "
+        "and which tree size to verify)",
     )
     p.add_argument(
         "--budget",
         type=positive_int,
         default=None,
-        help="draft nodes per round (default: the best one in the pair's bench.json, else 64)",
+        help="draft nodes per round (auto: the largest tree; default: 64)",
     )
     p.add_argument("--num-prompts", type=positive_int, default=3, help="prompts to decode")
     p.add_argument("--max-new-tokens", type=positive_int, default=128, help="tokens per prompt")
@@ -88,19 +88,6 @@ def _selection_demo(args: argparse.Namespace, device: str) -> int:
     )
 
 
-def _best(pair_dir: Any) -> tuple[str, int]:
-    """(policy, budget) with the highest measured speedup in the pair's results, else ddtree/64."""
-    path = pair_dir / "bench.json"
-    try:
-        rows = json.loads(path.read_text())["results"]
-        best = max(
-            (r for r in rows if r["policy"] != "ar"), key=lambda r: r.get("speedup_vs_ar") or 0
-        )
-        return str(best["policy"]), int(best["budget"])
-    except (OSError, KeyError, ValueError):
-        return "ddtree", 64
-
-
 def run(args: argparse.Namespace) -> int:
     legacy = (args.vocab, args.depth, args.repeats, args.seed, args.budgets)
     if any(v is not None for v in legacy):
@@ -115,9 +102,8 @@ def run(args: argparse.Namespace) -> int:
         )
         return _selection_demo(args, "cpu")
     texts = load_prompts(pair_dir / "prompts.json", "--pair")[: args.num_prompts]
-    best_policy, best_budget = _best(pair_dir)
-    policy = args.policy or best_policy
-    budget = args.budget or (best_budget if args.policy in (None, best_policy) else 64)
+    policy = args.policy or "auto"
+    budget = args.budget or 64
     device = resolve_device(args.device)
     check_budgets([budget], "--budget")
     threads = setup_threads(args.threads, device, [pair_dir / "target", pair_dir / "drafter"])
@@ -175,4 +161,6 @@ def run(args: argparse.Namespace) -> int:
         f"{bold}speedup {speedup:.2f}x{reset}   ({spec.tokens} tokens, {spec.rounds} rounds; "
         f"output identical to AR: {'yes' if same else 'NO'})"
     )
+    if spec.modes:
+        print(f"auto chose: {spec.modes_line()} of {sum(spec.modes.values())} rounds")
     return 0 if same else 1

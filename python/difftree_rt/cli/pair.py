@@ -278,6 +278,18 @@ class RunResult:
     phase_s: dict[str, float] = field(default_factory=dict)
     accept_hist: list[int] = field(default_factory=list)
     texts: list[str] = field(default_factory=list)
+    modes: dict[int, int] = field(default_factory=dict)
+
+    def modes_line(self) -> str:
+        """``policy="auto"``: what it chose, e.g. "target step 70%, tree N=17 30%" ("" else)."""
+        total = sum(self.modes.values())
+        if not total:
+            return ""
+        parts = [
+            f"{'target step' if n == 1 else f'tree N={n}'} {100 * c / total:.0f}%"
+            for n, c in sorted(self.modes.items(), key=lambda kv: -kv[1])
+        ]
+        return ", ".join(parts)
 
     @property
     def tau(self) -> float:
@@ -344,6 +356,8 @@ def run_config(
         res.prefill_s += s.phase_time.get("prefill", 0.0)
         for k, v in s.phase_time.items():
             res.phase_s[k] = res.phase_s.get(k, 0.0) + v
+        for n, c in s.modes.items():
+            res.modes[n] = res.modes.get(n, 0) + c
         if policy != "ar":
             for a in s.accepted_lengths:
                 res.accept_hist[min(a, depth)] += 1

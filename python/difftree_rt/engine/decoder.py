@@ -27,6 +27,8 @@ from ..models.pairing import check_drafter, check_vp_drafter
 from ..models.target import TargetAdapter
 from ..models.target_support import check_target_model
 from ..policies import MAX_BUDGET, DraftPolicy, make_policy
+from ..policies.auto import AutoPolicy
+from .auto_runner import AutoRunner
 from .output import CACHE_ROUND, GenerationOutput, is_int
 from .request import GenerateRequest, build_request, device_memory_bytes
 from .round import RoundConfig, TargetStep
@@ -163,7 +165,11 @@ class SpeculativeDecoder:
         self.cuda_graphs = self._resolve_cuda_graphs(cuda_graphs)
         self.graph_capture = bool(graph_capture)
         self._pool = RoundPool(self._round_config(), lambda: (self.adapter, self._batch_adapter))
-        self._eager = EagerRunner(self._pool, profile=profile)
+        self._eager = (
+            AutoRunner(self._pool, profile=profile)
+            if isinstance(self.policy, AutoPolicy)
+            else EagerRunner(self._pool, profile=profile)
+        )
         self._graph_runner: GraphRunner | None = None
         self.tokenizer: Any = None  # set by from_pretrained when the target directory has one
         # generate runs one call at a time (see _serialised).

@@ -194,7 +194,7 @@ class Round:
                 torch.zeros(num_b, n, anc_words(n), **i32),
                 torch.ones(num_b, **i32),
             )
-            for n in cfg.buckets
+            for n in sorted({1, *cfg.buckets})  # N = 1: the bonus alone (a target step)
         }
         rows = adapter.max_length + 1
         needs = cfg.policy.needs
@@ -313,14 +313,8 @@ class Round:
         st, cfg, dc = self.state, self.cfg, self.dcache
         drafter, policy = cfg.drafter, cfg.policy
         assert drafter is not None and dc is not None
-        # The pending rows (the last path's features) make the context exactly [0, start); the
-        # eager launcher appends only as many of the P rows as the last round accepted.
-        feats = st.new_feat if host is None else st.new_feat[:, : host.pending_rows]
-        drafter.append_context(dc, feats, st.num_new)
+        self.append_pending(host)
         vc = self.vcache
-        if vc is not None:
-            assert cfg.second is not None
-            cfg.second.append_context(vc, feats.to(cfg.second.dtype), st.num_new)
         st.block[:, 0].copy_(st.bonus)
         logits = drafter.draft(st.block, dc, span)
         context = None
@@ -341,6 +335,22 @@ class Round:
                 blocks, dc if vc is None else vc, span=span
             )
         return inputs
+
+    def append_pending(self, host: HostView | None = None) -> None:
+        """Append the last round's accepted rows (their target features) to the drafter caches,
+        so the drafter's context is exactly the committed tokens before the bonus. Every draft
+        starts with it; a round that does not draft (``policy="auto"``) calls it alone, so the
+        drafter keeps up while the target runs by itself."""
+        st, cfg, dc = self.state, self.cfg, self.dcache
+        if cfg.drafter is None or dc is None:
+            return
+        # The eager launcher appends only as many of the P rows as the last round accepted.
+        feats = st.new_feat if host is None else st.new_feat[:, : host.pending_rows]
+        cfg.drafter.append_context(dc, feats, st.num_new)
+        if self.vcache is not None:
+            assert cfg.second is not None
+            cfg.second.append_context(self.vcache, feats.to(cfg.second.dtype), st.num_new)
+        st.num_new.zero_()
 
     def root_tree(self) -> DraftTree:
         """ "ar": the one-node tree holding the last token (in the N = 1 buffers)."""
@@ -366,7 +376,7 @@ class Round:
         """The target's verify pass (chains need no ancestor mask). Padding rows hold token -1:
         0 keeps the embedding lookup in range (never visible, never accepted)."""
         tokens = tree.token.clamp(min=0)
-        if self.cfg.policy.needs.chain:
+        if self.cfg.policy.needs.chain or tree.token.shape[1] == 1:
             return self.adapter.verify(tokens, tree.depth, None, None)
         return self.adapter.verify(tokens, tree.depth, tree.anc, tree.num_nodes)
 
@@ -386,7 +396,8 @@ class Round:
         path = walk.path
         if path.shape[1] < cfg.path_cols:  # an eager tree shallower than the capacity allows
             path = torch.nn.functional.pad(path, (0, cfg.path_cols - path.shape[1]), value=-1)
-        self.adapter.commit(path, walk.accepted, active)
+        # A tree smaller than the path width (auto's small buckets) has at most N path columns.
+        self.adapter.commit(path[:, : tree.token.shape[1]], walk.accepted, active)
         accepted = walk.accepted.to(torch.long)
         next_token = walk.next_token.to(torch.long)
         if cfg.drafter is not None:

@@ -41,6 +41,8 @@ class GenerationStats:
             ``GenerationOutput.request_stats``.
         batch_rounds: for a batch, the rounds the batch ran (target verify forwards, the
             longest request's rounds); 0 for a solo call. ``ms_per_round`` divides by it.
+        modes: ``policy="auto"``: the call's rounds per mode, keyed by the verified tree size N
+            (1: a plain target step, no draft); empty for fixed policies.
     """
 
     policy: str
@@ -54,6 +56,7 @@ class GenerationStats:
     stopped: bool = False
     batch_size: int = 1
     batch_rounds: int = 0
+    modes: dict[int, int] = field(default_factory=dict)
 
     @property
     def rounds(self) -> int:
@@ -98,6 +101,7 @@ class GenerationStats:
             "stopped": self.stopped,
             "batch_size": self.batch_size,
             "batch_rounds": self.batch_rounds,
+            "modes": {str(k): v for k, v in sorted(self.modes.items())},
         }
 
 

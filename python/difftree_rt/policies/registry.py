@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from .auto import AutoPolicy
 from .base import DraftPolicy
 from .caddtree import CaDDTreePolicy
 from .chain import ChainPolicy
@@ -25,6 +26,7 @@ POLICIES: dict[str, Callable[[int], DraftPolicy]] = {
     "presto": PrestoPolicy,
     "taps": TapsPolicy,
     "d2sd": D2SDPolicy,
+    "auto": AutoPolicy,
 }
 
 

@@ -1,0 +1,102 @@
+"""The eager launcher of ``policy="auto"``: every round decides whether to draft, and which tree
+size to verify, from measured round times and observed acceptance (DESIGN.md §8).
+
+Vocabulary: B batch, N tree size (root included; 1 = a plain target step).
+
+Per round: (1) before drafting, :meth:`AutoController.choose_draft` from recent rounds; a round
+that does not draft appends the last round's accepted rows to the drafter's context (so it keeps
+up) and verifies the one-node tree of the bonus token — a plain target step; (2) after drafting,
+the largest tree's node scores give each size bucket's expected accepted length (the draft
+surrogate) and :meth:`AutoController.choose_nodes` picks the bucket; a smaller bucket's tree is
+built again at that size. The round's wall time and accepted length go back to the controller.
+Every mode is lossless, so the choice changes only the speed.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from ..policies.auto import AutoPolicy
+from .auto import AutoController, AutoSettings
+from .round import STATUS, HostView, Round
+from .runner import EagerRunner, RoundPool
+from .stats import PhaseTimer
+
+__all__ = ["AutoRunner"]
+
+
+class AutoRunner(EagerRunner):
+    """:class:`EagerRunner` whose rounds choose their mode (one controller per batch size,
+    kept across calls so measured costs carry over).
+
+    Args:
+        pool: the decoder's :class:`RoundPool` (its policy an :class:`AutoPolicy`).
+        profile: as :class:`EagerRunner`.
+        settings: the controllers' settings.
+    """
+
+    def __init__(
+        self, pool: RoundPool, profile: bool = True, settings: AutoSettings | None = None
+    ) -> None:
+        super().__init__(pool, profile)
+        if not isinstance(self.policy, AutoPolicy):
+            raise TypeError(f"AutoRunner needs an AutoPolicy, got {type(self.policy).__name__}")
+        self.auto: AutoPolicy = self.policy
+        self.buckets = self.auto.size_buckets(self.path_cols - 1)
+        self.settings = settings
+        self.controllers: dict[int, AutoController] = {}
+        #: The current call's rounds per mode (N; 1 = target step), for its stats.
+        self.modes: dict[int, int] = {}
+
+    def controller(self, batch_size: int) -> AutoController:
+        """The controller of batch size B (created on first use)."""
+        ctrl = self.controllers.get(batch_size)
+        if ctrl is None:
+            ctrl = AutoController(self.buckets, self.settings)
+            self.controllers[batch_size] = ctrl
+        return ctrl
+
+    def generate(self, adapter, right, request, per, stats):  # type: ignore[no-untyped-def]
+        """:meth:`EagerRunner.generate`, recording the call's rounds per mode in ``stats``."""
+        self.modes = {}
+        out = super().generate(adapter, right, request, per, stats)
+        stats.modes = dict(self.modes)
+        return out
+
+    def _step(self, rnd: Round, span: int, host: HostView, timer: PhaseTimer) -> None:
+        ctrl = self.controller(rnd.batch_size)
+        context = rnd.adapter.cache.len_bound  # exact: the launcher synced it for this round
+        start = time.perf_counter()
+        predicted = None
+        if not ctrl.choose_draft(context):
+            nodes = 1
+            with timer.phase("draft"):
+                rnd.append_pending(host)
+            tree = rnd.root_tree()
+        else:
+            with timer.phase("draft"):
+                inputs = rnd.draft(span, None, host)
+            with timer.phase("select"):
+                tree = rnd.select(inputs)
+                guesses = self.auto.predicted(tree)
+                nodes = ctrl.choose_nodes(context, guesses)
+                predicted = guesses[self.buckets.index(nodes)]
+                if nodes != self.buckets[-1]:
+                    inputs.max_nodes = nodes - 1
+                    tree = rnd.select(inputs)
+        with timer.phase("verify"):
+            verified = rnd.verify(tree)
+        with timer.phase("accept"):
+            walk = rnd.accept(tree, verified)
+        with timer.phase("commit"):
+            rnd.commit(tree, verified, walk)
+        st = rnd.state
+        # The launcher reads this round's status next anyway; reading the accepted lengths here
+        # (one small read) ends the round's wall time.
+        live = ~st.done | (st.status[:, STATUS.NEMIT] > 0)
+        accepted = st.status[:, STATUS.ACC].to(torch.float32)[live]
+        mean_acc = float(accepted.mean()) if accepted.numel() else 0.0
+        ctrl.observe(nodes, context, time.perf_counter() - start, mean_acc, predicted)
+        self.modes[nodes] = self.modes.get(nodes, 0) + 1
