@@ -103,7 +103,7 @@ def tree_attention(
 
     Args:
         q: ``[B, H_q, N, D_k]`` float32/float16/bfloat16 (last dim contiguous; CUDA: f16/bf16,
-            D in {64, 128}).
+            (D_k, D_v) in {(64, 64), (128, 128), (192, 128)}).
         k_cache: ``[B, H_kv, S, D_k]``, v_cache: ``[B, H_kv, S, D_v]``, in q's dtype, the tree's
             K/V already written at rows ``prefix_len + i``; ``H_q`` a multiple of ``H_kv`` (GQA).
         prefix_len: ``[B]`` int32/int64 committed rows, ``0 <= prefix_len <= S - N`` (a full
