@@ -136,8 +136,10 @@ def main() -> None:
     rows = args.context + 256
     full = cache_bytes(specs, rows, None)
     ring = cache_bytes(specs, rows, args.t_max)
-    print(f"gpt-oss-20b KV cache at {rows} rows (bf16, B=1): full-length {full / 2**30:.3f} GiB, "
-          f"windowed layers on rings {ring / 2**30:.3f} GiB ({full / ring:.2f}x smaller)")
+    print(
+        f"gpt-oss-20b KV cache at {rows} rows (bf16, B=1): full-length {full / 2**30:.3f} GiB, "
+        f"windowed layers on rings {ring / 2**30:.3f} GiB ({full / ring:.2f}x smaller)"
+    )
     att = attention_cases(args)
     print_table(
         ["N", "case", "median ms", "p10", "p90", "max err"],
