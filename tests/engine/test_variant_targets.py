@@ -124,6 +124,39 @@ def test_greedy_equals_hf_every_policy(family: str, rings: bool) -> None:
     assert sum(accepted.values()) >= 10, accepted
 
 
+@functools.cache
+def _small_vocab_pair(family: str) -> tuple[torch.nn.Module, torch.nn.Module]:
+    target = make_variant_target(family, seed=2, vocab=16)
+    return target, make_drafter(target, seed=2)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_deep_accepted_paths_small_vocab(family: str) -> None:
+    # V = 16 and a 256-node tree: a random drafter's tree holds the target's path several tokens
+    # deep, so multi-row paths are committed through the engine. The 250-token prompt fills the
+    # windowed layers' rings (W - 1 + 257 slots) to within a few rows: the generation's commits
+    # wrap them.
+    target, drafter = _small_vocab_pair(family)
+    rings = family in WINDOWED
+    gen = torch.Generator().manual_seed(1)
+    prompts = [torch.randint(0, 16, (n,), generator=gen) for n in (250, 12)]
+    dec = SpeculativeDecoder(target, drafter, "ddtree", budget=256)
+    accepted: list[int] = []
+    for p in prompts:
+        out = _generate(dec, rings, p[None], 40)
+        assert_greedy_equal(target, out.sequences, greedy_reference(target, p[None], 40))
+        accepted += out.stats.accepted_lengths
+    if rings:
+        slots = min(k.shape[2] for k in dec.adapter.cache.key_cache if k is not None)
+        assert slots == WINDOW - 1 + 257 < 250 + 40
+    batch = _generate(dec, rings, prompts, 40)
+    for b, p in enumerate(prompts):
+        solo = _generate(dec, rings, p[None], 40)
+        assert torch.equal(_new_tokens(batch, b), solo.sequences[0, p.numel() :]), b
+    assert 1 + sum(accepted) / len(accepted) > 1.4, accepted
+    assert sum(a >= 2 for a in accepted) >= 3, accepted
+
+
 def test_ring_layout_is_what_the_grid_runs() -> None:
     # The rings the grid's "rings" cases rely on: W - 1 + max(N, chunk) rows per windowed layer
     # (N = 34 for budget 33), full-length rows for the other layers and without the small chunk.

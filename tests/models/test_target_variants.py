@@ -14,6 +14,7 @@ logits compared with the FA-style rule of tests/tolerance.py.
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -32,6 +33,15 @@ RING_CHUNK = 4
 
 CASES = [(f, r) for f in FAMILIES for r in ((True, False) if f in WINDOWED else (False,))]
 CASE_IDS = [f"{f}-{'rings' if r else 'full'}" for f, r in CASES]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Iterator[None]:
+    # Tiny models: one thread is fastest and immune to oversubscribed CI machines.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 @functools.cache
