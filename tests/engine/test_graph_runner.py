@@ -268,11 +268,13 @@ def test_no_sync_guard_can_fail() -> None:
         lambda: torch.masked_select(x, x > 2),
         lambda: x.repeat_interleave(x),
         lambda: torch.unique(x),
+        lambda: torch.histc(x.float(), bins=4),  # min == max: the range is read back
     ):
         with forbid_host_sync(), pytest.raises(HostSyncError):
             bad()
-    with forbid_host_sync():  # fixed-shape relatives pass
+    with forbid_host_sync():  # fixed-shape relatives pass (histc over a given range: MoE routing)
         torch.where(x > 2, x, 0), x.gather(0, x.flip(0)), x.repeat_interleave(2), x[x.flip(0)]
+        torch.histc(x.float(), bins=6, min=0, max=5)
 
 
 def test_buffer_addresses_never_change() -> None:

@@ -26,13 +26,18 @@ class _SyncOpGuard(TorchDispatchMode):
 
     _NAMES = frozenset(
         {"nonzero", "masked_select", "_local_scalar_dense", "unique", "_unique", "_unique2",
-         "unique_dim", "unique_consecutive", "bincount", "histc"}
+         "unique_dim", "unique_consecutive", "bincount"}
     )  # fmt: skip
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
         name = func.overloadpacket.__name__
         bad = name in self._NAMES
+        if name == "histc":  # reads the data's range back only when min == max (MoE routing
+            # in transformers passes an explicit range to stay graph-capturable)
+            lo = args[2] if len(args) > 2 else kwargs.get("min", 0)
+            hi = args[3] if len(args) > 3 else kwargs.get("max", 0)
+            bad = lo == hi
         if name == "repeat_interleave":  # tensor repeats: the output length is data
             bad = kwargs.get("output_size") is None and func._overloadname != "self_int"
         if name in ("index", "index_put", "index_put_") and len(args) > 1:
