@@ -30,6 +30,10 @@ def fp64_copy(module: nn.Module) -> nn.Module:
     fp64 = copy.deepcopy(module).double()
     for bound in getattr(fp64, "_target_modules", None) or ():
         bound.double()
+    # MoE experts: transformers' grouped-mm path has no fp64 kernel; the eager loop is exact.
+    set_experts = getattr(fp64, "set_experts_implementation", None)
+    if callable(set_experts) and getattr(fp64.config, "num_experts_per_tok", None):
+        set_experts("eager")
     return fp64
 
 
