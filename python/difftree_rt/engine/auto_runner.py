@@ -4,8 +4,9 @@ size to verify, from measured round times and observed acceptance (DESIGN.md §8
 Vocabulary: B batch, N tree size (root included; 1 = a plain target step).
 
 Per round: (1) before drafting, :meth:`AutoController.choose_draft` from recent rounds; a round
-that does not draft appends the last round's accepted rows to the drafter's context (so it keeps
-up) and verifies the one-node tree of the bonus token — a plain target step; (2) after drafting,
+that does not draft verifies the one-node tree of the bonus token — a plain target step — and
+keeps the committed rows' target features aside (:class:`DeferredContext`): the drafter's
+context catches up on them in one append when drafting resumes; (2) after drafting,
 the largest tree's node scores give each size bucket's expected accepted length (the draft
 surrogate) and :meth:`AutoController.choose_nodes` picks the bucket; a smaller bucket's tree is
 built again at that size. The round's wall time and accepted length go back to the controller.
@@ -24,7 +25,59 @@ from .round import STATUS, HostView, Round
 from .runner import EagerRunner, RoundPool
 from .stats import PhaseTimer
 
-__all__ = ["AutoRunner"]
+__all__ = ["AutoRunner", "DeferredContext"]
+
+#: Committed rows kept aside while the target runs alone, before one catch-up append.
+DEFER_ROWS = 64
+
+
+class DeferredContext:
+    """Committed rows' target features not yet in the drafter's context: ``[B, C + 1, F]`` (the
+    last row takes the padding writes) and ``[B]`` counts on the device, plus the host's bound
+    on the largest count (exact: the eager launcher knows every round's accepted lengths).
+
+    Args:
+        rnd: the round whose drafter caches the rows go to.
+        capacity: C, rows kept before a forced catch-up.
+    """
+
+    def __init__(self, rnd: Round, capacity: int = DEFER_ROWS) -> None:
+        st = rnd.state
+        num_b, feat = st.new_feat.shape[0], st.new_feat.shape[2]
+        self.rnd = rnd
+        self.capacity = capacity
+        self.feats = st.new_feat.new_zeros((num_b, capacity + 1, feat))
+        self.counts = torch.zeros(num_b, dtype=torch.long, device=st.new_feat.device)
+        self.rows = 0
+
+    def reset(self) -> None:
+        self.counts.zero_()
+        self.rows = 0
+
+    def defer(self, pending_rows: int) -> None:
+        """Move the last round's accepted rows (``new_feat[:, :num_new]``; ``pending_rows`` >=
+        max ``num_new``) aside, catching up first when they would not fit."""
+        if pending_rows + self.rows > self.capacity:
+            self.flush()
+        st = self.rnd.state
+        j = torch.arange(pending_rows, device=self.counts.device)[None, :]
+        dest = torch.where(j < st.num_new[:, None], self.counts[:, None] + j, self.capacity)
+        index = dest[:, :, None].expand(-1, -1, self.feats.shape[2])
+        self.feats.scatter_(1, index, st.new_feat[:, :pending_rows])
+        self.counts.add_(st.num_new)
+        st.num_new.zero_()
+        self.rows += pending_rows
+
+    def flush(self) -> None:
+        """Append the rows kept aside to the drafter caches (one append per cache)."""
+        if self.rows == 0:
+            return
+        rnd, cfg = self.rnd, self.rnd.cfg
+        feats = self.feats[:, : self.rows]
+        for drafter, cache in ((cfg.drafter, rnd.dcache), (cfg.second, rnd.vcache)):
+            if drafter is not None and cache is not None:
+                drafter.append_context(cache, feats.to(drafter.dtype), self.counts)
+        self.reset()
 
 
 class AutoRunner(EagerRunner):
@@ -47,6 +100,7 @@ class AutoRunner(EagerRunner):
         self.buckets = self.auto.size_buckets(self.path_cols - 1)
         self.settings = settings
         self.controllers: dict[int, AutoController] = {}
+        self.deferred: dict[int, DeferredContext] = {}
         #: The current call's rounds per mode (N; 1 = target step), for its stats.
         self.modes: dict[int, int] = {}
 
@@ -61,6 +115,11 @@ class AutoRunner(EagerRunner):
     def generate(self, adapter, right, request, per, stats):  # type: ignore[no-untyped-def]
         """:meth:`EagerRunner.generate`, recording the call's rounds per mode in ``stats``."""
         self.modes = {}
+        rnd = self.pool.get(adapter)
+        deferred = self.deferred.get(id(rnd))
+        if deferred is None or deferred.rnd is not rnd:
+            deferred = self.deferred[id(rnd)] = DeferredContext(rnd)
+        deferred.reset()  # setup() appends the prompt's rows directly
         out = super().generate(adapter, right, request, per, stats)
         stats.modes = dict(self.modes)
         return out
@@ -70,13 +129,14 @@ class AutoRunner(EagerRunner):
         context = rnd.adapter.cache.len_bound  # exact: the launcher synced it for this round
         start = time.perf_counter()
         predicted = None
+        deferred = self.deferred[id(rnd)]
         if not ctrl.choose_draft(context):
             nodes = 1
-            with timer.phase("draft"):
-                rnd.append_pending(host)
+            deferred.defer(host.pending_rows)
             tree = rnd.root_tree()
         else:
             with timer.phase("draft"):
+                deferred.flush()
                 inputs = rnd.draft(span, None, host)
             with timer.phase("select"):
                 tree = rnd.select(inputs)

@@ -397,7 +397,7 @@ class Round:
         if path.shape[1] < cfg.path_cols:  # an eager tree shallower than the capacity allows
             path = torch.nn.functional.pad(path, (0, cfg.path_cols - path.shape[1]), value=-1)
         # A tree smaller than the path width (auto's small buckets) has at most N path columns.
-        self.adapter.commit(path[:, : tree.token.shape[1]], walk.accepted, active)
+        self.adapter.commit(path[:, : tree.token.shape[1]].contiguous(), walk.accepted, active)
         accepted = walk.accepted.to(torch.long)
         next_token = walk.next_token.to(torch.long)
         if cfg.drafter is not None:
