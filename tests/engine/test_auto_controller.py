@@ -305,21 +305,27 @@ def test_calibration_steers_the_bucket_choice() -> None:
     assert [m for m in modes[-20:] if m != 1] and all(m in (1, 16) for m in modes[-20:])
 
 
-def test_cost_ewma_tracks_a_step_change() -> None:
+def test_cost_median_tracks_a_step_change_and_ignores_one_outlier() -> None:
     model = CostModel(AutoSettings(alpha=0.25))
     for _ in range(50):
         model.observe(16, CTX, 1.0)
     assert model.estimate(16, CTX) == pytest.approx(1.0)
+    model.observe(16, CTX, 10.0)  # one slow round (a GC pause) moves nothing
+    assert model.estimate(16, CTX) == pytest.approx(1.0)
     model.observe(16, CTX, 2.0)
-    assert model.estimate(16, CTX) == pytest.approx(1.25)
-    for _ in range(19):
+    assert model.estimate(16, CTX) == pytest.approx(1.0)
+    model.observe(16, CTX, 2.0)  # a real change takes over within half the window + 1
+    assert model.estimate(16, CTX) == pytest.approx(2.0)
+    for _ in range(5):
         model.observe(16, CTX, 2.0)
-    assert model.estimate(16, CTX) == pytest.approx(2.0, rel=0.01)
-    # The first samples are averaged (weight 1/n), not dominated by the first.
+    assert model.estimate(16, CTX) == pytest.approx(2.0)
+    # The first samples: the median of what was seen (an even count averages the middle two).
     fresh = CostModel(AutoSettings(alpha=0.25))
-    for s in (4.0, 1.0, 1.0):
+    for s in (4.0, 1.0):
         fresh.observe(1, CTX, s)
-    assert fresh.estimate(1, CTX) == pytest.approx(2.0)
+    assert fresh.estimate(1, CTX) == pytest.approx(2.5)
+    fresh.observe(1, CTX, 1.0)
+    assert fresh.estimate(1, CTX) == pytest.approx(1.0)
 
 
 def test_context_buckets_separate_costs() -> None:

@@ -134,6 +134,28 @@ class _Ewma:
         self.value += max(self.alpha, 1.0 / self.n) * (x - self.value)
 
 
+class _WindowMedian:
+    """Median of the last ``size`` samples: one slow round (a GC pause, preemption) cannot move
+    a cost estimate, and a real change of cost takes over after ``size // 2 + 1`` rounds."""
+
+    __slots__ = ("n", "samples", "size", "value")
+
+    def __init__(self, size: int = 5) -> None:
+        self.size = size
+        self.n = 0
+        self.samples: list[float] = []
+        self.value = 0.0
+
+    def update(self, x: float) -> None:
+        self.n += 1
+        self.samples.append(x)
+        if len(self.samples) > self.size:
+            self.samples.pop(0)
+        ordered = sorted(self.samples)
+        mid = len(ordered) // 2
+        self.value = ordered[mid] if len(ordered) % 2 else 0.5 * (ordered[mid - 1] + ordered[mid])
+
+
 def _nearest(keys: Sequence[int], key: int) -> int | None:
     """The element of ``keys`` nearest to ``key`` (ties: the smaller), None if empty."""
     best: int | None = None
@@ -144,8 +166,8 @@ def _nearest(keys: Sequence[int], key: int) -> int | None:
 
 
 class CostModel:
-    """Online wall-time estimate of a round per (mode nodes, context bucket): EWMA of observed
-    seconds, seeded from an optional table ``seed(nodes, context_len) -> seconds | None``.
+    """Online wall-time estimate of a round per (mode nodes, context bucket): the median of the
+    last observed seconds (robust to one slow round), seeded from an optional table ``seed(nodes, context_len) -> seconds | None``.
 
     ``nodes == 1`` means a plain target step (no draft); ``nodes >= 2`` a draft + verify of a
     tree of that many nodes (root included). :meth:`estimate` looks, in order, at the samples of
@@ -165,7 +187,8 @@ class CostModel:
             raise ValueError("seed must be callable (nodes, context_len) -> seconds | None")
         self.settings = settings
         self._seed = seed
-        self._samples: dict[int, dict[int, _Ewma]] = {}  # nodes -> context bucket -> EWMA
+        # nodes -> context bucket -> median of the last rounds
+        self._samples: dict[int, dict[int, _WindowMedian]] = {}
 
     def seed_estimate(self, nodes: int, context_len: int) -> float | None:
         """The seed table's seconds for (nodes, context_len), None without one.
@@ -201,8 +224,8 @@ class CostModel:
         context_len = _int("context_len", context_len, 0)
         seconds = _real("seconds", seconds, 0.0, strict=True)
         bucket = self.settings.context_bucket(context_len)
-        ewma = self._samples.setdefault(nodes, {}).setdefault(bucket, _Ewma(self.settings.alpha))
-        ewma.update(seconds)
+        est = self._samples.setdefault(nodes, {}).setdefault(bucket, _WindowMedian())
+        est.update(seconds)
 
 
 class AcceptanceModel:

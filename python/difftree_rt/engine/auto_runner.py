@@ -120,6 +120,9 @@ class AutoRunner(EagerRunner):
         if deferred is None or deferred.rnd is not rnd:
             deferred = self.deferred[id(rnd)] = DeferredContext(rnd)
         deferred.reset()  # setup() appends the prompt's rows directly
+        # A new call may be a new regime (another prompt, another context length): probe the
+        # mode not in use again soon, keeping every measurement.
+        self.controller(adapter.batch_size).restart_probes()
         out = super().generate(adapter, right, request, per, stats)
         stats.modes = dict(self.modes)
         return out
