@@ -167,7 +167,8 @@ def _nearest(keys: Sequence[int], key: int) -> int | None:
 
 class CostModel:
     """Online wall-time estimate of a round per (mode nodes, context bucket): the median of the
-    last observed seconds (robust to one slow round), seeded from an optional table ``seed(nodes, context_len) -> seconds | None``.
+    last observed seconds (robust to one slow round), seeded from an optional table
+    ``seed(nodes, context_len) -> seconds | None``.
 
     ``nodes == 1`` means a plain target step (no draft); ``nodes >= 2`` a draft + verify of a
     tree of that many nodes (root included). :meth:`estimate` looks, in order, at the samples of

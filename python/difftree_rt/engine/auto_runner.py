@@ -149,12 +149,7 @@ class AutoRunner(EagerRunner):
                 if nodes != self.buckets[-1]:
                     inputs.max_nodes = nodes - 1
                     tree = rnd.select(inputs)
-        with timer.phase("verify"):
-            verified = rnd.verify(tree)
-        with timer.phase("accept"):
-            walk = rnd.accept(tree, verified)
-        with timer.phase("commit"):
-            rnd.commit(tree, verified, walk)
+        self._verify_commit_tree(rnd, tree, timer)
         st = rnd.state
         # The launcher reads this round's status next anyway; reading the accepted lengths here
         # (one small read) ends the round's wall time.

@@ -38,6 +38,7 @@ import torch
 from torch import Tensor
 
 from ..models.target import TargetAdapter
+from ..tree import DraftTree
 from .host_sync import HostSyncError, forbid_host_sync
 from .request import CallStreamer, GenerateRequest
 from .round import MAX_STOPS, STATUS, HostView, Round, RoundConfig, RoundState
@@ -230,6 +231,11 @@ class EagerRunner:
                 inputs = rnd.draft(span, None, host)
             with timer.phase("select"):
                 tree = rnd.select(inputs)
+        self._verify_commit_tree(rnd, tree, timer)
+
+    @staticmethod
+    def _verify_commit_tree(rnd: Round, tree: DraftTree, timer: PhaseTimer) -> None:
+        """The round's second half, phase by phase: verify ``tree``, accept, commit."""
         with timer.phase("verify"):
             verified = rnd.verify(tree)
         with timer.phase("accept"):
