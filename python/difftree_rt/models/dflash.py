@@ -25,7 +25,8 @@ window W a query at position q sees keys with ``q - k < W`` (and ``k - q < W`` w
 causal); a causal layer sees keys with ``k <= q``. A windowed layer keeps only a ring of
 ``W + 2S`` rows of context in the cache (:mod:`.dflash_cache`).
 
-Reading and writing checkpoint directories lives in :mod:`.dflash_checkpoint`.
+Reading and writing checkpoint directories lives in :mod:`.dflash_checkpoint`, the layers in
+:mod:`.dflash_layers`.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from torch import nn
 from .dflash_cache import DFlashCache, ring_positions, write_rows
 from .dflash_checkpoint import load_drafter, save_drafter
 from .dflash_config import DFlashConfig, default_target_layer_ids
+from .dflash_layers import DecoderLayer, RMSNorm, Rotary, and_rule, attend_rule
 
 __all__ = [
     "DFlashCache",
@@ -77,179 +79,6 @@ def extract_features(
 # ---------------------------------------------------------------------------------------------
 # Building blocks (Qwen3-style)
 # ---------------------------------------------------------------------------------------------
-class _RMSNorm(nn.Module):
-    """RMSNorm computed in fp32, cast back before the weight (Qwen3 numerics)."""
-
-    def __init__(self, size: int, eps: float) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(size))
-        self.eps = eps
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = x.dtype
-        h = x.to(torch.float32)
-        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * h.to(dtype)
-
-
-class _Rotary(nn.Module):
-    """RoPE cos/sin tables at arbitrary absolute positions; frequencies kept in fp32."""
-
-    inv_freq: torch.Tensor
-
-    def __init__(self, config: DFlashConfig) -> None:
-        super().__init__()
-        inv_freq, self.attention_scaling = _rope_inv_freq(config)
-        # A master copy outside the module's tensors: `.to(bfloat16)` would otherwise round
-        # the frequencies, which shifts every rotated key.
-        self._master = inv_freq
-        self.register_buffer("inv_freq", inv_freq.clone(), persistent=False)
-
-    def _apply(self, fn: Any, recurse: bool = True) -> _Rotary:
-        super()._apply(fn, recurse)
-        self.inv_freq = self._master.to(self.inv_freq.device)
-        return self
-
-    def forward(
-        self, positions: torch.Tensor, dtype: torch.dtype
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """positions [B, T] (int) -> cos, sin [B, T, D] in ``dtype``."""
-        freqs = positions[..., None].to(torch.float32) * self.inv_freq.to(positions.device)
-        emb = torch.cat((freqs, freqs), dim=-1)
-        cos = emb.cos() * self.attention_scaling
-        sin = emb.sin() * self.attention_scaling
-        return cos.to(dtype), sin.to(dtype)
-
-
-def _rope_inv_freq(config: DFlashConfig) -> tuple[torch.Tensor, float]:
-    dim = config.head_dim
-    if config.rope_type == "default":
-        exponent = torch.arange(0, dim, 2, dtype=torch.int64, device="cpu").float() / dim
-        return 1.0 / (config.rope_theta**exponent), 1.0
-    # Scaled RoPE variants (linear, llama3, yarn, ...): reuse transformers' tables so a drafter
-    # for e.g. Llama 3.1 rotates exactly like the reference implementation.
-    from transformers import Qwen3Config
-    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
-
-    if config.rope_type not in ROPE_INIT_FUNCTIONS:
-        raise ValueError(f"unsupported rope_type {config.rope_type!r}")
-    hf = Qwen3Config(
-        hidden_size=config.hidden_size,
-        num_attention_heads=config.num_attention_heads,
-        num_key_value_heads=config.num_key_value_heads,
-        head_dim=config.head_dim,
-        max_position_embeddings=config.max_position_embeddings,
-        rope_parameters=dict(config.rope_parameters),
-    )
-    # Tables on the CPU even while modules are built on the meta device (checkpoint loading):
-    # some initialisers (yarn) create tensors without a device.
-    with torch.device("cpu"):
-        inv_freq, scaling = ROPE_INIT_FUNCTIONS[config.rope_type](hf, torch.device("cpu"))
-    return inv_freq.to(torch.float32), float(scaling)
-
-
-def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x [B, H, T, D], cos/sin [B, T, D] -> rotated x (rotate-half convention)."""
-    cos = cos[:, None]
-    sin = sin[:, None]
-    half = x.shape[-1] // 2
-    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-    return x * cos + rotated * sin
-
-
-class _Attention(nn.Module):
-    def __init__(self, config: DFlashConfig) -> None:
-        super().__init__()
-        h, hkv, d = config.num_attention_heads, config.num_key_value_heads, config.head_dim
-        bias = config.attention_bias
-        self.num_heads, self.num_kv_heads, self.head_dim = h, hkv, d
-        self.q_proj = nn.Linear(config.hidden_size, h * d, bias=bias)
-        self.k_proj = nn.Linear(config.hidden_size, hkv * d, bias=bias)
-        self.v_proj = nn.Linear(config.hidden_size, hkv * d, bias=bias)
-        self.o_proj = nn.Linear(h * d, config.hidden_size, bias=bias)
-        self.q_norm = _RMSNorm(d, config.rms_norm_eps)
-        self.k_norm = _RMSNorm(d, config.rms_norm_eps)
-
-    def query(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        """x [B, Q, hidden] -> q [B, H, Q, D] (q-norm, then RoPE)."""
-        b, t, _ = x.shape
-        q = self.q_norm(self.q_proj(x).view(b, t, self.num_heads, self.head_dim))
-        return _rotate(q.transpose(1, 2), cos, sin)
-
-    def key_value(
-        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """x [B, T, hidden] -> k, v [B, Hkv, T, D] (k-norm, then RoPE on k)."""
-        b, t, _ = x.shape
-        k = self.k_norm(self.k_proj(x).view(b, t, self.num_kv_heads, self.head_dim))
-        v = self.v_proj(x).view(b, t, self.num_kv_heads, self.head_dim)
-        return _rotate(k.transpose(1, 2), cos, sin), v.transpose(1, 2)
-
-    def attend(
-        self,
-        q: torch.Tensor,
-        k: torch.Tensor,
-        v: torch.Tensor,
-        mask: torch.Tensor | None,
-    ) -> torch.Tensor:
-        """q [B, H, Q, D], k/v [B, Hkv, K, D], mask [B, 1, Q, K] bool or None -> [B, Q, hidden]."""
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=False, enable_gqa=self.num_heads != self.num_kv_heads
-        )
-        b, _, t, _ = out.shape
-        return self.o_proj(out.transpose(1, 2).reshape(b, t, self.num_heads * self.head_dim))
-
-
-def _attend_rule(
-    q_pos: torch.Tensor, k_pos: torch.Tensor, window: int | None, causal: bool
-) -> torch.Tensor | None:
-    """The layer's own visibility rule by position: q_pos [B, Q], k_pos [B, K] -> bool
-    [B, Q, K] (None: every key visible). Causal: ``k <= q``; window W: ``q - k < W`` and, when
-    not causal, ``k - q < W`` (the reference drafter's mask)."""
-    rule = None
-    if causal:
-        rule = k_pos[:, None, :] <= q_pos[:, :, None]
-    if window is not None:
-        dist = q_pos[:, :, None] - k_pos[:, None, :]
-        near = dist < window
-        if not causal:
-            near = near & (dist > -window)
-        rule = near if rule is None else rule & near
-    return rule
-
-
-def _and(mask: torch.Tensor, rule: torch.Tensor | None) -> torch.Tensor:
-    return mask if rule is None else mask & rule
-
-
-class _MLP(nn.Module):
-    def __init__(self, config: DFlashConfig) -> None:
-        super().__init__()
-        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
-        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
-        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
-        self.act = config.hidden_act
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate = self.gate_proj(x)
-        if self.act in ("silu", "swish"):
-            gate = F.silu(gate)
-        elif self.act == "gelu_pytorch_tanh":
-            gate = F.gelu(gate, approximate="tanh")
-        else:
-            gate = F.gelu(gate)
-        return self.down_proj(gate * self.up_proj(x))
-
-
-class _DecoderLayer(nn.Module):
-    def __init__(self, config: DFlashConfig) -> None:
-        super().__init__()
-        self.self_attn = _Attention(config)
-        self.mlp = _MLP(config)
-        self.input_layernorm = _RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.post_attention_layernorm = _RMSNorm(config.hidden_size, config.rms_norm_eps)
-
-
 # ---------------------------------------------------------------------------------------------
 # Drafter
 # ---------------------------------------------------------------------------------------------
@@ -267,11 +96,11 @@ class DFlashDrafter(nn.Module):
     def __init__(self, config: DFlashConfig) -> None:
         super().__init__()
         self.config = config
-        self.layers = nn.ModuleList(_DecoderLayer(config) for _ in range(config.num_hidden_layers))
+        self.layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.num_hidden_layers))
         self.fc = nn.Linear(config.feature_size, config.hidden_size, bias=False)
-        self.hidden_norm = _RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.norm = _RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.rotary_emb = _Rotary(config)
+        self.hidden_norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.rotary_emb = Rotary(config)
         # (embedding, lm_head) of the bound target; a tuple so nn.Module does not register them.
         self._target_modules: tuple[nn.Module, nn.Module] | None = None
 
@@ -317,7 +146,7 @@ class DFlashDrafter(nn.Module):
                         w.normal_(0.0, std, generator=generator)
                     if module.bias is not None:
                         module.bias.zero_()
-                elif isinstance(module, _RMSNorm):
+                elif isinstance(module, RMSNorm):
                     module.weight.fill_(1.0)
 
     @classmethod
@@ -556,7 +385,7 @@ class DFlashDrafter(nn.Module):
             q = attn.query(x, cos_b, sin_b)
             k = torch.cat([k_ctx, k_blk], dim=2)
             v = torch.cat([v_ctx, v_blk], dim=2)
-            rule = _attend_rule(q_pos, k_pos, self.config.layer_window(i), self.layer_causal(i))
+            rule = attend_rule(q_pos, k_pos, self.config.layer_window(i), self.layer_causal(i))
             layer_mask = mask
             if rule is not None:
                 layer_mask = rule[:, None] if mask is None else mask & rule[:, None]
@@ -749,7 +578,7 @@ class DFlashDrafter(nn.Module):
                     k_pos = ring_positions(newest, ring)
                     valid = k_pos >= 0
                 mask = valid[:, None, :].expand(batch, s_len, rows)
-                masks[key] = _and(mask, _attend_rule(positions, k_pos, window, causal))[:, None]
+                masks[key] = and_rule(mask, attend_rule(positions, k_pos, window, causal))[:, None]
             return cache.keys[i][:, :, :rows], cache.values[i][:, :, :rows], masks[key]
 
         cos, sin = self.rotary_emb(positions, self.dtype)
@@ -820,8 +649,8 @@ class DFlashDrafter(nn.Module):
                     ctx_pos = ring_positions(cache.lengths, ring)
                     valid = ctx_pos >= 0
                 ctx_mask = valid[:, None, :].expand(batch, q_len, valid.shape[1])
-                ctx_mask = _and(ctx_mask, _attend_rule(positions, ctx_pos, window, causal))
-                blk_mask = _and(own, _attend_rule(positions, positions, window, causal))
+                ctx_mask = and_rule(ctx_mask, attend_rule(positions, ctx_pos, window, causal))
+                blk_mask = and_rule(own, attend_rule(positions, positions, window, causal))
                 masks[key] = torch.cat([ctx_mask, blk_mask], dim=2)[:, None]
             if ring is None:
                 write_rows(cache.keys[i], k_blk, slots)
