@@ -28,9 +28,11 @@ def test_build_info_keys() -> None:
         assert key in info
     assert info["version"] == difftree_rt.__version__
     policies = info["policies"].split(", ")
-    assert {"ar", "chain", "ddtree", "caddtree", "presto", "taps", "d2sd"} <= set(policies)
+    assert {"ar", "chain", "ddtree", "caddtree", "presto", "taps", "d2sd", "auto"} <= set(policies)
     graph = info["graph_mode_policies"].split(", ")
-    assert set(graph) == set(policies)  # every built-in policy runs in graph mode
+    # Every built-in policy runs in graph mode except "auto", whose per-round choice runs on the
+    # eager launcher (its graph path is not built yet: docs/NOTES.md, policy auto).
+    assert set(graph) == set(policies) - {"auto"}
     if info["cuda_compiled"]:
         archs = info["cuda_architectures"].split(",")
         assert "80" in archs and "90a" in archs
