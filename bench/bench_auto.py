@@ -35,6 +35,7 @@ from difftree_rt.cli.pair import (
     make_policy_for,
     stop_ids,
 )
+from difftree_rt.policies.auto import AutoPolicy
 
 #: (label, policy, budget): the fixed settings of the issue's table, then auto.
 SETTINGS = (
@@ -45,6 +46,7 @@ SETTINGS = (
     ("presto@16", "presto", 16),
     ("caddtree@64", "caddtree", 64),
     ("auto@64", "auto", 64),
+    ("auto-presto@64", "auto-presto", 64),
 )
 
 
@@ -73,11 +75,13 @@ def bench_block(
 ) -> list[dict[str, Any]]:
     decs = {}
     for label, policy, budget in settings:
+        chosen = (
+            AutoPolicy(budget, tree="presto")
+            if policy == "auto-presto"
+            else make_policy_for(pair, policy, budget)
+        )
         decs[label] = SpeculativeDecoder(
-            pair.target,
-            pair.drafter if policy != "ar" else None,
-            make_policy_for(pair, policy, budget),
-            budget=max(1, budget),
+            pair.target, pair.drafter if policy != "ar" else None, chosen, budget=max(1, budget)
         )
         run_pass(decs[label], prompts[:2], 16, temp, stop)  # warm-up (auto: starts learning)
     samples: dict[str, list[float]] = {label: [] for label in decs}
@@ -100,6 +104,7 @@ def ratios(rows: list[dict[str, Any]]) -> dict[str, float]:
     best = max(fixed, key=lambda k: fixed[k])
     return {
         "auto_vs_ar": med["auto@64"] / med["ar"],
+        "auto_presto_vs_best_fixed": med["auto-presto@64"] / fixed[best],
         "auto_vs_best_fixed": med["auto@64"] / fixed[best],
         "best_fixed": best,  # type: ignore[dict-item]
     }
