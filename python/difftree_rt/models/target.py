@@ -95,17 +95,15 @@ class TargetAdapter:
     ) -> None:
         geometry = check_target_model(model)
         config = model.config
-        for name, value in (("max_length", max_length), ("batch_size", batch_size)):
+        prefill_chunk = PREFILL_CHUNK if prefill_chunk is None else prefill_chunk
+        sizes = [("max_length", max_length), ("batch_size", batch_size)]
+        sizes += [("max_forward_rows", max_forward_rows), ("prefill_chunk", prefill_chunk)]
+        for name, value in sizes:
+            if name == "max_forward_rows" and value is None:
+                continue  # optional: no bound on one forward's rows
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
         num_layers = geometry.num_layers
-        prefill_chunk = PREFILL_CHUNK if prefill_chunk is None else prefill_chunk
-        bounds = (("max_forward_rows", max_forward_rows), ("prefill_chunk", prefill_chunk))
-        for name, value in bounds:
-            if value is not None and (
-                not isinstance(value, int) or isinstance(value, bool) or value < 1
-            ):
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
         rows_cap = None
         if max_forward_rows is not None:
             rows_cap = min(max(max_forward_rows, prefill_chunk), max_length)
@@ -256,13 +254,17 @@ class TargetAdapter:
         num_b, num_t = ids.shape
         self._ensure_capacity(num_t, "input_ids")
         full = [num_t] * num_b if lens is None else lens
+        last = torch.tensor([n - 1 for n in full], device=self.device)
         logits: list[Tensor] = []
         feats: list[Tensor] = []
         for c0 in range(0, num_t, cap):
             c1 = min(num_t, c0 + cap)
             real = [max(0, min(n, c1) - c0) for n in full]
             offsets = torch.arange(c1 - c0, device=self.device)[None, :]
-            out = self._forward(ids[:, c0:c1], offsets, None, None)
+            # last_logits_only: one row per request reaches the LM head (its last real row,
+            # clamped into this chunk), never [B, T, V] for a long prompt.
+            keep = (last - c0).clamp(0, c1 - c0 - 1)[:, None] if last_logits_only else None
+            out = self._forward(ids[:, c0:c1], offsets, None, None, logits_to_keep=keep)
             self.cache.base_len.add_(
                 torch.tensor(real, dtype=self.cache.base_len.dtype, device=self.device)
             )
@@ -272,10 +274,11 @@ class TargetAdapter:
                 feats.append(out.features)
         self.cache.len_exact = self.cache.len_exact and min(full) == max(full)
         self._pending_nodes = None
-        all_logits = torch.cat(logits, dim=1)
-        if last_logits_only:
-            last = torch.tensor([n - 1 for n in full], device=self.device)
-            all_logits = all_logits[torch.arange(num_b, device=self.device), last][:, None]
+        if last_logits_only:  # request b's row comes from the chunk holding its last token
+            rows = torch.cat(logits, dim=1)  # [B, chunks, V]
+            all_logits = rows[torch.arange(num_b, device=self.device), last // cap][:, None]
+        else:
+            all_logits = torch.cat(logits, dim=1)
         return TargetOutput(logits=all_logits, features=torch.cat(feats, dim=1) if feats else None)
 
     @torch.no_grad()
