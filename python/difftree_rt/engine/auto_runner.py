@@ -72,11 +72,7 @@ class DeferredContext:
         """Append the rows kept aside to the drafter caches (one append per cache)."""
         if self.rows == 0:
             return
-        rnd, cfg = self.rnd, self.rnd.cfg
-        feats = self.feats[:, : self.rows]
-        for drafter, cache in ((cfg.drafter, rnd.dcache), (cfg.second, rnd.vcache)):
-            if drafter is not None and cache is not None:
-                drafter.append_context(cache, feats.to(drafter.dtype), self.counts)
+        self.rnd.append_rows(self.feats[:, : self.rows], self.counts)
         self.reset()
 
 

@@ -257,11 +257,12 @@ class Round:
         st, cfg = self.state, self.cfg
         counts = torch.tensor(lengths, dtype=torch.long, device=cfg.device)
         self.prompt_lengths.copy_(counts)
-        for drafter, cache in ((cfg.drafter, self.dcache), (cfg.second, self.vcache)):
-            if drafter is not None and cache is not None:
-                assert features is not None
-                cache.reset()
-                drafter.append_context(cache, features.to(drafter.dtype), counts)
+        if cfg.drafter is not None:
+            assert features is not None
+            for cache in (self.dcache, self.vcache):
+                if cache is not None:
+                    cache.reset()
+            self.append_rows(features, counts)
         if self.stream is not None:
             cfg.policy.start_stream(self.stream, prompts, counts)
             ones = torch.ones_like(counts)
@@ -341,16 +342,21 @@ class Round:
         so the drafter's context is exactly the committed tokens before the bonus. Every draft
         starts with it; a round that does not draft (``policy="auto"``) calls it alone, so the
         drafter keeps up while the target runs by itself."""
-        st, cfg, dc = self.state, self.cfg, self.dcache
-        if cfg.drafter is None or dc is None:
+        st = self.state
+        if self.cfg.drafter is None:
             return
         # The eager launcher appends only as many of the P rows as the last round accepted.
         feats = st.new_feat if host is None else st.new_feat[:, : host.pending_rows]
-        cfg.drafter.append_context(dc, feats, st.num_new)
-        if self.vcache is not None:
-            assert cfg.second is not None
-            cfg.second.append_context(self.vcache, feats.to(cfg.second.dtype), st.num_new)
+        self.append_rows(feats, st.num_new)
         st.num_new.zero_()
+
+    def append_rows(self, feats: Tensor, counts: Tensor) -> None:
+        """Append committed rows' target features ``[B, n, F]`` (``counts [B]`` of them real)
+        to every drafter cache (the drafter's and a second drafter's)."""
+        cfg = self.cfg
+        for drafter, cache in ((cfg.drafter, self.dcache), (cfg.second, self.vcache)):
+            if drafter is not None and cache is not None:
+                drafter.append_context(cache, feats.to(drafter.dtype), counts)
 
     def root_tree(self) -> DraftTree:
         """ "ar": the one-node tree holding the last token (in the N = 1 buffers)."""
