@@ -67,4 +67,22 @@ Status tree_attention(const TensorView& q, const TensorView& k_cache, const Tens
                       const AttentionVariant& variant, int num_splits,
                       const TensorView& out, void* workspace, Stream stream);
 
+// Gated-DeltaNet tree ops (reference/gated_delta.py; cpu/gated_delta.cpp is the checked oracle).
+// x / conv_tail / weight / bias / out share one float dtype; q / k / v / out one float dtype; g,
+// beta, state, k_hat, delta, gcum are fp32; src int32; path / accepted int32 or int64; active
+// bool. tree_anc == nullptr: causal rows. The commits run in place (read before write).
+Status gdn_conv(const TensorView& x, const TensorView& conv_tail, const TensorView& weight,
+                const TensorView* bias, const TensorView& src, bool activation,
+                const TensorView& out, Stream stream);
+Status gdn_conv_commit(const TensorView& conv_tail, const TensorView& x, const TensorView& src,
+                       const TensorView& path, const TensorView& accepted,
+                       const TensorView* active, Stream stream);
+Status gdn_verify(const TensorView& q, const TensorView& k, const TensorView& v,
+                  const TensorView& g, const TensorView& beta, const TensorView& state,
+                  const TensorView* tree_anc, const TensorView& out, const TensorView& k_hat,
+                  const TensorView& delta, const TensorView& gcum, Stream stream);
+Status gdn_commit(const TensorView& state, const TensorView& k_hat, const TensorView& delta,
+                  const TensorView& gcum, const TensorView& path, const TensorView& accepted,
+                  const TensorView* active, Stream stream);
+
 }  // namespace difftree::cuda
