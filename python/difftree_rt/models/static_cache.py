@@ -27,6 +27,7 @@ from torch import Tensor
 from transformers.cache_utils import Cache, CacheLayerMixin
 
 from ..reference.kv_commit import kv_commit_reference
+from .linear_state import LinearStates
 from .target_layers import LayerSpec
 
 __all__ = ["StaticKVCache"]
@@ -184,6 +185,8 @@ class StaticKVCache(Cache):
             for t in pair or ():
                 groups.setdefault((tuple(t.shape), ring), []).append(t)
         self._commit_groups = [(ts, key[1]) for key, ts in groups.items()]
+        # Linear-attention layers (Gated-DeltaNet): fixed-size states instead of rows.
+        self.linear = LinearStates(self.specs, batch_size, dtype, self.device)
         self.len_bound = 0
         self.len_exact = True
         self.fixed_span: int | None = None
@@ -347,6 +350,7 @@ class StaticKVCache(Cache):
         if path.shape[1] > 1:
             for tensors, ring in self._commit_groups:
                 _kv_commit(tensors, self.base_len, path, acc, ring)
+        self.linear.commit(path, accepted, active)
         self.base_len.add_(step)
         # accepted <= L, so the bound grows by at most L + 1 (no sync needed).
         self.len_bound = min(self.len_bound + path.shape[1], self.max_length)
@@ -366,8 +370,10 @@ class StaticKVCache(Cache):
         return self.max_length, 0
 
     def reset(self) -> None:
-        """Forget every request's context (lengths to 0; buffers are kept, not zeroed)."""
+        """Forget every request's context (lengths to 0; K/V buffers are kept, not zeroed;
+        linear-attention states are zeroed: they are the whole context of their layers)."""
         self.base_len.zero_()
+        self.linear.reset()
         self.len_bound = 0
         self.len_exact = True
         self.fixed_span = None

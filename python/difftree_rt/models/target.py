@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .linear_attention import linear_layers
 from .static_cache import StaticKVCache
 from .target_layers import ring_slots
 from .target_support import check_target_model
@@ -134,6 +135,11 @@ class TargetAdapter:
         self.vocab_size: int = config.vocab_size
         self.hidden_size: int = config.hidden_size
         self._layers = layers
+        # Gated-DeltaNet modules: they run the tree forward during adapter calls.
+        self._linear_modules = [
+            layer.linear_attn for spec, layer in zip(geometry.specs, layers, strict=True)
+            if spec.linear is not None
+        ]  # fmt: skip
         # HF reports the last layer's output after the final norm (hidden_states[-1] is tied to
         # last_hidden_state); capture it from the norm so "feature j = hidden_states[j+1]" holds.
         self._final_norm = _find_final_norm(model)
@@ -237,7 +243,7 @@ class TargetAdapter:
         lens_t = torch.tensor(lens, dtype=torch.long, device=self.device)
         offsets = torch.arange(num_t, device=self.device)[None, :]
         keep = (lens_t - 1)[:, None] if last_logits_only else None
-        out = self._forward(ids, offsets, None, None, logits_to_keep=keep)
+        out = self._forward(ids, offsets, None, None, logits_to_keep=keep, commit_rows=lens_t)
         self.cache.base_len.add_(lens_t.to(self.cache.base_len.dtype))
         self.cache.len_bound += max(lens)
         # An upper bound on max(base_len); exact when every request had the same length.
@@ -264,10 +270,11 @@ class TargetAdapter:
             # last_logits_only: one row per request reaches the LM head (its last real row,
             # clamped into this chunk), never [B, T, V] for a long prompt.
             keep = (last - c0).clamp(0, c1 - c0 - 1)[:, None] if last_logits_only else None
-            out = self._forward(ids[:, c0:c1], offsets, None, None, logits_to_keep=keep)
-            self.cache.base_len.add_(
-                torch.tensor(real, dtype=self.cache.base_len.dtype, device=self.device)
+            real_t = torch.tensor(real, dtype=torch.long, device=self.device)
+            out = self._forward(
+                ids[:, c0:c1], offsets, None, None, logits_to_keep=keep, commit_rows=real_t
             )
+            self.cache.base_len.add_(real_t.to(self.cache.base_len.dtype))
             self.cache.len_bound += max(real)
             logits.append(out.logits)
             if out.features is not None:
@@ -301,7 +308,10 @@ class TargetAdapter:
         num_t = ids.shape[1]
         self._ensure_capacity(num_t, arg)
         offsets = torch.arange(num_t, device=self.device)[None, :]
-        out = self._forward(ids, offsets, None, None, last_logits_only=last_logits_only)
+        rows = torch.full((ids.shape[0],), num_t, dtype=torch.long, device=self.device)
+        out = self._forward(
+            ids, offsets, None, None, last_logits_only=last_logits_only, commit_rows=rows
+        )
         self.cache.advance(num_t)
         self._pending_nodes = None
         return out
@@ -417,9 +427,12 @@ class TargetAdapter:
         *,
         last_logits_only: bool = False,
         logits_to_keep: Tensor | None = None,
+        commit_rows: Tensor | None = None,
     ) -> TargetOutput:
         # Row i of request b: cache row base_len[b] + i, position base_len[b] + pos_offsets[b, i]
         # (i for causal appends, depth[i] for trees). All from device tensors: no sync.
+        # commit_rows: [B] rows a causal forward commits (linear-attention states advance in
+        # the forward); None for a verify.
         num_t = ids.shape[1]
         base = self.cache.base_len.to(torch.long)
         positions = base[:, None] + pos_offsets
@@ -432,6 +445,7 @@ class TargetAdapter:
             kv_bound=self.cache.key_span(),
             full_rows=self.cache.max_length,
             num_rows=num_t,
+            commit_rows=commit_rows,
         )
         captured: dict[int, Tensor] = {}
         kwargs: dict[str, Any] = {CONTEXT_KWARG: ctx}
@@ -451,7 +465,9 @@ class TargetAdapter:
             head_hook = head.register_forward_pre_hook(gather_rows)
             kwargs["logits_to_keep"] = 0  # every row reaches the head, which keeps `rows`
         try:
-            with self._attention_impl(), self._capture(captured):
+            with self._attention_impl(), self._capture(captured), linear_layers(
+                self._linear_modules
+            ):
                 out = self.model(
                     input_ids=ids,
                     position_ids=positions,

@@ -11,7 +11,9 @@ multi-head latent attention (DeepSeek-V3 / Kimi) transformers caches the compres
 head each, and expands them after the cache read. A sliding-window layer needs only the last
 ``W - 1`` committed rows plus the rows of the current forward: it keeps a ring of
 ``W - 1 + T_max`` slots (row r in slot ``r % slots``) when that is smaller than S_max. A layer
-that reuses another layer's K/V (Gemma-4 KV sharing) caches nothing.
+that reuses another layer's K/V (Gemma-4 KV sharing) caches nothing. A Gated-DeltaNet
+linear-attention layer (Qwen3.5 / Qwen3-Next) caches no rows at all: a fixed-size state per
+request (:class:`LinearSpec`: a conv tail and a recurrent state, see ``linear_state``).
 """
 
 from __future__ import annotations
@@ -21,10 +23,38 @@ from typing import Any
 
 from torch import nn
 
-__all__ = ["FULL", "SLIDING", "LayerSpec", "layer_config", "layer_specs", "ring_slots"]
+__all__ = [
+    "FULL",
+    "LINEAR",
+    "SLIDING",
+    "LayerSpec",
+    "LinearSpec",
+    "layer_config",
+    "layer_specs",
+    "ring_slots",
+]
 
 FULL = "full_attention"
 SLIDING = "sliding_attention"
+LINEAR = "linear_attention"
+
+
+@dataclass(frozen=True)
+class LinearSpec:
+    """The state of one Gated-DeltaNet layer per request.
+
+    Attributes:
+        channels: C, the conv channels (``2 * H_k * D_k + H_v * D_v``).
+        kernel: K, the conv width (the tail keeps K - 1 rows).
+        key_heads, key_dim: H_k, D_k; value_heads, value_dim: H_v, D_v (H_v a multiple of H_k).
+    """
+
+    channels: int
+    kernel: int
+    key_heads: int
+    key_dim: int
+    value_heads: int
+    value_dim: int
 
 
 @dataclass(frozen=True)
@@ -33,11 +63,13 @@ class LayerSpec:
 
     Attributes:
         index: decoder layer id.
-        kind: ``"full_attention"`` or ``"sliding_attention"``.
+        kind: ``"full_attention"``, ``"sliding_attention"`` or ``"linear_attention"``.
         window: W for a sliding layer, 0 for full attention.
         key: ``(H_k, D_k)`` of the cached K rows; value: ``(H_v, D_v)`` of the cached V rows.
         sinks: the layer adds learned per-head sink logits to its softmax (gpt-oss).
-        owns_cache: False when the layer reads another layer's K/V (nothing cached).
+        owns_cache: False when the layer caches no K/V rows (it reads another layer's, or it is
+            a linear-attention layer).
+        linear: the state of a linear-attention layer, else None.
     """
 
     index: int
@@ -47,6 +79,7 @@ class LayerSpec:
     value: tuple[int, int]
     sinks: bool = False
     owns_cache: bool = True
+    linear: LinearSpec | None = None
 
     def slots(self, max_length: int, max_forward_rows: int | None) -> int:
         """Rows this layer's cache holds per request (see :func:`ring_slots`)."""
@@ -97,9 +130,12 @@ def layer_specs(model: nn.Module, layers: nn.ModuleList) -> list[LayerSpec]:
     types = _layer_types(config, len(layers))
     specs = []
     for i, layer in enumerate(layers):
-        attn = layer.self_attn
         cfg = layer_config(config, i)
         kind = types[i]
+        if kind == LINEAR:
+            specs.append(_linear_spec(i, layer.linear_attn))
+            continue
+        attn = layer.self_attn
         window = 0
         if kind == SLIDING:
             window = getattr(attn, "sliding_window", None) or getattr(cfg, "sliding_window", None)
@@ -137,3 +173,27 @@ def layer_specs(model: nn.Module, layers: nn.ModuleList) -> list[LayerSpec]:
             )
         )
     return specs
+
+
+def _linear_spec(index: int, module: nn.Module) -> LayerSpec:
+    """A Gated-DeltaNet layer's spec, read from the module itself (every size is an attribute
+    of transformers' ``*GatedDeltaNet``)."""
+    h_k, d_k = int(module.num_k_heads), int(module.head_k_dim)
+    h_v, d_v = int(module.num_v_heads), int(module.head_v_dim)
+    if h_k < 1 or h_v % h_k != 0:
+        raise ValueError(
+            f"layer {index}: linear_num_value_heads={h_v} is not a multiple of "
+            f"linear_num_key_heads={h_k}"
+        )
+    weight = module.conv1d.weight  # [C, 1, K]
+    channels, kernel = int(weight.shape[0]), int(weight.shape[-1])
+    if channels != 2 * h_k * d_k + h_v * d_v:
+        raise ValueError(
+            f"layer {index}: conv1d has {channels} channels, expected 2 * H_k * D_k + H_v * D_v "
+            f"= {2 * h_k * d_k + h_v * d_v}"
+        )
+    linear = LinearSpec(channels, kernel, h_k, d_k, h_v, d_v)
+    return LayerSpec(
+        index=index, kind=LINEAR, window=0, key=(0, 0), value=(0, 0), owns_cache=False,
+        linear=linear,
+    )  # fmt: skip

@@ -12,26 +12,29 @@ tokens under speculative verification would differ from its own ``generate``:
   switches at ``original_max_position_embeddings``), so the same token gets other rotations.
 - Attention logit soft-capping (Gemma-2 ``attn_logit_softcapping``): tree attention computes
   softmax attention without it.
-- Layer types other than full and sliding-window attention.
+- Layer types other than full and sliding-window attention and Gated-DeltaNet linear attention.
 
 Supported per layer (:mod:`.target_layers`): full attention, sliding windows, attention sinks
-(gpt-oss), per-layer head sizes and KV heads (Gemma-4), latent attention (DeepSeek-V3 / Kimi).
+(gpt-oss), per-layer head sizes and KV heads (Gemma-4), latent attention (DeepSeek-V3 / Kimi),
+Gated-DeltaNet linear attention (Qwen3.5 / Qwen3.6 / Qwen3-Next, :mod:`.linear_attention`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import inspect
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from .target_layers import LayerSpec, layer_specs
+from .linear_attention import gated_deltanet_problem
+from .target_layers import LINEAR, LayerSpec, layer_specs
 
 __all__ = ["TargetGeometry", "check_target_model"]
 
-_SUPPORTED_LAYER_TYPES = ("full_attention", "sliding_attention")
+_SUPPORTED_LAYER_TYPES = ("full_attention", "sliding_attention", LINEAR)
 
 
 @dataclass(frozen=True)
@@ -134,6 +137,31 @@ def _check_rope(model: nn.Module) -> None:
         )
 
 
+def _hybrid_routes(model: nn.Module) -> bool:
+    """A hybrid linear-attention model (Qwen3.5 / Qwen3-Next) leaves
+    ``_supports_attention_backend`` unset for its linear layers' sake, yet its attention layers
+    do call transformers' ``ALL_ATTENTION_FUNCTIONS``: accept it when every attention layer's
+    forward does."""
+    types = getattr(model.config, "layer_types", None)
+    if not types or LINEAR not in types:
+        return False
+    try:
+        layers = _find_decoder_layers(model)
+    except ValueError:
+        return False
+    for kind, layer in zip(types, layers, strict=False):
+        if kind == LINEAR:
+            continue
+        attn = getattr(layer, "self_attn", None)
+        try:
+            source = inspect.getsource(type(attn).forward)
+        except (TypeError, OSError):
+            return False
+        if "ALL_ATTENTION_FUNCTIONS" not in source:
+            return False
+    return True
+
+
 def check_target_model(model: nn.Module) -> TargetGeometry:
     """Check that ``model`` is a decoder-only HF causal LM the adapter reproduces exactly.
 
@@ -166,7 +194,7 @@ def check_target_model(model: nn.Module) -> TargetGeometry:
             f"attention logit soft-capping (attn_logit_softcapping={softcap}) is not supported: "
             "tree attention computes plain softmax attention",
         )
-    if not getattr(model, "_supports_attention_backend", False):
+    if not getattr(model, "_supports_attention_backend", False) and not _hybrid_routes(model):
         raise _unsupported(
             model,
             "it does not route attention through transformers' AttentionInterface "
@@ -189,10 +217,17 @@ def check_target_model(model: nn.Module) -> TargetGeometry:
         raise ValueError(
             f"model: found {len(layers)} decoder layers but config.num_hidden_layers={num_layers}"
         )
+    types = list(layer_types) if layer_types is not None else [None] * num_layers
+    for i, layer in enumerate(layers):
+        if types[i] == LINEAR:
+            problem = gated_deltanet_problem(getattr(layer, "linear_attn", None) or layer)
+            if problem is not None:
+                raise _unsupported(model, f"linear-attention layer {i}: {problem}")
     attn_missing = [
         i
         for i, layer in enumerate(layers)
-        if getattr(getattr(layer, "self_attn", None), "layer_idx", None) is None
+        if types[i] != LINEAR
+        and getattr(getattr(layer, "self_attn", None), "layer_idx", None) is None
     ]
     if attn_missing:
         raise _unsupported(

@@ -152,6 +152,10 @@ class TreeAttentionContext:
         num_rows: T, the rows the forward writes. A causal layer may get only the last of them
             as queries (Gemma-4 skips the other prompt rows in its KV-sharing layers): the rows
             before them then count as committed.
+        commit_rows: ``[B]`` rows each request commits in this forward (causal prefill and
+            decode: linear-attention layers advance their states as they go), or None for a
+            verify forward (nothing committed until ``TargetAdapter.commit``).
+        extras: per-forward values shared by every layer (e.g. the conv sources of the rows).
     """
 
     prefix_len: Tensor
@@ -161,6 +165,8 @@ class TreeAttentionContext:
     kv_bound: int | None = None
     full_rows: int | None = None
     num_rows: int | None = None
+    commit_rows: Tensor | None = None
+    extras: dict[Any, Tensor] = field(default_factory=dict, repr=False)
     _tree_mask: Tensor | None = field(default=None, repr=False)
 
     def tree_mask(self, num_rows: int) -> Tensor | None:
