@@ -407,4 +407,53 @@ PYBIND11_MODULE(_C, m) {
                                              int64_t D, int64_t S_max, int64_t num_splits) {
     return difftree::tree_attention_workspace_bytes(B, H_q, H_kv, N, D, S_max, num_splits);
   });
+
+  // ---- Gated-DeltaNet tree ops ----
+  m.def("check_gdn_conv", [](py::handle x, py::handle conv_tail, py::handle weight,
+                             py::object bias, py::handle src) {
+    auto bv = maybe_view(bias, "bias");
+    raise_if_error(difftree::check_gdn_conv(view(x, "x"), view(conv_tail, "conv_tail"),
+                                            view(weight, "weight"), ptr(bv), view(src, "src")));
+  });
+  m.def("gdn_conv", [](py::handle x, py::handle conv_tail, py::handle weight, py::object bias,
+                       py::handle src, bool activation, py::handle out, uintptr_t stream) {
+    auto bv = maybe_view(bias, "bias");
+    raise_if_error(difftree::gdn_conv(view(x, "x"), view(conv_tail, "conv_tail"),
+                                      view(weight, "weight"), ptr(bv), view(src, "src"),
+                                      activation, view(out, "out"), stream_ptr(stream)));
+  });
+  m.def("gdn_conv_commit", [](py::handle conv_tail, py::handle x, py::handle src, py::handle path,
+                              py::handle accepted, py::object active, uintptr_t stream) {
+    auto act = maybe_view(active, "active");
+    raise_if_error(difftree::gdn_conv_commit(view(conv_tail, "conv_tail"), view(x, "x"),
+                                             view(src, "src"), view(path, "path"),
+                                             view(accepted, "accepted"), ptr(act),
+                                             stream_ptr(stream)));
+  });
+  m.def("check_gdn_verify", [](py::handle q, py::handle k, py::handle v, py::handle g,
+                               py::handle beta, py::handle state, py::object tree_anc) {
+    auto anc = maybe_view(tree_anc, "tree_anc");
+    raise_if_error(difftree::check_gdn_verify(view(q, "q"), view(k, "k"), view(v, "v"),
+                                              view(g, "g"), view(beta, "beta"),
+                                              view(state, "state"), ptr(anc)));
+  });
+  m.def("gdn_verify",
+        [](py::handle q, py::handle k, py::handle v, py::handle g, py::handle beta,
+           py::handle state, py::object tree_anc, py::handle out, py::handle k_hat,
+           py::handle delta, py::handle gcum, uintptr_t stream) {
+          auto anc = maybe_view(tree_anc, "tree_anc");
+          raise_if_error(difftree::gdn_verify(
+              view(q, "q"), view(k, "k"), view(v, "v"), view(g, "g"), view(beta, "beta"),
+              view(state, "state"), ptr(anc), view(out, "out"), view(k_hat, "k_hat"),
+              view(delta, "delta"), view(gcum, "gcum"), stream_ptr(stream)));
+        });
+  m.def("gdn_commit", [](py::handle state, py::handle k_hat, py::handle delta, py::handle gcum,
+                         py::handle path, py::handle accepted, py::object active,
+                         uintptr_t stream) {
+    auto act = maybe_view(active, "active");
+    raise_if_error(difftree::gdn_commit(view(state, "state"), view(k_hat, "k_hat"),
+                                        view(delta, "delta"), view(gcum, "gcum"),
+                                        view(path, "path"), view(accepted, "accepted"), ptr(act),
+                                        stream_ptr(stream)));
+  });
 }

@@ -316,4 +316,61 @@ Status tree_attention(const TensorView& q, const TensorView& k_cache, const Tens
                       const TensorView& out, const TensorView* workspace, Stream stream,
                       const AttentionVariant& variant = {});
 
+// ---- Gated-DeltaNet tree ops ----------------------------------------------------------------
+// A linear-attention layer (Qwen3.5 / Qwen3-Next) verifying a draft tree and committing its
+// accepted path (ALGORITHMS.md "Gated-DeltaNet trees"; the plain-PyTorch reference is
+// difftree_rt/reference/gated_delta.py). C conv channels, K conv width (>= 1), H_k / H_v key /
+// value heads (H_v a multiple of H_k: value head h reads key head h / (H_v / H_k)), D_k / D_v head
+// dims, P path columns. Float model tensors are f32/f16/bf16; everything is computed in fp32.
+//
+// gdn_conv: depthwise causal conv along each row's path, + SiLU when `activation`:
+//   out[b, i, c] = act(bias[c] + sum_e weight[c, K - 1 - e] * seq[b, src[b, i, e], c])
+// with seq = [conv_tail^T (K - 1 rows, oldest first); x (N rows)]. x [B, N, C], conv_tail
+// [B, C, K - 1], weight [C, K], bias [C] (optional) and out [B, N, C] share one dtype; src
+// [B, N, K] int32 (the reference's conv_sources), entries in [0, K - 1 + N) (CPU: InvalidValue
+// otherwise; CUDA: trusted).
+Status check_gdn_conv(const TensorView& x, const TensorView& conv_tail, const TensorView& weight,
+                      const TensorView* bias, const TensorView& src);
+Status gdn_conv(const TensorView& x, const TensorView& conv_tail, const TensorView& weight,
+                const TensorView* bias, const TensorView& src, bool activation,
+                const TensorView& out, Stream stream);
+// gdn_conv_commit, in place: conv_tail[b, :, K - 2 - e] = seq[b, src[b, last, e]] for e < K - 1,
+// last = path[b, accepted[b]] (every row read before any write), for requests with active[b]
+// (bool [B], optional: all). path [B, P] int32/int64 with path[b, 0] = 0 and strictly increasing
+// node ids in [0, N) up to accepted [B] int32/int64 in [0, P - 1] (checked for active requests on
+// the CPU; trusted by CUDA).
+Status check_gdn_conv_commit(const TensorView& conv_tail, const TensorView& x,
+                             const TensorView& src, const TensorView& path,
+                             const TensorView& accepted, const TensorView* active);
+Status gdn_conv_commit(const TensorView& conv_tail, const TensorView& x, const TensorView& src,
+                       const TensorView& path, const TensorView& accepted,
+                       const TensorView* active, Stream stream);
+// gdn_verify: the gated delta rule of every row along its own root-to-row path from the committed
+// state, without per-node states. q̂ = l2norm(q) / sqrt(D_k), k̂ = l2norm(k) (fp32, x *
+// rsqrt(sum x^2 + 1e-6)); a row's parent is its largest strict ancestor in tree_anc (int32
+// [B, N, ceil(N / 32)] ancestor-or-self bits; null: causal rows, parent i - 1), G_i = G_parent +
+// g_i; in row order, with j over i's ancestors:
+//   δ_i = β_i (v_i - e^{G_i} S0^T k̂_i - Σ_{j strict} e^{G_i - G_j} (k̂_i·k̂_j) δ_j)
+//   o_i = e^{G_i} S0^T q̂_i + Σ_{j or i} e^{G_i - G_j} (q̂_i·k̂_j) δ_j
+// q, k [B, N, H_k, D_k], v [B, N, H_v, D_v], out [B, N, H_v, D_v] one dtype; g (log decay), beta
+// [B, N, H_v] f32; state [B, H_v, D_k, D_v] f32 (read only). Outputs for gdn_commit: k_hat
+// [B, N, H_k, D_k], delta [B, N, H_v, D_v], gcum (G) [B, N, H_v], all f32.
+Status check_gdn_verify(const TensorView& q, const TensorView& k, const TensorView& v,
+                        const TensorView& g, const TensorView& beta, const TensorView& state,
+                        const TensorView* tree_anc);
+Status gdn_verify(const TensorView& q, const TensorView& k, const TensorView& v,
+                  const TensorView& g, const TensorView& beta, const TensorView& state,
+                  const TensorView* tree_anc, const TensorView& out, const TensorView& k_hat,
+                  const TensorView& delta, const TensorView& gcum, Stream stream);
+// gdn_commit, in place: the state after the accepted path, from gdn_verify's outputs,
+//   S <- e^{G_last} S + Σ_{j = path[b, 0..accepted[b]]} e^{G_last - G_j} k̂_j δ_j^T,
+// last = path[b, accepted[b]], for requests with active[b]. path / accepted / active as in
+// gdn_conv_commit (N = k_hat's dim 1).
+Status check_gdn_commit(const TensorView& state, const TensorView& k_hat, const TensorView& delta,
+                        const TensorView& gcum, const TensorView& path, const TensorView& accepted,
+                        const TensorView* active);
+Status gdn_commit(const TensorView& state, const TensorView& k_hat, const TensorView& delta,
+                  const TensorView& gcum, const TensorView& path, const TensorView& accepted,
+                  const TensorView* active, Stream stream);
+
 }  // namespace difftree

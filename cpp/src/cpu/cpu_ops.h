@@ -21,6 +21,20 @@ Status tree_attention(const TensorView& q, const TensorView& k_cache, const Tens
                       const TensorView& prefix_len, const TensorView* tree_anc,
                       const TensorView* num_nodes, float scale, bool is_chain,
                       const AttentionVariant& variant, const TensorView& out);
+// Gated-DeltaNet tree ops (ops.h); src / path / accepted values are checked here.
+Status gdn_conv(const TensorView& x, const TensorView& conv_tail, const TensorView& weight,
+                const TensorView* bias, const TensorView& src, bool activation,
+                const TensorView& out);
+Status gdn_conv_commit(const TensorView& conv_tail, const TensorView& x, const TensorView& src,
+                       const TensorView& path, const TensorView& accepted,
+                       const TensorView* active);
+Status gdn_verify(const TensorView& q, const TensorView& k, const TensorView& v,
+                  const TensorView& g, const TensorView& beta, const TensorView& state,
+                  const TensorView* tree_anc, const TensorView& out, const TensorView& k_hat,
+                  const TensorView& delta, const TensorView& gcum);
+Status gdn_commit(const TensorView& state, const TensorView& k_hat, const TensorView& delta,
+                  const TensorView& gcum, const TensorView& path, const TensorView& accepted,
+                  const TensorView* active);
 
 // Fills first_child, next_sibling and anc of request b from parent[b, :num_nodes[b]], and the
 // padding rows of every array. Shared by all selectors so the derived arrays have one definition.

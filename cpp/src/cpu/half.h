@@ -1,6 +1,8 @@
-// Scalar fp16 / bf16 -> fp32 conversions (exact), so the CPU path needs no compiler extensions.
+// Scalar fp16 / bf16 <-> fp32 conversions (widening exact, narrowing round to nearest even), so
+// the CPU path needs no compiler extensions.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 
@@ -28,6 +30,32 @@ inline float fp16_to_float(uint16_t h) {
     mant <<= 1;
   } while ((mant & 0x400u) == 0);
   return bits_to_float(sign | ((112u - e) << 23) | ((mant & 0x3ffu) << 13));
+}
+
+inline uint16_t float_to_bf16(float f) {
+  uint32_t x;
+  std::memcpy(&x, &f, sizeof(x));
+  if ((x & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((x >> 16) | 0x40u);  // NaN
+  x += 0x7fffu + ((x >> 16) & 1u);
+  return static_cast<uint16_t>(x >> 16);
+}
+
+inline uint16_t float_to_fp16(float f) {
+  uint32_t x;
+  std::memcpy(&x, &f, sizeof(x));
+  const uint32_t sign = (x >> 16) & 0x8000u;
+  const uint32_t a = x & 0x7fffffffu;
+  if (a >= 0x7f800000u) return static_cast<uint16_t>(sign | (a > 0x7f800000u ? 0x7e00u : 0x7c00u));
+  if (a >= 0x477ff000u) return static_cast<uint16_t>(sign | 0x7c00u);  // rounds to inf
+  if (a < 0x38800000u) {  // fp16 subnormal (or zero): multiples of 2^-24
+    float af;
+    std::memcpy(&af, &a, sizeof(af));
+    return static_cast<uint16_t>(sign | static_cast<uint32_t>(std::nearbyint(af * 16777216.0f)));
+  }
+  uint32_t h = (((a >> 23) - 112u) << 10) | ((a & 0x7fffffu) >> 13);
+  const uint32_t rem = a & 0x1fffu;
+  if (rem > 0x1000u || (rem == 0x1000u && (h & 1u))) ++h;  // a carry into the exponent is right
+  return static_cast<uint16_t>(sign | h);
 }
 
 }  // namespace difftree::cpu

@@ -22,6 +22,7 @@ from .attention import tree_attention_workspace_bytes as tree_attention_workspac
 from .caddtree import caddtree_select_from_candidates as caddtree_select_from_candidates
 from .d2sd import d2sd_boundaries, d2sd_select
 from .ddtree import ddtree_select, ddtree_select_from_candidates
+from .gated_delta import gdn_commit, gdn_conv, gdn_conv_commit, gdn_verify
 from .kv import kv_commit
 from .masks import tree_anc_dense as tree_anc_dense
 from .masks import tree_attention_mask, tree_positions
@@ -44,6 +45,10 @@ __all__ = [
     "d2sd_select",
     "ddtree_select",
     "ddtree_select_from_candidates",
+    "gdn_commit",
+    "gdn_conv",
+    "gdn_conv_commit",
+    "gdn_verify",
     "kv_commit",
     "node_select",
     "topk_logprobs",
