@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 #: The kernel sources emulated, each its own translation unit.
 KERNELS = [
     "ddtree_select", "caddtree_select", "taps_select", "d2sd", "topk_logprobs", "node_select",
-    "tree_walk", "kv_commit", "presto",
+    "tree_walk", "kv_commit", "presto", "gated_delta",
 ]  # fmt: skip
 SOURCES = [
     *(ROOT / "cuda" / f"{k}.cu" for k in KERNELS),

@@ -194,3 +194,39 @@ class EmuKernels:
             _t(keys), _t(counts), _t(history), _t(tokens.contiguous()),
             _t(num_tokens.contiguous()), ctypes.c_int64(order), _t(overflow),
         ))  # fmt: skip
+
+    # ---- Gated-DeltaNet tree ops (reference/gated_delta.py signatures; outputs pre-filled
+    # with garbage, the commits in place).
+
+    def gdn_conv(self, x, conv_tail, weight, bias, src, activation=True):  # type: ignore[no-untyped-def]
+        out = torch.full(x.shape, 7.0, dtype=x.dtype)
+        self._check(self.lib.emu_gdn_conv(
+            _t(x), _t(conv_tail), _t(weight), _t(bias), _t(src), ctypes.c_int(int(activation)),
+            _t(out),
+        ))  # fmt: skip
+        return out
+
+    def gdn_conv_commit(self, conv_tail, x, src, path, accepted, active=None) -> None:  # type: ignore[no-untyped-def]
+        self._check(self.lib.emu_gdn_conv_commit(
+            _t(conv_tail), _t(x), _t(src), _t(path), _t(accepted), _t(active)
+        ))  # fmt: skip
+
+    def gdn_verify(self, q, k, v, g, beta, state, tree_anc):  # type: ignore[no-untyped-def]
+        """``(out, k_hat, delta, gcum)`` like ``reference.gdn_verify``."""
+        B, N, Hk, Dk = k.shape
+        outs = [
+            torch.full(v.shape, 7.0, dtype=q.dtype),
+            torch.full((B, N, Hk, Dk), 7.0),
+            torch.full(v.shape, 7.0),
+            torch.full(g.shape, 7.0),
+        ]
+        oarr = (EmuTensor * 4)(*[_t(o).contents for o in outs])  # type: ignore[union-attr]
+        self._check(self.lib.emu_gdn_verify(
+            _t(q), _t(k), _t(v), _t(g), _t(beta), _t(state), _t(tree_anc), oarr
+        ))  # fmt: skip
+        return tuple(outs)
+
+    def gdn_commit(self, state, k_hat, delta, gcum, path, accepted, active=None) -> None:  # type: ignore[no-untyped-def]
+        self._check(self.lib.emu_gdn_commit(
+            _t(state), _t(k_hat), _t(delta), _t(gcum), _t(path), _t(accepted), _t(active)
+        ))  # fmt: skip

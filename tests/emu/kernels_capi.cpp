@@ -1,6 +1,6 @@
 // C entry points over the emulated launchers (tools/cuda_emu): ddtree_select, caddtree_select,
 // taps_select, d2sd_boundaries, d2sd_select, topk_logprobs, node_select, tree_walk, kv_commit,
-// ngram_extend, presto_select. Tensors arrive as
+// ngram_extend, presto_select and the gdn_* ops. Tensors arrive as
 // EmuTensor (host memory marked as CUDA: the launchers only read raw pointers). Built by
 // tests/emu/conftest.py with each transformed cuda/*.cu as its own translation unit.
 #include <cstdint>
@@ -220,5 +220,45 @@ int emu_ngram_extend(const EmuTensor* keys, const EmuTensor* counts, const EmuTe
   return report(cuda_emu::ngram_extend(view(*keys), view(*counts), view(*history), view(*tokens),
                                        view(*num_tokens), order, overflow ? &of : nullptr,
                                        nullptr));
+}
+}
+
+// ---- Gated-DeltaNet tree ops
+// ---------------------------------------------------------------------
+extern "C" {
+// bias, active, tree_anc may be null (no bias / every request / causal rows).
+int emu_gdn_conv(const EmuTensor* x, const EmuTensor* conv_tail, const EmuTensor* weight,
+                 const EmuTensor* bias, const EmuTensor* src, int activation,
+                 const EmuTensor* out) {
+  const TensorView bv = bias ? view(*bias) : TensorView{};
+  return report(cuda_emu::gdn_conv(view(*x), view(*conv_tail), view(*weight),
+                                   bias ? &bv : nullptr, view(*src), activation != 0, view(*out),
+                                   nullptr));
+}
+
+int emu_gdn_conv_commit(const EmuTensor* conv_tail, const EmuTensor* x, const EmuTensor* src,
+                        const EmuTensor* path, const EmuTensor* accepted,
+                        const EmuTensor* active) {
+  const TensorView a = active ? view(*active) : TensorView{};
+  return report(cuda_emu::gdn_conv_commit(view(*conv_tail), view(*x), view(*src), view(*path),
+                                          view(*accepted), active ? &a : nullptr, nullptr));
+}
+
+int emu_gdn_verify(const EmuTensor* q, const EmuTensor* k, const EmuTensor* v,
+                   const EmuTensor* g, const EmuTensor* beta, const EmuTensor* state,
+                   const EmuTensor* tree_anc, const EmuTensor* out /* out, k_hat, delta, gcum */) {
+  const TensorView anc = tree_anc ? view(*tree_anc) : TensorView{};
+  return report(cuda_emu::gdn_verify(view(*q), view(*k), view(*v), view(*g), view(*beta),
+                                     view(*state), tree_anc ? &anc : nullptr, view(out[0]),
+                                     view(out[1]), view(out[2]), view(out[3]), nullptr));
+}
+
+int emu_gdn_commit(const EmuTensor* state, const EmuTensor* k_hat, const EmuTensor* delta,
+                   const EmuTensor* gcum, const EmuTensor* path, const EmuTensor* accepted,
+                   const EmuTensor* active) {
+  const TensorView a = active ? view(*active) : TensorView{};
+  return report(cuda_emu::gdn_commit(view(*state), view(*k_hat), view(*delta), view(*gcum),
+                                     view(*path), view(*accepted), active ? &a : nullptr,
+                                     nullptr));
 }
 }

@@ -36,6 +36,11 @@ inline cudaError_t cudaFuncSetAttribute(K, int, int) {
   return cudaSuccess;
 }
 inline cudaError_t cudaGetLastError() { return cudaSuccess; }
+// The one device query the launchers make (their shared-memory opt-in caches).
+inline cudaError_t cudaGetDevice(int* dev) {
+  *dev = 0;
+  return cudaSuccess;
+}
 inline const char* cudaGetErrorString(cudaError_t) { return "cuda_emu"; }
 
 struct dim3 {
@@ -175,6 +180,7 @@ inline float __uint_as_float(unsigned x) {
   memcpy(&f, &x, 4);
   return f;
 }
+inline float rsqrtf(float x) { return 1.0f / sqrtf(x); }
 template <class T>
 T __ldg(const T* p) {
   return *p;

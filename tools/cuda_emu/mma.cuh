@@ -15,12 +15,6 @@
 #include <cstdint>
 #include <cstring>
 
-// The one runtime query the attention launcher makes (its shared-memory opt-in cache).
-inline cudaError_t cudaGetDevice(int* dev) {
-  *dev = 0;
-  return cudaSuccess;
-}
-
 namespace difftree::cuda {
 namespace mma_emu {
 
