@@ -718,6 +718,67 @@ void fuzz_round(Input& in) {
   }
 }
 
+// Gated-DeltaNet: conv and its tail commit, verify and its state commit over random shapes and
+// dtypes, raw or plausible src / path / accepted values, raw bool masks and NaN / Inf floats.
+void fuzz_gdn(Input& in) {
+  const int64_t B = in.range(0, 3), N = in.range(0, 6), C = in.range(0, 4), K = in.range(0, 4);
+  const DType fdt = pick_dtype(in, DType::kFloat32);
+  Buffer x = make(in, fdt, {B, N, C}, true);
+  Buffer tail = make(in, pick_dtype(in, fdt), {B, maybe_off(in, C), std::max<int64_t>(K - 1, 0)},
+                     true);
+  Buffer weight = make(in, pick_dtype(in, fdt), {C, maybe_off(in, K)}, true);
+  Buffer bias = make(in, pick_dtype(in, fdt), {maybe_off(in, C)}, true);
+  Buffer src = make(in, pick_dtype(in, DType::kInt32), {B, maybe_off(in, N), K}, true);
+  if (in.coin() && src.view.dtype == DType::kInt32 && K + N > 1) {  // mostly in range
+    auto* s = reinterpret_cast<int32_t*>(src.bytes.data());
+    for (int64_t i = 0; i < src.n; ++i)
+      s[i] = static_cast<int32_t>(in.range(0, 15) ? in.range(0, K + N - 2) : in.range(-2, 40));
+  }
+  Buffer out = make(in, pick_dtype(in, fdt), {B, N, maybe_off(in, C)}, false);
+  const TensorView* bias_view = in.coin() ? &bias.view : nullptr;
+  expect_named(check_gdn_conv(x.view, tail.view, weight.view, bias_view, src.view));
+  expect_named(gdn_conv(x.view, tail.view, weight.view, bias_view, src.view, in.coin(), out.view,
+                        nullptr));
+
+  const int64_t P = in.range(0, 7);
+  const DType idx = pick_dtype(in, DType::kInt64);
+  Buffer path = make(in, idx, {B, P}, true), acc = make(in, idx, {B}, true);
+  Buffer active = make(in, pick_dtype(in, DType::kBool), {maybe_off(in, B)}, true);
+  if (in.coin() && idx == DType::kInt64 && N > 0) {  // root paths that usually pass
+    auto* p = reinterpret_cast<int64_t*>(path.bytes.data());
+    for (int64_t i = 0; i < B * P; ++i) p[i] = std::min<int64_t>(i % P, N - 1 + in.range(0, 1));
+    for (int64_t b = 0; b < B; ++b)
+      reinterpret_cast<int64_t*>(acc.bytes.data())[b] = in.range(0, std::max<int64_t>(P - 1, 0));
+  }
+  const TensorView* active_view = in.coin() ? &active.view : nullptr;
+  expect_named(check_gdn_conv_commit(tail.view, x.view, src.view, path.view, acc.view,
+                                     active_view));
+  expect_named(gdn_conv_commit(tail.view, x.view, src.view, path.view, acc.view, active_view,
+                               nullptr));
+
+  const int64_t Hk = in.range(0, 2), Hv = in.range(0, 4), Dk = in.range(0, 3), Dv = in.range(0, 3);
+  const DType qdt = pick_dtype(in, DType::kFloat32);
+  Buffer q = make(in, qdt, {B, N, Hk, Dk}, true);
+  Buffer k = make(in, pick_dtype(in, qdt), {B, N, Hk, maybe_off(in, Dk)}, true);
+  Buffer v = make(in, pick_dtype(in, qdt), {B, N, Hv, Dv}, true);
+  Buffer g = make(in, pick_dtype(in, DType::kFloat32), {B, N, maybe_off(in, Hv)}, true);
+  Buffer beta = make(in, pick_dtype(in, DType::kFloat32), {B, N, Hv}, true);
+  Buffer state = make(in, pick_dtype(in, DType::kFloat32), {B, Hv, Dk, maybe_off(in, Dv)}, true);
+  Buffer anc = make(in, pick_dtype(in, DType::kInt32), {B, N, maybe_off(in, anc_words(N))}, true);
+  Buffer o = make(in, pick_dtype(in, qdt), {B, N, Hv, Dv}, false);
+  Buffer k_hat = make(in, pick_dtype(in, DType::kFloat32), {B, N, Hk, Dk}, false);
+  Buffer delta = make(in, pick_dtype(in, DType::kFloat32), {B, N, Hv, Dv}, false);
+  Buffer gcum = make(in, pick_dtype(in, DType::kFloat32), {B, N, Hv}, false);
+  const TensorView* anc_view = in.coin() ? &anc.view : nullptr;
+  expect_named(check_gdn_verify(q.view, k.view, v.view, g.view, beta.view, state.view, anc_view));
+  expect_named(gdn_verify(q.view, k.view, v.view, g.view, beta.view, state.view, anc_view, o.view,
+                          k_hat.view, delta.view, gcum.view, nullptr));
+  expect_named(check_gdn_commit(state.view, k_hat.view, delta.view, gcum.view, path.view,
+                                acc.view, active_view));
+  expect_named(gdn_commit(state.view, k_hat.view, delta.view, gcum.view, path.view, acc.view,
+                          active_view, nullptr));
+}
+
 }  // namespace
 
 // The sizing functions (C ABI and C++ API) on raw int64 arguments: they must return promptly
@@ -748,7 +809,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   Input in(data, size);
   static const int kBadEvery[] = {0, 0, 32, 12, 4};
   in.bad_every = kBadEvery[in.range(0, 4)];
-  switch (in.range(0, 7)) {
+  switch (in.range(0, 8)) {
     case 0:
       fuzz_topk(in);
       break;
@@ -769,6 +830,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       break;
     case 6:
       fuzz_sizing(in);
+      break;
+    case 7:
+      fuzz_gdn(in);
       break;
     default:
       fuzz_commit(in);

@@ -197,3 +197,105 @@ def test_kv_commit_ring_index_fuzz(B: int, P: int, S: int, data) -> None:  # typ
     base = torch.tensor(data.draw(st.lists(ints, min_size=B, max_size=B)))
     acc = torch.tensor(data.draw(st.lists(st.integers(-2, 14), min_size=B, max_size=B)))
     _expect_clear(lambda: ops.kv_commit(caches, base, path, acc, ring=True))
+
+
+@FUZZ
+@given(
+    tensors(),
+    tensors(),
+    tensors(max_dims=3),
+    st.one_of(st.none(), tensors(max_dims=2)),
+    tensors(),
+    st.booleans(),
+)
+def test_gdn_conv_fuzz(x, tail, weight, bias, src, act) -> None:  # type: ignore[no-untyped-def]
+    _expect_clear(lambda: ops.gdn_conv(x, tail, weight, bias, src, act))
+
+
+@FUZZ
+@given(
+    tensors(),
+    tensors(),
+    tensors(),
+    tensors(max_dims=3),
+    tensors(max_dims=2),
+    st.one_of(st.none(), tensors(max_dims=2)),
+)
+def test_gdn_conv_commit_fuzz(tail, x, src, path, acc, active) -> None:  # type: ignore[no-untyped-def]
+    _expect_clear(lambda: ops.gdn_conv_commit(tail, x, src, path, acc, active))
+
+
+@FUZZ
+@given(
+    tensors(),
+    tensors(),
+    tensors(),
+    tensors(max_dims=3),
+    tensors(max_dims=3),
+    tensors(),
+    st.one_of(st.none(), tensors(max_dims=3)),
+)
+def test_gdn_verify_fuzz(q, k, v, g, beta, state, anc) -> None:  # type: ignore[no-untyped-def]
+    _expect_clear(lambda: ops.gdn_verify(q, k, v, g, beta, state, anc))
+
+
+@FUZZ
+@given(
+    tensors(),
+    tensors(),
+    tensors(),
+    tensors(max_dims=3),
+    tensors(max_dims=3),
+    tensors(max_dims=2),
+    st.one_of(st.none(), tensors(max_dims=2)),
+)
+def test_gdn_commit_fuzz(state, k_hat, delta, gcum, path, acc, active) -> None:  # type: ignore[no-untyped-def]
+    _expect_clear(lambda: ops.gdn_commit(state, k_hat, delta, gcum, path, acc, active))
+
+
+@FUZZ
+@given(st.integers(1, 3), st.integers(1, 9), st.integers(1, 4), st.integers(1, 6), st.data())
+def test_gdn_index_fuzz(B: int, N: int, K: int, P: int, data) -> None:  # type: ignore[no-untyped-def]
+    """Well-typed gated-delta inputs with arbitrary src / path / accepted / active / tree_anc
+    values: a clear error that leaves the states unchanged, or a finite result."""
+
+    def ints(lo: int, hi: int, *shape: int) -> torch.Tensor:
+        n = 1
+        for s in shape:
+            n *= s
+        return torch.tensor(data.draw(st.lists(st.integers(lo, hi), min_size=n, max_size=n)))
+
+    C, H_k, H_v, D = 3, 1, 2, 4
+    x, tail = torch.randn(B, N, C), torch.randn(B, C, K - 1)
+    weight, bias = torch.randn(C, K), torch.randn(C)
+    src = ints(-2, K + N + 1, B, N, K).reshape(B, N, K).to(torch.int32)
+    path = ints(-2, N + 1, B, P).reshape(B, P)
+    acc = ints(-1, P, B)
+    active = data.draw(st.one_of(st.none(), st.just(ints(0, 1, B).bool())))
+    words = (N + 31) // 32
+    anc = data.draw(
+        st.one_of(st.none(), st.just(ints(-(2**31), 2**31 - 1, B, N, words).reshape(B, N, words)))
+    )
+    anc = None if anc is None else anc.to(torch.int32)
+    y: list[torch.Tensor] = []
+    _expect_clear(lambda: y.append(ops.gdn_conv(x, tail, weight, bias, src)))
+    if y:
+        assert bool(torch.isfinite(y[0]).all())
+    before = tail.clone()
+    try:
+        ops.gdn_conv_commit(tail, x, src, path, acc, active)
+    except ValueError as e:
+        assert NAMED.match(str(e)), str(e)
+        assert torch.equal(tail, before)
+    q, k = torch.randn(B, N, H_k, D), torch.randn(B, N, H_k, D)
+    v, g = torch.randn(B, N, H_v, D), -torch.rand(B, N, H_v)
+    beta, state = torch.rand(B, N, H_v), torch.randn(B, H_v, D, D)
+    out, k_hat, delta, gcum = ops.gdn_verify(q, k, v, g, beta, state, anc)
+    assert all(bool(torch.isfinite(t).all()) for t in (out, k_hat, delta, gcum))
+    before = state.clone()
+    try:
+        ops.gdn_commit(state, k_hat, delta, gcum, path, acc, active)
+        assert bool(torch.isfinite(state).all())
+    except ValueError as e:
+        assert NAMED.match(str(e)), str(e)
+        assert torch.equal(state, before)
