@@ -14,10 +14,15 @@ from difftree_rt.reference import gated_delta as ref
 from difftree_rt.tree import anc_words
 
 F32_TOL = {"rtol": 1e-5, "atol": 1e-5}
-# bf16 outputs: one rounding of a value whose fp32 computation may differ in the last bits, so a
-# couple of bf16 ulps (eps = 2^-8 relative) plus a floor of the same size.
-BF16_EPS = torch.finfo(torch.bfloat16).eps
-BF16_TOL = {"rtol": 2 * BF16_EPS, "atol": 2 * BF16_EPS}
+
+
+def tol_for(dtype: torch.dtype) -> dict[str, float]:
+    """bf16 / fp16 outputs: one rounding of a value whose fp32 computation may differ in the
+    last bits, so a couple of ulps of the dtype (its eps, relative) plus a floor of that size."""
+    if dtype == torch.float32:
+        return F32_TOL
+    eps = torch.finfo(dtype).eps
+    return {"rtol": 2 * eps, "atol": 2 * eps}
 
 
 # ---- trees ------------------------------------------------------------------------------------
@@ -107,13 +112,13 @@ def conv_inputs(B: int, N: int, C: int, K: int, dtype: torch.dtype, gen: torch.G
 
 @pytest.mark.parametrize("K", [1, 2, 4])
 @pytest.mark.parametrize("kind,B,N", TREES, ids=TREE_IDS)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_gdn_conv_matches_reference(kind: str, B: int, N: int, K: int, dtype: torch.dtype) -> None:
     gen = torch.Generator().manual_seed(N * 10 + K)
-    parent, anc = tree_inputs(kind, B, N, gen)
+    _, anc = tree_inputs(kind, B, N, gen)
     src = ref.conv_sources(ref.parents_from_anc(anc, B, N, torch.device("cpu")), K)
     x, tail, weight, bias = conv_inputs(B, N, 6, K, dtype, gen)
-    tol = F32_TOL if dtype == torch.float32 else BF16_TOL
+    tol = tol_for(dtype)
     for b_, act in ((bias, True), (None, True), (bias, False)):
         got = ops.gdn_conv(x, tail, weight, b_, src, activation=act)
         want = ref.gdn_conv(x, tail, weight, b_, src, activation=act)
@@ -135,12 +140,12 @@ def test_gdn_conv_hand_checked() -> None:
 
 @pytest.mark.parametrize("K", [1, 2, 4])
 @pytest.mark.parametrize("kind,B,N", TREES, ids=TREE_IDS)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_gdn_conv_commit_matches_reference(
     kind: str, B: int, N: int, K: int, dtype: torch.dtype
 ) -> None:
     gen = torch.Generator().manual_seed(N * 7 + K)
-    parent, anc = tree_inputs(kind, B, N, gen)
+    parent, _ = tree_inputs(kind, B, N, gen)
     src = ref.conv_sources(parent, K)
     x, tail, _, _ = conv_inputs(B, N, 5, K, dtype, gen)
     path, accepted = random_paths(parent, gen, torch.int32)
@@ -178,7 +183,7 @@ def verify_inputs(B, N, H_k, H_v, D_k, D_v, dtype, gen):  # type: ignore[no-unty
 
 @pytest.mark.parametrize("heads", [(2, 2), (2, 4)], ids=["Hv=Hk", "Hv=2Hk"])
 @pytest.mark.parametrize("kind,B,N", TREES, ids=TREE_IDS)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_gdn_verify_matches_reference(
     kind: str, B: int, N: int, heads: tuple[int, int], dtype: torch.dtype
 ) -> None:
@@ -191,11 +196,11 @@ def test_gdn_verify_matches_reference(
     assert torch.equal(state, state0)
     assert out.dtype == dtype and out.shape == v.shape
     assert k_hat.dtype == delta.dtype == gcum.dtype == torch.float32
-    # The inputs are the same values in both, so the fp32 outputs are tight for bf16 too.
+    # The inputs are the same values in both, so the fp32 outputs are tight for 16-bit inputs too.
     torch.testing.assert_close(k_hat, want[1], **F32_TOL)
     torch.testing.assert_close(delta, want[2], **F32_TOL)
     torch.testing.assert_close(gcum, want[3], **F32_TOL)
-    tol = F32_TOL if dtype == torch.float32 else BF16_TOL
+    tol = tol_for(dtype)
     torch.testing.assert_close(out.float(), want[0].float(), **tol)
 
 
@@ -249,13 +254,13 @@ def test_gdn_verify_single_row_hand_checked() -> None:
 
 
 def run_path(state: Tensor, q, k, v, g, beta, nodes: list[int]) -> Tensor:  # type: ignore[no-untyped-def]
-    """Request 0's state after the recurrence along ``nodes`` (the definition, one row at a time)."""
+    """Request 0's state after the recurrence along ``nodes`` (the definition, row by row)."""
     H_v = v.shape[2]
     rep = H_v // k.shape[2]
     s = state[0].clone()
     for j in nodes:
         kh = k[0, j].float()
-        kh = (kh * torch.rsqrt((kh * kh).sum(-1, keepdim=True) + ref.L2NORM_EPS))
+        kh = kh * torch.rsqrt((kh * kh).sum(-1, keepdim=True) + ref.L2NORM_EPS)
         kh = kh.repeat_interleave(rep, dim=0)  # [H_v, D_k]
         s = s * g[0, j].exp()[:, None, None]
         d = (v[0, j].float() - torch.einsum("hkv,hk->hv", s, kh)) * beta[0, j][:, None]
@@ -325,19 +330,19 @@ def _good_conv():  # type: ignore[no-untyped-def]
 
 def test_gdn_conv_bad_inputs() -> None:
     x, tail, weight, bias, src = _good_conv()
-    with pytest.raises(ValueError, match="^weight: "):
+    with pytest.raises(ValueError, match=r"^weight: "):
         ops.gdn_conv(x, tail, weight[:, :2].contiguous(), bias, src)
-    with pytest.raises(ValueError, match="^conv_tail: "):
+    with pytest.raises(ValueError, match=r"^conv_tail: "):
         ops.gdn_conv(x, tail[:, :, :1].contiguous(), weight, bias, src)
-    with pytest.raises(ValueError, match="^bias: "):
+    with pytest.raises(ValueError, match=r"^bias: "):
         ops.gdn_conv(x, tail, weight, bias[:2].contiguous(), src)
-    with pytest.raises(ValueError, match="^x: "):
+    with pytest.raises(ValueError, match=r"^x: "):
         ops.gdn_conv(x[0], tail, weight, bias, src)
-    with pytest.raises(ValueError, match="^src: "):
+    with pytest.raises(ValueError, match=r"^src: "):
         ops.gdn_conv(x, tail, weight, bias, src[:, :, :0].contiguous())
-    with pytest.raises(TypeError, match="^src: "):
+    with pytest.raises(TypeError, match=r"^src: "):
         ops.gdn_conv(x, tail, weight, bias, src.long())
-    with pytest.raises(TypeError, match="^weight: "):
+    with pytest.raises(TypeError, match=r"^weight: "):
         ops.gdn_conv(x, tail, weight.half(), bias, src)
     for bad in (-1, 6):  # K - 1 + N = 6 rows
         s = src.clone()
@@ -361,12 +366,12 @@ def test_gdn_conv_commit_bad_inputs_leave_the_tail() -> None:
     bad_src[1, 2, 0] = 99
     cases.append(("src", path, acc, bad_src))
     for name, p, a, s in cases:
-        with pytest.raises(ValueError, match=f"^{name}: "):
+        with pytest.raises(ValueError, match=rf"^{name}: "):
             ops.gdn_conv_commit(tail, x, s, p, a)
         assert torch.equal(tail, before)
-    with pytest.raises(ValueError, match="^active: "):
+    with pytest.raises(ValueError, match=r"^active: "):
         ops.gdn_conv_commit(tail, x, src, path, acc, torch.ones(3, dtype=torch.bool))
-    with pytest.raises(TypeError, match="^active: "):
+    with pytest.raises(TypeError, match=r"^active: "):
         ops.gdn_conv_commit(tail, x, src, path, acc, torch.ones(2, dtype=torch.int32))
     # An inactive request's path is not read.
     ops.gdn_conv_commit(tail, x, src, torch.tensor([[0, 1, 3], [7, 7, 7]]), torch.tensor([2, 9]),
@@ -377,24 +382,24 @@ def test_gdn_verify_bad_inputs() -> None:
     gen = torch.Generator().manual_seed(0)
     q, k, v, g, beta, state = verify_inputs(2, 5, 2, 4, 4, 3, torch.float32, gen)
     anc = anc_from_parents(make_parents(2, 5, "random", gen))
-    with pytest.raises(ValueError, match="^v: expected H_v a positive multiple of H_k"):
+    with pytest.raises(ValueError, match=r"^v: expected H_v a positive multiple of H_k"):
         ops.gdn_verify(q, k, v[:, :, :3].contiguous(), g[..., :3].contiguous(),
                        beta[..., :3].contiguous(), state[:, :3].contiguous(), anc)  # fmt: skip
-    with pytest.raises(ValueError, match="^k: "):
+    with pytest.raises(ValueError, match=r"^k: "):
         ops.gdn_verify(q, k[:, :4].contiguous(), v, g, beta, state, anc)
-    with pytest.raises(ValueError, match="^state: "):
+    with pytest.raises(ValueError, match=r"^state: "):
         ops.gdn_verify(q, k, v, g, beta, state[..., :2].contiguous(), anc)
-    with pytest.raises(ValueError, match="^tree_anc: "):
+    with pytest.raises(ValueError, match=r"^tree_anc: "):
         ops.gdn_verify(q, k, v, g, beta, state, anc[:, :4].contiguous())
-    with pytest.raises(ValueError, match="^v: "):
+    with pytest.raises(ValueError, match=r"^v: "):
         ops.gdn_verify(q, k, v[0], g, beta, state, anc)
-    with pytest.raises(TypeError, match="^g: "):
+    with pytest.raises(TypeError, match=r"^g: "):
         ops.gdn_verify(q, k, v, g.half(), beta, state, anc)
-    with pytest.raises(TypeError, match="^v: "):
+    with pytest.raises(TypeError, match=r"^v: "):
         ops.gdn_verify(q, k, v.bfloat16(), g, beta, state, anc)
-    with pytest.raises(TypeError, match="^state: "):
+    with pytest.raises(TypeError, match=r"^state: "):
         ops.gdn_verify(q, k, v, g, beta, state.double(), anc)
-    with pytest.raises(ValueError, match="^q: expected a contiguous"):
+    with pytest.raises(ValueError, match=r"^q: expected a contiguous"):
         ops.gdn_verify(q.transpose(2, 3), k, v, g, beta, state, anc)
 
 
@@ -409,14 +414,14 @@ def test_gdn_commit_bad_inputs_leave_the_state() -> None:
         ("path", torch.tensor([[0, 1, 2], [0, -1, 2]]), acc),
         ("accepted", path, torch.tensor([2, 3])),
     ]:
-        with pytest.raises(ValueError, match=f"^{name}: "):
+        with pytest.raises(ValueError, match=rf"^{name}: "):
             ops.gdn_commit(state, k_hat, delta, gcum, p, a)
         assert torch.equal(state, before)
-    with pytest.raises(ValueError, match="^gcum: "):
+    with pytest.raises(ValueError, match=r"^gcum: "):
         ops.gdn_commit(state, k_hat, delta, gcum[:, :4].contiguous(), path, acc)
-    with pytest.raises(ValueError, match="^path: "):
+    with pytest.raises(ValueError, match=r"^path: "):
         ops.gdn_commit(state, k_hat, delta, gcum, path[:, :0].contiguous(), acc)
-    with pytest.raises(TypeError, match="^k_hat: "):
+    with pytest.raises(TypeError, match=r"^k_hat: "):
         ops.gdn_commit(state, k_hat.bfloat16(), delta, gcum, path, acc)
 
 
