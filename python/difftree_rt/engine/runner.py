@@ -371,6 +371,7 @@ class GraphRunner(EagerRunner):
         out["target.base_len"] = adapter.cache.base_len
         out.update({f"target.k{i}": t for i, t in enumerate(adapter.cache.key_cache)})
         out.update({f"target.v{i}": t for i, t in enumerate(adapter.cache.value_cache)})
+        out.update({f"target.linear{i}": t for i, t in enumerate(adapter.cache.linear.tensors())})
         for name, cache in (("drafter", rnd.dcache), ("vp_drafter", rnd.vcache)):
             if cache is not None:
                 out[f"{name}.lengths"] = cache.lengths
@@ -468,10 +469,12 @@ class GraphRunner(EagerRunner):
 
     def _warm_up(self, span: int, nb: int) -> None:
         """Run ``warmup`` rounds for real, then undo them: the state buffers come back from
-        copies; rounds only write cache rows past the committed lengths, so caches need none."""
+        copies; rounds only write cache rows past the committed lengths, so K/V caches need none
+        (linear-attention states are advanced in place: they are copied too)."""
         rnd = self._round
         assert rnd is not None
         mutable = [*rnd.state.mutable(), rnd.adapter.cache.base_len]
+        mutable += rnd.adapter.cache.linear.tensors()
         if rnd.stream is not None:
             mutable += rnd.stream.tensors()
         for cache in (rnd.dcache, rnd.vcache):

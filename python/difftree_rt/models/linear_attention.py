@@ -80,7 +80,7 @@ def _conv(module: Any, x: Tensor, tail: Tensor, src: Tensor) -> Tensor:
     w = weight.reshape(weight.shape[0], weight.shape[-1])
     act = str(module.activation)
     fused = act in _ACTIVATIONS
-    y = gdn_ops().gdn_conv(x.to(w.dtype), tail, w, module.conv1d.bias, src, fused)
+    y = gdn_ops().gdn_conv(x.to(w.dtype).contiguous(), tail, w.contiguous(), module.conv1d.bias, src, fused)
     if not fused:
         from transformers.activations import ACT2FN
 
@@ -94,11 +94,12 @@ def _rule_inputs(
     """q, k ``[B, T, H_k, D_k]``, v ``[B, T, H_v, D_v]``, g and beta ``[B, T, H_v]`` fp32."""
     num_b, num_t, _ = y.shape
     q, k, v = torch.split(y, [module.key_dim, module.key_dim, module.value_dim], dim=-1)
-    q = q.reshape(num_b, num_t, -1, module.head_k_dim)
-    k = k.reshape(num_b, num_t, -1, module.head_k_dim)
-    v = v.reshape(num_b, num_t, -1, module.head_v_dim)
-    beta = b.sigmoid().float()
-    g = -module.A_log.float().exp() * F.softplus(a.float() + module.dt_bias)
+    # The ops take contiguous rows (split views are strided).
+    q = q.reshape(num_b, num_t, -1, module.head_k_dim).contiguous()
+    k = k.reshape(num_b, num_t, -1, module.head_k_dim).contiguous()
+    v = v.reshape(num_b, num_t, -1, module.head_v_dim).contiguous()
+    beta = b.sigmoid().float().contiguous()
+    g = (-module.A_log.float().exp() * F.softplus(a.float() + module.dt_bias)).contiguous()
     return q, k, v, g, beta
 
 
@@ -149,7 +150,7 @@ def gdn_layer_forward(
         y = _conv(m, x, conv_tail, src)
         q, k, v, g, beta = _rule_inputs(m, y, b, a)
         out, k_hat, delta, gcum = ops.gdn_verify(q, k, v, g, beta, state, ctx.tree_anc)
-        states.pending[idx] = PendingRows(x, src, k_hat, delta, gcum)
+        states.pending[idx] = PendingRows(x.contiguous(), src, k_hat, delta, gcum)
     else:
         # Causal rows committed as they go (request b keeps its first commit_rows[b] rows).
         outs = []
@@ -157,7 +158,7 @@ def gdn_layer_forward(
             c1 = min(num_t, c0 + COMMIT_CHUNK)
             rows = c1 - c0
             src = _sources(ctx, num_b, rows, kernel, x.device)
-            xc = x[:, c0:c1]
+            xc = x[:, c0:c1].contiguous()
             y = _conv(m, xc, conv_tail, src)
             q, k, v, g, beta = _rule_inputs(m, y, b[:, c0:c1], a[:, c0:c1])
             out_c, k_hat, delta, gcum = ops.gdn_verify(q, k, v, g, beta, state, None)

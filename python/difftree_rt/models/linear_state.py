@@ -32,8 +32,7 @@ def gdn_ops() -> ModuleType:
         from .. import ops
         from .._ext import ext
 
-        ext()
-        if hasattr(ops, "gdn_verify"):
+        if hasattr(ops, "gdn_verify") and hasattr(ext(), "gdn_verify"):
             return ops
     except ImportError:
         pass
