@@ -298,3 +298,39 @@ def test_sampling_equals_plain_target_sampling() -> None:
         other = [d for d in range(steps) if d != pos]
         m_counts = counts.reshape(shape).sum(dim=other)
         assert chi_square(m_counts, probs.reshape(shape).sum(dim=other)) > 1e-3
+
+
+# ---------------------------------------------------------------------------------------------
+# The drafters published for these targets
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("family", ["qwen3_5", "qwen3_next"])
+def test_published_drafter_layout_loads_and_decodes(family: str, tmp_path: Any) -> None:
+    # Qwen3.6's DFlash drafters use causal sliding-window layers ([S, S, S, S, F], a window far
+    # below the context; Qwen3.5's are all full attention): saved and loaded back through
+    # from_pretrained, the layout is kept, the windowed layers draft from rings, and decoding
+    # the hybrid target stays lossless.
+    from difftree_rt.models import DFlashDrafter
+
+    target, _ = hybrid_pair(family)
+    slide, full = "sliding_attention", "full_attention"
+    layers = [slide] * 4 + [full]
+    made = DFlashDrafter.for_target(
+        target,
+        num_layers=5,
+        block_size=8,
+        layer_types=layers,
+        sliding_window=6,
+        is_causal=True,
+        generator=torch.Generator().manual_seed(9),
+    )
+    made.save_pretrained(tmp_path)
+    drafter = DFlashDrafter.from_pretrained(tmp_path).bind(target)
+    assert drafter.config.layer_types == layers
+    assert [drafter.config.layer_window(i) for i in range(5)] == [6] * 4 + [None]
+    assert all(drafter.config.layer_causal(i) for i in range(5))
+    dec = SpeculativeDecoder(target, drafter, "ddtree", budget=16)
+    for n in (9, 30):
+        out = dec.generate(_prompt(n)[None], NEW)
+        assert_greedy_equal(target, out.sequences, _reference(family, n))
+    cache = drafter.new_cache(capacity=64)
+    assert [r is not None for r in cache.rings] == [True] * 4 + [False]
