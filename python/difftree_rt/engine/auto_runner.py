@@ -16,16 +16,17 @@ Every mode is lossless, so the choice changes only the speed.
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import torch
 
 from ..policies.auto import AutoPolicy
 from .auto import AutoController, AutoSettings
 from .round import STATUS, HostView, Round
-from .runner import EagerRunner, RoundPool
+from .runner import EagerRunner, GraphRunner, RoundPool
 from .stats import PhaseTimer
 
-__all__ = ["AutoRunner", "DeferredContext"]
+__all__ = ["AutoGraphRunner", "AutoRunner", "DeferredContext"]
 
 #: Committed rows kept aside while the target runs alone, before one catch-up append.
 DEFER_ROWS = 64
@@ -154,3 +155,134 @@ class AutoRunner(EagerRunner):
         mean_acc = float(accepted.mean()) if accepted.numel() else 0.0
         ctrl.observe(nodes, context, time.perf_counter() - start, mean_acc, predicted)
         self.modes[nodes] = self.modes.get(nodes, 0) + 1
+
+
+class _RoundClock:
+    """Wall time of graph-mode rounds without a sync: on the CPU the round has run when
+    :meth:`stop` returns; on a GPU a pair of CUDA events per round, read when the host reads
+    that round's status anyway (one round late)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        self._marks: dict[int, Any] = {}
+
+    def start(self, r: int) -> None:
+        if self.cuda:
+            ev = torch.cuda.Event(enable_timing=True)
+            ev.record()
+            self._marks[r] = ev
+        else:
+            self._marks[r] = time.perf_counter()
+
+    def stop(self, r: int) -> None:
+        begin = self._marks.get(r)
+        if begin is None:
+            return
+        if self.cuda:
+            end = torch.cuda.Event(enable_timing=True)
+            end.record()
+            self._marks[r] = (begin, end)
+        else:
+            self._marks[r] = time.perf_counter() - begin
+
+    def seconds(self, r: int) -> float | None:
+        """Round r's wall time (its status must have been read), forgotten afterwards."""
+        mark = self._marks.pop(r, None)
+        if mark is None:
+            return None
+        if self.cuda:
+            begin, end = mark
+            return max(float(begin.elapsed_time(end)) / 1e3, 1e-9)
+        return max(float(mark), 1e-9)
+
+
+class AutoGraphRunner(GraphRunner):
+    """:class:`GraphRunner` whose rounds choose their mode: a target step (N = 1: the drafter's
+    context appends the last round's rows, then the one-node tree of the bonus token is
+    verified) or a tree of one of the policy's size buckets, each its own pair of captured
+    graphs. The choice for round r is made when it is launched, from what the host knows then:
+    rounds up to r - 2 (the status of round r - 1 is read while round r runs), their wall times
+    measured without a sync (:class:`_RoundClock`). The size bucket comes from each bucket's
+    observed acceptance (no mid-round read of the draft scores, unlike the eager launcher).
+
+    Args:
+        pool: the decoder's :class:`RoundPool` (its policy an :class:`AutoPolicy`).
+        capture: as :class:`GraphRunner`.
+        settings: the controllers' settings.
+    """
+
+    def __init__(
+        self, pool: RoundPool, *, capture: bool = True, settings: AutoSettings | None = None
+    ) -> None:
+        super().__init__(pool, capture=capture)
+        if not isinstance(self.policy, AutoPolicy):
+            raise TypeError(
+                f"AutoGraphRunner needs an AutoPolicy, got {type(self.policy).__name__}"
+            )
+        self.auto: AutoPolicy = self.policy
+        self.sizes = self.auto.size_buckets(self.path_cols - 1)
+        self.buckets = sorted({1, *self.buckets})
+        self.settings = settings
+        self.controllers: dict[int, AutoController] = {}
+        #: The current call's rounds per mode (N; 1 = target step), for its stats.
+        self.modes: dict[int, int] = {}
+        self._clock = _RoundClock(self.device)
+        self._launched: dict[int, tuple[int, int]] = {}  # round -> (N, context bound)
+        self._current = 0  # the round being launched
+
+    def controller(self, batch_size: int) -> AutoController:
+        """The controller of batch size B (created on first use)."""
+        ctrl = self.controllers.get(batch_size)
+        if ctrl is None:
+            ctrl = AutoController(self.sizes, self.settings)
+            self.controllers[batch_size] = ctrl
+        return ctrl
+
+    def generate(self, adapter, right, request, per, stats):  # type: ignore[no-untyped-def]
+        """:meth:`GraphRunner.generate`, recording the call's rounds per mode in ``stats``."""
+        self.modes = {}
+        self._launched.clear()
+        self.controller(adapter.batch_size).restart_probes()
+        out = super().generate(adapter, right, request, per, stats)
+        stats.modes = dict(self.modes)
+        return out
+
+    def _draft_select(self, span: int, nb: int) -> None:
+        if nb != 1:
+            super()._draft_select(span, nb)
+            return
+        rnd = self._round
+        assert rnd is not None
+        rnd.append_pending()  # the drafter keeps up while the target runs alone
+        rnd.root_tree()
+
+    def _run_round(self, span: int, nb: int, timer: PhaseTimer) -> None:
+        r = self._current
+        self._clock.start(r)
+        super()._run_round(span, nb, timer)
+        self._clock.stop(r)
+
+    def _picker(self) -> Any:
+        rnd = self._round
+        assert rnd is not None
+        return self.controller(rnd.batch_size)
+
+    def _choose(self, picker: Any, r: int, context_bound: int) -> int:
+        ctrl: AutoController = picker
+        nodes = 1
+        if ctrl.choose_draft(context_bound):
+            nodes = ctrl.choose_nodes(context_bound, [None] * len(self.sizes))
+        self._launched[r] = (nodes, context_bound)
+        self._current = r
+        self.modes[nodes] = self.modes.get(nodes, 0) + 1
+        return nodes
+
+    def _observe(self, picker: Any, r: int, live: list[list[int]]) -> int:
+        ctrl: AutoController = picker
+        nodes, context = self._launched.pop(r, (0, 0))
+        seconds = self._clock.seconds(r)
+        if nodes == 0 or seconds is None or not live:
+            return 0
+        accepted = 0.0 if nodes == 1 else sum(row[STATUS.ACC] for row in live) / len(live)
+        ctrl.observe(nodes, context, seconds, accepted)
+        return 0

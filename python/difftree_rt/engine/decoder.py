@@ -22,13 +22,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..models.compiled import CompileState
 from ..models.dflash import DFlashDrafter
 from ..models.pairing import check_drafter, check_vp_drafter
 from ..models.target import TargetAdapter
 from ..models.target_support import check_target_model
 from ..policies import MAX_BUDGET, DraftPolicy, make_policy
 from ..policies.auto import AutoPolicy
-from .auto_runner import AutoRunner
+from .auto_runner import AutoGraphRunner, AutoRunner
 from .output import CACHE_ROUND, GenerationOutput, is_int
 from .request import GenerateRequest, build_request, device_memory_bytes
 from .round import RoundConfig, TargetStep
@@ -72,6 +73,16 @@ class SpeculativeDecoder:
             its buckets (more than 16 stop tokens) run on the eager path.
         graph_capture: with graph mode on a CUDA target, capture and replay CUDA graphs; False
             runs the static-buffer rounds eagerly (debugging).
+        compile: compiled model forwards (``torch.compile``, inductor; ``models/compiled.py``):
+            graph mode's target verify / step and drafter forwards, compiled once per static
+            shape (B, tree-size bucket, key span) on first use, then captured in the round's
+            CUDA graphs as before. Needs graph mode: True turns it on where ``cuda_graphs`` is
+            None (on a CPU target: the static-buffer rounds, uncaptured). None: off (the
+            default until measured to win; see docs/NOTES.md "Compiled forwards"). A failed
+            compile falls back to uncompiled forwards with one ``RuntimeWarning``. Compile
+            seconds are reported in ``stats.compile_time``.
+        compile_mode: inductor mode, ``"default"`` or ``"max-autotune-no-cudagraphs"`` (the
+            runner captures CUDA graphs itself).
     """
 
     def __init__(
@@ -86,6 +97,8 @@ class SpeculativeDecoder:
         profile: bool = True,
         cuda_graphs: bool | None = None,
         graph_capture: bool = True,
+        compile: bool | None = None,
+        compile_mode: str = "default",
     ) -> None:
         if not is_int(budget) or not 1 <= budget <= MAX_BUDGET:
             raise ValueError(f"budget must be an int in [1, {MAX_BUDGET}], got {budget!r}")
@@ -163,6 +176,9 @@ class SpeculativeDecoder:
         # Batched generation (B > 1): its own target adapter, kept for the next call of that B.
         self._batch_adapter: TargetAdapter | None = None
         self.cuda_graphs = self._resolve_cuda_graphs(cuda_graphs)
+        self.compile = self._resolve_compile(compile, cuda_graphs)
+        self.cuda_graphs = self.cuda_graphs or self.compile
+        self._compile_state = CompileState(compile_mode) if self.compile else None
         self.graph_capture = bool(graph_capture)
         self._pool = RoundPool(self._round_config(), lambda: (self.adapter, self._batch_adapter))
         self._eager = (
@@ -231,6 +247,25 @@ class SpeculativeDecoder:
         if cuda_graphs and self.validate:
             raise ValueError("cuda_graphs=True cannot be combined with validate=True (host syncs)")
         return cuda_graphs
+
+    def _resolve_compile(self, compile: bool | None, cuda_graphs: bool | None) -> bool:
+        """Compiled forwards on or off (see ``compile`` in the class docstring)."""
+        if compile is not None and not isinstance(compile, bool):
+            raise ValueError(f"compile must be None, True or False, got {compile!r}")
+        if not compile:
+            return False
+        safe = self.policy is None or self.policy.needs.graph_safe
+        if not self.cuda_graphs and not (cuda_graphs is None and safe and not self.validate):
+            why = (
+                "cuda_graphs=False" if cuda_graphs is False
+                else "validate=True" if self.validate
+                else f"policy {self.policy_name!r} is not graph-safe"
+            )  # fmt: skip
+            raise ValueError(
+                f"compile=True needs graph mode's static shapes, but {why}; use compile=False "
+                "(or a graph-safe policy with cuda_graphs None/True and validate=False)"
+            )
+        return True
 
     # ------------------------------------------------------------------------------------------
     # Construction helpers
@@ -301,7 +336,7 @@ class SpeculativeDecoder:
             )
         return RoundConfig(
             policy, drafter, second, self.capacity, tuple(buckets), self.path_cols,
-            redraft_rows, self.device,
+            redraft_rows, self.device, self._compile_state,
         )  # fmt: skip
 
     # ------------------------------------------------------------------------------------------
@@ -418,7 +453,11 @@ class SpeculativeDecoder:
     def _runner(self) -> GraphRunner:
         """The decoder's graph-mode launcher (built once, on first use)."""
         if self._graph_runner is None:
-            self._graph_runner = GraphRunner(self._pool, capture=self.graph_capture)
+            self._graph_runner = (
+                AutoGraphRunner(self._pool, capture=self.graph_capture)
+                if isinstance(self.policy, AutoPolicy)
+                else GraphRunner(self._pool, capture=self.graph_capture)
+            )
         return self._graph_runner
 
     def _launcher(self, adapter: TargetAdapter, req: GenerateRequest) -> EagerRunner:
@@ -460,10 +499,13 @@ class SpeculativeDecoder:
             cols = torch.arange(num_t, device=dev)[None, :]
             src = (cols + (num_t - lens_t)[:, None]).clamp(max=num_t - 1)
             right = torch.where(cols < lens_t[:, None], torch.gather(ids, 1, src), 0)
+        compiled_before = self._compile_state.compile_seconds if self._compile_state else 0.0
         out, gen = self._launcher(adapter, req).generate(adapter, right, req, per, stats)
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
         stats.total_time = time.perf_counter() - t_start
+        if self._compile_state is not None:
+            stats.compile_time = self._compile_state.compile_seconds - compiled_before
         # Outputs: row b's generated tokens, then pad_token_id up to the longest request.
         new_len = max(gen)
         gen_t = torch.tensor(gen, dtype=torch.long, device=dev)

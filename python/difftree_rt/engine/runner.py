@@ -487,6 +487,22 @@ class GraphRunner(EagerRunner):
             for t, s in zip(mutable, saved, strict=True):
                 t.copy_(s)
 
+    # The tree-size choice, one round late (policy "auto" replaces these three).
+    def _picker(self) -> Any:
+        """A fresh chooser of tree-size buckets for one call."""
+        return BucketPicker(self.buckets, self.start_bucket)
+
+    def _choose(self, picker: Any, r: int, context_bound: int) -> int:
+        """Round r's tree-size bucket N (``context_bound``: an upper bound on the longest
+        committed length before it)."""
+        return int(picker.launch(r))
+
+    def _observe(self, picker: Any, r: int, live: list[list[int]]) -> int:
+        """Round r's status rows of the requests active in it (read one round late); returns 1
+        if its largest tree filled a bucket below the largest, else 0."""
+        nodes = max((row[STATUS.NODES] for row in live), default=1)
+        return int(picker.observe(r, nodes))
+
     def _stage(self, r: int) -> None:
         """Queue the copy of round r's status into pinned slot r % 2 (no wait)."""
         rnd = self._round
@@ -523,7 +539,7 @@ class GraphRunner(EagerRunner):
             return gen
         round_timer = PhaseTimer(stats, self.device, synchronize=False)
         known_round = 0  # the host's latest status: after prefill
-        picker = BucketPicker(self.buckets, self.start_bucket)
+        picker = self._picker()
         r = 0
         try:
             while True:
@@ -536,7 +552,7 @@ class GraphRunner(EagerRunner):
                     for t, g, cap in zip(lengths, gen, caps, strict=True)
                 )
                 span = span_bucket(start_ub + self.block_size, rnd.span_cap, self.span_min)
-                self._run_round(span, picker.launch(r), round_timer)
+                self._run_round(span, self._choose(picker, r, start_ub), round_timer)
                 self._stage(r)
                 if self.on_round is not None:
                     self.on_round(r)
@@ -544,8 +560,8 @@ class GraphRunner(EagerRunner):
                     continue
                 with round_timer.phase("host"):
                     status = self._read(r - 1)
-                    nodes = [row[STATUS.NODES] for b, row in enumerate(status) if act[b]]
-                    self.filled_rounds += picker.observe(r - 1, max(nodes, default=1))
+                    live = [row for b, row in enumerate(status) if act[b]]
+                    self.filled_rounds += self._observe(picker, r - 1, live)
                     for b, row in enumerate(status):
                         if act[b]:
                             act[b] = not self._book(row, per[b], b, request.streamer)

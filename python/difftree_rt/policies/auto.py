@@ -75,9 +75,11 @@ class AutoPolicy(DraftPolicy):
 
     @property
     def needs(self) -> PolicyNeeds:  # type: ignore[override]
-        # The choice is a host decision per round: the eager launcher runs it.
+        # The choice is a host decision per round (one round late in graph mode, where each
+        # bucket is its own captured graph): graph-safe when the tree policy is.
         n = self.largest.needs
         return PolicyNeeds(
+            graph_safe=n.graph_safe,
             needs_context=n.needs_context,
             batch_context=n.batch_context,
             tracks_stream=n.tracks_stream,
