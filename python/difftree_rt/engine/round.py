@@ -37,6 +37,7 @@ import torch
 from torch import Tensor
 
 from .. import ops
+from ..models.compiled import CompileState, ForwardCompiler
 from ..models.dflash import DFlashCache, DFlashDrafter
 from ..models.target import TargetAdapter, TargetOutput
 from ..policies import DraftPolicy, PolicyInput, PolicyNeeds
@@ -87,6 +88,8 @@ class RoundConfig:
         path_cols: P.
         redraft_rows: drafter cache scratch rows the second pass's blocks take.
         device: the target's device.
+        compile: the decoder's compilation state (None: uncompiled forwards); graph mode's
+            rounds then run compiled target and drafter forwards (``models/compiled.py``).
     """
 
     policy: DraftPolicy
@@ -97,6 +100,7 @@ class RoundConfig:
     path_cols: int
     redraft_rows: int
     device: torch.device
+    compile: CompileState | None = None
 
     @property
     def block_size(self) -> int:
@@ -167,6 +171,9 @@ class Round:
     def __init__(self, cfg: RoundConfig, adapter: TargetAdapter) -> None:
         self.cfg = cfg
         self.adapter = adapter
+        # Compiled forwards of this round's shapes (graph mode only: host=None rounds).
+        self.compiler = ForwardCompiler(cfg.compile) if cfg.compile is not None else None
+        adapter.compiler = self.compiler
         dev, drafter, second = cfg.device, cfg.drafter, cfg.second
         num_b, p, s = adapter.batch_size, cfg.path_cols, cfg.block_size
         i64 = dict(dtype=torch.long, device=dev)
@@ -317,7 +324,10 @@ class Round:
         self.append_pending(host)
         vc = self.vcache
         st.block[:, 0].copy_(st.bonus)
-        logits = drafter.draft(st.block, dc, span)
+        if self.compiler is not None and host is None:
+            logits = self.compiler.call(("draft", span), drafter.draft, st.block, dc, span)
+        else:
+            logits = drafter.draft(st.block, dc, span)
         context = None
         if st.context is not None and host is not None and host.context_cols is not None:
             context = st.context[:, : host.context_cols]
@@ -332,9 +342,14 @@ class Round:
             second = cfg.second
             assert second is not None
             blocks = policy.redraft_blocks(inputs, second.block_size, second.mask_token_id)
-            inputs.branch_logits = second.draft_branches(
-                blocks, dc if vc is None else vc, span=span
-            )
+            cache = dc if vc is None else vc
+            if self.compiler is not None and host is None:
+                key = ("branches", tuple(blocks.shape), span)
+                inputs.branch_logits = self.compiler.call(
+                    key, self._draft_branches, second, blocks, cache, span
+                )
+            else:
+                inputs.branch_logits = second.draft_branches(blocks, cache, span=span)
         return inputs
 
     def append_pending(self, host: HostView | None = None) -> None:
@@ -347,16 +362,31 @@ class Round:
             return
         # The eager launcher appends only as many of the P rows as the last round accepted.
         feats = st.new_feat if host is None else st.new_feat[:, : host.pending_rows]
-        self.append_rows(feats, st.num_new)
+        self.append_rows(feats, st.num_new, compiled=host is None)
         st.num_new.zero_()
 
-    def append_rows(self, feats: Tensor, counts: Tensor) -> None:
+    def append_rows(self, feats: Tensor, counts: Tensor, compiled: bool = False) -> None:
         """Append committed rows' target features ``[B, n, F]`` (``counts [B]`` of them real)
-        to every drafter cache (the drafter's and a second drafter's)."""
+        to every drafter cache (the drafter's and a second drafter's); ``compiled``: graph
+        mode's fixed ``n`` (compiled once when the decoder compiles)."""
         cfg = self.cfg
-        for drafter, cache in ((cfg.drafter, self.dcache), (cfg.second, self.vcache)):
-            if drafter is not None and cache is not None:
-                drafter.append_context(cache, feats.to(drafter.dtype), counts)
+        for i, (drafter, cache) in enumerate(
+            ((cfg.drafter, self.dcache), (cfg.second, self.vcache))
+        ):
+            if drafter is None or cache is None:
+                continue
+            rows = feats.to(drafter.dtype)
+            if compiled and self.compiler is not None:
+                key = ("append", i, feats.shape[1])
+                self.compiler.call(key, drafter.append_context, cache, rows, counts)
+            else:
+                drafter.append_context(cache, rows, counts)
+
+    @staticmethod
+    def _draft_branches(
+        second: DFlashDrafter, blocks: Tensor, cache: DFlashCache, span: int
+    ) -> Tensor:
+        return second.draft_branches(blocks, cache, span=span)
 
     def root_tree(self) -> DraftTree:
         """ "ar": the one-node tree holding the last token (in the N = 1 buffers)."""

@@ -43,6 +43,8 @@ class GenerationStats:
             longest request's rounds); 0 for a solo call. ``ms_per_round`` divides by it.
         modes: ``policy="auto"``: the call's rounds per mode, keyed by the verified tree size N
             (1: a plain target step, no draft); empty for fixed policies.
+        compile_time: seconds this call spent compiling model forwards (``compile=True``: the
+            first round of each new static shape; included in the phase times).
     """
 
     policy: str
@@ -57,6 +59,7 @@ class GenerationStats:
     batch_size: int = 1
     batch_rounds: int = 0
     modes: dict[int, int] = field(default_factory=dict)
+    compile_time: float = 0.0
 
     @property
     def rounds(self) -> int:

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .compiled import ForwardCompiler
 from .linear_attention import linear_layers
 from .static_cache import StaticKVCache
 from .target_layers import ring_slots
@@ -165,6 +166,11 @@ class TargetAdapter:
         )
         # Tree size N of the last verify (commit needs one), None when no tree is pending.
         self._pending_nodes: int | None = None
+        # Feature-layer outputs of the forward in flight, and the stable hooks that fill it.
+        self._captured: dict[int, Tensor] = {}
+        self._hooks = {j: self._capture_hook(j) for j in dict.fromkeys(feats)}
+        #: Graph mode's compiled forwards (set by the round that serves this adapter), or None.
+        self.compiler: ForwardCompiler | None = None
 
     # --------------------------------------------------------------------------------------------
     # Properties
@@ -429,26 +435,9 @@ class TargetAdapter:
         logits_to_keep: Tensor | None = None,
         commit_rows: Tensor | None = None,
     ) -> TargetOutput:
-        # Row i of request b: cache row base_len[b] + i, position base_len[b] + pos_offsets[b, i]
-        # (i for causal appends, depth[i] for trees). All from device tensors: no sync.
         # commit_rows: [B] rows a causal forward commits (linear-attention states advance in
         # the forward); None for a verify.
-        num_t = ids.shape[1]
-        base = self.cache.base_len.to(torch.long)
-        positions = base[:, None] + pos_offsets
-        self.cache.begin_write(base[:, None] + torch.arange(num_t, device=self.device))
-        ctx = TreeAttentionContext(
-            prefix_len=base,
-            tree_anc=anc,
-            num_nodes=num_nodes,
-            depth=pos_offsets if anc is not None else None,
-            kv_bound=self.cache.key_span(),
-            full_rows=self.cache.max_length,
-            num_rows=num_t,
-            commit_rows=commit_rows,
-        )
-        captured: dict[int, Tensor] = {}
-        kwargs: dict[str, Any] = {CONTEXT_KWARG: ctx}
+        kwargs: dict[str, Any] = {}
         head_hook = None
         if last_logits_only:
             kwargs["logits_to_keep"] = 1
@@ -464,26 +453,67 @@ class TargetAdapter:
 
             head_hook = head.register_forward_pre_hook(gather_rows)
             kwargs["logits_to_keep"] = 0  # every row reaches the head, which keeps `rows`
+        span = self.cache.fixed_span
         try:
-            with self._attention_impl(), self._capture(captured), linear_layers(
-                self._linear_modules
-            ):
-                out = self.model(
-                    input_ids=ids,
-                    position_ids=positions,
-                    past_key_values=self.cache,
-                    use_cache=True,
-                    **kwargs,
-                )
+            with self._attention_impl(), self._capture(), linear_layers(self._linear_modules):
+                if self.compiler is not None and span is not None and not kwargs:
+                    # Graph mode: static shapes per (T, span, tree kind), compiled once each.
+                    key = ("target", ids.shape[1], span, anc is None, num_nodes is None,
+                           commit_rows is None)  # fmt: skip
+                    args = (ids, pos_offsets, anc, num_nodes, commit_rows, kwargs)
+                    logits, features = self.compiler.call(key, self._model_forward, *args)
+                else:
+                    logits, features = self._model_forward(
+                        ids, pos_offsets, anc, num_nodes, commit_rows, kwargs
+                    )
         finally:
             self.cache.end_write()
             if head_hook is not None:
                 head_hook.remove()
+        return TargetOutput(logits=logits, features=features)
+
+    def _model_forward(
+        self,
+        ids: Tensor,
+        pos_offsets: Tensor,
+        anc: Tensor | None,
+        num_nodes: Tensor | None,
+        commit_rows: Tensor | None,
+        kwargs: dict[str, Any],
+    ) -> tuple[Tensor, Tensor | None]:
+        # The model call itself (what graph mode compiles): row i of request b goes to cache
+        # row base_len[b] + i at position base_len[b] + pos_offsets[b, i] (i for causal
+        # appends, depth[i] for trees). All from device tensors: no sync.
+        num_t = ids.shape[1]
+        base = self.cache.base_len.to(torch.long)
+        positions = base[:, None] + pos_offsets
+        self.cache.begin_write(base[:, None] + torch.arange(num_t, device=self.device))
+        ctx = TreeAttentionContext(
+            prefix_len=base,
+            tree_anc=anc,
+            num_nodes=num_nodes,
+            depth=pos_offsets if anc is not None else None,
+            kv_bound=self.cache.key_span(),
+            full_rows=self.cache.max_length,
+            num_rows=num_t,
+            commit_rows=commit_rows,
+        )
+        captured = self._captured
+        captured.clear()
+        out = self.model(
+            input_ids=ids,
+            position_ids=positions,
+            past_key_values=self.cache,
+            use_cache=True,
+            **{CONTEXT_KWARG: ctx},
+            **kwargs,
+        )
         logits = out.logits if hasattr(out, "logits") else out[0]
         features = None
         if self.feature_layers:
             features = torch.cat([captured[j] for j in self.feature_layers], dim=-1)
-        return TargetOutput(logits=logits, features=features)
+        captured.clear()
+        return logits, features
 
     @contextlib.contextmanager
     def _attention_impl(self) -> Iterator[None]:
@@ -497,18 +527,24 @@ class TargetAdapter:
         finally:
             config._attn_implementation = previous
 
+    def _capture_hook(self, j: int) -> Any:
+        # One hook per feature layer, made once: a compiled forward traces the same function
+        # every call (the hook stores into the adapter's own dict).
+        captured = self._captured
+
+        def hook(_mod: nn.Module, _args: Any, output: Any) -> None:
+            captured[j] = output[0] if isinstance(output, tuple) else output
+
+        return hook
+
     @contextlib.contextmanager
-    def _capture(self, captured: dict[int, Tensor]) -> Iterator[None]:
+    def _capture(self) -> Iterator[None]:
         # Forward hooks on the requested decoder layers: their output is HF hidden_states[j + 1],
         # without asking the model for every layer's hidden states.
         # The last layer is read after the final norm, as HF reports it.
         handles = []
         last = self.num_layers - 1
-        for j in dict.fromkeys(self.feature_layers):
-
-            def hook(_mod: nn.Module, _args: Any, output: Any, j: int = j) -> None:
-                captured[j] = output[0] if isinstance(output, tuple) else output
-
+        for j, hook in self._hooks.items():
             module = self._final_norm if j == last else self._layers[j]
             assert module is not None  # checked in __init__
             handles.append(module.register_forward_hook(hook))
