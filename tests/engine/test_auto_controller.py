@@ -26,6 +26,11 @@ class World:
     predicted: Callable[[int, int], float | None]  # (bucket, round index) -> surrogate
 
 
+
+#: The settings the schedule tests below spell out (the defaults are tuned separately:
+#: docs/NOTES.md, policy auto).
+CLASSIC = AutoSettings(alpha=0.25, probe_every=8)
+
 def run(
     ctrl: AutoController,
     world: World,
@@ -155,7 +160,7 @@ def test_drafting_switches_off_and_probes_back_off() -> None:
 
 
 def test_probes_keep_their_spacing_when_observed_a_round_late() -> None:
-    ctrl = AutoController((16, 64))
+    ctrl = AutoController((16, 64), CLASSIC)
     modes = run(ctrl, PAYS_NOT, 500, late=True)
     # The warm-up sees its counts a round late (a mode may run once more), then the same
     # schedule as in eager mode: single probes, spaced 8, 16, 32, ...
@@ -167,7 +172,7 @@ def test_probes_keep_their_spacing_when_observed_a_round_late() -> None:
 
 
 def test_restart_probes() -> None:
-    ctrl = AutoController((16, 64))
+    ctrl = AutoController((16, 64), CLASSIC)
     run(ctrl, PAYS_NOT, 300)
     assert ctrl.probe_interval(True) == 256
     ctrl.restart_probes()
@@ -177,7 +182,7 @@ def test_restart_probes() -> None:
 
 
 def test_drafting_switches_back_on_after_a_regime_change() -> None:
-    ctrl = AutoController((16, 64))
+    ctrl = AutoController((16, 64), CLASSIC)
     jump = 400
     world = World(
         step=1.0,
@@ -233,7 +238,7 @@ def test_a_random_drafter_is_switched_off_fast() -> None:
     # Nothing is ever accepted, the surrogate knows it: after the warm-up, steps and probes.
     world = World(step=1.0, tree=lambda n: 1.75 + n / 32, accepted=lambda n, i: 0.0,
                   predicted=lambda n, i: 0.01)  # fmt: skip
-    ctrl = AutoController((16, 64))
+    ctrl = AutoController((16, 64), CLASSIC)
     modes = run(ctrl, world, 128)
     drafted = [i for i, m in enumerate(modes) if m != 1]
     assert drafted == [0, 1, 3, 4, 14, 31, 64, 129][: len(drafted)]
@@ -354,7 +359,7 @@ def test_the_draft_decision_follows_the_context() -> None:
         return World(step=1.0, tree=lambda n: tree, accepted=lambda n, i: 2.0,
                      predicted=lambda n, i: 2.0)  # fmt: skip
 
-    ctrl = AutoController((16, 64), cost_seed=table({1: 1.0, 16: 1.5, 64: 1.5}))
+    ctrl = AutoController((16, 64), CLASSIC, cost_seed=table({1: 1.0, 16: 1.5, 64: 1.5}))
     run(ctrl, world(200), 30, ctx=200)
     assert ctrl.drafting is True
     modes = run(ctrl, world(8000), 30, ctx=8000)
@@ -367,17 +372,17 @@ def test_the_draft_decision_follows_the_context() -> None:
 
 def test_seeded_costs_skip_the_warmup() -> None:
     # Seeded step: the warm-up only measures the trees.
-    ctrl = AutoController((16, 64), cost_seed=table({1: 1.0}))
+    ctrl = AutoController((16, 64), CLASSIC, cost_seed=table({1: 1.0}))
     assert run(ctrl, PAYS_NOT, 4) == [64, 16, 64, 16]
     assert ctrl.counts[1] == 0
     # Everything seeded: one drafted round (for an acceptance), then the decision.
-    ctrl = AutoController((16, 64), cost_seed=table({1: 1.0, 16: 3.0, 64: 3.0}))
+    ctrl = AutoController((16, 64), CLASSIC, cost_seed=table({1: 1.0, 16: 3.0, 64: 3.0}))
     modes = run(ctrl, PAYS_NOT, 9)
     assert modes == [16] + [1] * 8
     # No seed: all three are measured first.
-    assert run(AutoController((16, 64)), PAYS_NOT, 6) == [64, 16, 1, 64, 16, 1]
+    assert run(AutoController((16, 64), CLASSIC), PAYS_NOT, 6) == [64, 16, 1, 64, 16, 1]
     # warmup_rounds=0 and nothing seeded: measure what is missing, then decide.
-    ctrl = AutoController((16, 64), AutoSettings(warmup_rounds=0))
+    ctrl = AutoController((16, 64), AutoSettings(alpha=0.25, probe_every=8, warmup_rounds=0))
     assert run(ctrl, PAYS_NOT, 4) == [16, 1, 1, 1]
 
 
@@ -444,3 +449,15 @@ def test_bad_arguments_raise() -> None:
     with pytest.raises(ValueError, match="cost seed"):
         seeded.choose_draft(CTX)
     assert ctrl.counts == {1: 0, 4: 0, 8: 0}  # nothing recorded by the failed calls
+
+
+def test_an_untried_bucket_between_measured_ones_gets_tried_without_predictions() -> None:
+    # Graph mode has no per-round surrogate: after the warm-up measured the two ends, a middle
+    # bucket borrows the larger measured bucket's acceptance (an optimistic bound: best-first
+    # trees are nested) and is tried once — then its own observation decides.
+    ctrl = AutoController((4, 16, 64), CLASSIC, cost_seed=table({1: 1.0, 4: 2.0, 16: 2.1, 64: 3.0}))
+    ctrl.observe(4, CTX, 2.0, 0.5)
+    ctrl.observe(64, CTX, 3.0, 3.0)
+    assert ctrl.choose_nodes(CTX, [None] * 3) == 16  # (1 + 3) / 2.1 beats 4 / 3 and 1.5 / 2
+    ctrl.observe(16, CTX, 2.1, 0.2)
+    assert ctrl.choose_nodes(CTX, [None] * 3) == 64  # measured: 16 accepts little

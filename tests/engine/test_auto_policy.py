@@ -205,7 +205,7 @@ def test_forced_choices_trained_pair_drafter_catches_up() -> None:
     # its first round from the same T committed tokens (its prefill computed all their
     # features). A drafter that missed the steps' rows would accept less.
     target, drafter = trained_pair()
-    dec = SpeculativeDecoder(target, drafter, "auto", budget=64)
+    dec = SpeculativeDecoder(target, drafter, AutoPolicy(64, tree="ddtree"))
     log = _force(dec, CYCLE)
     fresh = {n: SpeculativeDecoder(target, drafter, "ddtree", budget=n - 1) for n in CYCLE if n > 1}
     gen = torch.Generator().manual_seed(5)
@@ -282,7 +282,7 @@ def test_random_drafter_converges_to_target_steps(arch: str) -> None:
 def test_synthetic_costs_random_drafter_stops_drafting() -> None:
     # Deterministic: a target step costs 1, a drafted round 1.5 + N / 50 (synthetic seconds).
     # With nothing accepted the controller leaves drafting after the warm-up and only re-probes
-    # it on its backoff (8, 16, 32 rounds...).
+    # it on its backoff (4, 8, 16, 32 rounds...: at most 3 probes in 40 tokens).
     target, drafter = random_pair("qwen3")
     dec = SpeculativeDecoder(target, drafter, "auto", budget=8)
     _synthetic_costs(dec, lambda n: 1.0 if n == 1 else 1.5 + n / 50)
@@ -293,7 +293,7 @@ def test_synthetic_costs_random_drafter_stops_drafting() -> None:
     for _ in range(2):
         out = dec.generate(torch.randint(0, 128, (1, 6), generator=gen), 40)
         _check_modes(dec, out)
-        assert _drafted(out.stats.modes) <= 2, out.stats.modes  # probes only
+        assert _drafted(out.stats.modes) <= 3, out.stats.modes  # probes only
 
 
 def test_synthetic_costs_trained_pair_keeps_drafting() -> None:

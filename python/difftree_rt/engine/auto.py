@@ -80,8 +80,8 @@ class AutoSettings:
         ValueError: a setting out of range (the message names it).
     """
 
-    alpha: float = 0.25
-    probe_every: int = 8
+    alpha: float = 0.1
+    probe_every: int = 4
     backoff: float = 2.0
     max_probe_every: int = 256
     warmup_rounds: int = 2
@@ -521,7 +521,8 @@ class AutoController:
         """The bucket to verify this (drafted) round.
 
         The argmax over buckets b of ``(1 + E_b) / C_b``, E_b the calibrated ``predicted[b]``
-        (or the bucket's observed acceptance where that is None), C_b the bucket's cost at this
+        (or the bucket's observed acceptance where that is None; a bucket never observed gets
+        the nearest larger observed bucket's, an optimistic bound), C_b the bucket's cost at this
         context: measured, else borrowed from the nearest context bucket, else seeded, else
         linear in N from the buckets whose cost is known (interpolated between the two known
         neighbours; beyond them the end segment extended, floored so that cost stays >= 0
@@ -548,14 +549,28 @@ class AutoController:
             return warm
         costs = self._costs(context_len)
         best, best_rate = self.buckets[0], None
-        for n, cost, pred in zip(self.buckets, costs, preds):
+        for n, cost, pred, guess in zip(self.buckets, costs, preds, self._untried_guesses()):
             accepted = self.acceptance.expected(n, pred)
+            if accepted is None:
+                accepted = guess
             if cost is None or accepted is None:
                 continue
             rate = (1.0 + accepted) / cost
             if best_rate is None or rate > best_rate * (1.0 + _TIE):
                 best, best_rate = n, rate
         return best
+
+    def _untried_guesses(self) -> list[float | None]:
+        """Per bucket, an optimistic acceptance for a bucket never observed: the nearest larger
+        observed bucket's (best-first trees are nested, so a smaller tree accepts at most what a
+        larger one does) — so a bucket between two measured ones gets tried once, which measures
+        it; None above the largest observed one."""
+        seen = [self.acceptance.expected(n, None) for n in self.buckets]
+        out: list[float | None] = []
+        for i in range(len(self.buckets)):
+            larger = [v for v in seen[i + 1 :] if v is not None]
+            out.append(None if not larger else min(larger[0], float(self.buckets[i] - 1)))
+        return out
 
     def observe(
         self,

@@ -32,8 +32,9 @@ class AutoPolicy(DraftPolicy):
 
     Args:
         budget: the largest tree's draft nodes (the capacity is ``budget + 1``).
-        tree: the tree policy's registered name (``"ddtree"``, ``"presto"``, ...) or a factory
-            ``budget -> DraftPolicy``. The predicted acceptance assumes the policy ranks its
+        tree: the tree policy's registered name (``"presto"``, the default: DDTree's tree with
+            the context's n-gram prior, the best fixed setting on the shipped pair; ``"ddtree"``,
+            ...) or a factory ``budget -> DraftPolicy``. The predicted acceptance assumes the policy ranks its
             nodes by cumulative draft log-probability in ``DraftTree.score`` (DDTree and its
             relatives); others are calibrated from the observed acceptance alone.
         budgets: draft-node budgets of the smaller buckets (each < ``budget``).
@@ -44,7 +45,7 @@ class AutoPolicy(DraftPolicy):
     def __init__(
         self,
         budget: int = 64,
-        tree: str | Callable[[int], DraftPolicy] = "ddtree",
+        tree: str | Callable[[int], DraftPolicy] = "presto",
         budgets: tuple[int, ...] = DEFAULT_BUDGETS,
     ) -> None:
         super().__init__(budget)
