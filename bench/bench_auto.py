@@ -37,7 +37,8 @@ from difftree_rt.cli.pair import (
 )
 from difftree_rt.policies.auto import AutoPolicy
 
-#: (label, policy, budget): the fixed settings of the issue's table, then auto.
+#: (label, policy, budget): the fixed settings of the issue's table, then auto (PRESTO trees,
+#: the default) and auto over DDTree trees.
 SETTINGS = (
     ("ar", "ar", 0),
     ("chain", "chain", 15),
@@ -46,7 +47,7 @@ SETTINGS = (
     ("presto@16", "presto", 16),
     ("caddtree@64", "caddtree", 64),
     ("auto@64", "auto", 64),
-    ("auto-presto@64", "auto-presto", 64),
+    ("auto-ddtree@64", "auto-ddtree", 64),
 )
 
 
@@ -76,8 +77,8 @@ def bench_block(
     decs = {}
     for label, policy, budget in settings:
         chosen = (
-            AutoPolicy(budget, tree="presto")
-            if policy == "auto-presto"
+            AutoPolicy(budget, tree="ddtree")
+            if policy == "auto-ddtree"
             else make_policy_for(pair, policy, budget)
         )
         decs[label] = SpeculativeDecoder(
@@ -104,7 +105,7 @@ def ratios(rows: list[dict[str, Any]]) -> dict[str, float]:
     best = max(fixed, key=lambda k: fixed[k])
     return {
         "auto_vs_ar": med["auto@64"] / med["ar"],
-        "auto_presto_vs_best_fixed": med["auto-presto@64"] / fixed[best],
+        "auto_ddtree_vs_best_fixed": med["auto-ddtree@64"] / fixed[best],
         "auto_vs_best_fixed": med["auto@64"] / fixed[best],
         "best_fixed": best,  # type: ignore[dict-item]
     }
