@@ -41,7 +41,11 @@ _HAS_KERNELS: bool | None = None
 
 def _aligned(t: Tensor) -> bool:
     """16-byte aligned rows, as the kernel's vector loads need."""
-    if t.stride(-1) != 1 or t.data_ptr() % 16 != 0:
+    # Under torch.compile (compile=True) no pointer exists at trace time: the byte offset into
+    # the allocation (whose start the allocators align to >= 16 bytes) decides instead.
+    compiling = torch.compiler.is_compiling()
+    start = t.storage_offset() * t.element_size() if compiling else t.data_ptr()
+    if t.stride(-1) != 1 or start % 16 != 0:
         return False
     return all(s % 8 == 0 for d, s in enumerate(t.stride()[:-1]) if t.shape[d] > 1)
 
