@@ -412,6 +412,9 @@ class Round:
         """The target's verify pass (chains need no ancestor mask). Padding rows hold token -1:
         0 keeps the embedding lookup in range (never visible, never accepted)."""
         tokens = tree.token.clamp(min=0)
+        # This round's compiled forwards (an adapter given to several decoders serves each
+        # decoder's rounds with that decoder's setting).
+        self.adapter.compiler = self.compiler
         if self.cfg.policy.needs.chain or tree.token.shape[1] == 1:
             return self.adapter.verify(tokens, tree.depth, None, None)
         return self.adapter.verify(tokens, tree.depth, tree.anc, tree.num_nodes)
