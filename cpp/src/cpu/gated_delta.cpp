@@ -17,6 +17,7 @@
 #include <cmath>
 #include <cstdint>
 #include <sstream>
+#include <type_traits>
 #include <vector>
 
 #include "cpu/cpu_ops.h"
@@ -125,6 +126,87 @@ inline float dot(const float* a, const float* b, int64_t D) {
   return s;
 }
 
+// Element types of the conv, so its dtype is dispatched once per call, not per element.
+struct F32 {
+  using Raw = float;
+  static float load(Raw v) { return v; }
+  static Raw store(float v) { return v; }
+};
+struct BF16 {
+  using Raw = uint16_t;
+  static float load(Raw v) { return bf16_to_float(v); }
+  static Raw store(float v) { return float_to_bf16(v); }
+};
+struct FP16 {
+  using Raw = uint16_t;
+  static float load(Raw v) { return fp16_to_float(v); }
+  static Raw store(float v) { return float_to_fp16(v); }
+};
+
+// gdn_conv with src already validated. Every input is first laid out as contiguous fp32 rows of C
+// (weight as [K, C] taps in application order, the tail as [B, K - 1, C], x as is when fp32) so
+// the loop over channels is unit-stride and vectorises. Per element the sum is the previous one:
+// taps e = 0..K-1 in order from 0, then the bias, so fp32 results are unchanged bit for bit.
+template <typename T>
+void conv_rows(const TensorView& x, const TensorView& conv_tail, const TensorView& weight,
+               const TensorView* bias, const int32_t* s, int64_t K, bool activation,
+               const TensorView& out) {
+  using Raw = typename T::Raw;
+  const int64_t B = x.shape[0], N = x.shape[1], C = x.shape[2], T0 = K - 1;
+  const Raw* wp = weight.ptr<const Raw>();
+  std::vector<float> w(static_cast<size_t>(K * C));  // w[e * C + c] = weight[c, K - 1 - e]
+  for (int64_t c = 0; c < C; ++c)
+    for (int64_t e = 0; e < K; ++e) w[e * C + c] = T::load(wp[c * K + (K - 1 - e)]);
+  std::vector<float> bv(static_cast<size_t>(bias != nullptr ? C : 0));
+  if (bias != nullptr)
+    for (int64_t c = 0; c < C; ++c) bv[c] = T::load(bias->ptr<const Raw>()[c]);
+  // The virtual sequence [tail (K - 1 rows); x (N rows)] of request b, as fp32 rows of C: the
+  // tail always transposed here, x converted only when it is not fp32 already.
+  constexpr bool kIsF32 = std::is_same_v<T, F32>;
+  const int64_t seq_rows = kIsF32 ? T0 : T0 + N;
+  std::vector<float> seq(static_cast<size_t>(B * seq_rows * C));
+  const Raw* tp = conv_tail.ptr<const Raw>();
+  const Raw* xp = x.ptr<const Raw>();
+  parallel_rows(B * seq_rows, B * seq_rows * C, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t b = r / seq_rows, row = r % seq_rows;
+      float* dst = seq.data() + r * C;
+      if (row < T0) {
+        for (int64_t c = 0; c < C; ++c) dst[c] = T::load(tp[(b * C + c) * T0 + row]);
+      } else {
+        const Raw* src_row = xp + (b * N + row - T0) * C;
+        for (int64_t c = 0; c < C; ++c) dst[c] = T::load(src_row[c]);
+      }
+    }
+  });
+  auto seq_row = [&](int64_t b, int64_t row) -> const float* {
+    if (kIsF32 && row >= T0) return x.ptr<const float>() + (b * N + row - T0) * C;
+    return seq.data() + (b * seq_rows + row) * C;
+  };
+  Raw* op = out.ptr<Raw>();
+  parallel_rows(B * N, B * N * C * K, [&](int64_t begin, int64_t end) {
+    std::vector<float> acc(static_cast<size_t>(C));
+    float* __restrict a = acc.data();
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t b = r / N;
+      const int32_t* rs = s + r * K;
+      std::fill(acc.begin(), acc.end(), 0.0f);
+      for (int64_t e = 0; e < K; ++e) {
+        const float* __restrict xr = seq_row(b, rs[e]);
+        const float* __restrict we = w.data() + e * C;
+        for (int64_t c = 0; c < C; ++c) a[c] += we[c] * xr[c];
+      }
+      if (bias != nullptr)
+        for (int64_t c = 0; c < C; ++c) a[c] += bv[c];
+      Raw* o = op + r * C;
+      if (activation)
+        for (int64_t c = 0; c < C; ++c) o[c] = T::store(a[c] / (1.0f + std::exp(-a[c])));
+      else
+        for (int64_t c = 0; c < C; ++c) o[c] = T::store(a[c]);
+    }
+  });
+}
+
 }  // namespace
 
 // ---- gdn_conv -------------------------------------------------------------------------------
@@ -132,7 +214,7 @@ inline float dot(const float* a, const float* b, int64_t D) {
 Status gdn_conv(const TensorView& x, const TensorView& conv_tail, const TensorView& weight,
                 const TensorView* bias, const TensorView& src, bool activation,
                 const TensorView& out) {
-  const int64_t B = x.shape[0], N = x.shape[1], C = x.shape[2], K = src.shape[2];
+  const int64_t B = x.shape[0], N = x.shape[1], K = src.shape[2];
   const int32_t* s = src.ptr<const int32_t>();
   for (int64_t i = 0; i < B * N * K; ++i)
     if (s[i] < 0 || s[i] >= K - 1 + N) {
@@ -141,24 +223,17 @@ Status gdn_conv(const TensorView& x, const TensorView& conv_tail, const TensorVi
          << " at flat index " << i;
       return InvalidValue(os.str());
     }
-  parallel_rows(B * N, B * N * C * K, [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) {
-      const int64_t b = r / N;
-      const int32_t* rs = s + r * K;
-      for (int64_t c = 0; c < C; ++c) {
-        float acc = 0.0f;
-        for (int64_t e = 0; e < K; ++e) {
-          const int64_t row = rs[e];  // in the virtual sequence [tail (K - 1 rows); x (N rows)]
-          const float xv = row < K - 1 ? load_f(conv_tail, (b * C + c) * (K - 1) + row)
-                                       : load_f(x, (b * N + row - (K - 1)) * C + c);
-          acc += load_f(weight, c * K + (K - 1 - e)) * xv;
-        }
-        if (bias != nullptr) acc += load_f(*bias, c);
-        if (activation) acc = acc / (1.0f + std::exp(-acc));
-        store_f(out, r * C + c, acc);
-      }
-    }
-  });
+  switch (x.dtype) {
+    case DType::kFloat32:
+      conv_rows<F32>(x, conv_tail, weight, bias, s, K, activation, out);
+      break;
+    case DType::kBFloat16:
+      conv_rows<BF16>(x, conv_tail, weight, bias, s, K, activation, out);
+      break;
+    default:
+      conv_rows<FP16>(x, conv_tail, weight, bias, s, K, activation, out);
+      break;
+  }
   return Status::Ok();
 }
 
