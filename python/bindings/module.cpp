@@ -89,6 +89,8 @@ PYBIND11_MODULE(_C, m) {
     d["version"] = b.version;
     return d;
   });
+  m.def("set_max_threads", &difftree::cpu::set_max_threads, py::arg("n"));
+  m.def("max_threads", &difftree::cpu::max_threads);
 
   m.def("check_topk_logprobs", [](py::handle logits, int64_t k) {
     raise_if_error(difftree::check_topk_logprobs(view(logits, "logits"), k));

@@ -37,13 +37,25 @@ else:
     _IMPORT_ERROR = None
 
 
+# The torch thread count last handed to the core's CPU thread cap (0: none yet).
+_threads_set = 0
+
+
 def ext() -> Any:
-    """The compiled module ``difftree_rt._C``; a clear error when the build is missing."""
+    """The compiled module ``difftree_rt._C``; a clear error when the build is missing.
+
+    Every op gets the core through here, so this is where the core's CPU thread cap follows
+    ``torch.get_num_threads()`` (only re-set when it changed)."""
+    global _threads_set
     if _C is None:
         raise ImportError(
             "difftree_rt._C (the compiled core) is not available: install the package with "
             "`pip install .` so the C++ core is built"
         ) from _IMPORT_ERROR
+    threads = torch.get_num_threads()
+    if threads != _threads_set:
+        _C.set_max_threads(threads)
+        _threads_set = threads
     return _C
 
 

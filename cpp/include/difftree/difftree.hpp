@@ -5,4 +5,5 @@
 #include "difftree/ops.h"
 #include "difftree/status.h"
 #include "difftree/tensor.h"
+#include "difftree/threads.h"
 #include "difftree/tree.h"

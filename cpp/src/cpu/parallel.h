@@ -1,11 +1,14 @@
 // A minimal parallel-for over independent rows for the CPU ops. Threads are only worth their
-// start-up cost (~tens of µs) on large inputs, so small calls stay on the calling thread.
+// start-up cost (~tens of µs) on large inputs, so small calls stay on the calling thread, and
+// never use more than max_threads() (difftree/threads.h) so the caller's thread budget holds.
 #pragma once
 
 #include <algorithm>
 #include <cstdint>
 #include <thread>
 #include <vector>
+
+#include "difftree/threads.h"
 
 namespace difftree::cpu {
 
@@ -18,9 +21,8 @@ void parallel_rows(int64_t rows, int64_t work, Fn&& fn) {
     fn(int64_t{0}, rows);
     return;
   }
-  // hardware_concurrency() reads /sys on glibc (tens of µs): ask once per process.
-  static const int64_t hw = std::max<int64_t>(1, std::thread::hardware_concurrency());
-  const int64_t threads = std::min({hw, rows, std::max<int64_t>(1, work / kMinWorkPerThread)});
+  const int64_t cap = max_threads();
+  const int64_t threads = std::min({cap, rows, std::max<int64_t>(1, work / kMinWorkPerThread)});
   if (threads <= 1) {
     fn(int64_t{0}, rows);
     return;
