@@ -444,8 +444,10 @@ def test_distribution_equals_plain_target_sampling(
 ) -> None:
     # The first three tokens over many seeds against the exact joint of plain target sampling
     # (as test_sampling.py). Forced: the choices run through every mode across the calls (one
-    # sequence continued from call to call); else the controller's own choices.
-    steps, vocab = 3, 16
+    # sequence continued from call to call); else the controller's own choices. The requests of
+    # a batch draw as solo runs with seeds request_seeds(seed, B) (test_batch.py): batches of
+    # BATCH copies of the prompt give BATCH independent samples per call.
+    steps, vocab, batch = 3, 16, 100
     target = make_target(arch, vocab=vocab, seed=4, init=0.1)
     drafter = make_drafter(target, seed=4)
     prompt = torch.tensor([[3, 1, 4, 1]])
@@ -453,16 +455,18 @@ def test_distribution_equals_plain_target_sampling(
     dec = SpeculativeDecoder(target, drafter, "auto", budget=48)
     assert _runner(dec).buckets == [5, 9, 17, 33, 49]
     if forced:
-        _force(dec, (49, 1, 17, 5, 1, 33, 9, 49), per_call=False)
+        _force(dec, (49, 1, 17, 5, 1, 33, 9, 49), batch_size=batch, per_call=False)
     counts = torch.zeros(vocab**steps, dtype=torch.float64)
     modes: Counter[int] = Counter()
     deep = 0
-    for seed in range(num):
-        out = dec.generate(prompt, steps, temperature=temperature, seed=seed)
-        t1, t2, t3 = out.sequences[0, -steps:].tolist()
-        counts[(t1 * vocab + t2) * vocab + t3] += 1
+    for call in range(num // batch):
+        out = dec.generate([prompt[0]] * batch, steps, temperature=temperature, seed=1000 * call)
+        for b in range(batch):
+            t1, t2, t3 = out.sequences[b, -steps:].tolist()
+            counts[(t1 * vocab + t2) * vocab + t3] += 1
+            acc = out.request_stats[b].accepted_lengths
+            deep += bool(acc) and acc[0] >= 2
         modes.update(out.stats.modes)
-        deep += bool(out.stats.accepted_lengths) and out.stats.accepted_lengths[0] >= 2
     assert _drafted(modes) >= 4 and modes[1] >= 1, modes
     if forced:
         assert deep > num // 20  # tokens 2 and 3 from accepted tree nodes: the walk ran

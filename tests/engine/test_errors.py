@@ -85,10 +85,15 @@ def test_request_larger_than_fixed_max_length() -> None:
     dec.generate(torch.tensor([[1, 2, 3]]), 20)  # fits: 3 + 20 + 9 <= 40
 
 
-def test_register_policy_and_stats_shape() -> None:
+def test_register_policy_and_stats_shape(monkeypatch: pytest.MonkeyPatch) -> None:
+    from difftree_rt.policies import registry
+
     class Wide(DDTreePolicy):
         name = "wide_test"
 
+    # The registry is process-wide: the test's entry goes away with it (the CLI tests compare
+    # the registry with the CLI's choices).
+    monkeypatch.setattr(registry, "POLICIES", dict(registry.POLICIES))
     register_policy("wide_test", Wide)
     with pytest.raises(ValueError, match="taken"):
         register_policy("ddtree", Wide)

@@ -86,7 +86,7 @@ def _paths(parents: list[int]) -> list[list[int]]:
 
 
 @pytest.mark.parametrize("shape", sorted(SHAPES))
-@pytest.mark.parametrize("prompt_len", [1, 9, 70])
+@pytest.mark.parametrize("prompt_len", [1, 70])
 def test_verify_equals_each_path_run_by_transformers(
     target: torch.nn.Module, shape: str, prompt_len: int
 ) -> None:
