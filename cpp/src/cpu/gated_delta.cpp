@@ -30,31 +30,6 @@ namespace {
 
 constexpr float kL2NormEps = 1e-6f;  // inside the rsqrt, as transformers' / FLA's l2norm
 
-inline float load_f(const TensorView& t, int64_t off) {
-  switch (t.dtype) {
-    case DType::kFloat32:
-      return t.ptr<const float>()[off];
-    case DType::kBFloat16:
-      return bf16_to_float(t.ptr<const uint16_t>()[off]);
-    default:
-      return fp16_to_float(t.ptr<const uint16_t>()[off]);
-  }
-}
-
-inline void store_f(const TensorView& t, int64_t off, float x) {
-  switch (t.dtype) {
-    case DType::kFloat32:
-      t.ptr<float>()[off] = x;
-      break;
-    case DType::kBFloat16:
-      t.ptr<uint16_t>()[off] = float_to_bf16(x);
-      break;
-    default:
-      t.ptr<uint16_t>()[off] = float_to_fp16(x);
-      break;
-  }
-}
-
 inline bool is_active(const TensorView* active, int64_t b) {
   return active == nullptr || active->ptr<const uint8_t>()[b] != 0;
 }
@@ -113,7 +88,7 @@ std::vector<int32_t> parents(const TensorView* tree_anc, int64_t B, int64_t N) {
 void l2norm(const TensorView& t, int64_t off, int64_t D, float scale, float* dst) {
   float ss = 0.0f;
   for (int64_t d = 0; d < D; ++d) {
-    dst[d] = load_f(t, off + d);
+    dst[d] = load_float(t, off + d);
     ss += dst[d] * dst[d];
   }
   const float r = 1.0f / std::sqrt(ss + kL2NormEps);
@@ -266,12 +241,12 @@ Status gdn_conv_commit(const TensorView& conv_tail, const TensorView& x, const T
     for (int64_t e = 0; e < K - 1; ++e) {
       const int64_t row = s[(b * N + last) * K + e];
       for (int64_t c = 0; c < C; ++c)
-        rows[e * C + c] = row < K - 1 ? load_f(conv_tail, (b * C + c) * (K - 1) + row)
-                                      : load_f(x, (b * N + row - (K - 1)) * C + c);
+        rows[e * C + c] = row < K - 1 ? load_float(conv_tail, (b * C + c) * (K - 1) + row)
+                                      : load_float(x, (b * N + row - (K - 1)) * C + c);
     }
     for (int64_t e = 0; e < K - 1; ++e)
       for (int64_t c = 0; c < C; ++c)
-        store_f(conv_tail, (b * C + c) * (K - 1) + (K - 2 - e), rows[e * C + c]);
+        store_float(conv_tail, (b * C + c) * (K - 1) + (K - 2 - e), rows[e * C + c]);
   }
   return Status::Ok();
 }
@@ -345,9 +320,9 @@ Status gdn_verify(const TensorView& q, const TensorView& k, const TensorView& v,
         const float bi = bp[gi(i)];
         float* di = dlt(i);
         const int64_t voff = ((b * N + i) * Hv + h) * Dv;
-        for (int64_t c = 0; c < Dv; ++c) di[c] = (load_f(v, voff + c) - mem[c]) * bi;
+        for (int64_t c = 0; c < Dv; ++c) di[c] = (load_float(v, voff + c) - mem[c]) * bi;
         const float cq = dot(qi, ki, Dk);  // the row's own term, weight e^0 = 1
-        for (int64_t c = 0; c < Dv; ++c) store_f(out, voff + c, acc[c] + cq * di[c]);
+        for (int64_t c = 0; c < Dv; ++c) store_float(out, voff + c, acc[c] + cq * di[c]);
       }
     }
   });

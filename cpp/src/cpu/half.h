@@ -6,6 +6,8 @@
 #include <cstdint>
 #include <cstring>
 
+#include "difftree/tensor.h"
+
 namespace difftree::cpu {
 
 inline float bits_to_float(uint32_t bits) {
@@ -56,6 +58,34 @@ inline uint16_t float_to_fp16(float f) {
   const uint32_t rem = a & 0x1fffu;
   if (rem > 0x1000u || (rem == 0x1000u && (h & 1u))) ++h;  // a carry into the exponent is right
   return static_cast<uint16_t>(sign | h);
+}
+
+
+// Element `off` of a float tensor (fp32 / bf16 / fp16) as fp32, and the store back (rounded to
+// nearest even): the per-element access of the CPU ops that take any of the three.
+inline float load_float(const TensorView& t, int64_t off) {
+  switch (t.dtype) {
+    case DType::kFloat32:
+      return t.ptr<const float>()[off];
+    case DType::kBFloat16:
+      return bf16_to_float(t.ptr<const uint16_t>()[off]);
+    default:
+      return fp16_to_float(t.ptr<const uint16_t>()[off]);
+  }
+}
+
+inline void store_float(const TensorView& t, int64_t off, float x) {
+  switch (t.dtype) {
+    case DType::kFloat32:
+      t.ptr<float>()[off] = x;
+      break;
+    case DType::kBFloat16:
+      t.ptr<uint16_t>()[off] = float_to_bf16(x);
+      break;
+    default:
+      t.ptr<uint16_t>()[off] = float_to_fp16(x);
+      break;
+  }
 }
 
 }  // namespace difftree::cpu

@@ -29,31 +29,6 @@
 namespace difftree::cpu {
 namespace {
 
-inline float load(const TensorView& t, int64_t off) {
-  switch (t.dtype) {
-    case DType::kFloat32:
-      return t.ptr<const float>()[off];
-    case DType::kBFloat16:
-      return bf16_to_float(t.ptr<const uint16_t>()[off]);
-    default:
-      return fp16_to_float(t.ptr<const uint16_t>()[off]);
-  }
-}
-
-inline void store(const TensorView& t, int64_t off, float x) {
-  switch (t.dtype) {
-    case DType::kFloat32:
-      t.ptr<float>()[off] = x;
-      break;
-    case DType::kBFloat16:
-      t.ptr<uint16_t>()[off] = float_to_bf16(x);
-      break;
-    default:
-      t.ptr<uint16_t>()[off] = float_to_fp16(x);
-      break;
-  }
-}
-
 inline int64_t index_at(const TensorView& t, int64_t i) {
   return t.dtype == DType::kInt64 ? t.ptr<const int64_t>()[i]
                                   : static_cast<int64_t>(t.ptr<const int32_t>()[i]);
@@ -120,15 +95,15 @@ Status tree_attention(const TensorView& q, const TensorView& k_cache, const Tens
         if (ring) s %= S;
         const int64_t ko = b * k_cache.strides[0] + kvh * k_cache.strides[1] + s * k_cache.strides[2];
         const int64_t vo = b * v_cache.strides[0] + kvh * v_cache.strides[1] + s * v_cache.strides[2];
-        for (int64_t d = 0; d < D; ++d) kf[r * D + d] = load(k_cache, ko + d);
-        for (int64_t d = 0; d < Dv; ++d) vf[r * Dv + d] = load(v_cache, vo + d);
+        for (int64_t d = 0; d < D; ++d) kf[r * D + d] = load_float(k_cache, ko + d);
+        for (int64_t d = 0; d < Dv; ++d) vf[r * Dv + d] = load_float(v_cache, vo + d);
       }
       score.resize(static_cast<size_t>(keys));
       for (int64_t g = 0; g < G; ++g) {
         const int64_t h = kvh * G + g;
         for (int64_t i = 0; i < N; ++i) {
           const int64_t qo = b * q.strides[0] + h * q.strides[1] + i * q.strides[2];
-          for (int64_t d = 0; d < D; ++d) qf[d] = load(q, qo + d);
+          for (int64_t d = 0; d < D; ++d) qf[d] = load_float(q, qo + d);
           const int32_t* row = anc != nullptr ? anc + (b * N + i) * words : nullptr;
           const int64_t dist0 = C + rpos[i];  // qp - p for committed key r is dist0 - r
           float mx = -INFINITY;
@@ -172,7 +147,7 @@ Status tree_attention(const TensorView& q, const TensorView& k_cache, const Tens
           }
           const float inv = l > 0.f ? 1.f / l : 0.f;
           const int64_t oo = b * out.strides[0] + h * out.strides[1] + i * out.strides[2];
-          for (int64_t d = 0; d < Dv; ++d) store(out, oo + d, acc[d] * inv);
+          for (int64_t d = 0; d < Dv; ++d) store_float(out, oo + d, acc[d] * inv);
         }
       }
     }
