@@ -114,6 +114,23 @@ def _sources(ctx: TreeAttentionContext, num_b: int, num_t: int, kernel: int, dev
     return found
 
 
+def _chunk_commit(
+    ctx: TreeAttentionContext, c0: int, rows: int, num_b: int, dev: Any
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``(path [B, rows], accepted [B], active [B])`` committing chunk ``[c0, c0 + rows)`` of a
+    causal forward: request b's real rows only (the same for every linear layer: cached on
+    ctx)."""
+    key = ("chunk_commit", c0, rows)
+    found = ctx.extras.get(key)
+    if found is None:
+        assert ctx.commit_rows is not None
+        real = (ctx.commit_rows - c0).clamp(0, rows)
+        path = torch.arange(rows, device=dev).repeat(num_b, 1)
+        found = (path, (real - 1).clamp(min=0), real > 0)
+        ctx.extras[key] = found
+    return found
+
+
 def gdn_layer_forward(
     module: nn.Module,
     hidden_states: Tensor,
@@ -162,10 +179,7 @@ def gdn_layer_forward(
             y = _conv(m, xc, conv_tail, src)
             q, k, v, g, beta = _rule_inputs(m, y, b[:, c0:c1], a[:, c0:c1])
             out_c, k_hat, delta, gcum = ops.gdn_verify(q, k, v, g, beta, state, None)
-            real = (ctx.commit_rows - c0).clamp(0, rows)
-            path = torch.arange(rows, device=x.device).repeat(num_b, 1)
-            accepted = (real - 1).clamp(min=0)
-            active = real > 0
+            path, accepted, active = _chunk_commit(ctx, c0, rows, num_b, x.device)
             ops.gdn_conv_commit(conv_tail, xc, src, path, accepted, active)
             ops.gdn_commit(state, k_hat, delta, gcum, path, accepted, active)
             outs.append(out_c)

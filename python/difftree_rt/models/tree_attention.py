@@ -166,7 +166,7 @@ class TreeAttentionContext:
     full_rows: int | None = None
     num_rows: int | None = None
     commit_rows: Tensor | None = None
-    extras: dict[Any, Tensor] = field(default_factory=dict, repr=False)
+    extras: dict[Any, Any] = field(default_factory=dict, repr=False)
     _tree_mask: Tensor | None = field(default=None, repr=False)
 
     def tree_mask(self, num_rows: int) -> Tensor | None:
