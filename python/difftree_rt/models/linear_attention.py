@@ -50,7 +50,8 @@ def gated_deltanet_problem(module: nn.Module) -> str | None:
     fused = all(hasattr(module, n) for n in ("in_proj_qkvz", "in_proj_ba"))
     split = all(hasattr(module, n) for n in ("in_proj_qkv", "in_proj_z", "in_proj_b", "in_proj_a"))
     if not (fused or split):
-        return f"{type(module).__name__}: unknown projection layout (not Qwen3-Next's nor Qwen3.5's)"
+        name = type(module).__name__
+        return f"{name}: unknown projection layout (not Qwen3-Next's nor Qwen3.5's)"
     if fused and not hasattr(module, "fix_query_key_value_ordering"):
         return f"{type(module).__name__}: fused projections without fix_query_key_value_ordering"
     act = str(module.activation)
@@ -80,7 +81,8 @@ def _conv(module: Any, x: Tensor, tail: Tensor, src: Tensor) -> Tensor:
     w = weight.reshape(weight.shape[0], weight.shape[-1])
     act = str(module.activation)
     fused = act in _ACTIVATIONS
-    y = gdn_ops().gdn_conv(x.to(w.dtype).contiguous(), tail, w.contiguous(), module.conv1d.bias, src, fused)
+    xw = x.to(w.dtype).contiguous()
+    y = gdn_ops().gdn_conv(xw, tail, w.contiguous(), module.conv1d.bias, src, fused)
     if not fused:
         from transformers.activations import ACT2FN
 
